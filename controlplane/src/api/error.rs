@@ -1,0 +1,97 @@
+//! The admin API's one error type. Client mistakes map to 4xx with a stable
+//! `code`; anything else is logged and answered with a generic 500.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use indigo_core::api::ErrorBody;
+use indigo_core::tenant::Role;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request cannot be understood.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// 422: understood, but a field is not acceptable.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("this needs the {needed} role; the token `{actor}` has {have}")]
+    Forbidden { needed: Role, have: Role, actor: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    /// 409: the request conflicts with the current state.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("request body is larger than the {limit} bytes allowed")]
+    PayloadTooLarge { limit: usize },
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    NotReady(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest { code, message: message.into() }
+    }
+
+    pub fn invalid(code: &'static str, message: impl ToString) -> Self {
+        Self::Invalid { code, message: message.to_string() }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict { code, message: message.into() }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. } | Self::Invalid { code, .. } | Self::Conflict { code, .. } => code,
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden { .. } => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::NotReady(_) => "not_ready",
+            Self::Database(_) | Self::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The body every error response carries.
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = ErrorBody { code: code.to_owned(), message: message.into() };
+    (status, Json(body)).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() && !matches!(self, Self::NotReady(_)) {
+            // The detail goes to the log, never to the client.
+            tracing::error!(error = %self, "request failed");
+            return error_response(status, self.code(), "internal error; see the server log");
+        }
+        error_response(status, self.code(), self.to_string())
+    }
+}

@@ -1,0 +1,129 @@
+//! The admin API: one router per module, merged here with the layers every
+//! route shares (request ids, tracing, metrics, panics caught, body limit).
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod idempotency;
+
+mod events;
+mod health;
+mod plans;
+mod tenants;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use indigo_core::plan::PlanCatalog;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::config::Secret;
+use crate::telemetry;
+pub use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub plans: Arc<PlanCatalog>,
+    /// SHA-256 of the configured bootstrap admin token, if any.
+    pub bootstrap_admin_hash: Option<Arc<[u8]>>,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, plans: PlanCatalog, admin_token: Option<&Secret>) -> Self {
+        Self {
+            db,
+            plans: Arc::new(plans),
+            bootstrap_admin_hash: admin_token.map(|t| auth::hash_token(t.expose()).into()),
+            metrics: telemetry::prometheus(),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Indigo admin API",
+        description = "Tenant registry, plans, events and audit trail of the Indigo control plane. \
+                       Every mutating call needs an `Idempotency-Key` header.",
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "tenants", description = "The tenant registry: spec and status"),
+        (name = "plans", description = "The plan catalogue from policies/plans.toml"),
+        (name = "events", description = "Event stream and audit trail"),
+        (name = "tokens", description = "API tokens (admin)"),
+        (name = "health", description = "Probes and metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The whole admin API, ready to serve.
+pub fn router(state: AppState) -> Router {
+    let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(tenants::router())
+        .merge(plans::router())
+        .merge(events::router())
+        .merge(tokens::router())
+        .merge(health::router())
+        .split_for_parts();
+    routes
+        .merge(health::openapi_route(openapi))
+        .fallback(|| async { ApiError::NotFound("route".into()) })
+        .method_not_allowed_fallback(|| async {
+            error::error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this path",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
+            error::error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        }))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn record_metrics(State(_): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let response = next.run(req).await;
+    let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
+    metrics::counter!("indigo_admin_requests_total", &labels).increment(1);
+    metrics::histogram!("indigo_admin_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    response
+}

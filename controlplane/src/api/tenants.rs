@@ -1,0 +1,227 @@
+//! `/v1/tenants`: the registry's spec changes and reads.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use indigo_core::api::{ChangePlanRequest, CreateTenantRequest, ErrorBody, LifecycleRequest, Page, Tenant};
+use indigo_core::tenant::{Email, Lifecycle, Role, Slug, TenantName};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::auth::Actor;
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson, RequestId};
+use super::idempotency::{self, IdempotencyKey};
+use crate::registry::{self, ListFilter, NewTenant, RegistryError, TenantRef};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tenants, create_tenant))
+        .routes(routes!(get_tenant, delete_tenant))
+        .routes(routes!(change_plan))
+        .routes(routes!(suspend_tenant))
+        .routes(routes!(resume_tenant))
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound(tenant) => ApiError::NotFound(format!("tenant `{tenant}`")),
+            RegistryError::SlugTaken(_) => ApiError::conflict("slug_taken", e.to_string()),
+            RegistryError::Deleted(_) => ApiError::conflict("tenant_deleted", e.to_string()),
+            RegistryError::Corrupt { .. } => ApiError::Internal(e.into()),
+            RegistryError::Database(db) => ApiError::Database(db),
+        }
+    }
+}
+
+/// A tenant named in a path; a name that cannot be a tenant is simply not found.
+fn tenant_ref(raw: &str) -> Result<TenantRef, ApiError> {
+    TenantRef::parse(raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))
+}
+
+fn parse_filter<T: std::str::FromStr<Err = indigo_core::tenant::UnknownVariant>>(
+    raw: Option<&str>,
+) -> Result<Option<T>, ApiError> {
+    raw.map(str::parse)
+        .transpose()
+        .map_err(|e: indigo_core::tenant::UnknownVariant| ApiError::bad_request("invalid_query", e.to_string()))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    /// Only tenants on this plan.
+    plan: Option<String>,
+    /// `active`, `suspended` or `deleted`.
+    lifecycle: Option<String>,
+    /// `pool` or `silo`.
+    isolation: Option<String>,
+    /// `pending`, `provisioning`, `ready`, `degraded`, `suspended`, `deleting`, `deleted` or `failed`.
+    phase: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// List tenants, by slug, filtered and paginated.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(ListParams),
+    responses((status = 200, body = Page<Tenant>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list_tenants(
+    State(state): State<AppState>,
+    _actor: Actor,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<Tenant>>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 500"));
+    }
+    if let Some(plan) = &params.plan {
+        state.plans.get(plan).map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
+    }
+    let filter = ListFilter {
+        plan: params.plan,
+        lifecycle: parse_filter(params.lifecycle.as_deref())?,
+        isolation: parse_filter(params.isolation.as_deref())?,
+        phase: parse_filter(params.phase.as_deref())?,
+        after: params.cursor,
+        limit,
+    };
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(registry::list(&mut conn, &filter).await?))
+}
+
+/// Register a tenant. Its status starts `pending`; onboarding brings it to `ready`.
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenantRequest,
+    params(("Idempotency-Key" = String, Header, description = "Unique per intended change; a retry with the same key replays the answer")),
+    responses((status = 201, body = Tenant), (status = 409, description = "Slug taken or key reused", body = ErrorBody),
+              (status = 422, description = "Unknown plan, invalid slug, name or email", body = ErrorBody)))]
+async fn create_tenant(
+    State(state): State<AppState>,
+    actor: Actor,
+    key: IdempotencyKey,
+    RequestId(request_id): RequestId,
+    ApiJson(request): ApiJson<CreateTenantRequest>,
+) -> Result<Response, ApiError> {
+    actor.require(Role::Operator)?;
+    let new = NewTenant {
+        slug: Slug::parse(&request.slug).map_err(|e| ApiError::invalid("invalid_slug", e))?,
+        name: TenantName::parse(&request.name).map_err(|e| ApiError::invalid("invalid_name", e))?,
+        owner_email: Email::parse(&request.owner_email).map_err(|e| ApiError::invalid("invalid_email", e))?,
+        plan: state.plans.get(&request.plan).map_err(|e| ApiError::invalid("unknown_plan", e))?,
+    };
+    idempotency::run_once(&state, &key, &actor, &request, StatusCode::CREATED, async |tx| {
+        Ok(registry::create(tx, &actor, request_id.as_deref(), new).await?)
+    })
+    .await
+}
+
+/// Get a tenant by slug or id.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "Slug or id")),
+    responses((status = 200, body = Tenant), (status = 404, body = ErrorBody)))]
+async fn get_tenant(
+    State(state): State<AppState>,
+    _actor: Actor,
+    ApiPath(tenant): ApiPath<String>,
+) -> Result<Json<Tenant>, ApiError> {
+    let tenant = tenant_ref(&tenant)?;
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(registry::get(&mut conn, &tenant).await?))
+}
+
+/// Change a tenant's plan (and with it its isolation). Asking for the current plan changes nothing.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/plan", tag = "tenants", request_body = ChangePlanRequest,
+    params(("tenant" = String, Path, description = "Slug or id"), ("Idempotency-Key" = String, Header)),
+    responses((status = 202, description = "Spec recorded; status follows", body = Tenant),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn change_plan(
+    State(state): State<AppState>,
+    actor: Actor,
+    key: IdempotencyKey,
+    RequestId(request_id): RequestId,
+    ApiPath(raw): ApiPath<String>,
+    ApiJson(request): ApiJson<ChangePlanRequest>,
+) -> Result<Response, ApiError> {
+    actor.require(Role::Operator)?;
+    let tenant = tenant_ref(&raw)?;
+    let plan = state.plans.get(&request.plan).map_err(|e| ApiError::invalid("unknown_plan", e))?;
+    idempotency::run_once(&state, &key, &actor, &request, StatusCode::ACCEPTED, async |tx| {
+        Ok(registry::change_plan(tx, &actor, request_id.as_deref(), &tenant, plan).await?.tenant)
+    })
+    .await
+}
+
+async fn set_lifecycle(
+    state: AppState,
+    actor: Actor,
+    key: IdempotencyKey,
+    request_id: Option<String>,
+    raw: String,
+    request: LifecycleRequest,
+    lifecycle: Lifecycle,
+) -> Result<Response, ApiError> {
+    actor.require(if lifecycle == Lifecycle::Deleted { Role::Admin } else { Role::Operator })?;
+    let tenant = tenant_ref(&raw)?;
+    if request.reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+        return Err(ApiError::invalid("invalid_reason", "reason must be at most 500 characters"));
+    }
+    idempotency::run_once(&state, &key, &actor, &request, StatusCode::ACCEPTED, async |tx| {
+        let change =
+            registry::set_lifecycle(tx, &actor, request_id.as_deref(), &tenant, lifecycle, request.reason.as_deref())
+                .await?;
+        Ok(change.tenant)
+    })
+    .await
+}
+
+/// Suspend a tenant: its storefront stops serving. Suspending a suspended tenant changes nothing.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/suspend", tag = "tenants", request_body(content = LifecycleRequest, description = "Optional"),
+    params(("tenant" = String, Path, description = "Slug or id"), ("Idempotency-Key" = String, Header)),
+    responses((status = 202, body = Tenant), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn suspend_tenant(
+    State(state): State<AppState>,
+    actor: Actor,
+    key: IdempotencyKey,
+    RequestId(request_id): RequestId,
+    ApiPath(raw): ApiPath<String>,
+    OptionalJson(request): OptionalJson<LifecycleRequest>,
+) -> Result<Response, ApiError> {
+    set_lifecycle(state, actor, key, request_id, raw, request, Lifecycle::Suspended).await
+}
+
+/// Resume a suspended tenant.
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/resume", tag = "tenants", request_body(content = LifecycleRequest, description = "Optional"),
+    params(("tenant" = String, Path, description = "Slug or id"), ("Idempotency-Key" = String, Header)),
+    responses((status = 202, body = Tenant), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn resume_tenant(
+    State(state): State<AppState>,
+    actor: Actor,
+    key: IdempotencyKey,
+    RequestId(request_id): RequestId,
+    ApiPath(raw): ApiPath<String>,
+    OptionalJson(request): OptionalJson<LifecycleRequest>,
+) -> Result<Response, ApiError> {
+    set_lifecycle(state, actor, key, request_id, raw, request, Lifecycle::Active).await
+}
+
+/// Offboard a tenant (admin). Deleting a deleted tenant changes nothing and answers the same.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
+    params(("tenant" = String, Path, description = "Slug or id"), ("Idempotency-Key" = String, Header)),
+    responses((status = 202, body = Tenant), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_tenant(
+    State(state): State<AppState>,
+    actor: Actor,
+    key: IdempotencyKey,
+    RequestId(request_id): RequestId,
+    ApiPath(raw): ApiPath<String>,
+    OptionalJson(request): OptionalJson<LifecycleRequest>,
+) -> Result<Response, ApiError> {
+    set_lifecycle(state, actor, key, request_id, raw, request, Lifecycle::Deleted).await
+}

@@ -1,0 +1,475 @@
+//! The `indigo` command line: the daemon's own commands and the operators'
+//! client commands, which talk to the admin API.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::{ContentArrangement, Table};
+use indigo_core::api::{CreateTenantRequest, CreateTokenRequest, Tenant};
+use indigo_core::tenant::Role;
+use serde::Serialize;
+
+use crate::client::{AdminClient, EventQuery, TenantQuery};
+use crate::config::{self, Config, Overrides};
+use crate::{db, policy, server, telemetry, up};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "indigo",
+    version,
+    about = "Indigo control plane: onboards, tiers, meters and offboards the tenants of a multi-tenant SaaS.",
+    long_about = "Indigo control plane: onboards, tiers, meters and offboards the tenants of a multi-tenant SaaS.\n\n\
+                  Start everything locally with `indigo up --demo`, then try `indigo tenant list`.\n\
+                  The daemon commands (up, serve, migrate) read indigo.toml and INDIGO_* variables;\n\
+                  the client commands (tenant, plans, token, events) talk to the admin API."
+)]
+pub struct Cli {
+    /// Config file [default: indigo.toml when present]
+    #[arg(long, global = true, env = "INDIGO_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the whole local platform: find (or start) PostgreSQL, migrate, serve the admin API
+    Up(UpArgs),
+    /// Run the control-plane daemon against the configured database
+    Serve(DaemonArgs),
+    /// Apply the control database migrations and exit
+    Migrate(DaemonArgs),
+    /// Validate the policy files and exit
+    Policy(DaemonArgs),
+    /// Create, inspect and change tenants
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// List the plans and what they include
+    Plans(ClientArgs),
+    /// Show the event stream
+    Events(EventsArgs),
+    /// Manage admin API tokens (admin role)
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Seed a handful of demo tenants across all plans
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum Output {
+    /// Aligned columns, for people
+    #[default]
+    Table,
+    /// JSON, for scripts
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Admin API base URL
+    #[arg(long, env = "INDIGO_API_URL", default_value = "http://127.0.0.1:8080")]
+    pub api_url: String,
+    /// Bearer token [default: the token `indigo up` wrote to <data dir>/admin.token]
+    #[arg(long, env = "INDIGO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where `indigo up` keeps its state
+    #[arg(long, env = "INDIGO_DATA_DIR", default_value = config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let token = match &self.token {
+            Some(token) => Some(token.clone()),
+            None => std::fs::read_to_string(up::token_file(&self.data_dir)).ok().map(|t| t.trim().to_owned()),
+        };
+        Ok(AdminClient::new(&self.api_url, token))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct Mutation {
+    /// Makes a retried command act once; a fresh one is generated when omitted
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+impl Mutation {
+    fn key(&self) -> String {
+        self.idempotency_key.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// List tenants
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(long)]
+        plan: Option<String>,
+        /// active, suspended or deleted
+        #[arg(long)]
+        lifecycle: Option<String>,
+        /// pool or silo
+        #[arg(long)]
+        isolation: Option<String>,
+        #[arg(long)]
+        phase: Option<String>,
+    },
+    /// Show one tenant (by slug or id)
+    Get {
+        tenant: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Register a new tenant
+    Create {
+        /// Display name
+        #[arg(long)]
+        name: String,
+        /// 3-40 lowercase letters, digits and hyphens
+        #[arg(long)]
+        slug: String,
+        #[arg(long)]
+        owner_email: String,
+        #[arg(long, default_value = "starter")]
+        plan: String,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Move a tenant to another plan (enterprise means its own database)
+    Plan {
+        tenant: String,
+        plan: String,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a tenant's storefront from serving
+    Suspend {
+        tenant: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Let a suspended tenant serve again
+    Resume {
+        tenant: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Offboard a tenant (admin role)
+    Delete {
+        tenant: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this tenant's events (slug or id)
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only events of this kind, e.g. PlanChanged
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Events after this id
+    #[arg(long)]
+    pub after: Option<i64>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once
+    Create {
+        /// Who uses it (recorded in the audit log)
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List tokens
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token by id
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn parse_role(raw: &str) -> Result<Role, String> {
+    raw.parse().map_err(|e: indigo_core::tenant::UnknownVariant| e.to_string())
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_file = cli.config;
+    let load = |overrides: Overrides| Config::load(config_file.as_deref(), overrides);
+    match cli.command {
+        Command::Up(args) => {
+            telemetry::init_logging();
+            up::run(load(args.overrides)?, args.demo).await
+        }
+        Command::Serve(args) => {
+            telemetry::init_logging();
+            let config = load(args.overrides)?;
+            let url = config.database_url.clone().context(
+                "no database configured: set database_url (env INDIGO_DATABASE_URL), or use `indigo up` for a local platform",
+            )?;
+            let state = server::prepare(&config, &url).await?;
+            server::serve(server::bind(&config).await?, state, server::shutdown_signal()).await
+        }
+        Command::Migrate(args) => {
+            let config = load(args.overrides)?;
+            let url = config.database_url_or_local();
+            db::ensure_database(url).await?;
+            db::migrate(&db::connect(url).await?).await?;
+            println!("control database migrated ({} migrations)", db::MIGRATOR.iter().count());
+            Ok(())
+        }
+        Command::Policy(args) => {
+            let config = load(args.overrides)?;
+            let plans = policy::load_plans(&config.plans_file)?;
+            println!(
+                "{}: {} plans valid ({})",
+                config.plans_file.display(),
+                plans.plans().len(),
+                plans.names().collect::<Vec<_>>().join(", ")
+            );
+            Ok(())
+        }
+        Command::Tenant(command) => run_tenant(command).await,
+        Command::Plans(client) => {
+            let plans = client.client()?.plans().await?;
+            print(client.output, &plans, || {
+                let mut table =
+                    table(&["PLAN", "TIER", "ISOLATION", "PRICE/MO", "PRODUCTS", "API CALLS/DAY", "RATE/S"]);
+                for p in &plans {
+                    table.add_row(vec![
+                        p.name.to_string(),
+                        p.tier.to_string(),
+                        p.isolation.to_string(),
+                        format!("{}.{:02} {}", p.price_per_month / 100, p.price_per_month % 100, p.currency),
+                        p.limits.products.to_string(),
+                        p.limits.api_calls_per_day.to_string(),
+                        p.rate_limit.requests_per_second.to_string(),
+                    ]);
+                }
+                table.to_string()
+            })
+        }
+        Command::Events(args) => {
+            let query = EventQuery { after: args.after, tenant: args.tenant, kind: args.kind, limit: Some(args.limit) };
+            let page = args.client.client()?.events(&query).await?;
+            print(args.client.output, &page, || {
+                let mut table = table(&["ID", "AT", "TENANT", "KIND", "MESSAGE"]);
+                for e in &page.items {
+                    table.add_row(vec![
+                        e.id.to_string(),
+                        e.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        e.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
+                        e.kind.clone(),
+                        e.message.clone(),
+                    ]);
+                }
+                table.to_string()
+            })
+        }
+        Command::Token(command) => run_token(command).await,
+    }
+}
+
+async fn run_tenant(command: TenantCommand) -> anyhow::Result<()> {
+    let (client, tenant) = match command {
+        TenantCommand::List { client, plan, lifecycle, isolation, phase } => {
+            let api = client.client()?;
+            let mut query = TenantQuery { plan, lifecycle, isolation, phase, limit: Some(500), cursor: None };
+            let mut tenants = Vec::new();
+            loop {
+                let page = api.list_tenants(&query).await?;
+                tenants.extend(page.items);
+                match page.next_cursor {
+                    Some(cursor) => query.cursor = Some(cursor),
+                    None => break,
+                }
+            }
+            return print(client.output, &tenants, || tenant_table(&tenants));
+        }
+        TenantCommand::Get { tenant, client } => {
+            let found = client.client()?.get_tenant(&tenant).await?;
+            (client, found)
+        }
+        TenantCommand::Create { name, slug, owner_email, plan, mutation, client } => {
+            let request = CreateTenantRequest { name, slug, owner_email, plan };
+            let created = client.client()?.create_tenant(&request, &mutation.key()).await?;
+            (client, created)
+        }
+        TenantCommand::Plan { tenant, plan, mutation, client } => {
+            let changed = client.client()?.change_plan(&tenant, &plan, &mutation.key()).await?;
+            (client, changed)
+        }
+        TenantCommand::Suspend { tenant, reason, mutation, client } => {
+            let changed = client.client()?.suspend(&tenant, reason, &mutation.key()).await?;
+            (client, changed)
+        }
+        TenantCommand::Resume { tenant, reason, mutation, client } => {
+            let changed = client.client()?.resume(&tenant, reason, &mutation.key()).await?;
+            (client, changed)
+        }
+        TenantCommand::Delete { tenant, reason, mutation, client } => {
+            let changed = client.client()?.delete(&tenant, reason, &mutation.key()).await?;
+            (client, changed)
+        }
+    };
+    print(client.output, &tenant, || tenant_detail(&tenant))
+}
+
+async fn run_token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { name, role, mutation, client } => {
+            let created = client.client()?.create_token(&CreateTokenRequest { name, role }, &mutation.key()).await?;
+            print(client.output, &created, || {
+                format!(
+                    "token {} ({}, {}) created; its secret, shown only now:\n{}",
+                    created.info.name, created.info.role, created.info.id, created.token
+                )
+            })
+        }
+        TokenCommand::List { client } => {
+            let tokens = client.client()?.tokens().await?;
+            print(client.output, &tokens, || {
+                let mut table = table(&["ID", "NAME", "ROLE", "CREATED", "REVOKED"]);
+                for t in &tokens {
+                    table.add_row(vec![
+                        t.id.to_string(),
+                        t.name.clone(),
+                        t.role.to_string(),
+                        t.created_at.format("%Y-%m-%d %H:%M").to_string(),
+                        t.revoked_at.map(|r| r.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default(),
+                    ]);
+                }
+                table.to_string()
+            })
+        }
+        TokenCommand::Revoke { id, mutation, client } => {
+            let token = client.client()?.revoke_token(&id, &mutation.key()).await?;
+            print(client.output, &token, || format!("token {} ({}) revoked", token.name, token.id))
+        }
+    }
+}
+
+fn print<T: Serialize>(output: Output, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Table => println!("{}", human()),
+    }
+    Ok(())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
+    table
+}
+
+fn tenant_table(tenants: &[Tenant]) -> String {
+    if tenants.is_empty() {
+        return "no tenants".into();
+    }
+    let mut table = table(&["SLUG", "NAME", "PLAN", "ISOLATION", "LIFECYCLE", "PHASE", "SYNCED"]);
+    for t in tenants {
+        table.add_row(vec![
+            t.slug.to_string(),
+            t.name.clone(),
+            t.spec.plan.to_string(),
+            t.spec.isolation.to_string(),
+            t.spec.lifecycle.to_string(),
+            t.status.phase.to_string(),
+            sync_label(t),
+        ]);
+    }
+    table.to_string()
+}
+
+/// "yes", or which generation the status still reflects.
+fn sync_label(tenant: &Tenant) -> String {
+    if tenant.status_current() {
+        "yes".into()
+    } else {
+        format!("no ({}/{})", tenant.status.observed_generation, tenant.spec.generation)
+    }
+}
+
+fn tenant_detail(t: &Tenant) -> String {
+    let mut lines = vec![
+        format!("{} ({})", t.name, t.slug),
+        format!("  id           {}", t.id),
+        format!("  owner        {}", t.owner_email),
+        format!(
+            "  spec         plan={} isolation={} lifecycle={} generation={}",
+            t.spec.plan, t.spec.isolation, t.spec.lifecycle, t.spec.generation
+        ),
+        format!(
+            "  status       phase={} observed_generation={} synced={}",
+            t.status.phase,
+            t.status.observed_generation,
+            sync_label(t)
+        ),
+    ];
+    if let Some(p) = &t.status.placement {
+        lines.push(format!("  placement    {} database={}", p.isolation, p.database));
+    }
+    for c in &t.status.conditions {
+        lines.push(format!("  condition    {}={:?} {}: {}", c.kind, c.status, c.reason, c.message));
+    }
+    lines.join("\n")
+}

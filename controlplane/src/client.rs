@@ -1,0 +1,192 @@
+//! A typed client of the admin API, used by the CLI (and the console).
+
+use indigo_core::api::{
+    ApiToken, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
+    LifecycleRequest, Page, Tenant,
+};
+use indigo_core::plan::Plan;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{message} ({code}, HTTP {status})")]
+    Api { status: StatusCode, code: String, message: String },
+    #[error("cannot reach the admin API at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("unexpected answer from {url}: {reason}")]
+    Protocol { url: String, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+/// Which tenants to list.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TenantQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+impl AdminClient {
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("a client with only a timeout set always builds");
+        Self { http, base: base.trim_end_matches('/').to_owned(), token }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&(impl Serialize + ?Sized)>,
+        body: Option<&(impl Serialize + ?Sized)>,
+        idempotency_key: Option<&str>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(query) = query {
+            request = request.query(query);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: root_cause(&e) })?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => ClientError::Api { status, code: body.code, message: body.message },
+                Err(_) => ClientError::Protocol { url, reason: format!("HTTP {status} without an error body") },
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol { url, reason: e.to_string() })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str, query: &(impl Serialize + ?Sized)) -> Result<T, ClientError> {
+        self.call(Method::GET, path, Some(query), None::<&()>, None).await
+    }
+
+    async fn mutate<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &(impl Serialize + ?Sized),
+        idempotency_key: &str,
+    ) -> Result<T, ClientError> {
+        self.call(method, path, None::<&()>, Some(body), Some(idempotency_key)).await
+    }
+
+    pub async fn list_tenants(&self, query: &TenantQuery) -> Result<Page<Tenant>, ClientError> {
+        self.get("/v1/tenants", query).await
+    }
+
+    pub async fn get_tenant(&self, tenant: &str) -> Result<Tenant, ClientError> {
+        self.get(&format!("/v1/tenants/{}", path_segment(tenant)), &()).await
+    }
+
+    pub async fn create_tenant(&self, request: &CreateTenantRequest, key: &str) -> Result<Tenant, ClientError> {
+        self.mutate(Method::POST, "/v1/tenants", request, key).await
+    }
+
+    pub async fn change_plan(&self, tenant: &str, plan: &str, key: &str) -> Result<Tenant, ClientError> {
+        let body = ChangePlanRequest { plan: plan.to_owned() };
+        self.mutate(Method::PUT, &format!("/v1/tenants/{}/plan", path_segment(tenant)), &body, key).await
+    }
+
+    pub async fn suspend(&self, tenant: &str, reason: Option<String>, key: &str) -> Result<Tenant, ClientError> {
+        let body = LifecycleRequest { reason };
+        self.mutate(Method::POST, &format!("/v1/tenants/{}/suspend", path_segment(tenant)), &body, key).await
+    }
+
+    pub async fn resume(&self, tenant: &str, reason: Option<String>, key: &str) -> Result<Tenant, ClientError> {
+        let body = LifecycleRequest { reason };
+        self.mutate(Method::POST, &format!("/v1/tenants/{}/resume", path_segment(tenant)), &body, key).await
+    }
+
+    pub async fn delete(&self, tenant: &str, reason: Option<String>, key: &str) -> Result<Tenant, ClientError> {
+        let body = LifecycleRequest { reason };
+        self.mutate(Method::DELETE, &format!("/v1/tenants/{}", path_segment(tenant)), &body, key).await
+    }
+
+    pub async fn plans(&self) -> Result<Vec<Plan>, ClientError> {
+        self.get("/v1/plans", &()).await
+    }
+
+    pub async fn events(&self, query: &EventQuery) -> Result<Page<Event>, ClientError> {
+        self.get("/v1/events", query).await
+    }
+
+    pub async fn create_token(&self, request: &CreateTokenRequest, key: &str) -> Result<CreatedToken, ClientError> {
+        self.mutate(Method::POST, "/v1/tokens", request, key).await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<ApiToken>, ClientError> {
+        self.get("/v1/tokens", &()).await
+    }
+
+    pub async fn revoke_token(&self, id: &str, key: &str) -> Result<ApiToken, ClientError> {
+        self.mutate(Method::DELETE, &format!("/v1/tokens/{}", path_segment(id)), &(), key).await
+    }
+}
+
+/// Keeps a user-typed name from changing the path it is put in.
+fn path_segment(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The innermost error, which is the one that says what went wrong.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}

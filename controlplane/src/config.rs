@@ -1,0 +1,205 @@
+//! Configuration: a TOML file, then `INDIGO_*` environment variables, then
+//! command-line flags, each overriding the one before. Every error names the
+//! key (or variable) at fault.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_FILE: &str = "indigo.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_PLANS_FILE: &str = "policies/plans.toml";
+pub const DEFAULT_DATA_DIR: &str = ".indigo";
+/// Where `indigo up` looks for a PostgreSQL server when no database is configured.
+pub const DEFAULT_LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/indigo";
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}` (env {env}): {message}")]
+    Invalid { key: &'static str, env: &'static str, message: String },
+}
+
+/// The file's shape: every key optional, unknown keys refused (a typo should not
+/// silently fall back to a default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    database_url: Option<String>,
+    listen: Option<String>,
+    plans_file: Option<PathBuf>,
+    admin_token: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+/// Values given on the command line (clap also reads their `INDIGO_*` variables).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// PostgreSQL URL of the control database [env: INDIGO_DATABASE_URL]
+    #[arg(long, env = "INDIGO_DATABASE_URL", hide_env = true)]
+    pub database_url: Option<String>,
+    /// Address the admin API listens on [env: INDIGO_LISTEN] [default: 127.0.0.1:8080]
+    #[arg(long, env = "INDIGO_LISTEN", hide_env = true)]
+    pub listen: Option<String>,
+    /// The plan catalogue [env: INDIGO_PLANS_FILE] [default: policies/plans.toml]
+    #[arg(long, env = "INDIGO_PLANS_FILE", hide_env = true)]
+    pub plans_file: Option<PathBuf>,
+    /// Bootstrap admin token accepted besides the tokens in the database [env: INDIGO_ADMIN_TOKEN]
+    #[arg(long, env = "INDIGO_ADMIN_TOKEN", hide_env = true)]
+    pub admin_token: Option<String>,
+    /// Local state: the private PostgreSQL of `indigo up`, the generated admin token [env: INDIGO_DATA_DIR] [default: .indigo]
+    #[arg(long, env = "INDIGO_DATA_DIR", hide_env = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `None` lets `indigo up` find or start a local server.
+    pub database_url: Option<String>,
+    pub listen: SocketAddr,
+    pub plans_file: PathBuf,
+    pub admin_token: Option<Secret>,
+    pub data_dir: PathBuf,
+}
+
+impl Config {
+    /// Reads `file` (or `indigo.toml` when present), then applies `overrides`.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let from_file = match file {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => read_file(Path::new(DEFAULT_CONFIG_FILE))?,
+            None => ConfigFile::default(),
+        };
+        let listen_raw = overrides.listen.or(from_file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_raw.parse().map_err(|_| ConfigError::Invalid {
+            key: "listen",
+            env: "INDIGO_LISTEN",
+            message: format!("`{listen_raw}` is not an address such as 127.0.0.1:8080"),
+        })?;
+        let database_url = overrides.database_url.or(from_file.database_url);
+        if let Some(url) = &database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "database_url",
+                env: "INDIGO_DATABASE_URL",
+                message: "must be a postgres:// URL".into(),
+            });
+        }
+        let admin_token = overrides.admin_token.or(from_file.admin_token).map(Secret::new);
+        if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return Err(ConfigError::Invalid {
+                key: "admin_token",
+                env: "INDIGO_ADMIN_TOKEN",
+                message: "must be at least 16 characters".into(),
+            });
+        }
+        Ok(Self {
+            database_url,
+            listen,
+            plans_file: overrides.plans_file.or(from_file.plans_file).unwrap_or_else(|| DEFAULT_PLANS_FILE.into()),
+            admin_token,
+            data_dir: overrides.data_dir.or(from_file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+        })
+    }
+
+    /// The configured database, or the conventional local one.
+    pub fn database_url_or_local(&self) -> &str {
+        self.database_url.as_deref().unwrap_or(DEFAULT_LOCAL_DATABASE_URL)
+    }
+}
+
+fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.message().to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::with(text)
+    }
+
+    /// A file under the system temp dir, removed on drop.
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn with(text: &str) -> Self {
+                let path = std::env::temp_dir().join(format!("indigo-config-{}.toml", uuid::Uuid::new_v4()));
+                std::fs::write(&path, text).unwrap();
+                Self(path)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = write("listen = \"127.0.0.1:9000\"\ndata_dir = \"/var/lib/indigo\"\n");
+        let config =
+            Config::load(Some(&file.0), Overrides { listen: Some("0.0.0.0:7000".into()), ..Default::default() })
+                .unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/indigo"));
+        assert_eq!(config.plans_file, PathBuf::from(DEFAULT_PLANS_FILE));
+        assert!(config.database_url.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let file = write("listen = \"127.0.0.1:9000\"\nlisten_port = 3\n");
+        let err = Config::load(Some(&file.0), Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("unknown field `listen_port`"), "{err}");
+
+        let err = Config::load(None, Overrides { listen: Some("nowhere".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "config key `listen` (env INDIGO_LISTEN): `nowhere` is not an address such as 127.0.0.1:8080");
+
+        let err = Config::load(None, Overrides { database_url: Some("mysql://x".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config key `database_url` (env INDIGO_DATABASE_URL)"), "{err}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config = Config::load(
+            None,
+            Overrides { admin_token: Some("a-very-secret-admin-token".into()), ..Default::default() },
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("a-very-secret"));
+    }
+}

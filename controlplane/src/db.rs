@@ -1,0 +1,80 @@
+//! The control database: connecting, creating it when missing, migrating it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+/// The control DB's migrations, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/control");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database URL is invalid: {0}")]
+    Url(sqlx::Error),
+    #[error("cannot reach PostgreSQL at {target}: {source}")]
+    Connect { target: String, source: sqlx::Error },
+    #[error("cannot create database `{name}`: {source}")]
+    Create { name: String, source: sqlx::Error },
+    #[error("migrating the control database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+fn options(url: &str) -> Result<PgConnectOptions, DbError> {
+    PgConnectOptions::from_str(url).map_err(DbError::Url)
+}
+
+/// Where a URL points, for error messages (no password).
+fn describe(options: &PgConnectOptions) -> String {
+    format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or(""))
+}
+
+pub async fn connect(url: &str) -> Result<PgPool, DbError> {
+    let options = options(url)?;
+    let target = describe(&options);
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(|source| DbError::Connect { target, source })
+}
+
+/// Whether a PostgreSQL server answers at the URL's host and port (any database).
+pub async fn server_answers(url: &str) -> bool {
+    let Ok(options) = options(url) else { return false };
+    let maintenance = options.database("postgres");
+    matches!(tokio::time::timeout(Duration::from_secs(3), maintenance.connect()).await, Ok(Ok(_)))
+}
+
+/// Creates the URL's database when it does not exist yet. Returns whether it did.
+pub async fn ensure_database(url: &str) -> Result<bool, DbError> {
+    let options = options(url)?;
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let maintenance = options.clone().database("postgres");
+    let target = describe(&maintenance);
+    let mut conn: PgConnection = maintenance.connect().await.map_err(|source| DbError::Connect { target, source })?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|source| DbError::Create { name: name.clone(), source })?;
+    if exists {
+        return Ok(false);
+    }
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    let created = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}"))).execute(&mut conn).await;
+    let _ = conn.close().await;
+    match created {
+        Ok(_) => Ok(true),
+        // Another process created it between our check and our CREATE: fine.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+        Err(source) => Err(DbError::Create { name, source }),
+    }
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

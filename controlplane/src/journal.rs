@@ -1,0 +1,147 @@
+//! The audit log (who changed what) and the event stream (what happened), both
+//! written inside the transaction of the change they describe.
+
+use indigo_core::api::{AuditEntry, Event};
+use indigo_core::tenant::TenantId;
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::api::auth::Actor;
+
+/// The channel on which every new event id is announced (NOTIFY).
+pub const EVENTS_CHANNEL: &str = "indigo_events";
+
+/// One audit-log line to append.
+pub struct Audit<'a> {
+    pub actor: &'a Actor,
+    pub action: &'a str,
+    pub tenant_id: Option<TenantId>,
+    pub request_id: Option<&'a str>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+impl Audit<'_> {
+    pub async fn append(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO audit_log (actor, role, action, tenant_id, request_id, before, after)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&self.actor.name)
+        .bind(self.actor.role.as_str())
+        .bind(self.action)
+        .bind(self.tenant_id.map(|t| t.0))
+        .bind(self.request_id)
+        .bind(self.before)
+        .bind(self.after)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Records an event and announces it to listeners once the transaction commits.
+pub async fn publish(
+    conn: &mut PgConnection,
+    tenant_id: Option<TenantId>,
+    kind: &str,
+    message: &str,
+    data: Value,
+) -> Result<i64, sqlx::Error> {
+    let id: i64 =
+        sqlx::query_scalar("INSERT INTO events (tenant_id, kind, message, data) VALUES ($1, $2, $3, $4) RETURNING id")
+            .bind(tenant_id.map(|t| t.0))
+            .bind(kind)
+            .bind(message)
+            .bind(&data)
+            .fetch_one(&mut *conn)
+            .await?;
+    sqlx::query("SELECT pg_notify($1, $2)").bind(EVENTS_CHANNEL).bind(id.to_string()).execute(conn).await?;
+    Ok(id)
+}
+
+/// Which events or audit entries to read: after a cursor, optionally for one tenant.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    pub tenant_id: Option<TenantId>,
+    pub after: i64,
+    pub limit: i64,
+    pub kind: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: i64,
+    tenant_id: Option<uuid::Uuid>,
+    kind: String,
+    message: String,
+    data: Value,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn events(conn: &mut PgConnection, window: &Window) -> Result<Vec<Event>, sqlx::Error> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT id, tenant_id, kind, message, data, created_at FROM events
+         WHERE id > $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND ($3::text IS NULL OR kind = $3)
+         ORDER BY id LIMIT $4",
+    )
+    .bind(window.after)
+    .bind(window.tenant_id.map(|t| t.0))
+    .bind(&window.kind)
+    .bind(window.limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Event {
+            id: r.id,
+            tenant_id: r.tenant_id.map(TenantId),
+            kind: r.kind,
+            message: r.message,
+            data: r.data,
+            created_at: r.created_at,
+        })
+        .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    at: chrono::DateTime<chrono::Utc>,
+    actor: String,
+    role: String,
+    action: String,
+    tenant_id: Option<uuid::Uuid>,
+    request_id: Option<String>,
+    before: Option<Value>,
+    after: Option<Value>,
+}
+
+pub async fn audit_entries(conn: &mut PgConnection, window: &Window) -> anyhow::Result<Vec<AuditEntry>> {
+    let rows: Vec<AuditRow> = sqlx::query_as(
+        "SELECT id, at, actor, role, action, tenant_id, request_id, before, after FROM audit_log
+         WHERE id > $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND ($3::text IS NULL OR action = $3)
+         ORDER BY id LIMIT $4",
+    )
+    .bind(window.after)
+    .bind(window.tenant_id.map(|t| t.0))
+    .bind(&window.kind)
+    .bind(window.limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                id: r.id,
+                at: r.at,
+                actor: r.actor,
+                role: r.role.parse()?,
+                action: r.action,
+                tenant_id: r.tenant_id.map(TenantId),
+                request_id: r.request_id,
+                before: r.before,
+                after: r.after,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,14 @@
+//! The Indigo control plane as a library: the binary `indigo` is a thin shell
+//! over it, and tests drive it in-process.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod journal;
+pub mod policy;
+pub mod registry;
+pub mod server;
+pub mod telemetry;
+pub mod up;

@@ -1,0 +1,59 @@
+//! `indigo serve`: the control-plane daemon.
+
+use std::future::Future;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::{db, policy};
+
+/// Loads the policies, migrates the control database and builds the shared state.
+/// Policies are read first: a broken plans file should stop us before any IO.
+pub async fn prepare(config: &Config, database_url: &str) -> anyhow::Result<AppState> {
+    let plans = policy::load_plans(&config.plans_file)?;
+    let pool = db::connect(database_url).await?;
+    db::migrate(&pool).await?;
+    if config.admin_token.is_none() {
+        tracing::warn!("no admin_token configured: only tokens stored in the database are accepted");
+    }
+    Ok(AppState::new(pool, plans, config.admin_token.as_ref()))
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "admin API listening");
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await.context("admin API server failed")
+}
+
+pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,266 @@
+//! `indigo up`: the whole local platform from nothing but PostgreSQL's binaries.
+//! Uses the configured database, else the local server on 127.0.0.1:5432, else
+//! initialises and runs a private server under the data directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, bail};
+use indigo_core::tenant::{Email, Slug, TenantName};
+use tokio::process::Command;
+
+use crate::api::auth::{self, Actor};
+use crate::config::{Config, DEFAULT_LOCAL_DATABASE_URL, Secret};
+use crate::registry::{self, NewTenant, RegistryError};
+use crate::{db, server};
+
+/// Port of the private PostgreSQL that `indigo up` starts when no server answers.
+pub const PRIVATE_POSTGRES_PORT: u16 = 54329;
+
+/// Where `indigo up` keeps the admin token it generated (read by the CLI).
+pub fn token_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.token")
+}
+
+const DEMO_TENANTS: &[(&str, &str, &str)] = &[
+    ("acme-shoes", "Acme Shoes", "starter"),
+    ("blue-bakery", "Blue Bakery", "growth"),
+    ("cobalt-coffee", "Cobalt Coffee", "pro"),
+    ("delta-books", "Delta Books", "starter"),
+    ("ember-outdoor", "Ember Outdoor", "growth"),
+    ("fjord-fashion", "Fjord Fashion", "enterprise"),
+];
+
+pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let (database_url, private) = match &config.database_url {
+        Some(url) => (url.clone(), None),
+        None if db::server_answers(DEFAULT_LOCAL_DATABASE_URL).await => (DEFAULT_LOCAL_DATABASE_URL.to_owned(), None),
+        None => {
+            println!(
+                "no PostgreSQL answers on 127.0.0.1:5432; starting a private one under {}",
+                config.data_dir.display()
+            );
+            let private = PrivatePostgres::start(&config.data_dir).await?;
+            (private.url(), Some(private))
+        }
+    };
+    let outcome = serve(&mut config, &database_url, demo).await;
+    if let Some(private) = private {
+        private.stop().await;
+    }
+    outcome
+}
+
+async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::Result<()> {
+    if db::ensure_database(database_url).await? {
+        println!("created database {}", redact(database_url));
+    }
+    config.admin_token = Some(match config.admin_token.take() {
+        Some(token) => token,
+        None => local_admin_token(&config.data_dir)?,
+    });
+    let state = server::prepare(config, database_url).await?;
+    if demo {
+        let seeded = seed_demo(&state.db, &state.plans).await?;
+        println!("demo tenants: {seeded} added, {} already there", DEMO_TENANTS.len() - seeded);
+    }
+    let listener = server::bind(config).await?;
+    let address = listener.local_addr()?;
+    println!("indigo is up");
+    println!("  admin API: http://{address}");
+    println!("  database:  {}", redact(database_url));
+    println!("  token:     {} (the CLI reads it from there)", token_file(&config.data_dir).display());
+    println!("  try:       indigo tenant list --api-url http://{address}");
+    server::serve(listener, state, server::shutdown_signal()).await
+}
+
+/// The token of the local platform's admin: reused from the data directory, or made once.
+fn local_admin_token(data_dir: &Path) -> anyhow::Result<Secret> {
+    let path = token_file(data_dir);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(Secret::new(existing.trim()));
+    }
+    let token = auth::generate_token();
+    std::fs::write(&path, format!("{token}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+    restrict_to_owner(&path)?;
+    Ok(Secret::new(token))
+}
+
+fn restrict_to_owner(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict permissions of {}", path.display()))
+}
+
+/// Registers the demo tenants that are not there yet; returns how many it added.
+async fn seed_demo(pool: &sqlx::PgPool, plans: &indigo_core::plan::PlanCatalog) -> anyhow::Result<usize> {
+    let actor = Actor::system("indigo-up-demo");
+    let mut added = 0;
+    for (slug, name, plan) in DEMO_TENANTS {
+        let new = NewTenant {
+            slug: Slug::parse(slug)?,
+            name: TenantName::parse(name)?,
+            owner_email: Email::parse(&format!("owner@{slug}.example"))?,
+            plan: plans.get(plan)?,
+        };
+        let mut tx = pool.begin().await?;
+        match registry::create(&mut tx, &actor, None, new).await {
+            Ok(_) => {
+                tx.commit().await?;
+                added += 1;
+            }
+            Err(RegistryError::SlugTaken(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(added)
+}
+
+/// A URL with any password hidden, for printing.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if url[scheme + 3..at].contains(':') => {
+            let user_end = scheme + 3 + url[scheme + 3..at].find(':').unwrap_or(0);
+            format!("{}:***{}", &url[..user_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A PostgreSQL server of our own, from the system's binaries, in `<data_dir>/pg`.
+struct PrivatePostgres {
+    bindir: PathBuf,
+    pgdata: PathBuf,
+    /// PostgreSQL refuses to run as root; as root we run it as `postgres`.
+    as_postgres: bool,
+}
+
+impl PrivatePostgres {
+    async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        let data_dir = std::path::absolute(data_dir)?;
+        let server = Self {
+            bindir: postgres_bindir().await?,
+            pgdata: data_dir.join("pg"),
+            as_postgres: running_as_root().await,
+        };
+        if !server.pgdata.join("PG_VERSION").exists() {
+            std::fs::create_dir_all(&server.pgdata)?;
+            server.give_to_postgres(&data_dir).await?;
+            server
+                .pg(
+                    "initdb",
+                    &["-D", &server.pgdata.display().to_string(), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                )
+                .await?;
+        }
+        let log = data_dir.join("postgres.log");
+        server.give_to_postgres(&data_dir).await?;
+        let options =
+            format!("-p {PRIVATE_POSTGRES_PORT} -c listen_addresses=127.0.0.1 -k {}", server.pgdata.display());
+        server
+            .pg(
+                "pg_ctl",
+                &[
+                    "-D",
+                    &server.pgdata.display().to_string(),
+                    "-l",
+                    &log.display().to_string(),
+                    "-o",
+                    &options,
+                    "-w",
+                    "start",
+                ],
+            )
+            .await
+            .with_context(|| format!("private PostgreSQL did not start; see {}", log.display()))?;
+        println!("private PostgreSQL running on 127.0.0.1:{PRIVATE_POSTGRES_PORT} (log: {})", log.display());
+        Ok(server)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{PRIVATE_POSTGRES_PORT}/indigo")
+    }
+
+    async fn stop(&self) {
+        let pgdata = self.pgdata.display().to_string();
+        if let Err(e) = self.pg("pg_ctl", &["-D", &pgdata, "-m", "fast", "-w", "stop"]).await {
+            eprintln!("indigo: stopping the private PostgreSQL failed: {e:#}");
+        }
+    }
+
+    async fn give_to_postgres(&self, data_dir: &Path) -> anyhow::Result<()> {
+        if self.as_postgres {
+            for path in [data_dir, self.pgdata.as_path()] {
+                let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().await?;
+                if !status.success() {
+                    bail!("chown of {} to postgres failed", path.display());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn pg(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let binary = self.bindir.join(program);
+        let mut command = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&binary);
+            c
+        } else {
+            Command::new(&binary)
+        };
+        let output = command
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("cannot run {}", binary.display()))?;
+        if !output.status.success() {
+            bail!("{program} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(())
+    }
+}
+
+/// The directory of `initdb` and `pg_ctl`, which Debian keeps off PATH.
+async fn postgres_bindir() -> anyhow::Result<PathBuf> {
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output().await
+        && output.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    candidates.sort();
+    candidates.pop().context(
+        "no PostgreSQL server binaries found (initdb); install PostgreSQL or set database_url (env INDIGO_DATABASE_URL)",
+    )
+}
+
+async fn running_as_root() -> bool {
+    match Command::new("id").arg("-u").output().await {
+        Ok(output) => String::from_utf8_lossy(&output.stdout).trim() == "0",
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("postgres://app:s3cret@db:5432/indigo"), "postgres://app:***@db:5432/indigo");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/indigo"), "postgres://postgres@127.0.0.1/indigo");
+    }
+}

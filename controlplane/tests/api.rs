@@ -1,0 +1,576 @@
+//! The admin API through its real router, against a fresh migrated database per
+//! test (`#[sqlx::test]` creates and drops it on the server in DATABASE_URL).
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use indigo_controlplane::api::{self, AppState};
+use indigo_controlplane::config::Secret;
+use indigo_controlplane::{db, policy};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+const ADMIN: &str = "test-bootstrap-admin-token";
+
+struct TestApp {
+    router: Router,
+    pool: PgPool,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or_else(|| panic!("no error code in {}", self.body))
+    }
+}
+
+fn plans_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/plans.toml")
+}
+
+impl TestApp {
+    fn new(pool: PgPool) -> Self {
+        let plans = policy::load_plans(&plans_path()).expect("policies/plans.toml is valid");
+        let state = AppState::new(pool.clone(), plans, Some(&Secret::new(ADMIN)));
+        Self { router: api::router(state), pool }
+    }
+
+    async fn raw(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply { status, headers, body }
+    }
+
+    fn builder(method: Method, path: &str, token: Option<&str>) -> axum::http::request::Builder {
+        let mut builder = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        builder
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Reply {
+        self.raw(Self::builder(Method::GET, path, Some(token)).body(Body::empty()).unwrap()).await
+    }
+
+    /// A mutating call with a JSON body and an idempotency key.
+    async fn send(&self, method: Method, path: &str, token: &str, key: &str, body: Value) -> Reply {
+        let request = Self::builder(method, path, Some(token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        self.raw(request).await
+    }
+
+    async fn create(&self, slug: &str, plan: &str) -> Reply {
+        let body = json!({ "name": format!("Shop {slug}"), "slug": slug, "owner_email": format!("o@{slug}.example"), "plan": plan });
+        self.send(Method::POST, "/v1/tenants", ADMIN, &format!("create-{slug}"), body).await
+    }
+
+    /// A token of `role` made through the API.
+    async fn token(&self, role: &str) -> String {
+        let reply = self
+            .send(
+                Method::POST,
+                "/v1/tokens",
+                ADMIN,
+                &format!("token-{role}"),
+                json!({ "name": format!("{role}-bot"), "role": role }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.body["token"].as_str().unwrap().to_owned()
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn migrations_are_rerunnable(pool: PgPool) {
+    db::MIGRATOR.run(&pool).await.expect("a second run applies nothing and fails nothing");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for table in ["api_tokens", "audit_log", "events", "idempotency_keys", "tenants"] {
+        assert!(tables.contains(&table.to_owned()), "{table} missing from {tables:?}");
+    }
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn create_then_get_by_slug_and_id(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let created = app.create("acme-shoes", "growth").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let tenant = &created.body;
+    assert_eq!(tenant["slug"], "acme-shoes");
+    assert_eq!(tenant["spec"]["plan"], "growth");
+    assert_eq!(tenant["spec"]["isolation"], "pool");
+    assert_eq!(tenant["spec"]["lifecycle"], "active");
+    assert_eq!(tenant["spec"]["generation"], 1);
+    assert_eq!(tenant["status"]["phase"], "pending");
+    assert_eq!(tenant["status"]["observed_generation"], 0);
+    assert!(created.headers.contains_key("x-request-id"));
+
+    let by_slug = app.get("/v1/tenants/acme-shoes", ADMIN).await;
+    assert_eq!(by_slug.status, StatusCode::OK);
+    assert_eq!(by_slug.body, *tenant);
+    let by_id = app.get(&format!("/v1/tenants/{}", tenant["id"].as_str().unwrap()), ADMIN).await;
+    assert_eq!(by_id.body, *tenant);
+
+    let enterprise = app.create("big-corp", "enterprise").await;
+    assert_eq!(enterprise.body["spec"]["isolation"], "silo");
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn create_rejects_bad_input_and_changes_nothing(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let valid = json!({ "name": "Acme", "slug": "acme", "owner_email": "o@acme.example", "plan": "starter" });
+    let with = |field: &str, value: Value| {
+        let mut body = valid.clone();
+        body[field] = value;
+        body
+    };
+    let cases = [
+        (with("plan", json!("gold")), StatusCode::UNPROCESSABLE_ENTITY, "unknown_plan"),
+        (with("slug", json!("Acme")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_slug"),
+        (with("slug", json!("ab")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_slug"),
+        (with("slug", json!("a".repeat(41))), StatusCode::UNPROCESSABLE_ENTITY, "invalid_slug"),
+        (with("slug", json!("acme_shoes")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_slug"),
+        (with("slug", json!("acme-")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_slug"),
+        (with("name", json!("   ")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_name"),
+        (with("owner_email", json!("nobody")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_email"),
+        (with("plan", json!(7)), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (with("extra", json!(true)), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (json!({ "name": "Acme" }), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+        (json!([1, 2]), StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
+    ];
+    for (i, (body, status, code)) in cases.into_iter().enumerate() {
+        let reply = app.send(Method::POST, "/v1/tenants", ADMIN, &format!("bad-{i}"), body.clone()).await;
+        assert_eq!((reply.status, reply.code()), (status, code), "body {body}: {}", reply.body);
+        assert!(reply.body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    let malformed = Request::post("/v1/tenants")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("idempotency-key", "malformed")
+        .body(Body::from("{\"name\": "))
+        .unwrap();
+    let reply = app.raw(malformed).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "malformed_json"));
+
+    let not_json = Request::post("/v1/tenants")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .header("idempotency-key", "text")
+        .body(Body::from(valid.to_string()))
+        .unwrap();
+    let reply = app.raw(not_json).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+
+    let oversized =
+        json!({ "name": "x".repeat(100 * 1024), "slug": "acme", "owner_email": "o@acme.example", "plan": "starter" });
+    let reply = app.send(Method::POST, "/v1/tenants", ADMIN, "huge", oversized).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+
+    let no_key = Request::post("/v1/tenants")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(valid.to_string()))
+        .unwrap();
+    let reply = app.raw(no_key).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "idempotency_key_required"));
+
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM audit_log").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 0);
+
+    // The same body with a fresh key now succeeds: nothing above was half-done.
+    assert_eq!(app.send(Method::POST, "/v1/tenants", ADMIN, "good", valid).await.status, StatusCode::CREATED);
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn duplicate_slug_is_a_conflict(pool: PgPool) {
+    let app = TestApp::new(pool);
+    assert_eq!(app.create("acme", "starter").await.status, StatusCode::CREATED);
+    let body = json!({ "name": "Other", "slug": "acme", "owner_email": "x@y.example", "plan": "pro" });
+    let reply = app.send(Method::POST, "/v1/tenants", ADMIN, "another-key", body).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::CONFLICT, "slug_taken"));
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, 1);
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn idempotency_replays_and_detects_reuse(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let first = app.create("acme", "starter").await;
+    let again = app.create("acme", "starter").await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM audit_log").await, 1);
+
+    let different = json!({ "name": "Acme", "slug": "acme", "owner_email": "o@acme.example", "plan": "pro" });
+    let reply = app.send(Method::POST, "/v1/tenants", ADMIN, "create-acme", different).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::CONFLICT, "idempotency_key_reused"));
+
+    // The same key on another path is another request, also refused.
+    let reply = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "create-acme", json!({ "plan": "pro" })).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::CONFLICT, "idempotency_key_reused"));
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn concurrent_retries_create_one_tenant(pool: PgPool) {
+    let app = std::sync::Arc::new(TestApp::new(pool));
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move { app.create("racer", "growth").await }));
+    }
+    let mut bodies = Vec::new();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        bodies.push(reply.body);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "every retry sees the first answer");
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM events WHERE kind = 'TenantRegistered'").await, 1);
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn authentication_and_roles(pool: PgPool) {
+    let app = TestApp::new(pool);
+    app.create("acme", "starter").await;
+
+    let anonymous = app.raw(Request::get("/v1/tenants").body(Body::empty()).unwrap()).await;
+    assert_eq!((anonymous.status, anonymous.code()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let wrong = app.get("/v1/tenants", "not-a-real-token").await;
+    assert_eq!((wrong.status, wrong.code()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let basic = app
+        .raw(
+            Request::get("/v1/tenants")
+                .header(header::AUTHORIZATION, "Basic Zm9vOmJhcg==")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
+
+    let viewer = app.token("viewer").await;
+    let operator = app.token("operator").await;
+    assert_eq!(app.get("/v1/tenants", &viewer).await.status, StatusCode::OK);
+    assert_eq!(app.get("/v1/tenants/acme/audit", &viewer).await.status, StatusCode::OK);
+
+    let plan = json!({ "plan": "pro" });
+    let reply = app.send(Method::PUT, "/v1/tenants/acme/plan", &viewer, "v-plan", plan.clone()).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::FORBIDDEN, "forbidden"));
+    assert!(reply.body["message"].as_str().unwrap().contains("operator"));
+    let reply = app.send(Method::POST, "/v1/tenants/acme/suspend", &viewer, "v-suspend", json!({})).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let new = json!({ "name": "B", "slug": "bravo", "owner_email": "b@b.example", "plan": "starter" });
+    assert_eq!(
+        app.send(Method::POST, "/v1/tenants", &viewer, "v-create", new.clone()).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    assert_eq!(
+        app.send(Method::PUT, "/v1/tenants/acme/plan", &operator, "o-plan", plan).await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(app.send(Method::POST, "/v1/tenants", &operator, "o-create", new).await.status, StatusCode::CREATED);
+    let reply = app.send(Method::DELETE, "/v1/tenants/acme", &operator, "o-delete", json!({})).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::FORBIDDEN, "forbidden"));
+    assert_eq!(app.get("/v1/tokens", &operator).await.status, StatusCode::FORBIDDEN);
+
+    // The audit log names the token that acted.
+    let audit = app.get("/v1/tenants/acme/audit", ADMIN).await;
+    let actions: Vec<(&str, &str)> = audit.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(actions, [("tenant.create", "bootstrap-admin"), ("tenant.plan", "operator-bot")]);
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn tokens_are_shown_once_and_can_be_revoked(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let body = json!({ "name": "ci", "role": "viewer" });
+    let created = app.send(Method::POST, "/v1/tokens", ADMIN, "tok", body.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let secret = created.body["token"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("indigo_"));
+    let replay = app.send(Method::POST, "/v1/tokens", ADMIN, "tok", body).await;
+    assert_eq!(replay.body["id"], created.body["id"]);
+    assert!(!replay.body.to_string().contains(&secret), "a replay must not reveal the secret");
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys WHERE response::text LIKE '%indigo_%'").await, 0);
+
+    let listed = app.get("/v1/tokens", ADMIN).await;
+    assert_eq!(listed.body.as_array().unwrap().len(), 1);
+    assert!(!listed.body.to_string().contains(&secret));
+
+    assert_eq!(app.get("/v1/tenants", &secret).await.status, StatusCode::OK);
+    let id = created.body["id"].as_str().unwrap();
+    let revoked = app.send(Method::DELETE, &format!("/v1/tokens/{id}"), ADMIN, "revoke", json!(null)).await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert!(revoked.body["revoked_at"].is_string());
+    assert_eq!(app.get("/v1/tenants", &secret).await.status, StatusCode::UNAUTHORIZED);
+
+    let bad_role = app.send(Method::POST, "/v1/tokens", ADMIN, "tok2", json!({ "name": "x", "role": "root" })).await;
+    assert_eq!((bad_role.status, bad_role.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"));
+    let unknown =
+        app.send(Method::DELETE, &format!("/v1/tokens/{}", uuid::Uuid::nil()), ADMIN, "revoke2", json!(null)).await;
+    assert_eq!((unknown.status, unknown.code()), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn plan_change_bumps_generation_and_is_audited(pool: PgPool) {
+    let app = TestApp::new(pool);
+    app.create("acme", "starter").await;
+    let changed = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p1", json!({ "plan": "enterprise" })).await;
+    assert_eq!(changed.status, StatusCode::ACCEPTED, "{}", changed.body);
+    assert_eq!(changed.body["spec"]["plan"], "enterprise");
+    assert_eq!(changed.body["spec"]["isolation"], "silo");
+    assert_eq!(changed.body["spec"]["generation"], 2);
+
+    // Asking for the plan it already has changes nothing.
+    let same = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p2", json!({ "plan": "enterprise" })).await;
+    assert_eq!(same.status, StatusCode::ACCEPTED);
+    assert_eq!(same.body["spec"]["generation"], 2);
+
+    let unknown = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p3", json!({ "plan": "platinum" })).await;
+    assert_eq!((unknown.status, unknown.code()), (StatusCode::UNPROCESSABLE_ENTITY, "unknown_plan"));
+    let missing = app.send(Method::PUT, "/v1/tenants/nobody/plan", ADMIN, "p4", json!({ "plan": "pro" })).await;
+    assert_eq!((missing.status, missing.code()), (StatusCode::NOT_FOUND, "not_found"));
+
+    let audit = app.get("/v1/tenants/acme/audit?kind=tenant.plan", ADMIN).await;
+    let entries = audit.body["items"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["before"]["spec"]["plan"], "starter");
+    assert_eq!(entries[0]["after"]["spec"]["plan"], "enterprise");
+    assert!(entries[0]["request_id"].is_string());
+
+    let events = app.get("/v1/tenants/acme/events", ADMIN).await;
+    let kinds: Vec<&str> =
+        events.body["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["TenantRegistered", "PlanChanged"]);
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn suspend_resume_delete(pool: PgPool) {
+    let app = TestApp::new(pool);
+    app.create("acme", "growth").await;
+    let suspended =
+        app.send(Method::POST, "/v1/tenants/acme/suspend", ADMIN, "s1", json!({ "reason": "payment overdue" })).await;
+    assert_eq!(suspended.status, StatusCode::ACCEPTED);
+    assert_eq!(suspended.body["spec"]["lifecycle"], "suspended");
+
+    // An empty body is fine for suspend and resume.
+    let resumed = app
+        .raw(
+            Request::post("/v1/tenants/acme/resume")
+                .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+                .header("idempotency-key", "r1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resumed.status, StatusCode::ACCEPTED, "{}", resumed.body);
+    assert_eq!(resumed.body["spec"]["lifecycle"], "active");
+    assert_eq!(resumed.body["spec"]["generation"], 3);
+
+    let deleted = app.send(Method::DELETE, "/v1/tenants/acme", ADMIN, "d1", json!({})).await;
+    assert_eq!(deleted.status, StatusCode::ACCEPTED);
+    assert_eq!(deleted.body["spec"]["lifecycle"], "deleted");
+    let again = app.send(Method::DELETE, "/v1/tenants/acme", ADMIN, "d2", json!({})).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.body, deleted.body, "a second delete is a no-op with the same result");
+
+    let reply = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p1", json!({ "plan": "pro" })).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::CONFLICT, "tenant_deleted"));
+    let reply = app.send(Method::POST, "/v1/tenants/acme/resume", ADMIN, "r2", json!({})).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::CONFLICT, "tenant_deleted"));
+
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(actions, ["tenant.create", "tenant.suspend", "tenant.resume", "tenant.delete"]);
+    let reason: String = sqlx::query_scalar("SELECT data->>'reason' FROM events WHERE kind = 'TenantSuspended'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(reason, "payment overdue");
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn list_filters_and_paginates(pool: PgPool) {
+    let app = TestApp::new(pool);
+    for (slug, plan) in [
+        ("alpha", "starter"),
+        ("bravo", "growth"),
+        ("charlie", "starter"),
+        ("delta", "enterprise"),
+        ("echo", "starter"),
+    ] {
+        assert_eq!(app.create(slug, plan).await.status, StatusCode::CREATED);
+    }
+    app.send(Method::POST, "/v1/tenants/charlie/suspend", ADMIN, "s", json!({})).await;
+    let slugs = |reply: &Reply| -> Vec<String> {
+        reply.body["items"].as_array().unwrap().iter().map(|t| t["slug"].as_str().unwrap().to_owned()).collect()
+    };
+
+    assert_eq!(slugs(&app.get("/v1/tenants?plan=starter", ADMIN).await), ["alpha", "charlie", "echo"]);
+    assert_eq!(slugs(&app.get("/v1/tenants?isolation=silo", ADMIN).await), ["delta"]);
+    assert_eq!(slugs(&app.get("/v1/tenants?lifecycle=suspended", ADMIN).await), ["charlie"]);
+    assert_eq!(slugs(&app.get("/v1/tenants?plan=starter&lifecycle=active", ADMIN).await), ["alpha", "echo"]);
+    assert_eq!(slugs(&app.get("/v1/tenants?phase=pending", ADMIN).await).len(), 5);
+
+    let first = app.get("/v1/tenants?limit=2", ADMIN).await;
+    assert_eq!(slugs(&first), ["alpha", "bravo"]);
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_owned();
+    let second = app.get(&format!("/v1/tenants?limit=2&cursor={cursor}"), ADMIN).await;
+    assert_eq!(slugs(&second), ["charlie", "delta"]);
+    let third =
+        app.get(&format!("/v1/tenants?limit=2&cursor={}", second.body["next_cursor"].as_str().unwrap()), ADMIN).await;
+    assert_eq!(slugs(&third), ["echo"]);
+    assert!(third.body["next_cursor"].is_null());
+
+    for bad in
+        ["limit=0", "limit=501", "limit=ten", "lifecycle=sleeping", "isolation=bridge", "plan=gold", "color=blue"]
+    {
+        let reply = app.get(&format!("/v1/tenants?{bad}"), ADMIN).await;
+        assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "invalid_query"), "{bad}");
+    }
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn unknown_tenants_routes_and_methods(pool: PgPool) {
+    let app = TestApp::new(pool);
+    for path in [
+        "/v1/tenants/nobody",
+        "/v1/tenants/NOT_A_SLUG",
+        "/v1/tenants/00000000-0000-0000-0000-000000000000",
+        "/v1/tenants/nobody/events",
+    ] {
+        let reply = app.get(path, ADMIN).await;
+        assert_eq!((reply.status, reply.code()), (StatusCode::NOT_FOUND, "not_found"), "{path}");
+    }
+    let reply = app.get("/v1/nothing-here", ADMIN).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::NOT_FOUND, "not_found"));
+    let reply = app.send(Method::PATCH, "/v1/tenants", ADMIN, "k", json!({})).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    let reply = app.get("/v1/plans/gold", ADMIN).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn plans_come_from_the_policy_file(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let plans = app.get("/v1/plans", ADMIN).await;
+    let names: Vec<&str> = plans.body.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["starter", "growth", "pro", "enterprise"]);
+    let enterprise = app.get("/v1/plans/enterprise", ADMIN).await;
+    assert_eq!(enterprise.body["isolation"], "silo");
+    assert_eq!(enterprise.body["limits"]["products"], -1);
+    let starter = app.get("/v1/plans/starter", ADMIN).await;
+    assert_eq!(starter.body["limits"]["api_calls_per_day"], 1000);
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn events_follow_with_a_cursor(pool: PgPool) {
+    let app = TestApp::new(pool);
+    for slug in ["alpha", "bravo", "charlie"] {
+        app.create(slug, "starter").await;
+    }
+    let first = app.get("/v1/events?limit=2", ADMIN).await;
+    assert_eq!(first.body["items"].as_array().unwrap().len(), 2);
+    let after = first.body["next_cursor"].as_str().unwrap();
+    let rest = app.get(&format!("/v1/events?after={after}"), ADMIN).await;
+    let items = rest.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert!(items[0]["message"].as_str().unwrap().contains("charlie"));
+    let only_bravo = app.get("/v1/events?tenant=bravo", ADMIN).await;
+    assert_eq!(only_bravo.body["items"].as_array().unwrap().len(), 1);
+    let reply = app.get("/v1/events?after=abc", ADMIN).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn health_metrics_and_openapi(pool: PgPool) {
+    let app = TestApp::new(pool);
+    let anonymous = |path: &str| Request::get(path).body(Body::empty()).unwrap();
+    assert_eq!(app.raw(anonymous("/healthz")).await.status, StatusCode::OK);
+    let ready = app.raw(anonymous("/readyz")).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+
+    app.get("/v1/tenants", ADMIN).await;
+    let metrics = app.raw(anonymous("/metrics")).await;
+    let text = metrics.body.as_str().unwrap();
+    assert!(text.contains("indigo_admin_requests_total"), "{text}");
+    assert!(text.contains("route=\"/v1/tenants\""), "{text}");
+
+    let openapi = app.raw(anonymous("/openapi.json")).await;
+    let paths = openapi.body["paths"].as_object().unwrap();
+    for path in [
+        "/v1/tenants",
+        "/v1/tenants/{tenant}",
+        "/v1/tenants/{tenant}/plan",
+        "/v1/tenants/{tenant}/suspend",
+        "/v1/tenants/{tenant}/resume",
+        "/v1/tenants/{tenant}/events",
+        "/v1/tenants/{tenant}/audit",
+        "/v1/plans",
+        "/v1/events",
+        "/v1/tokens",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing from the OpenAPI document");
+    }
+    assert!(openapi.body["components"]["schemas"]["Tenant"].is_object());
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn audit_log_is_append_only(pool: PgPool) {
+    let app = TestApp::new(pool);
+    app.create("acme", "starter").await;
+    for statement in ["UPDATE audit_log SET actor = 'someone-else'", "DELETE FROM audit_log", "TRUNCATE audit_log"] {
+        let err = sqlx::query(statement).execute(&app.pool).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM audit_log").await, 1);
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn spec_changes_bump_generation_whoever_writes_them(pool: PgPool) {
+    let app = TestApp::new(pool);
+    app.create("acme", "starter").await;
+    sqlx::query("UPDATE tenants SET phase = 'ready', observed_generation = 1").execute(&app.pool).await.unwrap();
+    assert_eq!(app.count("SELECT generation FROM tenants").await, 1, "a status write is not a spec change");
+    sqlx::query("UPDATE tenants SET lifecycle = 'suspended'").execute(&app.pool).await.unwrap();
+    assert_eq!(app.count("SELECT generation FROM tenants").await, 2);
+    let tenant = app.get("/v1/tenants/acme", ADMIN).await;
+    assert_eq!(tenant.body["status"]["observed_generation"], 1);
+    assert_eq!(tenant.body["spec"]["generation"], 2);
+}

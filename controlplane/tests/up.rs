@@ -1,0 +1,115 @@
+//! `indigo up --demo` as a real process: it comes up, turns ready, the CLI lists
+//! the demo tenants, and SIGTERM stops it cleanly.
+
+use std::process::Command;
+use std::time::Duration;
+
+use indigo_e2e::{Process, TestDatabase, wait_until_ok};
+
+const INDIGO: &str = env!("CARGO_BIN_EXE_indigo");
+
+#[tokio::test]
+async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
+    let database = TestDatabase::unique("indigo_up_test");
+    let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
+    let plans = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml");
+
+    let mut command = Command::new(INDIGO);
+    command
+        .args(["up", "--demo"])
+        .env("INDIGO_DATABASE_URL", &database.url)
+        .env("INDIGO_LISTEN", "127.0.0.1:0")
+        .env("INDIGO_DATA_DIR", &data_dir)
+        .env("INDIGO_PLANS_FILE", plans)
+        .env_remove("INDIGO_ADMIN_TOKEN");
+    let mut daemon = Process::spawn(command).unwrap();
+    let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
+    let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
+    wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await.unwrap();
+
+    // The CLI finds the token `indigo up` wrote into the data directory.
+    let output = Command::new(INDIGO)
+        .args(["tenant", "list", "--output", "json", "--api-url", &api_url])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env_remove("INDIGO_TOKEN")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let tenants: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut plans: Vec<(String, String)> = tenants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["slug"].as_str().unwrap().to_owned(), t["spec"]["plan"].as_str().unwrap().to_owned()))
+        .collect();
+    plans.sort();
+    assert_eq!(plans.len(), 6, "{plans:?}");
+    for plan in ["starter", "growth", "pro", "enterprise"] {
+        assert!(plans.iter().any(|(_, p)| p == plan), "no demo tenant on {plan}: {plans:?}");
+    }
+
+    // A failing command exits non-zero with a one-line reason.
+    let output = Command::new(INDIGO)
+        .args(["tenant", "plan", "acme-shoes", "gold", "--api-url", &api_url])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unknown plan `gold`"), "{stderr}");
+
+    // Table output for people.
+    let output = Command::new(INDIGO)
+        .args(["tenant", "get", "fjord-fashion", "--api-url", &api_url])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("plan=enterprise isolation=silo"), "{stdout}");
+
+    let status = daemon.signal_and_wait("TERM", Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "indigo up exited with {status} after SIGTERM");
+
+    database.drop_now().await.unwrap();
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[test]
+fn an_unreachable_api_is_a_one_line_failure() {
+    let output = Command::new(INDIGO)
+        .args(["tenant", "list", "--api-url", "http://127.0.0.1:9", "--token", "x"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot reach the admin API"), "{stderr}");
+}
+
+#[test]
+fn a_broken_plans_file_stops_the_daemon_with_file_plan_and_key() {
+    let dir = std::env::temp_dir().join(format!("indigo-plans-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml")).unwrap();
+    let broken = dir.join("plans.toml");
+    std::fs::write(&broken, good.replacen("api_calls_per_day = 10000", "api_calls_per_day = -7", 1)).unwrap();
+    let output = Command::new(INDIGO).args(["policy", "--plans-file"]).arg(&broken).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}: plan `growth`: key `limits.api_calls_per_day`", broken.display())),
+        "{stderr}"
+    );
+    let output = Command::new(INDIGO)
+        .args(["serve", "--database-url", "postgres://127.0.0.1:9/none", "--plans-file"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("plan `growth`: key `limits.api_calls_per_day`"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

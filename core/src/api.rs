@@ -1,0 +1,160 @@
+//! The admin API's request and response bodies, shared by the server, the CLI
+//! and the console so that all three read the same JSON the same way.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::plan::PlanName;
+use crate::tenant::{Condition, Isolation, Lifecycle, Phase, Role, Slug, TenantId};
+
+/// A tenant as the registry holds it: what it should be, and what was last seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub slug: Slug,
+    pub name: String,
+    pub owner_email: String,
+    pub spec: TenantSpec,
+    pub status: TenantStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Tenant {
+    /// Whether the last observation reflects the current spec.
+    pub fn status_current(&self) -> bool {
+        self.status.observed_generation >= self.spec.generation
+    }
+}
+
+/// The desired state of a tenant. Every change bumps `generation`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantSpec {
+    pub plan: PlanName,
+    pub isolation: Isolation,
+    pub lifecycle: Lifecycle,
+    pub generation: i64,
+}
+
+/// The observed state of a tenant; `observed_generation` says which spec it reflects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantStatus {
+    pub phase: Phase,
+    pub conditions: Vec<Condition>,
+    pub placement: Option<Placement>,
+    pub observed_generation: i64,
+    pub last_reconciled_at: Option<DateTime<Utc>>,
+}
+
+/// Where a tenant's data and compute actually are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Placement {
+    pub isolation: Isolation,
+    /// The database holding the tenant's rows (the pool's or its own).
+    pub database: String,
+    /// The dedicated cluster, for a silo on AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The data-plane service that serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    /// Display name, 1 to 100 characters.
+    pub name: String,
+    /// 3 to 40 lowercase letters, digits and hyphens; starts with a letter.
+    pub slug: String,
+    pub owner_email: String,
+    /// A plan from `GET /v1/plans`.
+    pub plan: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePlanRequest {
+    pub plan: String,
+}
+
+/// Optional body of suspend and resume: why, for the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// One page of a list; pass `next_cursor` as `cursor` to get the next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Every error the admin API returns has this shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: `unknown_plan`, `slug_taken`, `unauthorized`, ...
+    pub code: String,
+    /// A sentence for a person.
+    pub message: String,
+}
+
+/// Something that happened to a tenant or the fleet, for people to follow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Increasing; pass the last one seen as `after` to follow the stream.
+    pub id: i64,
+    pub tenant_id: Option<TenantId>,
+    /// `TenantCreated`, `PlanChanged`, `TenantSuspended`, ...
+    pub kind: String,
+    pub message: String,
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One mutation, as the append-only audit log recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// The API token's name.
+    pub actor: String,
+    pub role: Role,
+    /// `tenant.create`, `tenant.plan`, `token.create`, ...
+    pub action: String,
+    pub tenant_id: Option<TenantId>,
+    pub request_id: Option<String>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// Who or what uses the token; recorded as the actor in the audit log.
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiToken {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Returned once, when a token is created; only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: ApiToken,
+    pub token: String,
+}

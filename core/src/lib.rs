@@ -1,0 +1,7 @@
+//! Types that every Indigo binary shares: tenant identity and lifecycle, the plan
+//! catalogue, and the shapes of the admin API. Nothing here does IO, so the data
+//! plane, the control plane and the console agree on one definition of each.
+
+pub mod api;
+pub mod plan;
+pub mod tenant;

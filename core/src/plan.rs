@@ -1,0 +1,483 @@
+//! The plan catalogue: what each plan entitles a tenant to. The data lives in
+//! `policies/plans.toml`; this module parses and validates it, naming the file,
+//! the plan and the key in every error so that an edit gone wrong is found at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use toml::{Table, Value};
+use utoipa::ToSchema;
+
+use crate::tenant::Isolation;
+
+/// A plan's name as the catalogue spells it (`starter`, `enterprise`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String, example = "growth")]
+pub struct PlanName(String);
+
+impl PlanName {
+    /// Checks the spelling only; whether the plan exists is the catalogue's call.
+    fn parse(raw: &str) -> Option<Self> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 40
+            && raw.starts_with(|c: char| c.is_ascii_lowercase())
+            && raw.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        ok.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for PlanName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        PlanName::parse(&raw).ok_or_else(|| serde::de::Error::custom(format!("`{raw}` is not a plan name")))
+    }
+}
+
+impl fmt::Display for PlanName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A quota: a maximum, or unlimited (written `-1` in the policy file and in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Unlimited,
+    AtMost(u64),
+}
+
+impl Limit {
+    /// Whether `used + 1` more would still be within the quota.
+    pub fn allows_one_more(self, used: u64) -> bool {
+        match self {
+            Limit::Unlimited => true,
+            Limit::AtMost(max) => used < max,
+        }
+    }
+
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Limit::Unlimited => -1,
+            Limit::AtMost(max) => i64::try_from(max).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl Serialize for Limit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.as_i64())
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match i64::deserialize(d)? {
+            -1 => Ok(Limit::Unlimited),
+            n => u64::try_from(n)
+                .map(Limit::AtMost)
+                .map_err(|_| serde::de::Error::custom(format!("limit must be -1 or 0 or more, got {n}"))),
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Unlimited => f.write_str("unlimited"),
+            Limit::AtMost(max) => write!(f, "{max}"),
+        }
+    }
+}
+
+/// The quotas of one plan, as in the reference design's plan limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Limits {
+    #[schema(value_type = i64)]
+    pub products: Limit,
+    #[schema(value_type = i64)]
+    pub ai_credits: Limit,
+    #[schema(value_type = i64)]
+    pub storage_gb: Limit,
+    #[schema(value_type = i64)]
+    pub team_members: Limit,
+    #[schema(value_type = i64)]
+    pub api_calls_per_day: Limit,
+}
+
+/// The storefront request rate a tenant on this plan may sustain (token bucket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Plan {
+    pub name: PlanName,
+    pub display_name: String,
+    /// Position in the upgrade path: a higher tier is an upgrade.
+    pub tier: u32,
+    pub isolation: Isolation,
+    /// List price in the currency's minor units (cents).
+    pub price_per_month: u64,
+    pub currency: String,
+    pub features: Vec<String>,
+    pub limits: Limits,
+    pub rate_limit: RateLimit,
+}
+
+impl Plan {
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+}
+
+/// Every plan the product sells, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanCatalog {
+    plans: BTreeMap<PlanName, Plan>,
+}
+
+/// A policy file that cannot be used, with where the problem is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PlanError {
+    pub file: String,
+    pub plan: Option<String>,
+    pub key: Option<String>,
+    pub problem: String,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(plan) = &self.plan {
+            write!(f, ": plan `{plan}`")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// Why a plan name was refused by the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown plan `{requested}`; plans are: {}", known.join(", "))]
+pub struct UnknownPlan {
+    pub requested: String,
+    pub known: Vec<String>,
+}
+
+impl PlanCatalog {
+    /// Parses the text of a plans file; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Self, PlanError> {
+        let root: Table = text.parse().map_err(|e: toml::de::Error| PlanError {
+            file: file.to_owned(),
+            plan: None,
+            key: None,
+            problem: format!("not valid TOML: {}", e.to_string().trim()),
+        })?;
+        let top = Section { file, plan: None, prefix: String::new(), table: &root };
+        top.only_keys(&["plans"])?;
+        let plans_table = top.table("plans")?;
+        let mut plans = BTreeMap::new();
+        for (raw_name, value) in plans_table.table {
+            let section = plans_table.nested(raw_name, value, Some(raw_name))?;
+            let name = PlanName::parse(raw_name).ok_or_else(|| {
+                section.error(None, "plan names use lowercase letters, digits, `_` and `-`, starting with a letter")
+            })?;
+            let plan = parse_plan(name.clone(), &section)?;
+            plans.insert(name, plan);
+        }
+        if plans.is_empty() {
+            return Err(top.error(Some("plans"), "defines no plan; at least one is needed"));
+        }
+        let catalog = Self { plans };
+        catalog.check_tiers_unique(file)?;
+        Ok(catalog)
+    }
+
+    fn check_tiers_unique(&self, file: &str) -> Result<(), PlanError> {
+        let mut seen: BTreeMap<u32, &PlanName> = BTreeMap::new();
+        for plan in self.plans.values() {
+            if let Some(other) = seen.insert(plan.tier, &plan.name) {
+                return Err(PlanError {
+                    file: file.to_owned(),
+                    plan: Some(plan.name.to_string()),
+                    key: Some("tier".into()),
+                    problem: format!("tier {} is also used by plan `{other}`; tiers must be unique", plan.tier),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a requested plan name, refusing names the catalogue does not sell.
+    pub fn get(&self, requested: &str) -> Result<&Plan, UnknownPlan> {
+        PlanName::parse(requested).and_then(|name| self.plans.get(&name)).ok_or_else(|| UnknownPlan {
+            requested: requested.to_owned(),
+            known: self.names().map(str::to_owned).collect(),
+        })
+    }
+
+    /// Plans from the lowest tier to the highest.
+    pub fn plans(&self) -> Vec<&Plan> {
+        let mut plans: Vec<&Plan> = self.plans.values().collect();
+        plans.sort_by_key(|p| p.tier);
+        plans
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.plans().into_iter().map(|p| p.name.as_str())
+    }
+}
+
+fn parse_plan(name: PlanName, s: &Section<'_>) -> Result<Plan, PlanError> {
+    s.only_keys(&[
+        "display_name",
+        "tier",
+        "isolation",
+        "price_per_month",
+        "currency",
+        "features",
+        "limits",
+        "rate_limit",
+    ])?;
+    let isolation_raw = s.string("isolation")?;
+    let isolation = isolation_raw
+        .parse::<Isolation>()
+        .map_err(|_| s.error(Some("isolation"), &format!("must be `pool` or `silo`, got `{isolation_raw}`")))?;
+    let currency = s.string("currency")?;
+    if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_lowercase()) {
+        return Err(s.error(Some("currency"), "must be a lowercase ISO 4217 code such as `usd`"));
+    }
+    let features = s.strings("features")?;
+    for feature in &features {
+        if feature.is_empty() || !feature.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            return Err(s.error(Some("features"), &format!("feature `{feature}` must be lowercase letters and `_`")));
+        }
+    }
+    let limits = s.table("limits")?;
+    limits.only_keys(&["products", "ai_credits", "storage_gb", "team_members", "api_calls_per_day"])?;
+    let rate = s.table("rate_limit")?;
+    rate.only_keys(&["requests_per_second", "burst"])?;
+    let display_name = s.string("display_name")?;
+    if display_name.trim().is_empty() {
+        return Err(s.error(Some("display_name"), "must not be blank"));
+    }
+    Ok(Plan {
+        name,
+        display_name,
+        tier: s.positive("tier")?,
+        isolation,
+        price_per_month: s.non_negative("price_per_month")?,
+        currency,
+        features,
+        limits: Limits {
+            products: limits.limit("products")?,
+            ai_credits: limits.limit("ai_credits")?,
+            storage_gb: limits.limit("storage_gb")?,
+            team_members: limits.limit("team_members")?,
+            api_calls_per_day: limits.limit("api_calls_per_day")?,
+        },
+        rate_limit: RateLimit {
+            requests_per_second: rate.positive("requests_per_second")?,
+            burst: rate.positive("burst")?,
+        },
+    })
+}
+
+/// A table of the policy file together with where it sits, so that every
+/// accessor can name the plan and the full key of what it rejects.
+struct Section<'a> {
+    file: &'a str,
+    plan: Option<&'a str>,
+    prefix: String,
+    table: &'a Table,
+}
+
+impl<'a> Section<'a> {
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() { key.to_owned() } else { format!("{}.{key}", self.prefix) }
+    }
+
+    fn error(&self, key: Option<&str>, problem: &str) -> PlanError {
+        PlanError {
+            file: self.file.to_owned(),
+            plan: self.plan.map(str::to_owned),
+            key: key.map(|k| self.full_key(k)),
+            problem: problem.to_owned(),
+        }
+    }
+
+    fn only_keys(&self, allowed: &[&str]) -> Result<(), PlanError> {
+        match self.table.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(unknown) => {
+                Err(self.error(Some(unknown), &format!("unknown key; allowed here: {}", allowed.join(", "))))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<&'a Value, PlanError> {
+        self.table.get(key).ok_or_else(|| self.error(Some(key), "is missing"))
+    }
+
+    fn nested(&self, key: &str, value: &'a Value, plan: Option<&'a str>) -> Result<Section<'a>, PlanError> {
+        // A plan's own keys are named relative to the plan, not to `plans.<name>`.
+        let (prefix, plan) = match plan {
+            Some(p) => (String::new(), Some(p)),
+            None => (self.full_key(key), self.plan),
+        };
+        match value {
+            Value::Table(table) => Ok(Section { file: self.file, plan, prefix, table }),
+            other => Err(self.error(Some(key), &format!("must be a table, got {}", other.type_str()))),
+        }
+    }
+
+    fn table(&self, key: &str) -> Result<Section<'a>, PlanError> {
+        let value = self.get(key)?;
+        self.nested(key, value, None)
+    }
+
+    fn string(&self, key: &str) -> Result<String, PlanError> {
+        match self.get(key)? {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(self.error(Some(key), &format!("must be a string, got {}", other.type_str()))),
+        }
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, PlanError> {
+        let Value::Array(items) = self.get(key)? else {
+            return Err(self.error(Some(key), "must be an array of strings"));
+        };
+        items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(self.error(Some(key), "must be an array of strings")),
+            })
+            .collect()
+    }
+
+    fn integer(&self, key: &str) -> Result<i64, PlanError> {
+        match self.get(key)? {
+            Value::Integer(n) => Ok(*n),
+            other => Err(self.error(Some(key), &format!("must be an integer, got {}", other.type_str()))),
+        }
+    }
+
+    fn non_negative(&self, key: &str) -> Result<u64, PlanError> {
+        let n = self.integer(key)?;
+        u64::try_from(n).map_err(|_| self.error(Some(key), &format!("must be 0 or more, got {n}")))
+    }
+
+    fn positive(&self, key: &str) -> Result<u32, PlanError> {
+        let n = self.integer(key)?;
+        match u32::try_from(n) {
+            Ok(v) if v > 0 => Ok(v),
+            _ => Err(self.error(Some(key), &format!("must be a positive integer, got {n}"))),
+        }
+    }
+
+    fn limit(&self, key: &str) -> Result<Limit, PlanError> {
+        match self.integer(key)? {
+            -1 => Ok(Limit::Unlimited),
+            n => u64::try_from(n)
+                .map(Limit::AtMost)
+                .map_err(|_| self.error(Some(key), &format!("must be -1 (unlimited) or 0 or more, got {n}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+[plans.starter]
+display_name = "Starter"
+tier = 1
+isolation = "pool"
+price_per_month = 2900
+currency = "usd"
+features = ["basic_store"]
+limits = { products = 100, ai_credits = 50, storage_gb = 1, team_members = 1, api_calls_per_day = 1000 }
+rate_limit = { requests_per_second = 10, burst = 20 }
+
+[plans.enterprise]
+display_name = "Enterprise"
+tier = 4
+isolation = "silo"
+price_per_month = 99900
+currency = "usd"
+features = ["basic_store", "sso"]
+limits = { products = -1, ai_credits = -1, storage_gb = -1, team_members = -1, api_calls_per_day = -1 }
+rate_limit = { requests_per_second = 500, burst = 1000 }
+"#;
+
+    fn broken(from: &str, to: &str) -> String {
+        assert!(VALID.contains(from), "fixture does not contain {from}");
+        PlanCatalog::parse("plans.toml", &VALID.replacen(from, to, 1)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_limits_and_isolation() {
+        let catalog = PlanCatalog::parse("plans.toml", VALID).unwrap();
+        let enterprise = catalog.get("enterprise").unwrap();
+        assert_eq!(enterprise.isolation, Isolation::Silo);
+        assert_eq!(enterprise.limits.products, Limit::Unlimited);
+        assert_eq!(catalog.get("starter").unwrap().limits.products, Limit::AtMost(100));
+        assert_eq!(catalog.names().collect::<Vec<_>>(), ["starter", "enterprise"]);
+        assert!(enterprise.has_feature("sso"));
+        assert_eq!(serde_json::to_value(&enterprise.limits).unwrap()["products"], -1);
+    }
+
+    #[test]
+    fn unknown_plan_lists_the_known_ones() {
+        let catalog = PlanCatalog::parse("plans.toml", VALID).unwrap();
+        let err = catalog.get("gold").unwrap_err();
+        assert_eq!(err.to_string(), "unknown plan `gold`; plans are: starter, enterprise");
+        assert!(catalog.get("Starter").is_err());
+    }
+
+    #[test]
+    fn errors_name_file_plan_and_key() {
+        assert_eq!(
+            broken("products = 100", "products = -5"),
+            "plans.toml: plan `starter`: key `limits.products`: must be -1 (unlimited) or 0 or more, got -5"
+        );
+        assert_eq!(
+            broken("isolation = \"silo\"", "isolation = \"bridge\""),
+            "plans.toml: plan `enterprise`: key `isolation`: must be `pool` or `silo`, got `bridge`"
+        );
+        assert_eq!(
+            broken("requests_per_second = 10,", "requests_per_second = \"fast\","),
+            "plans.toml: plan `starter`: key `rate_limit.requests_per_second`: must be an integer, got string"
+        );
+        assert_eq!(
+            broken("tier = 4", "tier = 1"),
+            "plans.toml: plan `starter`: key `tier`: tier 1 is also used by plan `enterprise`; tiers must be unique"
+        );
+        assert!(broken("display_name = \"Starter\"\n", "").ends_with("plan `starter`: key `display_name`: is missing"));
+        assert!(
+            broken("tier = 1\n", "tier = 1\nmax_widgets = 3\n")
+                .contains("plan `starter`: key `max_widgets`: unknown key")
+        );
+        assert!(broken("ai_credits = 50,", "ai_credit = 50,").contains("key `limits.ai_credit`: unknown key"));
+        assert!(broken("[plans.starter]", "[plans.Starter]").contains("plan `Starter`"));
+        assert!(broken("[plans.starter]", "[plans.starter").starts_with("plans.toml: not valid TOML"));
+    }
+
+    #[test]
+    fn empty_catalog_is_refused() {
+        let err = PlanCatalog::parse("p.toml", "[plans]\n").unwrap_err();
+        assert_eq!(err.to_string(), "p.toml: key `plans`: defines no plan; at least one is needed");
+    }
+}

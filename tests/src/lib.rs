@@ -1,0 +1,135 @@
+//! Support for tests that run the real Indigo binaries against real services:
+//! throwaway databases on the local PostgreSQL and child processes that are
+//! stopped however the test ends.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The server tests create their databases on (`DATABASE_URL`, set in `.cargo/config.toml`).
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(server: &str, database: &str) -> String {
+    let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
+    format!("{base}/{database}")
+}
+
+/// A database name no other test uses. The database is created by whoever
+/// connects first (e.g. `indigo up`) and dropped by [`TestDatabase::drop_now`].
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub fn unique(prefix: &str) -> Self {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        Self { url: with_database(&server_url(), &name), name }
+    }
+
+    pub async fn drop_now(&self) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&server_url())
+            .await
+            .with_context(|| format!("PostgreSQL is not reachable at {}; tests need it running", server_url()))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)))
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A child process, killed on drop if the test did not stop it.
+pub struct Process {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    /// Starts `command` with stdout captured line by line (stderr is inherited, so
+    /// its log shows in the test output on failure).
+    pub fn spawn(mut command: Command) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        let stdout = child.stdout.take().context("stdout is piped")?;
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, lines, seen: Vec::new() })
+    }
+
+    /// Waits for a stdout line containing `needle` and returns it.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => bail!("no line containing {needle:?} within {timeout:?}; stdout so far: {:#?}", self.seen),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM") and waits for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status()?;
+        if !status.success() {
+            bail!("kill -{signal} {} failed", self.pid());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("process {} still running {timeout:?} after SIG{signal}", self.pid());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `url` until it answers 200.
+pub async fn wait_until_ok(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        match client.get(url).send().await {
+            Ok(response) if response.status().is_success() => return Ok(()),
+            outcome if Instant::now() > deadline => bail!("{url} not OK within {timeout:?}: {outcome:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
