@@ -12,6 +12,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "indigo.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_PLANS_FILE: &str = "policies/plans.toml";
 pub const DEFAULT_DATA_DIR: &str = ".indigo";
+pub const DEFAULT_POOL_DATABASE: &str = "indigo_pool";
 /// Where `indigo up` looks for a PostgreSQL server when no database is configured.
 pub const DEFAULT_LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/indigo";
 
@@ -55,6 +56,8 @@ struct ConfigFile {
     plans_file: Option<PathBuf>,
     admin_token: Option<String>,
     data_dir: Option<PathBuf>,
+    tenant_server_url: Option<String>,
+    pool_database: Option<String>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -75,6 +78,12 @@ pub struct Overrides {
     /// Local state: the private PostgreSQL of `indigo up`, the generated admin token [env: INDIGO_DATA_DIR] [default: .indigo]
     #[arg(long, env = "INDIGO_DATA_DIR", hide_env = true)]
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL server (superuser URL) holding the pool and the local silos [env: INDIGO_TENANT_SERVER_URL] [default: the control database's server]
+    #[arg(long, env = "INDIGO_TENANT_SERVER_URL", hide_env = true)]
+    pub tenant_server_url: Option<String>,
+    /// Name of the shared pool database [env: INDIGO_POOL_DATABASE] [default: indigo_pool]
+    #[arg(long, env = "INDIGO_POOL_DATABASE", hide_env = true)]
+    pub pool_database: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +94,9 @@ pub struct Config {
     pub plans_file: PathBuf,
     pub admin_token: Option<Secret>,
     pub data_dir: PathBuf,
+    /// `None`: the control database's server.
+    pub tenant_server_url: Option<String>,
+    pub pool_database: String,
 }
 
 impl Config {
@@ -102,13 +114,19 @@ impl Config {
             message: format!("`{listen_raw}` is not an address such as 127.0.0.1:8080"),
         })?;
         let database_url = overrides.database_url.or(from_file.database_url);
-        if let Some(url) = &database_url
-            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        check_postgres_url(database_url.as_deref(), "database_url", "INDIGO_DATABASE_URL")?;
+        let tenant_server_url = overrides.tenant_server_url.or(from_file.tenant_server_url);
+        check_postgres_url(tenant_server_url.as_deref(), "tenant_server_url", "INDIGO_TENANT_SERVER_URL")?;
+        let pool_database =
+            overrides.pool_database.or(from_file.pool_database).unwrap_or_else(|| DEFAULT_POOL_DATABASE.into());
+        if pool_database.is_empty()
+            || pool_database.len() > 63
+            || !pool_database.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         {
             return Err(ConfigError::Invalid {
-                key: "database_url",
-                env: "INDIGO_DATABASE_URL",
-                message: "must be a postgres:// URL".into(),
+                key: "pool_database",
+                env: "INDIGO_POOL_DATABASE",
+                message: "must be 1 to 63 lowercase letters, digits and `_`".into(),
             });
         }
         let admin_token = overrides.admin_token.or(from_file.admin_token).map(Secret::new);
@@ -125,12 +143,23 @@ impl Config {
             plans_file: overrides.plans_file.or(from_file.plans_file).unwrap_or_else(|| DEFAULT_PLANS_FILE.into()),
             admin_token,
             data_dir: overrides.data_dir.or(from_file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            tenant_server_url,
+            pool_database,
         })
     }
 
     /// The configured database, or the conventional local one.
     pub fn database_url_or_local(&self) -> &str {
         self.database_url.as_deref().unwrap_or(DEFAULT_LOCAL_DATABASE_URL)
+    }
+}
+
+fn check_postgres_url(url: Option<&str>, key: &'static str, env: &'static str) -> Result<(), ConfigError> {
+    match url {
+        Some(url) if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) => {
+            Err(ConfigError::Invalid { key, env, message: "must be a postgres:// URL".into() })
+        }
+        _ => Ok(()),
     }
 }
 

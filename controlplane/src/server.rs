@@ -3,9 +3,10 @@
 use std::future::Future;
 
 use anyhow::Context;
+use indigo_dataplane::schema::TenantServer;
 use tokio::net::TcpListener;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, TenantDatabases};
 use crate::config::Config;
 use crate::{db, policy};
 
@@ -15,10 +16,14 @@ pub async fn prepare(config: &Config, database_url: &str) -> anyhow::Result<AppS
     let plans = policy::load_plans(&config.plans_file)?;
     let pool = db::connect(database_url).await?;
     db::migrate(&pool).await?;
+    // The pool's schema and policies are brought up to date at every start.
+    let server = TenantServer::new(config.tenant_server_url.as_deref().unwrap_or(database_url))?;
+    server.provision(&config.pool_database).await?;
     if config.admin_token.is_none() {
         tracing::warn!("no admin_token configured: only tokens stored in the database are accepted");
     }
-    Ok(AppState::new(pool, plans, config.admin_token.as_ref()))
+    let tenant_dbs = TenantDatabases { server, pool_database: config.pool_database.clone() };
+    Ok(AppState::new(pool, plans, config.admin_token.as_ref(), tenant_dbs))
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes, then drains.

@@ -5,9 +5,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use indigo_controlplane::api::{self, AppState};
+use indigo_controlplane::api::{self, AppState, TenantDatabases};
 use indigo_controlplane::config::Secret;
 use indigo_controlplane::{db, policy};
+use indigo_dataplane::schema::TenantServer;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -38,7 +39,11 @@ fn plans_path() -> std::path::PathBuf {
 impl TestApp {
     fn new(pool: PgPool) -> Self {
         let plans = policy::load_plans(&plans_path()).expect("policies/plans.toml is valid");
-        let state = AppState::new(pool.clone(), plans, Some(&Secret::new(ADMIN)));
+        let tenant_dbs = TenantDatabases {
+            server: TenantServer::new(&indigo_e2e::server_url()).unwrap(),
+            pool_database: "indigo_pool_test".into(),
+        };
+        let state = AppState::new(pool.clone(), plans, Some(&Secret::new(ADMIN)), tenant_dbs);
         Self { router: api::router(state), pool }
     }
 

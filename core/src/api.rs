@@ -158,3 +158,66 @@ pub struct CreatedToken {
     pub info: ApiToken,
     pub token: String,
 }
+
+/// Where the data plane sends each tenant's traffic, and with what entitlements.
+/// `version` is the highest `routing_version` of any route: it only grows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RoutingTable {
+    pub version: i64,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Route {
+    pub tenant_id: TenantId,
+    pub slug: Slug,
+    pub lifecycle: Lifecycle,
+    pub isolation: Isolation,
+    /// The tenant database, as a URL for the data plane's role; `None` while it
+    /// has no placement yet (the data plane then answers 503).
+    pub database_url: Option<String>,
+    pub plan: crate::plan::Plan,
+    /// Bumped by every change that affects routing (plan, lifecycle, placement).
+    pub routing_version: i64,
+}
+
+/// One metered unit of use, as the data plane reports it. `id` is unique per
+/// event and makes delivery idempotent: a re-sent event is counted once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageEvent {
+    pub id: Uuid,
+    pub tenant_id: TenantId,
+    /// `api_call`, `search_query`, `ai_request` or `storage_gb`.
+    pub event_type: String,
+    pub quantity: f64,
+    #[serde(default)]
+    pub route: Option<String>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub latency_ms: Option<u32>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBatch {
+    pub events: Vec<UsageEvent>,
+}
+
+/// What became of a batch: counts, and why each refused event was refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageBatchResult {
+    pub accepted: u64,
+    /// Events whose id had been stored before.
+    pub duplicates: u64,
+    pub rejected: Vec<RejectedEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RejectedEvent {
+    /// Position in the batch.
+    pub index: usize,
+    pub code: String,
+    pub message: String,
+}

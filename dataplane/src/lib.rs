@@ -1,12 +1,24 @@
 //! The Indigo data plane as a library: the storefront server that the
-//! `indigo-dataplane` binary runs. Tenant isolation, plan limits and metering
-//! arrive with the storefront itself; today it serves its probes.
+//! `indigo-dataplane` binary runs, and the tenant schema it serves from.
+
+pub mod api;
+pub mod auth;
+pub mod limits;
+pub mod metering;
+pub mod routing;
+pub mod schema;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use anyhow::Context;
+
+use crate::api::AppState;
+use crate::auth::Verifier;
+use crate::metering::{Meter, UsageSink};
+use crate::routing::{ControlPlaneSource, Routes};
 
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -14,26 +26,81 @@ use serde_json::json;
     version,
     about = "Indigo data plane: serves the tenants' storefront traffic (products, customers, orders, search).",
     long_about = "Indigo data plane: serves the tenants' storefront traffic (products, customers, orders, search).\n\n\
-                  Stateless: run as many replicas as needed. Each request carries a JWT naming its tenant;\n\
-                  the tenant's rows are reached only through PostgreSQL row-level security.\n\
-                  The control plane (`indigo up`) starts it locally."
+                  Stateless: run as many replicas as needed. Each request carries a JWT naming its tenant; the\n\
+                  tenant's rows are reached only through PostgreSQL row-level security. Routing (which database\n\
+                  serves which tenant, on which plan) comes from the control plane and keeps serving from the\n\
+                  last known table when the control plane is away. `indigo up` starts one for you."
 )]
 pub struct Cli {
     /// Address to serve on
     #[arg(long, env = "INDIGO_DATAPLANE_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
-}
-
-/// The routes served today: liveness and readiness.
-pub fn router() -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
-        .route("/readyz", get(|| async { Json(json!({ "status": "ready" })) }))
+    /// The control plane's admin API (routing table, usage store)
+    #[arg(long, env = "INDIGO_CONTROL_PLANE_URL", default_value = "http://127.0.0.1:8080")]
+    pub control_plane_url: String,
+    /// Admin API token of the data plane (operator role: it writes usage)
+    #[arg(long, env = "INDIGO_CONTROL_PLANE_TOKEN", hide_env_values = true)]
+    pub control_plane_token: String,
+    /// Shared secret of the storefront's HS256 tokens
+    #[arg(long, env = "INDIGO_JWT_SECRET", hide_env_values = true, required_unless_present = "jwks_url")]
+    pub jwt_secret: Option<String>,
+    /// Verify RS256 tokens with the keys at this JWKS URL instead
+    #[arg(long, env = "INDIGO_JWKS_URL", conflicts_with = "jwt_secret")]
+    pub jwks_url: Option<String>,
+    /// How often to ask the control plane for a newer routing table
+    #[arg(long, env = "INDIGO_ROUTING_REFRESH_MS", default_value_t = 500)]
+    pub routing_refresh_ms: u64,
+    /// How often to send buffered usage events
+    #[arg(long, env = "INDIGO_METERING_FLUSH_MS", default_value_t = 1000)]
+    pub metering_flush_ms: u64,
+    /// Where undeliverable usage batches wait for retry
+    #[arg(long, env = "INDIGO_SPOOL_DIR", default_value = ".indigo/usage-spool")]
+    pub spool_dir: PathBuf,
+    /// Connections per tenant database
+    #[arg(long, env = "INDIGO_DB_CONNECTIONS", default_value_t = 16)]
+    pub db_connections: u32,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(cli.listen).await?;
+    let verifier = match (&cli.jwt_secret, &cli.jwks_url) {
+        (_, Some(url)) => Verifier::jwks(url),
+        (Some(secret), None) => Verifier::hs256(secret.as_bytes()),
+        (None, None) => anyhow::bail!("set jwt_secret (INDIGO_JWT_SECRET) or jwks_url (INDIGO_JWKS_URL)"),
+    };
+    let routes = Arc::new(Routes::new(cli.db_connections));
+    let source = ControlPlaneSource::new(&cli.control_plane_url, &cli.control_plane_token);
+    let meter =
+        Meter::new(Some(UsageSink::new(&cli.control_plane_url, &cli.control_plane_token)), cli.spool_dir.clone());
+    let refresher =
+        tokio::spawn(routing::refresh_forever(routes.clone(), source, Duration::from_millis(cli.routing_refresh_ms)));
+    let flusher = tokio::spawn(metering::flush_forever(meter.clone(), Duration::from_millis(cli.metering_flush_ms)));
+    let state = AppState::new(routes, verifier, meter.clone());
+    let listener =
+        tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
     tracing::info!(address = %listener.local_addr()?, "data plane listening");
-    axum::serve(listener, router()).await?;
+    println!("data plane listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, api::router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    refresher.abort();
+    flusher.abort();
+    // In-flight requests are drained; their usage is sent (or spooled) before exit.
+    meter.flush().await.context("final usage flush")?;
+    tracing::info!("data plane stopped; usage flushed");
     Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
 }

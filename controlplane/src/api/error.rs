@@ -1,10 +1,9 @@
 //! The admin API's one error type. Client mistakes map to 4xx with a stable
 //! `code`; anything else is logged and answered with a generic 500.
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use indigo_core::api::ErrorBody;
+use indigo_core::http::error_response;
 use indigo_core::tenant::Role;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,10 +23,6 @@ pub enum ApiError {
     /// 409: the request conflicts with the current state.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
-    #[error("request body is larger than the {limit} bytes allowed")]
-    PayloadTooLarge { limit: usize },
-    #[error("request body must be JSON (Content-Type: application/json)")]
-    UnsupportedMediaType,
     #[error("{0}")]
     NotReady(String),
     #[error(transparent)]
@@ -57,8 +52,6 @@ impl ApiError {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -70,18 +63,10 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden { .. } => "forbidden",
             Self::NotFound(_) => "not_found",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::NotReady(_) => "not_ready",
             Self::Database(_) | Self::Internal(_) => "internal",
         }
     }
-}
-
-/// The body every error response carries.
-pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = ErrorBody { code: code.to_owned(), message: message.into() };
-    (status, Json(body)).into_response()
 }
 
 impl IntoResponse for ApiError {

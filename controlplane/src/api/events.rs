@@ -11,9 +11,9 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::auth::Actor;
 use super::error::ApiError;
-use super::extract::{ApiPath, ApiQuery};
 use crate::journal::{self, Window};
 use crate::registry::{self, TenantRef};
+use indigo_core::http::{ApiPath, ApiQuery};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -3,14 +3,15 @@
 
 pub mod auth;
 pub mod error;
-pub mod extract;
 pub mod idempotency;
 
 mod events;
 mod health;
 mod plans;
+mod routing;
 mod tenants;
 mod tokens;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use indigo_core::plan::PlanCatalog;
+use indigo_dataplane::schema::TenantServer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -42,15 +44,23 @@ pub struct AppState {
     /// SHA-256 of the configured bootstrap admin token, if any.
     pub bootstrap_admin_hash: Option<Arc<[u8]>>,
     pub metrics: PrometheusHandle,
+    pub tenant_dbs: Arc<TenantDatabases>,
+}
+
+/// Where tenants' data lives: the server of the pool and the local silos.
+pub struct TenantDatabases {
+    pub server: TenantServer,
+    pub pool_database: String,
 }
 
 impl AppState {
-    pub fn new(db: PgPool, plans: PlanCatalog, admin_token: Option<&Secret>) -> Self {
+    pub fn new(db: PgPool, plans: PlanCatalog, admin_token: Option<&Secret>, tenant_dbs: TenantDatabases) -> Self {
         Self {
             db,
             plans: Arc::new(plans),
             bootstrap_admin_hash: admin_token.map(|t| auth::hash_token(t.expose()).into()),
             metrics: telemetry::prometheus(),
+            tenant_dbs: Arc::new(tenant_dbs),
         }
     }
 }
@@ -69,6 +79,7 @@ impl AppState {
         (name = "plans", description = "The plan catalogue from policies/plans.toml"),
         (name = "events", description = "Event stream and audit trail"),
         (name = "tokens", description = "API tokens (admin)"),
+        (name = "usage", description = "The usage store's intake"),
         (name = "health", description = "Probes and metrics"),
     )
 )]
@@ -93,22 +104,28 @@ pub fn router(state: AppState) -> Router {
         .merge(plans::router())
         .merge(events::router())
         .merge(tokens::router())
+        .merge(routing::router())
+        .merge(usage::router())
         .merge(health::router())
         .split_for_parts();
     routes
         .merge(health::openapi_route(openapi))
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .method_not_allowed_fallback(|| async {
-            error::error_response(
+            indigo_core::http::error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "method not allowed on this path",
             )
         })
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
-        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(indigo_core::http::MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
-            error::error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+            indigo_core::http::error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the server log",
+            )
         }))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())

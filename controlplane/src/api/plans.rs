@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::auth::Actor;
 use super::error::ApiError;
-use super::extract::ApiPath;
+use indigo_core::http::ApiPath;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_plans)).routes(routes!(get_plan))

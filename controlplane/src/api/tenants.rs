@@ -14,9 +14,9 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::auth::Actor;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson, RequestId};
 use super::idempotency::{self, IdempotencyKey};
 use crate::registry::{self, ListFilter, NewTenant, RegistryError, TenantRef};
+use indigo_core::http::{ApiJson, ApiPath, ApiQuery, OptionalJson, RequestId};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -16,9 +16,9 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::{self, Actor};
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, RequestId};
 use super::idempotency::{self, Claim, IdempotencyKey};
 use crate::journal::Audit;
+use indigo_core::http::{ApiJson, ApiPath, RequestId};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_tokens, create_token)).routes(routes!(revoke_token))

@@ -1,17 +1,51 @@
-//! Extractors that turn what a client sends into typed values, rejecting bad
-//! input with the API's own error codes instead of axum's plain-text ones.
+//! What the Indigo HTTP servers share: the JSON error body as a response, and
+//! extractors that turn what a client sends into typed values, rejecting bad
+//! input with a stable `code` instead of axum's plain-text rejections.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use crate::api::ErrorBody;
 
-/// Largest request body the admin API reads.
+/// Largest request body the Indigo servers read (set with `DefaultBodyLimit`).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The response every error gets: `{"code": ..., "message": ...}`.
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(ErrorBody { code: code.to_owned(), message: message.into() })).into_response()
+}
+
+/// Input that the extractors below refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, code, message: message.into() }
+    }
+
+    pub fn invalid(code: &'static str, message: impl ToString) -> Self {
+        Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: message.to_string() }
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        error_response(self.status, self.code, self.message)
+    }
+}
 
 /// A JSON body: 400 when it is not JSON, 422 when fields are wrong, 413 when too big.
 pub struct ApiJson<T>(pub T);
@@ -19,52 +53,58 @@ pub struct ApiJson<T>(pub T);
 /// Like [`ApiJson`], but an empty body is allowed and yields `T::default()`.
 pub struct OptionalJson<T>(pub T);
 
-async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+async fn read_body(req: Request) -> Result<Bytes, Rejection> {
     let declared_json =
         req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).map(|mime| {
             let mime = mime.trim();
             mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
         });
     let bytes = Bytes::from_request(req, &()).await.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES }
-        }
-        other => ApiError::bad_request("unreadable_body", other.body_text()),
+        BytesRejection::FailedToBufferBody(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Rejection {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            message: format!("request body is larger than the {MAX_BODY_BYTES} bytes allowed"),
+        },
+        other => Rejection::bad_request("unreadable_body", other.body_text()),
     })?;
     // A body without a Content-Type is accepted as JSON; a body declared as
     // something else is not.
     if !bytes.is_empty() && declared_json == Some(false) {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(Rejection {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            message: "request body must be JSON (Content-Type: application/json)".into(),
+        });
     }
     Ok(bytes)
 }
 
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Rejection> {
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => ApiError::invalid("invalid_body", e),
+            Category::Data => Rejection::invalid("invalid_body", e),
             Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request("malformed_json", format!("request body is not valid JSON: {e}"))
+                Rejection::bad_request("malformed_json", format!("request body is not valid JSON: {e}"))
             }
         }
     })
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
+    type Rejection = Rejection;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let bytes = read_body(req).await?;
         if bytes.is_empty() {
-            return Err(ApiError::bad_request("malformed_json", "request body is empty; a JSON object is required"));
+            return Err(Rejection::bad_request("malformed_json", "request body is empty; a JSON object is required"));
         }
         parse_json(&bytes).map(Self)
     }
 }
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
-    type Rejection = ApiError;
+    type Rejection = Rejection;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let bytes = read_body(req).await?;
@@ -79,13 +119,13 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
 pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
+    type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(q)| Self(q))
-            .map_err(|e: QueryRejection| ApiError::bad_request("invalid_query", e.body_text()))
+            .map_err(|e: QueryRejection| Rejection::bad_request("invalid_query", e.body_text()))
     }
 }
 
@@ -93,13 +133,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 pub struct ApiPath<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
-    type Rejection = ApiError;
+    type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(p)| Self(p))
-            .map_err(|e: PathRejection| ApiError::bad_request("invalid_path", e.body_text()))
+            .map_err(|e: PathRejection| Rejection::bad_request("invalid_path", e.body_text()))
     }
 }
 

@@ -1,0 +1,105 @@
+//! `POST /v1/usage/events`: the usage store's intake. Events are deduplicated on
+//! their id, so a re-sent batch is counted once; each bad event is refused with
+//! its reason and the rest of the batch is kept. The event ids make every
+//! delivery idempotent, so no `Idempotency-Key` is needed here.
+
+use std::collections::HashSet;
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, State};
+use chrono::{Duration, Utc};
+use indigo_core::api::{ErrorBody, RejectedEvent, UsageBatch, UsageBatchResult, UsageEvent};
+use indigo_core::http::ApiJson;
+use indigo_core::tenant::Role;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::Actor;
+use super::error::ApiError;
+
+/// Largest batch accepted at once.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+const EVENT_TYPES: [&str; 4] = ["api_call", "search_query", "ai_request", "storage_gb"];
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(ingest)).layer(DefaultBodyLimit::max(8 * 1024 * 1024))
+}
+
+fn check(event: &UsageEvent, known_tenants: &HashSet<Uuid>) -> Result<(), (&'static str, String)> {
+    if !EVENT_TYPES.contains(&event.event_type.as_str()) {
+        return Err((
+            "unknown_event_type",
+            format!("event type `{}` is not one of {}", event.event_type, EVENT_TYPES.join(", ")),
+        ));
+    }
+    if !event.quantity.is_finite() || event.quantity < 0.0 {
+        return Err((
+            "invalid_quantity",
+            format!("quantity must be a finite number 0 or more, got {}", event.quantity),
+        ));
+    }
+    if !known_tenants.contains(&event.tenant_id.0) {
+        return Err(("unknown_tenant", format!("no tenant {}", event.tenant_id)));
+    }
+    // Like Stripe: up to 35 days late, and not from the future (small clock skew allowed).
+    let now = Utc::now();
+    if event.occurred_at < now - Duration::days(35) || event.occurred_at > now + Duration::minutes(5) {
+        return Err(("invalid_timestamp", "occurred_at must be within the last 35 days".into()));
+    }
+    Ok(())
+}
+
+/// Store a batch of usage events (operator). Duplicates by id are counted once.
+#[utoipa::path(post, path = "/v1/usage/events", tag = "usage", request_body = UsageBatch,
+    responses((status = 200, body = UsageBatchResult), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn ingest(
+    State(state): State<AppState>,
+    actor: Actor,
+    ApiJson(batch): ApiJson<UsageBatch>,
+) -> Result<Json<UsageBatchResult>, ApiError> {
+    actor.require(Role::Operator)?;
+    if batch.events.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::invalid("batch_too_large", format!("at most {MAX_BATCH_EVENTS} events per batch")));
+    }
+    let tenant_ids: Vec<Uuid> =
+        batch.events.iter().map(|e| e.tenant_id.0).collect::<HashSet<_>>().into_iter().collect();
+    let known: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = ANY ($1)")
+        .bind(&tenant_ids)
+        .fetch_all(&state.db)
+        .await?
+        .into_iter()
+        .collect();
+    let mut result = UsageBatchResult::default();
+    let mut seen = HashSet::new();
+    let mut accepted: Vec<&UsageEvent> = Vec::with_capacity(batch.events.len());
+    for (index, event) in batch.events.iter().enumerate() {
+        match check(event, &known) {
+            Err((code, message)) => result.rejected.push(RejectedEvent { index, code: code.into(), message }),
+            // A duplicate inside the batch is a duplicate too.
+            Ok(()) if !seen.insert(event.id) => result.duplicates += 1,
+            Ok(()) => accepted.push(event),
+        }
+    }
+    let stored = sqlx::query(
+        "INSERT INTO usage_events (id, tenant_id, event_type, quantity, route, status, latency_ms, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::text[], $6::int2[], $7::int4[], $8::timestamptz[])
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(accepted.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|e| e.tenant_id.0).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|e| e.quantity).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|e| e.route.as_deref()).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|e| e.status.and_then(|s| i16::try_from(s).ok())).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|e| e.latency_ms.and_then(|l| i32::try_from(l).ok())).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .execute(&state.db)
+    .await?
+    .rows_affected();
+    result.accepted = stored;
+    result.duplicates += accepted.len() as u64 - stored;
+    metrics::counter!("indigo_usage_events_accepted_total").increment(stored);
+    Ok(Json(result))
+}

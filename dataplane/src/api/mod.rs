@@ -1,0 +1,222 @@
+//! The storefront API. Every `/v1` request passes the tenant gate first: the
+//! bearer token is verified, the tenant is found in the routing table, its
+//! lifecycle and limits are checked, and the request is metered. Handlers then
+//! reach the tenant's rows only through [`TenantCtx::begin`], a transaction
+//! whose first act is to set `app.current_tenant`, which row-level security binds.
+
+mod customers;
+pub mod error;
+mod orders;
+mod products;
+mod search;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use indigo_core::api::{Route, UsageEvent};
+use indigo_core::http::{MAX_BODY_BYTES, error_response};
+use indigo_core::tenant::Lifecycle;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use sqlx::{PgPool, Postgres, Transaction};
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::auth::{AuthError, Claims, Verifier};
+use crate::limits::{Limiter, Refusal};
+use crate::metering::Meter;
+use crate::routing::Routes;
+pub use error::StoreError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub routes: Arc<Routes>,
+    pub verifier: Verifier,
+    pub limiter: Arc<Limiter>,
+    pub meter: Meter,
+    pub metrics: PrometheusHandle,
+    /// Whether to meter (on in production; the benchmark compares both).
+    pub metering: bool,
+}
+
+impl AppState {
+    pub fn new(routes: Arc<Routes>, verifier: Verifier, meter: Meter) -> Self {
+        Self { routes, verifier, limiter: Arc::default(), meter, metrics: prometheus(), metering: true }
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new().install_recorder().expect("the recorder is installed once per process")
+        })
+        .clone()
+}
+
+/// The verified caller and where its tenant's rows live.
+#[derive(Clone)]
+pub struct TenantCtx {
+    pub claims: Arc<Claims>,
+    pub route: Arc<Route>,
+    pool: PgPool,
+}
+
+impl TenantCtx {
+    /// A transaction bound to this tenant. BEGIN and `set_config` travel in one
+    /// message, so the tenant context costs no extra round trip. The id is a
+    /// parsed UUID from the verified token, so formatting it in is safe.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let statement = format!("BEGIN; SELECT set_config('app.current_tenant', '{}', true)", self.claims.tenant_id);
+        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
+    }
+
+    pub fn require_catalogue_role(&self) -> Result<(), StoreError> {
+        if self.claims.role.manages_catalogue() { Ok(()) } else { Err(StoreError::Forbidden) }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
+    type Rejection = StoreError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Only the gate puts it there; a route outside the gate cannot have a tenant.
+        parts.extensions.get::<TenantCtx>().cloned().ok_or(StoreError::Unauthorized("no tenant context".into()))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "Indigo storefront API",
+    description = "Products, customers, orders and search of one tenant, named by the bearer JWT's `tenant_id`."
+))]
+struct ApiDoc;
+
+pub fn router(state: AppState) -> Router {
+    let (storefront, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(products::router())
+        .merge(search::router())
+        .merge(customers::router())
+        .merge(orders::router())
+        .split_for_parts();
+    let openapi = Json(openapi);
+    storefront
+        .route_layer(middleware::from_fn_with_state(state.clone(), tenant_gate))
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(move || async move { openapi.clone() }))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        }))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.routes.loaded() {
+        Json(json!({ "status": "ready", "routing_version": state.routes.version() })).into_response()
+    } else {
+        error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "no routing table loaded yet")
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+async fn tenant_gate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, StoreError> {
+    let started = Instant::now();
+    let token = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| StoreError::Unauthorized(AuthError::Missing.to_string()))?;
+    let claims = state.verifier.verify(token.trim()).await.map_err(|e| StoreError::Unauthorized(e.to_string()))?;
+    let route = state
+        .routes
+        .route(claims.tenant_id)
+        .filter(|r| r.lifecycle != Lifecycle::Deleted)
+        .ok_or_else(|| StoreError::Unauthorized("unknown tenant".into()))?;
+    if route.lifecycle == Lifecycle::Suspended {
+        return Err(StoreError::Suspended);
+    }
+    let database_url = route.database_url.as_deref().ok_or(StoreError::Unavailable)?;
+    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    state.limiter.admit(claims.tenant_id, &route.plan, client).map_err(|refusal| match refusal {
+        Refusal::ClientRate { retry_after } => StoreError::TooMany {
+            code: "rate_limited",
+            message: "too many requests from this client".into(),
+            retry_after,
+        },
+        Refusal::TenantRate { retry_after } => StoreError::TooMany {
+            code: "rate_limited",
+            message: format!(
+                "the {} plan allows {} requests per second",
+                route.plan.name, route.plan.rate_limit.requests_per_second
+            ),
+            retry_after,
+        },
+        Refusal::DailyCalls { limit, retry_after } => StoreError::TooMany {
+            code: "daily_limit",
+            message: format!("the {} plan allows {limit} API calls per day", route.plan.name),
+            retry_after,
+        },
+    })?;
+    let pool = state.routes.pool(database_url)?;
+    let tenant_id = claims.tenant_id;
+    let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    req.extensions_mut().insert(TenantCtx { claims: Arc::new(claims), route, pool });
+    let response = next.run(req).await;
+    if state.metering {
+        let event_type = if path == "/v1/search" { "search_query" } else { "api_call" };
+        state.meter.record(UsageEvent {
+            id: uuid::Uuid::now_v7(),
+            tenant_id,
+            event_type: event_type.into(),
+            quantity: 1.0,
+            route: Some(path),
+            status: Some(response.status().as_u16()),
+            latency_ms: Some(u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX)),
+            occurred_at: chrono::Utc::now(),
+        });
+    }
+    Ok(response)
+}
+
+/// A UUID from a path, or 400 `invalid_id`.
+fn parse_id(raw: &str) -> Result<uuid::Uuid, StoreError> {
+    raw.parse().map_err(|_| {
+        StoreError::Rejected(indigo_core::http::Rejection::bad_request(
+            "invalid_id",
+            format!("`{raw}` is not a valid id"),
+        ))
+    })
+}
+
+/// Page size from a query: 1 to 100, default 20.
+fn page_limit(raw: Option<i64>) -> Result<i64, StoreError> {
+    match raw.unwrap_or(20) {
+        n @ 1..=100 => Ok(n),
+        _ => Err(StoreError::Rejected(indigo_core::http::Rejection::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 100",
+        ))),
+    }
+}

@@ -1,0 +1,306 @@
+//! `/v1/products`: the catalogue. Reads for every role; writes for owner and staff.
+
+use axum::Json;
+use axum::http::StatusCode;
+use indigo_core::api::Page;
+use indigo_core::http::{ApiJson, ApiPath, ApiQuery};
+use indigo_core::plan::Limit;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{AppState, StoreError, TenantCtx, page_limit, parse_id};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_products, create_product)).routes(routes!(
+        get_product,
+        update_product,
+        delete_product
+    ))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct Product {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    /// Price in the currency's minor units (cents).
+    pub price_minor: i64,
+    pub currency: String,
+    pub category: String,
+    pub tags: Vec<String>,
+    /// `draft`, `active` or `archived`.
+    pub status: String,
+    pub stock: i32,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+macro_rules! product_columns {
+    () => {
+        "id, name, description, price_minor, currency, category, tags, status, stock, created_at, updated_at"
+    };
+}
+pub(crate) use product_columns;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    name: String,
+    #[serde(default)]
+    description: String,
+    price_minor: i64,
+    currency: String,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    stock: i32,
+}
+
+/// Fields to change; absent ones stay.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductChanges {
+    name: Option<String>,
+    description: Option<String>,
+    price_minor: Option<i64>,
+    currency: Option<String>,
+    category: Option<String>,
+    tags: Option<Vec<String>>,
+    status: Option<String>,
+    stock: Option<i32>,
+}
+
+impl ProductChanges {
+    fn validate(&self) -> Result<(), StoreError> {
+        if let Some(name) = &self.name
+            && (name.trim().is_empty() || name.chars().count() > 200)
+        {
+            return Err(StoreError::invalid("invalid_name", "name must be 1 to 200 characters"));
+        }
+        if self.description.as_ref().is_some_and(|d| d.chars().count() > 10_000) {
+            return Err(StoreError::invalid("invalid_description", "description must be at most 10000 characters"));
+        }
+        if self.price_minor.is_some_and(|p| p < 0) {
+            return Err(StoreError::invalid("invalid_price", "price_minor must be 0 or more"));
+        }
+        if let Some(currency) = &self.currency
+            && (currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_lowercase()))
+        {
+            return Err(StoreError::invalid(
+                "invalid_currency",
+                "currency must be a lowercase ISO 4217 code such as `usd`",
+            ));
+        }
+        if self.category.as_ref().is_some_and(|c| c.chars().count() > 100) {
+            return Err(StoreError::invalid("invalid_category", "category must be at most 100 characters"));
+        }
+        if let Some(tags) = &self.tags
+            && (tags.len() > 20 || tags.iter().any(|t| t.is_empty() || t.chars().count() > 50))
+        {
+            return Err(StoreError::invalid("invalid_tags", "at most 20 tags of 1 to 50 characters"));
+        }
+        if let Some(status) = &self.status
+            && !["draft", "active", "archived"].contains(&status.as_str())
+        {
+            return Err(StoreError::invalid("invalid_status", "status must be draft, active or archived"));
+        }
+        if self.stock.is_some_and(|s| s < 0) {
+            return Err(StoreError::invalid("invalid_stock", "stock must be 0 or more"));
+        }
+        Ok(())
+    }
+}
+
+impl From<NewProduct> for ProductChanges {
+    fn from(p: NewProduct) -> Self {
+        Self {
+            name: Some(p.name),
+            description: Some(p.description),
+            price_minor: Some(p.price_minor),
+            currency: Some(p.currency),
+            category: Some(p.category),
+            tags: Some(p.tags),
+            status: Some(p.status.unwrap_or_else(|| "active".into())),
+            stock: Some(p.stock),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Page size, 1 to 100 (default 20).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    category: Option<String>,
+    status: Option<String>,
+    /// Only products carrying this tag.
+    tag: Option<String>,
+    min_price: Option<i64>,
+    max_price: Option<i64>,
+}
+
+/// Products, newest first.
+#[utoipa::path(get, path = "/v1/products", tag = "products", params(ListParams), responses((status = 200, body = Page<Product>)))]
+async fn list_products(
+    tenant: TenantCtx,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<Product>>, StoreError> {
+    let limit = page_limit(params.limit)?;
+    let cursor = params.cursor.as_deref().map(parse_id).transpose()?;
+    let mut tx = tenant.begin().await?;
+    let items: Vec<Product> = sqlx::query_as(concat!(
+        "SELECT ",
+        product_columns!(),
+        " FROM products
+         WHERE ($1::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM products WHERE id = $1))
+           AND ($2::text IS NULL OR category = $2)
+           AND ($3::text IS NULL OR status = $3)
+           AND ($4::text IS NULL OR $4 = ANY (tags))
+           AND ($5::bigint IS NULL OR price_minor >= $5)
+           AND ($6::bigint IS NULL OR price_minor <= $6)
+         ORDER BY created_at DESC, id DESC
+         LIMIT $7"
+    ))
+    .bind(cursor)
+    .bind(&params.category)
+    .bind(&params.status)
+    .bind(&params.tag)
+    .bind(params.min_price)
+    .bind(params.max_price)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(|p| p.id.to_string())).flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// One product.
+#[utoipa::path(get, path = "/v1/products/{id}", tag = "products", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Product), (status = 404)))]
+async fn get_product(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Json<Product>, StoreError> {
+    let id = parse_id(&id)?;
+    let mut tx = tenant.begin().await?;
+    let product: Option<Product> =
+        sqlx::query_as(concat!("SELECT ", product_columns!(), " FROM products WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    // A read needs no COMMIT round trip: dropping the transaction rolls it back
+    // lazily, on the connection's next use.
+    drop(tx);
+    product.map(Json).ok_or(StoreError::NotFound("product"))
+}
+
+/// Add a product (owner, staff). Past the plan's product limit: 403 `plan_limit`.
+#[utoipa::path(post, path = "/v1/products", tag = "products", request_body = NewProduct,
+    responses((status = 201, body = Product), (status = 403), (status = 422)))]
+async fn create_product(
+    tenant: TenantCtx,
+    ApiJson(new): ApiJson<NewProduct>,
+) -> Result<(StatusCode, Json<Product>), StoreError> {
+    tenant.require_catalogue_role()?;
+    let changes = ProductChanges::from(new);
+    changes.validate()?;
+    let mut tx = tenant.begin().await?;
+    if let Limit::AtMost(limit) = tenant.route.plan.limits.products {
+        // Creates of one tenant queue here, so two cannot both take the last slot.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(current_setting('app.current_tenant'), 0))")
+            .execute(&mut *tx)
+            .await?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&mut *tx).await?;
+        if !Limit::AtMost(limit).allows_one_more(u64::try_from(count).unwrap_or(0)) {
+            return Err(StoreError::PlanLimit { what: "products", limit });
+        }
+    }
+    let product: Product = sqlx::query_as(concat!(
+        "INSERT INTO products (tenant_id, id, name, description, price_minor, currency, category, tags, status, stock)
+         VALUES (current_setting('app.current_tenant')::uuid, $1, $2, $3, $4, $5, $6, $7, $8, $9)
+         RETURNING ",
+        product_columns!()
+    ))
+    .bind(Uuid::now_v7())
+    .bind(changes.name.as_deref().map(str::trim))
+    .bind(&changes.description)
+    .bind(changes.price_minor)
+    .bind(&changes.currency)
+    .bind(&changes.category)
+    .bind(&changes.tags)
+    .bind(&changes.status)
+    .bind(changes.stock)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(product)))
+}
+
+/// Change a product (owner, staff).
+#[utoipa::path(patch, path = "/v1/products/{id}", tag = "products", params(("id" = Uuid, Path)), request_body = ProductChanges,
+    responses((status = 200, body = Product), (status = 404), (status = 422)))]
+async fn update_product(
+    tenant: TenantCtx,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(changes): ApiJson<ProductChanges>,
+) -> Result<Json<Product>, StoreError> {
+    tenant.require_catalogue_role()?;
+    let id = parse_id(&id)?;
+    changes.validate()?;
+    let mut tx = tenant.begin().await?;
+    let product: Option<Product> = sqlx::query_as(concat!(
+        "UPDATE products SET
+            name = COALESCE($2, name), description = COALESCE($3, description),
+            price_minor = COALESCE($4, price_minor), currency = COALESCE($5, currency),
+            category = COALESCE($6, category), tags = COALESCE($7, tags),
+            status = COALESCE($8, status), stock = COALESCE($9, stock), updated_at = now()
+         WHERE id = $1 RETURNING ",
+        product_columns!()
+    ))
+    .bind(id)
+    .bind(changes.name.as_deref().map(str::trim))
+    .bind(&changes.description)
+    .bind(changes.price_minor)
+    .bind(&changes.currency)
+    .bind(&changes.category)
+    .bind(&changes.tags)
+    .bind(&changes.status)
+    .bind(changes.stock)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let product = product.ok_or(StoreError::NotFound("product"))?;
+    tx.commit().await?;
+    Ok(Json(product))
+}
+
+/// Remove a product (owner, staff). One that orders refer to is archived instead: 409.
+#[utoipa::path(delete, path = "/v1/products/{id}", tag = "products", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404), (status = 409)))]
+async fn delete_product(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<StatusCode, StoreError> {
+    tenant.require_catalogue_role()?;
+    let id = parse_id(&id)?;
+    let mut tx = tenant.begin().await?;
+    let deleted = match sqlx::query("DELETE FROM products WHERE id = $1").bind(id).execute(&mut *tx).await {
+        Ok(result) => result.rows_affected(),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23503") => {
+            return Err(StoreError::Conflict {
+                code: "product_in_orders",
+                message: "orders refer to this product; set its status to archived instead".into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if deleted == 0 {
+        return Err(StoreError::NotFound("product"));
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,175 @@
+//! Plan limits and fairness, kept in memory so that no request pays a database
+//! round trip for them: a token bucket per tenant (the plan's request rate), one
+//! per client IP (the reference design's WAF rule), and a daily call counter.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Utc};
+use indigo_core::plan::{Limit, Plan};
+use indigo_core::tenant::TenantId;
+
+/// The per-IP rule: 2000 requests per 5 minutes.
+pub const IP_REQUESTS_PER_WINDOW: u32 = 2000;
+pub const IP_WINDOW: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    /// Takes one token; on refusal says how long until one is there.
+    fn take(&mut self, now: Instant, per_second: f64, capacity: f64) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(capacity);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / per_second))
+        }
+    }
+}
+
+/// Why a request may not go ahead, and when it may be retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    ClientRate { retry_after: Duration },
+    TenantRate { retry_after: Duration },
+    DailyCalls { limit: u64, retry_after: Duration },
+}
+
+#[derive(Default)]
+struct DailyCount {
+    day: Option<NaiveDate>,
+    calls: u64,
+}
+
+pub struct Limiter {
+    tenants: Mutex<HashMap<TenantId, Bucket>>,
+    clients: Mutex<HashMap<IpAddr, Bucket>>,
+    daily: Mutex<HashMap<TenantId, DailyCount>>,
+    ip_per_second: f64,
+    ip_capacity: f64,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Self::new(IP_REQUESTS_PER_WINDOW, IP_WINDOW)
+    }
+}
+
+impl Limiter {
+    pub fn new(ip_requests: u32, ip_window: Duration) -> Self {
+        Self {
+            tenants: Mutex::default(),
+            clients: Mutex::default(),
+            daily: Mutex::default(),
+            ip_per_second: f64::from(ip_requests) / ip_window.as_secs_f64(),
+            ip_capacity: f64::from(ip_requests),
+        }
+    }
+
+    /// Admits one request of `tenant` from `client`, or says why not.
+    pub fn admit(&self, tenant: TenantId, plan: &Plan, client: Option<IpAddr>) -> Result<(), Refusal> {
+        let now = Instant::now();
+        if let Some(ip) = client {
+            let mut clients = self.clients.lock().expect("limiter lock");
+            if clients.len() > 100_000 {
+                // Forget clients whose bucket has refilled: they would start full anyway.
+                let (rate, cap) = (self.ip_per_second, self.ip_capacity);
+                clients.retain(|_, b| b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < cap);
+            }
+            let bucket = clients.entry(ip).or_insert(Bucket { tokens: self.ip_capacity, updated: now });
+            bucket
+                .take(now, self.ip_per_second, self.ip_capacity)
+                .map_err(|retry_after| Refusal::ClientRate { retry_after })?;
+        }
+        {
+            let rate = f64::from(plan.rate_limit.requests_per_second);
+            let burst = f64::from(plan.rate_limit.burst);
+            let mut tenants = self.tenants.lock().expect("limiter lock");
+            let bucket = tenants.entry(tenant).or_insert(Bucket { tokens: burst, updated: now });
+            bucket.take(now, rate, burst).map_err(|retry_after| Refusal::TenantRate { retry_after })?;
+        }
+        let today = Utc::now().date_naive();
+        let mut daily = self.daily.lock().expect("limiter lock");
+        let count = daily.entry(tenant).or_default();
+        if count.day != Some(today) {
+            *count = DailyCount { day: Some(today), calls: 0 };
+        }
+        if let Limit::AtMost(limit) = plan.limits.api_calls_per_day
+            && count.calls >= limit
+        {
+            return Err(Refusal::DailyCalls { limit, retry_after: until_next_utc_day() });
+        }
+        count.calls += 1;
+        Ok(())
+    }
+}
+
+fn until_next_utc_day() -> Duration {
+    let now = Utc::now();
+    let midnight = (now.date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+    (midnight - now).to_std().unwrap_or(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(rps: u32, burst: u32, daily: Limit) -> Plan {
+        let mut plan = indigo_core::plan::PlanCatalog::parse("t", include_str!("../../policies/plans.toml"))
+            .unwrap()
+            .get("starter")
+            .unwrap()
+            .clone();
+        plan.rate_limit.requests_per_second = rps;
+        plan.rate_limit.burst = burst;
+        plan.limits.api_calls_per_day = daily;
+        plan
+    }
+
+    #[test]
+    fn tenant_bucket_allows_the_burst_then_refuses() {
+        let limiter = Limiter::default();
+        let tenant = TenantId::new();
+        let plan = plan(1, 3, Limit::Unlimited);
+        for _ in 0..3 {
+            limiter.admit(tenant, &plan, None).unwrap();
+        }
+        assert!(matches!(limiter.admit(tenant, &plan, None), Err(Refusal::TenantRate { .. })));
+        // Another tenant is not affected.
+        limiter.admit(TenantId::new(), &plan, None).unwrap();
+    }
+
+    #[test]
+    fn client_ip_rule_applies_across_tenants() {
+        let limiter = Limiter::new(2, Duration::from_secs(300));
+        let plan = plan(100, 100, Limit::Unlimited);
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        limiter.admit(TenantId::new(), &plan, Some(ip)).unwrap();
+        limiter.admit(TenantId::new(), &plan, Some(ip)).unwrap();
+        assert!(matches!(limiter.admit(TenantId::new(), &plan, Some(ip)), Err(Refusal::ClientRate { .. })));
+        limiter.admit(TenantId::new(), &plan, Some("10.9.9.9".parse().unwrap())).unwrap();
+    }
+
+    #[test]
+    fn daily_calls_stop_at_the_limit() {
+        let limiter = Limiter::default();
+        let tenant = TenantId::new();
+        let plan = plan(1000, 1000, Limit::AtMost(5));
+        for _ in 0..5 {
+            limiter.admit(tenant, &plan, None).unwrap();
+        }
+        match limiter.admit(tenant, &plan, None) {
+            Err(Refusal::DailyCalls { limit: 5, retry_after }) => assert!(retry_after <= Duration::from_secs(86_400)),
+            other => panic!("expected the daily limit, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The routing table: which database serves each tenant, on which plan, in
+//! which lifecycle. Fetched from the control plane and refreshed by polling;
+//! when the control plane is unreachable the last known table keeps serving.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use indigo_core::api::{Route, RoutingTable};
+use indigo_core::tenant::TenantId;
+use reqwest::StatusCode;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// The current table, indexed by tenant, with a connection pool per database.
+#[derive(Default)]
+pub struct Routes {
+    table: RwLock<Arc<Indexed>>,
+    pools: RwLock<HashMap<String, PgPool>>,
+    max_connections: u32,
+}
+
+#[derive(Default)]
+struct Indexed {
+    version: i64,
+    loaded: bool,
+    by_tenant: HashMap<TenantId, Arc<Route>>,
+}
+
+impl Routes {
+    pub fn new(max_connections: u32) -> Self {
+        Self { max_connections, ..Default::default() }
+    }
+
+    /// A table fixed once (tests and tools); no refreshing.
+    pub fn fixed(table: RoutingTable, max_connections: u32) -> Self {
+        let routes = Self::new(max_connections);
+        routes.replace(table);
+        routes
+    }
+
+    pub fn replace(&self, table: RoutingTable) {
+        let by_tenant = table.routes.into_iter().map(|r| (r.tenant_id, Arc::new(r))).collect();
+        *self.table.write().expect("routing lock") =
+            Arc::new(Indexed { version: table.version, loaded: true, by_tenant });
+    }
+
+    pub fn version(&self) -> i64 {
+        self.table.read().expect("routing lock").version
+    }
+
+    /// Whether a table was ever loaded (readiness).
+    pub fn loaded(&self) -> bool {
+        self.table.read().expect("routing lock").loaded
+    }
+
+    pub fn route(&self, tenant: TenantId) -> Option<Arc<Route>> {
+        self.table.read().expect("routing lock").by_tenant.get(&tenant).cloned()
+    }
+
+    /// The pool for a tenant database, created on first use (lazily connecting).
+    pub fn pool(&self, database_url: &str) -> Result<PgPool, sqlx::Error> {
+        if let Some(pool) = self.pools.read().expect("pools lock").get(database_url) {
+            return Ok(pool.clone());
+        }
+        let mut pools = self.pools.write().expect("pools lock");
+        if let Some(pool) = pools.get(database_url) {
+            return Ok(pool.clone());
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(database_url)?;
+        pools.insert(database_url.to_owned(), pool.clone());
+        Ok(pool)
+    }
+}
+
+/// Where the routing table comes from.
+#[derive(Clone)]
+pub struct ControlPlaneSource {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl ControlPlaneSource {
+    pub fn new(control_plane_url: &str, token: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("a client with only a timeout set always builds");
+        Self { http, url: format!("{}/v1/routing", control_plane_url.trim_end_matches('/')), token: token.to_owned() }
+    }
+
+    /// The table if it is newer than `known_version`, `None` when unchanged.
+    pub async fn fetch(&self, known_version: i64) -> anyhow::Result<Option<RoutingTable>> {
+        let response = self
+            .http
+            .get(&self.url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::IF_NONE_MATCH, format!("\"{known_version}\""))
+            .send()
+            .await?;
+        match response.status() {
+            StatusCode::NOT_MODIFIED => Ok(None),
+            status if status.is_success() => Ok(Some(response.json().await?)),
+            status => anyhow::bail!("control plane answered {status}: {}", response.text().await.unwrap_or_default()),
+        }
+    }
+}
+
+/// Keeps `routes` current: polls every `interval`, keeps the last table on errors.
+pub async fn refresh_forever(routes: Arc<Routes>, source: ControlPlaneSource, interval: Duration) {
+    let mut failing = false;
+    loop {
+        let known = if routes.loaded() { routes.version() } else { -1 };
+        match source.fetch(known).await {
+            Ok(Some(table)) => {
+                tracing::info!(version = table.version, tenants = table.routes.len(), "routing table updated");
+                routes.replace(table);
+                failing = false;
+            }
+            Ok(None) => failing = false,
+            Err(error) if !failing => {
+                tracing::warn!(%error, "routing refresh failed; serving the last known table");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

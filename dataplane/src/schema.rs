@@ -1,0 +1,184 @@
+//! The tenant schema and the two roles it is used through: `indigo_owner` owns
+//! the tables and runs migrations; `indigo_app` is what the data plane connects
+//! as. Neither is a superuser nor has `BYPASSRLS`, and RLS is forced, so the
+//! owner is bound too.
+
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+
+/// The tenant schema's migrations, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/tenant");
+
+/// The RLS policies, applied after the migrations on every provisioning.
+pub const RLS_POLICIES: &str = include_str!("../../policies/tenant_rls.sql");
+
+pub const OWNER_ROLE: &str = "indigo_owner";
+pub const APP_ROLE: &str = "indigo_app";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("invalid database URL: {0}")]
+    Url(sqlx::Error),
+    #[error("tenant database {database}: {source}")]
+    Database { database: String, source: sqlx::Error },
+    #[error("tenant schema migration failed on {database}: {source}")]
+    Migrate { database: String, source: sqlx::migrate::MigrateError },
+}
+
+/// A server reached as a superuser, on which tenant databases are provisioned.
+#[derive(Debug, Clone)]
+pub struct TenantServer {
+    superuser: PgConnectOptions,
+}
+
+impl TenantServer {
+    pub fn new(superuser_url: &str) -> Result<Self, SchemaError> {
+        Ok(Self { superuser: PgConnectOptions::from_str(superuser_url).map_err(SchemaError::Url)? })
+    }
+
+    /// Connection options for `database` as `role` (same host, port and password source).
+    pub fn options_as(&self, role: &str, database: &str) -> PgConnectOptions {
+        self.superuser.clone().username(role).database(database)
+    }
+
+    /// A URL for `database` as the app role, for the data plane's routing.
+    pub fn app_url(&self, database: &str) -> String {
+        format!("postgres://{APP_ROLE}@{}:{}/{database}", self.superuser.get_host(), self.superuser.get_port())
+    }
+
+    async fn superuser_conn(&self, database: &str) -> Result<PgConnection, SchemaError> {
+        self.superuser
+            .clone()
+            .database(database)
+            .connect()
+            .await
+            .map_err(|source| SchemaError::Database { database: database.into(), source })
+    }
+
+    /// Creates the roles, the database (owned by the owner role) if missing, and
+    /// brings its schema and policies up to date. Safe to run again, and concurrently.
+    pub async fn provision(&self, database: &str) -> Result<(), SchemaError> {
+        let fail = |source| SchemaError::Database { database: database.into(), source };
+        let mut admin = self.superuser_conn("postgres").await?;
+        // Roles and databases are cluster-wide; one provisioner at a time creates them.
+        let mut tx = admin.begin().await.map_err(fail)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('indigo:provision'))")
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        for (role, extra) in [(OWNER_ROLE, ""), (APP_ROLE, " NOINHERIT")] {
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                .bind(role)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(fail)?;
+            let verb = if exists { "ALTER" } else { "CREATE" };
+            let sql = format!("{verb} ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE{extra}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(fail)?;
+        }
+        tx.commit().await.map_err(fail)?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(fail)?;
+        if !exists {
+            let sql = format!("CREATE DATABASE {} OWNER {OWNER_ROLE}", quote_ident(database));
+            match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
+                Err(source) => return Err(fail(source)),
+            }
+        }
+        let _ = admin.close().await;
+        self.migrate(database).await
+    }
+
+    async fn migrate(&self, database: &str) -> Result<(), SchemaError> {
+        let fail = |source| SchemaError::Database { database: database.into(), source };
+        let mut owner = self.options_as(OWNER_ROLE, database).connect().await.map_err(fail)?;
+        // Only the owner may create objects in the tenant database.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT USAGE ON SCHEMA public TO {APP_ROLE};"
+        )))
+        .execute(&mut owner)
+        .await
+        .map_err(fail)?;
+        MIGRATOR.run(&mut owner).await.map_err(|source| SchemaError::Migrate { database: database.into(), source })?;
+        sqlx::raw_sql(RLS_POLICIES).execute(&mut owner).await.map_err(fail)?;
+        let _ = owner.close().await;
+        Ok(())
+    }
+
+    /// Drops a tenant database (a silo being released).
+    pub async fn drop_database(&self, database: &str) -> Result<(), SchemaError> {
+        let fail = |source| SchemaError::Database { database: database.into(), source };
+        let mut admin = self.superuser_conn("postgres").await?;
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(fail)?;
+        Ok(())
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// One breach of the isolation invariants found by [`audit_isolation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsolationViolation {
+    pub subject: String,
+    pub problem: String,
+}
+
+/// Checks, on a tenant database, that every table with a `tenant_id` column has
+/// RLS enabled and forced with a policy, and that the app role is neither
+/// superuser nor `BYPASSRLS` nor a table owner.
+pub async fn audit_isolation(conn: &mut PgConnection) -> Result<Vec<IsolationViolation>, sqlx::Error> {
+    let tables: Vec<(String, bool, bool, i64, String)> = sqlx::query_as(
+        "SELECT c.relname::text, c.relrowsecurity, c.relforcerowsecurity,
+                (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid),
+                pg_get_userbyid(c.relowner)::text
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+           AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
+         ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut violations = Vec::new();
+    for (table, enabled, forced, policies, owner) in tables {
+        let mut flag =
+            |problem: &str| violations.push(IsolationViolation { subject: table.clone(), problem: problem.into() });
+        if !enabled {
+            flag("row-level security is not enabled");
+        }
+        if !forced {
+            flag("row-level security is not forced");
+        }
+        if policies == 0 {
+            flag("has no policy");
+        }
+        if owner == APP_ROLE {
+            flag("is owned by the app role");
+        }
+    }
+    let role: Option<(bool, bool)> = sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = $1")
+        .bind(APP_ROLE)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match role {
+        None => violations.push(IsolationViolation { subject: APP_ROLE.into(), problem: "role is missing".into() }),
+        Some((superuser, bypass)) => {
+            if superuser {
+                violations.push(IsolationViolation { subject: APP_ROLE.into(), problem: "is a superuser".into() });
+            }
+            if bypass {
+                violations.push(IsolationViolation { subject: APP_ROLE.into(), problem: "has BYPASSRLS".into() });
+            }
+        }
+    }
+    Ok(violations)
+}
