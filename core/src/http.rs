@@ -17,6 +17,25 @@ use crate::api::ErrorBody;
 /// Largest request body the Indigo servers read (set with `DefaultBodyLimit`).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The process-wide Prometheus recorder, installed on first use; shared so that
+/// a process serving both APIs (a test, say) installs it once.
+pub fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+                )
+                .expect("static bucket list is not empty")
+                .install_recorder()
+                .expect("the Prometheus recorder is installed once per process")
+        })
+        .clone()
+}
+
 /// The response every error gets: `{"code": ..., "message": ...}`.
 pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, Json(ErrorBody { code: code.to_owned(), message: message.into() })).into_response()

@@ -33,7 +33,6 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Secret;
-use crate::telemetry;
 pub use error::ApiError;
 
 /// What every handler can reach.
@@ -59,7 +58,7 @@ impl AppState {
             db,
             plans: Arc::new(plans),
             bootstrap_admin_hash: admin_token.map(|t| auth::hash_token(t.expose()).into()),
-            metrics: telemetry::prometheus(),
+            metrics: indigo_core::http::prometheus(),
             tenant_dbs: Arc::new(tenant_dbs),
         }
     }

@@ -11,7 +11,7 @@ mod products;
 mod search;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
@@ -25,7 +25,7 @@ use axum::{Json, Router};
 use indigo_core::api::{Route, UsageEvent};
 use indigo_core::http::{MAX_BODY_BYTES, error_response};
 use indigo_core::tenant::Lifecycle;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -51,18 +51,15 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(routes: Arc<Routes>, verifier: Verifier, meter: Meter) -> Self {
-        Self { routes, verifier, limiter: Arc::default(), meter, metrics: prometheus(), metering: true }
+        Self {
+            routes,
+            verifier,
+            limiter: Arc::default(),
+            meter,
+            metrics: indigo_core::http::prometheus(),
+            metering: true,
+        }
     }
-}
-
-/// The process-wide Prometheus recorder, installed on first use.
-fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new().install_recorder().expect("the recorder is installed once per process")
-        })
-        .clone()
 }
 
 /// The verified caller and where its tenant's rows live.
