@@ -53,6 +53,24 @@ pub enum Command {
     /// Manage admin API tokens (admin role)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a storefront JWT for a tenant, signed with the local platform's secret
+    StorefrontToken(StorefrontTokenArgs),
+    /// Run the data plane (the same server as `indigo-dataplane`); `indigo up` uses it
+    Dataplane(indigo_dataplane::Cli),
+}
+
+#[derive(Debug, Args)]
+pub struct StorefrontTokenArgs {
+    /// The tenant (slug or id)
+    pub tenant: String,
+    /// owner, staff or customer
+    #[arg(long, default_value = "owner")]
+    pub role: String,
+    /// Lifetime in seconds
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: i64,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +340,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Token(command) => run_token(command).await,
+        Command::StorefrontToken(args) => {
+            let tenant = args.client.client()?.get_tenant(&args.tenant).await?;
+            let secret = std::fs::read_to_string(up::jwt_secret_file(&args.client.data_dir)).with_context(|| {
+                format!("no JWT secret in {}; is `indigo up` running here?", args.client.data_dir.display())
+            })?;
+            let role = serde_json::from_value(serde_json::Value::String(args.role.clone()))
+                .map_err(|_| anyhow::anyhow!("role must be owner, staff or customer, not `{}`", args.role))?;
+            let claims = indigo_dataplane::auth::Claims {
+                tenant_id: tenant.id,
+                sub: format!("{}-{}", tenant.slug, args.role),
+                role,
+                exp: chrono::Utc::now().timestamp() + args.ttl,
+            };
+            println!("{}", indigo_dataplane::auth::sign_hs256(secret.trim().as_bytes(), &claims));
+            Ok(())
+        }
+        Command::Dataplane(args) => {
+            telemetry::init_logging();
+            indigo_dataplane::run(args).await
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 pub const DEFAULT_CONFIG_FILE: &str = "indigo.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATAPLANE_LISTEN: &str = "127.0.0.1:8081";
 pub const DEFAULT_PLANS_FILE: &str = "policies/plans.toml";
 pub const DEFAULT_DATA_DIR: &str = ".indigo";
 pub const DEFAULT_POOL_DATABASE: &str = "indigo_pool";
@@ -58,6 +59,7 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     tenant_server_url: Option<String>,
     pool_database: Option<String>,
+    dataplane_listen: Option<String>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -84,6 +86,9 @@ pub struct Overrides {
     /// Name of the shared pool database [env: INDIGO_POOL_DATABASE] [default: indigo_pool]
     #[arg(long, env = "INDIGO_POOL_DATABASE", hide_env = true)]
     pub pool_database: Option<String>,
+    /// Where `indigo up` runs the local data plane [env: INDIGO_DATAPLANE_LISTEN] [default: 127.0.0.1:8081]
+    #[arg(long, env = "INDIGO_DATAPLANE_LISTEN", hide_env = true)]
+    pub dataplane_listen: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +102,8 @@ pub struct Config {
     /// `None`: the control database's server.
     pub tenant_server_url: Option<String>,
     pub pool_database: String,
+    /// Where `indigo up` runs the local data plane.
+    pub dataplane_listen: SocketAddr,
 }
 
 impl Config {
@@ -108,11 +115,12 @@ impl Config {
             None => ConfigFile::default(),
         };
         let listen_raw = overrides.listen.or(from_file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen = listen_raw.parse().map_err(|_| ConfigError::Invalid {
-            key: "listen",
-            env: "INDIGO_LISTEN",
-            message: format!("`{listen_raw}` is not an address such as 127.0.0.1:8080"),
-        })?;
+        let listen = parse_address(&listen_raw, "listen", "INDIGO_LISTEN")?;
+        let dataplane_listen_raw = overrides
+            .dataplane_listen
+            .or(from_file.dataplane_listen)
+            .unwrap_or_else(|| DEFAULT_DATAPLANE_LISTEN.into());
+        let dataplane_listen = parse_address(&dataplane_listen_raw, "dataplane_listen", "INDIGO_DATAPLANE_LISTEN")?;
         let database_url = overrides.database_url.or(from_file.database_url);
         check_postgres_url(database_url.as_deref(), "database_url", "INDIGO_DATABASE_URL")?;
         let tenant_server_url = overrides.tenant_server_url.or(from_file.tenant_server_url);
@@ -145,6 +153,7 @@ impl Config {
             data_dir: overrides.data_dir.or(from_file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             tenant_server_url,
             pool_database,
+            dataplane_listen,
         })
     }
 
@@ -152,6 +161,14 @@ impl Config {
     pub fn database_url_or_local(&self) -> &str {
         self.database_url.as_deref().unwrap_or(DEFAULT_LOCAL_DATABASE_URL)
     }
+}
+
+fn parse_address(raw: &str, key: &'static str, env: &'static str) -> Result<SocketAddr, ConfigError> {
+    raw.parse().map_err(|_| ConfigError::Invalid {
+        key,
+        env,
+        message: format!("`{raw}` is not an address such as 127.0.0.1:8080"),
+    })
 }
 
 fn check_postgres_url(url: Option<&str>, key: &'static str, env: &'static str) -> Result<(), ConfigError> {

@@ -2,6 +2,7 @@
 //! Uses the configured database, else the local server on 127.0.0.1:5432, else
 //! initialises and runs a private server under the data directory.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -20,6 +21,11 @@ pub const PRIVATE_POSTGRES_PORT: u16 = 54329;
 /// Where `indigo up` keeps the admin token it generated (read by the CLI).
 pub fn token_file(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.token")
+}
+
+/// Where `indigo up` keeps the storefront's JWT secret.
+pub fn jwt_secret_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("jwt.secret")
 }
 
 const DEMO_TENANTS: &[(&str, &str, &str)] = &[
@@ -57,10 +63,11 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
     if db::ensure_database(database_url).await? {
         println!("created database {}", redact(database_url));
     }
-    config.admin_token = Some(match config.admin_token.take() {
+    let admin_token = match config.admin_token.take() {
         Some(token) => token,
-        None => local_admin_token(&config.data_dir)?,
-    });
+        None => local_secret(&token_file(&config.data_dir))?,
+    };
+    config.admin_token = Some(admin_token.clone());
     let state = server::prepare(config, database_url).await?;
     if demo {
         let seeded = seed_demo(&state.db, &state.plans).await?;
@@ -68,24 +75,112 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
     }
     let listener = server::bind(config).await?;
     let address = listener.local_addr()?;
+    let dataplane = LocalDataplane {
+        listen: free_address(config.dataplane_listen)?,
+        control_plane_url: format!("http://{address}"),
+        // Locally the data plane uses the admin token; in production give it an operator token.
+        control_plane_token: admin_token,
+        jwt_secret: local_secret(&jwt_secret_file(&config.data_dir))?,
+        spool_dir: config.data_dir.join("usage-spool"),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let supervisor = tokio::spawn(dataplane.clone().supervise(stopped));
     println!("indigo is up");
-    println!("  admin API: http://{address}");
-    println!("  database:  {}", redact(database_url));
-    println!("  token:     {} (the CLI reads it from there)", token_file(&config.data_dir).display());
-    println!("  try:       indigo tenant list --api-url http://{address}");
-    server::serve(listener, state, server::shutdown_signal()).await
+    println!("  admin API:   http://{address}");
+    println!("  storefront:  http://{}", dataplane.listen);
+    println!("  database:    {}", redact(database_url));
+    println!("  token:       {} (the CLI reads it from there)", token_file(&config.data_dir).display());
+    println!("  try:         indigo tenant list --api-url http://{address}");
+    let shutdown = async move {
+        server::shutdown_signal().await;
+        // The data plane stops first: its last usage goes to the admin API, still up.
+        let _ = stop.send(true);
+        let _ = supervisor.await;
+    };
+    server::serve(listener, state, shutdown).await
 }
 
-/// The token of the local platform's admin: reused from the data directory, or made once.
-fn local_admin_token(data_dir: &Path) -> anyhow::Result<Secret> {
-    let path = token_file(data_dir);
-    if let Ok(existing) = std::fs::read_to_string(&path) {
+/// A secret of the local platform: reused from its file, or made once (mode 0600).
+fn local_secret(path: &Path) -> anyhow::Result<Secret> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
         return Ok(Secret::new(existing.trim()));
     }
     let token = auth::generate_token();
-    std::fs::write(&path, format!("{token}\n")).with_context(|| format!("cannot write {}", path.display()))?;
-    restrict_to_owner(&path)?;
+    std::fs::write(path, format!("{token}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+    restrict_to_owner(path)?;
     Ok(Secret::new(token))
+}
+
+/// `addr`, or with port 0 a free port on its host.
+fn free_address(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    Ok(std::net::TcpListener::bind(addr)?.local_addr()?)
+}
+
+/// The local stand-in for the data plane's service: one process, restarted when it dies.
+#[derive(Clone)]
+struct LocalDataplane {
+    listen: SocketAddr,
+    control_plane_url: String,
+    control_plane_token: Secret,
+    jwt_secret: Secret,
+    spool_dir: PathBuf,
+}
+
+impl LocalDataplane {
+    fn command(&self) -> anyhow::Result<Command> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("dataplane")
+            .arg("--listen")
+            .arg(self.listen.to_string())
+            .arg("--control-plane-url")
+            .arg(&self.control_plane_url)
+            .arg("--spool-dir")
+            .arg(&self.spool_dir)
+            // Secrets go by environment, not arguments, which `ps` shows.
+            .env("INDIGO_CONTROL_PLANE_TOKEN", self.control_plane_token.expose())
+            .env("INDIGO_JWT_SECRET", self.jwt_secret.expose())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        Ok(command)
+    }
+
+    async fn supervise(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = std::time::Duration::from_millis(500);
+        loop {
+            let mut child = match self.command().and_then(|mut c| Ok(c.spawn()?)) {
+                Ok(child) => child,
+                Err(error) => {
+                    eprintln!("indigo: cannot start the data plane: {error:#}");
+                    return;
+                }
+            };
+            tokio::select! {
+                status = child.wait() => {
+                    tracing::warn!(?status, "data plane exited; restarting in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                }
+                _ = stop.changed() => {
+                    if let Some(pid) = child.id() {
+                        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+                    }
+                    match tokio::time::timeout(std::time::Duration::from_secs(15), child.wait()).await {
+                        Ok(_) => tracing::info!("data plane stopped"),
+                        Err(_) => {
+                            tracing::warn!("data plane did not stop in 15 s; killing it");
+                            let _ = child.kill().await;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
 }
 
 fn restrict_to_owner(path: &Path) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ const INDIGO: &str = env!("CARGO_BIN_EXE_indigo");
 #[tokio::test]
 async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let database = TestDatabase::unique("indigo_up_test");
+    let pool = TestDatabase::unique("indigo_up_pool");
     let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
     let plans = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml");
 
@@ -19,13 +20,19 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
         .args(["up", "--demo"])
         .env("INDIGO_DATABASE_URL", &database.url)
         .env("INDIGO_LISTEN", "127.0.0.1:0")
+        .env("INDIGO_DATAPLANE_LISTEN", "127.0.0.1:0")
+        .env("INDIGO_POOL_DATABASE", &pool.name)
         .env("INDIGO_DATA_DIR", &data_dir)
         .env("INDIGO_PLANS_FILE", plans)
         .env_remove("INDIGO_ADMIN_TOKEN");
     let mut daemon = Process::spawn(command).unwrap();
     let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
     let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
+    let line = daemon.wait_for_line("storefront: ", Duration::from_secs(10)).unwrap();
+    let storefront_url = line.split("storefront: ").nth(1).unwrap().trim().to_owned();
     wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await.unwrap();
+    // Ready means the data plane has its routing table.
+    wait_until_ok(&format!("{storefront_url}/readyz"), Duration::from_secs(30)).await.unwrap();
 
     // The CLI finds the token `indigo up` wrote into the data directory.
     let output = Command::new(INDIGO)
@@ -71,10 +78,44 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("plan=enterprise isolation=silo"), "{stdout}");
 
-    let status = daemon.signal_and_wait("TERM", Duration::from_secs(20)).unwrap();
+    // The storefront serves a demo tenant with a token minted by the CLI.
+    let output = Command::new(INDIGO)
+        .args(["storefront-token", "blue-bakery", "--api-url", &api_url])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let jwt = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{storefront_url}/v1/products"))
+        .bearer_auth(&jwt)
+        .json(&serde_json::json!({ "name": "Sourdough", "price_minor": 650, "currency": "usd", "stock": 12 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let listed: serde_json::Value =
+        http.get(format!("{storefront_url}/v1/products")).bearer_auth(&jwt).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"][0]["name"], "Sourdough");
+
+    let status = daemon.signal_and_wait("TERM", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "indigo up exited with {status} after SIGTERM");
 
+    // The data plane flushed its usage before the platform stopped: both requests are counted.
+    let control = sqlx::PgPool::connect(&database.url).await.unwrap();
+    let metered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM usage_events u JOIN tenants t ON t.id = u.tenant_id WHERE t.slug = 'blue-bakery'",
+    )
+    .fetch_one(&control)
+    .await
+    .unwrap();
+    assert_eq!(metered, 2);
+    control.close().await;
+
     database.drop_now().await.unwrap();
+    pool.drop_now().await.unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 

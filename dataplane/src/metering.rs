@@ -72,10 +72,15 @@ impl Meter {
         let Some(sink) = &self.sink else { return Ok(()) };
         self.retry_spooled(sink).await?;
         let events = std::mem::take(&mut *self.buffer.lock().expect("meter lock"));
-        for chunk in events.chunks(MAX_BATCH) {
+        for (n, chunk) in events.chunks(MAX_BATCH).enumerate() {
             if let Err(error) = sink.deliver(chunk).await {
                 tracing::warn!(%error, events = chunk.len(), "usage delivery failed; spooling the batch");
-                spool_batch(&self.spool, chunk)?;
+                if let Err(spool_error) = spool_batch(&self.spool, chunk) {
+                    // Neither the store nor the disk took them: keep this and the
+                    // remaining chunks for the next flush.
+                    self.buffer.lock().expect("meter lock").extend_from_slice(&events[n * MAX_BATCH..]);
+                    return Err(spool_error);
+                }
             }
         }
         Ok(())

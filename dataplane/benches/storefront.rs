@@ -1,0 +1,310 @@
+//! Storefront read benchmark: what does tenancy cost?
+//!
+//! In one process and one run, against the same database and rows, it measures
+//! requests/s and p50/p99 latency of
+//!   (a) a bare axum + sqlx handler reading one product by primary key, with no
+//!       tenancy (a superuser connection; the tenant id is just a parameter);
+//!   (b) the real data plane `GET /v1/products/{id}`: JWT verification, routing,
+//!       limits, a tenant transaction with RLS, and metering;
+//!   (c) the same as (b) with metering off, to price metering alone.
+//! and writes `benchmarks/dataplane.md`.
+//!
+//! Run: `cargo bench -p indigo-dataplane --bench storefront` (PostgreSQL on
+//! DATABASE_URL's server, default 127.0.0.1:5432). Env: BENCH_SECONDS (default 10),
+//! BENCH_CONCURRENCY (default 32).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use indigo_core::api::{Route, RoutingTable};
+use indigo_core::plan::{Limit, PlanCatalog};
+use indigo_core::tenant::{Lifecycle, Slug, TenantId};
+use indigo_dataplane::api::{self, AppState};
+use indigo_dataplane::auth::{CallerRole, Claims, Verifier, sign_hs256};
+use indigo_dataplane::limits::Limiter;
+use indigo_dataplane::metering::Meter;
+use indigo_dataplane::routing::Routes;
+use indigo_dataplane::schema::{OWNER_ROLE, TenantServer};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{ConnectOptions, Connection, PgPool};
+use uuid::Uuid;
+
+const PRODUCTS: usize = 10_000;
+const POOL_SIZE: u32 = 16;
+const SECRET: &[u8] = b"bench-secret";
+
+#[derive(serde::Serialize, sqlx::FromRow)]
+struct Product {
+    id: Uuid,
+    name: String,
+    description: String,
+    price_minor: i64,
+    currency: String,
+    category: String,
+    tags: Vec<String>,
+    status: String,
+    stock: i32,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+async fn bare_product(State((pool, tenant)): State<(PgPool, Uuid)>, Path(id): Path<Uuid>) -> Json<Option<Product>> {
+    let product = sqlx::query_as(
+        "SELECT id, name, description, price_minor, currency, category, tags, status, stock, created_at, updated_at
+         FROM products WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    Json(product)
+}
+
+struct Outcome {
+    name: &'static str,
+    requests: usize,
+    failures: usize,
+    seconds: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Outcome {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+async fn load(
+    name: &'static str,
+    base: String,
+    token: Option<String>,
+    ids: Arc<Vec<Uuid>>,
+    seconds: u64,
+    concurrency: usize,
+) -> Outcome {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    // Warm up the connection pools on both sides.
+    let warm_until = Instant::now() + Duration::from_secs(2);
+    let run = |until: Instant, record: bool| {
+        let (client, base, token, ids) = (client.clone(), base.clone(), token.clone(), ids.clone());
+        async move {
+            let mut tasks = Vec::new();
+            for worker in 0..concurrency {
+                let (client, base, token, ids) = (client.clone(), base.clone(), token.clone(), ids.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut failures = 0;
+                    let mut n = worker * 7919;
+                    while Instant::now() < until {
+                        n = (n + 104_729) % ids.len();
+                        let mut request = client.get(format!("{base}{}", ids[n]));
+                        if let Some(token) = &token {
+                            request = request.bearer_auth(token);
+                        }
+                        let started = Instant::now();
+                        match request.send().await {
+                            Ok(r) if r.status().is_success() => {
+                                let _ = r.bytes().await;
+                                if record {
+                                    latencies.push(started.elapsed());
+                                }
+                            }
+                            _ => failures += 1,
+                        }
+                    }
+                    (latencies, failures)
+                }));
+            }
+            let mut all = Vec::new();
+            let mut failures = 0;
+            for task in tasks {
+                let (latencies, failed) = task.await.unwrap();
+                all.extend(latencies);
+                failures += failed;
+            }
+            (all, failures)
+        }
+    };
+    run(warm_until, false).await;
+    let started = Instant::now();
+    let (mut latencies, failures) = run(started + Duration::from_secs(seconds), true).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Outcome { name, requests: latencies.len(), failures, seconds: elapsed, p50: pick(0.50), p99: pick(0.99) }
+}
+
+async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{address}")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let concurrency: usize = std::env::var("BENCH_CONCURRENCY").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
+    let server_url =
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let server = TenantServer::new(&server_url)?;
+    let database = format!("indigo_bench_{}", Uuid::new_v4().simple());
+    server.provision(&database).await?;
+    let tenant = TenantId::new();
+
+    // Rows: the tenant's catalogue plus other tenants' rows, as in a real pool.
+    let mut owner = server.options_as(OWNER_ROLE, &database).connect().await?;
+    let mut ids = Vec::with_capacity(PRODUCTS);
+    for t in 0..4 {
+        let this = if t == 0 { tenant } else { TenantId::new() };
+        let mut tx = owner.begin().await?;
+        sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
+            .bind(this.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO products (tenant_id, id, name, description, price_minor, currency, category, tags, stock)
+             SELECT $1, gen_random_uuid(), 'Product ' || n, 'A fine product number ' || n, 100 + n, 'usd', 'cat' || (n % 10), ARRAY['t' || (n % 7)], 50
+             FROM generate_series(1, $2) AS n RETURNING id",
+        )
+        .bind(this.0)
+        .bind(PRODUCTS as i32)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if t == 0 {
+            ids = inserted;
+        }
+    }
+    sqlx::query("ANALYZE products").execute(&mut owner).await?;
+    let ids = Arc::new(ids);
+
+    // (a) bare
+    let superuser =
+        PgPoolOptions::new().max_connections(POOL_SIZE).connect_with(server.options_as("postgres", &database)).await?;
+    let bare = axum::Router::new().route("/products/{id}", get(bare_product)).with_state((superuser, tenant.0));
+    let bare_url = serve(bare).await;
+
+    // (b) and (c): the data plane, its plan unlimited so that limits admit every request.
+    let catalog = PlanCatalog::parse("plans.toml", include_str!("../../policies/plans.toml"))?;
+    let mut plan = catalog.get("enterprise")?.clone();
+    plan.limits.api_calls_per_day = Limit::Unlimited;
+    plan.rate_limit.requests_per_second = 10_000_000;
+    plan.rate_limit.burst = 10_000_000;
+    let route = Route {
+        tenant_id: tenant,
+        slug: Slug::parse("bench-shop")?,
+        lifecycle: Lifecycle::Active,
+        isolation: plan.isolation,
+        database_url: Some(server.app_url(&database)),
+        plan,
+        routing_version: 1,
+    };
+    let table = RoutingTable { version: 1, routes: vec![route] };
+    let token = sign_hs256(
+        SECRET,
+        &Claims {
+            tenant_id: tenant,
+            sub: "bench".into(),
+            role: CallerRole::Customer,
+            exp: chrono::Utc::now().timestamp() + 3600,
+        },
+    );
+    let meter = Meter::new(None, std::env::temp_dir().join("indigo-bench-spool"));
+    let metered =
+        AppState::new(Arc::new(Routes::fixed(table.clone(), POOL_SIZE)), Verifier::hs256(SECRET), meter.clone());
+    let metered_url = serve(api::router(metered)).await;
+    let mut unmetered =
+        AppState::new(Arc::new(Routes::fixed(table, POOL_SIZE)), Verifier::hs256(SECRET), meter.clone());
+    unmetered.metering = false;
+    unmetered.limiter = Arc::new(Limiter::default());
+    let unmetered_url = serve(api::router(unmetered)).await;
+
+    // A background drain, as the real flusher would do, so the buffer does not grow unbounded.
+    let drain = meter.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = drain.flush().await;
+        }
+    });
+
+    let mut outcomes = Vec::new();
+    outcomes.push(
+        load(
+            "(a) bare axum + sqlx, no tenancy",
+            format!("{bare_url}/products/"),
+            None,
+            ids.clone(),
+            seconds,
+            concurrency,
+        )
+        .await,
+    );
+    outcomes.push(
+        load(
+            "(b) data plane GET /v1/products/{id}",
+            format!("{metered_url}/v1/products/"),
+            Some(token.clone()),
+            ids.clone(),
+            seconds,
+            concurrency,
+        )
+        .await,
+    );
+    outcomes.push(
+        load(
+            "(c) data plane, metering off",
+            format!("{unmetered_url}/v1/products/"),
+            Some(token),
+            ids.clone(),
+            seconds,
+            concurrency,
+        )
+        .await,
+    );
+
+    let a = outcomes[0].rps();
+    let mut report = String::new();
+    report.push_str("# Data-plane read benchmark\n\n");
+    report.push_str(&format!(
+        "Run {} on {} cores; {concurrency} concurrent keep-alive clients, {seconds} s per case after a 2 s warm-up; \
+         load generator, servers and PostgreSQL share the machine. Rerun: `cargo bench -p indigo-dataplane --bench storefront`.\n\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    ));
+    report.push_str("| case | requests/s | p50 | p99 | failed | ratio to (a) |\n|---|---:|---:|---:|---:|---:|\n");
+    for o in &outcomes {
+        report.push_str(&format!(
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.2} |\n",
+            o.name,
+            o.rps(),
+            o.p50.as_secs_f64() * 1000.0,
+            o.p99.as_secs_f64() * 1000.0,
+            o.failures,
+            o.rps() / a
+        ));
+    }
+    report.push_str(&format!(
+        "\n(b)/(a) = **{:.2}**; metering costs {:.1}% of the data plane's throughput ((c) vs (b)).\n",
+        outcomes[1].rps() / a,
+        (1.0 - outcomes[1].rps() / outcomes[2].rps()) * 100.0
+    ));
+    println!("{report}");
+    let out = concat!(env!("CARGO_MANIFEST_DIR"), "/../benchmarks/dataplane.md");
+    std::fs::write(out, &report)?;
+    println!("written to benchmarks/dataplane.md");
+    drop(owner);
+    server.drop_database(&database).await?;
+    Ok(())
+}
