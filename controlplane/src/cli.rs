@@ -280,7 +280,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let url = config.database_url.clone().context(
                 "no database configured: set database_url (env INDIGO_DATABASE_URL), or use `indigo up` for a local platform",
             )?;
-            let state = server::prepare(&config, &url).await?;
+            let mut state = server::prepare(&config, &url).await?;
+            let _reconciler = server::start_reconciler(&config, &mut state);
             server::serve(server::bind(&config).await?, state, server::shutdown_signal()).await
         }
         Command::Migrate(args) => {

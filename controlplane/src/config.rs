@@ -60,6 +60,8 @@ struct ConfigFile {
     tenant_server_url: Option<String>,
     pool_database: Option<String>,
     dataplane_listen: Option<String>,
+    resync_seconds: Option<u64>,
+    reconcile_workers: Option<usize>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -89,6 +91,12 @@ pub struct Overrides {
     /// Where `indigo up` runs the local data plane [env: INDIGO_DATAPLANE_LISTEN] [default: 127.0.0.1:8081]
     #[arg(long, env = "INDIGO_DATAPLANE_LISTEN", hide_env = true)]
     pub dataplane_listen: Option<String>,
+    /// How often the reconciler looks at every tenant again [env: INDIGO_RESYNC_SECONDS] [default: 60]
+    #[arg(long, env = "INDIGO_RESYNC_SECONDS", hide_env = true)]
+    pub resync_seconds: Option<u64>,
+    /// Tenants reconciled at once [env: INDIGO_RECONCILE_WORKERS] [default: 8]
+    #[arg(long, env = "INDIGO_RECONCILE_WORKERS", hide_env = true)]
+    pub reconcile_workers: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +112,8 @@ pub struct Config {
     pub pool_database: String,
     /// Where `indigo up` runs the local data plane.
     pub dataplane_listen: SocketAddr,
+    pub resync_seconds: u64,
+    pub reconcile_workers: usize,
 }
 
 impl Config {
@@ -154,12 +164,34 @@ impl Config {
             tenant_server_url,
             pool_database,
             dataplane_listen,
+            resync_seconds: positive(
+                overrides.resync_seconds.or(from_file.resync_seconds).unwrap_or(60),
+                "resync_seconds",
+                "INDIGO_RESYNC_SECONDS",
+            )?,
+            reconcile_workers: positive(
+                overrides.reconcile_workers.or(from_file.reconcile_workers).unwrap_or(8),
+                "reconcile_workers",
+                "INDIGO_RECONCILE_WORKERS",
+            )?,
         })
     }
 
     /// The configured database, or the conventional local one.
     pub fn database_url_or_local(&self) -> &str {
         self.database_url.as_deref().unwrap_or(DEFAULT_LOCAL_DATABASE_URL)
+    }
+}
+
+fn positive<T: PartialOrd + Default + fmt::Display>(
+    value: T,
+    key: &'static str,
+    env: &'static str,
+) -> Result<T, ConfigError> {
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid { key, env, message: format!("must be more than 0, got {value}") })
     }
 }
 

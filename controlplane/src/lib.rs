@@ -8,6 +8,8 @@ pub mod config;
 pub mod db;
 pub mod journal;
 pub mod policy;
+pub mod providers;
+pub mod reconciler;
 pub mod registry;
 pub mod server;
 pub mod telemetry;

@@ -1,6 +1,8 @@
 //! `indigo serve`: the control-plane daemon.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use indigo_dataplane::schema::TenantServer;
@@ -8,6 +10,8 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, TenantDatabases};
 use crate::config::Config;
+use crate::providers::local::LocalDatabases;
+use crate::reconciler::{Controller, Settings};
 use crate::{db, policy};
 
 /// Loads the policies, migrates the control database and builds the shared state.
@@ -24,6 +28,20 @@ pub async fn prepare(config: &Config, database_url: &str) -> anyhow::Result<AppS
     }
     let tenant_dbs = TenantDatabases { server, pool_database: config.pool_database.clone() };
     Ok(AppState::new(pool, plans, config.admin_token.as_ref(), tenant_dbs))
+}
+
+/// Starts this replica's reconciler on the local provider and hands it to the API.
+pub fn start_reconciler(config: &Config, state: &mut AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let settings = Settings {
+        resync: Duration::from_secs(config.resync_seconds),
+        workers: config.reconcile_workers,
+        ..Settings::default()
+    };
+    let provider = LocalDatabases::new(state.tenant_dbs.clone());
+    let controller = Controller::new(state.db.clone(), provider, state.tenant_dbs.clone(), settings);
+    let tasks = controller.spawn();
+    state.reconciler = Some(Arc::new(controller));
+    tasks
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes, then drains.

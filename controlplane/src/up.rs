@@ -68,7 +68,8 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         None => local_secret(&token_file(&config.data_dir))?,
     };
     config.admin_token = Some(admin_token.clone());
-    let state = server::prepare(config, database_url).await?;
+    let mut state = server::prepare(config, database_url).await?;
+    let _reconciler = server::start_reconciler(config, &mut state);
     if demo {
         let seeded = seed_demo(&state.db, &state.plans).await?;
         println!("demo tenants: {seeded} added, {} already there", DEMO_TENANTS.len() - seeded);

@@ -112,7 +112,18 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     .await
     .unwrap();
     assert_eq!(metered, 2);
+    // The reconciler gave the enterprise demo tenant its own database; release it.
+    let silos: Vec<String> = sqlx::query_scalar(
+        "SELECT placement->>'database' FROM tenants WHERE isolation = 'silo' AND placement IS NOT NULL",
+    )
+    .fetch_all(&control)
+    .await
+    .unwrap();
+    assert_eq!(silos.len(), 1, "the enterprise demo tenant is placed in a silo");
     control.close().await;
+    for silo in silos {
+        TestDatabase { url: String::new(), name: silo }.drop_now().await.unwrap();
+    }
 
     database.drop_now().await.unwrap();
     pool.drop_now().await.unwrap();

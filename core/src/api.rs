@@ -221,3 +221,43 @@ pub struct RejectedEvent {
     pub code: String,
     pub message: String,
 }
+
+/// The reconciler's state, for operators and the console.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReconcilerStatus {
+    /// Whether this replica runs a reconciler.
+    pub running: bool,
+    pub workers: usize,
+    pub queue_depth: usize,
+    pub in_progress: usize,
+    /// Tenants whose last reconcile failed and are backing off.
+    pub backing_off: usize,
+    pub reconciles_total: u64,
+    pub errors_total: u64,
+    pub errors_by_reason: std::collections::BTreeMap<String, u64>,
+    pub drift_repaired_total: u64,
+    pub paused_tenants: Vec<Slug>,
+    pub last_full_resync_at: Option<DateTime<Utc>>,
+    pub rls_audit: Option<RlsAudit>,
+}
+
+/// The last check that every tenant table is bound by forced RLS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RlsAudit {
+    pub at: DateTime<Utc>,
+    pub database: String,
+    /// Empty when all is well.
+    pub violations: Vec<String>,
+}
+
+/// What a reconcile would do, without doing it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReconcilePlan {
+    pub tenant_id: TenantId,
+    pub generation: i64,
+    /// Each planned change, e.g. `{"action": "create_silo"}`.
+    pub actions: Vec<Value>,
+    pub phase: Phase,
+    pub conditions: Vec<Condition>,
+    pub paused: bool,
+}

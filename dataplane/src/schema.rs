@@ -5,6 +5,7 @@
 
 use std::str::FromStr;
 
+use indigo_core::tenant::TenantId;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
@@ -63,22 +64,17 @@ impl TenantServer {
         let fail = |source| SchemaError::Database { database: database.into(), source };
         let mut admin = self.superuser_conn("postgres").await?;
         // Roles and databases are cluster-wide; one provisioner at a time creates them.
-        let mut tx = admin.begin().await.map_err(fail)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('indigo:provision'))")
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
+        sqlx::query("SELECT pg_advisory_lock(hashtext('indigo:provision'))").execute(&mut admin).await.map_err(fail)?;
         for (role, extra) in [(OWNER_ROLE, ""), (APP_ROLE, " NOINHERIT")] {
             let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
                 .bind(role)
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut admin)
                 .await
                 .map_err(fail)?;
             let verb = if exists { "ALTER" } else { "CREATE" };
             let sql = format!("{verb} ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE{extra}");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(fail)?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(fail)?;
         }
-        tx.commit().await.map_err(fail)?;
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(database)
             .fetch_one(&mut admin)
@@ -92,6 +88,7 @@ impl TenantServer {
                 Err(source) => return Err(fail(source)),
             }
         }
+        // Closing the session releases the advisory lock.
         let _ = admin.close().await;
         self.migrate(database).await
     }
@@ -106,10 +103,65 @@ impl TenantServer {
         .execute(&mut owner)
         .await
         .map_err(fail)?;
-        MIGRATOR.run(&mut owner).await.map_err(|source| SchemaError::Migrate { database: database.into(), source })?;
+        MIGRATOR
+            .run_direct(None, &mut owner, false)
+            .await
+            .map_err(|source| SchemaError::Migrate { database: database.into(), source })?;
         sqlx::raw_sql(RLS_POLICIES).execute(&mut owner).await.map_err(fail)?;
         let _ = owner.close().await;
         Ok(())
+    }
+
+    /// Whether `database` exists and carries every tenant migration.
+    pub async fn schema_ready(&self, database: &str) -> Result<bool, SchemaError> {
+        let fail = |source| SchemaError::Database { database: database.into(), source };
+        let mut admin = self.superuser_conn("postgres").await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(fail)?;
+        let _ = admin.close().await;
+        if !exists {
+            return Ok(false);
+        }
+        let mut conn = self.superuser_conn(database).await?;
+        let applied: i64 = match sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&mut conn)
+            .await
+        {
+            Ok(n) => n,
+            // No migrations table: created but never migrated.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => 0,
+            Err(e) => return Err(fail(e)),
+        };
+        let _ = conn.close().await;
+        Ok(applied >= MIGRATOR.iter().count() as i64)
+    }
+
+    /// Deletes every row of `tenant` from `database` (a pool tenant offboarded).
+    /// Runs as the owner under the tenant's own RLS context, so it cannot reach
+    /// another tenant's rows even by mistake.
+    pub async fn delete_tenant_rows(&self, database: &str, tenant: TenantId) -> Result<u64, SchemaError> {
+        let fail = |source| SchemaError::Database { database: database.into(), source };
+        let mut owner = self.options_as(OWNER_ROLE, database).connect().await.map_err(fail)?;
+        let mut tx = owner.begin().await.map_err(fail)?;
+        sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        let mut deleted = 0;
+        // Children first, so foreign keys hold at every step.
+        for table in ["order_items", "orders", "customers", "products"] {
+            deleted += sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(fail)?;
+        Ok(deleted)
     }
 
     /// Drops a tenant database (a silo being released).

@@ -8,6 +8,7 @@ pub mod idempotency;
 mod events;
 mod health;
 mod plans;
+mod reconciler;
 mod routing;
 mod tenants;
 mod tokens;
@@ -33,6 +34,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Secret;
+use crate::reconciler::ReconcilerControl;
 pub use error::ApiError;
 
 /// What every handler can reach.
@@ -44,6 +46,8 @@ pub struct AppState {
     pub bootstrap_admin_hash: Option<Arc<[u8]>>,
     pub metrics: PrometheusHandle,
     pub tenant_dbs: Arc<TenantDatabases>,
+    /// This replica's reconciler, when it runs one.
+    pub reconciler: Option<Arc<dyn ReconcilerControl>>,
 }
 
 /// Where tenants' data lives: the server of the pool and the local silos.
@@ -60,6 +64,7 @@ impl AppState {
             bootstrap_admin_hash: admin_token.map(|t| auth::hash_token(t.expose()).into()),
             metrics: indigo_core::http::prometheus(),
             tenant_dbs: Arc::new(tenant_dbs),
+            reconciler: None,
         }
     }
 }
@@ -79,6 +84,7 @@ impl AppState {
         (name = "events", description = "Event stream and audit trail"),
         (name = "tokens", description = "API tokens (admin)"),
         (name = "usage", description = "The usage store's intake"),
+        (name = "reconciler", description = "Desired against actual state"),
         (name = "health", description = "Probes and metrics"),
     )
 )]
@@ -105,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(routing::router())
         .merge(usage::router())
+        .merge(reconciler::router())
         .merge(health::router())
         .split_for_parts();
     routes

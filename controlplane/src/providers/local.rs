@@ -1,0 +1,63 @@
+//! The local provider: a silo is a real PostgreSQL database on the tenant
+//! server, created with the tenant schema and its RLS, and dropped.
+
+use std::sync::Arc;
+
+use indigo_core::tenant::TenantId;
+use indigo_dataplane::schema::{SchemaError, TenantServer};
+
+use super::{DatabaseProvider, ProviderError, SiloTenant};
+use crate::api::TenantDatabases;
+
+pub struct LocalDatabases {
+    dbs: Arc<TenantDatabases>,
+}
+
+impl LocalDatabases {
+    pub fn new(dbs: Arc<TenantDatabases>) -> Self {
+        Self { dbs }
+    }
+
+    fn server(&self) -> &TenantServer {
+        &self.dbs.server
+    }
+}
+
+/// The silo database of a tenant: `silo_`, its slug (readable in `psql \l`) and
+/// the end of its id (unique even when two registries share one server).
+pub fn silo_database(tenant: &SiloTenant<'_>) -> String {
+    let id = tenant.id.0.simple().to_string();
+    format!("silo_{}_{}", tenant.slug.as_str().replace('-', "_"), &id[id.len() - 12..])
+}
+
+fn classify(error: SchemaError) -> ProviderError {
+    match &error {
+        // Connection trouble and the like may pass; a broken migration will not.
+        SchemaError::Migrate { .. } | SchemaError::Url(_) => {
+            ProviderError::Permanent { reason: "SchemaFailed".into(), message: error.to_string() }
+        }
+        SchemaError::Database { .. } => ProviderError::Transient(error.to_string()),
+    }
+}
+
+impl DatabaseProvider for LocalDatabases {
+    async fn observe_silo(&self, tenant: &SiloTenant<'_>) -> Result<Option<String>, ProviderError> {
+        let database = silo_database(tenant);
+        let ready = self.server().schema_ready(&database).await.map_err(classify)?;
+        Ok(ready.then_some(database))
+    }
+
+    async fn create_silo(&self, tenant: &SiloTenant<'_>) -> Result<String, ProviderError> {
+        let database = silo_database(tenant);
+        self.server().provision(&database).await.map_err(classify)?;
+        Ok(database)
+    }
+
+    async fn delete_silo(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
+        self.server().drop_database(&silo_database(tenant)).await.map_err(classify)
+    }
+
+    async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
+        self.server().delete_tenant_rows(&self.dbs.pool_database, tenant).await.map_err(classify)
+    }
+}
