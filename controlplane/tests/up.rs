@@ -68,6 +68,25 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("unknown plan `gold`"), "{stderr}");
 
+    // The reconciler converges every demo tenant; the enterprise one gets its own database.
+    let mut converged = false;
+    for _ in 0..100 {
+        let output = Command::new(INDIGO)
+            .args(["tenant", "get", "fjord-fashion", "--output", "json", "--api-url", &api_url])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .output()
+            .unwrap();
+        let tenant: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if tenant["status"]["phase"] == "ready" {
+            assert_eq!(tenant["status"]["placement"]["isolation"], "silo");
+            converged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(converged, "fjord-fashion never became ready");
+
     // Table output for people.
     let output = Command::new(INDIGO)
         .args(["tenant", "get", "fjord-fashion", "--api-url", &api_url])
