@@ -180,7 +180,7 @@ async fn list_products(
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    tx.commit().await?;
+    drop(tx);
     let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(|p| p.id.to_string())).flatten();
     Ok(Json(Page { items, next_cursor }))
 }
