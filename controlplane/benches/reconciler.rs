@@ -4,6 +4,7 @@
 //!   - spec change → status converged, one change at a time (steady state);
 //!   - the same under a burst of 1,000 spec changes;
 //!   - CPU used by an idle reconciler.
+//!
 //! Writes `benchmarks/reconciler.md`.
 //!
 //! Run: `cargo bench -p indigo-controlplane --bench reconciler` (PostgreSQL on

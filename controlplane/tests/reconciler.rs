@@ -91,6 +91,21 @@ impl World {
             .unwrap()
     }
 
+    /// Runs `work` in the pool as the owner, under `tenant`'s row-level security.
+    async fn in_pool_as<T>(&self, tenant: TenantId, work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> T) -> T {
+        use sqlx::{ConnectOptions, Connection};
+        let mut owner = self.dbs.server.options_as("indigo_owner", &self.dbs.pool_database).connect().await.unwrap();
+        let mut tx = owner.begin().await.unwrap();
+        sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let result = work(&mut tx).await;
+        tx.commit().await.unwrap();
+        result
+    }
+
     /// Drops the pool and every silo this world's tenants have.
     async fn cleanup(self) {
         let ids: Vec<(uuid::Uuid, String)> =
@@ -202,21 +217,15 @@ async fn deletion_releases_resources_before_the_tenant_is_done(pool: PgPool) {
     }
     // Rows in the pool for the leaving tenant and for one that stays.
     for tenant in [shop.id, stays.id] {
-        use sqlx::ConnectOptions;
-        use sqlx::Connection;
-        let mut owner = world.dbs.server.options_as("indigo_owner", &world.dbs.pool_database).connect().await.unwrap();
-        let mut tx = owner.begin().await.unwrap();
-        sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
-            .bind(tenant.to_string())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO products (tenant_id, id, name, price_minor, currency) VALUES ($1, gen_random_uuid(), 'x', 1, 'usd')")
-            .bind(tenant.0)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        world
+            .in_pool_as(tenant, async |tx| {
+                sqlx::query("INSERT INTO products (tenant_id, id, name, price_minor, currency) VALUES ($1, gen_random_uuid(), 'x', 1, 'usd')")
+                    .bind(tenant.0)
+                    .execute(tx)
+                    .await
+                    .unwrap();
+            })
+            .await;
     }
     let silo = world.get(big.id).await.status.placement.unwrap().database;
     world.set_lifecycle(shop.id, Lifecycle::Deleted).await;
@@ -227,20 +236,13 @@ async fn deletion_releases_resources_before_the_tenant_is_done(pool: PgPool) {
         assert_eq!((tenant.status.phase, tenant.status.placement), (Phase::Deleted, None));
     }
     assert!(!world.database_exists(&silo).await);
-    let count = |tenant: TenantId| {
-        let dbs = world.dbs.clone();
-        async move {
-            use sqlx::{ConnectOptions, Connection};
-            let mut owner = dbs.server.options_as("indigo_owner", &dbs.pool_database).connect().await.unwrap();
-            let mut tx = owner.begin().await.unwrap();
-            sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
-                .bind(tenant.to_string())
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&mut *tx).await.unwrap();
-            n
-        }
+    let count = async |tenant: TenantId| {
+        world
+            .in_pool_as(tenant, async |tx| {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(tx).await.unwrap();
+                n
+            })
+            .await
     };
     assert_eq!(count(shop.id).await, 0, "the deleted tenant's rows are gone");
     assert_eq!(count(stays.id).await, 1, "other tenants' rows are untouched");

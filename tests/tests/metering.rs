@@ -143,6 +143,19 @@ impl Platform {
             .unwrap()
     }
 
+    async fn ingest(&self, events: Vec<indigo_core::api::UsageEvent>) -> indigo_core::api::UsageBatchResult {
+        self.http
+            .post(format!("http://{}/v1/usage/events", self.control.address))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&indigo_core::api::UsageBatch { events })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     async fn stop(self) {
         self.refresher.abort();
         self.control.task.abort();
@@ -194,17 +207,7 @@ async fn every_request_is_metered_exactly_once() {
             occurred_at,
         })
         .collect();
-    let reply: indigo_core::api::UsageBatchResult = platform
-        .http
-        .post(format!("http://{}/v1/usage/events", platform.control.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&indigo_core::api::UsageBatch { events })
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reply = platform.ingest(events).await;
     assert_eq!((reply.accepted, reply.duplicates), (0, 25));
     assert_eq!(platform.stored_events().await, 25);
     platform.stop().await;
@@ -233,17 +236,7 @@ async fn bad_events_are_refused_one_by_one_and_the_rest_kept() {
     ancient.occurred_at = chrono::Utc::now() - chrono::Duration::days(40);
     let repeated = good(4);
     let batch = vec![good(2), unknown_type, negative, stranger, ancient, repeated.clone(), repeated];
-    let reply: indigo_core::api::UsageBatchResult = platform
-        .http
-        .post(format!("http://{}/v1/usage/events", platform.control.address))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&indigo_core::api::UsageBatch { events: batch })
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let reply = platform.ingest(batch).await;
     assert_eq!((reply.accepted, reply.duplicates), (2, 1));
     let codes: Vec<(usize, &str)> = reply.rejected.iter().map(|r| (r.index, r.code.as_str())).collect();
     assert_eq!(
