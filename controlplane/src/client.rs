@@ -2,7 +2,7 @@
 
 use indigo_core::api::{
     ApiToken, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
-    LifecycleRequest, Page, Tenant,
+    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, WhoAmI,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -165,6 +165,39 @@ impl AdminClient {
 
     pub async fn tokens(&self) -> Result<Vec<ApiToken>, ClientError> {
         self.get("/v1/tokens", &()).await
+    }
+
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.get("/v1/whoami", &()).await
+    }
+
+    pub async fn reconciler(&self) -> Result<ReconcilerStatus, ClientError> {
+        self.get("/v1/reconciler", &()).await
+    }
+
+    pub async fn reconcile_plan(&self, tenant: &str) -> Result<ReconcilePlan, ClientError> {
+        self.get(&format!("/v1/tenants/{}/reconcile/plan", path_segment(tenant)), &()).await
+    }
+
+    pub async fn reconcile_now(&self, tenant: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/tenants/{}/reconcile", path_segment(tenant)),
+            None::<&()>,
+            None::<&()>,
+            None,
+        )
+        .await
+    }
+
+    pub async fn set_reconcile_paused(
+        &self,
+        tenant: &str,
+        paused: bool,
+        key: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let verb = if paused { "pause" } else { "resume" };
+        self.mutate(Method::POST, &format!("/v1/tenants/{}/reconcile/{verb}", path_segment(tenant)), &(), key).await
     }
 
     pub async fn revoke_token(&self, id: &str, key: &str) -> Result<ApiToken, ClientError> {

@@ -337,6 +337,8 @@ async fn tokens_are_shown_once_and_can_be_revoked(pool: PgPool) {
     assert!(!listed.body.to_string().contains(&secret));
 
     assert_eq!(app.get("/v1/tenants", &secret).await.status, StatusCode::OK);
+    let me = app.get("/v1/whoami", &secret).await;
+    assert_eq!((me.body["name"].as_str(), me.body["role"].as_str()), (Some("ci"), Some("viewer")));
     let id = created.body["id"].as_str().unwrap();
     let revoked = app.send(Method::DELETE, &format!("/v1/tokens/{id}"), ADMIN, "revoke", json!(null)).await;
     assert_eq!(revoked.status, StatusCode::OK);

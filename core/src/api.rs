@@ -261,3 +261,10 @@ pub struct ReconcilePlan {
     pub conditions: Vec<Condition>,
     pub paused: bool,
 }
+
+/// Who the caller's token says it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: Role,
+}

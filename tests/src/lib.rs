@@ -133,3 +133,20 @@ pub async fn wait_until_ok(url: &str, timeout: Duration) -> anyhow::Result<()> {
         }
     }
 }
+
+/// A binary of this workspace, from the target directory the running test lives
+/// in. `cargo test --workspace` builds every package's binaries; a test run on
+/// its own may need `cargo build --workspace` first, and says so.
+pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let test_exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = test_exe.parent().and_then(|deps| deps.parent()).context("unexpected test binary location")?;
+    let binary = profile_dir.join(name);
+    if !binary.exists() {
+        bail!(
+            "{} is not built; run `cargo build --workspace` (or the whole suite with `cargo test --workspace`)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}

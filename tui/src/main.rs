@@ -1,5 +1,7 @@
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
-    indigo_tui::run(indigo_tui::Cli::parse())
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = indigo_tui::Cli::parse().settings()?;
+    indigo_tui::run(settings).await
 }

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use indigo_core::api::{ApiToken, CreateTokenRequest, CreatedToken, ErrorBody};
+use indigo_core::api::{ApiToken, CreateTokenRequest, CreatedToken, ErrorBody, WhoAmI};
 use indigo_core::tenant::Role;
 use serde_json::json;
 use sqlx::PgConnection;
@@ -21,7 +21,10 @@ use crate::journal::Audit;
 use indigo_core::http::{ApiJson, ApiPath, RequestId};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_tokens, create_token)).routes(routes!(revoke_token))
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(whoami))
 }
 
 #[derive(sqlx::FromRow)]
@@ -98,6 +101,12 @@ async fn create_token(
     let response = pending.complete_redacted(&mut tx, StatusCode::CREATED, &created, &redacted).await?;
     tx.commit().await?;
     Ok(response)
+}
+
+/// The caller's token name and role (any role), so clients can adapt, e.g. a read-only console.
+#[utoipa::path(get, path = "/v1/whoami", tag = "tokens", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+async fn whoami(actor: Actor) -> Json<WhoAmI> {
+    Json(WhoAmI { name: actor.name, role: actor.role })
 }
 
 /// List tokens (admin); secrets are never shown.

@@ -1,0 +1,539 @@
+//! The console's state and how keys and data change it. No IO and no drawing:
+//! a key or a loaded snapshot goes in, the new state and the effects to carry
+//! out come out, so every behaviour is a plain unit test.
+
+use std::cmp::Ordering;
+
+use chrono::{DateTime, Utc};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use indigo_core::api::{Event, ReconcilePlan, ReconcilerStatus, Tenant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Tenants,
+    Detail,
+    Events,
+    Reconciler,
+    Moves,
+    Cost,
+    Help,
+}
+
+impl View {
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Tenants => "tenants",
+            View::Detail => "tenant",
+            View::Events => "events",
+            View::Reconciler => "reconciler",
+            View::Moves => "moves",
+            View::Cost => "cost",
+            View::Help => "help",
+        }
+    }
+}
+
+/// What the tenants table can be sorted by, in column order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Slug,
+    Name,
+    Plan,
+    Isolation,
+    Lifecycle,
+    Phase,
+    Synced,
+    Reconciled,
+}
+
+impl Column {
+    pub const ALL: [Column; 8] = [
+        Column::Slug,
+        Column::Name,
+        Column::Plan,
+        Column::Isolation,
+        Column::Lifecycle,
+        Column::Phase,
+        Column::Synced,
+        Column::Reconciled,
+    ];
+
+    pub fn header(self) -> &'static str {
+        match self {
+            Column::Slug => "SLUG",
+            Column::Name => "NAME",
+            Column::Plan => "PLAN",
+            Column::Isolation => "ISOL",
+            Column::Lifecycle => "LIFE",
+            Column::Phase => "PHASE",
+            Column::Synced => "SYNC",
+            Column::Reconciled => "AGE",
+        }
+    }
+
+    fn compare(self, a: &Tenant, b: &Tenant) -> Ordering {
+        match self {
+            Column::Slug => a.slug.cmp(&b.slug),
+            Column::Name => a.name.cmp(&b.name),
+            Column::Plan => a.spec.plan.cmp(&b.spec.plan),
+            Column::Isolation => isolation_label(a).cmp(&isolation_label(b)),
+            Column::Lifecycle => a.spec.lifecycle.as_str().cmp(b.spec.lifecycle.as_str()),
+            Column::Phase => a.status.phase.as_str().cmp(b.status.phase.as_str()),
+            Column::Synced => a.status_current().cmp(&b.status_current()),
+            Column::Reconciled => a.status.last_reconciled_at.cmp(&b.status.last_reconciled_at),
+        }
+    }
+}
+
+/// Where the data lives, and where the spec wants it when that differs (`pool→silo`).
+pub fn isolation_label(tenant: &Tenant) -> String {
+    match &tenant.status.placement {
+        Some(p) if p.isolation != tenant.spec.isolation => format!("{}→{}", p.isolation, tenant.spec.isolation),
+        Some(p) => p.isolation.to_string(),
+        None => tenant.spec.isolation.to_string(),
+    }
+}
+
+/// A change an operator asks for, carried out through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    ChangePlan { slug: String, from: String, plan: String },
+    Suspend { slug: String },
+    Resume { slug: String },
+    ReconcileNow { slug: String },
+    SetReconcilePaused { slug: String, paused: bool },
+    Offboard { slug: String },
+}
+
+impl Command {
+    pub fn slug(&self) -> &str {
+        match self {
+            Command::ChangePlan { slug, .. }
+            | Command::Suspend { slug }
+            | Command::Resume { slug }
+            | Command::ReconcileNow { slug }
+            | Command::SetReconcilePaused { slug, .. }
+            | Command::Offboard { slug } => slug,
+        }
+    }
+
+    /// What it will do, in a sentence, for the confirmation.
+    pub fn describe(&self) -> String {
+        match self {
+            Command::ChangePlan { slug, from, plan } if plan == "enterprise" => {
+                format!("Change {slug} from {from} to enterprise: its data moves to its own database.")
+            }
+            Command::ChangePlan { slug, from, plan } => format!("Change {slug} from {from} to {plan}."),
+            Command::Suspend { slug } => format!("Suspend {slug}: its storefront stops serving."),
+            Command::Resume { slug } => format!("Resume {slug}: its storefront serves again."),
+            Command::ReconcileNow { slug } => format!("Reconcile {slug} now."),
+            Command::SetReconcilePaused { slug, paused: true } => format!("Pause reconciliation of {slug}."),
+            Command::SetReconcilePaused { slug, paused: false } => format!("Resume reconciliation of {slug}."),
+            Command::Offboard { slug } => format!("Offboard {slug}: its data is deleted."),
+        }
+    }
+
+    /// Dangerous commands need the slug typed back, not just `y`.
+    pub fn dangerous(&self) -> bool {
+        matches!(self, Command::Suspend { .. } | Command::Offboard { .. })
+            || matches!(self, Command::ChangePlan { plan, from, .. } if plan == "enterprise" || from == "enterprise")
+    }
+}
+
+/// What the runtime must do after a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Refresh,
+    Run(Command),
+    LoadDetail(String),
+    DryRun(String),
+    Quit,
+}
+
+/// Data the runtime brings in.
+#[derive(Debug, Clone)]
+pub enum Loaded {
+    Fleet {
+        tenants: Vec<Tenant>,
+        events: Vec<Event>,
+        reconciler: Option<ReconcilerStatus>,
+        at: DateTime<Utc>,
+    },
+    Detail {
+        slug: String,
+        events: Vec<Event>,
+    },
+    Plan(ReconcilePlan),
+    /// The API could not be reached, or refused the token.
+    Failed {
+        unauthorized: bool,
+        message: String,
+    },
+    /// A command finished: its outcome for the status line.
+    Done(Result<String, String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connection {
+    Loading,
+    Live,
+    /// Showing the last data; the API is unreachable.
+    Stale(String),
+    Unauthorized(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    Filter,
+    Command,
+    /// Typing the plan to change to.
+    PlanPrompt {
+        slug: String,
+        from: String,
+    },
+    Confirm {
+        command: Command,
+    },
+}
+
+pub struct App {
+    pub view: View,
+    back: View,
+    pub mode: Mode,
+    pub input: String,
+    pub filter: String,
+    pub sort: (Column, bool),
+    pub selected: usize,
+    pub tenants: Vec<Tenant>,
+    pub events: Vec<Event>,
+    pub reconciler: Option<ReconcilerStatus>,
+    pub fetched_at: Option<DateTime<Utc>>,
+    pub connection: Connection,
+    pub detail_slug: Option<String>,
+    pub detail_events: Vec<Event>,
+    pub plan_preview: Option<ReconcilePlan>,
+    pub read_only: bool,
+    pub status: String,
+    pub api_url: String,
+    pub who: String,
+    pub plans: Vec<String>,
+}
+
+impl App {
+    pub fn new(api_url: &str, read_only: bool) -> Self {
+        Self {
+            view: View::Tenants,
+            back: View::Tenants,
+            mode: Mode::Normal,
+            input: String::new(),
+            filter: String::new(),
+            sort: (Column::Slug, false),
+            selected: 0,
+            tenants: Vec::new(),
+            events: Vec::new(),
+            reconciler: None,
+            fetched_at: None,
+            connection: Connection::Loading,
+            detail_slug: None,
+            detail_events: Vec::new(),
+            plan_preview: None,
+            read_only,
+            status: String::new(),
+            api_url: api_url.to_owned(),
+            who: String::new(),
+            plans: vec!["starter".into(), "growth".into(), "pro".into(), "enterprise".into()],
+        }
+    }
+
+    /// Live refresh pauses while the operator types.
+    pub fn typing(&self) -> bool {
+        !matches!(self.mode, Mode::Normal)
+    }
+
+    /// The tenants the table shows: filtered (substring; `!` inverts), then sorted.
+    pub fn visible(&self) -> Vec<&Tenant> {
+        let filter = if self.mode == Mode::Filter { self.input.as_str() } else { self.filter.as_str() };
+        let (invert, needle) = match filter.strip_prefix('!') {
+            Some(rest) => (true, rest.to_lowercase()),
+            None => (false, filter.to_lowercase()),
+        };
+        let mut rows: Vec<&Tenant> = self
+            .tenants
+            .iter()
+            .filter(|t| {
+                if needle.is_empty() {
+                    return true;
+                }
+                let haystack = format!(
+                    "{} {} {} {} {} {}",
+                    t.slug,
+                    t.name.to_lowercase(),
+                    t.spec.plan,
+                    isolation_label(t),
+                    t.spec.lifecycle,
+                    t.status.phase
+                );
+                haystack.contains(&needle) != invert
+            })
+            .collect();
+        let (column, descending) = self.sort;
+        rows.sort_by(|a, b| {
+            let order = column.compare(a, b).then_with(|| a.slug.cmp(&b.slug));
+            if descending { order.reverse() } else { order }
+        });
+        rows
+    }
+
+    pub fn selected_tenant(&self) -> Option<&Tenant> {
+        match self.view {
+            View::Detail => self.detail_slug.as_ref().and_then(|s| self.tenants.iter().find(|t| t.slug.as_str() == s)),
+            _ => self.visible().get(self.selected).copied(),
+        }
+    }
+
+    pub fn apply(&mut self, loaded: Loaded) {
+        match loaded {
+            Loaded::Fleet { tenants, events, reconciler, at } => {
+                self.tenants = tenants;
+                self.events = events;
+                self.reconciler = reconciler;
+                self.fetched_at = Some(at);
+                self.connection = Connection::Live;
+                self.clamp_selection();
+            }
+            Loaded::Detail { slug, events } => {
+                if self.detail_slug.as_deref() == Some(slug.as_str()) {
+                    self.detail_events = events;
+                }
+            }
+            Loaded::Plan(plan) => {
+                self.status = if plan.actions.is_empty() {
+                    "dry run: nothing to change".into()
+                } else {
+                    format!("dry run: {} change(s) pending", plan.actions.len())
+                };
+                self.plan_preview = Some(plan);
+            }
+            Loaded::Failed { unauthorized: true, message } => self.connection = Connection::Unauthorized(message),
+            Loaded::Failed { unauthorized: false, message } => self.connection = Connection::Stale(message),
+            Loaded::Done(Ok(message)) => self.status = message,
+            Loaded::Done(Err(message)) => self.status = format!("failed: {message}"),
+        }
+    }
+
+    fn clamp_selection(&mut self) {
+        let len = self.visible().len();
+        self.selected = self.selected.min(len.saturating_sub(1));
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            return vec![Effect::Quit];
+        }
+        match self.mode.clone() {
+            Mode::Normal => self.normal_key(key),
+            Mode::Filter => {
+                match key.code {
+                    KeyCode::Enter => {
+                        self.filter = std::mem::take(&mut self.input);
+                        self.mode = Mode::Normal;
+                    }
+                    KeyCode::Esc => {
+                        self.input.clear();
+                        self.filter.clear();
+                        self.mode = Mode::Normal;
+                    }
+                    code => edit(&mut self.input, code),
+                }
+                self.selected = 0;
+                vec![]
+            }
+            Mode::Command => match key.code {
+                KeyCode::Enter => {
+                    let command = std::mem::take(&mut self.input);
+                    self.mode = Mode::Normal;
+                    self.run_command(command.trim())
+                }
+                KeyCode::Esc => {
+                    self.input.clear();
+                    self.mode = Mode::Normal;
+                    vec![]
+                }
+                code => {
+                    edit(&mut self.input, code);
+                    vec![]
+                }
+            },
+            Mode::PlanPrompt { slug, from } => match key.code {
+                KeyCode::Enter => {
+                    let plan = std::mem::take(&mut self.input).trim().to_lowercase();
+                    if !self.plans.contains(&plan) {
+                        self.status = format!("unknown plan `{plan}`; plans are {}", self.plans.join(", "));
+                        self.mode = Mode::Normal;
+                    } else if plan == from {
+                        self.status = format!("{slug} is already on {plan}");
+                        self.mode = Mode::Normal;
+                    } else {
+                        self.mode = Mode::Confirm { command: Command::ChangePlan { slug, from, plan } };
+                    }
+                    vec![]
+                }
+                KeyCode::Esc => {
+                    self.cancel();
+                    vec![]
+                }
+                code => {
+                    edit(&mut self.input, code);
+                    vec![]
+                }
+            },
+            Mode::Confirm { command } => {
+                let confirmed = if command.dangerous() {
+                    match key.code {
+                        KeyCode::Enter => self.input == command.slug(),
+                        KeyCode::Esc => {
+                            self.cancel();
+                            return vec![];
+                        }
+                        code => {
+                            edit(&mut self.input, code);
+                            return vec![];
+                        }
+                    }
+                } else {
+                    matches!(key.code, KeyCode::Char('y') | KeyCode::Char('Y'))
+                };
+                self.input.clear();
+                self.mode = Mode::Normal;
+                if confirmed {
+                    self.status = format!("{}…", command.describe());
+                    vec![Effect::Run(command)]
+                } else {
+                    self.status = "cancelled".into();
+                    vec![]
+                }
+            }
+        }
+    }
+
+    fn cancel(&mut self) {
+        self.input.clear();
+        self.mode = Mode::Normal;
+        self.status = "cancelled".into();
+    }
+
+    fn normal_key(&mut self, key: KeyEvent) -> Vec<Effect> {
+        let rows = self.visible().len();
+        match key.code {
+            KeyCode::Char('q') => return vec![Effect::Quit],
+            KeyCode::Char('?') => self.show(View::Help),
+            KeyCode::Char(':') => self.mode = Mode::Command,
+            KeyCode::Char('/') => {
+                self.input = self.filter.clone();
+                self.mode = Mode::Filter;
+            }
+            KeyCode::Esc => {
+                self.view = if self.view == View::Help { self.back } else { View::Tenants };
+                self.plan_preview = None;
+            }
+            KeyCode::Char('j') | KeyCode::Down => self.selected = (self.selected + 1).min(rows.saturating_sub(1)),
+            KeyCode::Char('k') | KeyCode::Up => self.selected = self.selected.saturating_sub(1),
+            KeyCode::Char('g') | KeyCode::Home => self.selected = 0,
+            KeyCode::Char('G') | KeyCode::End => self.selected = rows.saturating_sub(1),
+            KeyCode::PageDown => self.selected = (self.selected + 20).min(rows.saturating_sub(1)),
+            KeyCode::PageUp => self.selected = self.selected.saturating_sub(20),
+            KeyCode::Char(c @ '1'..='8') if self.view == View::Tenants => {
+                let column = Column::ALL[c as usize - '1' as usize];
+                self.sort = (column, self.sort.0 == column && !self.sort.1);
+            }
+            KeyCode::Enter if self.view == View::Tenants => {
+                if let Some(tenant) = self.selected_tenant() {
+                    let slug = tenant.slug.to_string();
+                    self.detail_slug = Some(slug.clone());
+                    self.detail_events.clear();
+                    self.plan_preview = None;
+                    self.view = View::Detail;
+                    return vec![Effect::LoadDetail(slug)];
+                }
+            }
+            KeyCode::Char('r') if key.modifiers.contains(KeyModifiers::CONTROL) => return vec![Effect::Refresh],
+            KeyCode::Char(c) if matches!(self.view, View::Tenants | View::Detail) => return self.action_key(c),
+            _ => {}
+        }
+        vec![]
+    }
+
+    /// The keys that act on the selected tenant.
+    fn action_key(&mut self, key: char) -> Vec<Effect> {
+        let Some(tenant) = self.selected_tenant() else { return vec![] };
+        let slug = tenant.slug.to_string();
+        let from = tenant.spec.plan.to_string();
+        let suspended = tenant.spec.lifecycle == indigo_core::tenant::Lifecycle::Suspended;
+        let paused = self.reconciler.as_ref().is_some_and(|r| r.paused_tenants.iter().any(|p| p.as_str() == slug));
+        if key == 'd' {
+            return vec![Effect::DryRun(slug)];
+        }
+        let command = match key {
+            'p' => {
+                if self.read_only {
+                    return self.refuse();
+                }
+                self.input.clear();
+                self.mode = Mode::PlanPrompt { slug, from };
+                return vec![];
+            }
+            's' if !suspended => Command::Suspend { slug },
+            's' => Command::Resume { slug },
+            'R' => Command::ReconcileNow { slug },
+            'P' => Command::SetReconcilePaused { slug, paused: !paused },
+            'X' => Command::Offboard { slug },
+            _ => return vec![],
+        };
+        if self.read_only {
+            return self.refuse();
+        }
+        self.input.clear();
+        self.mode = Mode::Confirm { command };
+        vec![]
+    }
+
+    fn refuse(&mut self) -> Vec<Effect> {
+        self.status = "read-only: actions are disabled".into();
+        vec![]
+    }
+
+    fn show(&mut self, view: View) {
+        if self.view != View::Help {
+            self.back = self.view;
+        }
+        self.view = view;
+    }
+
+    fn run_command(&mut self, command: &str) -> Vec<Effect> {
+        match command {
+            "tenants" | "t" => self.show(View::Tenants),
+            "events" | "ev" => self.show(View::Events),
+            "reconciler" | "rec" => self.show(View::Reconciler),
+            "moves" | "workflows" | "wf" => self.show(View::Moves),
+            "cost" | "usage" => self.show(View::Cost),
+            "help" | "h" => self.show(View::Help),
+            "q" | "quit" => return vec![Effect::Quit],
+            other => {
+                self.status = format!("unknown command `:{other}`; try :tenants, :events, :reconciler, :moves, :cost")
+            }
+        }
+        self.selected = 0;
+        vec![]
+    }
+}
+
+fn edit(input: &mut String, code: KeyCode) {
+    match code {
+        KeyCode::Backspace => {
+            input.pop();
+        }
+        KeyCode::Char(c) => input.push(c),
+        _ => {}
+    }
+}

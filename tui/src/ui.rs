@@ -1,0 +1,394 @@
+//! Drawing: pure functions of the [`App`] snapshot onto a frame.
+
+use chrono::Utc;
+use indigo_core::api::Tenant;
+use indigo_core::tenant::{ConditionStatus, Phase};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
+
+use crate::app::{App, Column, Connection, Mode, View, isolation_label};
+
+/// Colours, or none (`NO_COLOR`, `--theme mono`): emphasis then comes from bold and reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Theme {
+    pub color: bool,
+}
+
+impl Theme {
+    fn fg(self, color: Color) -> Style {
+        if self.color { Style::default().fg(color) } else { Style::default() }
+    }
+
+    fn warn(self) -> Style {
+        if self.color { Style::default().fg(Color::Yellow) } else { Style::default().add_modifier(Modifier::BOLD) }
+    }
+
+    fn bad(self) -> Style {
+        if self.color { Style::default().fg(Color::Red) } else { Style::default().add_modifier(Modifier::BOLD) }
+    }
+
+    fn selected(self) -> Style {
+        if self.color {
+            Style::default().bg(Color::Blue).fg(Color::White)
+        } else {
+            Style::default().add_modifier(Modifier::REVERSED)
+        }
+    }
+
+    fn phase(self, phase: Phase) -> Style {
+        match phase {
+            Phase::Ready => self.fg(Color::Green),
+            Phase::Failed => self.bad(),
+            Phase::Degraded | Phase::Pending | Phase::Provisioning | Phase::Suspended => self.warn(),
+            Phase::Deleting | Phase::Deleted => self.fg(Color::DarkGray),
+        }
+    }
+}
+
+pub fn draw(frame: &mut Frame, app: &App, theme: Theme) {
+    let [header, body, footer] =
+        Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)]).areas(frame.area());
+    draw_header(frame, header, app, theme);
+    match app.view {
+        View::Tenants => draw_tenants(frame, body, app, theme),
+        View::Detail => draw_detail(frame, body, app, theme),
+        View::Events => draw_events(frame, body, app),
+        View::Reconciler => draw_reconciler(frame, body, app, theme),
+        View::Moves => draw_note(
+            frame,
+            body,
+            "moves & workflows",
+            "No moves or workflows yet: tier-change moves and durable workflows are not built. Plan changes are recorded and reconciled.",
+        ),
+        View::Cost => draw_note(
+            frame,
+            body,
+            "usage & cost",
+            "Usage roll-ups and cost per tenant are not built yet; usage events are being stored.",
+        ),
+        View::Help => draw_help(frame, body),
+    }
+    draw_footer(frame, footer, app, theme);
+    if let Mode::Confirm { command } = &app.mode {
+        draw_confirm(frame, app, command.describe(), command.dangerous().then(|| command.slug().to_owned()), theme);
+    }
+}
+
+fn draw_header(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let mut spans = vec![
+        Span::styled(" indigo ", theme.selected().add_modifier(Modifier::BOLD)),
+        Span::raw(format!(" {} ", app.view.title())),
+        Span::raw(format!("· {} ", app.api_url)),
+    ];
+    if !app.who.is_empty() {
+        spans.push(Span::raw(format!("· {} ", app.who)));
+    }
+    if app.read_only {
+        spans.push(Span::styled("· READ-ONLY ", theme.warn()));
+    }
+    match &app.connection {
+        Connection::Loading => spans.push(Span::styled("· loading…", theme.warn())),
+        Connection::Live => {
+            let age = app.fetched_at.map(|at| (Utc::now() - at).num_seconds().max(0)).unwrap_or(0);
+            spans.push(Span::raw(format!("· updated {age}s ago")));
+        }
+        Connection::Stale(error) => spans.push(Span::styled(format!("· STALE, retrying: {error}"), theme.bad())),
+        Connection::Unauthorized(error) => spans.push(Span::styled(format!("· UNAUTHORIZED: {error}"), theme.bad())),
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn age(at: Option<chrono::DateTime<Utc>>) -> String {
+    let Some(at) = at else { return "never".into() };
+    let seconds = (Utc::now() - at).num_seconds().max(0);
+    match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m", seconds / 60),
+        _ => format!("{}h", seconds / 3600),
+    }
+}
+
+fn cells(tenant: &Tenant) -> [String; 8] {
+    let synced = if tenant.status_current() {
+        "yes".into()
+    } else {
+        format!("{}/{}", tenant.status.observed_generation, tenant.spec.generation)
+    };
+    [
+        tenant.slug.to_string(),
+        tenant.name.clone(),
+        tenant.spec.plan.to_string(),
+        isolation_label(tenant),
+        tenant.spec.lifecycle.to_string(),
+        tenant.status.phase.to_string(),
+        synced,
+        age(tenant.status.last_reconciled_at),
+    ]
+}
+
+fn draw_tenants(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let visible = app.visible();
+    let title = format!(" tenants ({} of {}) ", visible.len(), app.tenants.len());
+    let block = Block::default().borders(Borders::ALL).title(title);
+    if visible.is_empty() {
+        let message = match (&app.connection, app.tenants.is_empty()) {
+            (Connection::Loading, _) => "loading…",
+            (Connection::Unauthorized(_), _) => "unauthorized: check the token (--token or INDIGO_TOKEN)",
+            (_, true) => "no tenants yet: create one with `indigo tenant create`",
+            (_, false) => "no tenant matches the filter",
+        };
+        frame.render_widget(Paragraph::new(message).block(block), area);
+        return;
+    }
+    // Only the rows that fit are built: the fleet may be 10,000 tenants.
+    let height = area.height.saturating_sub(3) as usize;
+    let offset = app.selected.saturating_sub(height.saturating_sub(1));
+    let rows: Vec<Row> = visible
+        .iter()
+        .enumerate()
+        .skip(offset)
+        .take(height)
+        .map(|(i, tenant)| {
+            let mut row = Row::new(cells(tenant).into_iter().enumerate().map(|(c, text)| {
+                let style = match c {
+                    5 => theme.phase(tenant.status.phase),
+                    3 if text.contains('→') => theme.warn(),
+                    6 if text != "yes" => theme.warn(),
+                    _ => Style::default(),
+                };
+                Cell::from(text).style(style)
+            }));
+            if i == app.selected {
+                row = row.style(theme.selected());
+            }
+            row
+        })
+        .collect();
+    let (sort_column, descending) = app.sort;
+    let header = Row::new(Column::ALL.iter().enumerate().map(|(i, c)| {
+        let arrow = if *c == sort_column { if descending { "▼" } else { "▲" } } else { "" };
+        format!("{}{}{arrow}", i + 1, c.header())
+    }))
+    .style(Style::default().add_modifier(Modifier::BOLD));
+    let slug_width =
+        visible.iter().skip(offset).take(height).map(|t| t.slug.as_str().len()).max().unwrap_or(4).max(6) as u16;
+    let widths = [
+        Constraint::Length(slug_width + 1),
+        Constraint::Min(8),
+        Constraint::Length(11),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(9),
+        Constraint::Length(6),
+        Constraint::Length(5),
+    ];
+    frame.render_widget(Table::new(rows, widths).header(header).block(block), area);
+}
+
+fn draw_detail(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let Some(tenant) = app.selected_tenant() else {
+        frame.render_widget(Paragraph::new("this tenant is gone").block(Block::default().borders(Borders::ALL)), area);
+        return;
+    };
+    let [top, bottom] = Layout::vertical([Constraint::Length(13), Constraint::Min(3)]).areas(area);
+    let [spec_area, status_area] =
+        Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(top);
+    let placement = tenant.status.placement.as_ref();
+    let placed = placement.map(|p| p.isolation);
+    let mismatch = |differs: bool| if differs { theme.bad() } else { Style::default() };
+    let spec = vec![
+        Line::from(format!("plan        {}", tenant.spec.plan)),
+        Line::styled(
+            format!("isolation   {}", tenant.spec.isolation),
+            mismatch(placed.is_some_and(|p| p != tenant.spec.isolation)),
+        ),
+        Line::from(format!("lifecycle   {}", tenant.spec.lifecycle)),
+        Line::styled(format!("generation  {}", tenant.spec.generation), mismatch(!tenant.status_current())),
+        Line::from(format!("owner       {}", tenant.owner_email)),
+        Line::from(format!("id          {}", tenant.id)),
+    ];
+    frame.render_widget(
+        Paragraph::new(spec).block(Block::default().borders(Borders::ALL).title(format!(" {} · spec ", tenant.slug))),
+        spec_area,
+    );
+    let mut status = vec![
+        Line::styled(format!("phase       {}", tenant.status.phase), theme.phase(tenant.status.phase)),
+        Line::styled(
+            format!(
+                "placement   {}",
+                placement.map(|p| format!("{} · {}", p.isolation, p.database)).unwrap_or_else(|| "none yet".into())
+            ),
+            mismatch(placed.is_some_and(|p| p != tenant.spec.isolation)),
+        ),
+        Line::styled(
+            format!("observed    generation {}", tenant.status.observed_generation),
+            mismatch(!tenant.status_current()),
+        ),
+        Line::from(format!("reconciled  {} ago", age(tenant.status.last_reconciled_at))),
+    ];
+    for condition in &tenant.status.conditions {
+        let style = if condition.status == ConditionStatus::True { theme.fg(Color::Green) } else { theme.warn() };
+        status.push(Line::styled(
+            format!("{} {:?}: {} — {}", condition.kind, condition.status, condition.reason, condition.message),
+            style,
+        ));
+    }
+    frame.render_widget(
+        Paragraph::new(status)
+            .wrap(Wrap { trim: true })
+            .block(Block::default().borders(Borders::ALL).title(" status ")),
+        status_area,
+    );
+    let mut lines: Vec<Line> = Vec::new();
+    if let Some(plan) = &app.plan_preview {
+        lines.push(Line::styled(
+            format!(
+                "dry run → phase {}; actions: {}",
+                plan.phase,
+                if plan.actions.is_empty() {
+                    "none".into()
+                } else {
+                    serde_json::to_string(&plan.actions).unwrap_or_default()
+                }
+            ),
+            theme.warn(),
+        ));
+    }
+    for event in app.detail_events.iter().rev() {
+        lines.push(Line::from(format!("{} {:<22} {}", event.created_at.format("%H:%M:%S"), event.kind, event.message)));
+    }
+    if lines.is_empty() {
+        lines.push(Line::from("no events yet"));
+    }
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" events (newest first) ")),
+        bottom,
+    );
+}
+
+fn draw_events(frame: &mut Frame, area: Rect, app: &App) {
+    let needle = app.filter.to_lowercase();
+    let height = area.height.saturating_sub(2) as usize;
+    let lines: Vec<Line> = app
+        .events
+        .iter()
+        .rev()
+        .filter(|e| needle.is_empty() || format!("{} {}", e.kind, e.message).to_lowercase().contains(&needle))
+        .take(height)
+        .map(|e| Line::from(format!("{} {:<24} {}", e.created_at.format("%H:%M:%S"), e.kind, e.message)))
+        .collect();
+    let body = if lines.is_empty() { vec![Line::from("no events")] } else { lines };
+    frame.render_widget(Paragraph::new(body).block(Block::default().borders(Borders::ALL).title(" events ")), area);
+}
+
+fn draw_reconciler(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let block = Block::default().borders(Borders::ALL).title(" reconciler ");
+    let Some(r) = &app.reconciler else {
+        frame.render_widget(Paragraph::new("no reconciler state yet").block(block), area);
+        return;
+    };
+    let mut lines = vec![
+        Line::from(format!("running       {} ({} workers)", r.running, r.workers)),
+        Line::from(format!(
+            "queue depth   {}   in progress {}   backing off {}",
+            r.queue_depth, r.in_progress, r.backing_off
+        )),
+        Line::from(format!(
+            "reconciles    {}   errors {}   drift repaired {}",
+            r.reconciles_total, r.errors_total, r.drift_repaired_total
+        )),
+        Line::from(format!("last resync   {} ago", age(r.last_full_resync_at))),
+        Line::from(format!(
+            "paused        {}",
+            if r.paused_tenants.is_empty() {
+                "none".into()
+            } else {
+                r.paused_tenants.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        )),
+    ];
+    for (reason, count) in &r.errors_by_reason {
+        lines.push(Line::styled(format!("errors        {reason}: {count}"), theme.warn()));
+    }
+    match &r.rls_audit {
+        Some(audit) if audit.violations.is_empty() => lines.push(Line::styled(
+            format!("RLS audit     ok ({}, {} ago)", audit.database, age(Some(audit.at))),
+            theme.fg(Color::Green),
+        )),
+        Some(audit) => {
+            lines.push(Line::styled(format!("RLS audit     VIOLATIONS: {}", audit.violations.join("; ")), theme.bad()))
+        }
+        None => lines.push(Line::from("RLS audit     not run yet")),
+    }
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+fn draw_note(frame: &mut Frame, area: Rect, title: &str, text: &str) {
+    frame.render_widget(
+        Paragraph::new(text)
+            .wrap(Wrap { trim: true })
+            .block(Block::default().borders(Borders::ALL).title(format!(" {title} "))),
+        area,
+    );
+}
+
+pub const HELP: &[(&str, &str)] = &[
+    ("j/k ↑/↓", "move"),
+    ("g/G", "first / last"),
+    ("Enter", "tenant detail"),
+    ("Esc", "back"),
+    ("/", "filter (substring; !text inverts)"),
+    ("1-8", "sort by column (again: reverse)"),
+    (":", "command: tenants, events, reconciler, moves, cost, quit"),
+    ("p", "change plan (enterprise = own database)"),
+    ("s", "suspend / resume"),
+    ("R", "reconcile now"),
+    ("P", "pause / resume reconciliation"),
+    ("d", "dry run: what a reconcile would change"),
+    ("X", "offboard (type the slug to confirm)"),
+    ("Ctrl-r", "refresh now"),
+    ("?", "this help"),
+    ("q", "quit"),
+];
+
+fn draw_help(frame: &mut Frame, area: Rect) {
+    let lines: Vec<Line> = HELP.iter().map(|(key, what)| Line::from(format!("{key:<10} {what}"))).collect();
+    frame.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" keys ")), area);
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let line = match &app.mode {
+        Mode::Filter => Line::from(format!("/{}", app.input)),
+        Mode::Command => Line::from(format!(":{}", app.input)),
+        Mode::PlanPrompt { slug, from } => {
+            Line::from(format!("plan for {slug} (now {from}; {}): {}", app.plans.join("/"), app.input))
+        }
+        Mode::Confirm { .. } => Line::from(""),
+        Mode::Normal if !app.status.is_empty() => Line::styled(app.status.clone(), theme.warn()),
+        Mode::Normal if !app.filter.is_empty() => {
+            Line::from(format!("filter: {}   (/ to change, Esc to clear)", app.filter))
+        }
+        Mode::Normal => Line::from("? help  / filter  : command  Enter detail  p plan  s suspend  R reconcile  q quit"),
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+fn draw_confirm(frame: &mut Frame, app: &App, what: String, type_back: Option<String>, theme: Theme) {
+    let area = frame.area();
+    let width = area.width.saturating_sub(4).min(90);
+    let popup = Rect { x: area.x + (area.width - width) / 2, y: area.y + area.height / 3, width, height: 6 };
+    let prompt = match &type_back {
+        Some(slug) => format!("Type {slug} and Enter to confirm, Esc to cancel: {}", app.input),
+        None => "y to confirm, any other key to cancel".into(),
+    };
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(vec![Line::from(what), Line::from(""), Line::styled(prompt, theme.warn())])
+            .wrap(Wrap { trim: true })
+            .block(Block::default().borders(Borders::ALL).title(" confirm ")),
+        popup,
+    );
+}

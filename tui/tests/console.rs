@@ -1,0 +1,274 @@
+//! The console without a terminal: rendering on ratatui's TestBackend and key
+//! handling on the pure state, for every view and action.
+
+use chrono::Utc;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use indigo_core::api::{Event, Placement, ReconcilerStatus, RlsAudit, Tenant, TenantSpec, TenantStatus};
+use indigo_core::tenant::{Isolation, Lifecycle, Phase, Slug, TenantId};
+use indigo_tui::app::{App, Column, Command, Connection, Effect, Loaded, Mode, View};
+use indigo_tui::ui::{self, Theme};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+fn tenant(slug: &str, plan: &str, phase: Phase) -> Tenant {
+    let isolation = if plan == "enterprise" { Isolation::Silo } else { Isolation::Pool };
+    Tenant {
+        id: TenantId::new(),
+        slug: Slug::parse(slug).unwrap(),
+        name: format!("Shop {slug}"),
+        owner_email: format!("o@{slug}.example"),
+        spec: TenantSpec {
+            plan: serde_json::from_value(plan.into()).unwrap(),
+            isolation,
+            lifecycle: Lifecycle::Active,
+            generation: 1,
+        },
+        status: TenantStatus {
+            phase,
+            conditions: vec![],
+            placement: Some(Placement { isolation, database: "indigo_pool".into(), cluster: None, service: None }),
+            observed_generation: 1,
+            last_reconciled_at: Some(Utc::now()),
+        },
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+fn fleet() -> Vec<Tenant> {
+    vec![
+        tenant("acme-shoes", "starter", Phase::Ready),
+        tenant("blue-bakery", "growth", Phase::Ready),
+        tenant("cobalt-coffee", "pro", Phase::Degraded),
+        tenant("fjord-fashion", "enterprise", Phase::Ready),
+    ]
+}
+
+fn loaded(app: &mut App, tenants: Vec<Tenant>) {
+    let event = Event {
+        id: 1,
+        tenant_id: tenants.first().map(|t| t.id),
+        kind: "PlanChanged".into(),
+        message: "plan of acme-shoes changed to growth".into(),
+        data: serde_json::json!({}),
+        created_at: Utc::now(),
+    };
+    let reconciler = ReconcilerStatus {
+        running: true,
+        workers: 8,
+        reconciles_total: 42,
+        rls_audit: Some(RlsAudit { at: Utc::now(), database: "indigo_pool".into(), violations: vec![] }),
+        ..Default::default()
+    };
+    app.apply(Loaded::Fleet { tenants, events: vec![event], reconciler: Some(reconciler), at: Utc::now() });
+}
+
+fn render(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|frame| ui::draw(frame, app, Theme { color: false })).unwrap();
+    let buffer = terminal.backend().buffer().clone();
+    let mut text = String::new();
+    for y in 0..buffer.area.height {
+        for x in 0..buffer.area.width {
+            text.push_str(buffer[(x, y)].symbol());
+        }
+        text.push('\n');
+    }
+    text
+}
+
+fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
+    app.handle_key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn type_text(app: &mut App, text: &str) {
+    for c in text.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+#[test]
+fn tenants_view_at_80x24() {
+    let mut app = App::new("http://127.0.0.1:8080", false);
+    loaded(&mut app, fleet());
+    let screen = render(&app, 80, 24);
+    for needle in ["tenants (4 of 4)", "acme-shoes", "fjord-fashion", "silo", "degraded", "SLUG"] {
+        assert!(screen.contains(needle), "{needle} missing from\n{screen}");
+    }
+}
+
+#[test]
+fn loading_empty_stale_and_unauthorized_states() {
+    let mut app = App::new("http://api", false);
+    assert!(render(&app, 80, 24).contains("loading…"));
+    loaded(&mut app, vec![]);
+    assert!(render(&app, 80, 24).contains("no tenants yet"));
+    loaded(&mut app, fleet());
+    app.apply(Loaded::Failed { unauthorized: false, message: "connection refused".into() });
+    let screen = render(&app, 100, 24);
+    assert!(screen.contains("STALE, retrying: connection refused"), "{screen}");
+    assert!(screen.contains("acme-shoes"), "the last data stays on screen");
+    app.apply(Loaded::Failed { unauthorized: true, message: "invalid or revoked token".into() });
+    assert!(render(&app, 100, 24).contains("UNAUTHORIZED"));
+}
+
+#[test]
+fn detail_reconciler_events_help_and_notes_render() {
+    let mut app = App::new("http://api", false);
+    let mut tenants = fleet();
+    tenants[0].spec.isolation = Isolation::Silo;
+    tenants[0].spec.generation = 2;
+    loaded(&mut app, tenants);
+    assert_eq!(key(&mut app, KeyCode::Enter), [Effect::LoadDetail("acme-shoes".into())]);
+    let screen = render(&app, 100, 30);
+    for needle in [
+        "acme-shoes · spec",
+        "isolation   silo",
+        "placement   pool · indigo_pool",
+        "observed    generation 1",
+        "no events yet",
+    ] {
+        assert!(screen.contains(needle), "{needle} missing from\n{screen}");
+    }
+    key(&mut app, KeyCode::Esc);
+    for (command, needle) in [
+        ("reconciler", "RLS audit     ok"),
+        ("events", "PlanChanged"),
+        ("moves", "No moves"),
+        ("cost", "not built yet"),
+    ] {
+        key(&mut app, KeyCode::Char(':'));
+        type_text(&mut app, command);
+        key(&mut app, KeyCode::Enter);
+        let screen = render(&app, 100, 24);
+        assert!(screen.contains(needle), ":{command} should show {needle}:\n{screen}");
+    }
+    key(&mut app, KeyCode::Char('?'));
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("filter (substring; !text inverts)"), "{screen}");
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.view, View::Cost, "Esc leaves help to where it was opened");
+}
+
+#[test]
+fn filter_sort_and_navigation() {
+    let mut app = App::new("http://api", false);
+    loaded(&mut app, fleet());
+    key(&mut app, KeyCode::Char('/'));
+    type_text(&mut app, "coffee");
+    assert!(app.typing(), "refresh pauses while typing");
+    assert_eq!(app.visible().len(), 1);
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.filter, "coffee");
+    key(&mut app, KeyCode::Char('/'));
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('/'));
+    type_text(&mut app, "!pool");
+    key(&mut app, KeyCode::Enter);
+    let slugs: Vec<&str> = app.visible().iter().map(|t| t.slug.as_str()).collect();
+    assert_eq!(slugs, ["fjord-fashion"], "! inverts the filter");
+    key(&mut app, KeyCode::Char('/'));
+    key(&mut app, KeyCode::Esc);
+
+    key(&mut app, KeyCode::Char('6'));
+    assert_eq!(app.sort, (Column::Phase, false));
+    assert_eq!(app.visible()[0].slug.as_str(), "cobalt-coffee", "degraded sorts before ready");
+    key(&mut app, KeyCode::Char('6'));
+    assert_eq!(app.sort, (Column::Phase, true));
+    key(&mut app, KeyCode::Char('1'));
+    key(&mut app, KeyCode::Char('G'));
+    assert_eq!(app.selected, 3);
+    key(&mut app, KeyCode::Char('k'));
+    assert_eq!(app.selected_tenant().unwrap().slug.as_str(), "cobalt-coffee");
+    key(&mut app, KeyCode::Char('g'));
+    key(&mut app, KeyCode::Down);
+    assert_eq!(app.selected_tenant().unwrap().slug.as_str(), "blue-bakery");
+}
+
+#[test]
+fn each_action_confirms_and_can_be_cancelled() {
+    let mut app = App::new("http://api", false);
+    loaded(&mut app, fleet());
+    // Simple confirmations: y runs, anything else cancels.
+    for (k, command) in [
+        ('R', Command::ReconcileNow { slug: "acme-shoes".into() }),
+        ('P', Command::SetReconcilePaused { slug: "acme-shoes".into(), paused: true }),
+    ] {
+        key(&mut app, KeyCode::Char(k));
+        assert_eq!(app.mode, Mode::Confirm { command: command.clone() });
+        assert!(key(&mut app, KeyCode::Char('n')).is_empty());
+        assert_eq!(app.status, "cancelled");
+        key(&mut app, KeyCode::Char(k));
+        assert_eq!(key(&mut app, KeyCode::Char('y')), [Effect::Run(command)]);
+    }
+    // Dangerous ones need the slug typed back.
+    for (k, command) in
+        [('s', Command::Suspend { slug: "acme-shoes".into() }), ('X', Command::Offboard { slug: "acme-shoes".into() })]
+    {
+        key(&mut app, KeyCode::Char(k));
+        assert!(render(&app, 80, 24).contains("Type acme-shoes"));
+        assert!(key(&mut app, KeyCode::Char('y')).is_empty(), "y is not enough");
+        key(&mut app, KeyCode::Esc);
+        assert_eq!(app.mode, Mode::Normal);
+        key(&mut app, KeyCode::Char(k));
+        type_text(&mut app, "acme-shoe");
+        assert!(key(&mut app, KeyCode::Enter).is_empty(), "a wrong slug cancels");
+        key(&mut app, KeyCode::Char(k));
+        type_text(&mut app, "acme-shoes");
+        assert_eq!(key(&mut app, KeyCode::Enter), [Effect::Run(command)]);
+    }
+    // Change plan: prompt, then confirm; enterprise is dangerous (a move).
+    key(&mut app, KeyCode::Char('p'));
+    type_text(&mut app, "gold");
+    key(&mut app, KeyCode::Enter);
+    assert!(app.status.contains("unknown plan `gold`"));
+    key(&mut app, KeyCode::Char('p'));
+    type_text(&mut app, "enterprise");
+    key(&mut app, KeyCode::Enter);
+    let screen = render(&app, 100, 24);
+    assert!(screen.contains("moves to its own database"), "{screen}");
+    type_text(&mut app, "acme-shoes");
+    assert_eq!(
+        key(&mut app, KeyCode::Enter),
+        [Effect::Run(Command::ChangePlan {
+            slug: "acme-shoes".into(),
+            from: "starter".into(),
+            plan: "enterprise".into()
+        })]
+    );
+    assert_eq!(key(&mut app, KeyCode::Char('d')), [Effect::DryRun("acme-shoes".into())]);
+    app.apply(Loaded::Done(Err("forbidden".into())));
+    assert!(render(&app, 80, 24).contains("failed: forbidden"));
+}
+
+#[test]
+fn read_only_mode_disables_every_action() {
+    let mut app = App::new("http://api", true);
+    loaded(&mut app, fleet());
+    for k in ['p', 's', 'R', 'P', 'X'] {
+        assert!(key(&mut app, KeyCode::Char(k)).is_empty());
+        assert_eq!(app.mode, Mode::Normal, "{k} must not open a prompt");
+        assert_eq!(app.status, "read-only: actions are disabled");
+    }
+    assert!(render(&app, 80, 24).contains("READ-ONLY"));
+    // Watching still works.
+    assert_eq!(key(&mut app, KeyCode::Char('d')), [Effect::DryRun("acme-shoes".into())]);
+    assert_eq!(app.connection, Connection::Live);
+}
+
+#[test]
+fn frame_time_with_ten_thousand_tenants() {
+    let mut app = App::new("http://api", false);
+    let tenants: Vec<Tenant> = (0..10_000).map(|n| tenant(&format!("shop-{n:05}"), "growth", Phase::Ready)).collect();
+    loaded(&mut app, tenants);
+    key(&mut app, KeyCode::Char('G'));
+    let mut terminal = Terminal::new(TestBackend::new(160, 50)).unwrap();
+    let frames = 50;
+    let started = std::time::Instant::now();
+    for _ in 0..frames {
+        terminal.draw(|frame| ui::draw(frame, &app, Theme { color: true })).unwrap();
+    }
+    let per_frame = started.elapsed() / frames;
+    println!("frame time with 10,000 tenants (160x50, debug build): {per_frame:?}");
+    assert!(render(&app, 160, 50).contains("shop-09999"), "the selection at the end is on screen");
+}
