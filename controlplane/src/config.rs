@@ -62,6 +62,7 @@ struct ConfigFile {
     dataplane_listen: Option<String>,
     resync_seconds: Option<u64>,
     reconcile_workers: Option<usize>,
+    local_database_url: Option<String>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -97,6 +98,9 @@ pub struct Overrides {
     /// Tenants reconciled at once [env: INDIGO_RECONCILE_WORKERS] [default: 8]
     #[arg(long, env = "INDIGO_RECONCILE_WORKERS", hide_env = true)]
     pub reconcile_workers: Option<usize>,
+    /// Where `indigo up` looks for a PostgreSQL server when no database_url is set, before starting a private one [env: INDIGO_LOCAL_DATABASE_URL] [default: postgres://postgres@127.0.0.1:5432/indigo]
+    #[arg(long, env = "INDIGO_LOCAL_DATABASE_URL", hide_env = true)]
+    pub local_database_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +118,8 @@ pub struct Config {
     pub dataplane_listen: SocketAddr,
     pub resync_seconds: u64,
     pub reconcile_workers: usize,
+    /// Where `indigo up` looks for a server when `database_url` is unset.
+    pub local_database_url: String,
 }
 
 impl Config {
@@ -133,6 +139,11 @@ impl Config {
         let dataplane_listen = parse_address(&dataplane_listen_raw, "dataplane_listen", "INDIGO_DATAPLANE_LISTEN")?;
         let database_url = overrides.database_url.or(from_file.database_url);
         check_postgres_url(database_url.as_deref(), "database_url", "INDIGO_DATABASE_URL")?;
+        let local_database_url = overrides
+            .local_database_url
+            .or(from_file.local_database_url)
+            .unwrap_or_else(|| DEFAULT_LOCAL_DATABASE_URL.into());
+        check_postgres_url(Some(&local_database_url), "local_database_url", "INDIGO_LOCAL_DATABASE_URL")?;
         let tenant_server_url = overrides.tenant_server_url.or(from_file.tenant_server_url);
         check_postgres_url(tenant_server_url.as_deref(), "tenant_server_url", "INDIGO_TENANT_SERVER_URL")?;
         let pool_database =
@@ -174,12 +185,13 @@ impl Config {
                 "reconcile_workers",
                 "INDIGO_RECONCILE_WORKERS",
             )?,
+            local_database_url,
         })
     }
 
     /// The configured database, or the conventional local one.
     pub fn database_url_or_local(&self) -> &str {
-        self.database_url.as_deref().unwrap_or(DEFAULT_LOCAL_DATABASE_URL)
+        self.database_url.as_deref().unwrap_or(&self.local_database_url)
     }
 }
 

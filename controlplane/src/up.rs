@@ -11,7 +11,7 @@ use indigo_core::tenant::{Email, Slug, TenantName};
 use tokio::process::Command;
 
 use crate::api::auth::{self, Actor};
-use crate::config::{Config, DEFAULT_LOCAL_DATABASE_URL, Secret};
+use crate::config::{Config, Secret};
 use crate::registry::{self, NewTenant, RegistryError};
 use crate::{db, server};
 
@@ -42,10 +42,11 @@ pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let (database_url, private) = match &config.database_url {
         Some(url) => (url.clone(), None),
-        None if db::server_answers(DEFAULT_LOCAL_DATABASE_URL).await => (DEFAULT_LOCAL_DATABASE_URL.to_owned(), None),
+        None if db::server_answers(&config.local_database_url).await => (config.local_database_url.clone(), None),
         None => {
             println!(
-                "no PostgreSQL answers on 127.0.0.1:5432; starting a private one under {}",
+                "no PostgreSQL answers at {}; starting a private one under {}",
+                redact(&config.local_database_url),
                 config.data_dir.display()
             );
             let private = PrivatePostgres::start(&config.data_dir).await?;

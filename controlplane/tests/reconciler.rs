@@ -120,7 +120,7 @@ impl World {
 }
 
 async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if check().await {
             return;
         }
@@ -361,8 +361,9 @@ async fn a_failing_tenant_backs_off_alone(pool: PgPool) {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sick_calls = provider.calls.lock().unwrap()[&sick.id];
-    // 0.5 s, 1 s, 2 s, ... between attempts: a handful in ~2.5 s, not hundreds.
-    assert!((2..=6).contains(&sick_calls), "the sick tenant was tried {sick_calls} times");
+    // 0.5 s, 1 s, 2 s, ... between attempts: a handful, not the hundreds of a busy loop,
+    // even on a loaded machine where the healthy ones take a while.
+    assert!((2..=8).contains(&sick_calls), "the sick tenant was tried {sick_calls} times");
     let sick_now = world.get(sick.id).await;
     let ready = sick_now.status.conditions.iter().find(|c| c.kind == "Ready").unwrap();
     assert_eq!(ready.reason, "ProviderUnavailable");

@@ -184,3 +184,40 @@ fn a_broken_plans_file_stops_the_daemon_with_file_plan_and_key() {
     assert!(stderr.contains("plan `growth`: key `limits.api_calls_per_day`"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn up_starts_a_private_postgres_when_none_answers() {
+    let data_dir = std::env::temp_dir().join(format!("indigo-private-{}", uuid::Uuid::new_v4().simple()));
+    let mut command = Command::new(INDIGO);
+    command
+        .args(["up", "--demo"])
+        .env_remove("INDIGO_DATABASE_URL")
+        .env_remove("INDIGO_ADMIN_TOKEN")
+        // Nothing listens on port 1: `up` must fall back to a server of its own.
+        .env("INDIGO_LOCAL_DATABASE_URL", "postgres://postgres@127.0.0.1:1/indigo")
+        .env("INDIGO_LISTEN", "127.0.0.1:0")
+        .env("INDIGO_DATAPLANE_LISTEN", "127.0.0.1:0")
+        .env("INDIGO_DATA_DIR", &data_dir)
+        .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"));
+    let mut daemon = Process::spawn(command).unwrap();
+    daemon.wait_for_line("starting a private one", Duration::from_secs(30)).unwrap();
+    daemon.wait_for_line("private PostgreSQL running on 127.0.0.1:54329", Duration::from_secs(120)).unwrap();
+    let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
+    let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
+    wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await.unwrap();
+    let output = Command::new(INDIGO)
+        .args(["tenant", "list", "--output", "json", "--api-url", &api_url])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let tenants: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(tenants.as_array().unwrap().len(), 6);
+
+    let status = daemon.signal_and_wait("TERM", Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "indigo up exited with {status}");
+    // The private server went down with the platform.
+    assert!(!indigo_controlplane::db::server_answers("postgres://postgres@127.0.0.1:54329/postgres").await);
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
