@@ -12,7 +12,10 @@ use crate::api::{self, AppState, TenantDatabases};
 use crate::config::Config;
 use crate::providers::local::LocalDatabases;
 use crate::reconciler::{Controller, Settings};
+
 use crate::{db, policy};
+/// Both daemons stop on SIGTERM or Ctrl-C.
+pub use indigo_dataplane::shutdown_signal;
 
 /// Loads the policies, migrates the control database and builds the shared state.
 /// Policies are read first: a broken plans file should stop us before any IO.
@@ -59,24 +62,4 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
     TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (config key `listen`)", config.listen))
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
 }

@@ -90,7 +90,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C; both daemons stop on it.
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -103,4 +104,5 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         () = terminate => {},
     }
+    tracing::info!("shutting down");
 }
