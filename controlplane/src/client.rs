@@ -1,7 +1,7 @@
 //! A typed client of the admin API, used by the CLI (and the console).
 
 use indigo_core::api::{
-    ApiToken, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
+    ApiToken, AuditEntry, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
     LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, WhoAmI,
 };
 use indigo_core::plan::Plan;
@@ -165,6 +165,10 @@ impl AdminClient {
 
     pub async fn tokens(&self) -> Result<Vec<ApiToken>, ClientError> {
         self.get("/v1/tokens", &()).await
+    }
+
+    pub async fn tenant_audit(&self, tenant: &str, limit: i64) -> Result<Page<AuditEntry>, ClientError> {
+        self.get(&format!("/v1/tenants/{}/audit", path_segment(tenant)), &[("limit", limit)]).await
     }
 
     pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {

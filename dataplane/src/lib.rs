@@ -59,6 +59,9 @@ pub struct Cli {
     /// Connections per tenant database
     #[arg(long, env = "INDIGO_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
+    /// Behind a load balancer: rate-limit clients by the last X-Forwarded-For hop, not the socket peer
+    #[arg(long, env = "INDIGO_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -74,7 +77,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let refresher =
         tokio::spawn(routing::refresh_forever(routes.clone(), source, Duration::from_millis(cli.routing_refresh_ms)));
     let flusher = tokio::spawn(metering::flush_forever(meter.clone(), Duration::from_millis(cli.metering_flush_ms)));
-    let state = AppState::new(routes, verifier, meter.clone());
+    let mut state = AppState::new(routes, verifier, meter.clone());
+    state.trust_forwarded_for = cli.trust_forwarded_for;
     let listener =
         tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
     tracing::info!(address = %listener.local_addr()?, "data plane listening");

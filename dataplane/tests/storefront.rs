@@ -343,3 +343,32 @@ async fn probes_and_openapi() {
     }
     store.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_per_client_limit_follows_the_trusted_forwarded_hop() {
+    let (mut store, ids) = Store::start(&[("busy-shop", plan("enterprise"))]).await;
+    let owner = token(ids[0], CallerRole::Owner);
+    let from = |hops: &str| {
+        Request::get("/v1/products")
+            .header(header::AUTHORIZATION, format!("Bearer {owner}"))
+            .header("x-forwarded-for", hops)
+            .body(Body::empty())
+            .unwrap()
+    };
+    store.state.limiter =
+        std::sync::Arc::new(indigo_dataplane::limits::Limiter::new(2, std::time::Duration::from_secs(300)));
+    // Not trusted: the header is ignored (and in-process there is no socket peer to limit).
+    store.router = indigo_dataplane::api::router(store.state.clone());
+    for _ in 0..3 {
+        assert_eq!(store.send(from("203.0.113.7")).await.status, StatusCode::OK);
+    }
+    store.state.trust_forwarded_for = true;
+    store.router = indigo_dataplane::api::router(store.state.clone());
+    // The client may prepend anything; the last hop is what our balancer saw.
+    assert_eq!(store.send(from("1.1.1.1, 198.51.100.4")).await.status, StatusCode::OK);
+    assert_eq!(store.send(from("2.2.2.2, 198.51.100.4")).await.status, StatusCode::OK);
+    let limited = store.send(from("3.3.3.3, 198.51.100.4")).await;
+    assert_eq!((limited.status, limited.code()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    assert_eq!(store.send(from("198.51.100.5")).await.status, StatusCode::OK, "another client is not affected");
+    store.cleanup().await;
+}

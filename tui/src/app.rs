@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use indigo_core::api::{Event, ReconcilePlan, ReconcilerStatus, Tenant};
+use indigo_core::api::{AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -162,6 +162,7 @@ pub enum Loaded {
     Detail {
         slug: String,
         events: Vec<Event>,
+        audit: Vec<AuditEntry>,
     },
     Plan(ReconcilePlan),
     /// The API could not be reached, or refused the token.
@@ -212,6 +213,7 @@ pub struct App {
     pub connection: Connection,
     pub detail_slug: Option<String>,
     pub detail_events: Vec<Event>,
+    pub detail_audit: Vec<AuditEntry>,
     pub plan_preview: Option<ReconcilePlan>,
     pub read_only: bool,
     pub status: String,
@@ -237,6 +239,7 @@ impl App {
             connection: Connection::Loading,
             detail_slug: None,
             detail_events: Vec::new(),
+            detail_audit: Vec::new(),
             plan_preview: None,
             read_only,
             status: String::new(),
@@ -302,9 +305,10 @@ impl App {
                 self.connection = Connection::Live;
                 self.clamp_selection();
             }
-            Loaded::Detail { slug, events } => {
+            Loaded::Detail { slug, events, audit } => {
                 if self.detail_slug.as_deref() == Some(slug.as_str()) {
                     self.detail_events = events;
+                    self.detail_audit = audit;
                 }
             }
             Loaded::Plan(plan) => {
@@ -452,6 +456,7 @@ impl App {
                     let slug = tenant.slug.to_string();
                     self.detail_slug = Some(slug.clone());
                     self.detail_events.clear();
+                    self.detail_audit.clear();
                     self.plan_preview = None;
                     self.view = View::Detail;
                     return vec![Effect::LoadDetail(slug)];

@@ -187,6 +187,18 @@ async fn execute(client: &AdminClient, command: &Command) -> Result<String, Clie
     }
 }
 
+/// Fetches a tenant's events and audit trail in the background.
+fn load_detail(client: &AdminClient, out: &mpsc::UnboundedSender<Loaded>, slug: String) {
+    let (client, out) = (client.clone(), out.clone());
+    tokio::spawn(async move {
+        let query = EventQuery { tenant: Some(slug.clone()), limit: Some(200), ..Default::default() };
+        let (events, audit) = tokio::join!(client.events(&query), client.tenant_audit(&slug, 200));
+        if let (Ok(events), Ok(audit)) = (events, audit) {
+            let _ = out.send(Loaded::Detail { slug, events: events.items, audit: audit.items });
+        }
+    });
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let client = AdminClient::new(&settings.api_url, settings.token.clone());
     let mut app = App::new(&settings.api_url, settings.read_only);
@@ -234,15 +246,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                                     let _ = kick.send(());
                                 });
                             }
-                            Effect::LoadDetail(slug) => {
-                                let (client, out) = (client.clone(), loaded_tx.clone());
-                                tokio::spawn(async move {
-                                    let query = EventQuery { tenant: Some(slug.clone()), limit: Some(200), ..Default::default() };
-                                    if let Ok(page) = client.events(&query).await {
-                                        let _ = out.send(Loaded::Detail { slug, events: page.items });
-                                    }
-                                });
-                            }
+                            Effect::LoadDetail(slug) => load_detail(&client, &loaded_tx, slug),
                             Effect::DryRun(slug) => {
                                 let (client, out) = (client.clone(), loaded_tx.clone());
                                 tokio::spawn(async move {
@@ -257,7 +261,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     }
                     let _ = typing_tx.send(app.typing());
                 }
-                Some(loaded) = loaded_rx.recv() => app.apply(loaded),
+                Some(loaded) = loaded_rx.recv() => {
+                    let fleet = matches!(loaded, Loaded::Fleet { .. });
+                    app.apply(loaded);
+                    // The detail view follows the live refresh too.
+                    if fleet && app.view == app::View::Detail && let Some(slug) = app.detail_slug.clone() {
+                        load_detail(&client, &loaded_tx, slug);
+                    }
+                }
                 _ = ticker.tick() => {}
             }
         }

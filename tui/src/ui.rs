@@ -242,6 +242,8 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             .block(Block::default().borders(Borders::ALL).title(" status ")),
         status_area,
     );
+    let [events_area, audit_area] =
+        Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(bottom);
     let mut lines: Vec<Line> = Vec::new();
     if let Some(plan) = &app.plan_preview {
         lines.push(Line::styled(
@@ -258,14 +260,27 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         ));
     }
     for event in app.detail_events.iter().rev() {
-        lines.push(Line::from(format!("{} {:<22} {}", event.created_at.format("%H:%M:%S"), event.kind, event.message)));
+        lines.push(Line::from(format!("{} {:<18} {}", event.created_at.format("%H:%M:%S"), event.kind, event.message)));
     }
     if lines.is_empty() {
         lines.push(Line::from("no events yet"));
     }
     frame.render_widget(
         Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" events (newest first) ")),
-        bottom,
+        events_area,
+    );
+    let mut audit: Vec<Line> = app
+        .detail_audit
+        .iter()
+        .rev()
+        .map(|entry| Line::from(format!("{} {} by {}", entry.at.format("%m-%d %H:%M"), entry.action, entry.actor)))
+        .collect();
+    if audit.is_empty() {
+        audit.push(Line::from("no changes recorded"));
+    }
+    frame.render_widget(
+        Paragraph::new(audit).block(Block::default().borders(Borders::ALL).title(" audit ")),
+        audit_area,
     );
 }
 

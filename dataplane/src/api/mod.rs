@@ -47,6 +47,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Whether to meter (on in production; the benchmark compares both).
     pub metering: bool,
+    /// Take the client address from the last `X-Forwarded-For` hop (set by our
+    /// load balancer) instead of the socket peer. Only behind a proxy that sets it.
+    pub trust_forwarded_for: bool,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
             meter,
             metrics: indigo_core::http::prometheus(),
             metering: true,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -155,7 +159,7 @@ async fn tenant_gate(State(state): State<AppState>, mut req: Request, next: Next
         return Err(StoreError::Suspended);
     }
     let database_url = route.database_url.as_deref().ok_or(StoreError::Unavailable)?;
-    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = client_address(&req, state.trust_forwarded_for);
     state.limiter.admit(claims.tenant_id, &route.plan, client).map_err(|refusal| match refusal {
         Refusal::ClientRate { retry_after } => StoreError::TooMany {
             code: "rate_limited",
@@ -195,6 +199,26 @@ async fn tenant_gate(State(state): State<AppState>, mut req: Request, next: Next
         });
     }
     Ok(response)
+}
+
+/// Who is calling, for the per-client limit: the socket peer, or behind a
+/// trusted load balancer the hop it appended last to `X-Forwarded-For` (the
+/// leftmost entries are whatever the client sent, so they are not trusted).
+fn client_address(req: &Request, trust_forwarded_for: bool) -> Option<std::net::IpAddr> {
+    if trust_forwarded_for
+        && let Some(last_hop) = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            // Only the very last hop: when it does not parse, an earlier (client-written) one must not stand in.
+            .next_back()
+            .and_then(|hop| hop.trim().parse().ok())
+    {
+        return Some(last_hop);
+    }
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
 
 /// A UUID from a path, or 400 `invalid_id`.
