@@ -2,7 +2,7 @@
 
 use indigo_core::api::{
     ApiToken, AuditEntry, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
-    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, WhoAmI,
+    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantUsage, WhoAmI,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -169,6 +169,10 @@ impl AdminClient {
 
     pub async fn tenant_audit(&self, tenant: &str, limit: i64) -> Result<Page<AuditEntry>, ClientError> {
         self.get(&format!("/v1/tenants/{}/audit", path_segment(tenant)), &[("limit", limit)]).await
+    }
+
+    pub async fn usage_summary(&self) -> Result<Vec<TenantUsage>, ClientError> {
+        self.get("/v1/usage/summary", &()).await
     }
 
     pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {

@@ -268,3 +268,13 @@ pub struct WhoAmI {
     pub name: String,
     pub role: Role,
 }
+
+/// A tenant's recent traffic, from the raw usage events (until roll-ups exist).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantUsage {
+    pub tenant_id: TenantId,
+    /// Storefront calls (API calls and searches) since 00:00 UTC.
+    pub api_calls_today: i64,
+    /// Average over the last minute.
+    pub requests_per_second: f64,
+}

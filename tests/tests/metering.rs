@@ -185,6 +185,19 @@ async fn every_request_is_metered_exactly_once() {
             .await
             .unwrap();
     assert_eq!(by_type, [("api_call".to_owned(), 20), ("search_query".to_owned(), 5)]);
+    let summary: Vec<indigo_core::api::TenantUsage> = platform
+        .http
+        .get(format!("http://{}/v1/usage/summary", platform.control.address))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary.len(), 1);
+    assert_eq!(summary[0].api_calls_today, 25);
+    assert!((summary[0].requests_per_second - 25.0 / 60.0).abs() < 1e-9);
 
     // The same batch delivered again (a retry after a lost answer) counts once.
     let events: Vec<indigo_core::api::UsageEvent> =

@@ -6,7 +6,11 @@ use std::cmp::Ordering;
 
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use indigo_core::api::{AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant};
+use std::collections::HashMap;
+
+use indigo_core::api::{AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantUsage};
+use indigo_core::plan::Limit;
+use indigo_core::tenant::TenantId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -44,10 +48,12 @@ pub enum Column {
     Phase,
     Synced,
     Reconciled,
+    Rate,
+    Today,
 }
 
 impl Column {
-    pub const ALL: [Column; 8] = [
+    pub const ALL: [Column; 10] = [
         Column::Slug,
         Column::Name,
         Column::Plan,
@@ -56,6 +62,8 @@ impl Column {
         Column::Phase,
         Column::Synced,
         Column::Reconciled,
+        Column::Rate,
+        Column::Today,
     ];
 
     pub fn header(self) -> &'static str {
@@ -68,11 +76,17 @@ impl Column {
             Column::Phase => "PHASE",
             Column::Synced => "SYNC",
             Column::Reconciled => "AGE",
+            Column::Rate => "REQ/S",
+            Column::Today => "TODAY",
         }
     }
 
-    fn compare(self, a: &Tenant, b: &Tenant) -> Ordering {
+    fn compare(self, a: &Tenant, b: &Tenant, usage: &HashMap<TenantId, TenantUsage>) -> Ordering {
+        let rate = |t: &Tenant| usage.get(&t.id).map_or(0.0, |u| u.requests_per_second);
+        let today = |t: &Tenant| usage.get(&t.id).map_or(0, |u| u.api_calls_today);
         match self {
+            Column::Rate => rate(a).total_cmp(&rate(b)),
+            Column::Today => today(a).cmp(&today(b)),
             Column::Slug => a.slug.cmp(&b.slug),
             Column::Name => a.name.cmp(&b.name),
             Column::Plan => a.spec.plan.cmp(&b.spec.plan),
@@ -157,6 +171,7 @@ pub enum Loaded {
         tenants: Vec<Tenant>,
         events: Vec<Event>,
         reconciler: Option<ReconcilerStatus>,
+        usage: Vec<TenantUsage>,
         at: DateTime<Utc>,
     },
     Detail {
@@ -220,6 +235,9 @@ pub struct App {
     pub api_url: String,
     pub who: String,
     pub plans: Vec<String>,
+    /// Recent traffic by tenant, and each plan's daily call limit (for the TODAY gauge).
+    pub usage: HashMap<TenantId, TenantUsage>,
+    pub daily_limits: HashMap<String, Limit>,
 }
 
 impl App {
@@ -246,6 +264,8 @@ impl App {
             api_url: api_url.to_owned(),
             who: String::new(),
             plans: vec!["starter".into(), "growth".into(), "pro".into(), "enterprise".into()],
+            usage: HashMap::new(),
+            daily_limits: HashMap::new(),
         }
     }
 
@@ -282,7 +302,7 @@ impl App {
             .collect();
         let (column, descending) = self.sort;
         rows.sort_by(|a, b| {
-            let order = column.compare(a, b).then_with(|| a.slug.cmp(&b.slug));
+            let order = column.compare(a, b, &self.usage).then_with(|| a.slug.cmp(&b.slug));
             if descending { order.reverse() } else { order }
         });
         rows
@@ -297,8 +317,9 @@ impl App {
 
     pub fn apply(&mut self, loaded: Loaded) {
         match loaded {
-            Loaded::Fleet { tenants, events, reconciler, at } => {
+            Loaded::Fleet { tenants, events, reconciler, usage, at } => {
                 self.tenants = tenants;
+                self.usage = usage.into_iter().map(|u| (u.tenant_id, u)).collect();
                 self.events = events;
                 self.reconciler = reconciler;
                 self.fetched_at = Some(at);
@@ -447,8 +468,9 @@ impl App {
             KeyCode::Char('G') | KeyCode::End => self.selected = rows.saturating_sub(1),
             KeyCode::PageDown => self.selected = (self.selected + 20).min(rows.saturating_sub(1)),
             KeyCode::PageUp => self.selected = self.selected.saturating_sub(20),
-            KeyCode::Char(c @ '1'..='8') if self.view == View::Tenants => {
-                let column = Column::ALL[c as usize - '1' as usize];
+            KeyCode::Char(c @ '0'..='9') if self.view == View::Tenants => {
+                // 1 to 9, then 0 for the tenth column.
+                let column = Column::ALL[(c as usize + 10 - '1' as usize) % 10];
                 self.sort = (column, self.sort.0 == column && !self.sort.1);
             }
             KeyCode::Enter if self.view == View::Tenants => {

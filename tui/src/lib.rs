@@ -124,7 +124,8 @@ async fn fetch_fleet(client: &AdminClient) -> Result<Loaded, ClientError> {
     }
     let newest = client.events(&EventQuery { limit: Some(1000), ..Default::default() }).await?;
     let reconciler = client.reconciler().await.ok();
-    Ok(Loaded::Fleet { tenants, events: newest.items, reconciler, at: chrono::Utc::now() })
+    let usage = client.usage_summary().await.unwrap_or_default();
+    Ok(Loaded::Fleet { tenants, events: newest.items, reconciler, usage, at: chrono::Utc::now() })
 }
 
 /// Polls the fleet every `refresh` (not while the operator types), backing off when the API is away.
@@ -207,6 +208,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         app.read_only |= me.role == Role::Viewer;
     }
     if let Ok(plans) = client.plans().await {
+        app.daily_limits = plans.iter().map(|p| (p.name.to_string(), p.limits.api_calls_per_day)).collect();
         app.plans = plans.into_iter().map(|p| p.name.to_string()).collect();
     }
     let (loaded_tx, mut loaded_rx) = mpsc::unbounded_channel::<Loaded>();

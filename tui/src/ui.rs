@@ -2,6 +2,7 @@
 
 use chrono::Utc;
 use indigo_core::api::Tenant;
+use indigo_core::plan::Limit;
 use indigo_core::tenant::{ConditionStatus, Phase};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -111,7 +112,19 @@ fn age(at: Option<chrono::DateTime<Utc>>) -> String {
     }
 }
 
-fn cells(tenant: &Tenant) -> [String; 8] {
+/// Today's calls against the plan's daily limit, e.g. `812/1000 81%`.
+fn today_gauge(app: &App, tenant: &Tenant) -> (String, Option<f64>) {
+    let used = app.usage.get(&tenant.id).map_or(0, |u| u.api_calls_today);
+    match app.daily_limits.get(tenant.spec.plan.as_str()) {
+        Some(Limit::AtMost(limit)) if *limit > 0 => {
+            let share = used as f64 / *limit as f64;
+            (format!("{used}/{limit} {:.0}%", share * 100.0), Some(share))
+        }
+        _ => (used.to_string(), None),
+    }
+}
+
+fn cells(app: &App, tenant: &Tenant) -> [String; 10] {
     let synced = if tenant.status_current() {
         "yes".into()
     } else {
@@ -126,6 +139,8 @@ fn cells(tenant: &Tenant) -> [String; 8] {
         tenant.status.phase.to_string(),
         synced,
         age(tenant.status.last_reconciled_at),
+        app.usage.get(&tenant.id).map_or_else(|| "0".into(), |u| format!("{:.1}", u.requests_per_second)),
+        today_gauge(app, tenant).0,
     ]
 }
 
@@ -146,17 +161,39 @@ fn draw_tenants(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     // Only the rows that fit are built: the fleet may be 10,000 tenants.
     let height = area.height.saturating_sub(3) as usize;
     let offset = app.selected.saturating_sub(height.saturating_sub(1));
+    // Narrow terminals (80 columns) drop name, lifecycle and age; the phase still says "suspended".
+    let shown: Vec<usize> =
+        if area.width >= 120 { (0..Column::ALL.len()).collect() } else { vec![0, 2, 3, 5, 6, 8, 9] };
+    let slug_width =
+        visible.iter().skip(offset).take(height).map(|t| t.slug.as_str().len()).max().unwrap_or(4).max(6) as u16;
+    let all_widths = [
+        Constraint::Length(slug_width + 1),
+        Constraint::Min(8),
+        Constraint::Length(11),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(9),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(13),
+    ];
     let rows: Vec<Row> = visible
         .iter()
         .enumerate()
         .skip(offset)
         .take(height)
         .map(|(i, tenant)| {
-            let mut row = Row::new(cells(tenant).into_iter().enumerate().map(|(c, text)| {
+            let share = today_gauge(app, tenant).1.unwrap_or(0.0);
+            let texts = cells(app, tenant);
+            let mut row = Row::new(shown.iter().map(|&c| {
+                let text = texts[c].clone();
                 let style = match c {
                     5 => theme.phase(tenant.status.phase),
                     3 if text.contains('→') => theme.warn(),
                     6 if text != "yes" => theme.warn(),
+                    9 if share >= 1.0 => theme.bad(),
+                    9 if share >= 0.8 => theme.warn(),
                     _ => Style::default(),
                 };
                 Cell::from(text).style(style)
@@ -168,23 +205,13 @@ fn draw_tenants(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         })
         .collect();
     let (sort_column, descending) = app.sort;
-    let header = Row::new(Column::ALL.iter().enumerate().map(|(i, c)| {
-        let arrow = if *c == sort_column { if descending { "▼" } else { "▲" } } else { "" };
-        format!("{}{}{arrow}", i + 1, c.header())
+    let header = Row::new(shown.iter().map(|&i| {
+        let column = Column::ALL[i];
+        let arrow = if column == sort_column { if descending { "▼" } else { "▲" } } else { "" };
+        format!("{}{}{arrow}", (i + 1) % 10, column.header())
     }))
     .style(Style::default().add_modifier(Modifier::BOLD));
-    let slug_width =
-        visible.iter().skip(offset).take(height).map(|t| t.slug.as_str().len()).max().unwrap_or(4).max(6) as u16;
-    let widths = [
-        Constraint::Length(slug_width + 1),
-        Constraint::Min(8),
-        Constraint::Length(11),
-        Constraint::Length(10),
-        Constraint::Length(10),
-        Constraint::Length(9),
-        Constraint::Length(6),
-        Constraint::Length(5),
-    ];
+    let widths: Vec<Constraint> = shown.iter().map(|&i| all_widths[i]).collect();
     frame.render_widget(Table::new(rows, widths).header(header).block(block), area);
 }
 
@@ -356,7 +383,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("Enter", "tenant detail"),
     ("Esc", "back"),
     ("/", "filter (substring; !text inverts)"),
-    ("1-8", "sort by column (again: reverse)"),
+    ("1-9, 0", "sort by column (again: reverse)"),
     (":", "command: tenants, events, reconciler, moves, cost, quit"),
     ("p", "change plan (enterprise = own database)"),
     ("s", "suspend / resume"),

@@ -60,7 +60,13 @@ fn loaded(app: &mut App, tenants: Vec<Tenant>) {
         rls_audit: Some(RlsAudit { at: Utc::now(), database: "indigo_pool".into(), violations: vec![] }),
         ..Default::default()
     };
-    app.apply(Loaded::Fleet { tenants, events: vec![event], reconciler: Some(reconciler), at: Utc::now() });
+    let usage = tenants
+        .first()
+        .map(|t| indigo_core::api::TenantUsage { tenant_id: t.id, api_calls_today: 850, requests_per_second: 2.5 })
+        .into_iter()
+        .collect();
+    app.daily_limits.insert("starter".into(), indigo_core::plan::Limit::AtMost(1000));
+    app.apply(Loaded::Fleet { tenants, events: vec![event], reconciler: Some(reconciler), usage, at: Utc::now() });
 }
 
 fn render(app: &App, width: u16, height: u16) -> String {
@@ -95,6 +101,21 @@ fn tenants_view_at_80x24() {
     for needle in ["tenants (4 of 4)", "acme-shoes", "fjord-fashion", "silo", "degraded", "SLUG"] {
         assert!(screen.contains(needle), "{needle} missing from\n{screen}");
     }
+}
+
+#[test]
+fn traffic_columns_show_rate_and_todays_calls_against_the_plan() {
+    let mut app = App::new("http://api", false);
+    loaded(&mut app, fleet());
+    let screen = render(&app, 140, 24);
+    assert!(screen.contains("850/1000 85%"), "{screen}");
+    assert!(screen.contains("2.5"), "{screen}");
+    key(&mut app, KeyCode::Char('0'));
+    assert_eq!(app.sort, (Column::Today, false));
+    key(&mut app, KeyCode::Char('0'));
+    assert_eq!(app.visible()[0].slug.as_str(), "acme-shoes", "the busiest first when reversed");
+    key(&mut app, KeyCode::Char('9'));
+    assert_eq!(app.sort, (Column::Rate, false));
 }
 
 #[test]

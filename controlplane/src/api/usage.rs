@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
 use chrono::{Duration, Utc};
-use indigo_core::api::{ErrorBody, RejectedEvent, UsageBatch, UsageBatchResult, UsageEvent};
+use indigo_core::api::{ErrorBody, RejectedEvent, TenantUsage, UsageBatch, UsageBatchResult, UsageEvent};
 use indigo_core::http::ApiJson;
-use indigo_core::tenant::Role;
+use indigo_core::tenant::{Role, TenantId};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -24,7 +24,32 @@ pub const MAX_BATCH_EVENTS: usize = 10_000;
 const EVENT_TYPES: [&str; 4] = ["api_call", "search_query", "ai_request", "storage_gb"];
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(ingest)).layer(DefaultBodyLimit::max(8 * 1024 * 1024))
+    OpenApiRouter::new().routes(routes!(ingest)).layer(DefaultBodyLimit::max(8 * 1024 * 1024)).routes(routes!(summary))
+}
+
+/// Each tenant's storefront calls today (UTC) and requests per second over the last minute.
+#[utoipa::path(get, path = "/v1/usage/summary", tag = "usage", responses((status = 200, body = Vec<TenantUsage>)))]
+async fn summary(State(state): State<AppState>, _actor: Actor) -> Result<Json<Vec<TenantUsage>>, ApiError> {
+    let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT tenant_id,
+                count(*) FILTER (WHERE occurred_at >= date_trunc('day', now(), 'UTC')),
+                count(*) FILTER (WHERE occurred_at >= now() - interval '1 minute')
+         FROM usage_events
+         WHERE occurred_at >= least(date_trunc('day', now(), 'UTC'), now() - interval '1 minute')
+           AND event_type IN ('api_call', 'search_query')
+         GROUP BY tenant_id",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(tenant, today, last_minute)| TenantUsage {
+                tenant_id: TenantId(tenant),
+                api_calls_today: today,
+                requests_per_second: last_minute as f64 / 60.0,
+            })
+            .collect(),
+    ))
 }
 
 fn check(event: &UsageEvent, known_tenants: &HashSet<Uuid>) -> Result<(), (&'static str, String)> {
