@@ -136,6 +136,8 @@ impl LocalDataplane {
         let mut command = Command::new(std::env::current_exe()?);
         command
             .arg("dataplane")
+            // Should `indigo up` die without stopping it (SIGKILL), the data plane follows.
+            .arg("--exit-with-parent")
             .arg("--listen")
             .arg(self.listen.to_string())
             .arg("--control-plane-url")

@@ -221,3 +221,35 @@ async fn up_starts_a_private_postgres_when_none_answers() {
     assert!(!indigo_controlplane::db::server_answers("postgres://postgres@127.0.0.1:54329/postgres").await);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[tokio::test]
+async fn a_killed_platform_takes_its_data_plane_down() {
+    let database = TestDatabase::unique("indigo_up_test");
+    let pool = TestDatabase::unique("indigo_up_pool");
+    let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
+    let mut command = Command::new(INDIGO);
+    command
+        .arg("up")
+        .env("INDIGO_DATABASE_URL", &database.url)
+        .env("INDIGO_POOL_DATABASE", &pool.name)
+        .env("INDIGO_LISTEN", "127.0.0.1:0")
+        .env("INDIGO_DATAPLANE_LISTEN", "127.0.0.1:0")
+        .env("INDIGO_DATA_DIR", &data_dir)
+        .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"))
+        .env_remove("INDIGO_ADMIN_TOKEN");
+    let mut daemon = Process::spawn(command).unwrap();
+    let line = daemon.wait_for_line("storefront: ", Duration::from_secs(60)).unwrap();
+    let storefront = line.split("storefront: ").nth(1).unwrap().trim().to_owned();
+    wait_until_ok(&format!("{storefront}/healthz"), Duration::from_secs(30)).await.unwrap();
+
+    daemon.signal_and_wait("KILL", Duration::from_secs(10)).unwrap();
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while http.get(format!("{storefront}/healthz")).send().await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the data plane outlived its platform");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    database.drop_now().await.unwrap();
+    pool.drop_now().await.unwrap();
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

@@ -62,6 +62,9 @@ pub struct Cli {
     /// Behind a load balancer: rate-limit clients by the last X-Forwarded-For hop, not the socket peer
     #[arg(long, env = "INDIGO_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+    /// Stop (gracefully) when the process that started this one is gone; `indigo up` sets it
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -83,8 +86,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
     tracing::info!(address = %listener.local_addr()?, "data plane listening");
     println!("data plane listening on http://{}", listener.local_addr()?);
+    let exit_with_parent = cli.exit_with_parent;
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = parent_gone(), if exit_with_parent => tracing::warn!("the process that started the data plane is gone; stopping"),
+        }
+    };
     axum::serve(listener, api::router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await?;
     refresher.abort();
     flusher.abort();
@@ -92,6 +102,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     meter.flush().await.context("final usage flush")?;
     tracing::info!("data plane stopped; usage flushed");
     Ok(())
+}
+
+/// Completes once this process has been orphaned (its parent died, even by SIGKILL).
+async fn parent_gone() {
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
 }
 
 /// Completes on SIGTERM or Ctrl-C; both daemons stop on it.
