@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use indigo_e2e::{Process, TestDatabase, wait_until_ok};
+use indigo_e2e::{Process, TestDatabase, local_platform, wait_until_ok};
 
 const INDIGO: &str = env!("CARGO_BIN_EXE_indigo");
 
@@ -13,18 +13,9 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let database = TestDatabase::unique("indigo_up_test");
     let pool = TestDatabase::unique("indigo_up_pool");
     let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
-    let plans = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml");
 
-    let mut command = Command::new(INDIGO);
-    command
-        .args(["up", "--demo"])
-        .env("INDIGO_DATABASE_URL", &database.url)
-        .env("INDIGO_LISTEN", "127.0.0.1:0")
-        .env("INDIGO_DATAPLANE_LISTEN", "127.0.0.1:0")
-        .env("INDIGO_POOL_DATABASE", &pool.name)
-        .env("INDIGO_DATA_DIR", &data_dir)
-        .env("INDIGO_PLANS_FILE", plans)
-        .env_remove("INDIGO_ADMIN_TOKEN");
+    let mut command = local_platform(INDIGO.as_ref(), &database, &pool, &data_dir);
+    command.arg("--demo");
     let mut daemon = Process::spawn(command).unwrap();
     let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
     let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
@@ -227,16 +218,7 @@ async fn a_killed_platform_takes_its_data_plane_down() {
     let database = TestDatabase::unique("indigo_up_test");
     let pool = TestDatabase::unique("indigo_up_pool");
     let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
-    let mut command = Command::new(INDIGO);
-    command
-        .arg("up")
-        .env("INDIGO_DATABASE_URL", &database.url)
-        .env("INDIGO_POOL_DATABASE", &pool.name)
-        .env("INDIGO_LISTEN", "127.0.0.1:0")
-        .env("INDIGO_DATAPLANE_LISTEN", "127.0.0.1:0")
-        .env("INDIGO_DATA_DIR", &data_dir)
-        .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"))
-        .env_remove("INDIGO_ADMIN_TOKEN");
+    let command = local_platform(INDIGO.as_ref(), &database, &pool, &data_dir);
     let mut daemon = Process::spawn(command).unwrap();
     let line = daemon.wait_for_line("storefront: ", Duration::from_secs(60)).unwrap();
     let storefront = line.split("storefront: ").nth(1).unwrap().trim().to_owned();

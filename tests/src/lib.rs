@@ -150,3 +150,25 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
     }
     Ok(binary)
 }
+
+/// `indigo up` on throwaway databases: its own control and pool database, free
+/// ports, a private data directory and the repository's plans. Add `--demo` or
+/// other arguments before spawning.
+pub fn local_platform(
+    indigo: &std::path::Path,
+    control: &TestDatabase,
+    pool: &TestDatabase,
+    data_dir: &std::path::Path,
+) -> Command {
+    let mut command = Command::new(indigo);
+    command
+        .arg("up")
+        .env("INDIGO_DATABASE_URL", &control.url)
+        .env("INDIGO_POOL_DATABASE", &pool.name)
+        .env("INDIGO_LISTEN", "127.0.0.1:0")
+        .env("INDIGO_DATAPLANE_LISTEN", "127.0.0.1:0")
+        .env("INDIGO_DATA_DIR", data_dir)
+        .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"))
+        .env_remove("INDIGO_ADMIN_TOKEN");
+    command
+}

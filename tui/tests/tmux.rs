@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use indigo_e2e::{Process, TestDatabase, wait_until_ok, workspace_binary};
+use indigo_e2e::{Process, TestDatabase, local_platform, wait_until_ok, workspace_binary};
 
 const TUI: &str = env!("CARGO_BIN_EXE_indigo-tui");
 
@@ -71,16 +71,8 @@ async fn an_operator_upgrades_a_tenant_from_the_console() {
     let database = TestDatabase::unique("indigo_tui_test");
     let pool = TestDatabase::unique("indigo_tui_pool");
     let data_dir = std::env::temp_dir().join(format!("indigo-tui-{}", database.name));
-    let mut daemon = Command::new(workspace_binary("indigo").unwrap());
-    daemon
-        .args(["up", "--demo"])
-        .env("INDIGO_DATABASE_URL", &database.url)
-        .env("INDIGO_POOL_DATABASE", &pool.name)
-        .env("INDIGO_LISTEN", "127.0.0.1:0")
-        .env("INDIGO_DATAPLANE_LISTEN", "127.0.0.1:0")
-        .env("INDIGO_DATA_DIR", &data_dir)
-        .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"))
-        .env_remove("INDIGO_ADMIN_TOKEN");
+    let mut daemon = local_platform(&workspace_binary("indigo").unwrap(), &database, &pool, &data_dir);
+    daemon.arg("--demo");
     let mut daemon = Process::spawn(daemon).unwrap();
     let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
     let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
