@@ -7,11 +7,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{ContentArrangement, Table};
-use indigo_core::api::{CreateTenantRequest, CreateTokenRequest, Tenant};
+use indigo_core::api::{CreateTenantRequest, CreateTokenRequest, Tenant, Workflow};
 use indigo_core::tenant::Role;
 use serde::Serialize;
 
-use crate::client::{AdminClient, EventQuery, TenantQuery};
+use crate::client::{AdminClient, EventQuery, TenantQuery, WorkflowQuery};
 use crate::config::{self, Config, Overrides};
 use crate::{db, policy, server, telemetry, up};
 
@@ -50,6 +50,9 @@ pub enum Command {
     Plans(ClientArgs),
     /// Show the event stream
     Events(EventsArgs),
+    /// Follow onboarding and offboarding workflows; retry or cancel one (operator)
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
     /// Manage admin API tokens (admin role)
     #[command(subcommand)]
     Token(TokenCommand),
@@ -234,6 +237,48 @@ pub struct EventsArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// List workflows, newest first
+    List {
+        /// Only this tenant's (slug or id)
+        #[arg(long)]
+        tenant: Option<String>,
+        /// onboarding or offboarding
+        #[arg(long)]
+        kind: Option<String>,
+        /// running, compensating, succeeded, failed or cancelled
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a workflow with each step's state
+    Get {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run a failed or cancelled workflow again
+    Retry {
+        id: String,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a running workflow; its completed steps are undone
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a token; its secret is printed once
     Create {
@@ -281,7 +326,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "no database configured: set database_url (env INDIGO_DATABASE_URL), or use `indigo up` for a local platform",
             )?;
             let mut state = server::prepare(&config, &url).await?;
-            let _reconciler = server::start_reconciler(&config, &mut state);
+            let _background = server::start_background(&config, &mut state)?;
             server::serve(server::bind(&config).await?, state, server::shutdown_signal()).await
         }
         Command::Migrate(args) => {
@@ -340,6 +385,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 table.to_string()
             })
         }
+        Command::Workflow(command) => run_workflow(command).await,
         Command::Token(command) => run_token(command).await,
         Command::StorefrontToken(args) => {
             let tenant = args.client.client()?.get_tenant(&args.tenant).await?;
@@ -407,6 +453,67 @@ async fn run_tenant(command: TenantCommand) -> anyhow::Result<()> {
         }
     };
     print(client.output, &tenant, || tenant_detail(&tenant))
+}
+
+fn workflow_table(workflows: &[Workflow]) -> String {
+    let mut table = table(&["ID", "KIND", "TENANT", "STATE", "STEPS", "CREATED", "ERROR"]);
+    for w in workflows {
+        let done = w.steps.iter().filter(|s| s.state == "succeeded").count();
+        table.add_row(vec![
+            w.id.to_string(),
+            w.kind.clone(),
+            w.tenant_id.to_string(),
+            w.state.to_string(),
+            format!("{done}/{}", w.steps.len()),
+            w.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            w.error.clone().unwrap_or_default(),
+        ]);
+    }
+    table.to_string()
+}
+
+fn workflow_detail(w: &Workflow) -> String {
+    let mut out =
+        format!("{} workflow {} of tenant {}: {} (attempt {})\n", w.kind, w.id, w.tenant_id, w.state, w.attempt);
+    if let Some(error) = &w.error {
+        out.push_str(&format!("error: {error}\n"));
+    }
+    let mut steps = table(&["STEP", "STATE", "ATTEMPTS", "FINISHED", "ERROR"]);
+    for s in &w.steps {
+        steps.add_row(vec![
+            s.name.clone(),
+            s.state.clone(),
+            s.attempts.to_string(),
+            s.finished_at.map(|t| t.format("%H:%M:%S%.3f").to_string()).unwrap_or_default(),
+            s.error.clone().unwrap_or_default(),
+        ]);
+    }
+    out.push_str(&steps.to_string());
+    out
+}
+
+async fn run_workflow(command: WorkflowCommand) -> anyhow::Result<()> {
+    match command {
+        WorkflowCommand::List { tenant, kind, state, limit, client } => {
+            let query = WorkflowQuery { tenant, kind, state, limit: Some(limit) };
+            let workflows = client.client()?.workflows(&query).await?;
+            print(client.output, &workflows, || workflow_table(&workflows))
+        }
+        WorkflowCommand::Get { id, client } => {
+            let workflow = client.client()?.workflow(&id).await?;
+            print(client.output, &workflow, || workflow_detail(&workflow))
+        }
+        WorkflowCommand::Retry { id, mutation, client } => {
+            let workflow = client.client()?.retry_workflow(&id, &mutation.key()).await?;
+            print(client.output, &workflow, || {
+                format!("workflow {} retried (attempt {})", workflow.id, workflow.attempt)
+            })
+        }
+        WorkflowCommand::Cancel { id, mutation, client } => {
+            let workflow = client.client()?.cancel_workflow(&id, &mutation.key()).await?;
+            print(client.output, &workflow, || format!("workflow {}: cancellation requested", workflow.id))
+        }
+    }
 }
 
 async fn run_token(command: TokenCommand) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 
 use indigo_core::api::{
     ApiToken, AuditEntry, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
-    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantUsage, WhoAmI,
+    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantUsage, WhoAmI, Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -41,6 +41,19 @@ pub struct TenantQuery {
     pub limit: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+}
+
+/// Which workflows to list.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkflowQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
 }
 
 /// Which events to read.
@@ -149,6 +162,22 @@ impl AdminClient {
     pub async fn delete(&self, tenant: &str, reason: Option<String>, key: &str) -> Result<Tenant, ClientError> {
         let body = LifecycleRequest { reason };
         self.mutate(Method::DELETE, &format!("/v1/tenants/{}", path_segment(tenant)), &body, key).await
+    }
+
+    pub async fn workflows(&self, query: &WorkflowQuery) -> Result<Vec<Workflow>, ClientError> {
+        self.get("/v1/workflows", query).await
+    }
+
+    pub async fn workflow(&self, id: &str) -> Result<Workflow, ClientError> {
+        self.get(&format!("/v1/workflows/{}", path_segment(id)), &()).await
+    }
+
+    pub async fn retry_workflow(&self, id: &str, key: &str) -> Result<Workflow, ClientError> {
+        self.mutate(Method::POST, &format!("/v1/workflows/{}/retry", path_segment(id)), &(), key).await
+    }
+
+    pub async fn cancel_workflow(&self, id: &str, key: &str) -> Result<Workflow, ClientError> {
+        self.mutate(Method::POST, &format!("/v1/workflows/{}/cancel", path_segment(id)), &(), key).await
     }
 
     pub async fn plans(&self) -> Result<Vec<Plan>, ClientError> {

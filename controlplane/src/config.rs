@@ -63,6 +63,10 @@ struct ConfigFile {
     resync_seconds: Option<u64>,
     reconcile_workers: Option<usize>,
     local_database_url: Option<String>,
+    stripe_api_base: Option<String>,
+    stripe_secret_key: Option<String>,
+    smtp_relay: Option<String>,
+    mail_from: Option<String>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -101,6 +105,18 @@ pub struct Overrides {
     /// Where `indigo up` looks for a PostgreSQL server when no database_url is set, before starting a private one [env: INDIGO_LOCAL_DATABASE_URL] [default: postgres://postgres@127.0.0.1:5432/indigo]
     #[arg(long, env = "INDIGO_LOCAL_DATABASE_URL", hide_env = true)]
     pub local_database_url: Option<String>,
+    /// Stripe's API base; set it to bill tenants (with stripe_secret_key) [env: INDIGO_STRIPE_API_BASE] [default: billing off]
+    #[arg(long, env = "INDIGO_STRIPE_API_BASE", hide_env = true)]
+    pub stripe_api_base: Option<String>,
+    /// Stripe secret key [env: INDIGO_STRIPE_SECRET_KEY]
+    #[arg(long, env = "INDIGO_STRIPE_SECRET_KEY", hide_env = true)]
+    pub stripe_secret_key: Option<String>,
+    /// SMTP relay (host:port, no auth) for the outbox's mail [env: INDIGO_SMTP_RELAY] [default: mail is logged, not sent]
+    #[arg(long, env = "INDIGO_SMTP_RELAY", hide_env = true)]
+    pub smtp_relay: Option<String>,
+    /// Sender address of the outbox's mail [env: INDIGO_MAIL_FROM] [default: noreply@indigo.local]
+    #[arg(long, env = "INDIGO_MAIL_FROM", hide_env = true)]
+    pub mail_from: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +136,18 @@ pub struct Config {
     pub reconcile_workers: usize,
     /// Where `indigo up` looks for a server when `database_url` is unset.
     pub local_database_url: String,
+    /// Stripe's API base and key; billing is off without them.
+    pub stripe: Option<StripeConfig>,
+    /// `None`: the outbox's mail is logged instead of sent.
+    pub smtp_relay: Option<String>,
+    pub mail_from: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StripeConfig {
+    /// Ends with `/`: async-stripe joins paths as `{base}v1/...`.
+    pub api_base: String,
+    pub secret_key: Secret,
 }
 
 impl Config {
@@ -166,7 +194,42 @@ impl Config {
                 message: "must be at least 16 characters".into(),
             });
         }
+        let stripe = match (
+            overrides.stripe_api_base.or(from_file.stripe_api_base),
+            overrides.stripe_secret_key.or(from_file.stripe_secret_key),
+        ) {
+            (None, None) => None,
+            (Some(base), Some(key)) => {
+                if !(base.starts_with("http://") || base.starts_with("https://")) {
+                    return Err(ConfigError::Invalid {
+                        key: "stripe_api_base",
+                        env: "INDIGO_STRIPE_API_BASE",
+                        message: format!("`{base}` is not an http(s) URL"),
+                    });
+                }
+                let api_base = if base.ends_with('/') { base } else { format!("{base}/") };
+                Some(StripeConfig { api_base, secret_key: Secret::new(key) })
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "stripe_secret_key",
+                    env: "INDIGO_STRIPE_SECRET_KEY",
+                    message: "is required when stripe_api_base is set".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "stripe_api_base",
+                    env: "INDIGO_STRIPE_API_BASE",
+                    message: "is required when stripe_secret_key is set (https://api.stripe.com/ for Stripe itself)"
+                        .into(),
+                });
+            }
+        };
         Ok(Self {
+            stripe,
+            smtp_relay: overrides.smtp_relay.or(from_file.smtp_relay),
+            mail_from: overrides.mail_from.or(from_file.mail_from).unwrap_or_else(|| "noreply@indigo.local".into()),
             database_url,
             listen,
             plans_file: overrides.plans_file.or(from_file.plans_file).unwrap_or_else(|| DEFAULT_PLANS_FILE.into()),

@@ -78,3 +78,81 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// The advisory-lock key that serializes everything acting on one tenant:
+/// reconciles and workflow steps, across every replica.
+pub fn tenant_lock_key(tenant: indigo_core::tenant::TenantId) -> String {
+    format!("indigo:tenant:{tenant}")
+}
+
+/// A pooled connection holding a session-level advisory lock. Should its holder
+/// be cancelled (or the process die) before unlocking, the session ends and
+/// PostgreSQL releases the lock with it: the connection is closed rather than
+/// returned to the pool.
+pub struct AdvisoryLock {
+    conn: Option<LockConnection>,
+    key: String,
+}
+
+enum LockConnection {
+    Pooled(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    /// Opened for the lock alone; closing it releases the lock.
+    Dedicated(PgConnection),
+}
+
+async fn try_lock(conn: &mut PgConnection, key: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))").bind(key).fetch_one(conn).await
+}
+
+impl AdvisoryLock {
+    /// Takes the lock on a pool connection if no other session holds it.
+    pub async fn try_acquire(pool: &PgPool, key: String) -> Result<Option<Self>, sqlx::Error> {
+        let mut conn = pool.acquire().await?;
+        let locked = try_lock(&mut conn, &key).await?;
+        Ok(locked.then_some(Self { conn: Some(LockConnection::Pooled(conn)), key }))
+    }
+
+    /// Takes the lock on a connection of its own, for holders that also need
+    /// pool connections meanwhile.
+    pub async fn try_acquire_dedicated(pool: &PgPool, key: String) -> Result<Option<Self>, sqlx::Error> {
+        let mut conn = pool.connect_options().connect().await?;
+        let locked = try_lock(&mut conn, &key).await?;
+        Ok(locked.then_some(Self { conn: Some(LockConnection::Dedicated(conn)), key }))
+    }
+
+    /// The connection holding the lock, for work done under it.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        match self.conn.as_mut().expect("lock connection present until released") {
+            LockConnection::Pooled(conn) => conn,
+            LockConnection::Dedicated(conn) => conn,
+        }
+    }
+
+    pub async fn release(mut self) {
+        match self.conn.take() {
+            Some(LockConnection::Dedicated(conn)) => {
+                let _ = conn.close().await;
+            }
+            Some(LockConnection::Pooled(mut conn)) => {
+                let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                    .bind(&self.key)
+                    .execute(&mut *conn)
+                    .await
+                    .is_ok();
+                if !unlocked {
+                    conn.close_on_drop();
+                }
+                // Unlocked: the session holds nothing any more and may serve others.
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        if let Some(LockConnection::Pooled(mut conn)) = self.conn.take() {
+            conn.close_on_drop();
+        }
+    }
+}

@@ -2,11 +2,13 @@
 //! over it, and tests drive it in-process.
 
 pub mod api;
+pub mod billing;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod db;
 pub mod journal;
+pub mod outbox;
 pub mod policy;
 pub mod providers;
 pub mod reconciler;
@@ -14,3 +16,4 @@ pub mod registry;
 pub mod server;
 pub mod telemetry;
 pub mod up;
+pub mod workflow;

@@ -23,6 +23,8 @@ pub enum RegistryError {
     SlugTaken(Slug),
     #[error("tenant `{0}` is deleted; it can no longer change")]
     Deleted(Slug),
+    #[error("tenant `{0}` is still being onboarded; only offboarding applies until its onboarding ends")]
+    Pending(Slug),
     #[error("registry row for tenant {id} is unreadable: {problem}")]
     Corrupt { id: uuid::Uuid, problem: String },
     #[error(transparent)]
@@ -60,6 +62,8 @@ pub struct NewTenant<'a> {
     pub name: TenantName,
     pub owner_email: Email,
     pub plan: &'a Plan,
+    /// `Pending` for a tenant onboarding will set up; `Active` for one placed directly.
+    pub lifecycle: Lifecycle,
 }
 
 /// The result of a spec change: the tenant after it, and whether anything changed.
@@ -208,8 +212,8 @@ pub async fn create(
 ) -> Result<Tenant, RegistryError> {
     let id = TenantId::new();
     let inserted: Result<TenantRow, sqlx::Error> = sqlx::query_as(concat!(
-        "INSERT INTO tenants (id, slug, name, owner_email, plan, isolation, conditions)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
+        "INSERT INTO tenants (id, slug, name, owner_email, plan, isolation, conditions, lifecycle)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
         tenant_columns!()
     ))
     .bind(id.0)
@@ -219,6 +223,7 @@ pub async fn create(
     .bind(new.plan.name.as_str())
     .bind(new.plan.isolation.as_str())
     .bind(json!([awaiting_reconcile()]))
+    .bind(new.lifecycle.as_str())
     .fetch_one(&mut *conn)
     .await;
     let tenant: Tenant = match inserted {
@@ -280,6 +285,9 @@ async fn change_spec(
     }
     if before.spec.lifecycle == Lifecycle::Deleted {
         return Err(RegistryError::Deleted(before.slug));
+    }
+    if before.spec.lifecycle == Lifecycle::Pending && change.lifecycle != Some(Lifecycle::Deleted) {
+        return Err(RegistryError::Pending(before.slug));
     }
     let row: TenantRow = sqlx::query_as(concat!(
         "UPDATE tenants SET plan = COALESCE($2, plan), isolation = COALESCE($3, isolation),
@@ -347,6 +355,7 @@ pub async fn set_lifecycle(
     reason: Option<&str>,
 ) -> Result<Change, RegistryError> {
     let (action, event, verb) = match lifecycle {
+        Lifecycle::Pending => ("tenant.pending", "TenantPending", "set pending"),
         Lifecycle::Active => ("tenant.resume", "TenantResumed", "resumed"),
         Lifecycle::Suspended => ("tenant.suspend", "TenantSuspended", "suspended"),
         Lifecycle::Deleted => ("tenant.delete", "TenantDeletionRequested", "marked for deletion"),

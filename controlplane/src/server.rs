@@ -9,9 +9,12 @@ use indigo_dataplane::schema::TenantServer;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, TenantDatabases};
+use crate::billing::Stripe;
 use crate::config::Config;
+use crate::outbox::{self, Mailer};
 use crate::providers::local::LocalDatabases;
 use crate::reconciler::{Controller, Settings};
+use crate::workflow::{self, Engine, Failpoints};
 
 use crate::{db, policy};
 /// Both daemons stop on SIGTERM or Ctrl-C.
@@ -31,6 +34,25 @@ pub async fn prepare(config: &Config, database_url: &str) -> anyhow::Result<AppS
     }
     let tenant_dbs = TenantDatabases { server, pool_database: config.pool_database.clone() };
     Ok(AppState::new(pool, plans, config.admin_token.as_ref(), tenant_dbs))
+}
+
+/// Starts this replica's reconciler, workflow engine and mail sender.
+pub fn start_background(config: &Config, state: &mut AppState) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = start_reconciler(config, state);
+    tasks.push(workflow_engine(config, state)?.spawn());
+    tasks.push(tokio::spawn(outbox::send_forever(state.db.clone(), Mailer::new(config))));
+    Ok(tasks)
+}
+
+/// The workflow engine of this replica, on the local provider.
+pub fn workflow_engine(config: &Config, state: &AppState) -> anyhow::Result<Engine<LocalDatabases>> {
+    let stripe = config.stripe.as_ref().map(Stripe::new).transpose().context("Stripe client")?;
+    if stripe.is_none() {
+        tracing::warn!("stripe_api_base is not set: tenants are onboarded without billing");
+    }
+    let mut services = workflow::Services::local(state, stripe, config.data_dir.join("exports"));
+    services.failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
+    Ok(Engine::new(services))
 }
 
 /// Starts this replica's reconciler on the local provider and hands it to the API.

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, bail};
-use indigo_core::tenant::{Email, Slug, TenantName};
+use indigo_core::tenant::{Email, Lifecycle, Slug, TenantName};
 use tokio::process::Command;
 
 use crate::api::auth::{self, Actor};
 use crate::config::{Config, Secret};
-use crate::registry::{self, NewTenant, RegistryError};
+use crate::registry::{NewTenant, RegistryError};
+use crate::workflow::{self, StartError};
 use crate::{db, server};
 
 /// Port of the private PostgreSQL that `indigo up` starts when no server answers.
@@ -70,7 +71,7 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
     };
     config.admin_token = Some(admin_token.clone());
     let mut state = server::prepare(config, database_url).await?;
-    let _reconciler = server::start_reconciler(config, &mut state);
+    let _background = server::start_background(config, &mut state)?;
     if demo {
         let seeded = seed_demo(&state.db, &state.plans).await?;
         println!("demo tenants: {seeded} added, {} already there", DEMO_TENANTS.len() - seeded);
@@ -203,14 +204,15 @@ async fn seed_demo(pool: &sqlx::PgPool, plans: &indigo_core::plan::PlanCatalog) 
             name: TenantName::parse(name)?,
             owner_email: Email::parse(&format!("owner@{slug}.example"))?,
             plan: plans.get(plan)?,
+            lifecycle: Lifecycle::Pending,
         };
         let mut tx = pool.begin().await?;
-        match registry::create(&mut tx, &actor, None, new).await {
+        match workflow::onboard(&mut tx, &actor, None, new).await {
             Ok(_) => {
                 tx.commit().await?;
                 added += 1;
             }
-            Err(RegistryError::SlugTaken(_)) => {}
+            Err(StartError::Registry(RegistryError::SlugTaken(_))) => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -7,6 +7,8 @@ use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use indigo_controlplane::api::{self, AppState, TenantDatabases};
 use indigo_controlplane::config::Secret;
+use indigo_controlplane::providers::local::LocalDatabases;
+use indigo_controlplane::workflow::{Services, engine};
 use indigo_controlplane::{db, policy};
 use indigo_dataplane::schema::TenantServer;
 use serde_json::{Value, json};
@@ -18,7 +20,12 @@ const ADMIN: &str = "test-bootstrap-admin-token";
 struct TestApp {
     router: Router,
     pool: PgPool,
+    workflows: Services<LocalDatabases>,
 }
+
+/// One pool database for every test of this file, provisioned once.
+const POOL: &str = "indigo_api_pool_test";
+static POOL_READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 struct Reply {
     status: StatusCode,
@@ -37,14 +44,19 @@ fn plans_path() -> std::path::PathBuf {
 }
 
 impl TestApp {
-    fn new(pool: PgPool) -> Self {
+    async fn new(pool: PgPool) -> Self {
         let plans = policy::load_plans(&plans_path()).expect("policies/plans.toml is valid");
-        let tenant_dbs = TenantDatabases {
-            server: TenantServer::new(&indigo_e2e::server_url()).unwrap(),
-            pool_database: "indigo_pool_test".into(),
-        };
+        let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
+        POOL_READY.get_or_init(async || server.provision(POOL).await.unwrap()).await;
+        let tenant_dbs = TenantDatabases { server, pool_database: POOL.into() };
         let state = AppState::new(pool.clone(), plans, Some(&Secret::new(ADMIN)), tenant_dbs);
-        Self { router: api::router(state), pool }
+        let workflows = Services::local(&state, None, std::env::temp_dir().join("indigo-api-test-exports"));
+        Self { router: api::router(state), pool, workflows }
+    }
+
+    /// Runs the onboarding and offboarding workflows the calls so far started.
+    async fn settle(&self) {
+        engine::run_until_idle(&self.workflows).await.unwrap();
     }
 
     async fn raw(&self, request: Request<Body>) -> Reply {
@@ -84,7 +96,9 @@ impl TestApp {
 
     async fn create(&self, slug: &str, plan: &str) -> Reply {
         let body = json!({ "name": format!("Shop {slug}"), "slug": slug, "owner_email": format!("o@{slug}.example"), "plan": plan });
-        self.send(Method::POST, "/v1/tenants", ADMIN, &format!("create-{slug}"), body).await
+        let reply = self.send(Method::POST, "/v1/tenants", ADMIN, &format!("create-{slug}"), body).await;
+        self.settle().await;
+        reply
     }
 
     /// A token of `role` made through the API.
@@ -123,14 +137,15 @@ async fn migrations_are_rerunnable(pool: PgPool) {
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn create_then_get_by_slug_and_id(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     let created = app.create("acme-shoes", "growth").await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
     let tenant = &created.body;
     assert_eq!(tenant["slug"], "acme-shoes");
     assert_eq!(tenant["spec"]["plan"], "growth");
     assert_eq!(tenant["spec"]["isolation"], "pool");
-    assert_eq!(tenant["spec"]["lifecycle"], "active");
+    // Recorded pending; onboarding (run by `create` here) makes it active.
+    assert_eq!(tenant["spec"]["lifecycle"], "pending");
     assert_eq!(tenant["spec"]["generation"], 1);
     assert_eq!(tenant["status"]["phase"], "pending");
     assert_eq!(tenant["status"]["observed_generation"], 0);
@@ -138,17 +153,22 @@ async fn create_then_get_by_slug_and_id(pool: PgPool) {
 
     let by_slug = app.get("/v1/tenants/acme-shoes", ADMIN).await;
     assert_eq!(by_slug.status, StatusCode::OK);
-    assert_eq!(by_slug.body, *tenant);
+    assert_eq!(by_slug.body["id"], tenant["id"]);
+    assert_eq!(by_slug.body["spec"]["lifecycle"], "active");
+    assert_eq!(by_slug.body["status"]["phase"], "ready");
+    assert_eq!(by_slug.body["status"]["placement"]["database"], POOL);
     let by_id = app.get(&format!("/v1/tenants/{}", tenant["id"].as_str().unwrap()), ADMIN).await;
-    assert_eq!(by_id.body, *tenant);
+    assert_eq!(by_id.body, by_slug.body);
 
-    let enterprise = app.create("big-corp", "enterprise").await;
+    // Not onboarded here: it would create a silo database.
+    let body = json!({ "name": "Big Corp", "slug": "big-corp", "owner_email": "o@big.example", "plan": "enterprise" });
+    let enterprise = app.send(Method::POST, "/v1/tenants", ADMIN, "create-big-corp", body).await;
     assert_eq!(enterprise.body["spec"]["isolation"], "silo");
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn create_rejects_bad_input_and_changes_nothing(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     let valid = json!({ "name": "Acme", "slug": "acme", "owner_email": "o@acme.example", "plan": "starter" });
     let with = |field: &str, value: Value| {
         let mut body = valid.clone();
@@ -216,7 +236,7 @@ async fn create_rejects_bad_input_and_changes_nothing(pool: PgPool) {
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn duplicate_slug_is_a_conflict(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     assert_eq!(app.create("acme", "starter").await.status, StatusCode::CREATED);
     let body = json!({ "name": "Other", "slug": "acme", "owner_email": "x@y.example", "plan": "pro" });
     let reply = app.send(Method::POST, "/v1/tenants", ADMIN, "another-key", body).await;
@@ -226,14 +246,15 @@ async fn duplicate_slug_is_a_conflict(pool: PgPool) {
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn idempotency_replays_and_detects_reuse(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     let first = app.create("acme", "starter").await;
     let again = app.create("acme", "starter").await;
     assert_eq!(again.status, StatusCode::CREATED);
     assert_eq!(again.body, first.body);
     assert_eq!(again.headers.get("idempotent-replayed").unwrap(), "true");
     assert_eq!(app.count("SELECT count(*) FROM tenants").await, 1);
-    assert_eq!(app.count("SELECT count(*) FROM audit_log").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM audit_log WHERE action = 'tenant.create'").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM workflows").await, 1);
 
     let different = json!({ "name": "Acme", "slug": "acme", "owner_email": "o@acme.example", "plan": "pro" });
     let reply = app.send(Method::POST, "/v1/tenants", ADMIN, "create-acme", different).await;
@@ -246,7 +267,7 @@ async fn idempotency_replays_and_detects_reuse(pool: PgPool) {
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn concurrent_retries_create_one_tenant(pool: PgPool) {
-    let app = std::sync::Arc::new(TestApp::new(pool));
+    let app = std::sync::Arc::new(TestApp::new(pool).await);
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let app = app.clone();
@@ -261,11 +282,14 @@ async fn concurrent_retries_create_one_tenant(pool: PgPool) {
     assert!(bodies.windows(2).all(|w| w[0] == w[1]), "every retry sees the first answer");
     assert_eq!(app.count("SELECT count(*) FROM tenants").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM events WHERE kind = 'TenantRegistered'").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM workflows").await, 1, "one onboarding");
+    assert_eq!(app.count("SELECT count(*) FROM events WHERE kind = 'TenantCreated'").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM outbox_emails").await, 1, "one welcome email");
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn authentication_and_roles(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     app.create("acme", "starter").await;
 
     let anonymous = app.raw(Request::get("/v1/tenants").body(Body::empty()).unwrap()).await;
@@ -316,12 +340,15 @@ async fn authentication_and_roles(pool: PgPool) {
         .iter()
         .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
         .collect();
-    assert_eq!(actions, [("tenant.create", "bootstrap-admin"), ("tenant.plan", "operator-bot")]);
+    assert_eq!(
+        actions,
+        [("tenant.create", "bootstrap-admin"), ("tenant.activate", "onboarding"), ("tenant.plan", "operator-bot")]
+    );
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn tokens_are_shown_once_and_can_be_revoked(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     let body = json!({ "name": "ci", "role": "viewer" });
     let created = app.send(Method::POST, "/v1/tokens", ADMIN, "tok", body.clone()).await;
     assert_eq!(created.status, StatusCode::CREATED);
@@ -354,18 +381,18 @@ async fn tokens_are_shown_once_and_can_be_revoked(pool: PgPool) {
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn plan_change_bumps_generation_and_is_audited(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     app.create("acme", "starter").await;
     let changed = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p1", json!({ "plan": "enterprise" })).await;
     assert_eq!(changed.status, StatusCode::ACCEPTED, "{}", changed.body);
     assert_eq!(changed.body["spec"]["plan"], "enterprise");
     assert_eq!(changed.body["spec"]["isolation"], "silo");
-    assert_eq!(changed.body["spec"]["generation"], 2);
+    assert_eq!(changed.body["spec"]["generation"], 3, "1: recorded, 2: activated, 3: the plan");
 
     // Asking for the plan it already has changes nothing.
     let same = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p2", json!({ "plan": "enterprise" })).await;
     assert_eq!(same.status, StatusCode::ACCEPTED);
-    assert_eq!(same.body["spec"]["generation"], 2);
+    assert_eq!(same.body["spec"]["generation"], 3);
 
     let unknown = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p3", json!({ "plan": "platinum" })).await;
     assert_eq!((unknown.status, unknown.code()), (StatusCode::UNPROCESSABLE_ENTITY, "unknown_plan"));
@@ -382,12 +409,12 @@ async fn plan_change_bumps_generation_and_is_audited(pool: PgPool) {
     let events = app.get("/v1/tenants/acme/events", ADMIN).await;
     let kinds: Vec<&str> =
         events.body["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["TenantRegistered", "PlanChanged"]);
+    assert_eq!(kinds, ["TenantRegistered", "WorkflowStarted", "TenantCreated", "WorkflowSucceeded", "PlanChanged"]);
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn suspend_resume_delete(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     app.create("acme", "growth").await;
     let suspended =
         app.send(Method::POST, "/v1/tenants/acme/suspend", ADMIN, "s1", json!({ "reason": "payment overdue" })).await;
@@ -406,14 +433,22 @@ async fn suspend_resume_delete(pool: PgPool) {
         .await;
     assert_eq!(resumed.status, StatusCode::ACCEPTED, "{}", resumed.body);
     assert_eq!(resumed.body["spec"]["lifecycle"], "active");
-    assert_eq!(resumed.body["spec"]["generation"], 3);
+    assert_eq!(resumed.body["spec"]["generation"], 4);
 
+    // DELETE starts offboarding; a second one while it runs starts nothing.
     let deleted = app.send(Method::DELETE, "/v1/tenants/acme", ADMIN, "d1", json!({})).await;
     assert_eq!(deleted.status, StatusCode::ACCEPTED);
-    assert_eq!(deleted.body["spec"]["lifecycle"], "deleted");
-    let again = app.send(Method::DELETE, "/v1/tenants/acme", ADMIN, "d2", json!({})).await;
-    assert_eq!(again.status, StatusCode::ACCEPTED);
-    assert_eq!(again.body, deleted.body, "a second delete is a no-op with the same result");
+    let during = app.send(Method::DELETE, "/v1/tenants/acme", ADMIN, "d2", json!({})).await;
+    assert_eq!(during.status, StatusCode::ACCEPTED);
+    assert_eq!(during.body, deleted.body, "a second delete is a no-op with the same result");
+    app.settle().await;
+    let gone = app.get("/v1/tenants/acme", ADMIN).await;
+    assert_eq!(gone.body["spec"]["lifecycle"], "deleted");
+    assert_eq!(gone.body["status"]["phase"], "deleted");
+    let after = app.send(Method::DELETE, "/v1/tenants/acme", ADMIN, "d3", json!({})).await;
+    assert_eq!(after.status, StatusCode::ACCEPTED);
+    assert_eq!(after.body, gone.body, "deleting a deleted tenant changes nothing");
+    assert_eq!(app.count("SELECT count(*) FROM workflows WHERE kind = 'offboarding'").await, 1);
 
     let reply = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p1", json!({ "plan": "pro" })).await;
     assert_eq!((reply.status, reply.code()), (StatusCode::CONFLICT, "tenant_deleted"));
@@ -422,17 +457,30 @@ async fn suspend_resume_delete(pool: PgPool) {
 
     let actions: Vec<String> =
         sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id").fetch_all(&app.pool).await.unwrap();
-    assert_eq!(actions, ["tenant.create", "tenant.suspend", "tenant.resume", "tenant.delete"]);
-    let reason: String = sqlx::query_scalar("SELECT data->>'reason' FROM events WHERE kind = 'TenantSuspended'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        actions,
+        [
+            "tenant.create",
+            "tenant.activate",
+            "tenant.suspend",
+            "tenant.resume",
+            "tenant.offboard",
+            "tenant.suspend",
+            "tenant.delete",
+            "tenant.deletion_certificate"
+        ]
+    );
+    let reason: String =
+        sqlx::query_scalar("SELECT data->>'reason' FROM events WHERE kind = 'TenantSuspended' ORDER BY id LIMIT 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(reason, "payment overdue");
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn list_filters_and_paginates(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     for (slug, plan) in [
         ("alpha", "starter"),
         ("bravo", "growth"),
@@ -451,7 +499,7 @@ async fn list_filters_and_paginates(pool: PgPool) {
     assert_eq!(slugs(&app.get("/v1/tenants?isolation=silo", ADMIN).await), ["delta"]);
     assert_eq!(slugs(&app.get("/v1/tenants?lifecycle=suspended", ADMIN).await), ["charlie"]);
     assert_eq!(slugs(&app.get("/v1/tenants?plan=starter&lifecycle=active", ADMIN).await), ["alpha", "echo"]);
-    assert_eq!(slugs(&app.get("/v1/tenants?phase=pending", ADMIN).await).len(), 5);
+    assert_eq!(slugs(&app.get("/v1/tenants?phase=ready", ADMIN).await).len(), 5);
 
     let first = app.get("/v1/tenants?limit=2", ADMIN).await;
     assert_eq!(slugs(&first), ["alpha", "bravo"]);
@@ -473,7 +521,7 @@ async fn list_filters_and_paginates(pool: PgPool) {
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn unknown_tenants_routes_and_methods(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     for path in [
         "/v1/tenants/nobody",
         "/v1/tenants/NOT_A_SLUG",
@@ -493,7 +541,7 @@ async fn unknown_tenants_routes_and_methods(pool: PgPool) {
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn plans_come_from_the_policy_file(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     let plans = app.get("/v1/plans", ADMIN).await;
     let names: Vec<&str> = plans.body.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["starter", "growth", "pro", "enterprise"]);
@@ -506,26 +554,28 @@ async fn plans_come_from_the_policy_file(pool: PgPool) {
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn events_follow_with_a_cursor(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     for slug in ["alpha", "bravo", "charlie"] {
         app.create(slug, "starter").await;
     }
-    let first = app.get("/v1/events?limit=2", ADMIN).await;
+    let first = app.get("/v1/events?limit=2&kind=TenantCreated", ADMIN).await;
     assert_eq!(first.body["items"].as_array().unwrap().len(), 2);
     let after = first.body["next_cursor"].as_str().unwrap();
-    let rest = app.get(&format!("/v1/events?after={after}"), ADMIN).await;
+    let rest = app.get(&format!("/v1/events?after={after}&kind=TenantCreated"), ADMIN).await;
     let items = rest.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     assert!(items[0]["message"].as_str().unwrap().contains("charlie"));
     let only_bravo = app.get("/v1/events?tenant=bravo", ADMIN).await;
-    assert_eq!(only_bravo.body["items"].as_array().unwrap().len(), 1);
+    let kinds: Vec<&str> =
+        only_bravo.body["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["TenantRegistered", "WorkflowStarted", "TenantCreated", "WorkflowSucceeded"]);
     let reply = app.get("/v1/events?after=abc", ADMIN).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn health_metrics_and_openapi(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     let anonymous = |path: &str| Request::get(path).body(Body::empty()).unwrap();
     assert_eq!(app.raw(anonymous("/healthz")).await.status, StatusCode::OK);
     let ready = app.raw(anonymous("/readyz")).await;
@@ -560,24 +610,24 @@ async fn health_metrics_and_openapi(pool: PgPool) {
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn audit_log_is_append_only(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     app.create("acme", "starter").await;
     for statement in ["UPDATE audit_log SET actor = 'someone-else'", "DELETE FROM audit_log", "TRUNCATE audit_log"] {
         let err = sqlx::query(statement).execute(&app.pool).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{statement}: {err}");
     }
-    assert_eq!(app.count("SELECT count(*) FROM audit_log").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM audit_log").await, 2, "tenant.create and tenant.activate");
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn spec_changes_bump_generation_whoever_writes_them(pool: PgPool) {
-    let app = TestApp::new(pool);
+    let app = TestApp::new(pool).await;
     app.create("acme", "starter").await;
-    sqlx::query("UPDATE tenants SET phase = 'ready', observed_generation = 1").execute(&app.pool).await.unwrap();
-    assert_eq!(app.count("SELECT generation FROM tenants").await, 1, "a status write is not a spec change");
+    sqlx::query("UPDATE tenants SET phase = 'ready', observed_generation = 2").execute(&app.pool).await.unwrap();
+    assert_eq!(app.count("SELECT generation FROM tenants").await, 2, "a status write is not a spec change");
     sqlx::query("UPDATE tenants SET lifecycle = 'suspended'").execute(&app.pool).await.unwrap();
-    assert_eq!(app.count("SELECT generation FROM tenants").await, 2);
+    assert_eq!(app.count("SELECT generation FROM tenants").await, 3);
     let tenant = app.get("/v1/tenants/acme", ADMIN).await;
-    assert_eq!(tenant.body["status"]["observed_generation"], 1);
-    assert_eq!(tenant.body["spec"]["generation"], 2);
+    assert_eq!(tenant.body["status"]["observed_generation"], 2);
+    assert_eq!(tenant.body["spec"]["generation"], 3);
 }

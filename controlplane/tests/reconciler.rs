@@ -56,6 +56,7 @@ impl World {
             name: TenantName::parse(slug).unwrap(),
             owner_email: Email::parse(&format!("o@{slug}.example")).unwrap(),
             plan: self.plans.get(plan).unwrap(),
+            lifecycle: Lifecycle::Active,
         };
         let tenant = registry::create(&mut tx, &Actor::system("test"), None, new).await.unwrap();
         tx.commit().await.unwrap();

@@ -278,3 +278,65 @@ pub struct TenantUsage {
     /// Average over the last minute.
     pub requests_per_second: f64,
 }
+
+/// Where a durable workflow stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowState {
+    /// Moving forward, step by step.
+    Running,
+    /// A step failed for good (or an operator cancelled): undoing the completed steps.
+    Compensating,
+    Succeeded,
+    /// Ended without reaching its goal; `error` says why. Retry starts it again.
+    Failed,
+    /// Cancelled by an operator and undone.
+    Cancelled,
+}
+crate::wire_enum!(WorkflowState {
+    Running => "running",
+    Compensating => "compensating",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
+impl WorkflowState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// One step of a workflow as last recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowStep {
+    pub name: String,
+    /// `running`, `retrying`, `succeeded`, `failed`, `compensating`, `compensated` or `compensation_failed`.
+    pub state: String,
+    pub attempts: i32,
+    /// What the step produced (ids of what it created), once it succeeded.
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A durable workflow (onboarding, offboarding, ...) and its steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Workflow {
+    pub id: Uuid,
+    /// `onboarding` or `offboarding`.
+    pub kind: String,
+    pub tenant_id: TenantId,
+    pub state: WorkflowState,
+    /// Bumped by each retry; part of every step's idempotency key.
+    pub attempt: i32,
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    /// Steps in the order they were defined; those not started yet are absent.
+    pub steps: Vec<WorkflowStep>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}

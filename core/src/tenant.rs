@@ -137,6 +137,7 @@ impl Email {
 
 /// Generates `as_str`, `Display` and `FromStr` for a fieldless enum from one
 /// table of variant ⇄ wire name, so the database, JSON and CLI spell it alike.
+#[macro_export]
 macro_rules! wire_enum {
     ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
         impl $ty {
@@ -147,18 +148,18 @@ macro_rules! wire_enum {
             }
         }
 
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $ty {
-            type Err = UnknownVariant;
+        impl std::str::FromStr for $ty {
+            type Err = $crate::tenant::UnknownVariant;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($name => Ok($ty::$variant),)+
-                    other => Err(UnknownVariant {
+                    other => Err($crate::tenant::UnknownVariant {
                         kind: stringify!($ty),
                         value: other.to_owned(),
                         expected: &[$($name),+],
@@ -193,11 +194,13 @@ wire_enum!(Isolation { Pool => "pool", Silo => "silo" });
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
+    /// Being onboarded: recorded, not serving until its onboarding workflow ends.
+    Pending,
     Active,
     Suspended,
     Deleted,
 }
-wire_enum!(Lifecycle { Active => "active", Suspended => "suspended", Deleted => "deleted" });
+wire_enum!(Lifecycle { Pending => "pending", Active => "active", Suspended => "suspended", Deleted => "deleted" });
 
 /// Where a tenant stands as last observed by the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

@@ -18,6 +18,9 @@ pub const RLS_POLICIES: &str = include_str!("../../policies/tenant_rls.sql");
 pub const OWNER_ROLE: &str = "indigo_owner";
 pub const APP_ROLE: &str = "indigo_app";
 
+/// Every table holding tenant rows, parents before children (delete in reverse).
+pub const TENANT_TABLES: &[&str] = &["search_settings", "products", "customers", "orders", "order_items"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("invalid database URL: {0}")]
@@ -153,7 +156,7 @@ impl TenantServer {
             .map_err(fail)?;
         let mut deleted = 0;
         // Children first, so foreign keys hold at every step.
-        for table in ["order_items", "orders", "customers", "products"] {
+        for table in TENANT_TABLES.iter().rev() {
             deleted += sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
                 .execute(&mut *tx)
                 .await

@@ -2,6 +2,8 @@
 //! throwaway databases on the local PostgreSQL and child processes that are
 //! stopped however the test ends.
 
+pub mod stripe_double;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -42,6 +44,11 @@ impl TestDatabase {
             .await?;
         Ok(())
     }
+}
+
+/// A port free on 127.0.0.1 right now, for a child process to listen on.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A child process, killed on drop if the test did not stop it.
@@ -86,6 +93,20 @@ impl Process {
                 }
                 Err(_) => bail!("no line containing {needle:?} within {timeout:?}; stdout so far: {:#?}", self.seen),
             }
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("process {} still running after {timeout:?}", self.pid());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -73,6 +73,7 @@ impl Platform {
                 name: TenantName::parse("Metered Shop").unwrap(),
                 owner_email: Email::parse("o@metered.example").unwrap(),
                 plan: state.plans.get("pro").unwrap(),
+                lifecycle: indigo_core::tenant::Lifecycle::Active,
             };
             let actor = admin::auth::Actor::system("e2e");
             let tenant = registry::create(&mut tx, &actor, None, new).await.unwrap();

@@ -13,6 +13,7 @@ mod routing;
 mod tenants;
 mod tokens;
 mod usage;
+mod workflows;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -85,6 +86,7 @@ impl AppState {
         (name = "tokens", description = "API tokens (admin)"),
         (name = "usage", description = "The usage store's intake"),
         (name = "reconciler", description = "Desired against actual state"),
+        (name = "workflows", description = "Durable onboarding and offboarding workflows"),
         (name = "health", description = "Probes and metrics"),
     )
 )]
@@ -112,6 +114,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routing::router())
         .merge(usage::router())
         .merge(reconciler::router())
+        .merge(workflows::router())
         .merge(health::router())
         .split_for_parts();
     routes

@@ -16,6 +16,7 @@ use super::auth::Actor;
 use super::error::ApiError;
 use super::idempotency::{self, IdempotencyKey};
 use crate::registry::{self, ListFilter, NewTenant, RegistryError, TenantRef};
+use crate::workflow;
 use indigo_core::http::{ApiJson, ApiPath, ApiQuery, OptionalJson, RequestId};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -33,6 +34,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(tenant) => ApiError::NotFound(format!("tenant `{tenant}`")),
             RegistryError::SlugTaken(_) => ApiError::conflict("slug_taken", e.to_string()),
             RegistryError::Deleted(_) => ApiError::conflict("tenant_deleted", e.to_string()),
+            RegistryError::Pending(_) => ApiError::conflict("tenant_pending", e.to_string()),
             RegistryError::Corrupt { .. } => ApiError::Internal(e.into()),
             RegistryError::Database(db) => ApiError::Database(db),
         }
@@ -97,7 +99,8 @@ async fn list_tenants(
     Ok(Json(registry::list(&mut conn, &filter).await?))
 }
 
-/// Register a tenant. Its status starts `pending`; onboarding brings it to `ready`.
+/// Register a tenant: recorded `pending`, then its onboarding workflow sets up its
+/// database, billing, search and sample data and makes it `active`.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenantRequest,
     params(("Idempotency-Key" = String, Header, description = "Unique per intended change; a retry with the same key replays the answer")),
     responses((status = 201, body = Tenant), (status = 409, description = "Slug taken or key reused", body = ErrorBody),
@@ -115,9 +118,10 @@ async fn create_tenant(
         name: TenantName::parse(&request.name).map_err(|e| ApiError::invalid("invalid_name", e))?,
         owner_email: Email::parse(&request.owner_email).map_err(|e| ApiError::invalid("invalid_email", e))?,
         plan: state.plans.get(&request.plan).map_err(|e| ApiError::invalid("unknown_plan", e))?,
+        lifecycle: Lifecycle::Pending,
     };
     idempotency::run_once(&state, &key, &actor, &request, StatusCode::CREATED, async |tx| {
-        Ok(registry::create(tx, &actor, request_id.as_deref(), new).await?)
+        Ok(workflow::onboard(tx, &actor, request_id.as_deref(), new).await?.0)
     })
     .await
 }
@@ -158,6 +162,13 @@ async fn change_plan(
     .await
 }
 
+fn check_reason(request: &LifecycleRequest) -> Result<(), ApiError> {
+    if request.reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+        return Err(ApiError::invalid("invalid_reason", "reason must be at most 500 characters"));
+    }
+    Ok(())
+}
+
 async fn set_lifecycle(
     state: AppState,
     actor: Actor,
@@ -167,11 +178,9 @@ async fn set_lifecycle(
     request: LifecycleRequest,
     lifecycle: Lifecycle,
 ) -> Result<Response, ApiError> {
-    actor.require(if lifecycle == Lifecycle::Deleted { Role::Admin } else { Role::Operator })?;
+    actor.require(Role::Operator)?;
     let tenant = tenant_ref(&raw)?;
-    if request.reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
-        return Err(ApiError::invalid("invalid_reason", "reason must be at most 500 characters"));
-    }
+    check_reason(&request)?;
     idempotency::run_once(&state, &key, &actor, &request, StatusCode::ACCEPTED, async |tx| {
         let change =
             registry::set_lifecycle(tx, &actor, request_id.as_deref(), &tenant, lifecycle, request.reason.as_deref())
@@ -211,7 +220,9 @@ async fn resume_tenant(
     set_lifecycle(state, actor, key, request_id, raw, request, Lifecycle::Active).await
 }
 
-/// Offboard a tenant (admin). Deleting a deleted tenant changes nothing and answers the same.
+/// Offboard a tenant (admin): its offboarding workflow suspends it, exports its
+/// data, cancels its billing, deletes its data and records a deletion
+/// certificate. Deleting a deleted (or offboarding) tenant changes nothing.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Slug or id"), ("Idempotency-Key" = String, Header)),
     responses((status = 202, body = Tenant), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -223,5 +234,11 @@ async fn delete_tenant(
     ApiPath(raw): ApiPath<String>,
     OptionalJson(request): OptionalJson<LifecycleRequest>,
 ) -> Result<Response, ApiError> {
-    set_lifecycle(state, actor, key, request_id, raw, request, Lifecycle::Deleted).await
+    actor.require(Role::Admin)?;
+    let tenant = tenant_ref(&raw)?;
+    check_reason(&request)?;
+    idempotency::run_once(&state, &key, &actor, &request, StatusCode::ACCEPTED, async |tx| {
+        Ok(workflow::offboard(tx, &actor, request_id.as_deref(), &tenant, request.reason.as_deref()).await?)
+    })
+    .await
 }

@@ -19,13 +19,13 @@ use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phas
 use indigo_dataplane::schema::{APP_ROLE, audit_isolation};
 use rand::Rng;
 use serde_json::json;
-use sqlx::pool::PoolConnection;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::time::Instant;
 
 use self::plan::{Action, Decision, Observed};
 use self::queue::Queue;
 use crate::api::TenantDatabases;
+use crate::db::{self, AdvisoryLock};
 use crate::journal;
 use crate::providers::{DatabaseProvider, ProviderError, SiloTenant};
 use crate::registry::{self, RegistryError, TenantRef};
@@ -92,6 +92,8 @@ pub struct Context<P> {
 pub enum Outcome {
     Applied(Decision),
     Paused,
+    /// A workflow (onboarding, offboarding) owns the tenant until it ends.
+    InWorkflow,
     /// The tenant is fully offboarded; nothing more to look at.
     Finished,
 }
@@ -143,6 +145,9 @@ pub async fn reconcile<P: DatabaseProvider>(
     let (tenant, paused) = read(conn, id).await?;
     if paused {
         return Ok(Outcome::Paused);
+    }
+    if crate::workflow::active_for(conn, id).await?.is_some() {
+        return Ok(Outcome::InWorkflow);
     }
     if tenant.spec.lifecycle == Lifecycle::Deleted
         && tenant.status.phase == Phase::Deleted
@@ -334,36 +339,19 @@ impl<P: DatabaseProvider> Controller<P> {
     async fn run_one(&self, tenant: TenantId) -> Result<Duration, ()> {
         let ctx = &self.ctx;
         let started = std::time::Instant::now();
-        let Ok(conn) = ctx.db.acquire().await else { return Err(()) };
-        let mut lock = TenantLock { conn: Some(conn) };
-        let key = format!("indigo:reconcile:{tenant}");
-        let locked: bool = match sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(&key)
-            .fetch_one(lock.conn())
-            .await
-        {
-            Ok(locked) => locked,
+        let mut lock = match AdvisoryLock::try_acquire(&ctx.db, db::tenant_lock_key(tenant)).await {
+            Ok(Some(lock)) => lock,
+            // Another replica (or a workflow) has it; look again a little later.
+            Ok(None) => return Ok(Duration::from_millis(rand::rng().random_range(500..1500))),
             Err(_) => return Err(()),
         };
-        if !locked {
-            lock.release();
-            // Another replica has it; look again a little later.
-            return Ok(Duration::from_millis(rand::rng().random_range(500..1500)));
-        }
         let result = reconcile(ctx, lock.conn(), tenant).await;
         if let Err(error) = &result
             && !matches!(error, ReconcileError::Registry(RegistryError::NotFound(_)))
         {
             let _ = record_failure(lock.conn(), tenant, error).await;
         }
-        if sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-            .bind(&key)
-            .execute(lock.conn())
-            .await
-            .is_ok()
-        {
-            lock.release();
-        }
+        lock.release().await;
         ctx.stats.reconciles.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("indigo_reconcile_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
@@ -372,7 +360,7 @@ impl<P: DatabaseProvider> Controller<P> {
                 match outcome {
                     // Finished tenants drop out until something changes them again.
                     Outcome::Finished => Ok(Duration::from_secs(24 * 3600)),
-                    Outcome::Paused | Outcome::Applied(_) => Ok(jittered(ctx.settings.resync)),
+                    Outcome::Paused | Outcome::InWorkflow | Outcome::Applied(_) => Ok(jittered(ctx.settings.resync)),
                 }
             }
             Err(error) => {
@@ -478,32 +466,6 @@ impl<P: DatabaseProvider> Controller<P> {
             database: database.clone(),
             violations: violations.into_iter().map(|v| format!("{}: {}", v.subject, v.problem)).collect(),
         })
-    }
-}
-
-/// A pooled connection holding a session-level advisory lock. Should the
-/// reconcile be cancelled before unlocking, the connection is closed rather
-/// than returned to the pool, which releases the lock with the session.
-struct TenantLock {
-    conn: Option<PoolConnection<Postgres>>,
-}
-
-impl TenantLock {
-    fn conn(&mut self) -> &mut PgConnection {
-        self.conn.as_mut().expect("lock connection present until released")
-    }
-
-    /// The lock is not held (any more): the connection may go back to the pool.
-    fn release(mut self) {
-        self.conn.take();
-    }
-}
-
-impl Drop for TenantLock {
-    fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            conn.close_on_drop();
-        }
     }
 }
 

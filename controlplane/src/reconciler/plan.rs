@@ -63,6 +63,15 @@ fn condition(kind: &str, status: bool, reason: &str, message: impl Into<String>)
 /// Decides what to do for `tenant` given what was `observed`.
 pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
     let placement = tenant.status.placement.as_ref();
+    if tenant.spec.lifecycle == Lifecycle::Pending {
+        // Onboarding sets a pending tenant up, or leaves it failed for an operator.
+        return Decision {
+            actions: vec![],
+            phase: tenant.status.phase,
+            placement: PlacementChange::Keep,
+            conditions: tenant.status.conditions.clone(),
+        };
+    }
     if tenant.spec.lifecycle == Lifecycle::Deleted {
         let actions = match placement.map(|p| p.isolation) {
             Some(Isolation::Silo) => vec![Action::DeleteSilo],

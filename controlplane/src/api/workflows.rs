@@ -1,0 +1,152 @@
+//! `/v1/workflows`: durable workflows (onboarding, offboarding) with each
+//! step's state; retry a failed one, cancel a running one.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use indigo_core::api::{ErrorBody, Workflow, WorkflowState};
+use indigo_core::http::{ApiPath, ApiQuery};
+use indigo_core::tenant::Role;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::auth::Actor;
+use super::error::ApiError;
+use super::idempotency::{self, IdempotencyKey};
+use crate::registry::{self, TenantRef};
+use crate::workflow::store::{self, ListFilter};
+use crate::workflow::{Kind, StartError, WorkflowError};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_workflows))
+        .routes(routes!(get_workflow))
+        .routes(routes!(retry_workflow))
+        .routes(routes!(cancel_workflow))
+}
+
+impl From<WorkflowError> for ApiError {
+    fn from(e: WorkflowError) -> Self {
+        match e {
+            WorkflowError::NotFound(id) => ApiError::NotFound(format!("workflow `{id}`")),
+            WorkflowError::Busy { .. } => ApiError::conflict("workflow_in_progress", e.to_string()),
+            WorkflowError::WrongState { .. } => ApiError::conflict("workflow_state", e.to_string()),
+            WorkflowError::PastPointOfNoReturn { .. } => ApiError::conflict("past_point_of_no_return", e.to_string()),
+            WorkflowError::Corrupt { .. } => ApiError::Internal(e.into()),
+            WorkflowError::Database(db) => ApiError::Database(db),
+        }
+    }
+}
+
+impl From<StartError> for ApiError {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::Registry(e) => e.into(),
+            StartError::Workflow(e) => e.into(),
+        }
+    }
+}
+
+fn workflow_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    raw.parse().map_err(|_| ApiError::NotFound(format!("workflow `{raw}`")))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    /// Only this tenant's workflows (slug or id).
+    tenant: Option<String>,
+    /// `onboarding` or `offboarding`.
+    kind: Option<String>,
+    /// `running`, `compensating`, `succeeded`, `failed` or `cancelled`.
+    state: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    limit: Option<i64>,
+    /// The last id of the previous page.
+    before: Option<uuid::Uuid>,
+}
+
+/// Workflows, newest first, with their steps.
+#[utoipa::path(get, path = "/v1/workflows", tag = "workflows", params(ListParams),
+    responses((status = 200, body = [Workflow]), (status = 400, body = ErrorBody)))]
+async fn list_workflows(
+    State(state): State<AppState>,
+    _actor: Actor,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Vec<Workflow>>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 200"));
+    }
+    let invalid = |e: indigo_core::tenant::UnknownVariant| ApiError::bad_request("invalid_query", e.to_string());
+    let mut conn = state.db.acquire().await?;
+    let tenant = match params.tenant.as_deref() {
+        Some(raw) => {
+            let reference = TenantRef::parse(raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))?;
+            Some(registry::get(&mut conn, &reference).await?.id)
+        }
+        None => None,
+    };
+    let filter = ListFilter {
+        tenant,
+        kind: params.kind.as_deref().map(str::parse::<Kind>).transpose().map_err(invalid)?,
+        state: params.state.as_deref().map(str::parse::<WorkflowState>).transpose().map_err(invalid)?,
+        before: params.before,
+        limit,
+    };
+    Ok(Json(store::list(&mut conn, &filter).await?))
+}
+
+/// One workflow with each step's state, attempts, output and error.
+#[utoipa::path(get, path = "/v1/workflows/{id}", tag = "workflows",
+    responses((status = 200, body = Workflow), (status = 404, body = ErrorBody)))]
+async fn get_workflow(
+    State(state): State<AppState>,
+    _actor: Actor,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<Workflow>, ApiError> {
+    let id = workflow_id(&raw)?;
+    Ok(Json(store::get(&mut *state.db.acquire().await?, id).await?))
+}
+
+/// Run a failed or cancelled workflow again (operator).
+#[utoipa::path(post, path = "/v1/workflows/{id}/retry", tag = "workflows",
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 202, body = Workflow), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn retry_workflow(
+    State(state): State<AppState>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    actor.require(Role::Operator)?;
+    let id = workflow_id(&raw)?;
+    idempotency::run_once(&state, &key, &actor, &json!({ "retry": id }), StatusCode::ACCEPTED, async |tx| {
+        Ok(store::retry(tx, id).await?)
+    })
+    .await
+}
+
+/// Cancel a running workflow: its completed steps are undone (operator).
+#[utoipa::path(post, path = "/v1/workflows/{id}/cancel", tag = "workflows",
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 202, body = Workflow), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn cancel_workflow(
+    State(state): State<AppState>,
+    actor: Actor,
+    key: IdempotencyKey,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    actor.require(Role::Operator)?;
+    let id = workflow_id(&raw)?;
+    idempotency::run_once(&state, &key, &actor, &json!({ "cancel": id }), StatusCode::ACCEPTED, async |tx| {
+        Ok(store::cancel(tx, id).await?)
+    })
+    .await
+}

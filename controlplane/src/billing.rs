@@ -1,0 +1,250 @@
+//! Billing at Stripe: a customer and a subscription per tenant, a product and a
+//! price per plan (created once, found again by id and lookup key), and the
+//! billing meter that metered usage is reported to.
+//!
+//! Every call that creates or changes something carries an idempotency key
+//! chosen by the caller (a workflow step passes its own), so a retried step
+//! never makes a second customer or subscription.
+
+use std::collections::HashMap;
+
+use indigo_core::plan::Plan;
+use indigo_core::tenant::TenantId;
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_billing::billing_meter::{
+    CreateBillingMeter, CreateBillingMeterDefaultAggregation, CreateBillingMeterDefaultAggregationFormula,
+    ListBillingMeter,
+};
+use stripe_billing::subscription::{CancelSubscription, CreateSubscription, CreateSubscriptionItems};
+use stripe_core::customer::{CreateCustomer, DeleteCustomer, RetrieveCustomer, RetrieveCustomerReturned};
+use stripe_product::price::{CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, ListPrice};
+use stripe_product::product::{CreateProduct, RetrieveProduct};
+use tokio::sync::Mutex;
+
+use crate::config::StripeConfig;
+
+/// The meter storefront API calls are reported to (#7 sends its events).
+pub const API_CALLS_METER: &str = "indigo_api_calls";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    /// Worth retrying: Stripe unreachable, rate limited, 5xx, lock timeouts.
+    #[error("Stripe is unavailable: {0}")]
+    Transient(String),
+    /// Stripe refused the request; retrying the same request will not help.
+    #[error("Stripe refused the request ({status}): {message}")]
+    Rejected { status: u16, code: String, message: String },
+    #[error("Stripe answered something unexpected: {0}")]
+    Unexpected(String),
+}
+
+impl From<StripeError> for BillingError {
+    fn from(error: StripeError) -> Self {
+        match error {
+            StripeError::Stripe(api, status) if status == 429 || status == 409 || status >= 500 => {
+                Self::Transient(format!("{status}: {}", api.message.unwrap_or_default()))
+            }
+            StripeError::Stripe(api, status) => Self::Rejected {
+                status,
+                code: api.code.map(|c| c.as_str().to_owned()).unwrap_or_else(|| "none".into()),
+                message: api.message.unwrap_or_else(|| "no message".into()),
+            },
+            StripeError::ClientError(e) => Self::Transient(e),
+            StripeError::Timeout => Self::Transient("timed out".into()),
+            StripeError::JSONDeserialize(e) => Self::Unexpected(e),
+            StripeError::ConfigError(e) => Self::Unexpected(e),
+        }
+    }
+}
+
+impl BillingError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Rejected { status: 404, .. })
+    }
+}
+
+/// What a tenant is billed through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub customer_id: String,
+    pub subscription_id: String,
+    pub price_id: String,
+}
+
+/// The Stripe side of the plan catalogue, looked up once per process.
+pub struct Stripe {
+    client: Client,
+    prices: Mutex<HashMap<String, String>>,
+    meter: Mutex<Option<String>>,
+}
+
+fn idempotent(key: &str) -> Result<RequestStrategy, BillingError> {
+    IdempotencyKey::new(key)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|e| BillingError::Unexpected(format!("idempotency key: {e}")))
+}
+
+impl Stripe {
+    pub fn new(config: &StripeConfig) -> Result<Self, BillingError> {
+        let client = ClientBuilder::new(config.secret_key.expose())
+            .url(config.api_base.clone())
+            .build()
+            .map_err(|e| BillingError::Unexpected(e.to_string()))?;
+        Ok(Self { client, prices: Mutex::default(), meter: Mutex::default() })
+    }
+
+    /// The billing meter of storefront API calls, created on first use.
+    pub async fn ensure_meter(&self) -> Result<String, BillingError> {
+        let mut cached = self.meter.lock().await;
+        if let Some(id) = cached.as_ref() {
+            return Ok(id.clone());
+        }
+        let meters = ListBillingMeter::new().limit(100).send(&self.client).await?;
+        let id = match meters.data.into_iter().find(|m| m.event_name == API_CALLS_METER) {
+            Some(meter) => meter.id.to_string(),
+            None => CreateBillingMeter::new(
+                CreateBillingMeterDefaultAggregation::new(CreateBillingMeterDefaultAggregationFormula::Sum),
+                "Indigo storefront API calls",
+                API_CALLS_METER,
+            )
+            .customize()
+            .request_strategy(idempotent(&format!("indigo-meter-{API_CALLS_METER}"))?)
+            .send(&self.client)
+            .await?
+            .id
+            .to_string(),
+        };
+        *cached = Some(id.clone());
+        Ok(id)
+    }
+
+    /// The monthly price of `plan`: product `indigo_<plan>` and the price with
+    /// lookup key `indigo_<plan>_<amount>_<currency>`, each created only if absent.
+    pub async fn ensure_price(&self, plan: &Plan) -> Result<String, BillingError> {
+        let lookup_key = format!("indigo_{}_{}_{}", plan.name, plan.price_per_month, plan.currency);
+        let mut prices = self.prices.lock().await;
+        if let Some(id) = prices.get(&lookup_key) {
+            return Ok(id.clone());
+        }
+        let product_id = format!("indigo_{}", plan.name);
+        match RetrieveProduct::new(product_id.as_str()).send(&self.client).await.map_err(BillingError::from) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                CreateProduct::new(format!("Indigo {}", plan.display_name))
+                    .id(product_id.as_str())
+                    .customize()
+                    .request_strategy(idempotent(&format!("indigo-product-{product_id}"))?)
+                    .send(&self.client)
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+        let existing = ListPrice::new().lookup_keys(vec![lookup_key.clone()]).send(&self.client).await?;
+        let id = match existing.data.into_iter().next() {
+            Some(price) => price.id.to_string(),
+            None => {
+                let currency = plan
+                    .currency
+                    .parse::<stripe_types::Currency>()
+                    .map_err(|_| BillingError::Unexpected(format!("currency `{}`", plan.currency)))?;
+                let amount = i64::try_from(plan.price_per_month)
+                    .map_err(|_| BillingError::Unexpected(format!("price of plan {}", plan.name)))?;
+                CreatePrice::new(currency)
+                    .product(product_id.as_str())
+                    .unit_amount(amount)
+                    .recurring(CreatePriceRecurring::new(CreatePriceRecurringInterval::Month))
+                    .lookup_key(lookup_key.as_str())
+                    .customize()
+                    .request_strategy(idempotent(&format!("indigo-price-{lookup_key}"))?)
+                    .send(&self.client)
+                    .await?
+                    .id
+                    .to_string()
+            }
+        };
+        prices.insert(lookup_key, id.clone());
+        Ok(id)
+    }
+
+    /// The customer of a tenant; the same `key` always answers the same customer.
+    pub async fn create_customer(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        email: &str,
+        key: &str,
+    ) -> Result<String, BillingError> {
+        let customer = CreateCustomer::new()
+            .name(name)
+            .email(email)
+            .metadata(HashMap::from([("tenant_id".to_owned(), tenant.to_string())]))
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await?;
+        Ok(customer.id.to_string())
+    }
+
+    pub async fn create_subscription(
+        &self,
+        tenant: TenantId,
+        customer_id: &str,
+        price_id: &str,
+        key: &str,
+    ) -> Result<String, BillingError> {
+        let mut item = CreateSubscriptionItems::new();
+        item.price = Some(price_id.to_owned());
+        let subscription = CreateSubscription::new()
+            .customer(customer_id)
+            .items(vec![item])
+            .metadata(HashMap::from([("tenant_id".to_owned(), tenant.to_string())]))
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await?;
+        Ok(subscription.id.to_string())
+    }
+
+    /// The tenant a live customer belongs to (its `tenant_id` metadata);
+    /// `None` when the customer is deleted or unknown.
+    pub async fn customer_tenant(&self, customer_id: &str) -> Result<Option<String>, BillingError> {
+        match RetrieveCustomer::new(customer_id).send(&self.client).await.map_err(BillingError::from) {
+            Ok(RetrieveCustomerReturned::Customer(customer)) => {
+                Ok(Some(customer.metadata.and_then(|m| m.get("tenant_id").cloned()).unwrap_or_default()))
+            }
+            Ok(RetrieveCustomerReturned::DeletedCustomer(_)) => Ok(None),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancels a subscription; one already cancelled or gone is fine.
+    pub async fn cancel_subscription(&self, subscription_id: &str, key: &str) -> Result<(), BillingError> {
+        match CancelSubscription::new(subscription_id)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await
+            .map_err(BillingError::from)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a customer (Stripe keeps it archived); one already gone is fine.
+    pub async fn delete_customer(&self, customer_id: &str, key: &str) -> Result<(), BillingError> {
+        match DeleteCustomer::new(customer_id)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await
+            .map_err(BillingError::from)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Fault injection for the crash and compensation tests: inert unless the
+//! `INDIGO_FAILPOINTS` variable (or a test) names a step.
+//!
+//! `INDIGO_FAILPOINTS="onboarding.billing=crash-after-run,offboarding.export=fail"`
+//!
+//! | action | effect |
+//! |---|---|
+//! | `crash-before-run` | the process exits once the step's start is recorded |
+//! | `crash-after-run` | the process exits after the step acted, before its result is recorded |
+//! | `crash-after-record` | the process exits once the step's result is recorded |
+//! | `fail` | the step fails permanently (without acting) |
+//! | `transient:N` | the step's first N attempts fail transiently |
+
+use std::collections::HashMap;
+
+use super::{Kind, StepError};
+
+/// Where in a step a crash is injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    BeforeRun,
+    AfterRun,
+    AfterRecord,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Crash(Point),
+    Fail,
+    Transient(i32),
+}
+
+/// The exit status of an injected crash, so a test can tell it from a real one.
+pub const CRASH_EXIT_CODE: i32 = 86;
+
+#[derive(Debug, Clone, Default)]
+pub struct Failpoints {
+    actions: HashMap<String, Action>,
+}
+
+impl Failpoints {
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("INDIGO_FAILPOINTS") {
+            Ok(spec) => Self::parse(&spec),
+            Err(_) => Ok(Self::default()),
+        }
+    }
+
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut actions = HashMap::new();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (step, action) =
+                entry.split_once('=').ok_or_else(|| format!("failpoint `{entry}`: expected workflow.step=action"))?;
+            let action = match action {
+                "crash-before-run" => Action::Crash(Point::BeforeRun),
+                "crash-after-run" => Action::Crash(Point::AfterRun),
+                "crash-after-record" => Action::Crash(Point::AfterRecord),
+                "fail" => Action::Fail,
+                other => match other.strip_prefix("transient:").map(str::parse) {
+                    Some(Ok(n)) => Action::Transient(n),
+                    _ => return Err(format!("failpoint `{entry}`: unknown action `{other}`")),
+                },
+            };
+            actions.insert(step.to_owned(), action);
+        }
+        Ok(Self { actions })
+    }
+
+    fn action(&self, kind: Kind, step: &str) -> Option<Action> {
+        if self.actions.is_empty() {
+            return None;
+        }
+        self.actions.get(&format!("{kind}.{step}")).copied()
+    }
+
+    /// Exits the process if a crash is set for this point of this step.
+    pub fn crash_at(&self, kind: Kind, step: &str, point: Point) {
+        if self.action(kind, step) == Some(Action::Crash(point)) {
+            tracing::error!(%kind, step, ?point, "failpoint: crashing");
+            std::process::exit(CRASH_EXIT_CODE);
+        }
+    }
+
+    /// An injected failure for this attempt of the step, if any.
+    pub fn failure(&self, kind: Kind, step: &str, attempt: i32) -> Option<StepError> {
+        match self.action(kind, step)? {
+            Action::Fail => Some(StepError::Permanent(format!("failpoint {kind}.{step}: injected failure"))),
+            Action::Transient(n) if attempt <= n => {
+                Some(StepError::Transient(format!("failpoint {kind}.{step}: injected transient failure")))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_action_and_refuses_unknown_ones() {
+        let points = Failpoints::parse(
+            "onboarding.billing=crash-after-run, offboarding.export=fail,onboarding.seed=transient:2",
+        )
+        .unwrap();
+        assert_eq!(points.action(Kind::Onboarding, "billing"), Some(Action::Crash(Point::AfterRun)));
+        assert!(points.failure(Kind::Offboarding, "export", 1).is_some());
+        assert!(points.failure(Kind::Onboarding, "seed", 2).is_some());
+        assert!(points.failure(Kind::Onboarding, "seed", 3).is_none());
+        assert!(points.failure(Kind::Onboarding, "record", 1).is_none());
+        assert!(Failpoints::parse("onboarding.billing=explode").is_err());
+        assert!(Failpoints::parse("onboarding.billing").is_err());
+    }
+}

@@ -1,0 +1,318 @@
+//! Durable workflows: named stages of steps (the steps of a stage run
+//! concurrently), each step with its compensation. Every step's start, result
+//! and error is written to the control database before the next step begins,
+//! so a daemon that dies mid-way is resumed by whichever daemon looks next; a
+//! step that fails for good has the completed steps undone in reverse order.
+//!
+//! [`onboarding`] and [`offboarding`] are the workflows; [`engine`] drives them.
+
+pub mod engine;
+pub mod export;
+pub mod failpoints;
+pub mod offboarding;
+pub mod onboarding;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indigo_core::plan::PlanCatalog;
+use indigo_core::tenant::TenantId;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub use self::engine::Engine;
+pub use self::failpoints::Failpoints;
+pub use self::store::{WorkflowError, active_for};
+use crate::api::TenantDatabases;
+use crate::billing::{BillingError, Stripe};
+use crate::providers::{DatabaseProvider, ProviderError};
+
+/// The workflows there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Onboarding,
+    Offboarding,
+}
+indigo_core::wire_enum!(Kind { Onboarding => "onboarding", Offboarding => "offboarding" });
+
+/// Why a step did not succeed, sorted by what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// Retried with backoff, up to the engine's attempt limit.
+    #[error("{0}")]
+    Transient(String),
+    /// Not retried: the workflow compensates and fails with this message.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Transient(format!("control database: {error}"))
+    }
+}
+
+impl From<ProviderError> for StepError {
+    fn from(error: ProviderError) -> Self {
+        match error {
+            ProviderError::Transient(message) => Self::Transient(message),
+            permanent @ ProviderError::Permanent { .. } => Self::Permanent(permanent.to_string()),
+        }
+    }
+}
+
+impl From<BillingError> for StepError {
+    fn from(error: BillingError) -> Self {
+        match error {
+            BillingError::Transient(_) => Self::Transient(error.to_string()),
+            _ => Self::Permanent(error.to_string()),
+        }
+    }
+}
+
+impl From<crate::registry::RegistryError> for StepError {
+    fn from(error: crate::registry::RegistryError) -> Self {
+        match error {
+            crate::registry::RegistryError::Database(e) => e.into(),
+            other => Self::Permanent(other.to_string()),
+        }
+    }
+}
+
+/// Retries, backoff and concurrency of the engine.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Attempts of a step (or a compensation) before a transient error counts as permanent.
+    pub max_attempts: i32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Workflows driven at once by one daemon.
+    pub concurrency: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(60),
+            concurrency: 16,
+        }
+    }
+}
+
+impl Settings {
+    /// Exponential backoff with full jitter after the `attempt`-th failure, capped.
+    pub fn backoff(&self, attempt: i32) -> Duration {
+        let exponent = u32::try_from(attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        let ceiling = self.backoff_base.saturating_mul(2u32.saturating_pow(exponent)).min(self.backoff_cap);
+        ceiling.mul_f64(rand::random_range(0.5..=1.0))
+    }
+}
+
+/// What the steps act on.
+pub struct Services<P> {
+    pub db: PgPool,
+    pub provider: P,
+    pub tenant_dbs: Arc<TenantDatabases>,
+    pub plans: Arc<PlanCatalog>,
+    /// `None`: billing is off, the billing steps record that and do nothing.
+    pub stripe: Option<Stripe>,
+    /// Where offboarding writes export bundles.
+    pub export_dir: PathBuf,
+    pub failpoints: Failpoints,
+    pub settings: Settings,
+}
+
+impl Services<crate::providers::local::LocalDatabases> {
+    /// Services on the local provider, for the daemon and tests.
+    pub fn local(state: &crate::api::AppState, stripe: Option<Stripe>, export_dir: PathBuf) -> Self {
+        Self {
+            db: state.db.clone(),
+            provider: crate::providers::local::LocalDatabases::new(state.tenant_dbs.clone()),
+            tenant_dbs: state.tenant_dbs.clone(),
+            plans: state.plans.clone(),
+            stripe,
+            export_dir,
+            failpoints: Failpoints::default(),
+            settings: Settings::default(),
+        }
+    }
+}
+
+/// Everything a step sees.
+pub struct StepContext<'a, P> {
+    pub services: &'a Services<P>,
+    pub workflow_id: Uuid,
+    pub tenant_id: TenantId,
+    pub attempt: i32,
+    pub step: &'static str,
+    pub input: &'a Value,
+    /// Outputs of the steps that succeeded so far, by name.
+    pub outputs: &'a HashMap<String, Value>,
+    /// When compensating: what this step recorded, if it got that far.
+    pub output: Option<&'a Value>,
+    /// When compensating: why the workflow is being undone.
+    pub error: Option<&'a str>,
+}
+
+impl<P> StepContext<'_, P> {
+    /// The idempotency key of one external call of this step: the same for
+    /// every run of the step within one attempt of the workflow.
+    pub fn key(&self, call: &str) -> String {
+        format!("indigo-{}-{}-{}-{call}", self.workflow_id.simple(), self.attempt, self.step)
+    }
+}
+
+/// A workflow: its stages and what each step does and undoes.
+pub trait Definition: Send + Sync + 'static {
+    const KIND: Kind;
+    /// In order; the steps of one stage run concurrently.
+    const STAGES: &'static [&'static [&'static str]];
+    /// Steps from this one on cannot be undone: a failure there stops the
+    /// workflow `failed` without compensating, and a retry resumes it.
+    const POINT_OF_NO_RETURN: Option<&'static str> = None;
+
+    fn run<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> impl Future<Output = Result<Value, StepError>> + Send;
+
+    fn compensate<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> impl Future<Output = Result<(), StepError>> + Send;
+
+    /// Runs once the workflow has been undone (failed or cancelled), even when
+    /// no step had started: where the workflow leaves what it was for.
+    fn on_failure<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> impl Future<Output = Result<(), StepError>> + Send {
+        let _ = cx;
+        async { Ok(()) }
+    }
+}
+
+/// The name a [`StepContext`] carries outside any step (in `on_failure`).
+pub const NO_STEP: &str = "(workflow)";
+
+/// The steps of `D` in definition order.
+pub fn step_order<D: Definition>() -> impl DoubleEndedIterator<Item = &'static str> {
+    D::STAGES.iter().flat_map(|stage| stage.iter().copied())
+}
+
+/// Whether `step` comes before `D`'s point of no return (and so can be undone).
+pub fn compensable<D: Definition>(step: &str) -> bool {
+    match D::POINT_OF_NO_RETURN {
+        None => true,
+        Some(pivot) => step_order::<D>().take_while(|s| *s != pivot).any(|s| s == step),
+    }
+}
+
+/// The tenant as it stands now.
+pub(crate) async fn tenant<P>(cx: &StepContext<'_, P>) -> Result<indigo_core::api::Tenant, StepError> {
+    let mut conn = cx.services.db.acquire().await?;
+    Ok(crate::registry::get(&mut conn, &crate::registry::TenantRef::Id(cx.tenant_id)).await?)
+}
+
+pub(crate) fn transient(error: impl std::fmt::Display) -> StepError {
+    StepError::Transient(error.to_string())
+}
+
+/// A connection to a tenant database as the schema owner, inside a transaction
+/// bound to the step's tenant: row-level security applies, as in the data plane.
+pub(crate) async fn tenant_transaction<P>(
+    cx: &StepContext<'_, P>,
+    database: &str,
+) -> Result<sqlx::PgConnection, StepError> {
+    use sqlx::ConnectOptions;
+    let dbs = &cx.services.tenant_dbs;
+    let mut conn =
+        dbs.server.options_as(indigo_dataplane::schema::OWNER_ROLE, database).connect().await.map_err(transient)?;
+    // The id is a parsed UUID: safe to format in.
+    let begin = format!("BEGIN; SELECT set_config('app.current_tenant', '{}', true)", cx.tenant_id);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).execute(&mut conn).await.map_err(transient)?;
+    Ok(conn)
+}
+
+pub(crate) async fn commit(mut conn: sqlx::PgConnection) -> Result<(), StepError> {
+    sqlx::query("COMMIT").execute(&mut conn).await.map_err(transient)?;
+    Ok(())
+}
+
+/// Whether `database` exists on the tenant server.
+pub(crate) async fn database_exists<P>(cx: &StepContext<'_, P>, database: &str) -> Result<bool, StepError> {
+    use sqlx::ConnectOptions;
+    let dbs = &cx.services.tenant_dbs;
+    let mut conn = dbs
+        .server
+        .options_as(indigo_dataplane::schema::OWNER_ROLE, &dbs.pool_database)
+        .connect()
+        .await
+        .map_err(transient)?;
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(database)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(transient)
+}
+
+/// Why a workflow could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Workflow(#[from] WorkflowError),
+}
+
+impl From<sqlx::Error> for StartError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Workflow(error.into())
+    }
+}
+
+/// Records a tenant `pending` and starts its onboarding, in the caller's transaction.
+pub async fn onboard(
+    conn: &mut sqlx::PgConnection,
+    actor: &crate::api::auth::Actor,
+    request_id: Option<&str>,
+    mut new: crate::registry::NewTenant<'_>,
+) -> Result<(indigo_core::api::Tenant, Uuid), StartError> {
+    new.lifecycle = indigo_core::tenant::Lifecycle::Pending;
+    let tenant = crate::registry::create(conn, actor, request_id, new).await?;
+    let workflow = store::start(conn, Kind::Onboarding, tenant.id, Value::Object(Default::default())).await?;
+    Ok((tenant, workflow))
+}
+
+/// Starts offboarding `tenant`, in the caller's transaction. Offboarding a
+/// tenant that is deleted or already being offboarded changes nothing.
+pub async fn offboard(
+    conn: &mut sqlx::PgConnection,
+    actor: &crate::api::auth::Actor,
+    request_id: Option<&str>,
+    tenant: &crate::registry::TenantRef,
+    reason: Option<&str>,
+) -> Result<indigo_core::api::Tenant, StartError> {
+    let current = crate::registry::get(conn, tenant).await?;
+    // Serializes concurrent requests for this tenant until the caller commits.
+    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(current.id.0).execute(&mut *conn).await?;
+    if current.spec.lifecycle == indigo_core::tenant::Lifecycle::Deleted {
+        return Ok(current);
+    }
+    if let Some((id, kind)) = active_for(conn, current.id).await? {
+        if kind == Kind::Offboarding.as_str() {
+            return Ok(current);
+        }
+        return Err(WorkflowError::Busy { tenant: current.id, kind, id }.into());
+    }
+    let workflow = store::start(conn, Kind::Offboarding, current.id, serde_json::json!({ "reason": reason })).await?;
+    crate::journal::Audit {
+        actor,
+        action: "tenant.offboard",
+        tenant_id: Some(current.id),
+        request_id,
+        before: Some(serde_json::json!(current)),
+        after: Some(serde_json::json!({ "workflow_id": workflow, "reason": reason })),
+    }
+    .append(conn)
+    .await?;
+    Ok(current)
+}

@@ -1,0 +1,228 @@
+//! Offboarding, started by `DELETE /v1/tenants/{slug}`:
+//!
+//! suspend → export → cancel_billing → delete_data → certificate → finish
+//!
+//! Until billing is cancelled everything can be undone (the tenant resumes,
+//! the bundle is removed). From `cancel_billing` on there is no way back: a
+//! failure there stops the workflow for an operator to retry, and it resumes.
+
+use indigo_core::api::Tenant;
+use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use super::export;
+use super::{Definition, Kind, StepContext, StepError};
+use crate::api::auth::Actor;
+use crate::journal::{self, Audit};
+use crate::providers::{DatabaseProvider, SiloTenant};
+use crate::registry::{self, TenantRef};
+
+pub struct Offboarding;
+
+const REASON: &str = "offboarding";
+
+impl Definition for Offboarding {
+    const KIND: Kind = Kind::Offboarding;
+    const STAGES: &'static [&'static [&'static str]] =
+        &[&["suspend"], &["export"], &["cancel_billing"], &["delete_data"], &["certificate"], &["finish"]];
+    const POINT_OF_NO_RETURN: Option<&'static str> = Some("cancel_billing");
+
+    async fn run<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+        match cx.step {
+            "suspend" => suspend(cx).await,
+            "export" => export_bundle(cx).await,
+            "cancel_billing" => cancel_billing(cx).await,
+            "delete_data" => delete_data(cx).await,
+            "certificate" => certificate(cx).await,
+            "finish" => finish(cx).await,
+            other => Err(StepError::Permanent(format!("offboarding has no step `{other}`"))),
+        }
+    }
+
+    async fn compensate<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
+        match cx.step {
+            "suspend" => resume(cx).await,
+            "export" => {
+                let dir = bundle_dir(cx).await?;
+                match tokio::fs::remove_dir_all(&dir).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(super::transient(e)),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn set_lifecycle<P>(cx: &StepContext<'_, P>, lifecycle: Lifecycle, reason: &str) -> Result<Tenant, StepError> {
+    let mut conn = cx.services.db.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let actor = Actor::system(REASON);
+    let change =
+        registry::set_lifecycle(&mut tx, &actor, None, &TenantRef::Id(cx.tenant_id), lifecycle, Some(reason)).await?;
+    tx.commit().await?;
+    Ok(change.tenant)
+}
+
+async fn suspend<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+    let tenant = super::tenant(cx).await?;
+    // A rerun finds the tenant suspended already; the first run's record says what it was.
+    if tenant.spec.lifecycle == Lifecycle::Active {
+        set_lifecycle(cx, Lifecycle::Suspended, REASON).await?;
+    }
+    Ok(json!({ "previous_lifecycle": tenant.spec.lifecycle }))
+}
+
+async fn resume<P>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
+    let was_active = cx.output.and_then(|o| o.get("previous_lifecycle")).and_then(Value::as_str) == Some("active");
+    let tenant = super::tenant(cx).await?;
+    if was_active && tenant.spec.lifecycle == Lifecycle::Suspended {
+        set_lifecycle(cx, Lifecycle::Active, "offboarding undone").await?;
+    }
+    Ok(())
+}
+
+async fn bundle_dir<P>(cx: &StepContext<'_, P>) -> Result<std::path::PathBuf, StepError> {
+    let tenant = super::tenant(cx).await?;
+    Ok(cx.services.export_dir.join(format!("{}-{}", tenant.slug, cx.workflow_id.simple())))
+}
+
+async fn export_bundle<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+    let tenant = super::tenant(cx).await?;
+    let dir = bundle_dir(cx).await?;
+    let database = tenant.status.placement.as_ref().map(|p| p.database.clone());
+    let bundle = match &database {
+        Some(database) => {
+            let mut conn = super::tenant_transaction(cx, database).await?;
+            export::write(Some(&mut conn), &dir, &tenant, Some(database)).await?
+        }
+        None => export::write(None, &dir, &tenant, None).await?,
+    };
+    Ok(json!(bundle))
+}
+
+async fn cancel_billing<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+    let account: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT customer_id, subscription_id FROM tenant_billing WHERE tenant_id = $1 AND status = 'active'",
+    )
+    .bind(cx.tenant_id.0)
+    .fetch_optional(&cx.services.db)
+    .await?;
+    let Some((customer_id, subscription_id)) = account else { return Ok(json!({ "billing": "none" })) };
+    let Some(stripe) = &cx.services.stripe else {
+        return Err(StepError::Permanent(format!(
+            "the tenant has Stripe customer {customer_id} but billing is not configured (stripe_api_base)"
+        )));
+    };
+    if let Some(subscription_id) = &subscription_id {
+        stripe.cancel_subscription(subscription_id, &cx.key("subscription")).await?;
+    }
+    stripe.delete_customer(&customer_id, &cx.key("customer")).await?;
+    sqlx::query("UPDATE tenant_billing SET status = 'cancelled', updated_at = now() WHERE tenant_id = $1")
+        .bind(cx.tenant_id.0)
+        .execute(&cx.services.db)
+        .await?;
+    Ok(json!({ "customer_id": customer_id, "subscription_id": subscription_id, "customer": "deleted" }))
+}
+
+async fn delete_data<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+    let mut tenant = super::tenant(cx).await?;
+    if tenant.spec.lifecycle != Lifecycle::Deleted {
+        tenant = set_lifecycle(cx, Lifecycle::Deleted, REASON).await?;
+    }
+    // A rerun after the placement was cleared finds the record of the first run.
+    let Some(placement) = tenant.status.placement.clone() else {
+        return Ok(cx.output.cloned().unwrap_or_else(|| json!({ "isolation": null, "rows_deleted": 0 })));
+    };
+    let rows_deleted = match placement.isolation {
+        Isolation::Pool => cx.services.provider.delete_pool_rows(tenant.id).await?,
+        Isolation::Silo => {
+            cx.services.provider.delete_silo(&SiloTenant { id: tenant.id, slug: &tenant.slug }).await?;
+            0
+        }
+    };
+    sqlx::query("UPDATE tenants SET placement = NULL, phase = 'deleting' WHERE id = $1")
+        .bind(cx.tenant_id.0)
+        .execute(&cx.services.db)
+        .await?;
+    Ok(json!({
+        "isolation": placement.isolation,
+        "database": placement.database,
+        "database_dropped": placement.isolation == Isolation::Silo,
+        "rows_deleted": rows_deleted,
+    }))
+}
+
+async fn certificate<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+    let mut conn = cx.services.db.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let existing: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM audit_log WHERE tenant_id = $1 AND action = 'tenant.deletion_certificate'
+           AND after->>'workflow_id' = $2",
+    )
+    .bind(cx.tenant_id.0)
+    .bind(cx.workflow_id.to_string())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if existing.is_none() {
+        let export = cx.outputs.get("export");
+        Audit {
+            actor: &Actor::system(REASON),
+            action: "tenant.deletion_certificate",
+            tenant_id: Some(cx.tenant_id),
+            request_id: None,
+            before: None,
+            after: Some(json!({
+                "workflow_id": cx.workflow_id,
+                "tenant_id": cx.tenant_id,
+                "certified_at": chrono::Utc::now(),
+                "deleted": cx.outputs.get("delete_data"),
+                "billing": cx.outputs.get("cancel_billing"),
+                "export": {
+                    "path": export.and_then(|e| e.get("path")),
+                    "manifest_sha256": export.and_then(|e| e.get("manifest_sha256")),
+                    "tables": export.and_then(|e| e.pointer("/manifest/tables")),
+                },
+            })),
+        }
+        .append(&mut tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(json!({ "certified": true }))
+}
+
+async fn finish<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+    let mut conn = cx.services.db.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let deleted = Condition {
+        kind: "Ready".into(),
+        status: ConditionStatus::False,
+        reason: "Deleted".into(),
+        message: "offboarded: data exported, billing cancelled, data deleted".into(),
+        last_transition_at: chrono::Utc::now(),
+    };
+    let changed = sqlx::query(
+        "UPDATE tenants SET phase = 'deleted', conditions = $2, placement = NULL,
+                observed_generation = generation, last_reconciled_at = now()
+         WHERE id = $1 AND phase <> 'deleted'",
+    )
+    .bind(cx.tenant_id.0)
+    .bind(json!([deleted]))
+    .execute(&mut *tx)
+    .await?;
+    if changed.rows_affected() > 0 {
+        let tenant = registry::get(&mut tx, &TenantRef::Id(cx.tenant_id)).await?;
+        journal::publish(
+            &mut tx,
+            Some(cx.tenant_id),
+            "TenantDeleted",
+            &format!("tenant {} offboarded", tenant.slug),
+            json!({ "workflow_id": cx.workflow_id, "export": cx.outputs.get("export").and_then(|e| e.get("path")) }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(json!({}))
+}
