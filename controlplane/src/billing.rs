@@ -63,6 +63,14 @@ impl BillingError {
     }
 }
 
+/// For removals: what is already gone counts as removed, so a retried step succeeds.
+fn gone_is_done<T>(result: Result<T, StripeError>) -> Result<(), BillingError> {
+    match result.map_err(BillingError::from) {
+        Err(e) if !e.is_not_found() => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// What a tenant is billed through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -220,31 +228,13 @@ impl Stripe {
 
     /// Cancels a subscription; one already cancelled or gone is fine.
     pub async fn cancel_subscription(&self, subscription_id: &str, key: &str) -> Result<(), BillingError> {
-        match CancelSubscription::new(subscription_id)
-            .customize()
-            .request_strategy(idempotent(key)?)
-            .send(&self.client)
-            .await
-            .map_err(BillingError::from)
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e),
-        }
+        let request = CancelSubscription::new(subscription_id).customize().request_strategy(idempotent(key)?);
+        gone_is_done(request.send(&self.client).await)
     }
 
     /// Deletes a customer (Stripe keeps it archived); one already gone is fine.
     pub async fn delete_customer(&self, customer_id: &str, key: &str) -> Result<(), BillingError> {
-        match DeleteCustomer::new(customer_id)
-            .customize()
-            .request_strategy(idempotent(key)?)
-            .send(&self.client)
-            .await
-            .map_err(BillingError::from)
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e),
-        }
+        let request = DeleteCustomer::new(customer_id).customize().request_strategy(idempotent(key)?);
+        gone_is_done(request.send(&self.client).await)
     }
 }

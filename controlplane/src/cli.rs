@@ -146,7 +146,7 @@ pub enum TenantCommand {
         client: ClientArgs,
         #[arg(long)]
         plan: Option<String>,
-        /// active, suspended or deleted
+        /// pending, active, suspended or deleted
         #[arg(long)]
         lifecycle: Option<String>,
         /// pool or silo

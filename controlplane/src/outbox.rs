@@ -33,7 +33,12 @@ struct Message {
 
 impl Mailer {
     pub fn new(config: &Config) -> Self {
-        Self { relay: config.smtp_relay.clone(), from: config.mail_from.clone() }
+        Self::with_relay(config.smtp_relay.clone(), config.mail_from.clone())
+    }
+
+    /// `relay`: `host:port`, or `None` to log mail instead of sending it.
+    pub fn with_relay(relay: Option<String>, from: String) -> Self {
+        Self { relay, from }
     }
 
     async fn deliver(&self, message: &Message) -> Result<(), MailError> {

@@ -496,3 +496,96 @@ async fn two_engines_on_one_database_run_each_workflow_once(pool: PgPool) {
     assert_eq!(emails, 6);
     world.cleanup().await;
 }
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn each_offboarding_step_failing_is_undone_or_resumable(pool: PgPool) {
+    use indigo_controlplane::workflow::offboarding::Offboarding;
+    let world = World::new(pool).await;
+    let steps: Vec<&str> = Offboarding::STAGES.iter().flat_map(|s| s.iter().copied()).collect();
+    let pivot = steps.iter().position(|s| Some(*s) == Offboarding::POINT_OF_NO_RETURN).unwrap();
+    for (n, step) in steps.iter().enumerate() {
+        let slug = format!("off-fail-{n}");
+        world.create(&slug, "starter").await;
+        engine::run_until_idle(&world.services("")).await.unwrap();
+        world.delete(&slug).await;
+        engine::run_until_idle(&world.services(&format!("offboarding.{step}=fail"))).await.unwrap();
+        let workflow = world.workflows(&slug).await.into_iter().find(|w| w["kind"] == "offboarding").unwrap();
+        assert_eq!(workflow["state"], "failed", "{step}: {workflow}");
+        let tenant = world.tenant(&slug).await;
+        if n < pivot {
+            assert_eq!(tenant["spec"]["lifecycle"], "active", "{step}: undone, the tenant serves again");
+            assert_eq!(world.stripe.live_customers(Some(tenant["id"].as_str().unwrap())).len(), 1, "{step}");
+        } else {
+            assert_ne!(tenant["status"]["phase"], "deleted", "{step}: stopped before the end");
+            let id = workflow["id"].as_str().unwrap();
+            let (status, _) = world.call(Method::POST, &format!("/v1/workflows/{id}/retry"), Some(&slug), None).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{step}");
+            engine::run_until_idle(&world.services("")).await.unwrap();
+            assert_eq!(world.tenant(&slug).await["status"]["phase"], "deleted", "{step}: the retry finished it");
+        }
+    }
+    world.cleanup().await;
+}
+
+/// A minimal SMTP server that accepts one message and hands back its DATA.
+async fn smtp_sink() -> (String, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        write.write_all(b"220 sink ready\r\n").await.unwrap();
+        let mut data = String::new();
+        let mut in_data = false;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if in_data {
+                if line == "." {
+                    in_data = false;
+                    write.write_all(b"250 queued\r\n").await.unwrap();
+                } else {
+                    data.push_str(&line);
+                    data.push('\n');
+                }
+                continue;
+            }
+            let reply: &[u8] = match line.split(' ').next().unwrap_or("") {
+                "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+                "DATA" => {
+                    in_data = true;
+                    b"354 go ahead\r\n"
+                }
+                "QUIT" => {
+                    write.write_all(b"221 bye\r\n").await.unwrap();
+                    break;
+                }
+                _ => b"250 ok\r\n",
+            };
+            write.write_all(reply).await.unwrap();
+        }
+        data
+    });
+    (address, task)
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn the_welcome_email_is_delivered_once_through_smtp(pool: PgPool) {
+    use indigo_controlplane::outbox::{Mailer, send_batch};
+    let world = World::new(pool).await;
+    world.create("mailed", "starter").await;
+    engine::run_until_idle(&world.services("")).await.unwrap();
+    let (relay, sink) = smtp_sink().await;
+    let mailer = Mailer::with_relay(Some(relay), "noreply@indigo.test".into());
+    assert_eq!(send_batch(&world.db, &mailer).await.unwrap(), 1);
+    let message = sink.await.unwrap();
+    assert!(message.contains("To: <o@mailed.example>"), "{message}");
+    assert!(message.contains("Subject: Welcome to Indigo, Shop mailed"), "{message}");
+    assert_eq!(send_batch(&world.db, &mailer).await.unwrap(), 0, "sent once");
+    let sent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_emails WHERE sent_at IS NOT NULL")
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+    assert_eq!(sent, 1);
+    world.cleanup().await;
+}

@@ -336,6 +336,8 @@ pub struct Workflow {
     pub cancel_requested: bool,
     /// Steps in the order they were defined; those not started yet are absent.
     pub steps: Vec<WorkflowStep>,
+    /// How many steps the workflow has in all (for progress).
+    pub total_steps: usize,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,

@@ -129,17 +129,9 @@ impl TenantServer {
             return Ok(false);
         }
         let mut conn = self.superuser_conn(database).await?;
-        let applied: i64 = match sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&mut conn)
-            .await
-        {
-            Ok(n) => n,
-            // No migrations table: created but never migrated.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => 0,
-            Err(e) => return Err(fail(e)),
-        };
+        let current = schema_current(&mut conn).await.map_err(fail)?;
         let _ = conn.close().await;
-        Ok(applied >= MIGRATOR.iter().count() as i64)
+        Ok(current)
     }
 
     /// Deletes every row of `tenant` from `database` (a pool tenant offboarded).
@@ -186,6 +178,18 @@ fn quote_ident(name: &str) -> String {
 pub struct IsolationViolation {
     pub subject: String,
     pub problem: String,
+}
+
+/// Whether the database `conn` is in carries every tenant migration.
+pub async fn schema_current(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let applied: i64 =
+        match sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&mut *conn).await {
+            Ok(n) => n,
+            // No migrations table: created but never migrated.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => 0,
+            Err(e) => return Err(e),
+        };
+    Ok(applied >= MIGRATOR.iter().count() as i64)
 }
 
 /// Checks, on a tenant database, that every table with a `tenant_id` column has

@@ -244,3 +244,33 @@ async fn offboarding_resumes_after_a_crash_at_every_step_and_acts_once() {
     assert_eq!(platform.stripe.deleted_customers().len(), cases.len());
     platform.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_one_database_run_each_workflow_once() {
+    let platform = Platform::new().await;
+    let mut first = platform.daemon("").await;
+    let mut second = platform.daemon("").await;
+    let slugs: Vec<String> = (0..8).map(|n| format!("pair-{n}")).collect();
+    for (n, slug) in slugs.iter().enumerate() {
+        // Requests alternate between the daemons; either may run any workflow.
+        let daemon = if n % 2 == 0 { &first } else { &second };
+        let body = json!({ "name": slug, "slug": slug, "owner_email": format!("o@{slug}.example"), "plan": "starter" });
+        let response = platform.call(daemon, reqwest::Method::POST, "/v1/tenants", slug, Some(body)).await.unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    for slug in &slugs {
+        let workflow = platform.wait_succeeded(&first, slug, "onboarding").await;
+        assert!(workflow["steps"].as_array().unwrap().iter().all(|s| s["attempts"] == 1), "{workflow}");
+        let tenant = platform.get(&second, &format!("/v1/tenants/{slug}")).await;
+        let id = tenant["id"].as_str().unwrap();
+        assert_eq!(platform.stripe.customers_created(id), 1, "{slug}");
+        assert_eq!(platform.count("SELECT count(*) FROM outbox_emails WHERE tenant_id = $1", id).await, 1);
+        assert_eq!(
+            platform.count("SELECT count(*) FROM events WHERE tenant_id = $1 AND kind = 'TenantCreated'", id).await,
+            1
+        );
+    }
+    first.process.signal_and_wait("TERM", Duration::from_secs(10)).unwrap();
+    second.process.signal_and_wait("TERM", Duration::from_secs(10)).unwrap();
+    platform.cleanup().await;
+}

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::HashMap;
 
-use indigo_core::api::{AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantUsage};
+use indigo_core::api::{
+    AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantUsage, Workflow, WorkflowState,
+};
 use indigo_core::plan::Limit;
 use indigo_core::tenant::TenantId;
 
@@ -18,7 +20,7 @@ pub enum View {
     Detail,
     Events,
     Reconciler,
-    Moves,
+    Workflows,
     Cost,
     Help,
 }
@@ -30,7 +32,7 @@ impl View {
             View::Detail => "tenant",
             View::Events => "events",
             View::Reconciler => "reconciler",
-            View::Moves => "moves",
+            View::Workflows => "workflows",
             View::Cost => "cost",
             View::Help => "help",
         }
@@ -117,6 +119,8 @@ pub enum Command {
     ReconcileNow { slug: String },
     SetReconcilePaused { slug: String, paused: bool },
     Offboard { slug: String },
+    RetryWorkflow { id: String, kind: String, slug: String },
+    CancelWorkflow { id: String, kind: String, slug: String },
 }
 
 impl Command {
@@ -127,7 +131,9 @@ impl Command {
             | Command::Resume { slug }
             | Command::ReconcileNow { slug }
             | Command::SetReconcilePaused { slug, .. }
-            | Command::Offboard { slug } => slug,
+            | Command::Offboard { slug }
+            | Command::RetryWorkflow { slug, .. }
+            | Command::CancelWorkflow { slug, .. } => slug,
         }
     }
 
@@ -144,6 +150,10 @@ impl Command {
             Command::SetReconcilePaused { slug, paused: true } => format!("Pause reconciliation of {slug}."),
             Command::SetReconcilePaused { slug, paused: false } => format!("Resume reconciliation of {slug}."),
             Command::Offboard { slug } => format!("Offboard {slug}: its data is deleted."),
+            Command::RetryWorkflow { kind, slug, .. } => format!("Retry the {kind} of {slug} from where it stopped."),
+            Command::CancelWorkflow { kind, slug, .. } => {
+                format!("Cancel the {kind} of {slug}: its completed steps are undone.")
+            }
         }
     }
 
@@ -165,6 +175,8 @@ pub enum Effect {
 }
 
 /// Data the runtime brings in.
+// One value per refresh goes through a channel: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Loaded {
     Fleet {
@@ -172,6 +184,8 @@ pub enum Loaded {
         events: Vec<Event>,
         reconciler: Option<ReconcilerStatus>,
         usage: Vec<TenantUsage>,
+        /// The most recent workflows, newest first.
+        workflows: Vec<Workflow>,
         at: DateTime<Utc>,
     },
     Detail {
@@ -224,6 +238,7 @@ pub struct App {
     pub tenants: Vec<Tenant>,
     pub events: Vec<Event>,
     pub reconciler: Option<ReconcilerStatus>,
+    pub workflows: Vec<Workflow>,
     pub fetched_at: Option<DateTime<Utc>>,
     pub connection: Connection,
     pub detail_slug: Option<String>,
@@ -253,6 +268,7 @@ impl App {
             tenants: Vec::new(),
             events: Vec::new(),
             reconciler: None,
+            workflows: Vec::new(),
             fetched_at: None,
             connection: Connection::Loading,
             detail_slug: None,
@@ -317,8 +333,9 @@ impl App {
 
     pub fn apply(&mut self, loaded: Loaded) {
         match loaded {
-            Loaded::Fleet { tenants, events, reconciler, usage, at } => {
+            Loaded::Fleet { tenants, events, reconciler, usage, workflows, at } => {
                 self.tenants = tenants;
+                self.workflows = workflows;
                 self.usage = usage.into_iter().map(|u| (u.tenant_id, u)).collect();
                 self.events = events;
                 self.reconciler = reconciler;
@@ -348,8 +365,30 @@ impl App {
     }
 
     fn clamp_selection(&mut self) {
-        let len = self.visible().len();
+        let len = self.rows();
         self.selected = self.selected.min(len.saturating_sub(1));
+    }
+
+    /// How many rows the current view selects among.
+    fn rows(&self) -> usize {
+        match self.view {
+            View::Workflows => self.workflows.len(),
+            _ => self.visible().len(),
+        }
+    }
+
+    pub fn selected_workflow(&self) -> Option<&Workflow> {
+        (self.view == View::Workflows).then(|| self.workflows.get(self.selected)).flatten()
+    }
+
+    /// A tenant's slug from its id, for views that list by id.
+    pub fn slug_of(&self, id: TenantId) -> String {
+        self.tenants.iter().find(|t| t.id == id).map(|t| t.slug.to_string()).unwrap_or_else(|| id.to_string())
+    }
+
+    /// The workflows of one tenant, newest first.
+    pub fn workflows_of(&self, id: TenantId) -> impl Iterator<Item = &Workflow> {
+        self.workflows.iter().filter(move |w| w.tenant_id == id)
     }
 
     pub fn handle_key(&mut self, key: KeyEvent) -> Vec<Effect> {
@@ -449,7 +488,7 @@ impl App {
     }
 
     fn normal_key(&mut self, key: KeyEvent) -> Vec<Effect> {
-        let rows = self.visible().len();
+        let rows = self.rows();
         match key.code {
             KeyCode::Char('q') => return vec![Effect::Quit],
             KeyCode::Char('?') => self.show(View::Help),
@@ -486,6 +525,7 @@ impl App {
             }
             KeyCode::Char('r') if key.modifiers.contains(KeyModifiers::CONTROL) => return vec![Effect::Refresh],
             KeyCode::Char(c) if matches!(self.view, View::Tenants | View::Detail) => return self.action_key(c),
+            KeyCode::Char(c) if self.view == View::Workflows => return self.workflow_key(c),
             _ => {}
         }
         vec![]
@@ -517,6 +557,31 @@ impl App {
             'X' => Command::Offboard { slug },
             _ => return vec![],
         };
+        self.ask_to_confirm(command)
+    }
+
+    /// `r` retries the selected workflow, `c` cancels it.
+    fn workflow_key(&mut self, key: char) -> Vec<Effect> {
+        let Some(workflow) = self.selected_workflow() else { return vec![] };
+        let (id, kind, slug) = (workflow.id.to_string(), workflow.kind.clone(), self.slug_of(workflow.tenant_id));
+        let command = match (key, workflow.state) {
+            ('r', WorkflowState::Failed | WorkflowState::Cancelled) => Command::RetryWorkflow { id, kind, slug },
+            ('r', state) => {
+                self.status = format!("only a failed or cancelled workflow can be retried; this one is {state}");
+                return vec![];
+            }
+            ('c', WorkflowState::Running) => Command::CancelWorkflow { id, kind, slug },
+            ('c', state) => {
+                self.status = format!("only a running workflow can be cancelled; this one is {state}");
+                return vec![];
+            }
+            _ => return vec![],
+        };
+        self.ask_to_confirm(command)
+    }
+
+    /// Every action is confirmed first, and refused in read-only mode.
+    fn ask_to_confirm(&mut self, command: Command) -> Vec<Effect> {
         if self.read_only {
             return self.refuse();
         }
@@ -542,12 +607,13 @@ impl App {
             "tenants" | "t" => self.show(View::Tenants),
             "events" | "ev" => self.show(View::Events),
             "reconciler" | "rec" => self.show(View::Reconciler),
-            "moves" | "workflows" | "wf" => self.show(View::Moves),
+            "moves" | "workflows" | "wf" => self.show(View::Workflows),
             "cost" | "usage" => self.show(View::Cost),
             "help" | "h" => self.show(View::Help),
             "q" | "quit" => return vec![Effect::Quit],
             other => {
-                self.status = format!("unknown command `:{other}`; try :tenants, :events, :reconciler, :moves, :cost")
+                self.status =
+                    format!("unknown command `:{other}`; try :tenants, :events, :reconciler, :workflows, :cost")
             }
         }
         self.selected = 0;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crossterm::event::{self, Event as TermEvent, KeyEventKind};
-use indigo_controlplane::client::{AdminClient, ClientError, EventQuery, TenantQuery};
+use indigo_controlplane::client::{AdminClient, ClientError, EventQuery, TenantQuery, WorkflowQuery};
 use indigo_core::tenant::Role;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
@@ -125,7 +125,8 @@ async fn fetch_fleet(client: &AdminClient) -> Result<Loaded, ClientError> {
     let newest = client.events(&EventQuery { limit: Some(1000), ..Default::default() }).await?;
     let reconciler = client.reconciler().await.ok();
     let usage = client.usage_summary().await.unwrap_or_default();
-    Ok(Loaded::Fleet { tenants, events: newest.items, reconciler, usage, at: chrono::Utc::now() })
+    let workflows = client.workflows(&WorkflowQuery { limit: Some(200), ..Default::default() }).await?;
+    Ok(Loaded::Fleet { tenants, events: newest.items, reconciler, usage, workflows, at: chrono::Utc::now() })
 }
 
 /// Polls the fleet every `refresh` (not while the operator types), backing off when the API is away.
@@ -184,6 +185,12 @@ async fn execute(client: &AdminClient, command: &Command) -> Result<String, Clie
             .map(|_| format!("reconciliation of {slug} {}", if *paused { "paused" } else { "resumed" })),
         Command::Offboard { slug } => {
             client.delete(slug, Some("from the console".into()), &key).await.map(|_| format!("{slug} offboarding"))
+        }
+        Command::RetryWorkflow { id, kind, slug } => {
+            client.retry_workflow(id, &key).await.map(|w| format!("{kind} of {slug} retried (attempt {})", w.attempt))
+        }
+        Command::CancelWorkflow { id, kind, slug } => {
+            client.cancel_workflow(id, &key).await.map(|_| format!("{kind} of {slug}: cancellation requested"))
         }
     }
 }

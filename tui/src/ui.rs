@@ -1,7 +1,7 @@
 //! Drawing: pure functions of the [`App`] snapshot onto a frame.
 
 use chrono::Utc;
-use indigo_core::api::Tenant;
+use indigo_core::api::{Tenant, Workflow, WorkflowState};
 use indigo_core::plan::Limit;
 use indigo_core::tenant::{ConditionStatus, Phase};
 use ratatui::Frame;
@@ -58,12 +58,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: Theme) {
         View::Detail => draw_detail(frame, body, app, theme),
         View::Events => draw_events(frame, body, app),
         View::Reconciler => draw_reconciler(frame, body, app, theme),
-        View::Moves => draw_note(
-            frame,
-            body,
-            "moves & workflows",
-            "No moves or workflows yet: tier-change moves and durable workflows are not built. Plan changes are recorded and reconciled.",
-        ),
+        View::Workflows => draw_workflows(frame, body, app, theme),
         View::Cost => draw_note(
             frame,
             body,
@@ -271,7 +266,17 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     );
     let [events_area, audit_area] =
         Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(bottom);
-    let mut lines: Vec<Line> = Vec::new();
+    let mut lines: Vec<Line> = app
+        .workflows_of(tenant.id)
+        .take(3)
+        .map(|w| {
+            let done = w.steps.iter().filter(|s| s.state == "succeeded").count();
+            Line::styled(
+                format!("{} {} {} {}", w.kind, w.state, progress_bar(done, w.total_steps, 8), current_step(w)),
+                workflow_style(w.state, theme),
+            )
+        })
+        .collect();
     if let Some(plan) = &app.plan_preview {
         lines.push(Line::styled(
             format!(
@@ -368,6 +373,113 @@ fn draw_reconciler(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
+/// `███░░░ 3/8`: steps done of all.
+pub fn progress_bar(done: usize, total: usize, width: usize) -> String {
+    let filled = (done * width).checked_div(total).unwrap_or(0).min(width);
+    format!("{}{} {done}/{total}", "█".repeat(filled), "░".repeat(width - filled))
+}
+
+fn workflow_style(state: WorkflowState, theme: Theme) -> Style {
+    match state {
+        WorkflowState::Succeeded => theme.fg(Color::Green),
+        WorkflowState::Running => theme.fg(Color::Cyan),
+        WorkflowState::Compensating | WorkflowState::Cancelled => theme.warn(),
+        WorkflowState::Failed => theme.bad(),
+    }
+}
+
+/// The step a workflow is at: the last one started that has not succeeded.
+fn current_step(workflow: &Workflow) -> String {
+    workflow
+        .steps
+        .iter()
+        .rev()
+        .find(|s| s.state != "succeeded")
+        .map(|s| format!("{} ({})", s.name, s.state))
+        .unwrap_or_default()
+}
+
+fn draw_workflows(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    if app.workflows.is_empty() {
+        draw_note(frame, area, "workflows", "No workflows yet: creating or offboarding a tenant starts one.");
+        return;
+    }
+    let [list_area, steps_area] = Layout::vertical([Constraint::Percentage(60), Constraint::Min(5)]).areas(area);
+    let narrow = area.width < 120;
+    let height = list_area.height.saturating_sub(3) as usize;
+    let first = app.selected.saturating_sub(height.saturating_sub(1));
+    let rows: Vec<Row> = app
+        .workflows
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(height)
+        .map(|(n, w)| {
+            let done = w.steps.iter().filter(|s| s.state == "succeeded").count();
+            let mut cells = vec![
+                Cell::from(w.kind.clone()),
+                Cell::from(app.slug_of(w.tenant_id)),
+                Cell::from(w.state.to_string()).style(workflow_style(w.state, theme)),
+                Cell::from(progress_bar(done, w.total_steps, if narrow { 8 } else { 12 })),
+            ];
+            // At 80 columns the step pane below names the current step.
+            if !narrow {
+                cells.push(Cell::from(current_step(w)));
+                cells.push(Cell::from(format!("{} ago", age(Some(w.created_at)))));
+            }
+            cells.push(Cell::from(w.error.clone().unwrap_or_default()));
+            let row = Row::new(cells);
+            if n == app.selected { row.style(theme.selected()) } else { row }
+        })
+        .collect();
+    let mut header = vec!["KIND", "TENANT", "STATE", "PROGRESS"];
+    let mut widths = vec![
+        Constraint::Length(11),
+        Constraint::Length(18),
+        Constraint::Length(12),
+        Constraint::Length(if narrow { 13 } else { 17 }),
+    ];
+    if !narrow {
+        header.extend(["AT", "AGE"]);
+        widths.extend([Constraint::Length(24), Constraint::Length(8)]);
+    }
+    header.push("ERROR");
+    widths.push(Constraint::Min(10));
+    frame.render_widget(
+        Table::new(rows, widths)
+            .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
+            .block(Block::default().borders(Borders::ALL).title(format!(" workflows ({}) ", app.workflows.len()))),
+        list_area,
+    );
+    let Some(workflow) = app.workflows.get(app.selected) else { return };
+    let mut lines = vec![Line::from(format!(
+        "{} of {} · attempt {} · {}",
+        workflow.kind,
+        app.slug_of(workflow.tenant_id),
+        workflow.attempt,
+        workflow.id
+    ))];
+    for step in &workflow.steps {
+        let style = match step.state.as_str() {
+            "succeeded" => theme.fg(Color::Green),
+            "failed" | "compensation_failed" => theme.bad(),
+            "retrying" | "compensating" | "compensated" => theme.warn(),
+            _ => Style::default(),
+        };
+        let error = step.error.as_deref().map(|e| format!(" — {e}")).unwrap_or_default();
+        lines.push(Line::styled(format!("{:<16} {:<20} ×{}{error}", step.name, step.state, step.attempts), style));
+    }
+    if workflow.steps.len() < workflow.total_steps {
+        lines.push(Line::from(format!("… {} step(s) not started", workflow.total_steps - workflow.steps.len())));
+    }
+    frame.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .block(Block::default().borders(Borders::ALL).title(" steps · r retry · c cancel ")),
+        steps_area,
+    );
+}
+
 fn draw_note(frame: &mut Frame, area: Rect, title: &str, text: &str) {
     frame.render_widget(
         Paragraph::new(text)
@@ -384,13 +496,14 @@ pub const HELP: &[(&str, &str)] = &[
     ("Esc", "back"),
     ("/", "filter (substring; !text inverts)"),
     ("1-9, 0", "sort by column (again: reverse)"),
-    (":", "command: tenants, events, reconciler, moves, cost, quit"),
+    (":", "command: tenants, events, reconciler, workflows (moves), cost, quit"),
     ("p", "change plan (enterprise = own database)"),
     ("s", "suspend / resume"),
     ("R", "reconcile now"),
     ("P", "pause / resume reconciliation"),
     ("d", "dry run: what a reconcile would change"),
     ("X", "offboard (type the slug to confirm)"),
+    ("r / c", "workflows view: retry a failed one / cancel a running one"),
     ("Ctrl-r", "refresh now"),
     ("?", "this help"),
     ("q", "quit"),
@@ -412,6 +525,9 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Mode::Normal if !app.status.is_empty() => Line::styled(app.status.clone(), theme.warn()),
         Mode::Normal if !app.filter.is_empty() => {
             Line::from(format!("filter: {}   (/ to change, Esc to clear)", app.filter))
+        }
+        Mode::Normal if app.view == View::Workflows => {
+            Line::from("? help  j/k select  r retry  c cancel  : command  Esc back  q quit")
         }
         Mode::Normal => Line::from("? help  / filter  : command  Enter detail  p plan  s suspend  R reconcile  q quit"),
     };

@@ -3,7 +3,10 @@
 
 use chrono::Utc;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use indigo_core::api::{Event, Placement, ReconcilerStatus, RlsAudit, Tenant, TenantSpec, TenantStatus};
+use indigo_core::api::{
+    Event, Placement, ReconcilerStatus, RlsAudit, Tenant, TenantSpec, TenantStatus, Workflow, WorkflowState,
+    WorkflowStep,
+};
 use indigo_core::tenant::{Isolation, Lifecycle, Phase, Slug, TenantId};
 use indigo_tui::app::{App, Column, Command, Connection, Effect, Loaded, Mode, View};
 use indigo_tui::ui::{self, Theme};
@@ -66,7 +69,45 @@ fn loaded(app: &mut App, tenants: Vec<Tenant>) {
         .into_iter()
         .collect();
     app.daily_limits.insert("starter".into(), indigo_core::plan::Limit::AtMost(1000));
-    app.apply(Loaded::Fleet { tenants, events: vec![event], reconciler: Some(reconciler), usage, at: Utc::now() });
+    let workflows = vec![];
+    app.apply(Loaded::Fleet {
+        tenants,
+        events: vec![event],
+        reconciler: Some(reconciler),
+        usage,
+        workflows,
+        at: Utc::now(),
+    });
+}
+
+fn step(name: &str, state: &str, error: Option<&str>) -> WorkflowStep {
+    WorkflowStep {
+        name: name.into(),
+        state: state.into(),
+        attempts: 1,
+        output: None,
+        error: error.map(str::to_owned),
+        next_attempt_at: None,
+        started_at: Some(Utc::now()),
+        finished_at: Some(Utc::now()),
+    }
+}
+
+fn workflow(tenant: &Tenant, kind: &str, state: WorkflowState, steps: Vec<WorkflowStep>) -> Workflow {
+    Workflow {
+        id: uuid::Uuid::now_v7(),
+        kind: kind.into(),
+        tenant_id: tenant.id,
+        state,
+        attempt: 1,
+        error: (state == WorkflowState::Failed).then(|| "step `billing` failed: Stripe refused the request".into()),
+        cancel_requested: false,
+        steps,
+        total_steps: 8,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+        finished_at: None,
+    }
 }
 
 fn render(app: &App, width: u16, height: u16) -> String {
@@ -155,7 +196,7 @@ fn detail_reconciler_events_help_and_notes_render() {
     for (command, needle) in [
         ("reconciler", "RLS audit     ok"),
         ("events", "PlanChanged"),
-        ("moves", "No moves"),
+        ("moves", "No workflows yet"),
         ("cost", "not built yet"),
     ] {
         key(&mut app, KeyCode::Char(':'));
@@ -293,4 +334,96 @@ fn frame_time_with_ten_thousand_tenants() {
     let build = if cfg!(debug_assertions) { "debug" } else { "release" };
     println!("frame time with 10,000 tenants (160x50, {build} build): {per_frame:?}");
     assert!(render(&app, 160, 50).contains("shop-09999"), "the selection at the end is on screen");
+}
+
+#[test]
+fn workflows_view_shows_progress_steps_and_acts_on_the_selected_one() {
+    let mut app = App::new("http://api", false);
+    let tenants = fleet();
+    let running = workflow(
+        &tenants[1],
+        "onboarding",
+        WorkflowState::Running,
+        vec![
+            step("record", "succeeded", None),
+            step("database", "succeeded", None),
+            step("billing", "retrying", Some("Stripe is unavailable")),
+        ],
+    );
+    let failed = workflow(
+        &tenants[2],
+        "onboarding",
+        WorkflowState::Failed,
+        vec![step("record", "compensated", None), step("billing", "compensated", Some("Stripe refused the request"))],
+    );
+    let fleet_at = Utc::now();
+    app.apply(Loaded::Fleet {
+        tenants: tenants.clone(),
+        events: vec![],
+        reconciler: None,
+        usage: vec![],
+        workflows: vec![running, failed.clone()],
+        at: fleet_at,
+    });
+    key(&mut app, KeyCode::Char(':'));
+    type_text(&mut app, "workflows");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.view, View::Workflows);
+    for (width, height) in [(140, 30), (80, 24)] {
+        let screen = render(&app, width, height);
+        for needle in [
+            "workflows (2)",
+            "blue-bakery",
+            "cobalt-coffee",
+            "2/8",
+            "billing          retrying",
+            "Stripe is unavailable",
+        ] {
+            assert!(screen.contains(needle), "{needle} missing at {width}x{height} from\n{screen}");
+        }
+    }
+
+    // The running one cannot be retried; the failed one can, after confirmation.
+    assert!(key(&mut app, KeyCode::Char('r')).is_empty());
+    assert!(app.status.contains("only a failed or cancelled"), "{}", app.status);
+    key(&mut app, KeyCode::Char('j'));
+    key(&mut app, KeyCode::Char('r'));
+    assert!(matches!(app.mode, Mode::Confirm { command: Command::RetryWorkflow { .. } }));
+    let effects = key(&mut app, KeyCode::Char('y'));
+    let expected =
+        Command::RetryWorkflow { id: failed.id.to_string(), kind: "onboarding".into(), slug: "cobalt-coffee".into() };
+    assert_eq!(effects, [Effect::Run(expected)]);
+
+    // Cancel the running one.
+    key(&mut app, KeyCode::Char('k'));
+    key(&mut app, KeyCode::Char('c'));
+    assert!(matches!(app.mode, Mode::Confirm { command: Command::CancelWorkflow { .. } }));
+    assert!(key(&mut app, KeyCode::Char('n')).is_empty(), "n cancels the confirmation");
+
+    // The tenant's detail lists its workflows.
+    key(&mut app, KeyCode::Char(':'));
+    type_text(&mut app, "tenants");
+    key(&mut app, KeyCode::Enter);
+    key(&mut app, KeyCode::Char('j'));
+    key(&mut app, KeyCode::Enter);
+    let screen = render(&app, 120, 30);
+    assert!(screen.contains("onboarding running"), "{screen}");
+    assert!(render(&app, 140, 30).contains("billing (retrying)"), "the current step in the wide list");
+
+    // Read-only: no workflow actions.
+    let mut viewer = App::new("http://api", true);
+    viewer.apply(Loaded::Fleet {
+        tenants,
+        events: vec![],
+        reconciler: None,
+        usage: vec![],
+        workflows: vec![failed],
+        at: fleet_at,
+    });
+    key(&mut viewer, KeyCode::Char(':'));
+    type_text(&mut viewer, "wf");
+    key(&mut viewer, KeyCode::Enter);
+    assert!(key(&mut viewer, KeyCode::Char('r')).is_empty());
+    assert_eq!(viewer.mode, Mode::Normal);
+    assert!(viewer.status.contains("read-only"));
 }

@@ -60,7 +60,7 @@ fn parse_filter<T: std::str::FromStr<Err = indigo_core::tenant::UnknownVariant>>
 struct ListParams {
     /// Only tenants on this plan.
     plan: Option<String>,
-    /// `active`, `suspended` or `deleted`.
+    /// `pending` (being onboarded), `active`, `suspended` or `deleted`.
     lifecycle: Option<String>,
     /// `pool` or `silo`.
     isolation: Option<String>,

@@ -115,6 +115,23 @@ async fn get_workflow(
     Ok(Json(store::get(&mut *state.db.acquire().await?, id).await?))
 }
 
+/// Retry or cancel: one transition of a workflow, once per idempotency key.
+async fn transition(
+    state: AppState,
+    actor: Actor,
+    key: IdempotencyKey,
+    raw: String,
+    action: &'static str,
+    apply: impl AsyncFnOnce(&mut sqlx::PgConnection, uuid::Uuid) -> Result<Workflow, WorkflowError>,
+) -> Result<Response, ApiError> {
+    actor.require(Role::Operator)?;
+    let id = workflow_id(&raw)?;
+    idempotency::run_once(&state, &key, &actor, &json!({ action: id }), StatusCode::ACCEPTED, async |tx| {
+        Ok(apply(tx, id).await?)
+    })
+    .await
+}
+
 /// Run a failed or cancelled workflow again (operator).
 #[utoipa::path(post, path = "/v1/workflows/{id}/retry", tag = "workflows",
     params(("Idempotency-Key" = String, Header)),
@@ -125,12 +142,7 @@ async fn retry_workflow(
     key: IdempotencyKey,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    actor.require(Role::Operator)?;
-    let id = workflow_id(&raw)?;
-    idempotency::run_once(&state, &key, &actor, &json!({ "retry": id }), StatusCode::ACCEPTED, async |tx| {
-        Ok(store::retry(tx, id).await?)
-    })
-    .await
+    transition(state, actor, key, raw, "retry", store::retry).await
 }
 
 /// Cancel a running workflow: its completed steps are undone (operator).
@@ -143,10 +155,5 @@ async fn cancel_workflow(
     key: IdempotencyKey,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    actor.require(Role::Operator)?;
-    let id = workflow_id(&raw)?;
-    idempotency::run_once(&state, &key, &actor, &json!({ "cancel": id }), StatusCode::ACCEPTED, async |tx| {
-        Ok(store::cancel(tx, id).await?)
-    })
-    .await
+    transition(state, actor, key, raw, "cancel", store::cancel).await
 }

@@ -195,17 +195,7 @@ async fn drive_definition<P: DatabaseProvider, D: Definition>(
             WorkflowState::Compensating => {
                 let mut failures = compensate::<P, D>(services, &row).await?;
                 let outputs = HashMap::new();
-                let cx = StepContext {
-                    services,
-                    workflow_id: row.id,
-                    tenant_id: TenantId(row.tenant_id),
-                    attempt: row.attempt,
-                    step: NO_STEP,
-                    input: &row.input,
-                    outputs: &outputs,
-                    output: None,
-                    error: row.error.as_deref(),
-                };
+                let cx = StepContext { error: row.error.as_deref(), ..context(services, &row, NO_STEP, &outputs) };
                 if let Err(error) = D::on_failure(&cx).await {
                     failures.push(format!("marking the failure: {error}"));
                 }
@@ -223,6 +213,26 @@ async fn drive_definition<P: DatabaseProvider, D: Definition>(
             state => return Ok(Driven::Finished(state)),
         }
         row = store::load(&mut *services.db.acquire().await?, row.id).await?;
+    }
+}
+
+/// What a step of `row` sees; `output` and `error` are filled in when undoing.
+fn context<'a, P>(
+    services: &'a Services<P>,
+    row: &'a WorkflowRow,
+    step: &'static str,
+    outputs: &'a HashMap<String, Value>,
+) -> StepContext<'a, P> {
+    StepContext {
+        services,
+        workflow_id: row.id,
+        tenant_id: TenantId(row.tenant_id),
+        attempt: row.attempt,
+        step,
+        input: &row.input,
+        outputs,
+        output: None,
+        error: None,
     }
 }
 
@@ -310,17 +320,7 @@ async fn run_step<P: DatabaseProvider, D: Definition>(
     .await?;
     let failpoints = &services.failpoints;
     failpoints.crash_at(D::KIND, step, Point::BeforeRun);
-    let cx = StepContext {
-        services,
-        workflow_id: row.id,
-        tenant_id: TenantId(row.tenant_id),
-        attempt: row.attempt,
-        step,
-        input: &row.input,
-        outputs,
-        output: None,
-        error: None,
-    };
+    let cx = context(services, row, step, outputs);
     let result = match failpoints.failure(D::KIND, step, attempts) {
         Some(injected) => Err(injected),
         None => D::run(&cx).await,
@@ -329,30 +329,20 @@ async fn run_step<P: DatabaseProvider, D: Definition>(
     let settings = &services.settings;
     let outcome = match result {
         Ok(output) => {
-            sqlx::query(
-                "UPDATE workflow_steps SET state = 'succeeded', output = $3, finished_at = now()
-                 WHERE workflow_id = $1 AND name = $2",
-            )
-            .bind(row.id)
-            .bind(step)
-            .bind(&output)
-            .execute(&services.db)
-            .await?;
+            let update = StepUpdate { state: "succeeded", output: Some(&output), ..StepUpdate::default() };
+            update.apply(&services.db, row.id, step).await?;
             StepOutcome::Succeeded
         }
         Err(StepError::Transient(message)) if attempts < settings.max_attempts => {
             let at = Utc::now() + settings.backoff(attempts);
             let mut tx = services.db.begin().await?;
-            sqlx::query(
-                "UPDATE workflow_steps SET state = 'retrying', error = $3, next_attempt_at = $4
-                 WHERE workflow_id = $1 AND name = $2",
-            )
-            .bind(row.id)
-            .bind(step)
-            .bind(&message)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
+            let update = StepUpdate {
+                state: "retrying",
+                error: Some(&message),
+                next_attempt_at: Some(at),
+                ..StepUpdate::default()
+            };
+            update.apply(&mut *tx, row.id, step).await?;
             journal::publish(
                 &mut tx,
                 Some(TenantId(row.tenant_id)),
@@ -369,15 +359,9 @@ async fn run_step<P: DatabaseProvider, D: Definition>(
                 StepError::Transient(m) => format!("gave up after {attempts} attempts: {m}"),
                 StepError::Permanent(m) => m,
             };
-            sqlx::query(
-                "UPDATE workflow_steps SET state = 'failed', error = $3, finished_at = now()
-                 WHERE workflow_id = $1 AND name = $2",
-            )
-            .bind(row.id)
-            .bind(step)
-            .bind(&message)
-            .execute(&services.db)
-            .await?;
+            StepUpdate { state: "failed", error: Some(&message), ..StepUpdate::default() }
+                .apply(&services.db, row.id, step)
+                .await?;
             StepOutcome::Failed(message)
         }
     };
@@ -424,17 +408,11 @@ async fn compensate<P: DatabaseProvider, D: Definition>(
         if matches!(recorded.state.as_str(), "compensated" | "compensation_failed") {
             continue;
         }
-        set_step_state(services, row.id, step, "compensating", None).await?;
+        StepUpdate { state: "compensating", ..StepUpdate::default() }.apply(&services.db, row.id, step).await?;
         let cx = StepContext {
-            services,
-            workflow_id: row.id,
-            tenant_id: TenantId(row.tenant_id),
-            attempt: row.attempt,
-            step,
-            input: &row.input,
-            outputs: &outputs,
             output: recorded.output.as_ref(),
             error: row.error.as_deref(),
+            ..context(services, row, step, &outputs)
         };
         let mut attempt = 1;
         let result = loop {
@@ -448,10 +426,14 @@ async fn compensate<P: DatabaseProvider, D: Definition>(
             }
         };
         match result {
-            Ok(()) => set_step_state(services, row.id, step, "compensated", None).await?,
+            Ok(()) => {
+                StepUpdate { state: "compensated", ..StepUpdate::default() }.apply(&services.db, row.id, step).await?
+            }
             Err(error) => {
                 let message = format!("`{step}`: {error}");
-                set_step_state(services, row.id, step, "compensation_failed", Some(&message)).await?;
+                StepUpdate { state: "compensation_failed", error: Some(&message), ..StepUpdate::default() }
+                    .apply(&services.db, row.id, step)
+                    .await?;
                 failures.push(message);
             }
         }
@@ -459,24 +441,38 @@ async fn compensate<P: DatabaseProvider, D: Definition>(
     Ok(failures)
 }
 
-async fn set_step_state<P>(
-    services: &Services<P>,
-    id: Uuid,
-    step: &str,
-    state: &str,
-    error: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE workflow_steps SET state = $3, error = COALESCE($4, error), finished_at = now()
-         WHERE workflow_id = $1 AND name = $2",
-    )
-    .bind(id)
-    .bind(step)
-    .bind(state)
-    .bind(error)
-    .execute(&services.db)
-    .await?;
-    Ok(())
+/// A step's recorded state after an attempt or a compensation; the output
+/// and error, when not given, stay as they were.
+#[derive(Default)]
+struct StepUpdate<'a> {
+    state: &'a str,
+    output: Option<&'a Value>,
+    error: Option<&'a str>,
+    next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl StepUpdate<'_> {
+    async fn apply<'e>(
+        self,
+        executor: impl sqlx::PgExecutor<'e>,
+        workflow: Uuid,
+        step: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE workflow_steps SET state = $3, output = COALESCE($4, output), error = COALESCE($5, error),
+                    next_attempt_at = $6, finished_at = now()
+             WHERE workflow_id = $1 AND name = $2",
+        )
+        .bind(workflow)
+        .bind(step)
+        .bind(self.state)
+        .bind(self.output)
+        .bind(self.error)
+        .bind(self.next_attempt_at)
+        .execute(executor)
+        .await?;
+        Ok(())
+    }
 }
 
 /// Ends the workflow and hands the tenant back to the reconciler.

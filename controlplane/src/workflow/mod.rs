@@ -127,6 +127,7 @@ pub struct Services<P> {
     pub export_dir: PathBuf,
     pub failpoints: Failpoints,
     pub settings: Settings,
+    pub tenant_pools: TenantPools,
 }
 
 impl Services<crate::providers::local::LocalDatabases> {
@@ -141,6 +142,7 @@ impl Services<crate::providers::local::LocalDatabases> {
             export_dir,
             failpoints: Failpoints::default(),
             settings: Settings::default(),
+            tenant_pools: TenantPools::default(),
         }
     }
 }
@@ -216,40 +218,54 @@ pub(crate) fn transient(error: impl std::fmt::Display) -> StepError {
     StepError::Transient(error.to_string())
 }
 
-/// A connection to a tenant database as the schema owner, inside a transaction
-/// bound to the step's tenant: row-level security applies, as in the data plane.
+/// Connections to tenant databases as the schema owner, a small lazy pool per
+/// database: steps that write into a tenant's database (search settings,
+/// sample data, the export) reuse them instead of connecting each time.
+#[derive(Default)]
+pub struct TenantPools {
+    pools: std::sync::Mutex<HashMap<String, sqlx::PgPool>>,
+}
+
+impl TenantPools {
+    pub fn get(&self, server: &indigo_dataplane::schema::TenantServer, database: &str) -> sqlx::PgPool {
+        let mut pools = self.pools.lock().expect("tenant pools lock");
+        pools
+            .entry(database.to_owned())
+            .or_insert_with(|| {
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .idle_timeout(Duration::from_secs(60))
+                    .connect_lazy_with(server.options_as(indigo_dataplane::schema::OWNER_ROLE, database))
+            })
+            .clone()
+    }
+
+    /// Drops the pool of a database that is being dropped.
+    pub fn forget(&self, database: &str) {
+        self.pools.lock().expect("tenant pools lock").remove(database);
+    }
+}
+
+/// A transaction in a tenant database as the schema owner, bound to the step's
+/// tenant: row-level security applies, as in the data plane.
 pub(crate) async fn tenant_transaction<P>(
     cx: &StepContext<'_, P>,
     database: &str,
-) -> Result<sqlx::PgConnection, StepError> {
-    use sqlx::ConnectOptions;
-    let dbs = &cx.services.tenant_dbs;
-    let mut conn =
-        dbs.server.options_as(indigo_dataplane::schema::OWNER_ROLE, database).connect().await.map_err(transient)?;
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StepError> {
+    let services = cx.services;
+    let pool = services.tenant_pools.get(&services.tenant_dbs.server, database);
     // The id is a parsed UUID: safe to format in.
     let begin = format!("BEGIN; SELECT set_config('app.current_tenant', '{}', true)", cx.tenant_id);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).execute(&mut conn).await.map_err(transient)?;
-    Ok(conn)
-}
-
-pub(crate) async fn commit(mut conn: sqlx::PgConnection) -> Result<(), StepError> {
-    sqlx::query("COMMIT").execute(&mut conn).await.map_err(transient)?;
-    Ok(())
+    pool.begin_with(sqlx::AssertSqlSafe(begin)).await.map_err(transient)
 }
 
 /// Whether `database` exists on the tenant server.
 pub(crate) async fn database_exists<P>(cx: &StepContext<'_, P>, database: &str) -> Result<bool, StepError> {
-    use sqlx::ConnectOptions;
-    let dbs = &cx.services.tenant_dbs;
-    let mut conn = dbs
-        .server
-        .options_as(indigo_dataplane::schema::OWNER_ROLE, &dbs.pool_database)
-        .connect()
-        .await
-        .map_err(transient)?;
+    let services = cx.services;
+    let pool = services.tenant_pools.get(&services.tenant_dbs.server, &services.tenant_dbs.pool_database);
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(database)
-        .fetch_one(&mut conn)
+        .fetch_one(&pool)
         .await
         .map_err(transient)
 }

@@ -94,8 +94,8 @@ async fn export_bundle<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let database = tenant.status.placement.as_ref().map(|p| p.database.clone());
     let bundle = match &database {
         Some(database) => {
-            let mut conn = super::tenant_transaction(cx, database).await?;
-            export::write(Some(&mut conn), &dir, &tenant, Some(database)).await?
+            let mut tx = super::tenant_transaction(cx, database).await?;
+            export::write(Some(&mut tx), &dir, &tenant, Some(database)).await?
         }
         None => export::write(None, &dir, &tenant, None).await?,
     };
@@ -139,6 +139,7 @@ async fn delete_data<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Val
         Isolation::Pool => cx.services.provider.delete_pool_rows(tenant.id).await?,
         Isolation::Silo => {
             cx.services.provider.delete_silo(&SiloTenant { id: tenant.id, slug: &tenant.slug }).await?;
+            cx.services.tenant_pools.forget(&placement.database);
             0
         }
     };

@@ -10,6 +10,7 @@
 
 use indigo_core::api::Placement;
 use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase};
+use indigo_dataplane::schema::schema_current;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
@@ -101,7 +102,9 @@ async fn database<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value,
     let placement = match tenant.spec.isolation {
         Isolation::Pool => {
             let dbs = &cx.services.tenant_dbs;
-            let ready = dbs.server.schema_ready(&dbs.pool_database).await.map_err(super::transient)?;
+            let pool = cx.services.tenant_pools.get(&dbs.server, &dbs.pool_database);
+            let mut conn = pool.acquire().await.map_err(super::transient)?;
+            let ready = schema_current(&mut conn).await.map_err(super::transient)?;
             if !ready {
                 return Err(StepError::Transient(format!("the pool `{}` lacks the tenant schema", dbs.pool_database)));
             }
@@ -124,7 +127,12 @@ async fn database<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value,
 async fn undo_database<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
     let tenant = super::tenant(cx).await?;
     match tenant.spec.isolation {
-        Isolation::Silo => cx.services.provider.delete_silo(&SiloTenant { id: tenant.id, slug: &tenant.slug }).await?,
+        Isolation::Silo => {
+            cx.services.provider.delete_silo(&SiloTenant { id: tenant.id, slug: &tenant.slug }).await?;
+            if let Some(database) = cx.output.and_then(|p| p.get("database")).and_then(Value::as_str) {
+                cx.services.tenant_pools.forget(database);
+            }
+        }
         Isolation::Pool => {
             cx.services.provider.delete_pool_rows(tenant.id).await?;
         }
@@ -205,14 +213,14 @@ fn placed_database<'a, P>(cx: &'a StepContext<'_, P>) -> Result<&'a str, StepErr
 
 async fn search<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let language = cx.input.get("search_language").and_then(Value::as_str).unwrap_or("english");
-    let mut conn = super::tenant_transaction(cx, placed_database(cx)?).await?;
+    let mut tx = super::tenant_transaction(cx, placed_database(cx)?).await?;
     sqlx::query("INSERT INTO search_settings (tenant_id, language) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING")
         .bind(cx.tenant_id.0)
         .bind(language)
-        .execute(&mut conn)
+        .execute(&mut *tx)
         .await
         .map_err(super::transient)?;
-    super::commit(conn).await?;
+    tx.commit().await.map_err(super::transient)?;
     Ok(json!({ "language": language }))
 }
 
@@ -225,7 +233,7 @@ async fn seed<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let tenant = super::tenant(cx).await?;
     let plan = cx.services.plans.get(tenant.spec.plan.as_str()).map_err(|e| StepError::Permanent(e.to_string()))?;
     let id = sample_product_id(cx.tenant_id.0);
-    let mut conn = super::tenant_transaction(cx, placed_database(cx)?).await?;
+    let mut tx = super::tenant_transaction(cx, placed_database(cx)?).await?;
     sqlx::query(
         "INSERT INTO products (tenant_id, id, name, description, price_minor, currency, category, tags, status, stock)
          VALUES ($1, $2, 'Sample product', 'Edit or archive me: your shop starts with one product to try things on.',
@@ -235,10 +243,10 @@ async fn seed<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     .bind(cx.tenant_id.0)
     .bind(id)
     .bind(&plan.currency)
-    .execute(&mut conn)
+    .execute(&mut *tx)
     .await
     .map_err(super::transient)?;
-    super::commit(conn).await?;
+    tx.commit().await.map_err(super::transient)?;
     Ok(json!({ "sample_product_id": id }))
 }
 
@@ -246,16 +254,16 @@ async fn seed<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
 async fn delete_in_tenant_database<P>(cx: &StepContext<'_, P>, statement: &'static str) -> Result<(), StepError> {
     // No database recorded: nothing can have been written.
     let Ok(database) = placed_database(cx) else { return Ok(()) };
-    let mut conn = match super::tenant_transaction(cx, database).await {
-        Ok(conn) => conn,
+    let mut tx = match super::tenant_transaction(cx, database).await {
+        Ok(tx) => tx,
         // The database is gone already: so is what was written there.
         Err(_) if !super::database_exists(cx, database).await? => return Ok(()),
         Err(e) => return Err(e),
     };
     let query = sqlx::query(statement);
     let query = if statement.contains("$1") { query.bind(sample_product_id(cx.tenant_id.0)) } else { query };
-    query.execute(&mut conn).await.map_err(super::transient)?;
-    super::commit(conn).await
+    query.execute(&mut *tx).await.map_err(super::transient)?;
+    tx.commit().await.map_err(super::transient)
 }
 
 async fn welcome_email<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {

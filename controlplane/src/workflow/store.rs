@@ -91,6 +91,7 @@ impl WorkflowRow {
             error: self.error,
             cancel_requested: self.cancel_requested,
             steps,
+            total_steps: order.len(),
             created_at: self.created_at,
             updated_at: self.updated_at,
             finished_at: self.finished_at,
@@ -100,6 +101,14 @@ impl WorkflowRow {
 
 pub(crate) async fn load(conn: &mut PgConnection, id: Uuid) -> Result<WorkflowRow, WorkflowError> {
     sqlx::query_as(concat!("SELECT ", workflow_columns!(), " FROM workflows WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| WorkflowError::NotFound(id.to_string()))
+}
+
+async fn load_for_update(conn: &mut PgConnection, id: Uuid) -> Result<WorkflowRow, WorkflowError> {
+    sqlx::query_as(concat!("SELECT ", workflow_columns!(), " FROM workflows WHERE id = $1 FOR UPDATE"))
         .bind(id)
         .fetch_optional(conn)
         .await?
@@ -202,12 +211,7 @@ pub async fn list(conn: &mut PgConnection, filter: &ListFilter) -> Result<Vec<Wo
 /// were undone run afresh (with new idempotency keys); steps that still stand
 /// (past the point of no return) are kept, so it resumes where it stopped.
 pub async fn retry(conn: &mut PgConnection, id: Uuid) -> Result<Workflow, WorkflowError> {
-    let row: WorkflowRow =
-        sqlx::query_as(concat!("SELECT ", workflow_columns!(), " FROM workflows WHERE id = $1 FOR UPDATE"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| WorkflowError::NotFound(id.to_string()))?;
+    let row = load_for_update(conn, id).await?;
     let state = row.state()?;
     if !matches!(state, WorkflowState::Failed | WorkflowState::Cancelled) {
         return Err(WorkflowError::WrongState {
@@ -247,12 +251,7 @@ pub async fn retry(conn: &mut PgConnection, id: Uuid) -> Result<Workflow, Workfl
 /// Asks a running workflow to stop: it undoes its completed steps at the next
 /// stage boundary and ends `cancelled`. Cancelling twice changes nothing.
 pub async fn cancel(conn: &mut PgConnection, id: Uuid) -> Result<Workflow, WorkflowError> {
-    let row: WorkflowRow =
-        sqlx::query_as(concat!("SELECT ", workflow_columns!(), " FROM workflows WHERE id = $1 FOR UPDATE"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| WorkflowError::NotFound(id.to_string()))?;
+    let row = load_for_update(conn, id).await?;
     let state = row.state()?;
     if state == WorkflowState::Cancelled || row.cancel_requested {
         return get(conn, id).await;
