@@ -15,6 +15,7 @@ use stripe_billing::billing_meter::{
     CreateBillingMeter, CreateBillingMeterDefaultAggregation, CreateBillingMeterDefaultAggregationFormula,
     ListBillingMeter,
 };
+use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
 use stripe_billing::subscription::{CancelSubscription, CreateSubscription, CreateSubscriptionItems};
 use stripe_core::customer::{CreateCustomer, DeleteCustomer, RetrieveCustomer, RetrieveCustomerReturned};
 use stripe_product::price::{CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, ListPrice};
@@ -61,6 +62,11 @@ impl BillingError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Rejected { status: 404, .. })
     }
+}
+
+/// A meter event's value: whole numbers as such, others with six decimals at most.
+pub fn meter_value(value: f64) -> String {
+    if value.fract() == 0.0 { format!("{value:.0}") } else { format!("{value:.6}").trim_end_matches('0').to_owned() }
 }
 
 /// For removals: what is already gone counts as removed, so a retried step succeeds.
@@ -224,6 +230,30 @@ impl Stripe {
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Reports `value` of metered usage for a customer at `timestamp`. Stripe
+    /// keeps one event per `identifier`, so a resent report counts once.
+    pub async fn report_usage(
+        &self,
+        event_name: &str,
+        customer_id: &str,
+        value: f64,
+        timestamp: i64,
+        identifier: &str,
+    ) -> Result<(), BillingError> {
+        let payload = HashMap::from([
+            ("stripe_customer_id".to_owned(), customer_id.to_owned()),
+            ("value".to_owned(), meter_value(value)),
+        ]);
+        CreateBillingMeterEvent::new(event_name, payload)
+            .identifier(identifier)
+            .timestamp(timestamp)
+            .customize()
+            .request_strategy(idempotent(identifier)?)
+            .send(&self.client)
+            .await?;
+        Ok(())
     }
 
     /// Cancels a subscription; one already cancelled or gone is fine.

@@ -326,7 +326,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "no database configured: set database_url (env INDIGO_DATABASE_URL), or use `indigo up` for a local platform",
             )?;
             let mut state = server::prepare(&config, &url).await?;
-            let _background = server::start_background(&config, &mut state)?;
+            let _background = server::start_background(&config, &mut state).await?;
             server::serve(server::bind(&config).await?, state, server::shutdown_signal()).await
         }
         Command::Migrate(args) => {
@@ -346,6 +346,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 plans.plans().len(),
                 plans.names().collect::<Vec<_>>().join(", ")
             );
+            let costs = policy::load_costs(&config.costs_file)?;
+            println!("{}: cost model valid ({} services)", config.costs_file.display(), costs.services.len());
             Ok(())
         }
         Command::Tenant(command) => run_tenant(command).await,

@@ -55,6 +55,7 @@ struct ConfigFile {
     database_url: Option<String>,
     listen: Option<String>,
     plans_file: Option<PathBuf>,
+    costs_file: Option<PathBuf>,
     admin_token: Option<String>,
     data_dir: Option<PathBuf>,
     tenant_server_url: Option<String>,
@@ -67,6 +68,8 @@ struct ConfigFile {
     stripe_secret_key: Option<String>,
     smtp_relay: Option<String>,
     mail_from: Option<String>,
+    stripe_webhook_secret: Option<String>,
+    payment_grace_hours: Option<u64>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -81,6 +84,9 @@ pub struct Overrides {
     /// The plan catalogue [env: INDIGO_PLANS_FILE] [default: policies/plans.toml]
     #[arg(long, env = "INDIGO_PLANS_FILE", hide_env = true)]
     pub plans_file: Option<PathBuf>,
+    /// The cost model [env: INDIGO_COSTS_FILE] [default: costs.toml beside the plans file]
+    #[arg(long, env = "INDIGO_COSTS_FILE", hide_env = true)]
+    pub costs_file: Option<PathBuf>,
     /// Bootstrap admin token accepted besides the tokens in the database [env: INDIGO_ADMIN_TOKEN]
     #[arg(long, env = "INDIGO_ADMIN_TOKEN", hide_env = true)]
     pub admin_token: Option<String>,
@@ -117,6 +123,12 @@ pub struct Overrides {
     /// Sender address of the outbox's mail [env: INDIGO_MAIL_FROM] [default: noreply@indigo.local]
     #[arg(long, env = "INDIGO_MAIL_FROM", hide_env = true)]
     pub mail_from: Option<String>,
+    /// Signing secret of the Stripe webhook endpoint (whsec_...) [env: INDIGO_STRIPE_WEBHOOK_SECRET] [default: webhooks refused]
+    #[arg(long, env = "INDIGO_STRIPE_WEBHOOK_SECRET", hide_env = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// Hours a tenant may stay unpaid after a failed payment before suspension [env: INDIGO_PAYMENT_GRACE_HOURS] [default: 72]
+    #[arg(long, env = "INDIGO_PAYMENT_GRACE_HOURS", hide_env = true)]
+    pub payment_grace_hours: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +137,7 @@ pub struct Config {
     pub database_url: Option<String>,
     pub listen: SocketAddr,
     pub plans_file: PathBuf,
+    pub costs_file: PathBuf,
     pub admin_token: Option<Secret>,
     pub data_dir: PathBuf,
     /// `None`: the control database's server.
@@ -141,6 +154,9 @@ pub struct Config {
     /// `None`: the outbox's mail is logged instead of sent.
     pub smtp_relay: Option<String>,
     pub mail_from: String,
+    /// `None`: Stripe webhooks are refused (503).
+    pub stripe_webhook_secret: Option<Secret>,
+    pub payment_grace_hours: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -226,13 +242,20 @@ impl Config {
                 });
             }
         };
+        let plans_file: PathBuf =
+            overrides.plans_file.or(from_file.plans_file).unwrap_or_else(|| DEFAULT_PLANS_FILE.into());
+        let costs_file =
+            overrides.costs_file.or(from_file.costs_file).unwrap_or_else(|| plans_file.with_file_name("costs.toml"));
         Ok(Self {
             stripe,
+            costs_file,
             smtp_relay: overrides.smtp_relay.or(from_file.smtp_relay),
+            stripe_webhook_secret: overrides.stripe_webhook_secret.or(from_file.stripe_webhook_secret).map(Secret::new),
+            payment_grace_hours: overrides.payment_grace_hours.or(from_file.payment_grace_hours).unwrap_or(72),
             mail_from: overrides.mail_from.or(from_file.mail_from).unwrap_or_else(|| "noreply@indigo.local".into()),
             database_url,
             listen,
-            plans_file: overrides.plans_file.or(from_file.plans_file).unwrap_or_else(|| DEFAULT_PLANS_FILE.into()),
+            plans_file,
             admin_token,
             data_dir: overrides.data_dir.or(from_file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             tenant_server_url,

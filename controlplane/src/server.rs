@@ -8,9 +8,11 @@ use anyhow::Context;
 use indigo_dataplane::schema::TenantServer;
 use tokio::net::TcpListener;
 
+use crate::api::webhooks::WebhookConfig;
 use crate::api::{self, AppState, TenantDatabases};
 use crate::billing::Stripe;
 use crate::config::Config;
+use crate::jobs::Jobs;
 use crate::outbox::{self, Mailer};
 use crate::providers::local::LocalDatabases;
 use crate::reconciler::{Controller, Settings};
@@ -24,6 +26,7 @@ pub use indigo_dataplane::shutdown_signal;
 /// Policies are read first: a broken plans file should stop us before any IO.
 pub async fn prepare(config: &Config, database_url: &str) -> anyhow::Result<AppState> {
     let plans = policy::load_plans(&config.plans_file)?;
+    let costs = policy::load_costs(&config.costs_file)?;
     let pool = db::connect(database_url).await?;
     db::migrate(&pool).await?;
     // The pool's schema and policies are brought up to date at every start.
@@ -33,15 +36,37 @@ pub async fn prepare(config: &Config, database_url: &str) -> anyhow::Result<AppS
         tracing::warn!("no admin_token configured: only tokens stored in the database are accepted");
     }
     let tenant_dbs = TenantDatabases { server, pool_database: config.pool_database.clone() };
-    Ok(AppState::new(pool, plans, config.admin_token.as_ref(), tenant_dbs))
+    let mut state = AppState::new(pool, plans, config.admin_token.as_ref(), tenant_dbs);
+    state.costs = Some(Arc::new(costs));
+    state.webhooks = config.stripe_webhook_secret.clone().map(|secret| {
+        Arc::new(WebhookConfig {
+            secret,
+            tolerance: chrono::Duration::minutes(5),
+            grace: chrono::Duration::hours(i64::try_from(config.payment_grace_hours).unwrap_or(i64::MAX / 3600)),
+        })
+    });
+    Ok(state)
 }
 
-/// Starts this replica's reconciler, workflow engine and mail sender.
-pub fn start_background(config: &Config, state: &mut AppState) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+/// What runs beside the API; dropping it stops the scheduler's jobs.
+pub struct Background {
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub scheduler: tokio_cron_scheduler::JobScheduler,
+}
+
+/// Starts this replica's reconciler, workflow engine, mail sender and scheduled jobs.
+pub async fn start_background(config: &Config, state: &mut AppState) -> anyhow::Result<Background> {
     let mut tasks = start_reconciler(config, state);
     tasks.push(workflow_engine(config, state)?.spawn());
     tasks.push(tokio::spawn(outbox::send_forever(state.db.clone(), Mailer::new(config))));
-    Ok(tasks)
+    let jobs = Arc::new(Jobs {
+        db: state.db.clone(),
+        stripe: config.stripe.as_ref().map(Stripe::new).transpose().context("Stripe client")?,
+        failpoints: Failpoints::from_env().map_err(anyhow::Error::msg)?,
+    });
+    let scheduler = jobs.schedule().await.context("cannot start the job scheduler")?;
+    state.jobs = Some(jobs);
+    Ok(Background { tasks, scheduler })
 }
 
 /// The workflow engine of this replica, on the local provider.

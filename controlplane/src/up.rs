@@ -71,7 +71,7 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
     };
     config.admin_token = Some(admin_token.clone());
     let mut state = server::prepare(config, database_url).await?;
-    let _background = server::start_background(config, &mut state)?;
+    let _background = server::start_background(config, &mut state).await?;
     if demo {
         let seeded = seed_demo(&state.db, &state.plans).await?;
         println!("demo tenants: {seeded} added, {} already there", DEMO_TENANTS.len() - seeded);

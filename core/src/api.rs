@@ -342,3 +342,42 @@ pub struct Workflow {
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
 }
+
+/// A scheduled job of the control plane and how its last run went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobStatus {
+    pub name: String,
+    /// Cron expression (with seconds), in UTC.
+    pub schedule: String,
+    pub description: String,
+    pub runs: i64,
+    pub last_started_at: Option<DateTime<Utc>>,
+    pub last_finished_at: Option<DateTime<Utc>>,
+    /// `ok` or `failed`.
+    pub last_outcome: Option<String>,
+    pub last_error: Option<String>,
+    /// What the last run did (buckets changed, windows reported, ...).
+    pub last_detail: Option<Value>,
+    pub next_run_at: Option<DateTime<Utc>>,
+}
+
+/// What a tenant costs per month against what it pays (the cost model of
+/// `policies/costs.toml` over its last 30 days of usage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantCost {
+    pub tenant_id: TenantId,
+    pub slug: Slug,
+    pub plan: PlanName,
+    pub isolation: Isolation,
+    /// Usage over the last 30 days by event type.
+    pub usage_30d: std::collections::BTreeMap<String, f64>,
+    /// Estimated monthly cost by service (and `silo_database`).
+    pub cost: std::collections::BTreeMap<String, f64>,
+    pub cost_total: f64,
+    /// The plan's monthly price (metered revenue comes with usage billing).
+    pub revenue: f64,
+    pub margin: f64,
+    /// The plan does not pay for what the tenant uses.
+    pub unprofitable: bool,
+    pub currency: String,
+}

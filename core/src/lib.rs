@@ -3,6 +3,7 @@
 //! plane, the control plane and the console agree on one definition of each.
 
 pub mod api;
+pub mod cost;
 #[cfg(feature = "server")]
 pub mod http;
 pub mod plan;

@@ -25,6 +25,9 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{0}")]
     NotReady(String),
+    /// 502: a service we depend on (Stripe) failed; the message says how.
+    #[error("{0}")]
+    Upstream(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -53,6 +56,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,6 +68,7 @@ impl ApiError {
             Self::Forbidden { .. } => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::NotReady(_) => "not_ready",
+            Self::Upstream(_) => "upstream_failed",
             Self::Database(_) | Self::Internal(_) => "internal",
         }
     }
@@ -72,7 +77,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() && !matches!(self, Self::NotReady(_)) {
+        if status.is_server_error() && !matches!(self, Self::NotReady(_) | Self::Upstream(_)) {
             // The detail goes to the log, never to the client.
             tracing::error!(error = %self, "request failed");
             return error_response(status, self.code(), "internal error; see the server log");

@@ -5,14 +5,17 @@ pub mod auth;
 pub mod error;
 pub mod idempotency;
 
+mod cost;
 mod events;
 mod health;
+mod jobs;
 mod plans;
 mod reconciler;
 mod routing;
 mod tenants;
 mod tokens;
 mod usage;
+pub mod webhooks;
 mod workflows;
 
 use std::sync::Arc;
@@ -49,6 +52,12 @@ pub struct AppState {
     pub tenant_dbs: Arc<TenantDatabases>,
     /// This replica's reconciler, when it runs one.
     pub reconciler: Option<Arc<dyn ReconcilerControl>>,
+    /// This replica's scheduled jobs, when it runs them.
+    pub jobs: Option<Arc<crate::jobs::Jobs>>,
+    /// Stripe webhook verification, when a webhook secret is configured.
+    pub webhooks: Option<Arc<webhooks::WebhookConfig>>,
+    /// The cost model of `policies/costs.toml`, once loaded.
+    pub costs: Option<Arc<indigo_core::cost::CostModel>>,
 }
 
 /// Where tenants' data lives: the server of the pool and the local silos.
@@ -66,6 +75,9 @@ impl AppState {
             metrics: indigo_core::http::prometheus(),
             tenant_dbs: Arc::new(tenant_dbs),
             reconciler: None,
+            jobs: None,
+            webhooks: None,
+            costs: None,
         }
     }
 }
@@ -87,6 +99,9 @@ impl AppState {
         (name = "usage", description = "The usage store's intake"),
         (name = "reconciler", description = "Desired against actual state"),
         (name = "workflows", description = "Durable onboarding and offboarding workflows"),
+        (name = "jobs", description = "Scheduled jobs: usage roll-up, billing sync"),
+        (name = "cost", description = "Cost and margin per tenant"),
+        (name = "webhooks", description = "Stripe's webhook deliveries"),
         (name = "health", description = "Probes and metrics"),
     )
 )]
@@ -115,6 +130,9 @@ pub fn router(state: AppState) -> Router {
         .merge(usage::router())
         .merge(reconciler::router())
         .merge(workflows::router())
+        .merge(jobs::router())
+        .merge(cost::router())
+        .merge(webhooks::router())
         .merge(health::router())
         .split_for_parts();
     routes

@@ -142,12 +142,15 @@ pub async fn reconcile<P: DatabaseProvider>(
     conn: &mut PgConnection,
     id: TenantId,
 ) -> Result<Outcome, ReconcileError> {
-    let (tenant, paused) = read(conn, id).await?;
+    let (mut tenant, paused) = read(conn, id).await?;
     if paused {
         return Ok(Outcome::Paused);
     }
     if crate::workflow::active_for(conn, id).await?.is_some() {
         return Ok(Outcome::InWorkflow);
+    }
+    if suspend_if_unpaid(conn, &tenant).await? {
+        tenant = read(conn, id).await?.0;
     }
     if tenant.spec.lifecycle == Lifecycle::Deleted
         && tenant.status.phase == Phase::Deleted
@@ -207,6 +210,32 @@ pub async fn reconcile<P: DatabaseProvider>(
     }
     tx.commit().await?;
     Ok(Outcome::Applied(decision))
+}
+
+/// Suspends an active tenant whose grace period after a failed payment ended
+/// unpaid; returns whether it did (the spec changed).
+async fn suspend_if_unpaid(conn: &mut PgConnection, tenant: &Tenant) -> Result<bool, ReconcileError> {
+    if tenant.spec.lifecycle != Lifecycle::Active {
+        return Ok(false);
+    }
+    let mut tx = conn.begin().await?;
+    let overdue = sqlx::query(
+        "UPDATE tenant_billing SET payment_state = 'suspended_unpaid', updated_at = now()
+         WHERE tenant_id = $1 AND payment_state = 'past_due' AND grace_until <= now()",
+    )
+    .bind(tenant.id.0)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        > 0;
+    if overdue {
+        let reason = "payment overdue: the grace period after a failed payment ended";
+        let actor = crate::api::auth::Actor::system("reconciler");
+        registry::set_lifecycle(&mut tx, &actor, None, &TenantRef::Id(tenant.id), Lifecycle::Suspended, Some(reason))
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(overdue)
 }
 
 /// Records a failed reconcile in the tenant's conditions (an event on the first failure).

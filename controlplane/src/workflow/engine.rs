@@ -13,12 +13,12 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
-use super::failpoints::Point;
 use super::offboarding::Offboarding;
 use super::onboarding::Onboarding;
 use super::store::{self, StepRow, WorkflowError, WorkflowRow};
 use super::{Definition, Kind, NO_STEP, Services, StepContext, StepError, compensable, step_order};
 use crate::db::{self, AdvisoryLock};
+use crate::failpoints::Point;
 use crate::journal;
 use crate::providers::DatabaseProvider;
 

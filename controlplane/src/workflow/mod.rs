@@ -8,7 +8,6 @@
 
 pub mod engine;
 pub mod export;
-pub mod failpoints;
 pub mod offboarding;
 pub mod onboarding;
 pub mod store;
@@ -26,10 +25,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use self::engine::Engine;
-pub use self::failpoints::Failpoints;
 pub use self::store::{WorkflowError, active_for};
 use crate::api::TenantDatabases;
 use crate::billing::{BillingError, Stripe};
+pub use crate::failpoints::Failpoints;
 use crate::providers::{DatabaseProvider, ProviderError};
 
 /// The workflows there are.

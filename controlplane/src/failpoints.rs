@@ -1,5 +1,6 @@
 //! Fault injection for the crash and compensation tests: inert unless the
-//! `INDIGO_FAILPOINTS` variable (or a test) names a step.
+//! `INDIGO_FAILPOINTS` variable (or a test) names a point, as `scope.name`: a
+//! workflow step (`onboarding.billing`) or a scheduled job (`job.rollup`).
 //!
 //! `INDIGO_FAILPOINTS="onboarding.billing=crash-after-run,offboarding.export=fail"`
 //!
@@ -13,7 +14,9 @@
 
 use std::collections::HashMap;
 
-use super::{Kind, StepError};
+use std::fmt::Display;
+
+use crate::workflow::StepError;
 
 /// Where in a step a crash is injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,27 +69,27 @@ impl Failpoints {
         Ok(Self { actions })
     }
 
-    fn action(&self, kind: Kind, step: &str) -> Option<Action> {
+    fn action(&self, scope: impl Display, name: &str) -> Option<Action> {
         if self.actions.is_empty() {
             return None;
         }
-        self.actions.get(&format!("{kind}.{step}")).copied()
+        self.actions.get(&format!("{scope}.{name}")).copied()
     }
 
-    /// Exits the process if a crash is set for this point of this step.
-    pub fn crash_at(&self, kind: Kind, step: &str, point: Point) {
-        if self.action(kind, step) == Some(Action::Crash(point)) {
-            tracing::error!(%kind, step, ?point, "failpoint: crashing");
+    /// Exits the process if a crash is set for this point of `scope.name`.
+    pub fn crash_at(&self, scope: impl Display, name: &str, point: Point) {
+        if self.action(&scope, name) == Some(Action::Crash(point)) {
+            tracing::error!(%scope, name, ?point, "failpoint: crashing");
             std::process::exit(CRASH_EXIT_CODE);
         }
     }
 
-    /// An injected failure for this attempt of the step, if any.
-    pub fn failure(&self, kind: Kind, step: &str, attempt: i32) -> Option<StepError> {
-        match self.action(kind, step)? {
-            Action::Fail => Some(StepError::Permanent(format!("failpoint {kind}.{step}: injected failure"))),
+    /// An injected failure for this attempt of `scope.name`, if any.
+    pub fn failure(&self, scope: impl Display, name: &str, attempt: i32) -> Option<StepError> {
+        match self.action(&scope, name)? {
+            Action::Fail => Some(StepError::Permanent(format!("failpoint {scope}.{name}: injected failure"))),
             Action::Transient(n) if attempt <= n => {
-                Some(StepError::Transient(format!("failpoint {kind}.{step}: injected transient failure")))
+                Some(StepError::Transient(format!("failpoint {scope}.{name}: injected transient failure")))
             }
             _ => None,
         }
@@ -96,6 +99,7 @@ impl Failpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workflow::Kind;
 
     #[test]
     fn parses_every_action_and_refuses_unknown_ones() {

@@ -1,16 +1,17 @@
-//! Crash-resume of onboarding and offboarding with real processes: for every
-//! step, `indigo serve` is made to die right after the step acted (before its
-//! result is recorded) and right after its result is recorded; a fresh daemon
-//! then finishes the workflow, and every effect happened exactly once: one
-//! Stripe customer, one subscription, one welcome email, one `TenantCreated`,
-//! one deletion certificate.
+//! Crash-resume with real processes. For every step of onboarding and
+//! offboarding, `indigo serve` is made to die right after the step acted
+//! (before its result is recorded) and right after its result is recorded; a
+//! fresh daemon then finishes the workflow, and every effect happened exactly
+//! once: one Stripe customer, one subscription, one welcome email, one
+//! `TenantCreated`, one deletion certificate. Likewise the usage roll-up and
+//! the billing sync, killed mid-way: no usage lost, none billed twice.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use indigo_controlplane::failpoints::CRASH_EXIT_CODE;
 use indigo_controlplane::workflow::export;
-use indigo_controlplane::workflow::failpoints::CRASH_EXIT_CODE;
 use indigo_controlplane::workflow::{Definition, offboarding::Offboarding, onboarding::Onboarding};
 use indigo_e2e::stripe_double::StripeDouble;
 use indigo_e2e::{Process, TestDatabase, free_port, wait_until_ok, workspace_binary};
@@ -272,5 +273,86 @@ async fn two_daemons_on_one_database_run_each_workflow_once() {
     }
     first.process.signal_and_wait("TERM", Duration::from_secs(10)).unwrap();
     second.process.signal_and_wait("TERM", Duration::from_secs(10)).unwrap();
+    platform.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollup_and_billing_sync_killed_midway_count_every_event_once() {
+    let platform = Platform::new().await;
+    let mut daemon = platform.daemon("").await;
+    let mut tenants = Vec::new();
+    for slug in ["usage-a", "usage-b"] {
+        let body = json!({ "name": slug, "slug": slug, "owner_email": format!("o@{slug}.example"), "plan": "growth" });
+        let response = platform.call(&daemon, reqwest::Method::POST, "/v1/tenants", slug, Some(body)).await.unwrap();
+        assert_eq!(response.status(), 201);
+        platform.wait_succeeded(&daemon, slug, "onboarding").await;
+        tenants.push(platform.get(&daemon, &format!("/v1/tenants/{slug}")).await["id"].as_str().unwrap().to_owned());
+    }
+    let now = chrono::Utc::now();
+    let events: Vec<Value> = (0..300)
+        .map(|n| {
+            let at = now - chrono::Duration::minutes(61 + 60 * (n % 3) as i64);
+            json!({ "id": uuid::Uuid::now_v7(), "tenant_id": tenants[n % 2], "event_type": "api_call", "quantity": 1.0, "occurred_at": at })
+        })
+        .collect();
+    for _ in 0..2 {
+        let response = platform
+            .call(&daemon, reqwest::Method::POST, "/v1/usage/events", "-", Some(json!({ "events": events })))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    daemon.process.signal_and_wait("TERM", Duration::from_secs(10)).unwrap();
+
+    for job in ["rollup", "billing_sync"] {
+        let path = format!("/v1/jobs/{job}/run");
+        platform
+            .crash_during(
+                &format!("job.{job}=crash-after-run"),
+                reqwest::Method::POST,
+                &path,
+                &format!("{job}-1"),
+                None,
+            )
+            .await;
+        let mut daemon = platform.daemon("").await;
+        // The scheduled run may hold the job this very second: then ask again.
+        for attempt in 0.. {
+            let response = platform
+                .call(&daemon, reqwest::Method::POST, &path, &format!("{job}-2-{attempt}"), None)
+                .await
+                .unwrap();
+            match response.status().as_u16() {
+                200 => break,
+                409 if attempt < 50 => tokio::time::sleep(Duration::from_millis(100)).await,
+                status => panic!("{job}: {status} {}", response.text().await.unwrap_or_default()),
+            }
+        }
+        daemon.process.signal_and_wait("TERM", Duration::from_secs(10)).unwrap();
+    }
+
+    let db = sqlx::PgPool::connect(&platform.control.url).await.unwrap();
+    let (rolled, raw): (f64, f64) = sqlx::query_as(
+        "SELECT (SELECT sum(quantity) FROM usage_hourly WHERE event_type = 'api_call'),
+                (SELECT sum(quantity) FROM usage_events WHERE event_type = 'api_call')",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((rolled, raw), (300.0, 300.0), "every distinct event rolled up once");
+    let billable: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT b.customer_id, sum(h.quantity) FROM usage_hourly h JOIN tenant_billing b USING (tenant_id)
+         WHERE h.event_type = 'api_call' GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let mut reported = std::collections::BTreeMap::<String, f64>::new();
+    for event in platform.stripe.meter_events() {
+        let customer = event["payload"]["stripe_customer_id"].as_str().unwrap().to_owned();
+        *reported.entry(customer).or_default() += event["payload"]["value"].as_str().unwrap().parse::<f64>().unwrap();
+    }
+    assert_eq!(reported.into_iter().collect::<Vec<_>>(), billable, "Stripe got each hour once, nothing twice");
+    db.close().await;
     platform.cleanup().await;
 }

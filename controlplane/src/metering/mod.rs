@@ -1,0 +1,9 @@
+//! Metering to billing: raw usage events rolled up per tenant, event type,
+//! hour and day ([`rollup`]), and the closed hours reported to Stripe's billing
+//! meter exactly once ([`billing_sync`]).
+
+pub mod billing_sync;
+pub mod rollup;
+
+/// Which event type is billed through which Stripe meter.
+pub const BILLED: &[(&str, &str)] = &[("api_call", crate::billing::API_CALLS_METER)];

@@ -1,0 +1,388 @@
+//! Metering to billing against real PostgreSQL and the Stripe test double:
+//! roll-ups equal the distinct events (duplicates, late events, reruns), the
+//! quantities reported to Stripe equal the roll-ups and are never reported
+//! twice (two daemons at once included), and Stripe's webhooks move a tenant
+//! through grace, suspension and resumption once each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use chrono::{DateTime, Utc};
+use http_body_util::BodyExt;
+use indigo_controlplane::api::webhooks::{self, WebhookConfig};
+use indigo_controlplane::api::{self, AppState, TenantDatabases};
+use indigo_controlplane::billing::Stripe;
+use indigo_controlplane::config::{Secret, StripeConfig};
+use indigo_controlplane::jobs::{JobError, Jobs};
+use indigo_controlplane::providers::local::LocalDatabases;
+use indigo_controlplane::reconciler::{self, Controller, Settings};
+use indigo_controlplane::workflow::{Failpoints, Services, engine};
+use indigo_controlplane::{db, policy};
+use indigo_dataplane::schema::TenantServer;
+use indigo_e2e::stripe_double::StripeDouble;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+const ADMIN: &str = "test-bootstrap-admin-token";
+const WEBHOOK_SECRET: &str = "whsec_test_secret";
+
+struct World {
+    router: Router,
+    state: AppState,
+    db: PgPool,
+    stripe: StripeDouble,
+}
+
+impl World {
+    async fn new(db: PgPool, grace: chrono::Duration) -> Self {
+        let plans =
+            policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref()).unwrap();
+        let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
+        let pool_database = format!("indigo_wf_pool_{}", Uuid::new_v4().simple());
+        server.provision(&pool_database).await.unwrap();
+        let mut state =
+            AppState::new(db.clone(), plans, Some(&Secret::new(ADMIN)), TenantDatabases { server, pool_database });
+        state.webhooks = Some(Arc::new(WebhookConfig {
+            secret: Secret::new(WEBHOOK_SECRET),
+            tolerance: chrono::Duration::minutes(5),
+            grace,
+        }));
+        let stripe = StripeDouble::start().await.unwrap();
+        Self { router: api::router(state.clone()), state, db, stripe }
+    }
+
+    fn stripe(&self) -> Stripe {
+        Stripe::new(&StripeConfig { api_base: self.stripe.url.clone(), secret_key: Secret::new("sk_test_double") })
+            .unwrap()
+    }
+
+    fn jobs(&self) -> Jobs {
+        Jobs { db: self.db.clone(), stripe: Some(self.stripe()), failpoints: Failpoints::default() }
+    }
+
+    async fn call(&self, method: Method, path: &str, headers: &[(&str, String)], body: Vec<u8>) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path).header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = self.router.clone().oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    fn admin() -> Vec<(&'static str, String)> {
+        vec![("authorization", format!("Bearer {ADMIN}"))]
+    }
+
+    /// Onboards tenants (with Stripe customers) through the API and the engine.
+    async fn tenants(&self, slugs: &[&str]) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        for slug in slugs {
+            let body =
+                json!({ "name": slug, "slug": slug, "owner_email": format!("o@{slug}.example"), "plan": "growth" });
+            let mut headers = Self::admin();
+            headers.push(("idempotency-key", format!("create-{slug}")));
+            let (status, tenant) =
+                self.call(Method::POST, "/v1/tenants", &headers, body.to_string().into_bytes()).await;
+            assert_eq!(status, StatusCode::CREATED, "{tenant}");
+            ids.push(tenant["id"].as_str().unwrap().parse().unwrap());
+        }
+        let exports = std::env::temp_dir().join("indigo-usage-test-exports");
+        engine::run_until_idle(&Services::local(&self.state, Some(self.stripe()), exports)).await.unwrap();
+        ids
+    }
+
+    async fn ingest(&self, events: &[Value]) -> Value {
+        let body = json!({ "events": events }).to_string().into_bytes();
+        let (status, result) = self.call(Method::POST, "/v1/usage/events", &Self::admin(), body).await;
+        assert_eq!(status, StatusCode::OK, "{result}");
+        result
+    }
+
+    /// Per tenant and hour, the rolled-up api calls, and what the distinct raw events say.
+    async fn hourly_vs_raw(&self) -> (Vec<(Uuid, DateTime<Utc>, f64)>, Vec<(Uuid, DateTime<Utc>, f64)>) {
+        let rolled = sqlx::query_as(
+            "SELECT tenant_id, hour, quantity FROM usage_hourly WHERE event_type = 'api_call' ORDER BY 1, 2",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        let raw = sqlx::query_as(
+            "SELECT tenant_id, date_trunc('hour', occurred_at, 'UTC'), sum(quantity) FROM usage_events
+             WHERE event_type = 'api_call' GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        (rolled, raw)
+    }
+
+    /// What the Stripe double received as meter events, per customer.
+    fn reported(&self) -> std::collections::BTreeMap<String, f64> {
+        let mut totals = std::collections::BTreeMap::new();
+        for event in self.stripe.meter_events() {
+            let customer = event["payload"]["stripe_customer_id"].as_str().unwrap().to_owned();
+            *totals.entry(customer).or_insert(0.0) +=
+                event["payload"]["value"].as_str().unwrap().parse::<f64>().unwrap();
+        }
+        totals
+    }
+
+    /// Per Stripe customer, the api calls in closed hours.
+    async fn billable(&self) -> std::collections::BTreeMap<String, f64> {
+        let rows: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT b.customer_id, sum(e.quantity) FROM usage_events e JOIN tenant_billing b USING (tenant_id)
+             WHERE e.event_type = 'api_call' AND e.occurred_at < date_trunc('hour', now(), 'UTC') GROUP BY 1",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        rows.into_iter().collect()
+    }
+
+    async fn cleanup(self) {
+        self.state.tenant_dbs.server.drop_database(&self.state.tenant_dbs.pool_database).await.unwrap();
+    }
+}
+
+fn event(id: Uuid, tenant: Uuid, hours_ago: i64, kind: &str) -> Value {
+    // A minute into the past hour, or now (the open hour) for 0.
+    let back = if hours_ago == 0 { chrono::Duration::zero() } else { chrono::Duration::minutes(1) };
+    let at = Utc::now() - chrono::Duration::hours(hours_ago) - back;
+    json!({ "id": id, "tenant_id": tenant, "event_type": kind, "quantity": 1.0, "occurred_at": at })
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn rollups_and_stripe_reports_equal_the_distinct_events_once(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenants = world.tenants(&["metered-a", "metered-b"]).await;
+    let jobs = world.jobs();
+
+    // A known stream: 3 hours of calls for two tenants, searches, and every batch sent twice.
+    let mut stream = Vec::new();
+    for (n, tenant) in tenants.iter().enumerate() {
+        for hour in 1..=3 {
+            for _ in 0..(5 * hour + n as i64) {
+                stream.push(event(Uuid::now_v7(), *tenant, hour, "api_call"));
+            }
+        }
+        stream.push(event(Uuid::now_v7(), *tenant, 1, "search_query"));
+    }
+    let first = world.ingest(&stream).await;
+    let again = world.ingest(&stream).await;
+    assert_eq!(again["accepted"], 0, "a resent batch is stored once: {again}");
+    assert_eq!(first["accepted"].as_u64().unwrap() as usize, stream.len());
+
+    jobs.run("rollup").await.unwrap();
+    let (rolled, raw) = world.hourly_vs_raw().await;
+    assert_eq!(rolled, raw);
+    assert_eq!(rolled.len(), 6);
+
+    jobs.run("billing_sync").await.unwrap();
+    assert_eq!(world.reported(), world.billable().await, "Stripe got exactly the aggregates");
+    let sent = world.stripe.meter_events().len();
+    jobs.run("billing_sync").await.unwrap();
+    assert_eq!(world.stripe.meter_events().len(), sent, "a second sync sends nothing new");
+
+    // Late events (10 days and 2 hours back) and the current hour's: reported by the difference only.
+    let late = vec![
+        event(Uuid::now_v7(), tenants[0], 240, "api_call"),
+        event(Uuid::now_v7(), tenants[0], 2, "api_call"),
+        event(Uuid::now_v7(), tenants[1], 0, "api_call"),
+    ];
+    world.ingest(&late).await;
+    jobs.run("rollup").await.unwrap();
+    let (rolled, raw) = world.hourly_vs_raw().await;
+    assert_eq!(rolled, raw);
+    jobs.run("billing_sync").await.unwrap();
+    assert_eq!(world.reported(), world.billable().await);
+    assert_eq!(world.stripe.meter_events().len(), sent + 2, "two windows changed; the open hour waits");
+
+    // Daily totals follow the hours; the jobs' runs are visible.
+    let daily: f64 = sqlx::query_scalar("SELECT sum(quantity) FROM usage_daily WHERE event_type = 'api_call'")
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+    let total: f64 = sqlx::query_scalar("SELECT sum(quantity) FROM usage_events WHERE event_type = 'api_call'")
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+    assert_eq!(daily, total);
+    let (status, list) = world.call(Method::GET, "/v1/jobs", &World::admin(), vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let rollup = list.as_array().unwrap().iter().find(|j| j["name"] == "rollup").unwrap();
+    assert_eq!((rollup["runs"].as_i64(), rollup["last_outcome"].as_str()), (Some(2), Some("ok")), "{rollup}");
+    world.cleanup().await;
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn two_daemons_running_the_jobs_at_once_count_once(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenants = world.tenants(&["busy-a", "busy-b"]).await;
+    let stream: Vec<Value> =
+        (0..400).map(|n| event(Uuid::now_v7(), tenants[n % 2], 1 + (n % 4) as i64, "api_call")).collect();
+    world.ingest(&stream).await;
+    let (a, b) = (world.jobs(), world.jobs());
+    for job in ["rollup", "billing_sync"] {
+        let (first, second) = tokio::join!(a.run(job), b.run(job));
+        for result in [&first, &second] {
+            assert!(matches!(result, Ok(_) | Err(JobError::Busy(_))), "{job}: {result:?}");
+        }
+        // Whichever ran, or both one after the other: the work is done once.
+        if first.is_err() || second.is_err() {
+            a.run(job).await.unwrap();
+        }
+    }
+    let (rolled, raw) = world.hourly_vs_raw().await;
+    assert_eq!(rolled, raw);
+    assert_eq!(world.reported(), world.billable().await);
+    world.cleanup().await;
+}
+
+fn signed(payload: &Value, secret: &str, at: i64) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    let body = payload.to_string().into_bytes();
+    (vec![("stripe-signature", webhooks::sign(secret, at, &body))], body)
+}
+
+fn stripe_event(id: &str, kind: &str, customer: &str) -> Value {
+    json!({ "id": id, "object": "event", "type": kind, "data": { "object": { "object": "invoice", "customer": customer } } })
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn webhooks_drive_grace_suspension_and_resumption_once(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::seconds(1)).await;
+    let tenant = world.tenants(&["late-payer"]).await[0];
+    let customer: String = sqlx::query_scalar("SELECT customer_id FROM tenant_billing WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp();
+    let failed = stripe_event("evt_1", "invoice.payment_failed", &customer);
+
+    // Forged, altered, replayed, unsigned: refused, nothing recorded.
+    let (headers, body) = signed(&failed, "whsec_wrong", now);
+    let (status, reply) = world.call(Method::POST, "/v1/webhooks/stripe", &headers, body).await;
+    assert_eq!((status, reply["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_signature")));
+    let (headers, _) = signed(&failed, WEBHOOK_SECRET, now);
+    let altered = stripe_event("evt_1", "invoice.paid", &customer).to_string().into_bytes();
+    let (status, _) = world.call(Method::POST, "/v1/webhooks/stripe", &headers, altered).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (headers, body) = signed(&failed, WEBHOOK_SECRET, now - 3600);
+    let (status, reply) = world.call(Method::POST, "/v1/webhooks/stripe", &headers, body).await;
+    assert_eq!((status, reply["code"].as_str()), (StatusCode::BAD_REQUEST, Some("signature_expired")));
+    let (status, _) = world.call(Method::POST, "/v1/webhooks/stripe", &[], failed.to_string().into_bytes()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events").fetch_one(&world.db).await.unwrap();
+    assert_eq!(recorded, 0);
+
+    // Payment failed (delivered twice): one grace period, one event.
+    for _ in 0..2 {
+        let (headers, body) = signed(&failed, WEBHOOK_SECRET, now);
+        let (status, reply) = world.call(Method::POST, "/v1/webhooks/stripe", &headers, body).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+    let failures: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE kind = 'PaymentFailed'")
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+    assert_eq!(failures, 1);
+
+    // Grace over, still unpaid: the reconciler suspends.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let controller = Controller::new(
+        world.db.clone(),
+        LocalDatabases::new(world.state.tenant_dbs.clone()),
+        world.state.tenant_dbs.clone(),
+        Settings::default(),
+    );
+    let mut conn = world.db.acquire().await.unwrap();
+    reconciler::reconcile(&controller.context(), &mut conn, indigo_core::tenant::TenantId(tenant)).await.unwrap();
+    let lifecycle: String = sqlx::query_scalar("SELECT lifecycle FROM tenants WHERE id = $1")
+        .bind(tenant)
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+    assert_eq!(lifecycle, "suspended");
+
+    // Paid (delivered twice): resumed once.
+    let paid = stripe_event("evt_2", "invoice.paid", &customer);
+    for _ in 0..2 {
+        let (headers, body) = signed(&paid, WEBHOOK_SECRET, Utc::now().timestamp());
+        let (status, _) = world.call(Method::POST, "/v1/webhooks/stripe", &headers, body).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (lifecycle, resumes): (String, i64) = sqlx::query_as(
+        "SELECT lifecycle, (SELECT count(*) FROM audit_log WHERE action = 'tenant.resume') FROM tenants WHERE id = $1",
+    )
+    .bind(tenant)
+    .fetch_one(&world.db)
+    .await
+    .unwrap();
+    assert_eq!((lifecycle.as_str(), resumes), ("active", 1));
+
+    // The subscription cancelled at Stripe: suspended.
+    let deleted = stripe_event("evt_3", "customer.subscription.deleted", &customer);
+    let (headers, body) = signed(&deleted, WEBHOOK_SECRET, Utc::now().timestamp());
+    let (status, reply) = world.call(Method::POST, "/v1/webhooks/stripe", &headers, body).await;
+    assert_eq!((status, reply["outcome"].as_str()), (StatusCode::OK, Some("suspended")), "{reply}");
+    world.cleanup().await;
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn cost_report_flags_tenants_whose_plan_does_not_pay(pool: PgPool) {
+    let mut world = World::new(pool, chrono::Duration::hours(72)).await;
+    // A model of our own, steep enough that a busy starter tenant costs more than it pays.
+    let model = indigo_core::cost::CostModel::parse(
+        "test-costs.toml",
+        r#"
+        currency = "usd"
+        scale = [1, 10]
+        [services.compute]
+        monthly = [100, 500]
+        driver = "api_calls"
+        [services.other]
+        monthly = [10, 50]
+        driver = "tenants"
+        [silo]
+        database_monthly = 90.0
+        "#,
+    )
+    .unwrap();
+    world.state.costs = Some(Arc::new(model));
+    world.router = api::router(world.state.clone());
+    let tenants = world.tenants(&["busy-shop", "quiet-shop"]).await;
+    sqlx::query("UPDATE tenants SET plan = 'starter' WHERE id = $1").bind(tenants[0]).execute(&world.db).await.unwrap();
+    let stream: Vec<Value> =
+        (0..100).map(|n| event(Uuid::now_v7(), if n < 99 { tenants[0] } else { tenants[1] }, 2, "api_call")).collect();
+    world.ingest(&stream).await;
+    world.jobs().run("rollup").await.unwrap();
+
+    let (status, report) = world.call(Method::GET, "/v1/cost", &World::admin(), vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let rows = report.as_array().unwrap();
+    assert_eq!(rows[0]["slug"], "busy-shop", "lowest margin first: {report}");
+    assert_eq!((rows[0]["unprofitable"].as_bool(), rows[1]["unprofitable"].as_bool()), (Some(true), Some(false)));
+    let compute = rows[0]["cost"]["compute"].as_f64().unwrap();
+    let fleet_compute = 100.0 + 400.0 / 9.0;
+    assert!((compute - fleet_compute * 0.99).abs() < 1e-6, "99% of the calls, 99% of compute: {compute}");
+    assert_eq!(rows[0]["revenue"], 29.0);
+    assert_eq!(rows[0]["usage_30d"]["api_call"], 99.0);
+
+    let (_, flagged) = world.call(Method::GET, "/v1/cost?unprofitable=true", &World::admin(), vec![]).await;
+    assert_eq!(flagged.as_array().unwrap().len(), 1);
+    let (status, one) = world.call(Method::GET, "/v1/tenants/quiet-shop/cost", &World::admin(), vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(one["margin"].as_f64().unwrap() > 0.0, "{one}");
+    let (status, missing) = world.call(Method::GET, "/v1/tenants/nobody/cost", &World::admin(), vec![]).await;
+    assert_eq!((status, missing["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (status, bad) = world.call(Method::GET, "/v1/cost?unprofitable=maybe", &World::admin(), vec![]).await;
+    assert_eq!((status, bad["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")), "{bad}");
+    world.cleanup().await;
+}
