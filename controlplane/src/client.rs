@@ -2,7 +2,7 @@
 
 use indigo_core::api::{
     ApiToken, AuditEntry, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
-    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantUsage, WhoAmI, Workflow,
+    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantCost, TenantUsage, WhoAmI, Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -178,6 +178,11 @@ impl AdminClient {
 
     pub async fn cancel_workflow(&self, id: &str, key: &str) -> Result<Workflow, ClientError> {
         self.mutate(Method::POST, &format!("/v1/workflows/{}/cancel", path_segment(id)), &(), key).await
+    }
+
+    /// The fleet's cost and margin per tenant, lowest margin first.
+    pub async fn costs(&self) -> Result<Vec<TenantCost>, ClientError> {
+        self.get("/v1/cost", &()).await
     }
 
     pub async fn plans(&self) -> Result<Vec<Plan>, ClientError> {

@@ -70,6 +70,9 @@ struct ConfigFile {
     mail_from: Option<String>,
     stripe_webhook_secret: Option<String>,
     payment_grace_hours: Option<u64>,
+    provider: Option<String>,
+    aws_usage_table: Option<String>,
+    aws_metrics_namespace: Option<String>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -129,6 +132,15 @@ pub struct Overrides {
     /// Hours a tenant may stay unpaid after a failed payment before suspension [env: INDIGO_PAYMENT_GRACE_HOURS] [default: 72]
     #[arg(long, env = "INDIGO_PAYMENT_GRACE_HOURS", hide_env = true)]
     pub payment_grace_hours: Option<u64>,
+    /// `local` or `aws` (usage and metrics to DynamoDB and CloudWatch, standard AWS configuration) [env: INDIGO_PROVIDER] [default: local]
+    #[arg(long, env = "INDIGO_PROVIDER", hide_env = true)]
+    pub provider: Option<String>,
+    /// DynamoDB usage table of the AWS provider [env: INDIGO_AWS_USAGE_TABLE] [default: indigo-usage]
+    #[arg(long, env = "INDIGO_AWS_USAGE_TABLE", hide_env = true)]
+    pub aws_usage_table: Option<String>,
+    /// CloudWatch namespace of per-tenant metrics [env: INDIGO_AWS_METRICS_NAMESPACE] [default: Indigo/Usage]
+    #[arg(long, env = "INDIGO_AWS_METRICS_NAMESPACE", hide_env = true)]
+    pub aws_metrics_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +169,17 @@ pub struct Config {
     /// `None`: Stripe webhooks are refused (503).
     pub stripe_webhook_secret: Option<Secret>,
     pub payment_grace_hours: u64,
+    pub provider: Provider,
+    pub aws_usage_table: String,
+    pub aws_metrics_namespace: String,
+}
+
+/// Where the control plane keeps what it acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Local,
+    /// Usage and metrics on DynamoDB and CloudWatch.
+    Aws,
 }
 
 #[derive(Debug, Clone)]
@@ -246,9 +269,29 @@ impl Config {
             overrides.plans_file.or(from_file.plans_file).unwrap_or_else(|| DEFAULT_PLANS_FILE.into());
         let costs_file =
             overrides.costs_file.or(from_file.costs_file).unwrap_or_else(|| plans_file.with_file_name("costs.toml"));
+        let provider = match overrides.provider.or(from_file.provider).as_deref() {
+            None | Some("local") => Provider::Local,
+            Some("aws") => Provider::Aws,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "provider",
+                    env: "INDIGO_PROVIDER",
+                    message: format!("`{other}` is not `local` or `aws`"),
+                });
+            }
+        };
         Ok(Self {
             stripe,
             costs_file,
+            provider,
+            aws_usage_table: overrides
+                .aws_usage_table
+                .or(from_file.aws_usage_table)
+                .unwrap_or_else(|| "indigo-usage".into()),
+            aws_metrics_namespace: overrides
+                .aws_metrics_namespace
+                .or(from_file.aws_metrics_namespace)
+                .unwrap_or_else(|| "Indigo/Usage".into()),
             smtp_relay: overrides.smtp_relay.or(from_file.smtp_relay),
             stripe_webhook_secret: overrides.stripe_webhook_secret.or(from_file.stripe_webhook_secret).map(Secret::new),
             payment_grace_hours: overrides.payment_grace_hours.or(from_file.payment_grace_hours).unwrap_or(72),

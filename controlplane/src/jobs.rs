@@ -14,6 +14,7 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::billing::Stripe;
 use crate::failpoints::Failpoints;
+use crate::metering::aws::{self, AwsUsage};
 use crate::metering::{billing_sync, rollup};
 
 pub struct JobSpec {
@@ -34,6 +35,11 @@ pub const JOBS: &[JobSpec] = &[
         schedule: "0 5 * * * *",
         description: "closed hours of billable usage → Stripe meter events",
     },
+    JobSpec {
+        name: aws::JOB,
+        schedule: "30 * * * * *",
+        description: "rolled-up usage → DynamoDB usage table and CloudWatch metrics (AWS provider)",
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +59,8 @@ pub struct Jobs {
     pub db: PgPool,
     /// `None`: billing is off and the billing sync has nothing to do.
     pub stripe: Option<Stripe>,
+    /// `None`: the local provider, where PostgreSQL is the usage store.
+    pub aws: Option<AwsUsage>,
     pub failpoints: Failpoints,
 }
 
@@ -75,6 +83,14 @@ impl Jobs {
             billing_sync::JOB => match &self.stripe {
                 None => Ok(Some(json!({ "billing": "off" }))),
                 Some(stripe) => billing_sync::sync(&self.db, stripe, &self.failpoints)
+                    .await
+                    .map(|r| r.map(|r| json!(r)))
+                    .map_err(|e| e.to_string()),
+            },
+            aws::JOB => match &self.aws {
+                None => Ok(Some(json!({ "provider": "local" }))),
+                Some(mirror) => mirror
+                    .mirror(&self.db, &self.failpoints)
                     .await
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),

@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 use crate::api::webhooks::WebhookConfig;
 use crate::api::{self, AppState, TenantDatabases};
 use crate::billing::Stripe;
-use crate::config::Config;
+use crate::config::{Config, Provider};
 use crate::jobs::Jobs;
+use crate::metering::aws::AwsUsage;
 use crate::outbox::{self, Mailer};
 use crate::providers::local::LocalDatabases;
 use crate::reconciler::{Controller, Settings};
@@ -62,6 +63,10 @@ pub async fn start_background(config: &Config, state: &mut AppState) -> anyhow::
     let jobs = Arc::new(Jobs {
         db: state.db.clone(),
         stripe: config.stripe.as_ref().map(Stripe::new).transpose().context("Stripe client")?,
+        aws: match config.provider {
+            Provider::Local => None,
+            Provider::Aws => Some(AwsUsage::from_env(&config.aws_usage_table, &config.aws_metrics_namespace).await),
+        },
         failpoints: Failpoints::from_env().map_err(anyhow::Error::msg)?,
     });
     let scheduler = jobs.schedule().await.context("cannot start the job scheduler")?;

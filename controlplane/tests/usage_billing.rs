@@ -62,7 +62,7 @@ impl World {
     }
 
     fn jobs(&self) -> Jobs {
-        Jobs { db: self.db.clone(), stripe: Some(self.stripe()), failpoints: Failpoints::default() }
+        Jobs { db: self.db.clone(), stripe: Some(self.stripe()), aws: None, failpoints: Failpoints::default() }
     }
 
     async fn call(&self, method: Method, path: &str, headers: &[(&str, String)], body: Vec<u8>) -> (StatusCode, Value) {
@@ -384,5 +384,67 @@ async fn cost_report_flags_tenants_whose_plan_does_not_pay(pool: PgPool) {
     assert_eq!((status, missing["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
     let (status, bad) = world.call(Method::GET, "/v1/cost?unprofitable=maybe", &World::admin(), vec![]).await;
     assert_eq!((status, bad["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")), "{bad}");
+    world.cleanup().await;
+}
+
+/// Where `.ci/run` starts moto (`pip install 'moto[server]'; moto_server -p 5000`).
+fn moto_url() -> String {
+    std::env::var("MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_same_totals(pool: PgPool) {
+    use indigo_controlplane::metering::aws::AwsUsage;
+    let url = moto_url();
+    reqwest::get(format!("{url}/moto-api/"))
+        .await
+        .unwrap_or_else(|e| panic!("moto is not reachable at {url} ({e}); .ci/run installs and starts it"));
+    // Explicit settings rather than the environment: a developer's own AWS settings stay out of it.
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "moto"))
+        .load()
+        .await;
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenants = world.tenants(&["cloud-a", "cloud-b"]).await;
+    let suffix = Uuid::new_v4().simple().to_string();
+    let table = format!("indigo-usage-{suffix}");
+    let namespace = format!("Indigo/Test/{suffix}");
+    let mirror = AwsUsage::new(&config, &table, &namespace);
+    let jobs = Jobs { db: world.db.clone(), stripe: None, aws: Some(mirror), failpoints: Failpoints::default() };
+
+    let stream: Vec<Value> =
+        (0..60).map(|n| event(Uuid::now_v7(), tenants[n % 2], 1 + (n % 3) as i64, "api_call")).collect();
+    world.ingest(&stream).await;
+    jobs.run("rollup").await.unwrap();
+    jobs.run("usage_mirror").await.unwrap();
+    // Late events change a mirrored hour: the difference is sent, the day's total set again.
+    world.ingest(&[event(Uuid::now_v7(), tenants[0], 1, "api_call")]).await;
+    jobs.run("rollup").await.unwrap();
+    jobs.run("usage_mirror").await.unwrap();
+    jobs.run("usage_mirror").await.unwrap();
+
+    let mirror = jobs.aws.as_ref().unwrap();
+    let daily: Vec<(Uuid, chrono::NaiveDate, f64)> =
+        sqlx::query_as("SELECT tenant_id, day, quantity FROM usage_daily WHERE event_type = 'api_call'")
+            .fetch_all(&world.db)
+            .await
+            .unwrap();
+    for (tenant, day, quantity) in &daily {
+        assert_eq!(mirror.day_total(*tenant, *day, "api_call").await.unwrap(), Some(*quantity), "{tenant} {day}");
+    }
+    let (start, end) = (Utc::now() - chrono::Duration::days(1), Utc::now());
+    for tenant in &tenants {
+        let expected: f64 = sqlx::query_scalar(
+            "SELECT sum(quantity) FROM usage_hourly WHERE tenant_id = $1 AND event_type = 'api_call'
+               AND hour < date_trunc('hour', now(), 'UTC')",
+        )
+        .bind(tenant)
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+        assert_eq!(mirror.metric_sum(*tenant, "api_call", start, end).await.unwrap(), expected, "{tenant}");
+    }
     world.cleanup().await;
 }

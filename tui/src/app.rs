@@ -9,7 +9,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::HashMap;
 
 use indigo_core::api::{
-    AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantUsage, Workflow, WorkflowState,
+    AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantCost, TenantUsage, Workflow, WorkflowState,
 };
 use indigo_core::plan::Limit;
 use indigo_core::tenant::TenantId;
@@ -186,6 +186,8 @@ pub enum Loaded {
         usage: Vec<TenantUsage>,
         /// The most recent workflows, newest first.
         workflows: Vec<Workflow>,
+        /// Cost and margin per tenant, lowest margin first (empty without a cost model).
+        costs: Vec<TenantCost>,
         at: DateTime<Utc>,
     },
     Detail {
@@ -239,6 +241,7 @@ pub struct App {
     pub events: Vec<Event>,
     pub reconciler: Option<ReconcilerStatus>,
     pub workflows: Vec<Workflow>,
+    pub costs: Vec<TenantCost>,
     pub fetched_at: Option<DateTime<Utc>>,
     pub connection: Connection,
     pub detail_slug: Option<String>,
@@ -269,6 +272,7 @@ impl App {
             events: Vec::new(),
             reconciler: None,
             workflows: Vec::new(),
+            costs: Vec::new(),
             fetched_at: None,
             connection: Connection::Loading,
             detail_slug: None,
@@ -333,9 +337,10 @@ impl App {
 
     pub fn apply(&mut self, loaded: Loaded) {
         match loaded {
-            Loaded::Fleet { tenants, events, reconciler, usage, workflows, at } => {
+            Loaded::Fleet { tenants, events, reconciler, usage, workflows, costs, at } => {
                 self.tenants = tenants;
                 self.workflows = workflows;
+                self.costs = costs;
                 self.usage = usage.into_iter().map(|u| (u.tenant_id, u)).collect();
                 self.events = events;
                 self.reconciler = reconciler;
@@ -373,6 +378,7 @@ impl App {
     fn rows(&self) -> usize {
         match self.view {
             View::Workflows => self.workflows.len(),
+            View::Cost => self.costs.len(),
             _ => self.visible().len(),
         }
     }

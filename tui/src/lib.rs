@@ -126,7 +126,9 @@ async fn fetch_fleet(client: &AdminClient) -> Result<Loaded, ClientError> {
     let reconciler = client.reconciler().await.ok();
     let usage = client.usage_summary().await.unwrap_or_default();
     let workflows = client.workflows(&WorkflowQuery { limit: Some(200), ..Default::default() }).await?;
-    Ok(Loaded::Fleet { tenants, events: newest.items, reconciler, usage, workflows, at: chrono::Utc::now() })
+    // A control plane without a cost model answers 503: the view says so.
+    let costs = client.costs().await.unwrap_or_default();
+    Ok(Loaded::Fleet { tenants, events: newest.items, reconciler, usage, workflows, costs, at: chrono::Utc::now() })
 }
 
 /// Polls the fleet every `refresh` (not while the operator types), backing off when the API is away.

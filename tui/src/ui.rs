@@ -59,12 +59,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: Theme) {
         View::Events => draw_events(frame, body, app),
         View::Reconciler => draw_reconciler(frame, body, app, theme),
         View::Workflows => draw_workflows(frame, body, app, theme),
-        View::Cost => draw_note(
-            frame,
-            body,
-            "usage & cost",
-            "Usage roll-ups and cost per tenant are not built yet; usage events are being stored.",
-        ),
+        View::Cost => draw_cost(frame, body, app, theme),
         View::Help => draw_help(frame, body),
     }
     draw_footer(frame, footer, app, theme);
@@ -477,6 +472,77 @@ fn draw_workflows(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             .wrap(Wrap { trim: true })
             .block(Block::default().borders(Borders::ALL).title(" steps · r retry · c cancel ")),
         steps_area,
+    );
+}
+
+fn draw_cost(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    if app.costs.is_empty() {
+        draw_note(
+            frame,
+            area,
+            "usage & cost",
+            "No cost report: the control plane has no cost model or no serving tenants.",
+        );
+        return;
+    }
+    let narrow = area.width < 100;
+    let height = area.height.saturating_sub(3) as usize;
+    let first = app.selected.saturating_sub(height.saturating_sub(1));
+    let unprofitable = app.costs.iter().filter(|c| c.unprofitable).count();
+    let rows: Vec<Row> = app
+        .costs
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(height)
+        .map(|(n, c)| {
+            let calls = c.usage_30d.get("api_call").copied().unwrap_or(0.0);
+            let mut cells = vec![
+                Cell::from(c.slug.to_string()),
+                Cell::from(c.plan.to_string()),
+                Cell::from(c.isolation.to_string()),
+                Cell::from(format!("{calls:.0}")),
+                Cell::from(format!("{:.2}", c.cost_total)),
+                Cell::from(format!("{:.2}", c.revenue)),
+                Cell::from(format!("{:.2}", c.margin)).style(if c.unprofitable {
+                    theme.bad()
+                } else {
+                    theme.fg(Color::Green)
+                }),
+            ];
+            if !narrow {
+                let biggest = c.cost.iter().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, v)| format!("{k} {v:.2}"));
+                cells.push(Cell::from(biggest.unwrap_or_default()));
+            }
+            cells.push(Cell::from(if c.unprofitable { "LOSS" } else { "" }));
+            let row = Row::new(cells);
+            if n == app.selected { row.style(theme.selected()) } else { row }
+        })
+        .collect();
+    let mut header = vec!["SLUG", "PLAN", "ISOL", "CALLS/30D", "COST", "REVENUE", "MARGIN"];
+    let mut widths = vec![
+        Constraint::Length(18),
+        Constraint::Length(11),
+        Constraint::Length(5),
+        Constraint::Length(10),
+        Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(9),
+    ];
+    if !narrow {
+        header.push("LARGEST COST");
+        widths.push(Constraint::Length(26));
+    }
+    header.push("FLAG");
+    widths.push(Constraint::Min(4));
+    let currency = app.costs[0].currency.to_uppercase();
+    frame.render_widget(
+        Table::new(rows, widths).header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD))).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(" usage & cost ({currency}/month, lowest margin first; {unprofitable} unprofitable) ")),
+        ),
+        area,
     );
 }
 

@@ -76,6 +76,7 @@ fn loaded(app: &mut App, tenants: Vec<Tenant>) {
         reconciler: Some(reconciler),
         usage,
         workflows,
+        costs: vec![],
         at: Utc::now(),
     });
 }
@@ -197,7 +198,7 @@ fn detail_reconciler_events_help_and_notes_render() {
         ("reconciler", "RLS audit     ok"),
         ("events", "PlanChanged"),
         ("moves", "No workflows yet"),
-        ("cost", "not built yet"),
+        ("cost", "No cost report"),
     ] {
         key(&mut app, KeyCode::Char(':'));
         type_text(&mut app, command);
@@ -363,6 +364,7 @@ fn workflows_view_shows_progress_steps_and_acts_on_the_selected_one() {
         reconciler: None,
         usage: vec![],
         workflows: vec![running, failed.clone()],
+        costs: vec![],
         at: fleet_at,
     });
     key(&mut app, KeyCode::Char(':'));
@@ -418,6 +420,7 @@ fn workflows_view_shows_progress_steps_and_acts_on_the_selected_one() {
         reconciler: None,
         usage: vec![],
         workflows: vec![failed],
+        costs: vec![],
         at: fleet_at,
     });
     key(&mut viewer, KeyCode::Char(':'));
@@ -426,4 +429,45 @@ fn workflows_view_shows_progress_steps_and_acts_on_the_selected_one() {
     assert!(key(&mut viewer, KeyCode::Char('r')).is_empty());
     assert_eq!(viewer.mode, Mode::Normal);
     assert!(viewer.status.contains("read-only"));
+}
+
+#[test]
+fn cost_view_puts_the_unprofitable_first_and_flags_them() {
+    let mut app = App::new("http://api", false);
+    let tenants = fleet();
+    let cost = |t: &Tenant, total: f64, revenue: f64| indigo_core::api::TenantCost {
+        tenant_id: t.id,
+        slug: t.slug.clone(),
+        plan: t.spec.plan.clone(),
+        isolation: t.spec.isolation,
+        usage_30d: [("api_call".to_owned(), 120_000.0)].into(),
+        cost: [("ecs_fargate".to_owned(), total)].into(),
+        cost_total: total,
+        revenue,
+        margin: revenue - total,
+        unprofitable: total > revenue,
+        currency: "usd".into(),
+    };
+    let costs = vec![cost(&tenants[0], 41.5, 29.0), cost(&tenants[1], 3.2, 99.0)];
+    app.apply(Loaded::Fleet {
+        tenants: tenants.clone(),
+        events: vec![],
+        reconciler: None,
+        usage: vec![],
+        workflows: vec![],
+        costs,
+        at: Utc::now(),
+    });
+    key(&mut app, KeyCode::Char(':'));
+    type_text(&mut app, "cost");
+    key(&mut app, KeyCode::Enter);
+    for (width, height) in [(140, 30), (80, 24)] {
+        let screen = render(&app, width, height);
+        for needle in ["1 unprofitable", "acme-shoes", "-12.50", "LOSS", "blue-bakery", "95.80", "120000"] {
+            assert!(screen.contains(needle), "{needle} missing at {width}x{height}:\n{screen}");
+        }
+    }
+    assert!(render(&app, 140, 30).contains("ecs_fargate 41.50"));
+    key(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.selected, 1);
 }

@@ -2,6 +2,7 @@
 //! hour and day ([`rollup`]), and the closed hours reported to Stripe's billing
 //! meter exactly once ([`billing_sync`]).
 
+pub mod aws;
 pub mod billing_sync;
 pub mod rollup;
 

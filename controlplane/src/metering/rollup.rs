@@ -27,6 +27,83 @@ pub struct Rollup {
     pub watermark: DateTime<Utc>,
 }
 
+/// The first run: every bucket from every event. Aggregated into a temporary
+/// table first, which PostgreSQL may compute with parallel workers (an
+/// `INSERT ... SELECT` may not).
+async fn recompute_all(tx: &mut sqlx::PgConnection) -> Result<(u64, u64), sqlx::Error> {
+    sqlx::query(
+        "CREATE TEMP TABLE fresh_hourly ON COMMIT DROP AS
+         SELECT tenant_id, event_type, date_trunc('hour', occurred_at, 'UTC') AS hour,
+                sum(quantity) AS quantity, count(*) AS events
+         FROM usage_events GROUP BY 1, 2, 3",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let hours =
+        upsert(tx, "usage_hourly", "hour", "SELECT tenant_id, event_type, hour, quantity, events FROM fresh_hourly")
+            .await?;
+    let days = upsert(
+        tx,
+        "usage_daily",
+        "day",
+        "SELECT tenant_id, event_type, (hour AT TIME ZONE 'UTC')::date, sum(quantity), sum(events)
+         FROM usage_hourly GROUP BY 1, 2, 3",
+    )
+    .await?;
+    Ok((hours, days))
+}
+
+/// Later runs: only the buckets that events received since the watermark touched.
+async fn recompute_touched(
+    tx: &mut sqlx::PgConnection,
+    watermark: Option<DateTime<Utc>>,
+) -> Result<(u64, u64), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TEMP TABLE touched ON COMMIT DROP AS
+         SELECT DISTINCT tenant_id, event_type, date_trunc('hour', occurred_at, 'UTC') AS hour
+         FROM usage_events WHERE received_at >= $1 - interval '{IN_FLIGHT_MARGIN}'"
+    )))
+    .bind(watermark)
+    .execute(&mut *tx)
+    .await?;
+    let hours = upsert(
+        tx,
+        "usage_hourly",
+        "hour",
+        "SELECT t.tenant_id, t.event_type, t.hour, sum(e.quantity), count(*)
+         FROM touched t JOIN usage_events e
+           ON e.tenant_id = t.tenant_id AND e.event_type = t.event_type
+          AND e.occurred_at >= t.hour AND e.occurred_at < t.hour + interval '1 hour'
+         GROUP BY 1, 2, 3",
+    )
+    .await?;
+    let days = upsert(
+        tx,
+        "usage_daily",
+        "day",
+        "SELECT h.tenant_id, h.event_type, d.day, sum(h.quantity), sum(h.events)
+         FROM (SELECT DISTINCT tenant_id, event_type, (hour AT TIME ZONE 'UTC')::date AS day FROM touched) d
+         JOIN usage_hourly h
+           ON h.tenant_id = d.tenant_id AND h.event_type = d.event_type
+          AND h.hour >= d.day::timestamp AT TIME ZONE 'UTC' AND h.hour < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
+         GROUP BY 1, 2, 3",
+    )
+    .await?;
+    Ok((hours, days))
+}
+
+/// Sets the buckets of `table` (keyed by tenant, event type and `period`) to
+/// the totals `select` computes; unchanged ones are not rewritten.
+async fn upsert(tx: &mut sqlx::PgConnection, table: &str, period: &str, select: &str) -> Result<u64, sqlx::Error> {
+    let statement = format!(
+        "INSERT INTO {table} (tenant_id, event_type, {period}, quantity, events) {select}
+         ON CONFLICT (tenant_id, event_type, {period}) DO UPDATE
+             SET quantity = EXCLUDED.quantity, events = EXCLUDED.events, updated_at = now()
+             WHERE ({table}.quantity, {table}.events) IS DISTINCT FROM (EXCLUDED.quantity, EXCLUDED.events)"
+    );
+    Ok(sqlx::query(sqlx::AssertSqlSafe(statement)).execute(tx).await?.rows_affected())
+}
+
 /// Runs one roll-up; `None` when another daemon is running one right now.
 pub async fn roll_up(db: &PgPool, failpoints: &Failpoints) -> Result<Option<Rollup>, sqlx::Error> {
     let mut tx = db.begin().await?;
@@ -43,48 +120,10 @@ pub async fn roll_up(db: &PgPool, failpoints: &Failpoints) -> Result<Option<Roll
     let (watermark, started): (Option<DateTime<Utc>>, DateTime<Utc>) =
         sqlx::query_as("SELECT watermark, now() FROM jobs WHERE name = $1").bind(JOB).fetch_one(&mut *tx).await?;
     let full = watermark.is_none();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE TEMP TABLE touched ON COMMIT DROP AS
-         SELECT DISTINCT tenant_id, event_type, date_trunc('hour', occurred_at, 'UTC') AS hour
-         FROM usage_events WHERE $1::timestamptz IS NULL OR received_at >= $1 - interval '{IN_FLIGHT_MARGIN}'"
-    )))
-    .bind(watermark)
-    .execute(&mut *tx)
-    .await?;
-    let hourly = if full {
-        "SELECT tenant_id, event_type, date_trunc('hour', occurred_at, 'UTC'), sum(quantity), count(*)
-         FROM usage_events GROUP BY 1, 2, 3"
-    } else {
-        "SELECT t.tenant_id, t.event_type, t.hour, sum(e.quantity), count(*)
-         FROM touched t JOIN usage_events e
-           ON e.tenant_id = t.tenant_id AND e.event_type = t.event_type
-          AND e.occurred_at >= t.hour AND e.occurred_at < t.hour + interval '1 hour'
-         GROUP BY 1, 2, 3"
-    };
-    let hours_changed = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO usage_hourly (tenant_id, event_type, hour, quantity, events) {hourly}
-         ON CONFLICT (tenant_id, event_type, hour) DO UPDATE
-             SET quantity = EXCLUDED.quantity, events = EXCLUDED.events, updated_at = now()
-             WHERE (usage_hourly.quantity, usage_hourly.events) IS DISTINCT FROM (EXCLUDED.quantity, EXCLUDED.events)"
-    )))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let days_changed = sqlx::query(
-        "INSERT INTO usage_daily (tenant_id, event_type, day, quantity, events)
-         SELECT h.tenant_id, h.event_type, d.day, sum(h.quantity), sum(h.events)
-         FROM (SELECT DISTINCT tenant_id, event_type, (hour AT TIME ZONE 'UTC')::date AS day FROM touched) d
-         JOIN usage_hourly h
-           ON h.tenant_id = d.tenant_id AND h.event_type = d.event_type
-          AND h.hour >= d.day::timestamp AT TIME ZONE 'UTC' AND h.hour < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
-         GROUP BY 1, 2, 3
-         ON CONFLICT (tenant_id, event_type, day) DO UPDATE
-             SET quantity = EXCLUDED.quantity, events = EXCLUDED.events, updated_at = now()
-             WHERE (usage_daily.quantity, usage_daily.events) IS DISTINCT FROM (EXCLUDED.quantity, EXCLUDED.events)",
-    )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    // A month of a large fleet is a million buckets or more: aggregate in memory.
+    sqlx::query("SET LOCAL work_mem = '512MB'").execute(&mut *tx).await?;
+    let (hours_changed, days_changed) =
+        if full { recompute_all(&mut tx).await? } else { recompute_touched(&mut tx, watermark).await? };
     failpoints.crash_at("job", JOB, Point::AfterRun);
     sqlx::query("UPDATE jobs SET watermark = $2 WHERE name = $1").bind(JOB).bind(started).execute(&mut *tx).await?;
     tx.commit().await?;

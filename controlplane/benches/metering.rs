@@ -1,0 +1,166 @@
+//! Metering benchmark: ingest usage events for 1,000 tenants through the admin
+//! API's intake over HTTP (batches of 10,000, as the data plane sends them,
+//! two senders at once), then roll them all up, then roll up a fresh minute's
+//! worth incrementally.
+//!
+//! Writes `benchmarks/metering.md`. Metering's cost to the data plane is the
+//! (b)/(c) comparison of `cargo bench -p indigo-dataplane --bench storefront`.
+//!
+//! Run: `cargo bench -p indigo-controlplane --bench metering` (PostgreSQL on
+//! DATABASE_URL's server). Env: BENCH_EVENTS (default 10,000,000), BENCH_TENANTS (default 1,000).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use indigo_controlplane::api::{self, AppState, TenantDatabases};
+use indigo_controlplane::config::Secret;
+use indigo_controlplane::metering::rollup;
+use indigo_controlplane::workflow::Failpoints;
+use indigo_controlplane::{db, policy};
+use indigo_dataplane::schema::TenantServer;
+use serde_json::json;
+use uuid::Uuid;
+
+const ADMIN: &str = "bench-admin-token-0123456789";
+const BATCH: usize = 10_000;
+
+fn batch_body(tenants: &[Uuid], batch: u64) -> String {
+    let now = Utc::now();
+    let events: Vec<serde_json::Value> = (0..BATCH as u64)
+        .map(|n| {
+            let i = batch * BATCH as u64 + n;
+            // Spread over the last 30 days, like a month of traffic arriving.
+            let at = now - chrono::Duration::seconds((i % (30 * 86_400)) as i64);
+            json!({
+                "id": Uuid::now_v7(),
+                "tenant_id": tenants[(i % tenants.len() as u64) as usize],
+                "event_type": if i.is_multiple_of(10) { "search_query" } else { "api_call" },
+                "quantity": 1.0,
+                "route": "/v1/products/{id}",
+                "status": 200,
+                "latency_ms": 3,
+                "occurred_at": at,
+            })
+        })
+        .collect();
+    json!({ "events": events }).to_string()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let total: u64 = std::env::var("BENCH_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
+    let tenant_count: i64 = std::env::var("BENCH_TENANTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let server_url =
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let suffix = Uuid::new_v4().simple().to_string();
+    let control_name = format!("indigo_bench_control_{suffix}");
+    let control_url = format!("{}/{control_name}", server_url.rsplit_once('/').unwrap().0);
+    db::ensure_database(&control_url).await?;
+    let pool = db::connect(&control_url).await?;
+    db::migrate(&pool).await?;
+    let tenants: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO tenants (id, slug, name, owner_email, plan, isolation)
+         SELECT gen_random_uuid(), 'bench-' || n, 'Bench ' || n, 'owner@bench.example', 'starter', 'pool'
+         FROM generate_series(1, $1) AS n RETURNING id",
+    )
+    .bind(tenant_count)
+    .fetch_all(&pool)
+    .await?;
+    let plans = policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref())?;
+    let server = TenantServer::new(&server_url)?;
+    let tenant_dbs = TenantDatabases { server: server.clone(), pool_database: "unused".into() };
+    let state = AppState::new(pool.clone(), plans, Some(&Secret::new(ADMIN)), tenant_dbs);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1/usage/events", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+
+    // Ingestion: two senders, each building its next batch while the other's is stored.
+    let batches = total.div_ceil(BATCH as u64);
+    let next = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let tenants = Arc::new(tenants);
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let (next, accepted, tenants, url) = (next.clone(), accepted.clone(), tenants.clone(), url.clone());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let batch = next.fetch_add(1, Ordering::Relaxed);
+                if batch >= batches {
+                    return anyhow::Ok(());
+                }
+                let body = tokio::task::spawn_blocking({
+                    let tenants = tenants.clone();
+                    move || batch_body(&tenants, batch)
+                })
+                .await?;
+                let response = client
+                    .post(&url)
+                    .bearer_auth(ADMIN)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(response.status() == 200, "batch {batch}: {}", response.status());
+                let result: serde_json::Value = response.json().await?;
+                accepted.fetch_add(result["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+            }
+        }));
+    }
+    for sender in senders {
+        sender.await??;
+    }
+    let ingest = started.elapsed();
+    let stored = accepted.load(Ordering::Relaxed);
+
+    let failpoints = Failpoints::default();
+    let started = Instant::now();
+    let full = rollup::roll_up(&pool, &failpoints).await?.expect("no other roll-up runs");
+    let full_time = started.elapsed();
+    let rolled: f64 = sqlx::query_scalar("SELECT sum(quantity) FROM usage_hourly").fetch_one(&pool).await?;
+    anyhow::ensure!(rolled as u64 == stored, "rolled up {rolled}, stored {stored}");
+
+    // A minute of fresh traffic (one batch), then an incremental roll-up.
+    let client = reqwest::Client::new();
+    let response = client
+        .post(&url)
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(batch_body(&tenants, batches))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status() == 200);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let started = Instant::now();
+    let incremental = rollup::roll_up(&pool, &failpoints).await?.expect("no other roll-up runs");
+    let incremental_time = started.elapsed();
+
+    let rate = stored as f64 / ingest.as_secs_f64();
+    let now = Utc::now().format("%Y-%m-%d %H:%M UTC");
+    let report = format!(
+        "# Metering benchmark\n\nRun {now} on {cores} cores: {stored} usage events for {tenant_count} tenants, spread \
+         over 30 days, posted to `POST /v1/usage/events` over HTTP in batches of {BATCH} by two senders (which build \
+         their JSON on the same machine), then rolled up. PostgreSQL, server and senders share the machine. Rerun: \
+         `cargo bench -p indigo-controlplane --bench metering`.\n\n\
+         | measure | result | goal |\n|---|---:|---:|\n\
+         | ingestion | {rate:.0} events/s ({ingest:.1} s) | ≥ 100,000 events/s |\n\
+         | full roll-up of {stored} events | {full_s:.1} s ({hours} hourly buckets) | < 30 s |\n\
+         | incremental roll-up after {BATCH} new events | {inc_ms:.0} ms ({inc_hours} buckets changed) | |\n\n\
+         Metering's cost to a storefront request is measured by the data-plane benchmark, metering on against off in \
+         one run: see `benchmarks/dataplane.md` ((b) against (c)).\n",
+        cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        ingest = ingest.as_secs_f64(),
+        full_s = full_time.as_secs_f64(),
+        hours = full.hours_changed,
+        inc_ms = incremental_time.as_secs_f64() * 1000.0,
+        inc_hours = incremental.hours_changed,
+    );
+    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../benchmarks/metering.md"), &report)?;
+    println!("{report}");
+    pool.close().await;
+    server.drop_database(&control_name).await?;
+    Ok(())
+}
