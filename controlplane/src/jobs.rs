@@ -12,10 +12,11 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
+use crate::api::TenantDatabases;
 use crate::billing::Stripe;
 use crate::failpoints::Failpoints;
 use crate::metering::aws::{self, AwsUsage};
-use crate::metering::{billing_sync, rollup};
+use crate::metering::{billing_sync, rollup, storage};
 
 pub struct JobSpec {
     pub name: &'static str,
@@ -34,6 +35,11 @@ pub const JOBS: &[JobSpec] = &[
         name: billing_sync::JOB,
         schedule: "0 5 * * * *",
         description: "closed hours of billable usage → Stripe meter events",
+    },
+    JobSpec {
+        name: storage::JOB,
+        schedule: "0 15 0 * * *",
+        description: "each tenant's stored bytes → one storage_gb usage event per day",
     },
     JobSpec {
         name: aws::JOB,
@@ -61,6 +67,8 @@ pub struct Jobs {
     pub stripe: Option<Stripe>,
     /// `None`: the local provider, where PostgreSQL is the usage store.
     pub aws: Option<AwsUsage>,
+    /// Where tenants' data lives, for the storage job.
+    pub tenant_dbs: Arc<TenantDatabases>,
     pub failpoints: Failpoints,
 }
 
@@ -87,6 +95,10 @@ impl Jobs {
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),
             },
+            storage::JOB => storage::measure_all(&self.db, &self.tenant_dbs)
+                .await
+                .map(|r| Some(json!(r)))
+                .map_err(|e| e.to_string()),
             aws::JOB => match &self.aws {
                 None => Ok(Some(json!({ "provider": "local" }))),
                 Some(mirror) => mirror

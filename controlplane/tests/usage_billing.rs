@@ -52,6 +52,9 @@ impl World {
             tolerance: chrono::Duration::minutes(5),
             grace,
         }));
+        let costs =
+            policy::load_costs(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/costs.toml").as_ref()).unwrap();
+        state.costs = Some(Arc::new(costs));
         let stripe = StripeDouble::start().await.unwrap();
         Self { router: api::router(state.clone()), state, db, stripe }
     }
@@ -62,7 +65,13 @@ impl World {
     }
 
     fn jobs(&self) -> Jobs {
-        Jobs { db: self.db.clone(), stripe: Some(self.stripe()), aws: None, failpoints: Failpoints::default() }
+        Jobs {
+            db: self.db.clone(),
+            stripe: Some(self.stripe()),
+            aws: None,
+            tenant_dbs: self.state.tenant_dbs.clone(),
+            failpoints: Failpoints::default(),
+        }
     }
 
     async fn call(&self, method: Method, path: &str, headers: &[(&str, String)], body: Vec<u8>) -> (StatusCode, Value) {
@@ -412,7 +421,13 @@ async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_sam
     let table = format!("indigo-usage-{suffix}");
     let namespace = format!("Indigo/Test/{suffix}");
     let mirror = AwsUsage::new(&config, &table, &namespace);
-    let jobs = Jobs { db: world.db.clone(), stripe: None, aws: Some(mirror), failpoints: Failpoints::default() };
+    let jobs = Jobs {
+        db: world.db.clone(),
+        stripe: None,
+        aws: Some(mirror),
+        tenant_dbs: world.state.tenant_dbs.clone(),
+        failpoints: Failpoints::default(),
+    };
 
     let stream: Vec<Value> =
         (0..60).map(|n| event(Uuid::now_v7(), tenants[n % 2], 1 + (n % 3) as i64, "api_call")).collect();
@@ -446,5 +461,109 @@ async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_sam
         .unwrap();
         assert_eq!(mirror.metric_sum(*tenant, "api_call", start, end).await.unwrap(), expected, "{tenant}");
     }
+    world.cleanup().await;
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn ai_calls_are_priced_in_credits_and_bad_events_refused_one_by_one(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenant = world.tenants(&["ai-shop"]).await[0];
+    let ai = |service: &str, quantity: Option<f64>| {
+        let mut event = json!({
+            "id": Uuid::now_v7(), "tenant_id": tenant, "event_type": "ai_request", "occurred_at": Utc::now(),
+            "ai": { "service": service, "input_tokens": 1000, "output_tokens": 500 },
+        });
+        if let Some(quantity) = quantity {
+            event["quantity"] = json!(quantity);
+        }
+        event
+    };
+    let mut api_call_with_ai = ai("bedrock", None);
+    api_call_with_ai["event_type"] = json!("api_call");
+    let mut stranger = event(Uuid::now_v7(), Uuid::new_v4(), 1, "api_call");
+    stranger["quantity"] = json!(1);
+    let mut negative = event(Uuid::now_v7(), tenant, 1, "api_call");
+    negative["quantity"] = json!(-1);
+    let mut ancient = event(Uuid::now_v7(), tenant, 1, "api_call");
+    ancient["occurred_at"] = json!(Utc::now() - chrono::Duration::days(40));
+    let batch = vec![
+        ai("bedrock", None),                        // 0: 1,500 tokens × 0.001 = 1.5 credits
+        ai("comprehend", Some(0.15)),               // 1: the caller's figure agrees
+        ai("bedrock", Some(2.0)),                   // 2: disagrees
+        ai("skynet", None),                         // 3: no such service
+        api_call_with_ai,                           // 4
+        stranger,                                   // 5
+        negative,                                   // 6
+        ancient,                                    // 7
+        event(Uuid::now_v7(), tenant, 1, "coffee"), // 8
+    ];
+    let result = world.ingest(&batch).await;
+    assert_eq!(result["accepted"], 2, "{result}");
+    let refused: Vec<(u64, &str)> = result["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (2, "quantity_mismatch"),
+            (3, "unknown_service"),
+            (4, "invalid_ai_usage"),
+            (5, "unknown_tenant"),
+            (6, "invalid_quantity"),
+            (7, "invalid_timestamp"),
+            (8, "unknown_event_type")
+        ]
+    );
+    let stored: Vec<(String, f64, i64, i64)> = sqlx::query_as(
+        "SELECT service, quantity, input_tokens, output_tokens FROM usage_events WHERE event_type = 'ai_request' ORDER BY service",
+    )
+    .fetch_all(&world.db)
+    .await
+    .unwrap();
+    assert_eq!(stored, [("bedrock".into(), 1.5, 1000, 500), ("comprehend".into(), 0.15, 1000, 500)]);
+
+    let too_many: Vec<Value> = (0..10_001).map(|_| event(Uuid::now_v7(), tenant, 1, "api_call")).collect();
+    let body = json!({ "events": too_many }).to_string().into_bytes();
+    let (status, reply) = world.call(Method::POST, "/v1/usage/events", &World::admin(), body).await;
+    assert_eq!((status, reply["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("batch_too_large")));
+    world.cleanup().await;
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn storage_is_measured_once_a_day_from_the_tenants_own_rows(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenants = world.tenants(&["small-shop", "big-shop"]).await;
+    // The big shop gets a large catalogue; the small one keeps its sample product.
+    let pool_database = &world.state.tenant_dbs.pool_database;
+    let mut conn = {
+        use sqlx::ConnectOptions;
+        world.state.tenant_dbs.server.options_as("indigo_owner", pool_database).connect().await.unwrap()
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SELECT set_config('app.current_tenant', '{}', true);
+         INSERT INTO products (tenant_id, id, name, description, price_minor, currency)
+         SELECT '{}', gen_random_uuid(), 'Product ' || n, repeat('x', 2000), 100, 'usd' FROM generate_series(1, 200) n;
+         COMMIT;",
+        tenants[1], tenants[1]
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let jobs = world.jobs();
+    let first = jobs.run("storage").await.unwrap();
+    assert_eq!((first["tenants_measured"].as_u64(), first["events_stored"].as_u64()), (Some(2), Some(2)), "{first}");
+    let again = jobs.run("storage").await.unwrap();
+    assert_eq!(again["events_stored"], 0, "once a day: {again}");
+    let sizes: Vec<(Uuid, f64)> =
+        sqlx::query_as("SELECT tenant_id, quantity FROM usage_events WHERE event_type = 'storage_gb'")
+            .fetch_all(&world.db)
+            .await
+            .unwrap();
+    let size = |id: Uuid| sizes.iter().find(|(t, _)| *t == id).unwrap().1;
+    assert!(size(tenants[0]) > 0.0);
+    assert!(size(tenants[1]) > 20.0 * size(tenants[0]), "measured from each tenant's own rows: {sizes:?}");
     world.cleanup().await;
 }

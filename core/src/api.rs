@@ -189,6 +189,9 @@ pub struct UsageEvent {
     pub tenant_id: TenantId,
     /// `api_call`, `search_query`, `ai_request` or `storage_gb`.
     pub event_type: String,
+    /// Units of the event type; for an `ai_request` with `ai`, the credits are
+    /// computed from the tokens (0 or omitted here, or equal to them).
+    #[serde(default)]
     pub quantity: f64,
     #[serde(default)]
     pub route: Option<String>,
@@ -197,6 +200,19 @@ pub struct UsageEvent {
     #[serde(default)]
     pub latency_ms: Option<u32>,
     pub occurred_at: DateTime<Utc>,
+    /// An AI call: its service and tokens, priced in credits by `policies/costs.toml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiUsage>,
+}
+
+/// What an AI call used, as its caller reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AiUsage {
+    /// `bedrock`, `personalize`, `comprehend`, `rekognition` (the rates' keys).
+    pub service: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -48,6 +48,9 @@ pub struct CostModel {
     pub scale: Vec<u64>,
     pub services: BTreeMap<String, ServiceCost>,
     pub silo: SiloCost,
+    /// Credits per token (or unit) of each AI service.
+    #[serde(default)]
+    pub credit_rates: BTreeMap<String, f64>,
 }
 
 /// One tenant's usage over the period the model prices (30 days).
@@ -81,10 +84,19 @@ impl CostModel {
                 return Err(error(&key, "figures must be finite and 0 or more".into()));
             }
         }
+        if let Some((service, _)) = model.credit_rates.iter().find(|(_, r)| !r.is_finite() || **r < 0.0) {
+            return Err(error(&format!("credit_rates.{service}"), "must be finite and 0 or more".into()));
+        }
         if !model.silo.database_monthly.is_finite() || model.silo.database_monthly < 0.0 {
             return Err(error("silo.database_monthly", "must be finite and 0 or more".into()));
         }
         Ok(model)
+    }
+
+    /// The credits an AI call costs: its tokens at its service's rate; `None`
+    /// for a service without a rate.
+    pub fn credits(&self, service: &str, tokens: u64) -> Option<f64> {
+        self.credit_rates.get(service).map(|rate| tokens as f64 * rate)
     }
 
     /// A service's monthly total for a fleet of `tenants`: linear between the

@@ -219,6 +219,7 @@ async fn every_request_is_metered_exactly_once() {
             status: None,
             latency_ms: None,
             occurred_at,
+            ai: None,
         })
         .collect();
     let reply = platform.ingest(events).await;
@@ -239,6 +240,7 @@ async fn bad_events_are_refused_one_by_one_and_the_rest_kept() {
         status: None,
         latency_ms: None,
         occurred_at: chrono::Utc::now() - chrono::Duration::days(3),
+        ai: None,
     };
     let mut unknown_type = good(1);
     unknown_type.event_type = "coffee".into();

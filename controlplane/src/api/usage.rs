@@ -9,6 +9,7 @@ use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
 use chrono::{Duration, Utc};
 use indigo_core::api::{ErrorBody, RejectedEvent, TenantUsage, UsageBatch, UsageBatchResult, UsageEvent};
+use indigo_core::cost::CostModel;
 use indigo_core::http::ApiJson;
 use indigo_core::tenant::{Role, TenantId};
 use utoipa_axum::router::OpenApiRouter;
@@ -52,7 +53,12 @@ async fn summary(State(state): State<AppState>, _actor: Actor) -> Result<Json<Ve
     ))
 }
 
-fn check(event: &UsageEvent, known_tenants: &HashSet<Uuid>) -> Result<(), (&'static str, String)> {
+/// Checks one event; for an AI call, returns its quantity in credits.
+fn check(
+    event: &UsageEvent,
+    known_tenants: &HashSet<Uuid>,
+    costs: Option<&CostModel>,
+) -> Result<f64, (&'static str, String)> {
     if !EVENT_TYPES.contains(&event.event_type.as_str()) {
         return Err((
             "unknown_event_type",
@@ -73,7 +79,23 @@ fn check(event: &UsageEvent, known_tenants: &HashSet<Uuid>) -> Result<(), (&'sta
     if event.occurred_at < now - Duration::days(35) || event.occurred_at > now + Duration::minutes(5) {
         return Err(("invalid_timestamp", "occurred_at must be within the last 35 days".into()));
     }
-    Ok(())
+    let Some(ai) = &event.ai else { return Ok(event.quantity) };
+    if event.event_type != "ai_request" {
+        return Err(("invalid_ai_usage", "only an ai_request carries AI usage".into()));
+    }
+    let costs = costs.ok_or(("credit_rates_unavailable", "no cost model is loaded to price AI calls".to_owned()))?;
+    let tokens = ai.input_tokens.saturating_add(ai.output_tokens);
+    let credits = costs.credits(&ai.service, tokens).ok_or_else(|| {
+        let known: Vec<&str> = costs.credit_rates.keys().map(String::as_str).collect();
+        ("unknown_service", format!("AI service `{}` is not one of {}", ai.service, known.join(", ")))
+    })?;
+    if event.quantity != 0.0 && (event.quantity - credits).abs() > 1e-9 {
+        return Err((
+            "quantity_mismatch",
+            format!("quantity {} is not the {credits} credits of {tokens} tokens on {}", event.quantity, ai.service),
+        ));
+    }
+    Ok(credits)
 }
 
 /// Store a batch of usage events (operator). Duplicates by id are counted once.
@@ -98,28 +120,43 @@ async fn ingest(
         .collect();
     let mut result = UsageBatchResult::default();
     let mut seen = HashSet::new();
-    let mut accepted: Vec<&UsageEvent> = Vec::with_capacity(batch.events.len());
+    let mut accepted: Vec<(&UsageEvent, f64)> = Vec::with_capacity(batch.events.len());
     for (index, event) in batch.events.iter().enumerate() {
-        match check(event, &known) {
+        match check(event, &known, state.costs.as_deref()) {
             Err((code, message)) => result.rejected.push(RejectedEvent { index, code: code.into(), message }),
             // A duplicate inside the batch is a duplicate too.
-            Ok(()) if !seen.insert(event.id) => result.duplicates += 1,
-            Ok(()) => accepted.push(event),
+            Ok(_) if !seen.insert(event.id) => result.duplicates += 1,
+            Ok(quantity) => accepted.push((event, quantity)),
         }
     }
     let stored = sqlx::query(
-        "INSERT INTO usage_events (id, tenant_id, event_type, quantity, route, status, latency_ms, occurred_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::text[], $6::int2[], $7::int4[], $8::timestamptz[])
+        "INSERT INTO usage_events (id, tenant_id, event_type, quantity, route, status, latency_ms, occurred_at,
+                                   service, input_tokens, output_tokens)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::text[], $6::int2[], $7::int4[],
+                              $8::timestamptz[], $9::text[], $10::int8[], $11::int8[])
          ON CONFLICT (id) DO NOTHING",
     )
-    .bind(accepted.iter().map(|e| e.id).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|e| e.tenant_id.0).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|e| e.quantity).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|e| e.route.as_deref()).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|e| e.status.and_then(|s| i16::try_from(s).ok())).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|e| e.latency_ms.and_then(|l| i32::try_from(l).ok())).collect::<Vec<_>>())
-    .bind(accepted.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(e, _)| e.id).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(e, _)| e.tenant_id.0).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(e, _)| e.event_type.as_str()).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(_, quantity)| *quantity).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(e, _)| e.route.as_deref()).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(e, _)| e.status.and_then(|s| i16::try_from(s).ok())).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(e, _)| e.latency_ms.and_then(|l| i32::try_from(l).ok())).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(e, _)| e.occurred_at).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(e, _)| e.ai.as_ref().map(|a| a.service.as_str())).collect::<Vec<_>>())
+    .bind(
+        accepted
+            .iter()
+            .map(|(e, _)| e.ai.as_ref().and_then(|a| i64::try_from(a.input_tokens).ok()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        accepted
+            .iter()
+            .map(|(e, _)| e.ai.as_ref().and_then(|a| i64::try_from(a.output_tokens).ok()))
+            .collect::<Vec<_>>(),
+    )
     .execute(&state.db)
     .await?
     .rows_affected();

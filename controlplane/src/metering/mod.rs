@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod billing_sync;
 pub mod rollup;
+pub mod storage;
 
 /// Which event type is billed through which Stripe meter.
 pub const BILLED: &[(&str, &str)] = &[("api_call", crate::billing::API_CALLS_METER)];

@@ -196,6 +196,7 @@ async fn tenant_gate(State(state): State<AppState>, mut req: Request, next: Next
             status: Some(response.status().as_u16()),
             latency_ms: Some(u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX)),
             occurred_at: chrono::Utc::now(),
+            ai: None,
         });
     }
     Ok(response)
