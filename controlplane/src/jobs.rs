@@ -16,7 +16,8 @@ use crate::api::TenantDatabases;
 use crate::billing::Stripe;
 use crate::failpoints::Failpoints;
 use crate::metering::aws::{self, AwsUsage};
-use crate::metering::{billing_sync, rollup, storage};
+use crate::metering::{billing_sync, limits, rollup, storage};
+use indigo_core::plan::PlanCatalog;
 
 pub struct JobSpec {
     pub name: &'static str,
@@ -35,6 +36,11 @@ pub const JOBS: &[JobSpec] = &[
         name: billing_sync::JOB,
         schedule: "0 5 * * * *",
         description: "closed hours of billable usage → Stripe meter events",
+    },
+    JobSpec {
+        name: limits::JOB,
+        schedule: "15 * * * * *",
+        description: "use against plan limits (local day, billing month) → LimitApproaching / LimitReached",
     },
     JobSpec {
         name: storage::JOB,
@@ -69,6 +75,8 @@ pub struct Jobs {
     pub aws: Option<AwsUsage>,
     /// Where tenants' data lives, for the storage job.
     pub tenant_dbs: Arc<TenantDatabases>,
+    /// The plans' limits, for the limits job.
+    pub plans: Arc<PlanCatalog>,
     pub failpoints: Failpoints,
 }
 
@@ -95,6 +103,9 @@ impl Jobs {
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),
             },
+            limits::JOB => {
+                limits::check_all(&self.db, &self.plans).await.map(|r| Some(json!(r))).map_err(|e| e.to_string())
+            }
             storage::JOB => storage::measure_all(&self.db, &self.tenant_dbs)
                 .await
                 .map(|r| Some(json!(r)))

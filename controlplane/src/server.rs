@@ -68,6 +68,7 @@ pub async fn start_background(config: &Config, state: &mut AppState) -> anyhow::
             Provider::Aws => Some(AwsUsage::from_env(&config.aws_usage_table, &config.aws_metrics_namespace).await),
         },
         tenant_dbs: state.tenant_dbs.clone(),
+        plans: state.plans.clone(),
         failpoints: Failpoints::from_env().map_err(anyhow::Error::msg)?,
     });
     let scheduler = jobs.schedule().await.context("cannot start the job scheduler")?;

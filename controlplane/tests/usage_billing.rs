@@ -70,6 +70,7 @@ impl World {
             stripe: Some(self.stripe()),
             aws: None,
             tenant_dbs: self.state.tenant_dbs.clone(),
+            plans: self.state.plans.clone(),
             failpoints: Failpoints::default(),
         }
     }
@@ -426,6 +427,7 @@ async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_sam
         stripe: None,
         aws: Some(mirror),
         tenant_dbs: world.state.tenant_dbs.clone(),
+        plans: world.state.plans.clone(),
         failpoints: Failpoints::default(),
     };
 
@@ -565,5 +567,68 @@ async fn storage_is_measured_once_a_day_from_the_tenants_own_rows(pool: PgPool) 
     let size = |id: Uuid| sizes.iter().find(|(t, _)| *t == id).unwrap().1;
     assert!(size(tenants[0]) > 0.0);
     assert!(size(tenants[1]) > 20.0 * size(tenants[0]), "measured from each tenant's own rows: {sizes:?}");
+    world.cleanup().await;
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn limits_count_the_tenants_own_day_and_notify_once_per_threshold(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenant = world.tenants(&["far-east"]).await[0];
+    let sqlx_tenant = tenant;
+    // Starter: 1,000 calls a day, 50 AI credits a month.
+    sqlx::query("UPDATE tenants SET plan = 'starter' WHERE id = $1").bind(tenant).execute(&world.db).await.unwrap();
+    let mut headers = World::admin();
+    headers.push(("idempotency-key", "tz-1".into()));
+    let bad = json!({ "timezone": "Mars/Olympus_Mons" }).to_string().into_bytes();
+    let (status, reply) = world.call(Method::PUT, "/v1/tenants/far-east/settings", &headers, bad).await;
+    assert_eq!((status, reply["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_timezone")));
+    headers[1].1 = "tz-2".into();
+    let zone = "Pacific/Kiritimati"; // UTC+14: its day rarely starts when UTC's does
+    let body = json!({ "timezone": zone }).to_string().into_bytes();
+    let (status, reply) = world.call(Method::PUT, "/v1/tenants/far-east/settings", &headers, body).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let (_, settings) = world.call(Method::GET, "/v1/tenants/far-east/settings", &World::admin(), vec![]).await;
+    assert_eq!(settings["timezone"], zone);
+
+    // 850 calls since the tenant's midnight, 300 just before it (its yesterday).
+    let midnight: DateTime<Utc> = sqlx::query_scalar("SELECT date_trunc('day', now() AT TIME ZONE $1) AT TIME ZONE $1")
+        .bind(zone)
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+    let since = (Utc::now() - midnight).num_seconds().max(2);
+    let at = |offset: i64| json!(midnight + chrono::Duration::seconds(offset));
+    let call = |offset: i64| json!({ "id": Uuid::now_v7(), "tenant_id": sqlx_tenant, "event_type": "api_call", "quantity": 1, "occurred_at": at(offset) });
+    let today: Vec<Value> = (0..850).map(|n| call(n % (since - 1) + 1)).collect();
+    let yesterday: Vec<Value> = (0..300).map(|n| call(-1 - n)).collect();
+    world.ingest(&today).await;
+    world.ingest(&yesterday).await;
+    let credits = json!({ "id": Uuid::now_v7(), "tenant_id": tenant, "event_type": "ai_request", "quantity": 45, "occurred_at": Utc::now() });
+    world.ingest(&[credits]).await;
+
+    let jobs = world.jobs();
+    for _ in 0..2 {
+        let checked = jobs.run("limits").await.unwrap();
+        assert_eq!(checked["tenants_checked"], 1, "{checked}");
+    }
+    let notices = |kind: &'static str| {
+        let db = world.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT data->>'limit' FROM events WHERE kind = $1 ORDER BY id")
+                .bind(kind)
+                .fetch_all(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(notices("LimitApproaching").await, ["api_calls_per_day", "ai_credits"], "85% of calls, 90% of credits");
+    assert!(notices("LimitReached").await.is_empty(), "yesterday's calls do not count today");
+
+    let more: Vec<Value> = (0..150).map(|n| call(n % (since - 1) + 1)).collect();
+    world.ingest(&more).await;
+    jobs.run("limits").await.unwrap();
+    jobs.run("limits").await.unwrap();
+    assert_eq!(notices("LimitReached").await, ["api_calls_per_day"]);
+    assert_eq!(notices("LimitApproaching").await.len(), 2, "each notice once");
     world.cleanup().await;
 }

@@ -397,3 +397,11 @@ pub struct TenantCost {
     pub unprofitable: bool,
     pub currency: String,
 }
+
+/// A tenant's own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    /// IANA time zone of the tenant's day (daily limits reset at its midnight), e.g. `Europe/Paris`.
+    pub timezone: String,
+}

@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use indigo_core::api::{ChangePlanRequest, CreateTenantRequest, ErrorBody, LifecycleRequest, Page, Tenant};
+use indigo_core::api::{
+    ChangePlanRequest, CreateTenantRequest, ErrorBody, LifecycleRequest, Page, Tenant, TenantSettings,
+};
 use indigo_core::tenant::{Email, Lifecycle, Role, Slug, TenantName};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -26,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(change_plan))
         .routes(routes!(suspend_tenant))
         .routes(routes!(resume_tenant))
+        .routes(routes!(get_settings, put_settings))
 }
 
 impl From<RegistryError> for ApiError {
@@ -239,6 +242,77 @@ async fn delete_tenant(
     check_reason(&request)?;
     idempotency::run_once(&state, &key, &actor, &request, StatusCode::ACCEPTED, async |tx| {
         Ok(workflow::offboard(tx, &actor, request_id.as_deref(), &tenant, request.reason.as_deref()).await?)
+    })
+    .await
+}
+
+async fn read_settings(
+    conn: &mut sqlx::PgConnection,
+    tenant: &TenantRef,
+) -> Result<(Tenant, TenantSettings), ApiError> {
+    let current = registry::get(conn, tenant).await?;
+    let timezone: Option<String> = sqlx::query_scalar("SELECT settings->>'timezone' FROM tenants WHERE id = $1")
+        .bind(current.id.0)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((current, TenantSettings { timezone: timezone.unwrap_or_else(|| "UTC".into()) }))
+}
+
+/// A tenant's settings (its time zone).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/settings", tag = "tenants",
+    params(("tenant" = String, Path, description = "Slug or id")),
+    responses((status = 200, body = TenantSettings), (status = 404, body = ErrorBody)))]
+async fn get_settings(
+    State(state): State<AppState>,
+    _actor: Actor,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<TenantSettings>, ApiError> {
+    let tenant = tenant_ref(&raw)?;
+    Ok(Json(read_settings(&mut *state.db.acquire().await?, &tenant).await?.1))
+}
+
+/// Change a tenant's settings (operator). The time zone must be one PostgreSQL knows.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/settings", tag = "tenants", request_body = TenantSettings,
+    params(("tenant" = String, Path, description = "Slug or id"), ("Idempotency-Key" = String, Header)),
+    responses((status = 200, body = TenantSettings), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn put_settings(
+    State(state): State<AppState>,
+    actor: Actor,
+    key: IdempotencyKey,
+    RequestId(request_id): RequestId,
+    ApiPath(raw): ApiPath<String>,
+    ApiJson(request): ApiJson<TenantSettings>,
+) -> Result<Response, ApiError> {
+    actor.require(Role::Operator)?;
+    let tenant = tenant_ref(&raw)?;
+    idempotency::run_once(&state, &key, &actor, &request, StatusCode::OK, async |tx| {
+        let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+            .bind(&request.timezone)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !known {
+            return Err(ApiError::invalid(
+                "invalid_timezone",
+                format!("`{}` is not a time zone (IANA names such as Europe/Paris)", request.timezone),
+            ));
+        }
+        let (current, before) = read_settings(tx, &tenant).await?;
+        sqlx::query("UPDATE tenants SET settings = settings || jsonb_build_object('timezone', $2::text) WHERE id = $1")
+            .bind(current.id.0)
+            .bind(&request.timezone)
+            .execute(&mut *tx)
+            .await?;
+        crate::journal::Audit {
+            actor: &actor,
+            action: "tenant.settings",
+            tenant_id: Some(current.id),
+            request_id: request_id.as_deref(),
+            before: Some(serde_json::json!(before)),
+            after: Some(serde_json::json!(request)),
+        }
+        .append(tx)
+        .await?;
+        Ok(request.clone())
     })
     .await
 }

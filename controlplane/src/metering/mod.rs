@@ -4,6 +4,7 @@
 
 pub mod aws;
 pub mod billing_sync;
+pub mod limits;
 pub mod rollup;
 pub mod storage;
 
