@@ -2,7 +2,8 @@
 
 use indigo_core::api::{
     ApiToken, AuditEntry, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
-    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantCost, TenantUsage, WhoAmI, Workflow,
+    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantCost, TenantUsage, UsageSeries, WhoAmI,
+    Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -178,6 +179,11 @@ impl AdminClient {
 
     pub async fn cancel_workflow(&self, id: &str, key: &str) -> Result<Workflow, ClientError> {
         self.mutate(Method::POST, &format!("/v1/workflows/{}/cancel", path_segment(id)), &(), key).await
+    }
+
+    /// A tenant's usage per hour over the last `hours`.
+    pub async fn usage_series(&self, tenant: &str, hours: i64) -> Result<UsageSeries, ClientError> {
+        self.get(&format!("/v1/tenants/{}/usage", path_segment(tenant)), &[("hours", hours)]).await
     }
 
     /// The fleet's cost and margin per tenant, lowest margin first.

@@ -224,6 +224,22 @@ async fn rollups_and_stripe_reports_equal_the_distinct_events_once(pool: PgPool)
         .await
         .unwrap();
     assert_eq!(daily, total);
+    // The hourly series the console draws: the roll-ups, hour by hour.
+    let (status, series) =
+        world.call(Method::GET, "/v1/tenants/metered-a/usage?hours=6", &World::admin(), vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{series}");
+    let calls: f64 = series["series"]["api_call"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
+    let expected: f64 = sqlx::query_scalar(
+        "SELECT sum(quantity) FROM usage_hourly WHERE tenant_id = $1 AND event_type = 'api_call'
+           AND hour >= date_trunc('hour', now(), 'UTC') - interval '5 hours'",
+    )
+    .bind(tenants[0])
+    .fetch_one(&world.db)
+    .await
+    .unwrap();
+    assert_eq!((series["hours"].as_array().unwrap().len(), calls), (6, expected));
+    let (status, _) = world.call(Method::GET, "/v1/tenants/metered-a/usage?hours=0", &World::admin(), vec![]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, list) = world.call(Method::GET, "/v1/jobs", &World::admin(), vec![]).await;
     assert_eq!(status, StatusCode::OK);
     let rollup = list.as_array().unwrap().iter().find(|j| j["name"] == "rollup").unwrap();

@@ -405,3 +405,13 @@ pub struct TenantSettings {
     /// IANA time zone of the tenant's day (daily limits reset at its midnight), e.g. `Europe/Paris`.
     pub timezone: String,
 }
+
+/// A tenant's rolled-up usage per hour, oldest first (the current hour so far last).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageSeries {
+    pub tenant_id: Option<TenantId>,
+    /// The start of each hour.
+    pub hours: Vec<DateTime<Utc>>,
+    /// Per event type, one value per hour (0 where nothing happened).
+    pub series: std::collections::BTreeMap<String, Vec<f64>>,
+}

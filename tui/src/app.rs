@@ -9,7 +9,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::HashMap;
 
 use indigo_core::api::{
-    AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantCost, TenantUsage, Workflow, WorkflowState,
+    AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantCost, TenantUsage, UsageSeries, Workflow,
+    WorkflowState,
 };
 use indigo_core::plan::Limit;
 use indigo_core::tenant::TenantId;
@@ -194,6 +195,8 @@ pub enum Loaded {
         slug: String,
         events: Vec<Event>,
         audit: Vec<AuditEntry>,
+        /// Hourly usage over the last day (empty when unavailable).
+        usage: UsageSeries,
     },
     Plan(ReconcilePlan),
     /// The API could not be reached, or refused the token.
@@ -247,6 +250,7 @@ pub struct App {
     pub detail_slug: Option<String>,
     pub detail_events: Vec<Event>,
     pub detail_audit: Vec<AuditEntry>,
+    pub detail_usage: UsageSeries,
     pub plan_preview: Option<ReconcilePlan>,
     pub read_only: bool,
     pub status: String,
@@ -278,6 +282,7 @@ impl App {
             detail_slug: None,
             detail_events: Vec::new(),
             detail_audit: Vec::new(),
+            detail_usage: UsageSeries::default(),
             plan_preview: None,
             read_only,
             status: String::new(),
@@ -348,10 +353,11 @@ impl App {
                 self.connection = Connection::Live;
                 self.clamp_selection();
             }
-            Loaded::Detail { slug, events, audit } => {
+            Loaded::Detail { slug, events, audit, usage } => {
                 if self.detail_slug.as_deref() == Some(slug.as_str()) {
                     self.detail_events = events;
                     self.detail_audit = audit;
+                    self.detail_usage = usage;
                 }
             }
             Loaded::Plan(plan) => {
@@ -524,6 +530,7 @@ impl App {
                     self.detail_slug = Some(slug.clone());
                     self.detail_events.clear();
                     self.detail_audit.clear();
+                    self.detail_usage = UsageSeries::default();
                     self.plan_preview = None;
                     self.view = View::Detail;
                     return vec![Effect::LoadDetail(slug)];

@@ -202,9 +202,11 @@ fn load_detail(client: &AdminClient, out: &mpsc::UnboundedSender<Loaded>, slug: 
     let (client, out) = (client.clone(), out.clone());
     tokio::spawn(async move {
         let query = EventQuery { tenant: Some(slug.clone()), limit: Some(200), ..Default::default() };
-        let (events, audit) = tokio::join!(client.events(&query), client.tenant_audit(&slug, 200));
+        let (events, audit, usage) =
+            tokio::join!(client.events(&query), client.tenant_audit(&slug, 200), client.usage_series(&slug, 24));
         if let (Ok(events), Ok(audit)) = (events, audit) {
-            let _ = out.send(Loaded::Detail { slug, events: events.items, audit: audit.items });
+            let usage = usage.unwrap_or_default();
+            let _ = out.send(Loaded::Detail { slug, events: events.items, audit: audit.items, usage });
         }
     });
 }

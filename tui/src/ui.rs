@@ -8,7 +8,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
 
 use crate::app::{App, Column, Connection, Mode, View, isolation_label};
 
@@ -210,7 +210,9 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         frame.render_widget(Paragraph::new("this tenant is gone").block(Block::default().borders(Borders::ALL)), area);
         return;
     };
-    let [top, bottom] = Layout::vertical([Constraint::Length(13), Constraint::Min(3)]).areas(area);
+    let [top, usage_area, bottom] =
+        Layout::vertical([Constraint::Length(13), Constraint::Length(4), Constraint::Min(3)]).areas(area);
+    draw_usage(frame, usage_area, app, theme);
     let [spec_area, status_area] =
         Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(top);
     let placement = tenant.status.placement.as_ref();
@@ -309,6 +311,33 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Paragraph::new(audit).block(Block::default().borders(Borders::ALL).title(" audit ")),
         audit_area,
     );
+}
+
+/// Sparklines of the tenant's last 24 hours: calls, searches, AI credits;
+/// each title has the day's total and the busiest hour.
+fn draw_usage(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let areas: [Rect; 3] = Layout::horizontal([Constraint::Ratio(1, 3); 3]).areas(area);
+    for ((kind, label), area) in
+        [("api_call", "calls/h"), ("search_query", "search/h"), ("ai_request", "AI cr/h")].into_iter().zip(areas)
+    {
+        let values: Vec<u64> = app
+            .detail_usage
+            .series
+            .get(kind)
+            .map(|v| v.iter().map(|q| q.max(0.0).round() as u64).collect())
+            .unwrap_or_default();
+        let total: u64 = values.iter().sum();
+        let peak = values.iter().max().copied().unwrap_or(0);
+        let title =
+            if values.is_empty() { format!(" {label}: no data ") } else { format!(" {label}: {total} (max {peak}) ") };
+        frame.render_widget(
+            Sparkline::default()
+                .block(Block::default().borders(Borders::ALL).title(title))
+                .data(&values)
+                .style(theme.fg(Color::Cyan)),
+            area,
+        );
+    }
 }
 
 fn draw_events(frame: &mut Frame, area: Rect, app: &App) {

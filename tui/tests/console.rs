@@ -471,3 +471,23 @@ fn cost_view_puts_the_unprofitable_first_and_flags_them() {
     key(&mut app, KeyCode::Char('j'));
     assert_eq!(app.selected, 1);
 }
+
+#[test]
+fn detail_shows_a_days_usage_as_sparklines() {
+    let mut app = App::new("http://api", false);
+    loaded(&mut app, fleet());
+    key(&mut app, KeyCode::Enter);
+    let screen = render(&app, 100, 30);
+    assert!(screen.contains("calls/h: no data"), "before the series arrives:\n{screen}");
+    let mut usage = indigo_core::api::UsageSeries::default();
+    usage.series.insert("api_call".into(), vec![0.0, 12.0, 30.0]);
+    usage.series.insert("search_query".into(), vec![1.0, 0.0, 2.0]);
+    usage.series.insert("ai_request".into(), vec![0.0, 0.0, 0.0]);
+    app.apply(Loaded::Detail { slug: "acme-shoes".into(), events: vec![], audit: vec![], usage });
+    for (width, height) in [(100, 30), (80, 24)] {
+        let screen = render(&app, width, height);
+        for needle in ["calls/h: 42 (max 30)", "search/h: 3 (max 2)", "AI cr/h: 0"] {
+            assert!(screen.contains(needle), "{needle} missing at {width}x{height}:\n{screen}");
+        }
+    }
+}

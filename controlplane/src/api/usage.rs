@@ -7,8 +7,9 @@ use std::collections::HashSet;
 
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
+use chrono::DurationRound;
 use chrono::{Duration, Utc};
-use indigo_core::api::{ErrorBody, RejectedEvent, TenantUsage, UsageBatch, UsageBatchResult, UsageEvent};
+use indigo_core::api::{ErrorBody, RejectedEvent, TenantUsage, UsageBatch, UsageBatchResult, UsageEvent, UsageSeries};
 use indigo_core::cost::CostModel;
 use indigo_core::http::ApiJson;
 use indigo_core::tenant::{Role, TenantId};
@@ -25,7 +26,58 @@ pub const MAX_BATCH_EVENTS: usize = 10_000;
 const EVENT_TYPES: [&str; 4] = ["api_call", "search_query", "ai_request", "storage_gb"];
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(ingest)).layer(DefaultBodyLimit::max(8 * 1024 * 1024)).routes(routes!(summary))
+    OpenApiRouter::new()
+        .routes(routes!(ingest))
+        .layer(DefaultBodyLimit::max(8 * 1024 * 1024))
+        .routes(routes!(summary))
+        .routes(routes!(tenant_series))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct SeriesParams {
+    /// How many hours back, 1 to 720 (default 24).
+    hours: Option<i64>,
+}
+
+/// A tenant's usage per hour and event type, from the roll-ups (for sparklines).
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/usage", tag = "usage",
+    params(("tenant" = String, Path, description = "Slug or id"), SeriesParams),
+    responses((status = 200, body = UsageSeries), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn tenant_series(
+    State(state): State<AppState>,
+    _actor: Actor,
+    indigo_core::http::ApiPath(raw): indigo_core::http::ApiPath<String>,
+    indigo_core::http::ApiQuery(params): indigo_core::http::ApiQuery<SeriesParams>,
+) -> Result<Json<UsageSeries>, ApiError> {
+    let hours = params.hours.unwrap_or(24);
+    if !(1..=720).contains(&hours) {
+        return Err(ApiError::bad_request("invalid_query", "hours must be between 1 and 720"));
+    }
+    let reference =
+        crate::registry::TenantRef::parse(&raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))?;
+    let mut conn = state.db.acquire().await?;
+    let tenant = crate::registry::get(&mut conn, &reference).await?;
+    let current = Utc::now().duration_trunc(Duration::hours(1)).map_err(|e| ApiError::Internal(e.into()))?;
+    let axis: Vec<chrono::DateTime<Utc>> = (0..hours).rev().map(|n| current - Duration::hours(n)).collect();
+    let rows: Vec<(String, chrono::DateTime<Utc>, f64)> = sqlx::query_as(
+        "SELECT event_type, hour, quantity FROM usage_hourly WHERE tenant_id = $1 AND hour >= $2 ORDER BY hour",
+    )
+    .bind(tenant.id.0)
+    .bind(axis[0])
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut series = std::collections::BTreeMap::new();
+    for kind in EVENT_TYPES {
+        series.insert(kind.to_owned(), vec![0.0; axis.len()]);
+    }
+    for (kind, hour, quantity) in rows {
+        if let (Some(values), Some(index)) = (series.get_mut(&kind), axis.iter().position(|h| *h == hour)) {
+            values[index] = quantity;
+        }
+    }
+    Ok(Json(UsageSeries { tenant_id: Some(tenant.id), hours: axis, series }))
 }
 
 /// Each tenant's storefront calls today (UTC) and requests per second over the last minute.
