@@ -2,8 +2,8 @@
 
 use indigo_core::api::{
     ApiToken, AuditEntry, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
-    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantCost, TenantUsage, UsageSeries, WhoAmI,
-    Workflow,
+    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantUsage,
+    UsageSeries, WhoAmI, Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -179,6 +179,10 @@ impl AdminClient {
 
     pub async fn cancel_workflow(&self, id: &str, key: &str) -> Result<Workflow, ClientError> {
         self.mutate(Method::POST, &format!("/v1/workflows/{}/cancel", path_segment(id)), &(), key).await
+    }
+
+    pub async fn billing(&self, tenant: &str) -> Result<TenantBilling, ClientError> {
+        self.get(&format!("/v1/tenants/{}/billing", path_segment(tenant)), &()).await
     }
 
     /// A tenant's usage per hour over the last `hours`.

@@ -224,6 +224,13 @@ async fn rollups_and_stripe_reports_equal_the_distinct_events_once(pool: PgPool)
         .await
         .unwrap();
     assert_eq!(daily, total);
+    // The account and how far its usage is reported, for the console's detail.
+    let (status, billing) = world.call(Method::GET, "/v1/tenants/metered-a/billing", &World::admin(), vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{billing}");
+    assert!(billing["customer_id"].as_str().unwrap().starts_with("cus_"));
+    assert_eq!(billing["payment_state"], "ok");
+    assert!(billing["usage_reported_through"].is_string(), "{billing}");
+
     // The hourly series the console draws: the roll-ups, hour by hour.
     let (status, series) =
         world.call(Method::GET, "/v1/tenants/metered-a/usage?hours=6", &World::admin(), vec![]).await;

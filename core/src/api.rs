@@ -415,3 +415,20 @@ pub struct UsageSeries {
     /// Per event type, one value per hour (0 where nothing happened).
     pub series: std::collections::BTreeMap<String, Vec<f64>>,
 }
+
+/// A tenant's account at the payment provider and how far its usage is reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantBilling {
+    pub tenant_id: TenantId,
+    pub customer_id: String,
+    pub subscription_id: Option<String>,
+    pub price_id: Option<String>,
+    /// `active` or `cancelled`.
+    pub status: String,
+    /// `ok`, `past_due` (in its grace period) or `suspended_unpaid`.
+    pub payment_state: String,
+    pub grace_until: Option<DateTime<Utc>>,
+    /// The last hour window Stripe acknowledged usage for, and when.
+    pub usage_reported_through: Option<DateTime<Utc>>,
+    pub last_usage_report_at: Option<DateTime<Utc>>,
+}

@@ -9,8 +9,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::HashMap;
 
 use indigo_core::api::{
-    AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantCost, TenantUsage, UsageSeries, Workflow,
-    WorkflowState,
+    AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantUsage, UsageSeries,
+    Workflow, WorkflowState,
 };
 use indigo_core::plan::Limit;
 use indigo_core::tenant::TenantId;
@@ -197,6 +197,8 @@ pub enum Loaded {
         audit: Vec<AuditEntry>,
         /// Hourly usage over the last day (empty when unavailable).
         usage: UsageSeries,
+        /// Its Stripe account, when it is billed.
+        billing: Option<TenantBilling>,
     },
     Plan(ReconcilePlan),
     /// The API could not be reached, or refused the token.
@@ -251,6 +253,7 @@ pub struct App {
     pub detail_events: Vec<Event>,
     pub detail_audit: Vec<AuditEntry>,
     pub detail_usage: UsageSeries,
+    pub detail_billing: Option<TenantBilling>,
     pub plan_preview: Option<ReconcilePlan>,
     pub read_only: bool,
     pub status: String,
@@ -283,6 +286,7 @@ impl App {
             detail_events: Vec::new(),
             detail_audit: Vec::new(),
             detail_usage: UsageSeries::default(),
+            detail_billing: None,
             plan_preview: None,
             read_only,
             status: String::new(),
@@ -353,8 +357,9 @@ impl App {
                 self.connection = Connection::Live;
                 self.clamp_selection();
             }
-            Loaded::Detail { slug, events, audit, usage } => {
+            Loaded::Detail { slug, events, audit, usage, billing } => {
                 if self.detail_slug.as_deref() == Some(slug.as_str()) {
+                    self.detail_billing = billing;
                     self.detail_events = events;
                     self.detail_audit = audit;
                     self.detail_usage = usage;
@@ -531,6 +536,7 @@ impl App {
                     self.detail_events.clear();
                     self.detail_audit.clear();
                     self.detail_usage = UsageSeries::default();
+                    self.detail_billing = None;
                     self.plan_preview = None;
                     self.view = View::Detail;
                     return vec![Effect::LoadDetail(slug)];

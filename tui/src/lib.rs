@@ -202,11 +202,15 @@ fn load_detail(client: &AdminClient, out: &mpsc::UnboundedSender<Loaded>, slug: 
     let (client, out) = (client.clone(), out.clone());
     tokio::spawn(async move {
         let query = EventQuery { tenant: Some(slug.clone()), limit: Some(200), ..Default::default() };
-        let (events, audit, usage) =
-            tokio::join!(client.events(&query), client.tenant_audit(&slug, 200), client.usage_series(&slug, 24));
+        let (events, audit, usage, billing) = tokio::join!(
+            client.events(&query),
+            client.tenant_audit(&slug, 200),
+            client.usage_series(&slug, 24),
+            client.billing(&slug)
+        );
         if let (Ok(events), Ok(audit)) = (events, audit) {
-            let usage = usage.unwrap_or_default();
-            let _ = out.send(Loaded::Detail { slug, events: events.items, audit: audit.items, usage });
+            let (usage, billing) = (usage.unwrap_or_default(), billing.ok());
+            let _ = out.send(Loaded::Detail { slug, events: events.items, audit: audit.items, usage, billing });
         }
     });
 }

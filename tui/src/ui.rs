@@ -248,6 +248,22 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         ),
         Line::from(format!("reconciled  {} ago", age(tenant.status.last_reconciled_at))),
     ];
+    if let Some(billing) = &app.detail_billing {
+        let style = if billing.payment_state == "ok" { Style::default() } else { theme.warn() };
+        status.push(Line::styled(
+            format!(
+                "billing     {} · {} · {} · usage reported to {}",
+                billing.customer_id,
+                billing.subscription_id.as_deref().unwrap_or("no subscription"),
+                billing.payment_state,
+                billing
+                    .usage_reported_through
+                    .map(|t| t.format("%m-%d %H:00").to_string())
+                    .unwrap_or_else(|| "—".into())
+            ),
+            style,
+        ));
+    }
     for condition in &tenant.status.conditions {
         let style = if condition.status == ConditionStatus::True { theme.fg(Color::Green) } else { theme.warn() };
         status.push(Line::styled(

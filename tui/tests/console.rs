@@ -473,7 +473,7 @@ fn cost_view_puts_the_unprofitable_first_and_flags_them() {
 }
 
 #[test]
-fn detail_shows_a_days_usage_as_sparklines() {
+fn detail_shows_billing_and_a_days_usage_as_sparklines() {
     let mut app = App::new("http://api", false);
     loaded(&mut app, fleet());
     key(&mut app, KeyCode::Enter);
@@ -483,7 +483,25 @@ fn detail_shows_a_days_usage_as_sparklines() {
     usage.series.insert("api_call".into(), vec![0.0, 12.0, 30.0]);
     usage.series.insert("search_query".into(), vec![1.0, 0.0, 2.0]);
     usage.series.insert("ai_request".into(), vec![0.0, 0.0, 0.0]);
-    app.apply(Loaded::Detail { slug: "acme-shoes".into(), events: vec![], audit: vec![], usage });
+    let billing = indigo_core::api::TenantBilling {
+        tenant_id: app.tenants[0].id,
+        customer_id: "cus_123".into(),
+        subscription_id: Some("sub_456".into()),
+        price_id: Some("price_1".into()),
+        status: "active".into(),
+        payment_state: "past_due".into(),
+        grace_until: None,
+        usage_reported_through: None,
+        last_usage_report_at: None,
+    };
+    app.apply(Loaded::Detail {
+        slug: "acme-shoes".into(),
+        events: vec![],
+        audit: vec![],
+        usage,
+        billing: Some(billing),
+    });
+    assert!(render(&app, 120, 30).contains("billing     cus_123 · sub_456 · past_due"));
     for (width, height) in [(100, 30), (80, 24)] {
         let screen = render(&app, width, height);
         for needle in ["calls/h: 42 (max 30)", "search/h: 3 (max 2)", "AI cr/h: 0"] {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::State;
-use indigo_core::api::{ErrorBody, TenantCost};
+use indigo_core::api::{ErrorBody, TenantBilling, TenantCost};
 use indigo_core::cost::{CostModel, Priced, Usage};
 use indigo_core::http::{ApiPath, ApiQuery};
 use indigo_core::tenant::{Isolation, Slug, TenantId};
@@ -21,7 +21,57 @@ use super::error::ApiError;
 use crate::registry::TenantRef;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(fleet_cost)).routes(routes!(tenant_cost))
+    OpenApiRouter::new().routes(routes!(fleet_cost)).routes(routes!(tenant_cost)).routes(routes!(tenant_billing))
+}
+
+#[derive(sqlx::FromRow)]
+struct BillingRow {
+    customer_id: String,
+    subscription_id: Option<String>,
+    price_id: Option<String>,
+    status: String,
+    payment_state: String,
+    grace_until: Option<chrono::DateTime<chrono::Utc>>,
+    usage_reported_through: Option<chrono::DateTime<chrono::Utc>>,
+    last_usage_report_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A tenant's Stripe customer, subscription, payment standing and how far its usage is reported.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/billing", tag = "cost",
+    params(("tenant" = String, Path, description = "Slug or id")),
+    responses((status = 200, body = TenantBilling), (status = 404, description = "Unknown tenant, or not billed", body = ErrorBody)))]
+async fn tenant_billing(
+    State(state): State<AppState>,
+    _actor: Actor,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<TenantBilling>, ApiError> {
+    let reference = TenantRef::parse(&raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))?;
+    let mut conn = state.db.acquire().await?;
+    let tenant = crate::registry::get(&mut conn, &reference).await?;
+    let row: BillingRow = sqlx::query_as(
+        "SELECT b.customer_id, b.subscription_id, b.price_id, b.status, b.payment_state, b.grace_until,
+                r.window_start AS usage_reported_through, r.reported_at AS last_usage_report_at
+         FROM tenant_billing b
+         LEFT JOIN LATERAL (SELECT window_start, reported_at FROM billing_reports
+                            WHERE tenant_id = b.tenant_id AND meter = $2 ORDER BY window_start DESC LIMIT 1) r ON true
+         WHERE b.tenant_id = $1",
+    )
+    .bind(tenant.id.0)
+    .bind(crate::billing::API_CALLS_METER)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("billing account of `{raw}` (billing off when it was onboarded?)")))?;
+    Ok(Json(TenantBilling {
+        tenant_id: tenant.id,
+        customer_id: row.customer_id,
+        subscription_id: row.subscription_id,
+        price_id: row.price_id,
+        status: row.status,
+        payment_state: row.payment_state,
+        grace_until: row.grace_until,
+        usage_reported_through: row.usage_reported_through,
+        last_usage_report_at: row.last_usage_report_at,
+    }))
 }
 
 struct Member {
