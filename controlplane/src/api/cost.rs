@@ -45,7 +45,7 @@ async fn tenant_billing(
     _actor: Actor,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<TenantBilling>, ApiError> {
-    let reference = TenantRef::parse(&raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))?;
+    let reference = super::tenants::tenant_ref(&raw)?;
     let mut conn = state.db.acquire().await?;
     let tenant = crate::registry::get(&mut conn, &reference).await?;
     let row: BillingRow = sqlx::query_as(
@@ -182,7 +182,7 @@ async fn tenant_cost(
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<TenantCost>, ApiError> {
     let model = model(&state)?;
-    let reference = TenantRef::parse(&raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))?;
+    let reference = super::tenants::tenant_ref(&raw)?;
     let members = fleet(&state).await?;
     let member = members
         .iter()

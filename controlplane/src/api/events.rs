@@ -12,7 +12,7 @@ use super::AppState;
 use super::auth::Actor;
 use super::error::ApiError;
 use crate::journal::{self, Window};
-use crate::registry::{self, TenantRef};
+use crate::registry;
 use indigo_core::http::{ApiPath, ApiQuery};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -44,7 +44,7 @@ async fn window(state: &AppState, params: StreamParams, tenant: Option<&str>) ->
     }
     let tenant_id = match tenant.or(params.tenant.as_deref()) {
         Some(raw) => {
-            let tenant = TenantRef::parse(raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))?;
+            let tenant = super::tenants::tenant_ref(raw)?;
             let mut conn = state.db.acquire().await?;
             Some(registry::get(&mut conn, &tenant).await?.id)
         }

@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::idempotency::{self, IdempotencyKey};
 use crate::journal::{self, Audit};
 use crate::reconciler::ReconcilerControl;
-use crate::registry::{self, TenantRef};
+use crate::registry;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -34,7 +34,7 @@ fn reconciler(state: &AppState) -> Result<&dyn ReconcilerControl, ApiError> {
 }
 
 async fn tenant(state: &AppState, raw: &str) -> Result<Tenant, ApiError> {
-    let reference = TenantRef::parse(raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))?;
+    let reference = super::tenants::tenant_ref(raw)?;
     let mut conn = state.db.acquire().await?;
     Ok(registry::get(&mut conn, &reference).await?)
 }
@@ -92,7 +92,7 @@ async fn set_paused(
     paused: bool,
 ) -> Result<Response, ApiError> {
     actor.require(Role::Operator)?;
-    let reference = TenantRef::parse(&raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))?;
+    let reference = super::tenants::tenant_ref(&raw)?;
     idempotency::run_once(&state, &key, &actor, &json!({ "paused": paused }), StatusCode::OK, async |tx| {
         let before = registry::get(tx, &reference).await?;
         sqlx::query("UPDATE tenants SET reconcile_paused = $2 WHERE id = $1")

@@ -45,7 +45,7 @@ impl From<RegistryError> for ApiError {
 }
 
 /// A tenant named in a path; a name that cannot be a tenant is simply not found.
-fn tenant_ref(raw: &str) -> Result<TenantRef, ApiError> {
+pub(super) fn tenant_ref(raw: &str) -> Result<TenantRef, ApiError> {
     TenantRef::parse(raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))
 }
 

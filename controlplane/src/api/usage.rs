@@ -55,8 +55,7 @@ async fn tenant_series(
     if !(1..=720).contains(&hours) {
         return Err(ApiError::bad_request("invalid_query", "hours must be between 1 and 720"));
     }
-    let reference =
-        crate::registry::TenantRef::parse(&raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))?;
+    let reference = super::tenants::tenant_ref(&raw)?;
     let mut conn = state.db.acquire().await?;
     let tenant = crate::registry::get(&mut conn, &reference).await?;
     let current = Utc::now().duration_trunc(Duration::hours(1)).map_err(|e| ApiError::Internal(e.into()))?;

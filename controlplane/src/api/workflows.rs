@@ -18,7 +18,7 @@ use super::AppState;
 use super::auth::Actor;
 use super::error::ApiError;
 use super::idempotency::{self, IdempotencyKey};
-use crate::registry::{self, TenantRef};
+use crate::registry;
 use crate::workflow::store::{self, ListFilter};
 use crate::workflow::{Kind, StartError, WorkflowError};
 
@@ -88,7 +88,7 @@ async fn list_workflows(
     let mut conn = state.db.acquire().await?;
     let tenant = match params.tenant.as_deref() {
         Some(raw) => {
-            let reference = TenantRef::parse(raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))?;
+            let reference = super::tenants::tenant_ref(raw)?;
             Some(registry::get(&mut conn, &reference).await?.id)
         }
         None => None,
