@@ -16,7 +16,10 @@ use stripe_billing::billing_meter::{
     ListBillingMeter,
 };
 use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
-use stripe_billing::subscription::{CancelSubscription, CreateSubscription, CreateSubscriptionItems};
+use stripe_billing::subscription::{
+    CancelSubscription, CreateSubscription, CreateSubscriptionItems, RetrieveSubscription, UpdateSubscription,
+    UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
+};
 use stripe_core::customer::{CreateCustomer, DeleteCustomer, RetrieveCustomer, RetrieveCustomerReturned};
 use stripe_product::price::{CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, ListPrice};
 use stripe_product::product::{CreateProduct, RetrieveProduct};
@@ -217,6 +220,31 @@ impl Stripe {
             .send(&self.client)
             .await?;
         Ok(subscription.id.to_string())
+    }
+
+    /// Moves a subscription to `price_id` with prorations (a plan change): the
+    /// same subscription and customer, its one item on the new price.
+    pub async fn change_price(&self, subscription_id: &str, price_id: &str, key: &str) -> Result<(), BillingError> {
+        let subscription = RetrieveSubscription::new(subscription_id).send(&self.client).await?;
+        let item = subscription
+            .items
+            .data
+            .first()
+            .ok_or_else(|| BillingError::Unexpected(format!("subscription {subscription_id} has no item")))?;
+        if item.price.id.as_str() == price_id {
+            return Ok(());
+        }
+        let mut change = UpdateSubscriptionItems::new();
+        change.id = Some(item.id.to_string());
+        change.price = Some(price_id.to_owned());
+        UpdateSubscription::new(subscription_id)
+            .items(vec![change])
+            .proration_behavior(UpdateSubscriptionProrationBehavior::CreateProrations)
+            .customize()
+            .request_strategy(idempotent(key)?)
+            .send(&self.client)
+            .await?;
+        Ok(())
     }
 
     /// The tenant a live customer belongs to (its `tenant_id` metadata);

@@ -2,8 +2,8 @@
 
 use indigo_core::api::{
     ApiToken, AuditEntry, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
-    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantUsage,
-    UsageSeries, WhoAmI, Workflow,
+    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove,
+    TenantUsage, UsageSeries, WhoAmI, Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -53,6 +53,17 @@ pub struct WorkflowQuery {
     pub kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// Which moves to list.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MoveQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Only moves still under way.
+    pub active: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
 }
@@ -167,6 +178,10 @@ impl AdminClient {
 
     pub async fn workflows(&self, query: &WorkflowQuery) -> Result<Vec<Workflow>, ClientError> {
         self.get("/v1/workflows", query).await
+    }
+
+    pub async fn moves(&self, query: &MoveQuery) -> Result<Vec<TenantMove>, ClientError> {
+        self.get("/v1/moves", query).await
     }
 
     pub async fn workflow(&self, id: &str) -> Result<Workflow, ClientError> {

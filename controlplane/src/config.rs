@@ -70,6 +70,7 @@ struct ConfigFile {
     mail_from: Option<String>,
     stripe_webhook_secret: Option<String>,
     payment_grace_hours: Option<u64>,
+    move_grace_seconds: Option<u64>,
     provider: Option<String>,
     aws_usage_table: Option<String>,
     aws_metrics_namespace: Option<String>,
@@ -132,6 +133,9 @@ pub struct Overrides {
     /// Hours a tenant may stay unpaid after a failed payment before suspension [env: INDIGO_PAYMENT_GRACE_HOURS] [default: 72]
     #[arg(long, env = "INDIGO_PAYMENT_GRACE_HOURS", hide_env = true)]
     pub payment_grace_hours: Option<u64>,
+    /// Seconds a moved tenant's rows stay in the source database after the switch [env: INDIGO_MOVE_GRACE_SECONDS] [default: 300]
+    #[arg(long, env = "INDIGO_MOVE_GRACE_SECONDS", hide_env = true)]
+    pub move_grace_seconds: Option<u64>,
     /// `local` or `aws` (usage and metrics to DynamoDB and CloudWatch, standard AWS configuration) [env: INDIGO_PROVIDER] [default: local]
     #[arg(long, env = "INDIGO_PROVIDER", hide_env = true)]
     pub provider: Option<String>,
@@ -169,6 +173,7 @@ pub struct Config {
     /// `None`: Stripe webhooks are refused (503).
     pub stripe_webhook_secret: Option<Secret>,
     pub payment_grace_hours: u64,
+    pub move_grace_seconds: u64,
     pub provider: Provider,
     pub aws_usage_table: String,
     pub aws_metrics_namespace: String,
@@ -295,6 +300,7 @@ impl Config {
             smtp_relay: overrides.smtp_relay.or(from_file.smtp_relay),
             stripe_webhook_secret: overrides.stripe_webhook_secret.or(from_file.stripe_webhook_secret).map(Secret::new),
             payment_grace_hours: overrides.payment_grace_hours.or(from_file.payment_grace_hours).unwrap_or(72),
+            move_grace_seconds: overrides.move_grace_seconds.or(from_file.move_grace_seconds).unwrap_or(300),
             mail_from: overrides.mail_from.or(from_file.mail_from).unwrap_or_else(|| "noreply@indigo.local".into()),
             database_url,
             listen,

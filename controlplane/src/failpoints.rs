@@ -11,6 +11,7 @@
 //! | `crash-after-record` | the process exits once the step's result is recorded |
 //! | `fail` | the step fails permanently (without acting) |
 //! | `transient:N` | the step's first N attempts fail transiently |
+//! | `hold:MS` | the step waits MS milliseconds at its hold point (the tier change's cut-over: with writes paused) |
 
 use std::collections::HashMap;
 
@@ -31,6 +32,7 @@ enum Action {
     Crash(Point),
     Fail,
     Transient(i32),
+    Hold(u64),
 }
 
 /// The exit status of an injected crash, so a test can tell it from a real one.
@@ -59,10 +61,14 @@ impl Failpoints {
                 "crash-after-run" => Action::Crash(Point::AfterRun),
                 "crash-after-record" => Action::Crash(Point::AfterRecord),
                 "fail" => Action::Fail,
-                other => match other.strip_prefix("transient:").map(str::parse) {
-                    Some(Ok(n)) => Action::Transient(n),
-                    _ => return Err(format!("failpoint `{entry}`: unknown action `{other}`")),
-                },
+                other => {
+                    let unknown = || format!("failpoint `{entry}`: unknown action `{other}`");
+                    match other.split_once(':') {
+                        Some(("transient", n)) => Action::Transient(n.parse().map_err(|_| unknown())?),
+                        Some(("hold", ms)) => Action::Hold(ms.parse().map_err(|_| unknown())?),
+                        _ => return Err(unknown()),
+                    }
+                }
             };
             actions.insert(step.to_owned(), action);
         }
@@ -81,6 +87,14 @@ impl Failpoints {
         if self.action(&scope, name) == Some(Action::Crash(point)) {
             tracing::error!(%scope, name, ?point, "failpoint: crashing");
             std::process::exit(CRASH_EXIT_CODE);
+        }
+    }
+
+    /// Waits at `scope.name`'s hold point if a hold is set there.
+    pub async fn hold(&self, scope: impl Display, name: &str) {
+        if let Some(Action::Hold(ms)) = self.action(&scope, name) {
+            tracing::warn!(%scope, name, ms, "failpoint: holding");
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
     }
 
@@ -104,7 +118,7 @@ mod tests {
     #[test]
     fn parses_every_action_and_refuses_unknown_ones() {
         let points = Failpoints::parse(
-            "onboarding.billing=crash-after-run, offboarding.export=fail,onboarding.seed=transient:2",
+            "onboarding.billing=crash-after-run, offboarding.export=fail,onboarding.seed=transient:2,tier_change.cutover=hold:5",
         )
         .unwrap();
         assert_eq!(points.action(Kind::Onboarding, "billing"), Some(Action::Crash(Point::AfterRun)));
@@ -114,5 +128,7 @@ mod tests {
         assert!(points.failure(Kind::Onboarding, "record", 1).is_none());
         assert!(Failpoints::parse("onboarding.billing=explode").is_err());
         assert!(Failpoints::parse("onboarding.billing").is_err());
+        assert!(Failpoints::parse("onboarding.billing=transient:x").is_err());
+        assert_eq!(points.action(Kind::TierChange, "cutover"), Some(Action::Hold(5)));
     }
 }

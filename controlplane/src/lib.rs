@@ -11,6 +11,7 @@ pub mod failpoints;
 pub mod jobs;
 pub mod journal;
 pub mod metering;
+pub mod moves;
 pub mod outbox;
 pub mod policy;
 pub mod providers;

@@ -84,6 +84,7 @@ pub fn workflow_engine(config: &Config, state: &AppState) -> anyhow::Result<Engi
     }
     let mut services = workflow::Services::local(state, stripe, config.data_dir.join("exports"));
     services.failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
+    services.settings.move_grace = std::time::Duration::from_secs(config.move_grace_seconds);
     Ok(Engine::new(services))
 }
 

@@ -393,6 +393,9 @@ async fn plan_change_bumps_generation_and_is_audited(pool: PgPool) {
     let same = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p2", json!({ "plan": "enterprise" })).await;
     assert_eq!(same.status, StatusCode::ACCEPTED);
     assert_eq!(same.body["spec"]["generation"], 3);
+    // The tier change it started is still under way (no engine runs here): another plan waits for it.
+    let busy = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p2b", json!({ "plan": "pro" })).await;
+    assert_eq!((busy.status, busy.code()), (StatusCode::CONFLICT, "workflow_in_progress"), "{}", busy.body);
 
     let unknown = app.send(Method::PUT, "/v1/tenants/acme/plan", ADMIN, "p3", json!({ "plan": "platinum" })).await;
     assert_eq!((unknown.status, unknown.code()), (StatusCode::UNPROCESSABLE_ENTITY, "unknown_plan"));
@@ -409,7 +412,10 @@ async fn plan_change_bumps_generation_and_is_audited(pool: PgPool) {
     let events = app.get("/v1/tenants/acme/events", ADMIN).await;
     let kinds: Vec<&str> =
         events.body["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["TenantRegistered", "WorkflowStarted", "TenantCreated", "WorkflowSucceeded", "PlanChanged"]);
+    assert_eq!(
+        kinds,
+        ["TenantRegistered", "WorkflowStarted", "TenantCreated", "WorkflowSucceeded", "PlanChanged", "WorkflowStarted"]
+    );
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]

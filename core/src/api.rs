@@ -359,6 +359,39 @@ pub struct Workflow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// An online move of a tenant between the pool and a silo (part of a tier change).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantMove {
+    pub workflow_id: Uuid,
+    pub tenant_id: TenantId,
+    pub slug: String,
+    pub from_isolation: Isolation,
+    pub to_isolation: Isolation,
+    pub source_database: String,
+    pub target_database: Option<String>,
+    /// `provisioning`, `copying`, `catching_up`, `cutting_over`, `switched`,
+    /// `cleaning_up`, `done` or `rolled_back`.
+    pub phase: String,
+    pub rows_total: i64,
+    pub rows_copied: i64,
+    /// Changes logged on the source and not yet applied to the target.
+    pub lag: i64,
+    /// How long the tenant's writes were held at the switch.
+    pub pause_ms: Option<i64>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub switched_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl TenantMove {
+    /// Whether the move is still under way.
+    pub fn active(&self) -> bool {
+        self.finished_at.is_none()
+    }
+}
+
 /// A scheduled job of the control plane and how its last run went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobStatus {

@@ -58,6 +58,14 @@ impl Rejection {
     pub fn invalid(code: &'static str, message: impl ToString) -> Self {
         Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: message.to_string() }
     }
+
+    pub fn too_large() -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            message: format!("request body is larger than the {MAX_BODY_BYTES} bytes allowed"),
+        }
+    }
 }
 
 impl IntoResponse for Rejection {
@@ -79,11 +87,7 @@ async fn read_body(req: Request) -> Result<Bytes, Rejection> {
             mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
         });
     let bytes = Bytes::from_request(req, &()).await.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Rejection {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "payload_too_large",
-            message: format!("request body is larger than the {MAX_BODY_BYTES} bytes allowed"),
-        },
+        BytesRejection::FailedToBufferBody(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Rejection::too_large(),
         other => Rejection::bad_request("unreadable_body", other.body_text()),
     })?;
     // A body without a Content-Type is accepted as JSON; a body declared as

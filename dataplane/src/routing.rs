@@ -11,6 +11,7 @@ use indigo_core::tenant::TenantId;
 use reqwest::StatusCode;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tokio::sync::Notify;
 
 /// The current table, indexed by tenant, with a connection pool per database.
 #[derive(Default)]
@@ -18,6 +19,10 @@ pub struct Routes {
     table: RwLock<Arc<Indexed>>,
     pools: RwLock<HashMap<String, PgPool>>,
     max_connections: u32,
+    /// Woken whenever a new table is in place.
+    replaced: Notify,
+    /// Asks the refresher to fetch now rather than at its next tick.
+    refresh_now: Notify,
 }
 
 #[derive(Default)]
@@ -43,6 +48,24 @@ impl Routes {
         let by_tenant = table.routes.into_iter().map(|r| (r.tenant_id, Arc::new(r))).collect();
         *self.table.write().expect("routing lock") =
             Arc::new(Indexed { version: table.version, loaded: true, by_tenant });
+        self.replaced.notify_waiters();
+    }
+
+    /// Waits until the table routes `tenant` somewhere other than `old_url`
+    /// (a tenant that moved), asking for a refresh meanwhile; `None` on timeout.
+    pub async fn await_new_database(&self, tenant: TenantId, old_url: &str, timeout: Duration) -> Option<Arc<Route>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before looking, so a table replaced in between still wakes us.
+            let replaced = self.replaced.notified();
+            tokio::pin!(replaced);
+            replaced.as_mut().enable();
+            if let Some(route) = self.route(tenant).filter(|r| r.database_url.as_deref() != Some(old_url)) {
+                return Some(route);
+            }
+            self.refresh_now.notify_one();
+            tokio::time::timeout_at(deadline, replaced).await.ok()?;
+        }
     }
 
     pub fn version(&self) -> i64 {
@@ -128,6 +151,9 @@ pub async fn refresh_forever(routes: Arc<Routes>, source: ControlPlaneSource, in
             }
             Err(_) => {}
         }
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = routes.refresh_now.notified() => {}
+        }
     }
 }

@@ -18,6 +18,10 @@ pub const RLS_POLICIES: &str = include_str!("../../policies/tenant_rls.sql");
 pub const OWNER_ROLE: &str = "indigo_owner";
 pub const APP_ROLE: &str = "indigo_app";
 
+/// The SQLSTATE of a write to a database the tenant has moved away from
+/// (raised by the move fence, `migrations/tenant/*_moves.sql`).
+pub const MOVED_SQLSTATE: &str = "IXM01";
+
 /// Every table holding tenant rows, parents before children (delete in reverse).
 pub const TENANT_TABLES: &[&str] = &["search_settings", "products", "customers", "orders", "order_items"];
 
@@ -45,6 +49,12 @@ impl TenantServer {
     /// Connection options for `database` as `role` (same host, port and password source).
     pub fn options_as(&self, role: &str, database: &str) -> PgConnectOptions {
         self.superuser.clone().username(role).database(database)
+    }
+
+    /// Connection options for `database` as the server's superuser: the mover
+    /// copies with COPY, which row-level security would refuse.
+    pub fn admin_options(&self, database: &str) -> PgConnectOptions {
+        self.superuser.clone().database(database)
     }
 
     /// A URL for `database` as the app role, for the data plane's routing.

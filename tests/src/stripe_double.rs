@@ -78,7 +78,10 @@ impl StripeDouble {
             .route("/v1/billing/meters", post(create_meter).get(list_meters))
             .route("/v1/billing/meter_events", post(create_meter_event))
             .route("/v1/subscriptions", post(create_subscription))
-            .route("/v1/subscriptions/{id}", get(retrieve_subscription).delete(cancel_subscription))
+            .route(
+                "/v1/subscriptions/{id}",
+                get(retrieve_subscription).post(update_subscription).delete(cancel_subscription),
+            )
             .fallback(|uri: Uri| async move {
                 error(404, "invalid_request_error", &format!("Unrecognized request URL ({uri})"))
             })
@@ -423,6 +426,45 @@ async fn retrieve_subscription(State(double): State<Double>, Path(id): Path<Stri
         Some(subscription) => axum::Json(subscription.clone()).into_response(),
         None => error(404, "invalid_request_error", &format!("No such subscription: '{id}'")),
     }
+}
+
+/// A price change: the item named by `items[0][id]` moves to `items[0][price]`;
+/// the proration behaviour asked for is kept on the subscription's metadata
+/// for tests to see (Stripe itself would create proration invoice items).
+async fn update_subscription(State(double): State<Double>, Path(id): Path<String>, body: Bytes) -> Response {
+    let params = parse_params(&body);
+    let mut objects = double.objects.lock().expect("double lock");
+    let price = match param(&params, "items[0][price]") {
+        Some(price_id) => match objects.prices.get(price_id) {
+            Some(price) => Some(price.clone()),
+            None => return error(400, "invalid_request_error", &format!("No such price: '{price_id}'")),
+        },
+        None => None,
+    };
+    let Some(subscription) = objects.subscriptions.get_mut(&id) else {
+        return error(404, "invalid_request_error", &format!("No such subscription: '{id}'"));
+    };
+    if subscription["status"] == "canceled" {
+        return error(
+            400,
+            "invalid_request_error",
+            "A canceled subscription can only update its cancellation_details and metadata.",
+        );
+    }
+    if let Some(price) = price {
+        let item_id = param(&params, "items[0][id]").unwrap_or_default();
+        let Some(item) = subscription["items"]["data"]
+            .as_array_mut()
+            .and_then(|items| items.iter_mut().find(|i| i["id"] == item_id))
+        else {
+            return error(400, "invalid_request_error", &format!("No such subscription item: '{item_id}'"));
+        };
+        item["price"] = price;
+    }
+    if let Some(behaviour) = param(&params, "proration_behavior") {
+        subscription["metadata"]["indigo_test_proration_behavior"] = json!(behaviour);
+    }
+    axum::Json(subscription.clone()).into_response()
 }
 
 async fn cancel_subscription(

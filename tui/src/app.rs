@@ -9,8 +9,8 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use std::collections::HashMap;
 
 use indigo_core::api::{
-    AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantUsage, UsageSeries,
-    Workflow, WorkflowState,
+    AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage,
+    UsageSeries, Workflow, WorkflowState,
 };
 use indigo_core::plan::Limit;
 use indigo_core::tenant::TenantId;
@@ -187,6 +187,8 @@ pub enum Loaded {
         usage: Vec<TenantUsage>,
         /// The most recent workflows, newest first.
         workflows: Vec<Workflow>,
+        /// The most recent moves between pool and silo, newest first.
+        moves: Vec<TenantMove>,
         /// Cost and margin per tenant, lowest margin first (empty without a cost model).
         costs: Vec<TenantCost>,
         at: DateTime<Utc>,
@@ -246,6 +248,7 @@ pub struct App {
     pub events: Vec<Event>,
     pub reconciler: Option<ReconcilerStatus>,
     pub workflows: Vec<Workflow>,
+    pub moves: Vec<TenantMove>,
     pub costs: Vec<TenantCost>,
     pub fetched_at: Option<DateTime<Utc>>,
     pub connection: Connection,
@@ -279,6 +282,7 @@ impl App {
             events: Vec::new(),
             reconciler: None,
             workflows: Vec::new(),
+            moves: Vec::new(),
             costs: Vec::new(),
             fetched_at: None,
             connection: Connection::Loading,
@@ -346,9 +350,10 @@ impl App {
 
     pub fn apply(&mut self, loaded: Loaded) {
         match loaded {
-            Loaded::Fleet { tenants, events, reconciler, usage, workflows, costs, at } => {
+            Loaded::Fleet { tenants, events, reconciler, usage, workflows, moves, costs, at } => {
                 self.tenants = tenants;
                 self.workflows = workflows;
+                self.moves = moves;
                 self.costs = costs;
                 self.usage = usage.into_iter().map(|u| (u.tenant_id, u)).collect();
                 self.events = events;
@@ -401,6 +406,11 @@ impl App {
     /// A tenant's slug from its id, for views that list by id.
     pub fn slug_of(&self, id: TenantId) -> String {
         self.tenants.iter().find(|t| t.id == id).map(|t| t.slug.to_string()).unwrap_or_else(|| id.to_string())
+    }
+
+    /// The move a tier-change workflow is making, if it moves the tenant.
+    pub fn move_of(&self, workflow: uuid::Uuid) -> Option<&TenantMove> {
+        self.moves.iter().find(|m| m.workflow_id == workflow)
     }
 
     /// The workflows of one tenant, newest first.

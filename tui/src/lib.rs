@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crossterm::event::{self, Event as TermEvent, KeyEventKind};
-use indigo_controlplane::client::{AdminClient, ClientError, EventQuery, TenantQuery, WorkflowQuery};
+use indigo_controlplane::client::{AdminClient, ClientError, EventQuery, MoveQuery, TenantQuery, WorkflowQuery};
 use indigo_core::tenant::Role;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
@@ -126,9 +126,19 @@ async fn fetch_fleet(client: &AdminClient) -> Result<Loaded, ClientError> {
     let reconciler = client.reconciler().await.ok();
     let usage = client.usage_summary().await.unwrap_or_default();
     let workflows = client.workflows(&WorkflowQuery { limit: Some(200), ..Default::default() }).await?;
+    let moves = client.moves(&MoveQuery { limit: Some(50), ..Default::default() }).await.unwrap_or_default();
     // A control plane without a cost model answers 503: the view says so.
     let costs = client.costs().await.unwrap_or_default();
-    Ok(Loaded::Fleet { tenants, events: newest.items, reconciler, usage, workflows, costs, at: chrono::Utc::now() })
+    Ok(Loaded::Fleet {
+        tenants,
+        events: newest.items,
+        reconciler,
+        usage,
+        workflows,
+        moves,
+        costs,
+        at: chrono::Utc::now(),
+    })
 }
 
 /// Polls the fleet every `refresh` (not while the operator types), backing off when the API is away.

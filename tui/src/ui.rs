@@ -1,7 +1,7 @@
 //! Drawing: pure functions of the [`App`] snapshot onto a frame.
 
 use chrono::Utc;
-use indigo_core::api::{Tenant, Workflow, WorkflowState};
+use indigo_core::api::{Tenant, TenantMove, Workflow, WorkflowState};
 use indigo_core::plan::Limit;
 use indigo_core::tenant::{ConditionStatus, Phase};
 use ratatui::Frame;
@@ -415,8 +415,21 @@ fn draw_reconciler(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
 
 /// `███░░░ 3/8`: steps done of all.
 pub fn progress_bar(done: usize, total: usize, width: usize) -> String {
-    let filled = (done * width).checked_div(total).unwrap_or(0).min(width);
-    format!("{}{} {done}/{total}", "█".repeat(filled), "░".repeat(width - filled))
+    format!("{} {done}/{total}", bar(done, total, width))
+}
+
+fn bar(done: usize, total: usize, width: usize) -> String {
+    let filled = (done.saturating_mul(width)).checked_div(total).unwrap_or(0).min(width);
+    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
+}
+
+/// A count in at most five characters: 950, 12k, 3.4M.
+pub fn compact(n: usize) -> String {
+    match n {
+        0..10_000 => n.to_string(),
+        10_000..10_000_000 => format!("{}k", n / 1_000),
+        _ => format!("{:.1}M", n as f64 / 1e6),
+    }
 }
 
 fn workflow_style(state: WorkflowState, theme: Theme) -> Style {
@@ -443,6 +456,12 @@ fn draw_workflows(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if app.workflows.is_empty() {
         draw_note(frame, area, "workflows", "No workflows yet: creating or offboarding a tenant starts one.");
         return;
+    }
+    // Moves first: they are what an operator watching an upgrade waits on.
+    let moves_height = if app.moves.is_empty() { 0 } else { (app.moves.len() as u16 + 3).min(area.height / 3) };
+    let [moves_area, area] = Layout::vertical([Constraint::Length(moves_height), Constraint::Min(8)]).areas(area);
+    if moves_height > 0 {
+        draw_moves(frame, moves_area, app, theme);
     }
     let [list_area, steps_area] = Layout::vertical([Constraint::Percentage(60), Constraint::Min(5)]).areas(area);
     let narrow = area.width < 120;
@@ -499,6 +518,9 @@ fn draw_workflows(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         workflow.attempt,
         workflow.id
     ))];
+    if let Some(moving) = app.move_of(workflow.id) {
+        lines.push(Line::styled(move_summary(moving), theme.fg(Color::Cyan)));
+    }
     for step in &workflow.steps {
         let style = match step.state.as_str() {
             "succeeded" => theme.fg(Color::Green),
@@ -517,6 +539,70 @@ fn draw_workflows(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             .wrap(Wrap { trim: true })
             .block(Block::default().borders(Borders::ALL).title(" steps · r retry · c cancel ")),
         steps_area,
+    );
+}
+
+/// One move in a line: direction, phase, rows copied, lag and write pause.
+pub fn move_summary(moving: &TenantMove) -> String {
+    let pause = moving.pause_ms.map(|ms| format!(" · writes held {ms} ms")).unwrap_or_default();
+    let error = moving.error.as_deref().map(|e| format!(" · {e}")).unwrap_or_default();
+    format!(
+        "move {}→{} · {} · {} rows of {} copied · lag {}{pause}{error}",
+        moving.from_isolation, moving.to_isolation, moving.phase, moving.rows_copied, moving.rows_total, moving.lag
+    )
+}
+
+fn draw_moves(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let narrow = area.width < 100;
+    let rows: Vec<Row> = app
+        .moves
+        .iter()
+        .take(area.height.saturating_sub(3) as usize)
+        .map(|m| {
+            let style = match m.phase.as_str() {
+                "done" => theme.fg(Color::Green),
+                "rolled_back" => theme.bad(),
+                _ => theme.fg(Color::Cyan),
+            };
+            let copied = usize::try_from(m.rows_copied).unwrap_or(0);
+            let total = usize::try_from(m.rows_total).unwrap_or(0);
+            let mut cells = vec![
+                Cell::from(m.slug.clone()),
+                Cell::from(format!("{}→{}", m.from_isolation, m.to_isolation)),
+                Cell::from(m.phase.clone()).style(style),
+                Cell::from(format!(
+                    "{} {}/{}",
+                    bar(copied, total, if narrow { 8 } else { 16 }),
+                    compact(copied),
+                    compact(total)
+                )),
+                Cell::from(m.lag.to_string()),
+                Cell::from(m.pause_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "-".into())),
+            ];
+            if !narrow {
+                cells.push(Cell::from(m.error.clone().unwrap_or_default()));
+            }
+            Row::new(cells)
+        })
+        .collect();
+    let mut header = vec!["TENANT", "MOVE", "PHASE", "ROWS COPIED", "LAG", "PAUSE"];
+    let mut widths = vec![
+        Constraint::Length(16),
+        Constraint::Length(10),
+        Constraint::Length(12),
+        Constraint::Length(if narrow { 20 } else { 32 }),
+        Constraint::Length(7),
+        Constraint::Length(9),
+    ];
+    if !narrow {
+        header.push("ERROR");
+        widths.push(Constraint::Min(10));
+    }
+    frame.render_widget(
+        Table::new(rows, widths)
+            .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
+            .block(Block::default().borders(Borders::ALL).title(format!(" moves ({}) ", app.moves.len()))),
+        area,
     );
 }
 

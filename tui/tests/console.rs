@@ -4,8 +4,8 @@
 use chrono::Utc;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
-    Event, Placement, ReconcilerStatus, RlsAudit, Tenant, TenantSpec, TenantStatus, Workflow, WorkflowState,
-    WorkflowStep,
+    Event, Placement, ReconcilerStatus, RlsAudit, Tenant, TenantMove, TenantSpec, TenantStatus, Workflow,
+    WorkflowState, WorkflowStep,
 };
 use indigo_core::tenant::{Isolation, Lifecycle, Phase, Slug, TenantId};
 use indigo_tui::app::{App, Column, Command, Connection, Effect, Loaded, Mode, View};
@@ -76,6 +76,7 @@ fn loaded(app: &mut App, tenants: Vec<Tenant>) {
         reconciler: Some(reconciler),
         usage,
         workflows,
+        moves: vec![],
         costs: vec![],
         at: Utc::now(),
     });
@@ -364,6 +365,7 @@ fn workflows_view_shows_progress_steps_and_acts_on_the_selected_one() {
         reconciler: None,
         usage: vec![],
         workflows: vec![running, failed.clone()],
+        moves: vec![],
         costs: vec![],
         at: fleet_at,
     });
@@ -420,6 +422,7 @@ fn workflows_view_shows_progress_steps_and_acts_on_the_selected_one() {
         reconciler: None,
         usage: vec![],
         workflows: vec![failed],
+        moves: vec![],
         costs: vec![],
         at: fleet_at,
     });
@@ -455,6 +458,7 @@ fn cost_view_puts_the_unprofitable_first_and_flags_them() {
         reconciler: None,
         usage: vec![],
         workflows: vec![],
+        moves: vec![],
         costs,
         at: Utc::now(),
     });
@@ -508,4 +512,70 @@ fn detail_shows_billing_and_a_days_usage_as_sparklines() {
             assert!(screen.contains(needle), "{needle} missing at {width}x{height}:\n{screen}");
         }
     }
+}
+
+#[test]
+fn moves_show_their_progress_above_the_workflows() {
+    let mut app = App::new("http://api", false);
+    let tenants = fleet();
+    let upgrade = workflow(
+        &tenants[0],
+        "tier_change",
+        WorkflowState::Running,
+        vec![
+            step("entitlements", "succeeded", None),
+            step("provision", "succeeded", None),
+            step("copy", "running", None),
+        ],
+    );
+    let copying = TenantMove {
+        workflow_id: upgrade.id,
+        tenant_id: tenants[0].id,
+        slug: tenants[0].slug.to_string(),
+        from_isolation: Isolation::Pool,
+        to_isolation: Isolation::Silo,
+        source_database: "indigo_pool".into(),
+        target_database: Some("silo_acme".into()),
+        phase: "copying".into(),
+        rows_total: 200_000,
+        rows_copied: 50_000,
+        lag: 12,
+        pause_ms: None,
+        error: None,
+        started_at: Utc::now(),
+        updated_at: Utc::now(),
+        switched_at: None,
+        finished_at: None,
+    };
+    let rolled_back = TenantMove {
+        workflow_id: uuid::Uuid::new_v4(),
+        slug: tenants[1].slug.to_string(),
+        tenant_id: tenants[1].id,
+        phase: "rolled_back".into(),
+        error: Some("InsufficientDBClusterCapacity: no capacity".into()),
+        ..copying.clone()
+    };
+    app.apply(Loaded::Fleet {
+        tenants,
+        events: vec![],
+        reconciler: None,
+        usage: vec![],
+        workflows: vec![upgrade],
+        moves: vec![copying, rolled_back],
+        costs: vec![],
+        at: Utc::now(),
+    });
+    key(&mut app, KeyCode::Char(':'));
+    type_text(&mut app, "moves");
+    key(&mut app, KeyCode::Enter);
+    for (width, height) in [(140, 30), (80, 24)] {
+        let screen = render(&app, width, height);
+        for needle in ["moves (2)", "pool→silo", "copying", "50k/200k", "rolled_back", "workflows (1)"] {
+            assert!(screen.contains(needle), "{needle} missing at {width}x{height} from\n{screen}");
+        }
+    }
+    // The selected tier change says what its move is doing.
+    let screen = render(&app, 140, 30);
+    assert!(screen.contains("move pool→silo · copying · 50000 rows of 200000 copied · lag 12"), "{screen}");
+    assert!(screen.contains("InsufficientDBClusterCapacity"), "the wide view shows why a move was rolled back");
 }

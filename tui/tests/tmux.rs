@@ -93,16 +93,35 @@ async fn an_operator_upgrades_a_tenant_from_the_console() {
     console.literal("acme-shoes");
     console.keys(&["Enter"]);
     console.wait_for(|s| s.contains("plan change to enterprise recorded"), "the outcome");
-    // The spec now asks for a silo; the data stays in the pool until a move takes it there.
+    // The tier change moves it online: its progress shows among the moves,
+    // and it ends served from its own database.
+    console.keys(&[":"]);
+    console.literal("moves");
+    console.keys(&["Enter"]);
+    console.wait_for(
+        |s| s.contains("moves (") && s.lines().any(|l| l.contains("acme-shoes") && l.contains("pool→silo")),
+        "the move's progress",
+    );
+    console.wait_for(
+        |s| s.lines().any(|l| l.contains("acme-shoes") && (l.contains("switched") || l.contains("done"))),
+        "the move switched",
+    );
+    console.keys(&[":"]);
+    console.literal("tenants");
+    console.keys(&["Enter"]);
     let screen = console.wait_for(
-        |s| s.lines().any(|l| l.contains("acme-shoes") && l.contains("enterprise") && l.contains("pool→silo")),
-        "the upgraded row",
+        |s| {
+            s.lines().any(|l| {
+                l.contains("acme-shoes") && l.contains("enterprise") && l.contains("silo") && !l.contains("pool→silo")
+            })
+        },
+        "the upgraded row, now a silo",
     );
     assert!(screen.contains("acme-shoes"));
 
     // Detail view and back, then quit: the terminal is handed back.
     console.keys(&["Enter"]);
-    console.wait_for(|s| s.contains("acme-shoes · spec") && s.contains("MoveRequired"), "the detail view");
+    console.wait_for(|s| s.contains("acme-shoes · spec") && s.contains("TierChange"), "the detail view");
     console.keys(&["Escape", "q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while console.alive() && Instant::now() < deadline {

@@ -143,7 +143,9 @@ async fn get_tenant(
     Ok(Json(registry::get(&mut conn, &tenant).await?))
 }
 
-/// Change a tenant's plan (and with it its isolation). Asking for the current plan changes nothing.
+/// Change a tenant's plan: the new plan's limits apply at once, and a tier-change workflow
+/// moves the tenant between the pool and a silo when the isolation changes, online.
+/// Asking for the current plan changes nothing.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/plan", tag = "tenants", request_body = ChangePlanRequest,
     params(("tenant" = String, Path, description = "Slug or id"), ("Idempotency-Key" = String, Header)),
     responses((status = 202, description = "Spec recorded; status follows", body = Tenant),
@@ -160,7 +162,7 @@ async fn change_plan(
     let tenant = tenant_ref(&raw)?;
     let plan = state.plans.get(&request.plan).map_err(|e| ApiError::invalid("unknown_plan", e))?;
     idempotency::run_once(&state, &key, &actor, &request, StatusCode::ACCEPTED, async |tx| {
-        Ok(registry::change_plan(tx, &actor, request_id.as_deref(), &tenant, plan).await?.tenant)
+        Ok(workflow::change_plan(tx, &actor, request_id.as_deref(), &tenant, plan).await?)
     })
     .await
 }

@@ -1,11 +1,12 @@
-//! `/v1/workflows`: durable workflows (onboarding, offboarding) with each
-//! step's state; retry a failed one, cancel a running one.
+//! `/v1/workflows`: durable workflows (onboarding, offboarding, tier changes)
+//! with each step's state; retry a failed one, cancel a running one.
+//! `/v1/moves`: the tier changes' moves between pool and silo, with progress.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use indigo_core::api::{ErrorBody, Workflow, WorkflowState};
+use indigo_core::api::{ErrorBody, TenantMove, Workflow, WorkflowState};
 use indigo_core::http::{ApiPath, ApiQuery};
 use indigo_core::tenant::Role;
 use serde::Deserialize;
@@ -28,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_workflow))
         .routes(routes!(retry_workflow))
         .routes(routes!(cancel_workflow))
+        .routes(routes!(list_moves))
 }
 
 impl From<WorkflowError> for ApiError {
@@ -156,4 +158,101 @@ async fn cancel_workflow(
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     transition(state, actor, key, raw, "cancel", store::cancel).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct MoveParams {
+    /// Only this tenant's moves (slug or id).
+    tenant: Option<String>,
+    /// Only moves still under way.
+    #[serde(default)]
+    active: bool,
+    /// At most this many, 1 to 200 (default 50).
+    limit: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct MoveRow {
+    workflow_id: uuid::Uuid,
+    tenant_id: uuid::Uuid,
+    slug: String,
+    from_isolation: String,
+    to_isolation: String,
+    source_database: String,
+    target_database: Option<String>,
+    phase: String,
+    rows_total: i64,
+    rows_copied: i64,
+    lag: i64,
+    pause_ms: Option<i64>,
+    error: Option<String>,
+    started_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    switched_at: Option<chrono::DateTime<chrono::Utc>>,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl TryFrom<MoveRow> for TenantMove {
+    type Error = ApiError;
+
+    fn try_from(row: MoveRow) -> Result<Self, ApiError> {
+        let isolation = |raw: &str| {
+            raw.parse().map_err(|_| ApiError::Internal(anyhow::anyhow!("move {}: isolation `{raw}`", row.workflow_id)))
+        };
+        Ok(TenantMove {
+            from_isolation: isolation(&row.from_isolation)?,
+            to_isolation: isolation(&row.to_isolation)?,
+            workflow_id: row.workflow_id,
+            tenant_id: indigo_core::tenant::TenantId(row.tenant_id),
+            slug: row.slug,
+            source_database: row.source_database,
+            target_database: row.target_database,
+            phase: row.phase,
+            rows_total: row.rows_total,
+            rows_copied: row.rows_copied,
+            lag: row.lag,
+            pause_ms: row.pause_ms,
+            error: row.error,
+            started_at: row.started_at,
+            updated_at: row.updated_at,
+            switched_at: row.switched_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+/// Moves between pool and silo, newest first: phase, rows copied of the total,
+/// lag, and the write pause at the switch.
+#[utoipa::path(get, path = "/v1/moves", tag = "workflows", params(MoveParams),
+    responses((status = 200, body = [TenantMove]), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn list_moves(
+    State(state): State<AppState>,
+    _actor: Actor,
+    ApiQuery(params): ApiQuery<MoveParams>,
+) -> Result<Json<Vec<TenantMove>>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 200"));
+    }
+    let mut conn = state.db.acquire().await?;
+    let tenant = match params.tenant.as_deref() {
+        Some(raw) => Some(registry::get(&mut conn, &super::tenants::tenant_ref(raw)?).await?.id.0),
+        None => None,
+    };
+    let rows: Vec<MoveRow> = sqlx::query_as(
+        "SELECT m.workflow_id, m.tenant_id, t.slug, m.from_isolation, m.to_isolation, m.source_database,
+                m.target_database, m.phase, m.rows_total, m.rows_copied, m.lag, m.pause_ms, m.error,
+                m.started_at, m.updated_at, m.switched_at, m.finished_at
+         FROM tenant_moves m JOIN tenants t ON t.id = m.tenant_id
+         WHERE ($1::uuid IS NULL OR m.tenant_id = $1) AND (NOT $2 OR m.finished_at IS NULL)
+         ORDER BY m.started_at DESC LIMIT $3",
+    )
+    .bind(tenant)
+    .bind(params.active)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Json(rows.into_iter().map(TenantMove::try_from).collect::<Result<_, _>>()?))
 }

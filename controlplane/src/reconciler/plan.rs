@@ -7,6 +7,8 @@ use indigo_core::api::{Placement, Tenant};
 use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase};
 use serde::Serialize;
 
+use crate::workflow::tier_change::CONDITION as TIER_CHANGE;
+
 /// What the providers report about a tenant's resources.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -135,6 +137,8 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
             _ => condition("Ready", ready, "Degraded", "serving, but not everything matches the spec"),
         },
     );
+    // Conditions that workflows own stay as their workflow left them.
+    conditions.extend(tenant.status.conditions.iter().filter(|c| c.kind == TIER_CHANGE).cloned());
     Decision { actions, phase, placement: placement_change, conditions }
 }
 
@@ -260,5 +264,18 @@ mod tests {
         assert_eq!(d.actions, [Action::DeletePoolRows]);
         let d = decide(&tenant(Isolation::Pool, Lifecycle::Deleted, None), &NOTHING);
         assert!(d.actions.is_empty());
+    }
+
+    #[test]
+    fn a_tier_change_condition_outlives_reconciles() {
+        let mut t = tenant(Isolation::Pool, Lifecycle::Active, Some(Isolation::Pool));
+        t.status.conditions = vec![
+            condition(TIER_CHANGE, false, "Failed", "the move failed"),
+            condition("PlacementMatchesSpec", false, "MoveRequired", "stale"),
+        ];
+        let d = decide(&t, &NOTHING);
+        let kinds: Vec<&str> = d.conditions.iter().map(|c| c.kind.as_str()).collect();
+        assert_eq!(kinds, ["Ready", "PlacementMatchesSpec", TIER_CHANGE]);
+        assert_eq!(d.conditions[1].reason, "Placed");
     }
 }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::offboarding::Offboarding;
 use super::onboarding::Onboarding;
 use super::store::{self, StepRow, WorkflowError, WorkflowRow};
+use super::tier_change::TierChange;
 use super::{Definition, Kind, NO_STEP, Services, StepContext, StepError, compensable, step_order};
 use crate::db::{self, AdvisoryLock};
 use crate::failpoints::Point;
@@ -165,6 +166,7 @@ async fn drive_locked<P: DatabaseProvider>(services: &Services<P>, id: Uuid) -> 
     match row.kind()? {
         Kind::Onboarding => drive_definition::<P, Onboarding>(services, row).await,
         Kind::Offboarding => drive_definition::<P, Offboarding>(services, row).await,
+        Kind::TierChange => drive_definition::<P, TierChange>(services, row).await,
     }
 }
 

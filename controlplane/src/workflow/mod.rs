@@ -4,13 +4,14 @@
 //! so a daemon that dies mid-way is resumed by whichever daemon looks next; a
 //! step that fails for good has the completed steps undone in reverse order.
 //!
-//! [`onboarding`] and [`offboarding`] are the workflows; [`engine`] drives them.
+//! [`onboarding`], [`offboarding`] and [`tier_change`] are the workflows; [`engine`] drives them.
 
 pub mod engine;
 pub mod export;
 pub mod offboarding;
 pub mod onboarding;
 pub mod store;
+pub mod tier_change;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,8 +37,9 @@ use crate::providers::{DatabaseProvider, ProviderError};
 pub enum Kind {
     Onboarding,
     Offboarding,
+    TierChange,
 }
-indigo_core::wire_enum!(Kind { Onboarding => "onboarding", Offboarding => "offboarding" });
+indigo_core::wire_enum!(Kind { Onboarding => "onboarding", Offboarding => "offboarding", TierChange => "tier_change" });
 
 /// Why a step did not succeed, sorted by what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +94,8 @@ pub struct Settings {
     pub backoff_cap: Duration,
     /// Workflows driven at once by one daemon.
     pub concurrency: usize,
+    /// How long a moved tenant's rows stay in the source after the switch.
+    pub move_grace: Duration,
 }
 
 impl Default for Settings {
@@ -101,6 +105,7 @@ impl Default for Settings {
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(60),
             concurrency: 16,
+            move_grace: Duration::from_secs(300),
         }
     }
 }
@@ -142,6 +147,23 @@ impl Services<crate::providers::local::LocalDatabases> {
             failpoints: Failpoints::default(),
             settings: Settings::default(),
             tenant_pools: TenantPools::default(),
+        }
+    }
+}
+
+impl<P> Services<P> {
+    /// The same services acting through another provider (AWS, or a test's).
+    pub fn with_provider<Q>(self, provider: Q) -> Services<Q> {
+        Services {
+            db: self.db,
+            provider,
+            tenant_dbs: self.tenant_dbs,
+            plans: self.plans,
+            stripe: self.stripe,
+            export_dir: self.export_dir,
+            failpoints: self.failpoints,
+            settings: self.settings,
+            tenant_pools: self.tenant_pools,
         }
     }
 }
@@ -295,6 +317,31 @@ pub async fn onboard(
     let tenant = crate::registry::create(conn, actor, request_id, new).await?;
     let workflow = store::start(conn, Kind::Onboarding, tenant.id, Value::Object(Default::default())).await?;
     Ok((tenant, workflow))
+}
+
+/// Changes a tenant's plan and starts the tier change that makes it real, in
+/// the caller's transaction. Asking for the plan it already has changes nothing;
+/// asking while another workflow acts on the tenant is refused.
+pub async fn change_plan(
+    conn: &mut sqlx::PgConnection,
+    actor: &crate::api::auth::Actor,
+    request_id: Option<&str>,
+    tenant: &crate::registry::TenantRef,
+    plan: &indigo_core::plan::Plan,
+) -> Result<indigo_core::api::Tenant, StartError> {
+    let current = crate::registry::get(conn, tenant).await?;
+    // Serializes concurrent requests for this tenant until the caller commits.
+    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(current.id.0).execute(&mut *conn).await?;
+    if current.spec.plan.as_str() == plan.name.as_str() {
+        return Ok(current);
+    }
+    if let Some((id, kind)) = active_for(conn, current.id).await? {
+        return Err(WorkflowError::Busy { tenant: current.id, kind, id }.into());
+    }
+    let changed = crate::registry::change_plan(conn, actor, request_id, tenant, plan).await?;
+    let input = tier_change::Input { from_plan: current.spec.plan.as_str().into(), to_plan: plan.name.as_str().into() };
+    store::start(conn, Kind::TierChange, current.id, serde_json::json!(input)).await?;
+    Ok(changed.tenant)
 }
 
 /// Starts offboarding `tenant`, in the caller's transaction. Offboarding a

@@ -129,6 +129,7 @@ fn order_of(kind: Kind) -> Vec<&'static str> {
     match kind {
         Kind::Onboarding => super::step_order::<super::onboarding::Onboarding>().collect(),
         Kind::Offboarding => super::step_order::<super::offboarding::Offboarding>().collect(),
+        Kind::TierChange => super::step_order::<super::tier_change::TierChange>().collect(),
     }
 }
 
@@ -290,5 +291,6 @@ fn pivot_of(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Onboarding => super::onboarding::Onboarding::POINT_OF_NO_RETURN,
         Kind::Offboarding => super::offboarding::Offboarding::POINT_OF_NO_RETURN,
+        Kind::TierChange => super::tier_change::TierChange::POINT_OF_NO_RETURN,
     }
 }

@@ -7,6 +7,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use indigo_core::http::{Rejection, error_response};
 
+use crate::schema::MOVED_SQLSTATE;
+
+/// Marks a response whose write met a closed move fence: the tenant now lives
+/// in another database.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantMoved;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
@@ -52,6 +59,16 @@ impl IntoResponse for StoreError {
             Self::TooMany { code, .. } => (StatusCode::TOO_MANY_REQUESTS, *code),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "tenant_unavailable"),
             Self::Rejected(rejection) => return rejection.clone().into_response(),
+            Self::Database(sqlx::Error::Database(error)) if error.code().as_deref() == Some(MOVED_SQLSTATE) => {
+                // The tenant gate replays the request on the tenant's new database.
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tenant_moving",
+                    "this tenant is moving to another database; retry shortly",
+                );
+                response.extensions_mut().insert(TenantMoved);
+                return response;
+            }
             Self::Database(error) => {
                 tracing::error!(%error, "storefront database error");
                 return error_response(

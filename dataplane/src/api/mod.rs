@@ -12,8 +12,9 @@ mod search;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use indigo_core::api::{Route, UsageEvent};
-use indigo_core::http::{MAX_BODY_BYTES, error_response};
+use indigo_core::http::{MAX_BODY_BYTES, Rejection, error_response};
 use indigo_core::tenant::Lifecycle;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -37,6 +38,7 @@ use crate::limits::{Limiter, Refusal};
 use crate::metering::Meter;
 use crate::routing::Routes;
 pub use error::StoreError;
+use error::TenantMoved;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -141,7 +143,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
-async fn tenant_gate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, StoreError> {
+/// How long a write that met a moved tenant waits for the routing table to
+/// name its new database, and how often it is replayed.
+const MOVE_WAIT: Duration = Duration::from_secs(10);
+const MOVE_REPLAYS: u32 = 2;
+
+async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, StoreError> {
     let started = Instant::now();
     let token = req
         .headers()
@@ -158,7 +165,7 @@ async fn tenant_gate(State(state): State<AppState>, mut req: Request, next: Next
     if route.lifecycle == Lifecycle::Suspended {
         return Err(StoreError::Suspended);
     }
-    let database_url = route.database_url.as_deref().ok_or(StoreError::Unavailable)?;
+    let mut database_url = route.database_url.clone().ok_or(StoreError::Unavailable)?;
     let client = client_address(&req, state.trust_forwarded_for);
     state.limiter.admit(claims.tenant_id, &route.plan, client).map_err(|refusal| match refusal {
         Refusal::ClientRate { retry_after } => StoreError::TooMany {
@@ -180,11 +187,30 @@ async fn tenant_gate(State(state): State<AppState>, mut req: Request, next: Next
             retry_after,
         },
     })?;
-    let pool = state.routes.pool(database_url)?;
     let tenant_id = claims.tenant_id;
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    req.extensions_mut().insert(TenantCtx { claims: Arc::new(claims), route, pool });
-    let response = next.run(req).await;
+    let claims = Arc::new(claims);
+    // Kept whole, so that a write held through a move can be replayed on the
+    // tenant's new database: the client sees a slow answer, not a failure.
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| Rejection::too_large())?;
+    let mut route = route;
+    let mut replays = 0;
+    let response = loop {
+        let pool = state.routes.pool(&database_url)?;
+        let mut attempt = Request::from_parts(parts.clone(), Body::from(body.clone()));
+        attempt.extensions_mut().insert(TenantCtx { claims: claims.clone(), route: route.clone(), pool });
+        let response = next.clone().run(attempt).await;
+        if response.extensions().get::<TenantMoved>().is_none() || replays == MOVE_REPLAYS {
+            break response;
+        }
+        replays += 1;
+        let Some(moved) = state.routes.await_new_database(tenant_id, &database_url, MOVE_WAIT).await else {
+            break response;
+        };
+        database_url = moved.database_url.clone().ok_or(StoreError::Unavailable)?;
+        route = moved;
+    };
     if state.metering {
         let event_type = if path == "/v1/search" { "search_query" } else { "api_call" };
         state.meter.record(UsageEvent {
@@ -224,21 +250,14 @@ fn client_address(req: &Request, trust_forwarded_for: bool) -> Option<std::net::
 
 /// A UUID from a path, or 400 `invalid_id`.
 fn parse_id(raw: &str) -> Result<uuid::Uuid, StoreError> {
-    raw.parse().map_err(|_| {
-        StoreError::Rejected(indigo_core::http::Rejection::bad_request(
-            "invalid_id",
-            format!("`{raw}` is not a valid id"),
-        ))
-    })
+    raw.parse()
+        .map_err(|_| StoreError::Rejected(Rejection::bad_request("invalid_id", format!("`{raw}` is not a valid id"))))
 }
 
 /// Page size from a query: 1 to 100, default 20.
 fn page_limit(raw: Option<i64>) -> Result<i64, StoreError> {
     match raw.unwrap_or(20) {
         n @ 1..=100 => Ok(n),
-        _ => Err(StoreError::Rejected(indigo_core::http::Rejection::bad_request(
-            "invalid_query",
-            "limit must be between 1 and 100",
-        ))),
+        _ => Err(StoreError::Rejected(Rejection::bad_request("invalid_query", "limit must be between 1 and 100"))),
     }
 }

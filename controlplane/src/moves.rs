@@ -1,0 +1,675 @@
+//! Online moves of one tenant's rows between two tenant databases (pool to
+//! silo on an upgrade, silo to pool on a downgrade) while the tenant keeps
+//! serving reads and writes. The tier-change workflow drives the phases:
+//!
+//! 1. **capture**: triggers added for this tenant alone log every change of its
+//!    rows on the source, inside the writer's own transaction
+//!    (`migrations/tenant/*_moves.sql`);
+//! 2. **copy**: one REPEATABLE READ snapshot of the tenant's rows, streamed
+//!    table by table with COPY into the target in one transaction, then
+//!    verified: per table, row count and checksum of the snapshot equal the
+//!    target's;
+//! 3. **catch up**: the log is applied to the target in batches, as upserts and
+//!    deletes of row images, and removed from the source once applied; the
+//!    keys written are remembered on the target. Replaying a change the
+//!    snapshot already holds is harmless: a row ends as its last image;
+//! 4. **cut over**: the tenant's move lock, taken exclusively, holds its new
+//!    writes and drains the ones in flight; the rest of the log is applied;
+//!    the rows written since the copy must match on both sides (the others are
+//!    as the verified copy left them, on both sides, since every change is
+//!    logged); the fence closes, the caller switches routing, the lock is
+//!    released and the held writes fail over to the target.
+//!
+//! Why a change log and not logical replication with a row-filtered
+//! publication: that needs `wal_level = logical` (a server restart; on Aurora a
+//! parameter group change and a reboot) and superuser-made subscriptions, and it
+//! has no per-tenant write pause. The log costs the moving tenant one row per
+//! change for the duration of the move; the triggers' `WHEN` clause keeps every
+//! other tenant's writes off it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use indigo_core::tenant::TenantId;
+use indigo_dataplane::schema::{TENANT_TABLES, TenantServer};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transaction};
+
+/// Changes applied to the target per transaction.
+pub const BATCH: i64 = 5_000;
+
+/// The catch-up hands over to the cut-over once fewer changes than this wait:
+/// the cut-over applies them with the tenant's writes held.
+pub const CUTOVER_LAG: i64 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("database {database}: {source}")]
+    Database {
+        database: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "verification failed on `{table}`: the source has {source_rows} rows (checksum {source_sum}), \
+         the target {target_rows} (checksum {target_sum})"
+    )]
+    Mismatch { table: String, source_rows: i64, target_rows: i64, source_sum: String, target_sum: String },
+    #[error("change log entry {id}: {message}")]
+    Corrupt { id: i64, message: String },
+}
+
+impl MoveError {
+    /// Connection trouble and the like may pass; a mismatch or a corrupt log will not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Database { .. })
+    }
+}
+
+/// One database of a move, reached as the server's superuser.
+struct Side {
+    database: String,
+    pool: PgPool,
+    options: PgConnectOptions,
+}
+
+impl Side {
+    fn new(server: &TenantServer, database: &str) -> Self {
+        // Checksums hash rows as text, and timestamps print in the session's zone.
+        let options = server.admin_options(database).options([("TimeZone", "UTC")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .idle_timeout(Duration::from_secs(30))
+            .connect_lazy_with(options.clone());
+        Self { database: database.to_owned(), pool, options }
+    }
+
+    fn fail(&self) -> impl Fn(sqlx::Error) -> MoveError + '_ {
+        |source| MoveError::Database { database: self.database.clone(), source }
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, MoveError> {
+        self.pool.begin().await.map_err(self.fail())
+    }
+}
+
+/// The columns of a tenant table that a move carries (generated ones are
+/// computed again on the target) and its primary key.
+#[derive(Debug)]
+struct Table {
+    name: &'static str,
+    columns: Vec<String>,
+    key: Vec<String>,
+}
+
+impl Table {
+    fn column_list(&self) -> String {
+        self.columns.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+    }
+
+    fn key_list(&self) -> String {
+        self.key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The key columns of a row image, as a JSON object.
+    fn key_image(&self, image: &Value) -> Value {
+        Value::Object(self.key.iter().map(|c| (c.clone(), image.get(c).cloned().unwrap_or(Value::Null))).collect())
+    }
+
+    /// Row count and checksum of the tenant's rows, or of those with the keys
+    /// in `keys` (a JSON array of key objects).
+    async fn checksum(
+        &self,
+        conn: &mut PgConnection,
+        tenant: TenantId,
+        keys: Option<&Value>,
+    ) -> Result<(i64, String), sqlx::Error> {
+        let columns: Vec<String> = self.columns.iter().map(|c| format!("t.{}", quote_ident(c))).collect();
+        let hash = format!(
+            "count(*), COALESCE(sum(hashtextextended(ROW({})::text, 0)::numeric), 0)::text",
+            columns.join(", ")
+        );
+        let sql = match keys {
+            None => format!("SELECT {hash} FROM {} t WHERE t.tenant_id = $1", self.name),
+            Some(_) => format!(
+                "SELECT {hash} FROM {name} t
+                 JOIN (SELECT DISTINCT {key} FROM jsonb_populate_recordset(NULL::{name}, $2)) k USING ({key})
+                 WHERE t.tenant_id = $1",
+                name = self.name,
+                key = self.key_list()
+            ),
+        };
+        sqlx::query_as(AssertSqlSafe(sql)).bind(tenant.0).bind(keys).fetch_one(conn).await
+    }
+
+    /// The primary key of a row image, as a comparable string.
+    fn key_of(&self, image: &Value) -> String {
+        self.key.iter().map(|c| image.get(c).map(Value::to_string).unwrap_or_default()).collect::<Vec<_>>().join("|")
+    }
+}
+
+/// One logged change of a moving tenant's row.
+#[derive(sqlx::FromRow)]
+struct Change {
+    id: i64,
+    table_name: String,
+    old_image: Option<Value>,
+    new_image: Option<Value>,
+}
+
+/// What a row ends as after a batch of changes.
+enum Last<'a> {
+    Upsert(&'a Value),
+    Delete(&'a Value),
+}
+
+/// Rows and checksum of one table of the tenant, on both sides.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableCheck {
+    pub table: String,
+    pub rows: i64,
+    pub checksum: String,
+}
+
+/// The tenant's writes held on the source: new ones wait, none is in flight.
+/// Dropping it closes its connection, which releases the lock.
+pub struct WritePause {
+    conn: PgConnection,
+    started: Instant,
+}
+
+impl WritePause {
+    /// Releases the held writes; returns how long they were held.
+    pub async fn release(mut self) -> Duration {
+        let held = self.started.elapsed();
+        if sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut self.conn).await.is_err() {
+            tracing::warn!("could not release the write pause cleanly; closing its connection releases it");
+        }
+        let _ = self.conn.close().await;
+        held
+    }
+}
+
+/// Moves one tenant's rows from `source` to `target`.
+pub struct Mover {
+    tenant: TenantId,
+    source: Side,
+    target: Side,
+    tables: Vec<Table>,
+}
+
+impl Mover {
+    pub async fn connect(
+        server: &TenantServer,
+        tenant: TenantId,
+        source_database: &str,
+        target_database: &str,
+    ) -> Result<Self, MoveError> {
+        let source = Side::new(server, source_database);
+        let target = Side::new(server, target_database);
+        let mut conn = source.pool.acquire().await.map_err(source.fail())?;
+        let mut tables = Vec::with_capacity(TENANT_TABLES.len());
+        for &name in TENANT_TABLES {
+            let columns = sqlx::query_scalar(
+                "SELECT attname::text FROM pg_attribute
+                 WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+                 ORDER BY attnum",
+            )
+            .bind(name)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(source.fail())?;
+            let key = sqlx::query_scalar(
+                "SELECT a.attname::text FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                 WHERE i.indrelid = $1::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
+            )
+            .bind(name)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(source.fail())?;
+            tables.push(Table { name, columns, key });
+        }
+        drop(conn);
+        Ok(Self { tenant, source, target, tables })
+    }
+
+    pub fn source_database(&self) -> &str {
+        &self.source.database
+    }
+
+    pub fn target_database(&self) -> &str {
+        &self.target.database
+    }
+
+    fn table(&self, name: &str) -> Option<&Table> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// Clears what an earlier move of this tenant may have left on the target
+    /// (its capture triggers, fence and log); the rows go with the copy.
+    pub async fn prepare_target(&self) -> Result<(), MoveError> {
+        stop_capture(&self.target, self.tenant, &self.tables).await
+    }
+
+    /// Starts logging the tenant's changes on the source. Idempotent.
+    pub async fn start_capture(&self) -> Result<(), MoveError> {
+        let fail = self.source.fail();
+        let mut tx = self.source.begin().await?;
+        sqlx::query("INSERT INTO move_fences (tenant) VALUES ($1) ON CONFLICT (tenant) DO NOTHING")
+            .bind(self.tenant.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(&fail)?;
+        let (writes, deletes) = trigger_names(self.tenant);
+        for table in &self.tables {
+            // The tenant id is a parsed UUID; the names are ours.
+            let sql = format!(
+                "CREATE OR REPLACE TRIGGER {writes} AFTER INSERT OR UPDATE ON {table} FOR EACH ROW
+                     WHEN (NEW.tenant_id = '{tenant}') EXECUTE FUNCTION move_capture();
+                 CREATE OR REPLACE TRIGGER {deletes} AFTER DELETE ON {table} FOR EACH ROW
+                     WHEN (OLD.tenant_id = '{tenant}') EXECUTE FUNCTION move_capture();",
+                table = table.name,
+                tenant = self.tenant,
+            );
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(&fail)?;
+        }
+        tx.commit().await.map_err(&fail)
+    }
+
+    /// Stops logging on the source and forgets the log (a move given up).
+    pub async fn stop_capture(&self) -> Result<(), MoveError> {
+        stop_capture(&self.source, self.tenant, &self.tables).await
+    }
+
+    /// The tenant's rows on the source, per table, in the copy's order.
+    pub async fn count_source(&self) -> Result<i64, MoveError> {
+        let mut total = 0;
+        for table in &self.tables {
+            let count: i64 =
+                sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {} WHERE tenant_id = $1", table.name)))
+                    .bind(self.tenant.0)
+                    .fetch_one(&self.source.pool)
+                    .await
+                    .map_err(self.source.fail())?;
+            total += count;
+        }
+        Ok(total)
+    }
+
+    /// Copies a snapshot of the tenant's rows into the target, replacing any
+    /// an earlier attempt left there, in one target transaction, and checks
+    /// that the target holds exactly the snapshot. `progress` is told the rows
+    /// copied so far. Capture must have started before.
+    pub async fn copy(&self, mut progress: impl FnMut(u64)) -> Result<Vec<TableCheck>, MoveError> {
+        let source_fail = self.source.fail();
+        let target_fail = self.target.fail();
+        let mut source = self.source.pool.acquire().await.map_err(&source_fail)?;
+        let mut snapshot =
+            source.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await.map_err(&source_fail)?;
+        let mut target = self.target.begin().await?;
+        delete_rows(&mut target, self.tenant, &self.tables).await.map_err(&target_fail)?;
+        sqlx::query("DELETE FROM move_touched WHERE tenant = $1")
+            .bind(self.tenant.0)
+            .execute(&mut *target)
+            .await
+            .map_err(&target_fail)?;
+        let mut copied = 0u64;
+        for table in &self.tables {
+            let columns = table.column_list();
+            let out =
+                format!("COPY (SELECT {columns} FROM {} WHERE tenant_id = '{}') TO STDOUT", table.name, self.tenant);
+            let mut rows = snapshot.copy_out_raw(&out).await.map_err(&source_fail)?;
+            let mut sink = target
+                .copy_in_raw(&format!("COPY {} ({columns}) FROM STDIN", table.name))
+                .await
+                .map_err(&target_fail)?;
+            while let Some(chunk) = rows.next().await {
+                let chunk = chunk.map_err(&source_fail)?;
+                // COPY's text format escapes newlines inside values: one per row.
+                copied += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+                sink.send(chunk).await.map_err(&target_fail)?;
+                progress(copied);
+            }
+            sink.finish().await.map_err(&target_fail)?;
+        }
+        let mut checks = Vec::with_capacity(self.tables.len());
+        for table in &self.tables {
+            let (rows, checksum) = table.checksum(&mut target, self.tenant, None).await.map_err(&target_fail)?;
+            let (source_rows, source_sum) =
+                table.checksum(&mut snapshot, self.tenant, None).await.map_err(&source_fail)?;
+            compare(table, (source_rows, source_sum), (rows, checksum.clone()))?;
+            checks.push(TableCheck { table: table.name.into(), rows, checksum });
+        }
+        target.commit().await.map_err(&target_fail)?;
+        snapshot.commit().await.map_err(&source_fail)?;
+        Ok(checks)
+    }
+
+    /// Changes logged and not yet applied: the move's lag.
+    pub async fn lag(&self) -> Result<i64, MoveError> {
+        sqlx::query_scalar("SELECT count(*) FROM move_changes WHERE tenant = $1")
+            .bind(self.tenant.0)
+            .fetch_one(&self.source.pool)
+            .await
+            .map_err(self.source.fail())
+    }
+
+    /// Applies up to `limit` logged changes to the target, oldest first, and
+    /// removes them from the log; returns how many.
+    pub async fn apply_batch(&self, limit: i64) -> Result<usize, MoveError> {
+        let changes: Vec<Change> = sqlx::query_as(
+            "SELECT id, table_name, old_image, new_image FROM move_changes WHERE tenant = $1 ORDER BY id LIMIT $2",
+        )
+        .bind(self.tenant.0)
+        .bind(limit)
+        .fetch_all(&self.source.pool)
+        .await
+        .map_err(self.source.fail())?;
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        match self.apply(&changes).await {
+            Err(MoveError::Database { source: sqlx::Error::Database(e), .. })
+                if e.code().is_some_and(|c| c.starts_with("23")) =>
+            {
+                // Folding a batch into one statement per table can reorder
+                // changes that a constraint ties together; in log order, one
+                // at a time, they apply as they happened.
+                tracing::debug!(tenant = %self.tenant, error = %e, "applying the batch change by change");
+                for change in &changes {
+                    self.apply(std::slice::from_ref(change)).await?;
+                }
+            }
+            other => other?,
+        }
+        let ids: Vec<i64> = changes.iter().map(|c| c.id).collect();
+        sqlx::query("DELETE FROM move_changes WHERE tenant = $1 AND id = ANY ($2)")
+            .bind(self.tenant.0)
+            .bind(&ids)
+            .execute(&self.source.pool)
+            .await
+            .map_err(self.source.fail())?;
+        Ok(changes.len())
+    }
+
+    /// Applies `changes` to the target in one transaction: each row ends as
+    /// its last change made it.
+    async fn apply(&self, changes: &[Change]) -> Result<(), MoveError> {
+        let mut last: HashMap<(&'static str, String), (i64, Last<'_>)> = HashMap::new();
+        for change in changes {
+            let table = self.table(&change.table_name).ok_or_else(|| MoveError::Corrupt {
+                id: change.id,
+                message: format!("unknown table `{}`", change.table_name),
+            })?;
+            for image in change.old_image.iter().chain(&change.new_image) {
+                if image.get("tenant_id").and_then(Value::as_str) != Some(self.tenant.to_string().as_str()) {
+                    return Err(MoveError::Corrupt { id: change.id, message: "a row of another tenant".into() });
+                }
+            }
+            let new_key = change.new_image.as_ref().map(|image| table.key_of(image));
+            if let Some(old) = &change.old_image {
+                let old_key = table.key_of(old);
+                if new_key.as_ref() != Some(&old_key) {
+                    last.insert((table.name, old_key), (change.id, Last::Delete(old)));
+                }
+            }
+            if let (Some(new), Some(key)) = (&change.new_image, new_key) {
+                last.insert((table.name, key), (change.id, Last::Upsert(new)));
+            }
+        }
+        let mut ordered: Vec<(&'static str, i64, &Last<'_>)> =
+            last.iter().map(|((table, _), (id, op))| (*table, *id, op)).collect();
+        ordered.sort_by_key(|(_, id, _)| *id);
+        let rows_of = |table: &str, upserts: bool| -> Value {
+            Value::Array(
+                ordered
+                    .iter()
+                    .filter(|(t, _, _)| *t == table)
+                    .filter_map(|(_, _, op)| match (op, upserts) {
+                        (Last::Upsert(image), true) | (Last::Delete(image), false) => Some((*image).clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        };
+        let fail = self.target.fail();
+        let mut tx = self.target.begin().await?;
+        for table in &self.tables {
+            let touched: Vec<Value> = ordered
+                .iter()
+                .filter(|(t, _, _)| *t == table.name)
+                .map(|(_, _, op)| match op {
+                    Last::Upsert(image) | Last::Delete(image) => table.key_image(image),
+                })
+                .collect();
+            if !touched.is_empty() {
+                sqlx::query(
+                    "INSERT INTO move_touched (tenant, table_name, key)
+                     SELECT $1, $2, k FROM jsonb_array_elements($3) k ON CONFLICT DO NOTHING",
+                )
+                .bind(self.tenant.0)
+                .bind(table.name)
+                .bind(Value::Array(touched))
+                .execute(&mut *tx)
+                .await
+                .map_err(&fail)?;
+            }
+        }
+        // Children first for deletes, parents first for upserts: foreign keys hold.
+        for table in self.tables.iter().rev() {
+            let rows = rows_of(table.name, false);
+            if rows.as_array().is_some_and(|r| !r.is_empty()) {
+                let key = table.key_list();
+                let sql = format!(
+                    "DELETE FROM {name} WHERE tenant_id = $2 AND ({key}) IN
+                         (SELECT {key} FROM jsonb_populate_recordset(NULL::{name}, $1))",
+                    name = table.name
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(rows)
+                    .bind(self.tenant.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&fail)?;
+            }
+        }
+        for table in &self.tables {
+            let rows = rows_of(table.name, true);
+            if rows.as_array().is_some_and(|r| !r.is_empty()) {
+                let columns = table.column_list();
+                let updates: Vec<String> = table
+                    .columns
+                    .iter()
+                    .filter(|c| !table.key.contains(c))
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                    .collect();
+                let on_conflict = if updates.is_empty() {
+                    "NOTHING".to_owned()
+                } else {
+                    format!("UPDATE SET {}", updates.join(", "))
+                };
+                let sql = format!(
+                    "INSERT INTO {name} ({columns})
+                     SELECT {columns} FROM jsonb_populate_recordset(NULL::{name}, $1) WHERE tenant_id = $2
+                     ON CONFLICT ({key}) DO {on_conflict}",
+                    name = table.name,
+                    key = table.key_list(),
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(rows)
+                    .bind(self.tenant.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&fail)?;
+            }
+        }
+        tx.commit().await.map_err(&fail)
+    }
+
+    /// Holds the tenant's writes on the source: waits for the ones in flight,
+    /// makes new ones wait. Other tenants are not touched.
+    pub async fn pause_writes(&self) -> Result<WritePause, MoveError> {
+        let fail = self.source.fail();
+        let started = Instant::now();
+        // A connection of its own: if the mover dies, the server ends the pause.
+        let mut conn = PgConnection::connect_with(&self.source.options).await.map_err(&fail)?;
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended('indigo:move:' || $1::text, 0))")
+            .bind(self.tenant.0)
+            .execute(&mut conn)
+            .await
+            .map_err(&fail)?;
+        Ok(WritePause { conn, started })
+    }
+
+    /// Applies the whole log (writes must be paused for it to stay empty).
+    pub async fn drain(&self) -> Result<usize, MoveError> {
+        let mut applied = 0;
+        loop {
+            match self.apply_batch(BATCH).await? {
+                0 => return Ok(applied),
+                n => applied += n,
+            }
+        }
+    }
+
+    /// The rows written since the copy, equal on both sides (with writes
+    /// paused, after [`Mover::drain`]): row counts and checksums per table of
+    /// the keys the catch-up wrote, or the first difference.
+    pub async fn verify_changed(&self) -> Result<Vec<TableCheck>, MoveError> {
+        let (source_fail, target_fail) = (self.source.fail(), self.target.fail());
+        let mut source = self.source.pool.acquire().await.map_err(&source_fail)?;
+        let mut target = self.target.pool.acquire().await.map_err(&target_fail)?;
+        let mut checks = Vec::with_capacity(self.tables.len());
+        for table in &self.tables {
+            let keys: Vec<Value> =
+                sqlx::query_scalar("SELECT key FROM move_touched WHERE tenant = $1 AND table_name = $2")
+                    .bind(self.tenant.0)
+                    .bind(table.name)
+                    .fetch_all(&mut *target)
+                    .await
+                    .map_err(&target_fail)?;
+            let keys = Value::Array(keys);
+            let on_source = table.checksum(&mut source, self.tenant, Some(&keys)).await.map_err(&source_fail)?;
+            let on_target = table.checksum(&mut target, self.tenant, Some(&keys)).await.map_err(&target_fail)?;
+            compare(table, on_source, on_target.clone())?;
+            checks.push(TableCheck { table: table.name.into(), rows: on_target.0, checksum: on_target.1 });
+        }
+        Ok(checks)
+    }
+
+    /// Closes the fence on the source: from now on the tenant's writes there
+    /// fail with [`indigo_dataplane::schema::MOVED_SQLSTATE`], and the data plane retries them on the target.
+    pub async fn close_fence(&self) -> Result<(), MoveError> {
+        sqlx::query(
+            "INSERT INTO move_fences (tenant, moved_to) VALUES ($1, $2)
+             ON CONFLICT (tenant) DO UPDATE SET moved_to = EXCLUDED.moved_to",
+        )
+        .bind(self.tenant.0)
+        .bind(&self.target.database)
+        .execute(&self.source.pool)
+        .await
+        .map_err(self.source.fail())?;
+        Ok(())
+    }
+
+    /// Opens the fence again (a cut-over undone before routing switched).
+    pub async fn open_fence(&self) -> Result<(), MoveError> {
+        sqlx::query("UPDATE move_fences SET moved_to = NULL WHERE tenant = $1")
+            .bind(self.tenant.0)
+            .execute(&self.source.pool)
+            .await
+            .map_err(self.source.fail())?;
+        Ok(())
+    }
+
+    /// After the grace period: stops capture on the source and deletes the
+    /// tenant's rows there, in one transaction.
+    pub async fn release_source(&self) -> Result<u64, MoveError> {
+        let fail = self.source.fail();
+        let mut tx = self.source.begin().await?;
+        drop_capture(&mut tx, self.tenant, &self.tables).await.map_err(&fail)?;
+        let deleted = delete_rows(&mut tx, self.tenant, &self.tables).await.map_err(&fail)?;
+        tx.commit().await.map_err(&fail)?;
+        Ok(deleted)
+    }
+
+    /// Forgets what the catch-up wrote on the target (the move is over).
+    pub async fn forget_touched(&self) -> Result<(), MoveError> {
+        sqlx::query("DELETE FROM move_touched WHERE tenant = $1")
+            .bind(self.tenant.0)
+            .execute(&self.target.pool)
+            .await
+            .map_err(self.target.fail())?;
+        Ok(())
+    }
+
+    /// Deletes the tenant's rows from the target (a move to the pool given up).
+    pub async fn clear_target(&self) -> Result<u64, MoveError> {
+        let fail = self.target.fail();
+        let mut tx = self.target.begin().await?;
+        let deleted = delete_rows(&mut tx, self.tenant, &self.tables).await.map_err(&fail)?;
+        tx.commit().await.map_err(&fail)?;
+        Ok(deleted)
+    }
+}
+
+fn compare(table: &Table, source: (i64, String), target: (i64, String)) -> Result<(), MoveError> {
+    if source == target {
+        return Ok(());
+    }
+    Err(MoveError::Mismatch {
+        table: table.name.into(),
+        source_rows: source.0,
+        target_rows: target.0,
+        source_sum: source.1,
+        target_sum: target.1,
+    })
+}
+
+fn trigger_names(tenant: TenantId) -> (String, String) {
+    let id = tenant.0.simple();
+    (format!("indigo_move_{id}_w"), format!("indigo_move_{id}_d"))
+}
+
+async fn stop_capture(side: &Side, tenant: TenantId, tables: &[Table]) -> Result<(), MoveError> {
+    let fail = side.fail();
+    let mut tx = side.begin().await?;
+    drop_capture(&mut tx, tenant, tables).await.map_err(&fail)?;
+    tx.commit().await.map_err(&fail)
+}
+
+async fn drop_capture(conn: &mut PgConnection, tenant: TenantId, tables: &[Table]) -> Result<(), sqlx::Error> {
+    let (writes, deletes) = trigger_names(tenant);
+    for table in tables {
+        let sql = format!(
+            "DROP TRIGGER IF EXISTS {writes} ON {name}; DROP TRIGGER IF EXISTS {deletes} ON {name};",
+            name = table.name
+        );
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await?;
+    }
+    sqlx::query("DELETE FROM move_changes WHERE tenant = $1").bind(tenant.0).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM move_fences WHERE tenant = $1").bind(tenant.0).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM move_touched WHERE tenant = $1").bind(tenant.0).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Deletes the tenant's rows, children first.
+async fn delete_rows(conn: &mut PgConnection, tenant: TenantId, tables: &[Table]) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    for table in tables.iter().rev() {
+        deleted += sqlx::query(AssertSqlSafe(format!("DELETE FROM {} WHERE tenant_id = $1", table.name)))
+            .bind(tenant.0)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+    }
+    Ok(deleted)
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,386 @@
+//! Tier changes that move tenants online between the pool and a silo, with
+//! storefront traffic on the moving tenant and on two others the whole time:
+//! nobody sees a failed request, every acknowledged write ends in the
+//! tenant's new database, stock stays exact, the other tenants never pause,
+//! and billing keeps one customer and one subscription on the right price.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use indigo_controlplane::failpoints::CRASH_EXIT_CODE;
+use indigo_controlplane::providers::local::LocalDatabases;
+use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloTenant};
+use indigo_controlplane::workflow::tier_change::TierChange;
+use indigo_core::tenant::TenantId;
+use indigo_e2e::stack::{ADMIN_TOKEN, AdminClient, LoadReport, Shop, Stack, Storefront, ids_in, start_load};
+use indigo_e2e::{Process, TestDatabase, free_port, wait_until_ok, workspace_binary};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// How long the cut-over holds the moving tenant's writes in these tests,
+/// so that "the others did not pause" has a window to be checked in.
+const HOLD_MS: u64 = 1_000;
+const STOCK: i32 = 1_000_000;
+
+struct Traffic {
+    stop: watch::Sender<bool>,
+    runs: Vec<(Shop, tokio::task::JoinHandle<LoadReport>)>,
+}
+
+impl Traffic {
+    async fn start(stack: &Stack, shops: &[&Shop]) -> (Self, HashMap<TenantId, Vec<Uuid>>) {
+        let (stop, watching) = watch::channel(false);
+        let mut runs = Vec::new();
+        let mut products = HashMap::new();
+        for shop in shops {
+            let (product_ids, customer_ids) =
+                shop.seed(&stack.http, &stack.storefront.url, 12, 6, STOCK).await.unwrap();
+            products.insert(shop.id, product_ids.clone());
+            let load = start_load(
+                stack.http.clone(),
+                stack.storefront.url.clone(),
+                (*shop).clone(),
+                product_ids,
+                customer_ids,
+                watching.clone(),
+            );
+            runs.push(((*shop).clone(), load));
+        }
+        (Self { stop, runs }, products)
+    }
+
+    async fn stop(self) -> HashMap<TenantId, LoadReport> {
+        self.stop.send(true).unwrap();
+        let mut reports = HashMap::new();
+        for (shop, run) in self.runs {
+            reports.insert(shop.id, run.await.unwrap());
+        }
+        reports
+    }
+}
+
+/// The move's record, as the admin API shows it.
+async fn latest_move(stack: &Stack, slug: &str) -> Value {
+    let (status, moves) = stack.admin.request(Method::GET, &format!("/v1/moves?tenant={slug}"), None).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{moves}");
+    moves.as_array().and_then(|m| m.first()).cloned().unwrap_or_else(|| panic!("no move of {slug}: {moves}"))
+}
+
+/// Every acknowledged write of `report` is in `database`, and each product's
+/// stock is its starting stock less the units ordered.
+async fn assert_writes_landed(stack: &Stack, database: &str, shop: &Shop, report: &LoadReport) {
+    let orders = stack.ids_in(database, "orders", shop.id).await.unwrap();
+    let customers = stack.ids_in(database, "customers", shop.id).await.unwrap();
+    let missing_orders: Vec<_> = report.orders.iter().filter(|id| orders.binary_search(id).is_err()).collect();
+    let missing_customers: Vec<_> = report.customers.iter().filter(|id| customers.binary_search(id).is_err()).collect();
+    assert!(
+        missing_orders.is_empty(),
+        "{}: acknowledged orders missing from {database}: {missing_orders:?}",
+        shop.slug
+    );
+    assert!(
+        missing_customers.is_empty(),
+        "{}: acknowledged customers missing from {database}: {missing_customers:?}",
+        shop.slug
+    );
+    let options = stack.state.tenant_dbs.server.admin_options(database);
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+    for (product, units) in &report.ordered {
+        let (stock, sold): (i32, i64) = sqlx::query_as(
+            "SELECT p.stock, COALESCE((SELECT sum(quantity) FROM order_items i
+                                       WHERE i.tenant_id = p.tenant_id AND i.product_id = p.id), 0)::bigint
+             FROM products p WHERE p.tenant_id = $1 AND p.id = $2",
+        )
+        .bind(shop.id.0)
+        .bind(product)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(sold, *units, "{}: units sold of {product} in {database}", shop.slug);
+        assert_eq!(i64::from(stock), i64::from(STOCK) - units, "{}: stock of {product} in {database}", shop.slug);
+    }
+    pool.close().await;
+}
+
+/// The others' requests kept completing while the mover's writes were held:
+/// some started after the pause began and finished before it ended.
+fn served_during_pause(report: &LoadReport, pause_from: DateTime<Utc>, pause_to: DateTime<Utc>) -> usize {
+    report.samples.iter().filter(|s| s.started >= pause_from && s.finished <= pause_to).count()
+}
+
+fn pause_window(record: &Value) -> (DateTime<Utc>, DateTime<Utc>) {
+    let switched: DateTime<Utc> = record["switched_at"].as_str().unwrap().parse().unwrap();
+    let pause = chrono::Duration::milliseconds(record["pause_ms"].as_i64().unwrap());
+    (switched - pause, switched)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
+    let mut stack = Stack::start().await.unwrap();
+    let services = stack.services(&format!("tier_change.cutover=hold:{HOLD_MS}")).unwrap();
+    stack.start_engine(services);
+    let mover = stack.onboard("moving-shop", "pro").await.unwrap();
+    let left = stack.onboard("steady-left", "pro").await.unwrap();
+    let right = stack.onboard("steady-right", "pro").await.unwrap();
+    let (traffic, _) = Traffic::start(&stack, &[&mover, &left, &right]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Upgrade: pool → silo.
+    let asked = stack.admin.change_plan("moving-shop", "enterprise").await.unwrap();
+    assert_eq!(asked["spec"]["plan"], "enterprise");
+    let workflow = stack.admin.wait_workflow("moving-shop", "tier_change").await.unwrap();
+    assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    let upgrade = latest_move(&stack, "moving-shop").await;
+    assert_eq!(
+        (upgrade["phase"].as_str(), upgrade["to_isolation"].as_str()),
+        (Some("done"), Some("silo")),
+        "{upgrade}"
+    );
+    assert!(upgrade["pause_ms"].as_i64().unwrap() >= HOLD_MS as i64, "{upgrade}");
+    let silo = upgrade["target_database"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reports = traffic.stop().await;
+
+    let tenant = stack.admin.tenant("moving-shop").await.unwrap();
+    assert_eq!(tenant["status"]["placement"]["isolation"], "silo");
+    assert_eq!(tenant["status"]["placement"]["database"], silo.as_str());
+    for shop in [&mover, &left, &right] {
+        let report = &reports[&shop.id];
+        assert!(report.failures.is_empty(), "{} saw failed requests: {:#?}", shop.slug, report.failures);
+        assert!(report.orders.len() > 10, "{} placed only {} orders", shop.slug, report.orders.len());
+    }
+    assert_writes_landed(&stack, &silo, &mover, &reports[&mover.id]).await;
+    assert!(stack.ids_in(stack.pool_database(), "orders", mover.id).await.unwrap().is_empty(), "source rows released");
+    for shop in [&left, &right] {
+        assert_writes_landed(&stack, stack.pool_database(), shop, &reports[&shop.id]).await;
+        assert!(stack.ids_in(&silo, "orders", shop.id).await.unwrap().is_empty(), "{} leaked into the silo", shop.slug);
+        let (from, to) = pause_window(&upgrade);
+        let served = served_during_pause(&reports[&shop.id], from, to);
+        assert!(served > 0, "{} was not served while the mover's writes were held ({from} .. {to})", shop.slug);
+    }
+
+    // Downgrade under load: silo → pool.
+    let (traffic, _) = Traffic::start(&stack, &[&mover, &left]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.admin.change_plan("moving-shop", "pro").await.unwrap();
+    let workflow = stack.admin.wait_workflow("moving-shop", "tier_change").await.unwrap();
+    assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    let downgrade = latest_move(&stack, "moving-shop").await;
+    assert_eq!((downgrade["phase"].as_str(), downgrade["to_isolation"].as_str()), (Some("done"), Some("pool")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reports = traffic.stop().await;
+    for shop in [&mover, &left] {
+        let report = &reports[&shop.id];
+        assert!(report.failures.is_empty(), "{} saw failed requests: {:#?}", shop.slug, report.failures);
+    }
+    let tenant = stack.admin.tenant("moving-shop").await.unwrap();
+    assert_eq!(tenant["status"]["placement"]["isolation"], "pool");
+    assert_writes_landed(&stack, stack.pool_database(), &mover, &reports[&mover.id]).await;
+    let silo_left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&silo)
+        .fetch_one(&stack.state.db)
+        .await
+        .unwrap();
+    assert!(!silo_left, "the silo {silo} is dropped after the downgrade");
+
+    // Billing: one customer, one live subscription, now on the pro price, changed with prorations.
+    let customers = stack.stripe.live_customers(Some(&mover.id.to_string()));
+    assert_eq!(customers.len(), 1, "{customers:#?}");
+    let subscriptions = stack.stripe.subscriptions_of(customers[0]["id"].as_str().unwrap());
+    let live: Vec<&Value> = subscriptions.iter().filter(|s| s["status"] != "canceled").collect();
+    assert_eq!(live.len(), 1, "{subscriptions:#?}");
+    assert_eq!(live[0]["items"]["data"][0]["price"]["lookup_key"], "indigo_pro_29900_usd");
+    assert_eq!(live[0]["metadata"]["indigo_test_proration_behavior"], "create_prorations");
+    assert_eq!(stack.stripe.customers_created(&mover.id.to_string()), 1);
+
+    let (_, events) = stack.admin.request(Method::GET, "/v1/events?tenant=moving-shop&limit=1000", None).await.unwrap();
+    let kinds: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    for expected in ["MoveStarted", "MoveSwitched", "TierChanged"] {
+        assert_eq!(kinds.iter().filter(|k| **k == expected).count(), 2, "{expected} in {kinds:?}");
+    }
+    stack.stop().await.unwrap();
+}
+
+/// A provider that cannot create silos, as AWS refusing a cluster for capacity.
+struct NoCapacity(LocalDatabases);
+
+impl DatabaseProvider for NoCapacity {
+    async fn observe_silo(&self, tenant: &SiloTenant<'_>) -> Result<Option<String>, ProviderError> {
+        self.0.observe_silo(tenant).await
+    }
+
+    async fn create_silo(&self, _tenant: &SiloTenant<'_>) -> Result<String, ProviderError> {
+        Err(ProviderError::Permanent {
+            reason: "InsufficientDBClusterCapacity".into(),
+            message: "no Aurora Serverless v2 capacity in the region".into(),
+        })
+    }
+
+    async fn delete_silo(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
+        self.0.delete_silo(tenant).await
+    }
+
+    async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
+        self.0.delete_pool_rows(tenant).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_failure_leaves_the_tenant_serving_from_the_pool_on_its_old_plan() {
+    let mut stack = Stack::start().await.unwrap();
+    let local = stack.services("").unwrap();
+    let provider = NoCapacity(LocalDatabases::new(stack.state.tenant_dbs.clone()));
+    let services = local.with_provider(provider);
+    stack.start_engine(services);
+    let shop = stack.onboard("stuck-shop", "pro").await.unwrap();
+    let (traffic, _) = Traffic::start(&stack, &[&shop]).await;
+
+    stack.admin.change_plan("stuck-shop", "enterprise").await.unwrap();
+    let workflow = stack.admin.wait_workflow("stuck-shop", "tier_change").await.unwrap();
+    assert_eq!(workflow["state"], "failed", "{workflow}");
+    assert!(workflow["error"].as_str().unwrap().contains("InsufficientDBClusterCapacity"), "{workflow}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reports = traffic.stop().await;
+    let report = &reports[&shop.id];
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+
+    let tenant = stack.admin.tenant("stuck-shop").await.unwrap();
+    assert_eq!(tenant["spec"]["plan"], "pro", "the old plan is restored: {tenant}");
+    assert_eq!(tenant["status"]["placement"]["isolation"], "pool");
+    let condition = tenant["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "TierChange")
+        .unwrap_or_else(|| panic!("no TierChange condition: {tenant}"));
+    assert_eq!(condition["status"], "false");
+    assert!(condition["message"].as_str().unwrap().contains("no Aurora Serverless v2 capacity"), "{condition}");
+    let record = latest_move(&stack, "stuck-shop").await;
+    assert_eq!(record["phase"], "rolled_back", "{record}");
+    assert_writes_landed(&stack, stack.pool_database(), &shop, report).await;
+    // Capture is gone from the pool: writes there log nothing any more.
+    let (status, _) = shop
+        .call(
+            &stack.http,
+            &stack.storefront.url,
+            Method::POST,
+            "/v1/customers",
+            Some(json!({ "email": "after@stuck.example", "name": "After" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    let logged: i64 = {
+        let options = stack.state.tenant_dbs.server.admin_options(stack.pool_database());
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+        let n = sqlx::query_scalar("SELECT count(*) FROM move_changes").fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        n
+    };
+    assert_eq!(logged, 0);
+    stack.stop().await.unwrap();
+}
+
+/// `indigo serve` on the crash test's databases, armed with `failpoints`.
+fn daemon(
+    control: &TestDatabase,
+    pool: &TestDatabase,
+    port: u16,
+    data_dir: &std::path::Path,
+    failpoints: &str,
+) -> Process {
+    let mut command = std::process::Command::new(workspace_binary("indigo").unwrap());
+    command
+        .arg("serve")
+        .env("INDIGO_DATABASE_URL", &control.url)
+        .env("INDIGO_POOL_DATABASE", &pool.name)
+        .env("INDIGO_LISTEN", format!("127.0.0.1:{port}"))
+        .env("INDIGO_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("INDIGO_DATA_DIR", data_dir)
+        .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"))
+        .env("INDIGO_MOVE_GRACE_SECONDS", "0")
+        .env("INDIGO_FAILPOINTS", failpoints)
+        .env("RUST_LOG", "warn");
+    Process::spawn(command).unwrap()
+}
+
+/// kill -9 of the control plane in every phase of a move (right after a step
+/// acted, and right after its result was recorded), upgrades and downgrades
+/// in turn, with storefront traffic on the tenant throughout: a fresh daemon
+/// finishes the move, no acknowledged write is lost, stock stays exact, and
+/// the tenant is never routed to a database without its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_plane_killed_in_any_phase_of_a_move_resumes_it() {
+    let control = TestDatabase::unique("indigo_move_control");
+    let pool = TestDatabase::unique("indigo_move_pool");
+    indigo_controlplane::db::ensure_database(&control.url).await.unwrap();
+    let data_dir = std::env::temp_dir().join(format!("indigo-move-crash-{}", Uuid::new_v4().simple()));
+    let port = free_port().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut running = daemon(&control, &pool, port, &data_dir, "");
+    wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(30)).await.unwrap();
+    let admin = AdminClient { url: url.clone(), http: reqwest::Client::new() };
+    let storefront = Storefront::start(&url).await.unwrap();
+    let shop = admin.onboard(&storefront, "crashy-shop", "pro").await.unwrap();
+    let server = indigo_dataplane::schema::TenantServer::new(&indigo_e2e::server_url()).unwrap();
+
+    let steps: Vec<&str> = indigo_controlplane::workflow::step_order::<TierChange>().collect();
+    let mut plan = "pro";
+    for step in steps {
+        for point in ["crash-after-run", "crash-after-record"] {
+            let (stop, watching) = watch::channel(false);
+            let (products, customers) = shop.seed(&admin.http, &storefront.url, 4, 3, STOCK).await.unwrap();
+            let load =
+                start_load(admin.http.clone(), storefront.url.clone(), shop.clone(), products, customers, watching);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+
+            running.signal_and_wait("TERM", Duration::from_secs(20)).unwrap();
+            let mut armed = daemon(&control, &pool, port, &data_dir, &format!("tier_change.{step}={point}"));
+            wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(30)).await.unwrap();
+            plan = if plan == "pro" { "enterprise" } else { "pro" };
+            admin.change_plan("crashy-shop", plan).await.unwrap();
+            let status = armed.wait_exit(Duration::from_secs(60)).unwrap();
+            assert_eq!(status.code(), Some(CRASH_EXIT_CODE), "{step} {point}: the daemon was to crash");
+            running = daemon(&control, &pool, port, &data_dir, "");
+            wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(30)).await.unwrap();
+            let workflow = admin.wait_workflow("crashy-shop", "tier_change").await.unwrap();
+            assert_eq!(workflow["state"], "succeeded", "{step} {point}: {workflow}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.send(true).unwrap();
+            let report = load.await.unwrap();
+            assert!(report.failures.is_empty(), "{step} {point}: failed requests {:#?}", report.failures);
+
+            let tenant = admin.tenant("crashy-shop").await.unwrap();
+            let placement = &tenant["status"]["placement"];
+            let expected = if plan == "enterprise" { "silo" } else { "pool" };
+            assert_eq!(placement["isolation"], expected, "{step} {point}: {tenant}");
+            let database = placement["database"].as_str().unwrap();
+            let orders = ids_in(&server, database, "orders", shop.id).await.unwrap();
+            let missing: Vec<_> = report.orders.iter().filter(|id| orders.binary_search(id).is_err()).collect();
+            assert!(missing.is_empty(), "{step} {point}: orders lost in {database}: {missing:?}");
+            let source = if expected == "silo" { pool.name.clone() } else { silo_of(&tenant) };
+            if source != database {
+                assert!(
+                    ids_in(&server, &source, "orders", shop.id).await.unwrap().is_empty(),
+                    "{step} {point}: source kept rows"
+                );
+            }
+        }
+    }
+    running.signal_and_wait("TERM", Duration::from_secs(20)).unwrap();
+    drop(storefront);
+    for database in [&pool.name, &format!("silo_crashy_shop_{}", &shop.id.0.simple().to_string()[20..])] {
+        server.drop_database(database).await.unwrap();
+    }
+    control.drop_now().await.unwrap();
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+fn silo_of(tenant: &Value) -> String {
+    let id: Uuid = tenant["id"].as_str().unwrap().parse().unwrap();
+    let slug = indigo_core::tenant::Slug::parse(tenant["slug"].as_str().unwrap()).unwrap();
+    indigo_controlplane::providers::local::silo_database(&SiloTenant { id: TenantId(id), slug: &slug })
+}
