@@ -27,8 +27,25 @@ use tokio::sync::Mutex;
 
 use crate::config::StripeConfig;
 
-/// The meter storefront API calls are reported to (#7 sends its events).
+/// A Stripe billing meter: what usage it sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meter {
+    /// The meter's `event_name`, which meter events name.
+    pub event_name: &'static str,
+    pub display_name: &'static str,
+    /// The usage event type whose hourly roll-ups it bills.
+    pub usage: &'static str,
+}
+
+/// The meter storefront API calls are reported to.
 pub const API_CALLS_METER: &str = "indigo_api_calls";
+
+/// Every metered usage billed through Stripe: storefront API calls, and AI
+/// requests in credits (their quantity, priced from tokens by `policies/costs.toml`).
+pub const METERS: &[Meter] = &[
+    Meter { event_name: API_CALLS_METER, display_name: "Indigo storefront API calls", usage: "api_call" },
+    Meter { event_name: "indigo_ai_credits", display_name: "Indigo AI credits", usage: "ai_request" },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BillingError {
@@ -92,7 +109,8 @@ pub struct Account {
 pub struct Stripe {
     client: Client,
     prices: Mutex<HashMap<String, String>>,
-    meter: Mutex<Option<String>>,
+    /// Meter ids by event name, once found or created.
+    meters: Mutex<HashMap<&'static str, String>>,
 }
 
 fn idempotent(key: &str) -> Result<RequestStrategy, BillingError> {
@@ -107,32 +125,33 @@ impl Stripe {
             .url(config.api_base.clone())
             .build()
             .map_err(|e| BillingError::Unexpected(e.to_string()))?;
-        Ok(Self { client, prices: Mutex::default(), meter: Mutex::default() })
+        Ok(Self { client, prices: Mutex::default(), meters: Mutex::default() })
     }
 
-    /// The billing meter of storefront API calls, created on first use.
-    pub async fn ensure_meter(&self) -> Result<String, BillingError> {
-        let mut cached = self.meter.lock().await;
-        if let Some(id) = cached.as_ref() {
-            return Ok(id.clone());
+    /// Finds or creates every meter of [`METERS`] (once per process).
+    pub async fn ensure_meters(&self) -> Result<(), BillingError> {
+        let mut known = self.meters.lock().await;
+        if known.len() == METERS.len() {
+            return Ok(());
         }
-        let meters = ListBillingMeter::new().limit(100).send(&self.client).await?;
-        let id = match meters.data.into_iter().find(|m| m.event_name == API_CALLS_METER) {
-            Some(meter) => meter.id.to_string(),
-            None => CreateBillingMeter::new(
+        let existing = ListBillingMeter::new().limit(100).send(&self.client).await?;
+        for meter in METERS {
+            if let Some(found) = existing.data.iter().find(|m| m.event_name == meter.event_name) {
+                known.insert(meter.event_name, found.id.to_string());
+                continue;
+            }
+            let created = CreateBillingMeter::new(
                 CreateBillingMeterDefaultAggregation::new(CreateBillingMeterDefaultAggregationFormula::Sum),
-                "Indigo storefront API calls",
-                API_CALLS_METER,
+                meter.display_name,
+                meter.event_name,
             )
             .customize()
-            .request_strategy(idempotent(&format!("indigo-meter-{API_CALLS_METER}"))?)
+            .request_strategy(idempotent(&format!("indigo-meter-{}", meter.event_name))?)
             .send(&self.client)
-            .await?
-            .id
-            .to_string(),
-        };
-        *cached = Some(id.clone());
-        Ok(id)
+            .await?;
+            known.insert(meter.event_name, created.id.to_string());
+        }
+        Ok(())
     }
 
     /// The monthly price of `plan`: product `indigo_<plan>` and the price with

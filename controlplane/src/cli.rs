@@ -7,11 +7,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{ContentArrangement, Table};
-use indigo_core::api::{CreateTenantRequest, CreateTokenRequest, Tenant, Workflow};
+use indigo_core::api::{CreateTenantRequest, CreateTokenRequest, Tenant, TenantMove, Workflow};
 use indigo_core::tenant::Role;
 use serde::Serialize;
 
-use crate::client::{AdminClient, EventQuery, TenantQuery, WorkflowQuery};
+use crate::client::{AdminClient, EventQuery, MoveQuery, TenantQuery, WorkflowQuery};
 use crate::config::{self, Config, Overrides};
 use crate::{db, policy, server, telemetry, up};
 
@@ -50,7 +50,7 @@ pub enum Command {
     Plans(ClientArgs),
     /// Show the event stream
     Events(EventsArgs),
-    /// Follow onboarding and offboarding workflows; retry or cancel one (operator)
+    /// Follow onboarding, offboarding and tier-change workflows and their moves; retry or cancel one (operator)
     #[command(subcommand)]
     Workflow(WorkflowCommand),
     /// Manage admin API tokens (admin role)
@@ -243,12 +243,25 @@ pub enum WorkflowCommand {
         /// Only this tenant's (slug or id)
         #[arg(long)]
         tenant: Option<String>,
-        /// onboarding or offboarding
+        /// onboarding, offboarding or tier_change
         #[arg(long)]
         kind: Option<String>,
         /// running, compensating, succeeded, failed or cancelled
         #[arg(long)]
         state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List moves between pool and silo with their progress, newest first
+    Moves {
+        /// Only this tenant's (slug or id)
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only moves still under way
+        #[arg(long)]
+        active: bool,
         #[arg(long, default_value_t = 50)]
         limit: i64,
         #[command(flatten)]
@@ -474,6 +487,23 @@ fn workflow_table(workflows: &[Workflow]) -> String {
     table.to_string()
 }
 
+fn move_table(moves: &[TenantMove]) -> String {
+    let mut table = table(&["TENANT", "MOVE", "PHASE", "ROWS COPIED", "LAG", "PAUSE", "STARTED", "ERROR"]);
+    for m in moves {
+        table.add_row(vec![
+            m.slug.clone(),
+            format!("{}→{}", m.from_isolation, m.to_isolation),
+            m.phase.clone(),
+            format!("{}/{}", m.rows_copied, m.rows_total),
+            m.lag.to_string(),
+            m.pause_ms.map(|ms| format!("{ms} ms")).unwrap_or_default(),
+            m.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            m.error.clone().unwrap_or_default(),
+        ]);
+    }
+    table.to_string()
+}
+
 fn workflow_detail(w: &Workflow) -> String {
     let mut out =
         format!("{} workflow {} of tenant {}: {} (attempt {})\n", w.kind, w.id, w.tenant_id, w.state, w.attempt);
@@ -500,6 +530,10 @@ async fn run_workflow(command: WorkflowCommand) -> anyhow::Result<()> {
             let query = WorkflowQuery { tenant, kind, state, limit: Some(limit) };
             let workflows = client.client()?.workflows(&query).await?;
             print(client.output, &workflows, || workflow_table(&workflows))
+        }
+        WorkflowCommand::Moves { tenant, active, limit, client } => {
+            let moves = client.client()?.moves(&MoveQuery { tenant, active, limit: Some(limit) }).await?;
+            print(client.output, &moves, || move_table(&moves))
         }
         WorkflowCommand::Get { id, client } => {
             let workflow = client.client()?.workflow(&id).await?;

@@ -133,27 +133,33 @@ impl World {
         (rolled, raw)
     }
 
-    /// What the Stripe double received as meter events, per customer.
-    fn reported(&self) -> std::collections::BTreeMap<String, f64> {
+    /// What the Stripe double received as meter events, per meter and customer.
+    fn reported(&self) -> std::collections::BTreeMap<(String, String), f64> {
         let mut totals = std::collections::BTreeMap::new();
         for event in self.stripe.meter_events() {
+            let meter = event["event_name"].as_str().unwrap().to_owned();
             let customer = event["payload"]["stripe_customer_id"].as_str().unwrap().to_owned();
-            *totals.entry(customer).or_insert(0.0) +=
+            *totals.entry((meter, customer)).or_insert(0.0) +=
                 event["payload"]["value"].as_str().unwrap().parse::<f64>().unwrap();
         }
         totals
     }
 
-    /// Per Stripe customer, the api calls in closed hours.
-    async fn billable(&self) -> std::collections::BTreeMap<String, f64> {
-        let rows: Vec<(String, f64)> = sqlx::query_as(
-            "SELECT b.customer_id, sum(e.quantity) FROM usage_events e JOIN tenant_billing b USING (tenant_id)
-             WHERE e.event_type = 'api_call' AND e.occurred_at < date_trunc('hour', now(), 'UTC') GROUP BY 1",
-        )
-        .fetch_all(&self.db)
-        .await
-        .unwrap();
-        rows.into_iter().collect()
+    /// Per meter and Stripe customer, the billed usage of closed hours, from the raw events.
+    async fn billable(&self) -> std::collections::BTreeMap<(String, String), f64> {
+        let mut totals = std::collections::BTreeMap::new();
+        for meter in indigo_controlplane::billing::METERS {
+            let rows: Vec<(String, f64)> = sqlx::query_as(
+                "SELECT b.customer_id, sum(e.quantity) FROM usage_events e JOIN tenant_billing b USING (tenant_id)
+                 WHERE e.event_type = $1 AND e.occurred_at < date_trunc('hour', now(), 'UTC') GROUP BY 1",
+            )
+            .bind(meter.usage)
+            .fetch_all(&self.db)
+            .await
+            .unwrap();
+            totals.extend(rows.into_iter().map(|(customer, sum)| ((meter.event_name.to_owned(), customer), sum)));
+        }
+        totals
     }
 
     async fn cleanup(self) {
@@ -183,6 +189,13 @@ async fn rollups_and_stripe_reports_equal_the_distinct_events_once(pool: PgPool)
             }
         }
         stream.push(event(Uuid::now_v7(), *tenant, 1, "search_query"));
+        // AI requests, billed in credits through their own meter: 1,500 tokens on bedrock = 1.5 credits.
+        for hour in 1..=2 {
+            let mut ai = event(Uuid::now_v7(), *tenant, hour, "ai_request");
+            ai["quantity"] = json!(0);
+            ai["ai"] = json!({ "service": "bedrock", "input_tokens": 1000, "output_tokens": 500 });
+            stream.push(ai);
+        }
     }
     let first = world.ingest(&stream).await;
     let again = world.ingest(&stream).await;
@@ -192,10 +205,14 @@ async fn rollups_and_stripe_reports_equal_the_distinct_events_once(pool: PgPool)
     jobs.run("rollup").await.unwrap();
     let (rolled, raw) = world.hourly_vs_raw().await;
     assert_eq!(rolled, raw);
-    assert_eq!(rolled.len(), 6);
+    assert_eq!(rolled.len(), 6, "api calls: 2 tenants × 3 hours");
 
     jobs.run("billing_sync").await.unwrap();
-    assert_eq!(world.reported(), world.billable().await, "Stripe got exactly the aggregates");
+    let reported = world.reported();
+    assert_eq!(reported, world.billable().await, "Stripe got exactly the aggregates");
+    let credits: f64 = reported.iter().filter(|((meter, _), _)| meter == "indigo_ai_credits").map(|(_, v)| v).sum();
+    assert_eq!(credits, 6.0, "two tenants × two hours × 1.5 credits, on the AI credits meter");
+    assert_eq!(world.stripe.meters().len(), 2, "one meter for API calls, one for AI credits");
     let sent = world.stripe.meter_events().len();
     jobs.run("billing_sync").await.unwrap();
     assert_eq!(world.stripe.meter_events().len(), sent, "a second sync sends nothing new");

@@ -295,6 +295,17 @@ pub struct TenantUsage {
     pub requests_per_second: f64,
 }
 
+/// A tenant's storefront calls so far in its own day (the time zone of its
+/// settings), which every data-plane replica counts its daily limit from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DailyCalls {
+    pub tenant_id: TenantId,
+    /// API calls and searches since the tenant's local midnight, as metered.
+    pub calls: u64,
+    /// The tenant's next local midnight, when the count starts again.
+    pub resets_at: DateTime<Utc>,
+}
+
 /// Where a durable workflow stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

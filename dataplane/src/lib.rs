@@ -50,6 +50,9 @@ pub struct Cli {
     /// How often to ask the control plane for a newer routing table
     #[arg(long, env = "INDIGO_ROUTING_REFRESH_MS", default_value_t = 500)]
     pub routing_refresh_ms: u64,
+    /// How often to take in every tenant's calls today from the control plane (the shared daily limit)
+    #[arg(long, env = "INDIGO_DAILY_CALLS_REFRESH_MS", default_value_t = 10_000)]
+    pub daily_calls_refresh_ms: u64,
     /// How often to send buffered usage events
     #[arg(long, env = "INDIGO_METERING_FLUSH_MS", default_value_t = 1000)]
     pub metering_flush_ms: u64,
@@ -77,10 +80,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let source = ControlPlaneSource::new(&cli.control_plane_url, &cli.control_plane_token);
     let meter =
         Meter::new(Some(UsageSink::new(&cli.control_plane_url, &cli.control_plane_token)), cli.spool_dir.clone());
-    let refresher =
-        tokio::spawn(routing::refresh_forever(routes.clone(), source, Duration::from_millis(cli.routing_refresh_ms)));
+    let refresher = tokio::spawn(routing::refresh_forever(
+        routes.clone(),
+        source.clone(),
+        Duration::from_millis(cli.routing_refresh_ms),
+    ));
     let flusher = tokio::spawn(metering::flush_forever(meter.clone(), Duration::from_millis(cli.metering_flush_ms)));
     let mut state = AppState::new(routes, verifier, meter.clone());
+    let sharer = tokio::spawn(limits::share_daily_forever(
+        state.limiter.clone(),
+        source,
+        Duration::from_millis(cli.daily_calls_refresh_ms),
+    ));
     state.trust_forwarded_for = cli.trust_forwarded_for;
     let listener =
         tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
@@ -97,6 +108,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_graceful_shutdown(stop)
         .await?;
     refresher.abort();
+    sharer.abort();
     flusher.abort();
     // In-flight requests are drained; their usage is sent (or spooled) before exit.
     meter.flush().await.context("final usage flush")?;

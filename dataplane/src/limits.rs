@@ -1,15 +1,23 @@
 //! Plan limits and fairness, kept in memory so that no request pays a database
 //! round trip for them: a token bucket per tenant (the plan's request rate), one
 //! per client IP (the reference design's WAF rule), and a daily call counter.
+//!
+//! The daily counter is shared: every few seconds the control plane's metered
+//! count of the tenant's day ([`Limiter::share_daily`]) raises each replica's
+//! own, so the limit holds across replicas (short by at most what the others
+//! served since the last share), and the day is the tenant's local day.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, Utc};
+use indigo_core::api::DailyCalls;
 use indigo_core::plan::{Limit, Plan};
 use indigo_core::tenant::TenantId;
+
+use crate::routing::ControlPlaneSource;
 
 /// The per-IP rule: 2000 requests per 5 minutes.
 pub const IP_REQUESTS_PER_WINDOW: u32 = 2000;
@@ -44,9 +52,10 @@ pub enum Refusal {
     DailyCalls { limit: u64, retry_after: Duration },
 }
 
-#[derive(Default)]
 struct DailyCount {
-    day: Option<NaiveDate>,
+    /// When the counted day ends: the tenant's local midnight once shared,
+    /// UTC midnight until then.
+    resets_at: DateTime<Utc>,
     calls: u64,
 }
 
@@ -97,26 +106,57 @@ impl Limiter {
             let bucket = tenants.entry(tenant).or_insert(Bucket { tokens: burst, updated: now });
             bucket.take(now, rate, burst).map_err(|retry_after| Refusal::TenantRate { retry_after })?;
         }
-        let today = Utc::now().date_naive();
+        let now = Utc::now();
         let mut daily = self.daily.lock().expect("limiter lock");
-        let count = daily.entry(tenant).or_default();
-        if count.day != Some(today) {
-            *count = DailyCount { day: Some(today), calls: 0 };
+        let count = daily.entry(tenant).or_insert_with(|| DailyCount { resets_at: next_utc_midnight(now), calls: 0 });
+        if now >= count.resets_at {
+            *count = DailyCount { resets_at: next_utc_midnight(now), calls: 0 };
         }
         if let Limit::AtMost(limit) = plan.limits.api_calls_per_day
             && count.calls >= limit
         {
-            return Err(Refusal::DailyCalls { limit, retry_after: until_next_utc_day() });
+            let retry_after = (count.resets_at - now).to_std().unwrap_or(Duration::from_secs(1));
+            return Err(Refusal::DailyCalls { limit, retry_after });
         }
         count.calls += 1;
         Ok(())
     }
+
+    /// Takes in the control plane's count of each tenant's day: a replica's
+    /// count never falls below what all replicas were metered for.
+    pub fn share_daily(&self, shared: &[DailyCalls]) {
+        let now = Utc::now();
+        let mut daily = self.daily.lock().expect("limiter lock");
+        for day in shared.iter().filter(|d| d.resets_at > now) {
+            let count = daily.entry(day.tenant_id).or_insert(DailyCount { resets_at: day.resets_at, calls: 0 });
+            let own = if count.resets_at > now { count.calls } else { 0 };
+            *count = DailyCount { resets_at: day.resets_at, calls: own.max(day.calls) };
+        }
+    }
 }
 
-fn until_next_utc_day() -> Duration {
-    let now = Utc::now();
-    let midnight = (now.date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
-    (midnight - now).to_std().unwrap_or(Duration::from_secs(1))
+fn next_utc_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
+    (now.date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
+}
+
+/// Keeps `limiter`'s daily counts shared: fetches the control plane's every
+/// `interval`; when it is unreachable the replica counts on alone.
+pub async fn share_daily_forever(limiter: std::sync::Arc<Limiter>, source: ControlPlaneSource, interval: Duration) {
+    let mut failing = false;
+    loop {
+        match source.daily_calls().await {
+            Ok(shared) => {
+                limiter.share_daily(&shared);
+                failing = false;
+            }
+            Err(error) if !failing => {
+                tracing::warn!(%error, "daily call counts unavailable; counting this replica's calls alone");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(interval).await;
+    }
 }
 
 #[cfg(test)]
@@ -157,6 +197,37 @@ mod tests {
         limiter.admit(TenantId::new(), &plan, Some(ip)).unwrap();
         assert!(matches!(limiter.admit(TenantId::new(), &plan, Some(ip)), Err(Refusal::ClientRate { .. })));
         limiter.admit(TenantId::new(), &plan, Some("10.9.9.9".parse().unwrap())).unwrap();
+    }
+
+    #[test]
+    fn shared_counts_raise_a_replicas_own_and_move_its_day_to_the_tenants() {
+        let limiter = Limiter::default();
+        let tenant = TenantId::new();
+        let plan = plan(1000, 1000, Limit::AtMost(10));
+        limiter.admit(tenant, &plan, None).unwrap();
+        // The other replicas served 8 more: 9 in all, one call left.
+        let resets_at = Utc::now() + chrono::Duration::hours(3);
+        limiter.share_daily(&[DailyCalls { tenant_id: tenant, calls: 9, resets_at }]);
+        limiter.admit(tenant, &plan, None).unwrap();
+        match limiter.admit(tenant, &plan, None) {
+            Err(Refusal::DailyCalls { limit: 10, retry_after }) => {
+                assert!(
+                    retry_after > Duration::from_secs(3 * 3600 - 60) && retry_after <= Duration::from_secs(3 * 3600)
+                );
+            }
+            other => panic!("expected the daily limit until the tenant's midnight, got {other:?}"),
+        }
+        // A lower shared count (lagging metering) never lowers the replica's own.
+        limiter.share_daily(&[DailyCalls { tenant_id: tenant, calls: 2, resets_at }]);
+        assert!(matches!(limiter.admit(tenant, &plan, None), Err(Refusal::DailyCalls { .. })));
+        // A day already over is ignored.
+        let other = TenantId::new();
+        limiter.share_daily(&[DailyCalls {
+            tenant_id: other,
+            calls: 100,
+            resets_at: Utc::now() - chrono::Duration::seconds(1),
+        }]);
+        limiter.admit(other, &plan, None).unwrap();
     }
 
     #[test]

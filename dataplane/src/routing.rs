@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use indigo_core::api::{Route, RoutingTable};
+use indigo_core::api::{DailyCalls, Route, RoutingTable};
 use indigo_core::tenant::TenantId;
 use reqwest::StatusCode;
 use sqlx::PgPool;
@@ -99,11 +99,12 @@ impl Routes {
     }
 }
 
-/// Where the routing table comes from.
+/// Where the routing table (and the shared daily call counts) come from.
 #[derive(Clone)]
 pub struct ControlPlaneSource {
     http: reqwest::Client,
     url: String,
+    daily_calls_url: String,
     token: String,
 }
 
@@ -113,7 +114,22 @@ impl ControlPlaneSource {
             .timeout(Duration::from_secs(5))
             .build()
             .expect("a client with only a timeout set always builds");
-        Self { http, url: format!("{}/v1/routing", control_plane_url.trim_end_matches('/')), token: token.to_owned() }
+        let base = control_plane_url.trim_end_matches('/');
+        Self {
+            http,
+            url: format!("{base}/v1/routing"),
+            daily_calls_url: format!("{base}/v1/usage/daily-calls"),
+            token: token.to_owned(),
+        }
+    }
+
+    /// Every tenant's calls so far in its own day, as the control plane metered them.
+    pub async fn daily_calls(&self) -> anyhow::Result<Vec<DailyCalls>> {
+        let response = self.http.get(&self.daily_calls_url).bearer_auth(&self.token).send().await?;
+        match response.status() {
+            status if status.is_success() => Ok(response.json().await?),
+            status => anyhow::bail!("control plane answered {status}: {}", response.text().await.unwrap_or_default()),
+        }
     }
 
     /// The table if it is newer than `known_version`, `None` when unchanged.

@@ -48,6 +48,7 @@ struct Platform {
     store_url: String,
     meter: Meter,
     routes: Arc<Routes>,
+    limiter: Arc<indigo_dataplane::limits::Limiter>,
     http: reqwest::Client,
     token: String,
     refresher: JoinHandle<()>,
@@ -92,6 +93,7 @@ impl Platform {
         let spool = std::env::temp_dir().join(format!("indigo-e2e-spool-{}", uuid::Uuid::new_v4().simple()));
         let meter = Meter::new(Some(UsageSink::new(&control_url, ADMIN_TOKEN)), spool);
         let store_state = StoreState::new(routes.clone(), Verifier::hs256(JWT_SECRET), meter.clone());
+        let limiter = store_state.limiter.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let store_url = format!("http://{}", listener.local_addr().unwrap());
         let router = store::router(store_state);
@@ -114,6 +116,7 @@ impl Platform {
             store_url,
             meter,
             routes,
+            limiter,
             http: reqwest::Client::new(),
             token,
             refresher,
@@ -311,5 +314,57 @@ async fn routing_changes_reach_the_data_plane_within_a_second() {
         assert!(started.elapsed() < Duration::from_secs(1), "suspension not applied within a second");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn the_daily_call_limit_holds_across_replicas() {
+    let platform = Platform::start().await;
+    // A plan with a small daily limit: starter allows 1,000 calls.
+    sqlx::query("UPDATE tenants SET plan = 'starter' WHERE id = $1")
+        .bind(platform.tenant.0)
+        .execute(&platform.control.state.db)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if platform.routes.route(platform.tenant).is_some_and(|r| r.plan.name.as_str() == "starter") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Other replicas served 998 calls today, metered into the usage store.
+    let served: Vec<indigo_core::api::UsageEvent> = (0..998)
+        .map(|_| indigo_core::api::UsageEvent {
+            id: uuid::Uuid::now_v7(),
+            tenant_id: platform.tenant,
+            event_type: "api_call".into(),
+            quantity: 1.0,
+            route: Some("/v1/products".into()),
+            status: Some(200),
+            latency_ms: Some(3),
+            occurred_at: chrono::Utc::now(),
+            ai: None,
+        })
+        .collect();
+    assert_eq!(platform.ingest(served).await.accepted, 998);
+    // This replica served none itself; it takes in the shared count.
+    let source = ControlPlaneSource::new(&format!("http://{}", platform.control.address), ADMIN_TOKEN);
+    let shared = source.daily_calls().await.unwrap();
+    let ours = shared.iter().find(|d| d.tenant_id == platform.tenant).expect("the tenant's count");
+    assert_eq!(ours.calls, 998);
+    assert!(ours.resets_at > chrono::Utc::now(), "the count runs until the tenant's next midnight");
+    platform.limiter.share_daily(&shared);
+    assert_eq!(platform.storefront_get("/v1/products").await, 200);
+    assert_eq!(platform.storefront_get("/v1/products").await, 200);
+    let refused = platform
+        .http
+        .get(format!("{}/v1/products", platform.store_url))
+        .bearer_auth(&platform.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "daily_limit", "{body}");
     platform.stop().await;
 }

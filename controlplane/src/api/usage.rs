@@ -9,7 +9,9 @@ use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
 use chrono::DurationRound;
 use chrono::{Duration, Utc};
-use indigo_core::api::{ErrorBody, RejectedEvent, TenantUsage, UsageBatch, UsageBatchResult, UsageEvent, UsageSeries};
+use indigo_core::api::{
+    DailyCalls, ErrorBody, RejectedEvent, TenantUsage, UsageBatch, UsageBatchResult, UsageEvent, UsageSeries,
+};
 use indigo_core::cost::CostModel;
 use indigo_core::http::ApiJson;
 use indigo_core::tenant::{Role, TenantId};
@@ -30,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ingest))
         .layer(DefaultBodyLimit::max(8 * 1024 * 1024))
         .routes(routes!(summary))
+        .routes(routes!(daily_calls))
         .routes(routes!(tenant_series))
 }
 
@@ -80,6 +83,14 @@ async fn tenant_series(
 }
 
 /// Each tenant's storefront calls today (UTC) and requests per second over the last minute.
+/// Every active tenant's storefront calls so far in its own day, and when that
+/// day ends: data-plane replicas count their daily limit from it, so that the
+/// limit holds across replicas.
+#[utoipa::path(get, path = "/v1/usage/daily-calls", tag = "usage", responses((status = 200, body = Vec<DailyCalls>)))]
+async fn daily_calls(State(state): State<AppState>, _actor: Actor) -> Result<Json<Vec<DailyCalls>>, ApiError> {
+    Ok(Json(crate::metering::limits::daily_calls(&state.db).await?))
+}
+
 #[utoipa::path(get, path = "/v1/usage/summary", tag = "usage", responses((status = 200, body = Vec<TenantUsage>)))]
 async fn summary(State(state): State<AppState>, _actor: Actor) -> Result<Json<Vec<TenantUsage>>, ApiError> {
     let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(

@@ -12,8 +12,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::BILLED;
-use crate::billing::{BillingError, Stripe};
+use crate::billing::{BillingError, METERS, Stripe};
 use crate::db::AdvisoryLock;
 use crate::failpoints::{Failpoints, Point};
 
@@ -48,8 +47,9 @@ pub async fn sync(db: &PgPool, stripe: &Stripe, failpoints: &Failpoints) -> Resu
     };
     let mut report = SyncReport::default();
     let mut tenants = std::collections::HashSet::new();
-    stripe.ensure_meter().await?;
-    for (event_type, meter) in BILLED {
+    stripe.ensure_meters().await?;
+    for meter in METERS {
+        let (event_type, meter) = (meter.usage, meter.event_name);
         let due: Vec<(Uuid, String, DateTime<Utc>, f64, f64)> = sqlx::query_as(
             "SELECT h.tenant_id, b.customer_id, h.hour, h.quantity, COALESCE(r.reported_quantity, 0)
              FROM usage_hourly h

@@ -5,6 +5,7 @@
 //! tenant, limit, period and threshold, however often the job runs.
 
 use chrono::{DateTime, Utc};
+use indigo_core::api::DailyCalls;
 use indigo_core::plan::{Limit, PlanCatalog};
 use indigo_core::tenant::TenantId;
 use serde::Serialize;
@@ -36,25 +37,58 @@ struct Usage {
     month: String,
 }
 
-pub async fn check_all(db: &PgPool, plans: &PlanCatalog) -> Result<LimitsReport, sqlx::Error> {
-    // The local day starts at midnight in the tenant's zone; an unknown zone
-    // cannot be stored (the settings API checks it), UTC stands in otherwise.
-    let rows: Vec<Usage> = sqlx::query_as(
+/// Each active tenant's local day (`b.day_start`, `b.day_end`) and time zone
+/// (`b.tz`). The day starts at midnight in the tenant's zone; an unknown zone
+/// cannot be stored (the settings API checks it), UTC stands in otherwise.
+macro_rules! local_days {
+    () => {
         "WITH t AS (
              SELECT id, slug, plan,
                     COALESCE((SELECT name FROM pg_timezone_names WHERE name = settings->>'timezone'), 'UTC') AS tz
              FROM tenants WHERE lifecycle = 'active'),
-         b AS (SELECT *, date_trunc('day', now() AT TIME ZONE tz) AT TIME ZONE tz AS day_start,
-                         date_trunc('month', now(), 'UTC') AS month_start FROM t)
-         SELECT b.id AS tenant, b.slug, b.plan, b.tz AS timezone,
-                to_char(now() AT TIME ZONE b.tz, 'YYYY-MM-DD') AS local_day,
-                (SELECT count(*) FROM usage_events e WHERE e.tenant_id = b.id
-                   AND e.event_type IN ('api_call', 'search_query') AND e.occurred_at >= b.day_start) AS api_calls_today,
-                (SELECT COALESCE(sum(quantity), 0) FROM usage_events e WHERE e.tenant_id = b.id
-                   AND e.event_type = 'ai_request' AND e.occurred_at >= b.month_start) AS ai_credits_this_month,
-                to_char(b.month_start, 'YYYY-MM') AS month
-         FROM b",
-    )
+         d AS (SELECT *, date_trunc('day', now() AT TIME ZONE tz) AS local_midnight FROM t),
+         b AS (SELECT *, local_midnight AT TIME ZONE tz AS day_start,
+                         (local_midnight + interval '1 day') AT TIME ZONE tz AS day_end,
+                         date_trunc('month', now(), 'UTC') AS month_start FROM d)"
+    };
+}
+
+/// A tenant's storefront calls since its local midnight.
+macro_rules! calls_today {
+    () => {
+        "(SELECT count(*) FROM usage_events e WHERE e.tenant_id = b.id
+            AND e.event_type IN ('api_call', 'search_query') AND e.occurred_at >= b.day_start)"
+    };
+}
+
+/// Every active tenant's calls so far in its local day, for the data plane's daily limit.
+pub async fn daily_calls(db: &PgPool) -> Result<Vec<DailyCalls>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64, DateTime<Utc>)> =
+        sqlx::query_as(concat!(local_days!(), " SELECT b.id, ", calls_today!(), ", b.day_end FROM b"))
+            .fetch_all(db)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(tenant, calls, resets_at)| DailyCalls {
+            tenant_id: TenantId(tenant),
+            calls: u64::try_from(calls).unwrap_or(0),
+            resets_at,
+        })
+        .collect())
+}
+
+pub async fn check_all(db: &PgPool, plans: &PlanCatalog) -> Result<LimitsReport, sqlx::Error> {
+    let rows: Vec<Usage> = sqlx::query_as(concat!(
+        local_days!(),
+        " SELECT b.id AS tenant, b.slug, b.plan, b.tz AS timezone,
+                 to_char(now() AT TIME ZONE b.tz, 'YYYY-MM-DD') AS local_day, ",
+        calls_today!(),
+        " AS api_calls_today,
+                 (SELECT COALESCE(sum(quantity), 0) FROM usage_events e WHERE e.tenant_id = b.id
+                    AND e.event_type = 'ai_request' AND e.occurred_at >= b.month_start) AS ai_credits_this_month,
+                 to_char(b.month_start, 'YYYY-MM') AS month
+          FROM b"
+    ))
     .fetch_all(db)
     .await?;
     let mut report = LimitsReport::default();

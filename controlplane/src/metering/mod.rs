@@ -7,6 +7,3 @@ pub mod billing_sync;
 pub mod limits;
 pub mod rollup;
 pub mod storage;
-
-/// Which event type is billed through which Stripe meter.
-pub const BILLED: &[(&str, &str)] = &[("api_call", crate::billing::API_CALLS_METER)];

@@ -153,7 +153,7 @@ async fn billing<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
         .get(tenant.spec.plan.as_str())
         .map_err(|e| StepError::Permanent(format!("plan of the tenant: {e}")))?;
     let price_id = stripe.ensure_price(plan).await?;
-    stripe.ensure_meter().await?;
+    stripe.ensure_meters().await?;
     let customer_id = stripe.create_customer(tenant.id, &tenant.name, &tenant.owner_email, &cx.key("customer")).await?;
     let subscription_id =
         stripe.create_subscription(tenant.id, &customer_id, &price_id, &cx.key("subscription")).await?;
