@@ -249,6 +249,10 @@ pub struct App {
     pub reconciler: Option<ReconcilerStatus>,
     pub workflows: Vec<Workflow>,
     pub moves: Vec<TenantMove>,
+    /// Slugs by tenant id, for the views that list other things than tenants.
+    slugs: HashMap<TenantId, String>,
+    /// The cost view's order: by API calls (busiest first) instead of by margin.
+    pub cost_by_usage: bool,
     pub costs: Vec<TenantCost>,
     pub fetched_at: Option<DateTime<Utc>>,
     pub connection: Connection,
@@ -283,6 +287,8 @@ impl App {
             reconciler: None,
             workflows: Vec::new(),
             moves: Vec::new(),
+            slugs: HashMap::new(),
+            cost_by_usage: false,
             costs: Vec::new(),
             fetched_at: None,
             connection: Connection::Loading,
@@ -307,13 +313,19 @@ impl App {
         !matches!(self.mode, Mode::Normal)
     }
 
-    /// The tenants the table shows: filtered (substring; `!` inverts), then sorted.
-    pub fn visible(&self) -> Vec<&Tenant> {
+    /// The filter being typed or in force: whether it is inverted (`!`), and
+    /// the lowercase substring to look for.
+    pub fn filter_parts(&self) -> (bool, String) {
         let filter = if self.mode == Mode::Filter { self.input.as_str() } else { self.filter.as_str() };
-        let (invert, needle) = match filter.strip_prefix('!') {
+        match filter.strip_prefix('!') {
             Some(rest) => (true, rest.to_lowercase()),
             None => (false, filter.to_lowercase()),
-        };
+        }
+    }
+
+    /// The tenants the table shows: filtered (substring; `!` inverts), then sorted.
+    pub fn visible(&self) -> Vec<&Tenant> {
+        let (invert, needle) = self.filter_parts();
         let mut rows: Vec<&Tenant> = self
             .tenants
             .iter()
@@ -351,10 +363,12 @@ impl App {
     pub fn apply(&mut self, loaded: Loaded) {
         match loaded {
             Loaded::Fleet { tenants, events, reconciler, usage, workflows, moves, costs, at } => {
+                self.slugs = tenants.iter().map(|t| (t.id, t.slug.to_string())).collect();
                 self.tenants = tenants;
                 self.workflows = workflows;
                 self.moves = moves;
                 self.costs = costs;
+                self.sort_costs();
                 self.usage = usage.into_iter().map(|u| (u.tenant_id, u)).collect();
                 self.events = events;
                 self.reconciler = reconciler;
@@ -405,7 +419,19 @@ impl App {
 
     /// A tenant's slug from its id, for views that list by id.
     pub fn slug_of(&self, id: TenantId) -> String {
-        self.tenants.iter().find(|t| t.id == id).map(|t| t.slug.to_string()).unwrap_or_else(|| id.to_string())
+        self.slugs.get(&id).cloned().unwrap_or_else(|| id.to_string())
+    }
+
+    /// Unprofitable tenants first, then by margin (lowest first) or by API
+    /// calls over 30 days (most first).
+    fn sort_costs(&mut self) {
+        let calls = |c: &TenantCost| c.usage_30d.get("api_call").copied().unwrap_or(0.0);
+        let by_usage = self.cost_by_usage;
+        self.costs.sort_by(|a, b| {
+            b.unprofitable
+                .cmp(&a.unprofitable)
+                .then_with(|| if by_usage { calls(b).total_cmp(&calls(a)) } else { a.margin.total_cmp(&b.margin) })
+        });
     }
 
     /// The move a tier-change workflow is making, if it moves the tenant.
@@ -555,6 +581,11 @@ impl App {
             KeyCode::Char('r') if key.modifiers.contains(KeyModifiers::CONTROL) => return vec![Effect::Refresh],
             KeyCode::Char(c) if matches!(self.view, View::Tenants | View::Detail) => return self.action_key(c),
             KeyCode::Char(c) if self.view == View::Workflows => return self.workflow_key(c),
+            KeyCode::Char('u') if self.view == View::Cost => {
+                self.cost_by_usage = !self.cost_by_usage;
+                self.sort_costs();
+                self.status = format!("sorted by {}", if self.cost_by_usage { "usage" } else { "margin" });
+            }
             _ => {}
         }
         vec![]

@@ -357,15 +357,22 @@ fn draw_usage(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
 }
 
 fn draw_events(frame: &mut Frame, area: Rect, app: &App) {
-    let needle = app.filter.to_lowercase();
+    // Filter by tenant or type with `/` (substring; `!` inverts), as the tenants view.
+    let (invert, needle) = app.filter_parts();
     let height = area.height.saturating_sub(2) as usize;
+    let slug = |e: &indigo_core::api::Event| e.tenant_id.map(|id| app.slug_of(id)).unwrap_or_else(|| "-".into());
     let lines: Vec<Line> = app
         .events
         .iter()
         .rev()
-        .filter(|e| needle.is_empty() || format!("{} {}", e.kind, e.message).to_lowercase().contains(&needle))
+        .filter(|e| {
+            needle.is_empty()
+                || format!("{} {} {}", e.kind, slug(e), e.message).to_lowercase().contains(&needle) != invert
+        })
         .take(height)
-        .map(|e| Line::from(format!("{} {:<24} {}", e.created_at.format("%H:%M:%S"), e.kind, e.message)))
+        .map(|e| {
+            Line::from(format!("{} {:<16} {:<22} {}", e.created_at.format("%H:%M:%S"), slug(e), e.kind, e.message))
+        })
         .collect();
     let body = if lines.is_empty() { vec![Line::from("no events")] } else { lines };
     frame.render_widget(Paragraph::new(body).block(Block::default().borders(Borders::ALL).title(" events ")), area);
@@ -669,9 +676,11 @@ fn draw_cost(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let currency = app.costs[0].currency.to_uppercase();
     frame.render_widget(
         Table::new(rows, widths).header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD))).block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(format!(" usage & cost ({currency}/month, lowest margin first; {unprofitable} unprofitable) ")),
+            Block::default().borders(Borders::ALL).title(format!(
+                " usage & cost ({currency}/month, {unprofitable} unprofitable first, then {}; u: sort by {}) ",
+                if app.cost_by_usage { "busiest" } else { "lowest margin" },
+                if app.cost_by_usage { "margin" } else { "usage" }
+            )),
         ),
         area,
     );
@@ -701,6 +710,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("d", "dry run: what a reconcile would change"),
     ("X", "offboard (type the slug to confirm)"),
     ("r / c", "workflows view: retry a failed one / cancel a running one"),
+    ("u", "cost view: sort by usage / by margin"),
     ("Ctrl-r", "refresh now"),
     ("?", "this help"),
     ("q", "quit"),

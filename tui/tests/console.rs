@@ -451,7 +451,11 @@ fn cost_view_puts_the_unprofitable_first_and_flags_them() {
         unprofitable: total > revenue,
         currency: "usd".into(),
     };
-    let costs = vec![cost(&tenants[0], 41.5, 29.0), cost(&tenants[1], 3.2, 99.0)];
+    let mut quiet = cost(&tenants[2], 49.0, 99.0);
+    quiet.usage_30d = [("api_call".to_owned(), 10.0)].into();
+    let mut busy = cost(&tenants[1], 3.2, 99.0);
+    busy.usage_30d = [("api_call".to_owned(), 900_000.0)].into();
+    let costs = vec![quiet, cost(&tenants[0], 41.5, 29.0), busy];
     app.apply(Loaded::Fleet {
         tenants: tenants.clone(),
         events: vec![],
@@ -472,6 +476,12 @@ fn cost_view_puts_the_unprofitable_first_and_flags_them() {
         }
     }
     assert!(render(&app, 140, 30).contains("ecs_fargate 41.50"));
+    let order = |app: &App| app.costs.iter().map(|c| c.slug.to_string()).collect::<Vec<_>>();
+    assert_eq!(order(&app), ["acme-shoes", "cobalt-coffee", "blue-bakery"], "the loss first, then lowest margin");
+    key(&mut app, KeyCode::Char('u'));
+    assert_eq!(order(&app), ["acme-shoes", "blue-bakery", "cobalt-coffee"], "the loss first, then the busiest");
+    assert!(render(&app, 140, 30).contains("then busiest"));
+    key(&mut app, KeyCode::Char('u'));
     key(&mut app, KeyCode::Char('j'));
     assert_eq!(app.selected, 1);
 }
@@ -578,4 +588,54 @@ fn moves_show_their_progress_above_the_workflows() {
     let screen = render(&app, 140, 30);
     assert!(screen.contains("move pool→silo · copying · 50000 rows of 200000 copied · lag 12"), "{screen}");
     assert!(screen.contains("InsufficientDBClusterCapacity"), "the wide view shows why a move was rolled back");
+}
+
+#[test]
+fn events_filter_by_tenant_or_type() {
+    let mut app = App::new("http://api", false);
+    let tenants = fleet();
+    let event = |id: i64, tenant: &Tenant, kind: &str, message: &str| Event {
+        id,
+        tenant_id: Some(tenant.id),
+        kind: kind.into(),
+        message: message.into(),
+        data: serde_json::json!({}),
+        created_at: Utc::now(),
+    };
+    let events = vec![
+        event(1, &tenants[0], "PlanChanged", "plan changed to enterprise"),
+        event(2, &tenants[1], "TenantSuspended", "suspended: unpaid"),
+        event(3, &tenants[1], "MoveSwitched", "now served from the silo"),
+    ];
+    app.apply(Loaded::Fleet {
+        tenants,
+        events,
+        reconciler: None,
+        usage: vec![],
+        workflows: vec![],
+        moves: vec![],
+        costs: vec![],
+        at: Utc::now(),
+    });
+    key(&mut app, KeyCode::Char(':'));
+    type_text(&mut app, "events");
+    key(&mut app, KeyCode::Enter);
+    let screen = render(&app, 100, 24);
+    assert!(["acme-shoes", "blue-bakery", "MoveSwitched"].iter().all(|n| screen.contains(n)), "{screen}");
+    // By tenant: its slug, though the messages do not name it.
+    key(&mut app, KeyCode::Char('/'));
+    type_text(&mut app, "blue-bakery");
+    key(&mut app, KeyCode::Enter);
+    let screen = render(&app, 100, 24);
+    assert!(screen.contains("TenantSuspended") && screen.contains("MoveSwitched"), "{screen}");
+    assert!(!screen.contains("PlanChanged"), "{screen}");
+    // By type, inverted.
+    key(&mut app, KeyCode::Char('/'));
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('/'));
+    type_text(&mut app, "!moveswitched");
+    key(&mut app, KeyCode::Enter);
+    let screen = render(&app, 100, 24);
+    assert!(screen.contains("PlanChanged") && screen.contains("TenantSuspended"), "{screen}");
+    assert!(!screen.contains("MoveSwitched"), "{screen}");
 }
