@@ -368,7 +368,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let plans = client.client()?.plans().await?;
             print(client.output, &plans, || {
                 let mut table =
-                    table(&["PLAN", "TIER", "ISOLATION", "PRICE/MO", "PRODUCTS", "API CALLS/DAY", "RATE/S"]);
+                    table(&["PLAN", "TIER", "ISOLATION", "PRICE/MO", "PRODUCTS", "API CALLS/DAY", "RATE/S", "SILO"]);
                 for p in &plans {
                     table.add_row(vec![
                         p.name.to_string(),
@@ -378,6 +378,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         p.limits.products.to_string(),
                         p.limits.api_calls_per_day.to_string(),
                         p.rate_limit.requests_per_second.to_string(),
+                        p.silo
+                            .as_ref()
+                            .map(|s| {
+                                format!(
+                                    "{}-{} ACU, {} d backups, {} replicas",
+                                    s.acu_min, s.acu_max, s.backup_retention_days, s.dataplane_replicas
+                                )
+                            })
+                            .unwrap_or_default(),
                     ]);
                 }
                 table.to_string()

@@ -41,6 +41,9 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transactio
 /// Changes applied to the target per transaction.
 pub const BATCH: i64 = 5_000;
 
+/// Source rows deleted per transaction when a move's source is released.
+const DELETE_BATCH: i64 = 5_000;
+
 /// The catch-up hands over to the cut-over once fewer changes than this wait:
 /// the cut-over applies them with the tenant's writes held.
 pub const CUTOVER_LAG: i64 = 500;
@@ -94,6 +97,12 @@ impl Side {
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, MoveError> {
         self.pool.begin().await.map_err(self.fail())
     }
+
+    /// Runs one statement whose only parameter is the tenant.
+    async fn execute_for(&self, sql: &'static str, tenant: TenantId) -> Result<(), MoveError> {
+        sqlx::query(sql).bind(tenant.0).execute(&self.pool).await.map_err(self.fail())?;
+        Ok(())
+    }
 }
 
 /// The columns of a tenant table that a move carries (generated ones are
@@ -134,12 +143,14 @@ impl Table {
         );
         let sql = match keys {
             None => format!("SELECT {hash} FROM {} t WHERE t.tenant_id = $1", self.name),
+            // One primary-key lookup per key, whatever the planner thinks of the key list's size.
             Some(_) => format!(
-                "SELECT {hash} FROM {name} t
-                 JOIN (SELECT DISTINCT {key} FROM jsonb_populate_recordset(NULL::{name}, $2)) k USING ({key})
-                 WHERE t.tenant_id = $1",
+                "SELECT {hash} FROM (SELECT DISTINCT {key} FROM jsonb_populate_recordset(NULL::{name}, $2)) k
+                 CROSS JOIN LATERAL (SELECT * FROM {name} r WHERE r.tenant_id = $1 AND {matches}) t",
                 name = self.name,
-                key = self.key_list()
+                key = self.key_list(),
+                matches =
+                    self.key.iter().map(|c| format!("r.{0} = k.{0}", quote_ident(c))).collect::<Vec<_>>().join(" AND "),
             ),
         };
         sqlx::query_as(AssertSqlSafe(sql)).bind(tenant.0).bind(keys).fetch_one(conn).await
@@ -182,6 +193,11 @@ pub struct WritePause {
 }
 
 impl WritePause {
+    /// How long the writes have been held so far.
+    pub fn held(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// Releases the held writes; returns how long they were held.
     pub async fn release(mut self) -> Duration {
         let held = self.started.elapsed();
@@ -514,9 +530,12 @@ impl Mover {
     /// makes new ones wait. Other tenants are not touched.
     pub async fn pause_writes(&self) -> Result<WritePause, MoveError> {
         let fail = self.source.fail();
-        let started = Instant::now();
         // A connection of its own: if the mover dies, the server ends the pause.
         let mut conn = PgConnection::connect_with(&self.source.options).await.map_err(&fail)?;
+        // Every connection the switch uses is opened before writes are held, not during.
+        sqlx::query("SELECT 1").execute(&self.source.pool).await.map_err(&fail)?;
+        sqlx::query("SELECT 1").execute(&self.target.pool).await.map_err(self.target.fail())?;
+        let started = Instant::now();
         sqlx::query("SELECT pg_advisory_lock(hashtextextended('indigo:move:' || $1::text, 0))")
             .bind(self.tenant.0)
             .execute(&mut conn)
@@ -552,6 +571,10 @@ impl Mover {
                     .fetch_all(&mut *target)
                     .await
                     .map_err(&target_fail)?;
+            if keys.is_empty() {
+                checks.push(TableCheck { table: table.name.into(), rows: 0, checksum: "0".into() });
+                continue;
+            }
             let keys = Value::Array(keys);
             let on_source = table.checksum(&mut source, self.tenant, Some(&keys)).await.map_err(&source_fail)?;
             let on_target = table.checksum(&mut target, self.tenant, Some(&keys)).await.map_err(&target_fail)?;
@@ -578,33 +601,46 @@ impl Mover {
 
     /// Opens the fence again (a cut-over undone before routing switched).
     pub async fn open_fence(&self) -> Result<(), MoveError> {
-        sqlx::query("UPDATE move_fences SET moved_to = NULL WHERE tenant = $1")
-            .bind(self.tenant.0)
-            .execute(&self.source.pool)
-            .await
-            .map_err(self.source.fail())?;
-        Ok(())
+        self.source.execute_for("UPDATE move_fences SET moved_to = NULL WHERE tenant = $1", self.tenant).await
     }
 
-    /// After the grace period: stops capture on the source and deletes the
-    /// tenant's rows there, in one transaction.
+    /// After the grace period: deletes the tenant's rows from the source, then
+    /// stops capture there. The rows go in batches, each its own transaction,
+    /// so that no lock is held long; in replica mode no trigger fires, so the
+    /// closed fence stays up meanwhile. Dropping the triggers takes a brief
+    /// exclusive lock on each table, so it comes last, alone: with the deletes
+    /// in the same transaction every tenant's writes would wait for them.
     pub async fn release_source(&self) -> Result<u64, MoveError> {
         let fail = self.source.fail();
-        let mut tx = self.source.begin().await?;
-        drop_capture(&mut tx, self.tenant, &self.tables).await.map_err(&fail)?;
-        let deleted = delete_rows(&mut tx, self.tenant, &self.tables).await.map_err(&fail)?;
-        tx.commit().await.map_err(&fail)?;
+        let mut conn = PgConnection::connect_with(&self.source.options).await.map_err(&fail)?;
+        sqlx::query("SET session_replication_role = replica").execute(&mut conn).await.map_err(&fail)?;
+        let mut deleted = 0;
+        for table in self.tables.iter().rev() {
+            let sql = format!(
+                "DELETE FROM {name} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {name} WHERE tenant_id = $1 LIMIT {DELETE_BATCH}))",
+                name = table.name
+            );
+            loop {
+                let batch = sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(self.tenant.0)
+                    .execute(&mut conn)
+                    .await
+                    .map_err(&fail)?
+                    .rows_affected();
+                deleted += batch;
+                if batch == 0 {
+                    break;
+                }
+            }
+        }
+        let _ = conn.close().await;
+        stop_capture(&self.source, self.tenant, &self.tables).await?;
         Ok(deleted)
     }
 
     /// Forgets what the catch-up wrote on the target (the move is over).
     pub async fn forget_touched(&self) -> Result<(), MoveError> {
-        sqlx::query("DELETE FROM move_touched WHERE tenant = $1")
-            .bind(self.tenant.0)
-            .execute(&self.target.pool)
-            .await
-            .map_err(self.target.fail())?;
-        Ok(())
+        self.target.execute_for("DELETE FROM move_touched WHERE tenant = $1", self.tenant).await
     }
 
     /// Deletes the tenant's rows from the target (a move to the pool given up).

@@ -554,6 +554,9 @@ async fn plans_come_from_the_policy_file(pool: PgPool) {
     let enterprise = app.get("/v1/plans/enterprise", ADMIN).await;
     assert_eq!(enterprise.body["isolation"], "silo");
     assert_eq!(enterprise.body["limits"]["products"], -1);
+    // A silo plan's own resources, sized in the policy file.
+    assert_eq!(enterprise.body["silo"]["acu_max"], 16.0);
+    assert_eq!(enterprise.body["silo"]["backup_retention_days"], 14);
     let starter = app.get("/v1/plans/starter", ADMIN).await;
     assert_eq!(starter.body["limits"]["api_calls_per_day"], 1000);
 }

@@ -192,7 +192,10 @@ async fn onboarding_sets_up_every_part_once(pool: PgPool) {
         (price["lookup_key"].as_str(), price["unit_amount"].as_i64()),
         (Some("indigo_growth_9900_usd"), Some(9900))
     );
-    assert_eq!(world.stripe.meters().len(), 1, "the usage meter exists");
+    let mut meters: Vec<String> =
+        world.stripe.meters().iter().map(|m| m["event_name"].as_str().unwrap().to_owned()).collect();
+    meters.sort();
+    assert_eq!(meters, ["indigo_ai_credits", "indigo_api_calls"], "the usage meters exist, once each");
     for request in world.stripe.received().iter().filter(|r| r.method != "GET") {
         assert!(request.idempotency_key.is_some(), "{} {} without an idempotency key", request.method, request.path);
     }

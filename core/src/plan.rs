@@ -117,6 +117,43 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// Aurora Serverless v2 capacity units, in steps of 0.5.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct Acu(f64);
+
+// Only finite values are ever built (the policy parser checks), so equality is total.
+impl Eq for Acu {}
+
+impl Acu {
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Acu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a silo tenant on this plan gets for itself: the provider sizes its
+/// database cluster and its data-plane service from this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SiloSize {
+    /// Capacity range of its Aurora Serverless v2 cluster.
+    #[schema(value_type = f64)]
+    pub acu_min: Acu,
+    #[schema(value_type = f64)]
+    pub acu_max: Acu,
+    /// Days of automated backups kept, 1 to 35.
+    pub backup_retention_days: u32,
+    /// Replicas of its dedicated data-plane service.
+    pub dataplane_replicas: u32,
+    /// Whether deleting its cluster keeps a final snapshot.
+    pub final_snapshot: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Plan {
     pub name: PlanName,
@@ -130,6 +167,9 @@ pub struct Plan {
     pub features: Vec<String>,
     pub limits: Limits,
     pub rate_limit: RateLimit,
+    /// The dedicated resources, for a silo plan (`None` for a pool plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silo: Option<SiloSize>,
 }
 
 impl Plan {
@@ -248,6 +288,7 @@ fn parse_plan(name: PlanName, s: &Section<'_>) -> Result<Plan, PlanError> {
         "features",
         "limits",
         "rate_limit",
+        "silo",
     ])?;
     let isolation_raw = s.string("isolation")?;
     let isolation = isolation_raw
@@ -271,6 +312,13 @@ fn parse_plan(name: PlanName, s: &Section<'_>) -> Result<Plan, PlanError> {
     if display_name.trim().is_empty() {
         return Err(s.error(Some("display_name"), "must not be blank"));
     }
+    let silo = match (isolation, s.table.contains_key("silo")) {
+        (Isolation::Silo, _) => Some(parse_silo(&s.table("silo")?)?),
+        (Isolation::Pool, false) => None,
+        (Isolation::Pool, true) => {
+            return Err(s.error(Some("silo"), "only a plan with isolation `silo` has silo sizes"));
+        }
+    };
     Ok(Plan {
         name,
         display_name,
@@ -290,6 +338,33 @@ fn parse_plan(name: PlanName, s: &Section<'_>) -> Result<Plan, PlanError> {
             requests_per_second: rate.positive("requests_per_second")?,
             burst: rate.positive("burst")?,
         },
+        silo,
+    })
+}
+
+fn parse_silo(s: &Section<'_>) -> Result<SiloSize, PlanError> {
+    s.only_keys(&["acu_min", "acu_max", "backup_retention_days", "dataplane_replicas", "final_snapshot"])?;
+    let acu = |key: &str| -> Result<Acu, PlanError> {
+        let n = s.number(key)?;
+        if !(0.5..=256.0).contains(&n) || (n * 2.0).fract() != 0.0 {
+            return Err(s.error(Some(key), &format!("must be 0.5 to 256 in steps of 0.5, got {n}")));
+        }
+        Ok(Acu(n))
+    };
+    let (acu_min, acu_max) = (acu("acu_min")?, acu("acu_max")?);
+    if acu_min > acu_max {
+        return Err(s.error(Some("acu_max"), &format!("must be at least acu_min ({acu_min}), got {acu_max}")));
+    }
+    let backup_retention_days = s.positive("backup_retention_days")?;
+    if backup_retention_days > 35 {
+        return Err(s.error(Some("backup_retention_days"), &format!("must be 1 to 35, got {backup_retention_days}")));
+    }
+    Ok(SiloSize {
+        acu_min,
+        acu_max,
+        backup_retention_days,
+        dataplane_replicas: s.positive("dataplane_replicas")?,
+        final_snapshot: s.boolean("final_snapshot")?,
     })
 }
 
@@ -373,6 +448,22 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// An integer or a float, finite.
+    fn number(&self, key: &str) -> Result<f64, PlanError> {
+        match self.get(key)? {
+            Value::Integer(n) => Ok(*n as f64),
+            Value::Float(n) if n.is_finite() => Ok(*n),
+            other => Err(self.error(Some(key), &format!("must be a number, got {}", other.type_str()))),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<bool, PlanError> {
+        match self.get(key)? {
+            Value::Boolean(b) => Ok(*b),
+            other => Err(self.error(Some(key), &format!("must be true or false, got {}", other.type_str()))),
+        }
+    }
+
     fn non_negative(&self, key: &str) -> Result<u64, PlanError> {
         let n = self.integer(key)?;
         u64::try_from(n).map_err(|_| self.error(Some(key), &format!("must be 0 or more, got {n}")))
@@ -420,6 +511,7 @@ currency = "usd"
 features = ["basic_store", "sso"]
 limits = { products = -1, ai_credits = -1, storage_gb = -1, team_members = -1, api_calls_per_day = -1 }
 rate_limit = { requests_per_second = 500, burst = 1000 }
+silo = { acu_min = 0.5, acu_max = 16, backup_retention_days = 14, dataplane_replicas = 2, final_snapshot = true }
 "#;
 
     fn broken(from: &str, to: &str) -> String {
@@ -473,6 +565,40 @@ rate_limit = { requests_per_second = 500, burst = 1000 }
         assert!(broken("ai_credits = 50,", "ai_credit = 50,").contains("key `limits.ai_credit`: unknown key"));
         assert!(broken("[plans.starter]", "[plans.Starter]").contains("plan `Starter`"));
         assert!(broken("[plans.starter]", "[plans.starter").starts_with("plans.toml: not valid TOML"));
+    }
+
+    #[test]
+    fn silo_sizes_come_with_silo_plans_only() {
+        let catalog = PlanCatalog::parse("plans.toml", VALID).unwrap();
+        let silo = catalog.get("enterprise").unwrap().silo.clone().unwrap();
+        assert_eq!((silo.acu_min.get(), silo.acu_max.get(), silo.backup_retention_days), (0.5, 16.0, 14));
+        assert_eq!((silo.dataplane_replicas, silo.final_snapshot), (2, true));
+        assert!(catalog.get("starter").unwrap().silo.is_none());
+        assert_eq!(
+            broken("acu_max = 16", "acu_max = 0.25"),
+            "plans.toml: plan `enterprise`: key `silo.acu_max`: must be 0.5 to 256 in steps of 0.5, got 0.25"
+        );
+        assert_eq!(
+            broken("acu_min = 0.5", "acu_min = 32"),
+            "plans.toml: plan `enterprise`: key `silo.acu_max`: must be at least acu_min (32), got 16"
+        );
+        assert!(broken("backup_retention_days = 14", "backup_retention_days = 90").contains("must be 1 to 35"));
+        assert!(broken("final_snapshot = true", "final_snapshot = \"yes\"").contains("must be true or false"));
+        assert!(
+            broken(", final_snapshot = true }", " }").ends_with("key `silo.final_snapshot`: is missing"),
+            "every size is explicit"
+        );
+        assert_eq!(
+            broken(
+                "rate_limit = { requests_per_second = 10, burst = 20 }",
+                "rate_limit = { requests_per_second = 10, burst = 20 }\nsilo = {}"
+            ),
+            "plans.toml: plan `starter`: key `silo`: only a plan with isolation `silo` has silo sizes"
+        );
+        let missing = VALID.replacen("silo = {", "# silo = {", 1);
+        assert!(
+            PlanCatalog::parse("plans.toml", &missing).unwrap_err().to_string().ends_with("key `silo`: is missing")
+        );
     }
 
     #[test]

@@ -25,9 +25,12 @@ struct Outcome {
     rows: i64,
     total: Duration,
     to_switch: Duration,
+    provision: Duration,
     copy: Duration,
     plain_copy: Duration,
     pause_ms: i64,
+    /// Parts of the pause: taking the lock (in-flight writes drain), applying the last changes, verifying.
+    pause_parts: (f64, f64, f64),
     held_max: Duration,
     held_p99: Duration,
     held: usize,
@@ -74,10 +77,11 @@ async fn fill(stack: &Stack, tenant: TenantId, rows: i64) -> anyhow::Result<Vec<
         sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(tenant.0).bind(count).execute(&pool).await?;
     }
     sqlx::raw_sql("ANALYZE products; ANALYZE customers; ANALYZE orders").execute(&pool).await?;
-    let some: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM products WHERE tenant_id = $1 LIMIT 50")
-        .bind(tenant.0)
-        .fetch_all(&pool)
-        .await?;
+    let some: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM products WHERE tenant_id = $1 AND status = 'active' LIMIT 50")
+            .bind(tenant.0)
+            .fetch_all(&pool)
+            .await?;
     pool.close().await;
     Ok(some)
 }
@@ -161,9 +165,15 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
         rows: size,
         total,
         to_switch: (switched - started_at).to_std().unwrap_or_default(),
+        provision: step("provision"),
         copy: step("copy"),
         plain_copy: plain,
         pause_ms,
+        pause_parts: {
+            let cutover = workflow["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "cutover"));
+            let part = |name: &str| cutover.and_then(|s| s["output"][name].as_f64()).unwrap_or_default();
+            (part("lock_ms"), part("drain_ms"), part("verify_ms"))
+        },
         held_max: held.last().copied().unwrap_or_default(),
         held_p99: percentile(&held, 0.99),
         held: held.len(),
@@ -204,19 +214,24 @@ async fn main() -> anyhow::Result<()> {
         outcomes.push(outcome);
     }
     let mut table = String::from(
-        "| rows | total move | to switch | copy step | plain COPY | total ÷ COPY | write pause | held writes (n) | held max | held p99 | neighbour max | requests | failed |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| rows | total move | provision | to switch | copy step | plain COPY | total ÷ COPY | (total − provision) ÷ COPY | write pause (lock / drain / verify) | held writes (n) | held max | held p99 | neighbour max | requests | failed |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for o in &outcomes {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.2} | {} ms | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} ms ({:.0} / {:.0} / {:.0}) | {} | {} | {} | {} | {} | {} |\n",
             o.rows,
             ms(o.total),
+            ms(o.provision),
             ms(o.to_switch),
             ms(o.copy),
             ms(o.plain_copy),
             o.total.as_secs_f64() / o.plain_copy.as_secs_f64().max(1e-9),
+            (o.total.saturating_sub(o.provision)).as_secs_f64() / o.plain_copy.as_secs_f64().max(1e-9),
             o.pause_ms,
+            o.pause_parts.0,
+            o.pause_parts.1,
+            o.pause_parts.2,
             o.held,
             ms(o.held_max),
             ms(o.held_p99),
@@ -236,6 +251,14 @@ async fn main() -> anyhow::Result<()> {
          its writes were paused; *neighbour max* is the slowest request of the other tenant during the whole run.\n\n\
          Goals (issue #6): write pause under 1 s at every size, no failed request, total within 2× the plain COPY.\n\n\
          {table}\n\
+         Reading it: the write pause is taking the tenant's move lock (in-flight writes finish), applying the \
+         last logged changes (a few commits, so a few fsyncs) and comparing the rows written since the copy on \
+         both sides; it grows with the writes made during the move, not with the tenant's size. A held write \
+         waits out the pause, meets the closed fence, and is replayed on the new database once the routing \
+         table names it, hence its extra ~100 ms. The neighbour never waits on the move. The fixed cost of a \
+         move, about 1.5 s (creating and migrating the database, the billing change, releasing the source, \
+         recording each step), is what keeps a 10k-row move above 2× its COPY; from 100k rows on, the move costs \
+         about what copying does.\n\n\
          Machine: {} cores; debug-free release build. Rerun: `cargo bench -p indigo-e2e --bench moves` \
          (`BENCH_SIZES=10000,100000` for a shorter run).\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)

@@ -329,10 +329,14 @@ async fn cutover<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
         return Ok(json!({ "resumed_after_switch": true }));
     }
     progress(cx, "cutting_over", "", &[]).await?;
+    // Each part of the pause is timed: it is the one number the tenant feels.
     let pause = mover.pause_writes().await?;
+    let locked = pause.held();
     let drained = mover.drain().await?;
+    let drain = pause.held() - locked;
     cx.services.failpoints.hold(Kind::TierChange, "cutover").await;
     let checks = mover.verify_changed().await?;
+    let verify = pause.held() - locked - drain;
     mover.close_fence().await?;
     let placement = Placement { isolation: planned.to, database: planned.target.clone(), cluster: None, service: None };
     // The routing version grows with the placement: data planes pick the new database up.
@@ -352,7 +356,11 @@ async fn cutover<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
         json!({ "target": planned.target, "pause_ms": pause_ms, "rows": rows }),
     )
     .await?;
-    Ok(json!({ "pause_ms": pause_ms, "drained": drained, "checks": checks }))
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok(json!({
+        "pause_ms": pause_ms, "drained": drained, "checks": checks,
+        "lock_ms": ms(locked), "drain_ms": ms(drain), "verify_ms": ms(verify),
+    }))
 }
 
 /// Undoes a cut-over that did not switch: the source takes writes again.
