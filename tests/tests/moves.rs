@@ -204,10 +204,27 @@ async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
     assert_eq!(live[0]["metadata"]["indigo_test_proration_behavior"], "create_prorations");
     assert_eq!(stack.stripe.customers_created(&mover.id.to_string()), 1);
 
+    // A change within the pool moves nothing: only the limits and the price change.
+    stack.admin.change_plan("moving-shop", "growth").await.unwrap();
+    let workflow = stack.admin.wait_workflow("moving-shop", "tier_change").await.unwrap();
+    assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    let copy = workflow["steps"].as_array().unwrap().iter().find(|s| s["name"] == "copy").unwrap();
+    assert_eq!(copy["output"]["skipped"], "nothing moves", "{copy}");
+    assert_eq!(latest_move(&stack, "moving-shop").await["workflow_id"], downgrade["workflow_id"], "no new move");
+    let subscriptions = stack.stripe.subscriptions_of(customers[0]["id"].as_str().unwrap());
+    let live: Vec<&Value> = subscriptions.iter().filter(|s| s["status"] != "canceled").collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0]["items"]["data"][0]["price"]["lookup_key"], "indigo_growth_9900_usd");
+    let tenant = stack.admin.tenant("moving-shop").await.unwrap();
+    assert_eq!(
+        (tenant["spec"]["plan"].as_str(), tenant["status"]["placement"]["isolation"].as_str()),
+        (Some("growth"), Some("pool"))
+    );
+
     let (_, events) = stack.admin.request(Method::GET, "/v1/events?tenant=moving-shop&limit=1000", None).await.unwrap();
     let kinds: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
-    for expected in ["MoveStarted", "MoveSwitched", "TierChanged"] {
-        assert_eq!(kinds.iter().filter(|k| **k == expected).count(), 2, "{expected} in {kinds:?}");
+    for (expected, times) in [("MoveStarted", 2), ("MoveSwitched", 2), ("TierChanged", 3)] {
+        assert_eq!(kinds.iter().filter(|k| **k == expected).count(), times, "{expected} in {kinds:?}");
     }
     stack.stop().await.unwrap();
 }
