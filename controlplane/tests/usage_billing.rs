@@ -4,6 +4,8 @@
 //! twice (two daemons at once included), and Stripe's webhooks move a tenant
 //! through grace, suspension and resumption once each.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -437,25 +439,10 @@ async fn cost_report_flags_tenants_whose_plan_does_not_pay(pool: PgPool) {
     world.cleanup().await;
 }
 
-/// Where `.ci/run` starts moto (`pip install 'moto[server]'; moto_server -p 5000`).
-fn moto_url() -> String {
-    std::env::var("MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
-}
-
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_same_totals(pool: PgPool) {
     use indigo_controlplane::metering::aws::AwsUsage;
-    let url = moto_url();
-    reqwest::get(format!("{url}/moto-api/"))
-        .await
-        .unwrap_or_else(|e| panic!("moto is not reachable at {url} ({e}); .ci/run installs and starts it"));
-    // Explicit settings rather than the environment: a developer's own AWS settings stay out of it.
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&url)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "moto"))
-        .load()
-        .await;
+    let config = support::moto().await;
     let world = World::new(pool, chrono::Duration::hours(72)).await;
     let tenants = world.tenants(&["cloud-a", "cloud-b"]).await;
     let suffix = Uuid::new_v4().simple().to_string();

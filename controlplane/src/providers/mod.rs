@@ -1,6 +1,7 @@
 //! What the control plane acts on, behind one interface per concern, so that
 //! the reconciler reads the same whether the world is a local PostgreSQL or AWS.
 
+pub mod aws;
 pub mod local;
 
 use std::future::Future;

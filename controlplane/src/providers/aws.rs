@@ -1,0 +1,295 @@
+//! The AWS provider's silo databases: one Aurora PostgreSQL Serverless v2
+//! cluster per silo tenant, with its `db.serverless` writer. Created encrypted
+//! and protected from deletion, with the capacity range and backup retention
+//! of the tenant's plan (`silo` in `policies/plans.toml`), tagged `tenant_id`
+//! and `plan`; resized when the plan changes; deleted writer first, then the
+//! cluster (deletion protection lifted just before), with a final snapshot
+//! when the plan asks for one.
+//!
+//! AWS errors are sorted for the reconciler: throttling, 5xx and transport
+//! failures are transient (retried with backoff); anything else is permanent
+//! and carries AWS's code and message into the tenant's conditions.
+//!
+//! Not here yet (issue #5): applying the tenant schema through the cluster's
+//! endpoint and routing the data plane to it.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_rds::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_rds::types::{ServerlessV2ScalingConfiguration, Tag};
+use indigo_core::plan::{PlanName, SiloSize};
+
+use super::{ProviderError, SiloTenant};
+
+const ENGINE: &str = "aurora-postgresql";
+const WRITER_CLASS: &str = "db.serverless";
+const MASTER_USER: &str = "indigo";
+
+/// What AWS reports of a tenant's cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterState {
+    pub identifier: String,
+    pub arn: Option<String>,
+    pub status: String,
+    pub endpoint: Option<String>,
+    pub acu_min: Option<f64>,
+    pub acu_max: Option<f64>,
+    pub backup_retention_days: Option<i32>,
+    pub encrypted: bool,
+    pub deletion_protection: bool,
+    pub tags: BTreeMap<String, String>,
+    /// The writer instance, once it is a member of the cluster.
+    pub writer: Option<String>,
+}
+
+impl ClusterState {
+    /// Whether the cluster is sized as `size` asks.
+    pub fn sized_as(&self, size: &SiloSize) -> bool {
+        self.acu_min == Some(size.acu_min.get())
+            && self.acu_max == Some(size.acu_max.get())
+            && self.backup_retention_days == i32::try_from(size.backup_retention_days).ok()
+    }
+}
+
+/// The cluster of a silo tenant: `indigo-`, its slug and the end of its id
+/// (letters, digits and single hyphens, as RDS requires).
+pub fn cluster_identifier(tenant: &SiloTenant<'_>) -> String {
+    let id = tenant.id.0.simple().to_string();
+    format!("indigo-{}-{}", tenant.slug.as_str(), &id[id.len() - 12..])
+}
+
+fn writer_identifier(cluster: &str) -> String {
+    format!("{cluster}-writer")
+}
+
+/// Throttling, AWS-side failures and transport trouble pass; the rest is permanent.
+fn classify<E, R>(error: SdkError<E, R>) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let service = match &error {
+        SdkError::ServiceError(service) => service.err(),
+        other => return ProviderError::Transient(format!("AWS RDS unreachable: {}", DisplayErrorContext(other))),
+    };
+    let code = service.code().unwrap_or("Unknown").to_owned();
+    let message = service.message().map(str::to_owned).unwrap_or_else(|| service.to_string());
+    let transient = matches!(
+        code.as_str(),
+        "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "TooManyRequestsException"
+            | "InternalFailure"
+            | "ServiceUnavailable"
+            | "InvalidDBClusterStateFault"
+            | "InvalidDBInstanceState"
+    );
+    if transient {
+        ProviderError::Transient(format!("AWS RDS {code}: {message}"))
+    } else {
+        ProviderError::Permanent { reason: code, message }
+    }
+}
+
+fn is_code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>, codes: &[&str]) -> bool {
+    matches!(error, SdkError::ServiceError(service) if service.err().code().is_some_and(|c| codes.contains(&c)))
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+pub struct AuroraClusters {
+    rds: aws_sdk_rds::Client,
+}
+
+impl AuroraClusters {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self { rds: aws_sdk_rds::Client::new(config) }
+    }
+
+    /// The tenant's cluster as AWS reports it, `None` when there is none.
+    pub async fn observe(&self, tenant: &SiloTenant<'_>) -> Result<Option<ClusterState>, ProviderError> {
+        let identifier = cluster_identifier(tenant);
+        let described = match self.rds.describe_db_clusters().db_cluster_identifier(&identifier).send().await {
+            Ok(described) => described,
+            Err(e) if is_code(&e, &["DBClusterNotFoundFault"]) => return Ok(None),
+            Err(e) => return Err(classify(e)),
+        };
+        let Some(cluster) = described.db_clusters().first() else { return Ok(None) };
+        let scaling = cluster.serverless_v2_scaling_configuration();
+        Ok(Some(ClusterState {
+            identifier,
+            arn: cluster.db_cluster_arn().map(str::to_owned),
+            status: cluster.status().unwrap_or("unknown").to_owned(),
+            endpoint: cluster.endpoint().map(str::to_owned),
+            acu_min: scaling.and_then(|s| s.min_capacity()),
+            acu_max: scaling.and_then(|s| s.max_capacity()),
+            backup_retention_days: cluster.backup_retention_period(),
+            encrypted: cluster.storage_encrypted().unwrap_or(false),
+            deletion_protection: cluster.deletion_protection().unwrap_or(false),
+            tags: cluster
+                .tag_list()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+                .collect(),
+            writer: cluster
+                .db_cluster_members()
+                .iter()
+                .find(|m| m.is_cluster_writer().unwrap_or(false))
+                .and_then(|m| m.db_instance_identifier().map(str::to_owned)),
+        }))
+    }
+
+    /// Brings the tenant's cluster and writer to what its plan says: creates
+    /// what is missing, resizes and retags what differs. Safe to repeat.
+    pub async fn ensure(
+        &self,
+        tenant: &SiloTenant<'_>,
+        plan: &PlanName,
+        size: &SiloSize,
+    ) -> Result<ClusterState, ProviderError> {
+        let identifier = cluster_identifier(tenant);
+        let tags = [tag("tenant_id", &tenant.id.to_string()), tag("plan", plan.as_str()), tag("managed-by", "indigo")];
+        let scaling = ServerlessV2ScalingConfiguration::builder()
+            .min_capacity(size.acu_min.get())
+            .max_capacity(size.acu_max.get())
+            .build();
+        let retention = i32::try_from(size.backup_retention_days).unwrap_or(35);
+        let state = match self.observe(tenant).await? {
+            Some(state) => state,
+            None => {
+                let created = self
+                    .rds
+                    .create_db_cluster()
+                    .db_cluster_identifier(&identifier)
+                    .engine(ENGINE)
+                    .master_username(MASTER_USER)
+                    .manage_master_user_password(true)
+                    .storage_encrypted(true)
+                    .deletion_protection(true)
+                    .backup_retention_period(retention)
+                    .serverless_v2_scaling_configuration(scaling.clone())
+                    .set_tags(Some(tags.to_vec()))
+                    .send()
+                    .await;
+                match created {
+                    // Another reconcile got there first: carry on with its cluster.
+                    Err(e) if !is_code(&e, &["DBClusterAlreadyExistsFault"]) => return Err(classify(e)),
+                    _ => {}
+                }
+                self.observe(tenant).await?.ok_or_else(|| {
+                    ProviderError::Transient(format!("cluster {identifier} created but not described yet"))
+                })?
+            }
+        };
+        if state.writer.is_none() {
+            let created = self
+                .rds
+                .create_db_instance()
+                .db_instance_identifier(writer_identifier(&identifier))
+                .db_cluster_identifier(&identifier)
+                .db_instance_class(WRITER_CLASS)
+                .engine(ENGINE)
+                .set_tags(Some(tags.to_vec()))
+                .send()
+                .await;
+            match created {
+                Err(e) if !is_code(&e, &["DBInstanceAlreadyExists"]) => return Err(classify(e)),
+                _ => {}
+            }
+        }
+        if !state.sized_as(size) {
+            self.rds
+                .modify_db_cluster()
+                .db_cluster_identifier(&identifier)
+                .serverless_v2_scaling_configuration(scaling)
+                .backup_retention_period(retention)
+                .apply_immediately(true)
+                .send()
+                .await
+                .map_err(classify)?;
+        }
+        if state.tags.get("plan").map(String::as_str) != Some(plan.as_str())
+            && let Some(arn) = &state.arn
+        {
+            self.rds
+                .add_tags_to_resource()
+                .resource_name(arn)
+                .set_tags(Some(tags.to_vec()))
+                .send()
+                .await
+                .map_err(classify)?;
+        }
+        self.observe(tenant)
+            .await?
+            .ok_or_else(|| ProviderError::Transient(format!("cluster {identifier} vanished while being set up")))
+    }
+
+    /// Deletes the writer, then the cluster (with a final snapshot named
+    /// `<cluster>-final` when `final_snapshot`). Gone already is done.
+    pub async fn delete(&self, tenant: &SiloTenant<'_>, final_snapshot: bool) -> Result<(), ProviderError> {
+        let Some(state) = self.observe(tenant).await? else { return Ok(()) };
+        if let Some(writer) = &state.writer {
+            // An instance of a cluster has no snapshot of its own: the cluster's is the one.
+            let deleted = self.rds.delete_db_instance().db_instance_identifier(writer).send().await;
+            match deleted {
+                Err(e) if !is_code(&e, &["DBInstanceNotFound", "DBInstanceNotFoundFault"]) => {
+                    return Err(classify(e));
+                }
+                _ => {}
+            }
+        }
+        if state.deletion_protection {
+            self.rds
+                .modify_db_cluster()
+                .db_cluster_identifier(&state.identifier)
+                .deletion_protection(false)
+                .apply_immediately(true)
+                .send()
+                .await
+                .map_err(classify)?;
+        }
+        let mut delete = self.rds.delete_db_cluster().db_cluster_identifier(&state.identifier);
+        delete = if final_snapshot {
+            delete.skip_final_snapshot(false).final_db_snapshot_identifier(format!("{}-final", state.identifier))
+        } else {
+            delete.skip_final_snapshot(true)
+        };
+        match delete.send().await {
+            Err(e) if !is_code(&e, &["DBClusterNotFoundFault"]) => Err(classify(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_rds::error::ErrorMetadata;
+    use aws_sdk_rds::operation::create_db_cluster::CreateDBClusterError;
+
+    use super::*;
+
+    fn refused(code: &str) -> SdkError<CreateDBClusterError, ()> {
+        let metadata = ErrorMetadata::builder().code(code).message("what AWS said").build();
+        SdkError::service_error(CreateDBClusterError::generic(metadata), ())
+    }
+
+    #[test]
+    fn throttling_and_outages_pass_the_rest_is_the_operators_with_aws_reason() {
+        for code in ["Throttling", "RequestLimitExceeded", "InternalFailure", "InvalidDBClusterStateFault"] {
+            assert!(matches!(classify(refused(code)), ProviderError::Transient(_)), "{code}");
+        }
+        assert_eq!(
+            classify(refused("InsufficientDBClusterCapacityFault")),
+            ProviderError::Permanent {
+                reason: "InsufficientDBClusterCapacityFault".into(),
+                message: "what AWS said".into()
+            }
+        );
+        assert!(matches!(classify(refused("DBClusterQuotaExceededFault")), ProviderError::Permanent { .. }));
+        let timeout: SdkError<CreateDBClusterError, ()> = SdkError::timeout_error("no answer in 30 s");
+        assert!(matches!(classify(timeout), ProviderError::Transient(m) if m.contains("no answer")));
+    }
+}
