@@ -1,15 +1,18 @@
-//! The AWS provider's silo databases against moto: a silo tenant gets its
-//! Aurora Serverless v2 cluster and `db.serverless` writer, encrypted,
-//! protected, sized and backed up as its plan says, tagged; a plan change
-//! resizes and retags; deleting removes the writer, then the cluster, and
-//! keeps a final snapshot when the plan asks. (How AWS errors are sorted is
-//! unit-tested beside the provider: moto refuses too little to show it.)
+//! The AWS provider against moto. Databases: a silo tenant gets its Aurora
+//! Serverless v2 cluster and `db.serverless` writer, encrypted, protected,
+//! sized and backed up as its plan says, tagged; a plan change resizes and
+//! retags; deleting removes the writer, then the cluster, and keeps a final
+//! snapshot when the plan asks. Compute: the pool's data-plane service and a
+//! silo tenant's own, with their desired counts, tagged; resized; deleted.
+//! (How AWS errors are sorted is unit-tested beside the provider: moto
+//! refuses too little to show it.)
 
 mod support;
 
 use indigo_controlplane::policy;
 use indigo_controlplane::providers::SiloTenant;
-use indigo_controlplane::providers::aws::{AuroraClusters, cluster_identifier};
+use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE, silo_service_name};
+use indigo_controlplane::providers::aws::rds::{AuroraClusters, cluster_identifier};
 use indigo_core::plan::SiloSize;
 use indigo_core::tenant::{Slug, TenantId};
 
@@ -64,6 +67,46 @@ async fn a_silo_tenant_gets_its_cluster_sized_by_plan_resized_and_deleted_in_ord
     assert!(names.contains(&format!("{identifier}-final").as_str()), "{names:?}");
     // Gone already is done.
     clusters.delete(&tenant, true).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant() {
+    let config = support::moto().await;
+    let cluster = format!("indigo-test-{}", uuid::Uuid::new_v4().simple());
+    let services = EcsServices::new(&config, &cluster, "ghcr.io/indigo/dataplane:1.0", None);
+    services.ensure_cluster().await.unwrap();
+    services.ensure_cluster().await.unwrap();
+    let plans = policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref()).unwrap();
+    let replicas = plans.get("enterprise").unwrap().silo.as_ref().unwrap().dataplane_replicas;
+
+    let pool = services.ensure(POOL_SERVICE, 3, &[("isolation", "pool")]).await.unwrap();
+    assert_eq!((pool.status.as_str(), pool.desired), ("ACTIVE", 3));
+    let slug = Slug::parse("big-corp").unwrap();
+    let tenant = SiloTenant { id: TenantId::new(), slug: &slug };
+    let name = silo_service_name(&tenant);
+    let tenant_id = tenant.id.to_string();
+    let tags = [("tenant_id", tenant_id.as_str()), ("plan", "enterprise")];
+    let silo = services.ensure(&name, replicas, &tags).await.unwrap();
+    assert_eq!(silo.desired, i32::try_from(replicas).unwrap(), "sized by the plan: {silo:?}");
+    assert_eq!(silo.tags.get("tenant_id"), Some(&tenant_id));
+    assert_eq!(silo.task_definition, pool.task_definition, "one task definition for every service");
+    assert!(silo.task_definition.as_deref().unwrap().contains("indigo-dataplane"));
+
+    // Again: nothing changes; a bigger plan scales in place.
+    assert_eq!(services.ensure(&name, replicas, &tags).await.unwrap(), silo);
+    let scaled = services.ensure(&name, replicas + 2, &tags).await.unwrap();
+    assert_eq!(scaled.desired, i32::try_from(replicas + 2).unwrap());
+
+    // A new image: a new revision, rolled out to the service on its next ensure.
+    let upgraded = EcsServices::new(&config, &cluster, "ghcr.io/indigo/dataplane:1.1", None);
+    let rolled = upgraded.ensure(&name, replicas, &tags).await.unwrap();
+    assert_ne!(rolled.task_definition, silo.task_definition);
+
+    services.delete(&name).await.unwrap();
+    assert!(services.observe(&name).await.unwrap().is_none());
+    services.delete(&name).await.unwrap();
+    assert!(services.observe(POOL_SERVICE).await.unwrap().is_some(), "the pool's service is untouched");
+    services.delete(POOL_SERVICE).await.unwrap();
 }
 
 /// A silo size from plan-file syntax, validated as the policy file is.

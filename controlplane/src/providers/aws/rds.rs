@@ -6,20 +6,16 @@
 //! cluster (deletion protection lifted just before), with a final snapshot
 //! when the plan asks for one.
 //!
-//! AWS errors are sorted for the reconciler: throttling, 5xx and transport
-//! failures are transient (retried with backoff); anything else is permanent
-//! and carries AWS's code and message into the tenant's conditions.
-//!
 //! Not here yet (issue #5): applying the tenant schema through the cluster's
 //! endpoint and routing the data plane to it.
 
 use std::collections::BTreeMap;
 
-use aws_sdk_rds::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_rds::types::{ServerlessV2ScalingConfiguration, Tag};
 use indigo_core::plan::{PlanName, SiloSize};
 
-use super::{ProviderError, SiloTenant};
+use super::{classify, is_code};
+use crate::providers::{ProviderError, SiloTenant};
 
 const ENGINE: &str = "aurora-postgresql";
 const WRITER_CLASS: &str = "db.serverless";
@@ -58,46 +54,12 @@ pub fn cluster_identifier(tenant: &SiloTenant<'_>) -> String {
     format!("indigo-{}-{}", tenant.slug.as_str(), &id[id.len() - 12..])
 }
 
-fn writer_identifier(cluster: &str) -> String {
-    format!("{cluster}-writer")
-}
-
-/// Throttling, AWS-side failures and transport trouble pass; the rest is permanent.
-fn classify<E, R>(error: SdkError<E, R>) -> ProviderError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let service = match &error {
-        SdkError::ServiceError(service) => service.err(),
-        other => return ProviderError::Transient(format!("AWS RDS unreachable: {}", DisplayErrorContext(other))),
-    };
-    let code = service.code().unwrap_or("Unknown").to_owned();
-    let message = service.message().map(str::to_owned).unwrap_or_else(|| service.to_string());
-    let transient = matches!(
-        code.as_str(),
-        "Throttling"
-            | "ThrottlingException"
-            | "RequestLimitExceeded"
-            | "TooManyRequestsException"
-            | "InternalFailure"
-            | "ServiceUnavailable"
-            | "InvalidDBClusterStateFault"
-            | "InvalidDBInstanceState"
-    );
-    if transient {
-        ProviderError::Transient(format!("AWS RDS {code}: {message}"))
-    } else {
-        ProviderError::Permanent { reason: code, message }
-    }
-}
-
-fn is_code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>, codes: &[&str]) -> bool {
-    matches!(error, SdkError::ServiceError(service) if service.err().code().is_some_and(|c| codes.contains(&c)))
-}
-
 fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
+}
+
+fn writer_identifier(cluster: &str) -> String {
+    format!("{cluster}-writer")
 }
 
 pub struct AuroraClusters {
@@ -261,35 +223,5 @@ impl AuroraClusters {
             Err(e) if !is_code(&e, &["DBClusterNotFoundFault"]) => Err(classify(e)),
             _ => Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use aws_sdk_rds::error::ErrorMetadata;
-    use aws_sdk_rds::operation::create_db_cluster::CreateDBClusterError;
-
-    use super::*;
-
-    fn refused(code: &str) -> SdkError<CreateDBClusterError, ()> {
-        let metadata = ErrorMetadata::builder().code(code).message("what AWS said").build();
-        SdkError::service_error(CreateDBClusterError::generic(metadata), ())
-    }
-
-    #[test]
-    fn throttling_and_outages_pass_the_rest_is_the_operators_with_aws_reason() {
-        for code in ["Throttling", "RequestLimitExceeded", "InternalFailure", "InvalidDBClusterStateFault"] {
-            assert!(matches!(classify(refused(code)), ProviderError::Transient(_)), "{code}");
-        }
-        assert_eq!(
-            classify(refused("InsufficientDBClusterCapacityFault")),
-            ProviderError::Permanent {
-                reason: "InsufficientDBClusterCapacityFault".into(),
-                message: "what AWS said".into()
-            }
-        );
-        assert!(matches!(classify(refused("DBClusterQuotaExceededFault")), ProviderError::Permanent { .. }));
-        let timeout: SdkError<CreateDBClusterError, ()> = SdkError::timeout_error("no answer in 30 s");
-        assert!(matches!(classify(timeout), ProviderError::Transient(m) if m.contains("no answer")));
     }
 }

@@ -1,0 +1,208 @@
+//! The AWS provider's compute: the data plane as ECS services on one cluster,
+//! one service for the pool and one per silo tenant, all from the task
+//! definition of the data-plane image; desired counts come from the plans
+//! (`silo.dataplane_replicas`) and the configuration (the pool's replicas).
+//! With subnets configured the services run on Fargate in those subnets;
+//! without, on EC2 capacity with bridge networking.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ecs::types::{
+    AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, LaunchType, NetworkConfiguration,
+    NetworkMode, PortMapping, Tag,
+};
+
+use super::{classify, is_code};
+use crate::providers::{ProviderError, SiloTenant};
+
+/// The task definition family of the data plane.
+pub const FAMILY: &str = "indigo-dataplane";
+/// The service that serves every pool tenant.
+pub const POOL_SERVICE: &str = "indigo-dp-pool";
+const CONTAINER: &str = "dataplane";
+const PORT: i32 = 8081;
+
+/// The dedicated data-plane service of a silo tenant.
+pub fn silo_service_name(tenant: &SiloTenant<'_>) -> String {
+    let id = tenant.id.0.simple().to_string();
+    format!("indigo-dp-{}-{}", tenant.slug.as_str(), &id[id.len() - 12..])
+}
+
+/// Where Fargate tasks run.
+#[derive(Debug, Clone)]
+pub struct Subnets {
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+}
+
+/// What ECS reports of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceState {
+    pub name: String,
+    pub status: String,
+    pub desired: i32,
+    pub running: i32,
+    pub task_definition: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+pub struct EcsServices {
+    ecs: aws_sdk_ecs::Client,
+    cluster: String,
+    image: String,
+    subnets: Option<Subnets>,
+}
+
+impl EcsServices {
+    pub fn new(config: &aws_config::SdkConfig, cluster: &str, image: &str, subnets: Option<Subnets>) -> Self {
+        Self { ecs: aws_sdk_ecs::Client::new(config), cluster: cluster.to_owned(), image: image.to_owned(), subnets }
+    }
+
+    /// The cluster, created if missing.
+    pub async fn ensure_cluster(&self) -> Result<(), ProviderError> {
+        let described = self.ecs.describe_clusters().clusters(&self.cluster).send().await.map_err(classify)?;
+        if described.clusters().iter().any(|c| c.status() == Some("ACTIVE")) {
+            return Ok(());
+        }
+        self.ecs.create_cluster().cluster_name(&self.cluster).send().await.map_err(classify)?;
+        Ok(())
+    }
+
+    /// The data plane's task definition for the configured image: the latest
+    /// revision when it runs that image, a new revision otherwise.
+    pub async fn task_definition(&self) -> Result<String, ProviderError> {
+        match self.ecs.describe_task_definition().task_definition(FAMILY).send().await {
+            Ok(found) => {
+                if let Some(definition) = found.task_definition()
+                    && definition.container_definitions().iter().any(|c| c.image() == Some(self.image.as_str()))
+                    && let Some(arn) = definition.task_definition_arn()
+                {
+                    return Ok(arn.to_owned());
+                }
+            }
+            Err(e) if is_code(&e, &["ClientException"]) => {} // no revision yet
+            Err(e) => return Err(classify(e)),
+        }
+        let container = ContainerDefinition::builder()
+            .name(CONTAINER)
+            .image(&self.image)
+            .essential(true)
+            .memory(512)
+            .port_mappings(PortMapping::builder().container_port(PORT).build())
+            .build();
+        let (mode, compatibility) = match self.subnets {
+            Some(_) => (NetworkMode::Awsvpc, Compatibility::Fargate),
+            None => (NetworkMode::Bridge, Compatibility::Ec2),
+        };
+        let registered = self
+            .ecs
+            .register_task_definition()
+            .family(FAMILY)
+            .network_mode(mode)
+            .requires_compatibilities(compatibility)
+            .cpu("256")
+            .memory("512")
+            .container_definitions(container)
+            .send()
+            .await
+            .map_err(classify)?;
+        registered
+            .task_definition()
+            .and_then(|d| d.task_definition_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError::Transient("ECS registered a task definition without an ARN".into()))
+    }
+
+    /// The service as ECS reports it; `None` when it does not exist (or is being deleted).
+    pub async fn observe(&self, name: &str) -> Result<Option<ServiceState>, ProviderError> {
+        let described = self
+            .ecs
+            .describe_services()
+            .cluster(&self.cluster)
+            .services(name)
+            .include(aws_sdk_ecs::types::ServiceField::Tags)
+            .send()
+            .await
+            .map_err(classify)?;
+        let Some(service) = described.services().iter().find(|s| s.status() == Some("ACTIVE")) else {
+            return Ok(None);
+        };
+        Ok(Some(ServiceState {
+            name: name.to_owned(),
+            status: service.status().unwrap_or("unknown").to_owned(),
+            desired: service.desired_count(),
+            running: service.running_count(),
+            task_definition: service.task_definition().map(str::to_owned),
+            tags: service
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+                .collect(),
+        }))
+    }
+
+    /// Brings the service to `desired` tasks of the current task definition,
+    /// creating it (tagged with `tags`) if missing. Safe to repeat.
+    pub async fn ensure(&self, name: &str, desired: u32, tags: &[(&str, &str)]) -> Result<ServiceState, ProviderError> {
+        let task_definition = self.task_definition().await?;
+        let desired = i32::try_from(desired).unwrap_or(i32::MAX);
+        match self.observe(name).await? {
+            None => {
+                let mut create = self
+                    .ecs
+                    .create_service()
+                    .cluster(&self.cluster)
+                    .service_name(name)
+                    .task_definition(&task_definition)
+                    .desired_count(desired)
+                    .set_tags(Some(
+                        tags.iter().map(|(key, value)| Tag::builder().key(*key).value(*value).build()).collect(),
+                    ));
+                create = match &self.subnets {
+                    Some(network) => create.launch_type(LaunchType::Fargate).network_configuration(
+                        NetworkConfiguration::builder()
+                            .awsvpc_configuration(
+                                AwsVpcConfiguration::builder()
+                                    .set_subnets(Some(network.subnets.clone()))
+                                    .set_security_groups(Some(network.security_groups.clone()))
+                                    .assign_public_ip(AssignPublicIp::Disabled)
+                                    .build()
+                                    .map_err(|e| ProviderError::Permanent {
+                                        reason: "InvalidNetworkConfiguration".into(),
+                                        message: e.to_string(),
+                                    })?,
+                            )
+                            .build(),
+                    ),
+                    None => create.launch_type(LaunchType::Ec2),
+                };
+                create.send().await.map_err(classify)?;
+            }
+            Some(state) if state.desired != desired || state.task_definition.as_deref() != Some(&task_definition) => {
+                self.ecs
+                    .update_service()
+                    .cluster(&self.cluster)
+                    .service(name)
+                    .desired_count(desired)
+                    .task_definition(&task_definition)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+            }
+            Some(_) => {}
+        }
+        self.observe(name).await?.ok_or_else(|| ProviderError::Transient(format!("service {name} not described yet")))
+    }
+
+    /// Scales the service to zero and deletes it. Gone already is done.
+    pub async fn delete(&self, name: &str) -> Result<(), ProviderError> {
+        if self.observe(name).await?.is_none() {
+            return Ok(());
+        }
+        let deleted = self.ecs.delete_service().cluster(&self.cluster).service(name).force(true).send().await;
+        match deleted {
+            Err(e) if !is_code(&e, &["ServiceNotFoundException"]) => Err(classify(e)),
+            _ => Ok(()),
+        }
+    }
+}
