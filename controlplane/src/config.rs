@@ -73,6 +73,7 @@ struct ConfigFile {
     move_grace_seconds: Option<u64>,
     provider: Option<String>,
     aws_usage_table: Option<String>,
+    aws_features_table: Option<String>,
     aws_metrics_namespace: Option<String>,
 }
 
@@ -142,6 +143,9 @@ pub struct Overrides {
     /// DynamoDB usage table of the AWS provider [env: INDIGO_AWS_USAGE_TABLE] [default: indigo-usage]
     #[arg(long, env = "INDIGO_AWS_USAGE_TABLE", hide_env = true)]
     pub aws_usage_table: Option<String>,
+    /// DynamoDB table of each tenant's plan, features and limits [env: INDIGO_AWS_FEATURES_TABLE] [default: indigo-tenant-features]
+    #[arg(long, env = "INDIGO_AWS_FEATURES_TABLE", hide_env = true)]
+    pub aws_features_table: Option<String>,
     /// CloudWatch namespace of per-tenant metrics [env: INDIGO_AWS_METRICS_NAMESPACE] [default: Indigo/Usage]
     #[arg(long, env = "INDIGO_AWS_METRICS_NAMESPACE", hide_env = true)]
     pub aws_metrics_namespace: Option<String>,
@@ -176,6 +180,7 @@ pub struct Config {
     pub move_grace_seconds: u64,
     pub provider: Provider,
     pub aws_usage_table: String,
+    pub aws_features_table: String,
     pub aws_metrics_namespace: String,
 }
 
@@ -293,6 +298,10 @@ impl Config {
                 .aws_usage_table
                 .or(from_file.aws_usage_table)
                 .unwrap_or_else(|| "indigo-usage".into()),
+            aws_features_table: overrides
+                .aws_features_table
+                .or(from_file.aws_features_table)
+                .unwrap_or_else(|| "indigo-tenant-features".into()),
             aws_metrics_namespace: overrides
                 .aws_metrics_namespace
                 .or(from_file.aws_metrics_namespace)

@@ -113,7 +113,7 @@ impl Jobs {
             aws::JOB => match &self.aws {
                 None => Ok(Some(json!({ "provider": "local" }))),
                 Some(mirror) => mirror
-                    .mirror(&self.db, &self.failpoints)
+                    .mirror(&self.db, &self.plans, &self.failpoints)
                     .await
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),

@@ -65,7 +65,11 @@ pub async fn start_background(config: &Config, state: &mut AppState) -> anyhow::
         stripe: config.stripe.as_ref().map(Stripe::new).transpose().context("Stripe client")?,
         aws: match config.provider {
             Provider::Local => None,
-            Provider::Aws => Some(AwsUsage::from_env(&config.aws_usage_table, &config.aws_metrics_namespace).await),
+            Provider::Aws => Some(
+                AwsUsage::from_env(&config.aws_usage_table, &config.aws_metrics_namespace)
+                    .await
+                    .with_features_table(&config.aws_features_table),
+            ),
         },
         tenant_dbs: state.tenant_dbs.clone(),
         plans: state.plans.clone(),

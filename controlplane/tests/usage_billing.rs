@@ -448,7 +448,7 @@ async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_sam
     let suffix = Uuid::new_v4().simple().to_string();
     let table = format!("indigo-usage-{suffix}");
     let namespace = format!("Indigo/Test/{suffix}");
-    let mirror = AwsUsage::new(&config, &table, &namespace);
+    let mirror = AwsUsage::new(&config, &table, &namespace).with_features_table(&format!("indigo-features-{suffix}"));
     let jobs = Jobs {
         db: world.db.clone(),
         stripe: None,
@@ -490,6 +490,25 @@ async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_sam
         .unwrap();
         assert_eq!(mirror.metric_sum(*tenant, "api_call", start, end).await.unwrap(), expected, "{tenant}");
     }
+
+    // The feature flags table: each tenant's plan and which features it has, kept in step.
+    let (plan, features) = mirror.tenant_features(tenants[0]).await.unwrap().expect("an item per tenant");
+    assert_eq!(plan, "growth");
+    assert_eq!((features.get("ai_search"), features.get("sso")), (Some(&true), Some(&false)), "{features:?}");
+    sqlx::query("UPDATE tenants SET plan = 'pro' WHERE id = $1").bind(tenants[0]).execute(&world.db).await.unwrap();
+    sqlx::query("UPDATE tenants SET lifecycle = 'deleted' WHERE id = $1")
+        .bind(tenants[1])
+        .execute(&world.db)
+        .await
+        .unwrap();
+    jobs.run("usage_mirror").await.unwrap();
+    let (plan, features) = mirror.tenant_features(tenants[0]).await.unwrap().unwrap();
+    assert_eq!((plan.as_str(), features.get("custom_reports")), ("pro", Some(&true)));
+    assert!(mirror.tenant_features(tenants[1]).await.unwrap().is_none(), "an offboarded tenant's item is removed");
+    let (status, list) = world.call(Method::GET, "/v1/jobs", &World::admin(), vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let last = list.as_array().unwrap().iter().find(|j| j["name"] == "usage_mirror").unwrap();
+    assert_eq!(last["last_detail"]["features_written"], 2, "only what changed is written: {last}");
     world.cleanup().await;
 }
 

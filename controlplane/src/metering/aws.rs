@@ -1,6 +1,7 @@
 //! The usage store on the AWS provider: rolled-up usage mirrored to the
 //! reference design's DynamoDB usage table and to CloudWatch per-tenant
-//! metrics (dimension `TenantId`), as the job `usage_mirror`.
+//! metrics (dimension `TenantId`), and each tenant's plan, features and limits
+//! to its `indigo-tenant-features` table, as the job `usage_mirror`.
 //!
 //! DynamoDB items (`tenant_id`, `period` = UTC day) hold each event type's
 //! total for the day, *set* from the roll-up rather than added to: the roll-up
@@ -14,6 +15,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use chrono::{DateTime, NaiveDate, Utc};
+use indigo_core::plan::PlanCatalog;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -39,6 +41,8 @@ fn aws(service: &'static str) -> impl Fn(String) -> MirrorError {
 pub struct MirrorReport {
     pub items_written: u64,
     pub datapoints_sent: u64,
+    /// Tenants whose features item was written or removed.
+    pub features_written: u64,
 }
 
 /// CloudWatch's metric name for an event type (`api_call` → `ApiCall`).
@@ -57,6 +61,7 @@ pub struct AwsUsage {
     cloudwatch: aws_sdk_cloudwatch::Client,
     pub table: String,
     pub namespace: String,
+    pub features_table: String,
 }
 
 impl AwsUsage {
@@ -71,12 +76,23 @@ impl AwsUsage {
             cloudwatch: aws_sdk_cloudwatch::Client::new(config),
             table: table.to_owned(),
             namespace: namespace.to_owned(),
+            features_table: "indigo-tenant-features".into(),
         }
+    }
+
+    pub fn with_features_table(mut self, table: &str) -> Self {
+        self.features_table = table.to_owned();
+        self
     }
 
     /// Creates the usage table (`tenant_id` + `period`, on demand) unless it exists.
     pub async fn ensure_table(&self) -> Result<(), MirrorError> {
-        let exists = self.dynamodb.describe_table().table_name(&self.table).send().await.is_ok();
+        self.ensure(&self.table, Some("period")).await
+    }
+
+    /// Creates a table keyed by `tenant_id` (and `range`, if any), on demand, unless it exists.
+    async fn ensure(&self, table: &str, range: Option<&str>) -> Result<(), MirrorError> {
+        let exists = self.dynamodb.describe_table().table_name(table).send().await.is_ok();
         if exists {
             return Ok(());
         }
@@ -90,14 +106,19 @@ impl AwsUsage {
                 .build()
                 .map_err(|e| e.to_string())
         };
-        self.dynamodb
+        let mut create = self
+            .dynamodb
             .create_table()
-            .table_name(&self.table)
+            .table_name(table)
             .billing_mode(BillingMode::PayPerRequest)
             .key_schema(key("tenant_id", KeyType::Hash).map_err(aws("dynamodb"))?)
-            .key_schema(key("period", KeyType::Range).map_err(aws("dynamodb"))?)
-            .attribute_definitions(attribute("tenant_id").map_err(aws("dynamodb"))?)
-            .attribute_definitions(attribute("period").map_err(aws("dynamodb"))?)
+            .attribute_definitions(attribute("tenant_id").map_err(aws("dynamodb"))?);
+        if let Some(range) = range {
+            create = create
+                .key_schema(key(range, KeyType::Range).map_err(aws("dynamodb"))?)
+                .attribute_definitions(attribute(range).map_err(aws("dynamodb"))?);
+        }
+        create
             .send()
             .await
             .map_err(|e| MirrorError::Aws { service: "dynamodb", message: format!("{}", e.into_service_error()) })?;
@@ -119,7 +140,12 @@ impl AwsUsage {
     }
 
     /// Mirrors what changed since the last run; `None` when another daemon is at it.
-    pub async fn mirror(&self, db: &PgPool, failpoints: &Failpoints) -> Result<Option<MirrorReport>, MirrorError> {
+    pub async fn mirror(
+        &self,
+        db: &PgPool,
+        plans: &PlanCatalog,
+        failpoints: &Failpoints,
+    ) -> Result<Option<MirrorReport>, MirrorError> {
         let Some(lock) = AdvisoryLock::try_acquire_dedicated(db, "indigo:job:usage_mirror".into()).await? else {
             return Ok(None);
         };
@@ -162,8 +188,104 @@ impl AwsUsage {
             sqlx::query("UPDATE jobs SET watermark = $2 WHERE name = $1").bind(JOB).bind(newest).execute(db).await?;
         }
         report.datapoints_sent = self.send_metrics(db, failpoints).await?;
+        report.features_written = self.mirror_features(db, plans).await?;
         lock.release().await;
         Ok(Some(report))
+    }
+
+    /// Each tenant's plan, features (every feature of the catalogue, true or
+    /// false) and limits (-1: unlimited), written when its plan or lifecycle
+    /// changed since the last write; an offboarded tenant's item is removed.
+    async fn mirror_features(&self, db: &PgPool, plans: &PlanCatalog) -> Result<u64, MirrorError> {
+        self.ensure(&self.features_table, None).await?;
+        let changed: Vec<(Uuid, String, String)> = sqlx::query_as(
+            "SELECT t.id, t.plan, t.lifecycle FROM tenants t LEFT JOIN feature_mirror m ON m.tenant_id = t.id
+             WHERE (m.tenant_id IS NULL AND t.lifecycle <> 'deleted') OR (m.plan, m.lifecycle) <> (t.plan, t.lifecycle)",
+        )
+        .fetch_all(db)
+        .await?;
+        let every_feature: std::collections::BTreeSet<&str> =
+            plans.plans().iter().flat_map(|p| p.features.iter().map(String::as_str)).collect();
+        let failed = |e: String| MirrorError::Aws { service: "dynamodb", message: e };
+        for (tenant, plan_name, lifecycle) in &changed {
+            let key = AttributeValue::S(tenant.to_string());
+            match plans.get(plan_name) {
+                Ok(plan) if lifecycle != "deleted" => {
+                    let features = every_feature
+                        .iter()
+                        .map(|f| ((*f).to_owned(), AttributeValue::Bool(plan.has_feature(f))))
+                        .collect();
+                    let limit = |l: indigo_core::plan::Limit| match l {
+                        indigo_core::plan::Limit::Unlimited => AttributeValue::N("-1".into()),
+                        indigo_core::plan::Limit::AtMost(n) => AttributeValue::N(n.to_string()),
+                    };
+                    let limits = [
+                        ("products", limit(plan.limits.products)),
+                        ("ai_credits", limit(plan.limits.ai_credits)),
+                        ("storage_gb", limit(plan.limits.storage_gb)),
+                        ("team_members", limit(plan.limits.team_members)),
+                        ("api_calls_per_day", limit(plan.limits.api_calls_per_day)),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect();
+                    self.dynamodb
+                        .put_item()
+                        .table_name(&self.features_table)
+                        .item("tenant_id", key)
+                        .item("plan", AttributeValue::S(plan_name.clone()))
+                        .item("lifecycle", AttributeValue::S(lifecycle.clone()))
+                        .item("features", AttributeValue::M(features))
+                        .item("limits", AttributeValue::M(limits))
+                        .send()
+                        .await
+                        .map_err(|e| failed(format!("{}", e.into_service_error())))?;
+                }
+                _ => {
+                    self.dynamodb
+                        .delete_item()
+                        .table_name(&self.features_table)
+                        .key("tenant_id", key)
+                        .send()
+                        .await
+                        .map_err(|e| failed(format!("{}", e.into_service_error())))?;
+                }
+            }
+            sqlx::query(
+                "INSERT INTO feature_mirror (tenant_id, plan, lifecycle) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant_id) DO UPDATE SET plan = $2, lifecycle = $3, mirrored_at = now()",
+            )
+            .bind(tenant)
+            .bind(plan_name)
+            .bind(lifecycle)
+            .execute(db)
+            .await?;
+        }
+        Ok(changed.len() as u64)
+    }
+
+    /// A tenant's item of the features table: its plan and which features are on.
+    pub async fn tenant_features(
+        &self,
+        tenant: Uuid,
+    ) -> Result<Option<(String, std::collections::BTreeMap<String, bool>)>, MirrorError> {
+        let item = self
+            .dynamodb
+            .get_item()
+            .table_name(&self.features_table)
+            .key("tenant_id", AttributeValue::S(tenant.to_string()))
+            .send()
+            .await
+            .map_err(|e| MirrorError::Aws { service: "dynamodb", message: format!("{}", e.into_service_error()) })?;
+        Ok(item.item.map(|item| {
+            let plan = item.get("plan").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            let features = item
+                .get("features")
+                .and_then(|v| v.as_m().ok())
+                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), *v.as_bool().ok()?))).collect())
+                .unwrap_or_default();
+            (plan, features)
+        }))
     }
 
     /// Closed hours not yet (fully) sent → CloudWatch datapoints, by the difference.
