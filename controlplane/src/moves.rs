@@ -156,6 +156,36 @@ impl Table {
         sqlx::query_as(AssertSqlSafe(sql)).bind(tenant.0).bind(keys).fetch_one(conn).await
     }
 
+    /// Deletes the rows whose keys are in `$1` (row images), of tenant `$2`.
+    fn delete_sql(&self) -> String {
+        format!(
+            "DELETE FROM {name} WHERE tenant_id = $2 AND ({key}) IN
+                 (SELECT {key} FROM jsonb_populate_recordset(NULL::{name}, $1))",
+            name = self.name,
+            key = self.key_list()
+        )
+    }
+
+    /// Writes the row images in `$1` (of tenant `$2`) over whatever has their keys.
+    fn upsert_sql(&self) -> String {
+        let columns = self.column_list();
+        let updates: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| !self.key.contains(c))
+            .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+            .collect();
+        let on_conflict =
+            if updates.is_empty() { "NOTHING".to_owned() } else { format!("UPDATE SET {}", updates.join(", ")) };
+        format!(
+            "INSERT INTO {name} ({columns})
+             SELECT {columns} FROM jsonb_populate_recordset(NULL::{name}, $1) WHERE tenant_id = $2
+             ON CONFLICT ({key}) DO {on_conflict}",
+            name = self.name,
+            key = self.key_list(),
+        )
+    }
+
     /// The primary key of a row image, as a comparable string.
     fn key_of(&self, image: &Value) -> String {
         self.key.iter().map(|c| image.get(c).map(Value::to_string).unwrap_or_default()).collect::<Vec<_>>().join("|")
@@ -475,53 +505,15 @@ impl Mover {
                 .map_err(&fail)?;
             }
         }
-        // Children first for deletes, parents first for upserts: foreign keys hold.
-        for table in self.tables.iter().rev() {
-            let rows = rows_of(table.name, false);
-            if rows.as_array().is_some_and(|r| !r.is_empty()) {
-                let key = table.key_list();
-                let sql = format!(
-                    "DELETE FROM {name} WHERE tenant_id = $2 AND ({key}) IN
-                         (SELECT {key} FROM jsonb_populate_recordset(NULL::{name}, $1))",
-                    name = table.name
-                );
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(rows)
-                    .bind(self.tenant.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&fail)?;
+        // Children first for deletes, then parents first for upserts: foreign keys hold.
+        let statements = self.tables.iter().rev().map(|t| (t, false)).chain(self.tables.iter().map(|t| (t, true)));
+        for (table, upserts) in statements {
+            let rows = rows_of(table.name, upserts);
+            if rows.as_array().is_none_or(Vec::is_empty) {
+                continue;
             }
-        }
-        for table in &self.tables {
-            let rows = rows_of(table.name, true);
-            if rows.as_array().is_some_and(|r| !r.is_empty()) {
-                let columns = table.column_list();
-                let updates: Vec<String> = table
-                    .columns
-                    .iter()
-                    .filter(|c| !table.key.contains(c))
-                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
-                    .collect();
-                let on_conflict = if updates.is_empty() {
-                    "NOTHING".to_owned()
-                } else {
-                    format!("UPDATE SET {}", updates.join(", "))
-                };
-                let sql = format!(
-                    "INSERT INTO {name} ({columns})
-                     SELECT {columns} FROM jsonb_populate_recordset(NULL::{name}, $1) WHERE tenant_id = $2
-                     ON CONFLICT ({key}) DO {on_conflict}",
-                    name = table.name,
-                    key = table.key_list(),
-                );
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(rows)
-                    .bind(self.tenant.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&fail)?;
-            }
+            let sql = if upserts { table.upsert_sql() } else { table.delete_sql() };
+            sqlx::query(AssertSqlSafe(sql)).bind(rows).bind(self.tenant.0).execute(&mut *tx).await.map_err(&fail)?;
         }
         tx.commit().await.map_err(&fail)
     }

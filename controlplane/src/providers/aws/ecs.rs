@@ -12,7 +12,7 @@ use aws_sdk_ecs::types::{
     NetworkMode, PortMapping, Tag,
 };
 
-use super::{classify, is_code};
+use super::{classify, done_unless_refused, is_code};
 use crate::providers::{ProviderError, SiloTenant};
 
 /// The task definition family of the data plane.
@@ -200,9 +200,6 @@ impl EcsServices {
             return Ok(());
         }
         let deleted = self.ecs.delete_service().cluster(&self.cluster).service(name).force(true).send().await;
-        match deleted {
-            Err(e) if !is_code(&e, &["ServiceNotFoundException"]) => Err(classify(e)),
-            _ => Ok(()),
-        }
+        done_unless_refused(deleted, &["ServiceNotFoundException"])
     }
 }

@@ -43,6 +43,19 @@ where
     }
 }
 
+/// A call's outcome where some refusals mean it is already so (created by
+/// someone else, or gone already): those count as done.
+fn done_unless_refused<T, E, R>(result: Result<T, SdkError<E, R>>, already: &[&str]) -> Result<(), ProviderError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Err(e) if !is_code(&e, already) => Err(classify(e)),
+        _ => Ok(()),
+    }
+}
+
 fn is_code<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>, codes: &[&str]) -> bool {
     matches!(error, SdkError::ServiceError(service) if service.err().code().is_some_and(|c| codes.contains(&c)))
 }

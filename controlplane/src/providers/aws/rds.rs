@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use aws_sdk_rds::types::{ServerlessV2ScalingConfiguration, Tag};
 use indigo_core::plan::{PlanName, SiloSize};
 
-use super::{classify, is_code};
+use super::{classify, done_unless_refused, is_code};
 use crate::providers::{ProviderError, SiloTenant};
 
 const ENGINE: &str = "aurora-postgresql";
@@ -136,11 +136,8 @@ impl AuroraClusters {
                     .set_tags(Some(tags.to_vec()))
                     .send()
                     .await;
-                match created {
-                    // Another reconcile got there first: carry on with its cluster.
-                    Err(e) if !is_code(&e, &["DBClusterAlreadyExistsFault"]) => return Err(classify(e)),
-                    _ => {}
-                }
+                // Another reconcile got there first: carry on with its cluster.
+                done_unless_refused(created, &["DBClusterAlreadyExistsFault"])?;
                 self.observe(tenant).await?.ok_or_else(|| {
                     ProviderError::Transient(format!("cluster {identifier} created but not described yet"))
                 })?
@@ -157,10 +154,7 @@ impl AuroraClusters {
                 .set_tags(Some(tags.to_vec()))
                 .send()
                 .await;
-            match created {
-                Err(e) if !is_code(&e, &["DBInstanceAlreadyExists"]) => return Err(classify(e)),
-                _ => {}
-            }
+            done_unless_refused(created, &["DBInstanceAlreadyExists"])?;
         }
         if !state.sized_as(size) {
             self.rds
@@ -196,12 +190,7 @@ impl AuroraClusters {
         if let Some(writer) = &state.writer {
             // An instance of a cluster has no snapshot of its own: the cluster's is the one.
             let deleted = self.rds.delete_db_instance().db_instance_identifier(writer).send().await;
-            match deleted {
-                Err(e) if !is_code(&e, &["DBInstanceNotFound", "DBInstanceNotFoundFault"]) => {
-                    return Err(classify(e));
-                }
-                _ => {}
-            }
+            done_unless_refused(deleted, &["DBInstanceNotFound", "DBInstanceNotFoundFault"])?;
         }
         if state.deletion_protection {
             self.rds
@@ -219,9 +208,6 @@ impl AuroraClusters {
         } else {
             delete.skip_final_snapshot(true)
         };
-        match delete.send().await {
-            Err(e) if !is_code(&e, &["DBClusterNotFoundFault"]) => Err(classify(e)),
-            _ => Ok(()),
-        }
+        done_unless_refused(delete.send().await, &["DBClusterNotFoundFault"])
     }
 }
