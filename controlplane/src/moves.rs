@@ -82,7 +82,8 @@ struct Side {
 impl Side {
     fn new(server: &TenantServer, database: &str) -> Self {
         // Checksums hash rows as text, and timestamps print in the session's zone.
-        let options = server.admin_options(database).options([("TimeZone", "UTC")]);
+        // The idempotent DROP ... IF EXISTS of clean-ups would otherwise log a notice each.
+        let options = server.admin_options(database).options([("TimeZone", "UTC"), ("client_min_messages", "warning")]);
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .idle_timeout(Duration::from_secs(30))
