@@ -257,7 +257,9 @@ impl Mover {
     ) -> Result<Self, MoveError> {
         let source = Side::new(server, source_database);
         let target = Side::new(server, target_database);
-        let mut conn = source.pool.acquire().await.map_err(source.fail())?;
+        // The shapes come from the target: both carry the same schema, and a
+        // move's last step runs after a silo source may already be dropped.
+        let mut conn = target.pool.acquire().await.map_err(target.fail())?;
         let mut tables = Vec::with_capacity(TENANT_TABLES.len());
         for &name in TENANT_TABLES {
             let columns = sqlx::query_scalar(
@@ -268,7 +270,7 @@ impl Mover {
             .bind(name)
             .fetch_all(&mut *conn)
             .await
-            .map_err(source.fail())?;
+            .map_err(target.fail())?;
             let key = sqlx::query_scalar(
                 "SELECT a.attname::text FROM pg_index i
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
@@ -277,7 +279,7 @@ impl Mover {
             .bind(name)
             .fetch_all(&mut *conn)
             .await
-            .map_err(source.fail())?;
+            .map_err(target.fail())?;
             tables.push(Table { name, columns, key });
         }
         drop(conn);

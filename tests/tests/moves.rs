@@ -352,47 +352,49 @@ async fn a_control_plane_killed_in_any_phase_of_a_move_resumes_it() {
     let shop = admin.onboard(&storefront, "crashy-shop", "pro").await.unwrap();
     let server = indigo_dataplane::schema::TenantServer::new(&indigo_e2e::server_url()).unwrap();
 
-    let steps: Vec<&str> = indigo_controlplane::workflow::step_order::<TierChange>().collect();
+    // Each step crashes after acting on an upgrade and after recording on a
+    // downgrade; the last one also after acting on both (a dropped silo source).
+    let mut crashes: Vec<(&str, &str)> = indigo_controlplane::workflow::step_order::<TierChange>()
+        .flat_map(|step| [(step, "crash-after-run"), (step, "crash-after-record")])
+        .collect();
+    crashes.extend([("cleanup", "crash-after-run"), ("cleanup", "crash-after-run")]);
     let mut plan = "pro";
-    for step in steps {
-        for point in ["crash-after-run", "crash-after-record"] {
-            let (stop, watching) = watch::channel(false);
-            let (products, customers) = shop.seed(&admin.http, &storefront.url, 4, 3, STOCK).await.unwrap();
-            let load =
-                start_load(admin.http.clone(), storefront.url.clone(), shop.clone(), products, customers, watching);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    for (step, point) in crashes {
+        let (stop, watching) = watch::channel(false);
+        let (products, customers) = shop.seed(&admin.http, &storefront.url, 4, 3, STOCK).await.unwrap();
+        let load = start_load(admin.http.clone(), storefront.url.clone(), shop.clone(), products, customers, watching);
+        tokio::time::sleep(Duration::from_millis(100)).await;
 
-            running.signal_and_wait("TERM", Duration::from_secs(20)).unwrap();
-            let mut armed = daemon(&control, &pool, port, &data_dir, &format!("tier_change.{step}={point}"));
-            wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(30)).await.unwrap();
-            plan = if plan == "pro" { "enterprise" } else { "pro" };
-            admin.change_plan("crashy-shop", plan).await.unwrap();
-            let status = armed.wait_exit(Duration::from_secs(60)).unwrap();
-            assert_eq!(status.code(), Some(CRASH_EXIT_CODE), "{step} {point}: the daemon was to crash");
-            running = daemon(&control, &pool, port, &data_dir, "");
-            wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(30)).await.unwrap();
-            let workflow = admin.wait_workflow("crashy-shop", "tier_change").await.unwrap();
-            assert_eq!(workflow["state"], "succeeded", "{step} {point}: {workflow}");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            stop.send(true).unwrap();
-            let report = load.await.unwrap();
-            assert!(report.failures.is_empty(), "{step} {point}: failed requests {:#?}", report.failures);
+        running.signal_and_wait("TERM", Duration::from_secs(20)).unwrap();
+        let mut armed = daemon(&control, &pool, port, &data_dir, &format!("tier_change.{step}={point}"));
+        wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(30)).await.unwrap();
+        plan = if plan == "pro" { "enterprise" } else { "pro" };
+        admin.change_plan("crashy-shop", plan).await.unwrap();
+        let status = armed.wait_exit(Duration::from_secs(60)).unwrap();
+        assert_eq!(status.code(), Some(CRASH_EXIT_CODE), "{step} {point}: the daemon was to crash");
+        running = daemon(&control, &pool, port, &data_dir, "");
+        wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(30)).await.unwrap();
+        let workflow = admin.wait_workflow("crashy-shop", "tier_change").await.unwrap();
+        assert_eq!(workflow["state"], "succeeded", "{step} {point}: {workflow}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.send(true).unwrap();
+        let report = load.await.unwrap();
+        assert!(report.failures.is_empty(), "{step} {point}: failed requests {:#?}", report.failures);
 
-            let tenant = admin.tenant("crashy-shop").await.unwrap();
-            let placement = &tenant["status"]["placement"];
-            let expected = if plan == "enterprise" { "silo" } else { "pool" };
-            assert_eq!(placement["isolation"], expected, "{step} {point}: {tenant}");
-            let database = placement["database"].as_str().unwrap();
-            let orders = ids_in(&server, database, "orders", shop.id).await.unwrap();
-            let missing: Vec<_> = report.orders.iter().filter(|id| orders.binary_search(id).is_err()).collect();
-            assert!(missing.is_empty(), "{step} {point}: orders lost in {database}: {missing:?}");
-            let source = if expected == "silo" { pool.name.clone() } else { silo_of(&tenant) };
-            if source != database {
-                assert!(
-                    ids_in(&server, &source, "orders", shop.id).await.unwrap().is_empty(),
-                    "{step} {point}: source kept rows"
-                );
-            }
+        let tenant = admin.tenant("crashy-shop").await.unwrap();
+        let placement = &tenant["status"]["placement"];
+        let expected = if plan == "enterprise" { "silo" } else { "pool" };
+        assert_eq!(placement["isolation"], expected, "{step} {point}: {tenant}");
+        let database = placement["database"].as_str().unwrap();
+        let orders = ids_in(&server, database, "orders", shop.id).await.unwrap();
+        let missing: Vec<_> = report.orders.iter().filter(|id| orders.binary_search(id).is_err()).collect();
+        assert!(missing.is_empty(), "{step} {point}: orders lost in {database}: {missing:?}");
+        let source = if expected == "silo" { pool.name.clone() } else { silo_of(&tenant) };
+        if source != database {
+            assert!(
+                ids_in(&server, &source, "orders", shop.id).await.unwrap().is_empty(),
+                "{step} {point}: source kept rows"
+            );
         }
     }
     running.signal_and_wait("TERM", Duration::from_secs(20)).unwrap();
