@@ -54,6 +54,25 @@ impl From<StartError> for ApiError {
     }
 }
 
+/// A list's page size: 1 to 200, 50 when not given.
+fn list_limit(raw: Option<i64>) -> Result<i64, ApiError> {
+    match raw.unwrap_or(50) {
+        limit @ 1..=200 => Ok(limit),
+        _ => Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 200")),
+    }
+}
+
+/// The tenant a list is narrowed to (slug or id), if any; 404 when unknown.
+async fn tenant_of(
+    conn: &mut sqlx::PgConnection,
+    raw: Option<&str>,
+) -> Result<Option<indigo_core::tenant::TenantId>, ApiError> {
+    match raw {
+        Some(raw) => Ok(Some(registry::get(conn, &super::tenants::tenant_ref(raw)?).await?.id)),
+        None => Ok(None),
+    }
+}
+
 fn workflow_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound(format!("workflow `{raw}`")))
 }
@@ -82,19 +101,10 @@ async fn list_workflows(
     _actor: Actor,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<Workflow>>, ApiError> {
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 200"));
-    }
+    let limit = list_limit(params.limit)?;
     let invalid = |e: indigo_core::tenant::UnknownVariant| ApiError::bad_request("invalid_query", e.to_string());
     let mut conn = state.db.acquire().await?;
-    let tenant = match params.tenant.as_deref() {
-        Some(raw) => {
-            let reference = super::tenants::tenant_ref(raw)?;
-            Some(registry::get(&mut conn, &reference).await?.id)
-        }
-        None => None,
-    };
+    let tenant = tenant_of(&mut conn, params.tenant.as_deref()).await?;
     let filter = ListFilter {
         tenant,
         kind: params.kind.as_deref().map(str::parse::<Kind>).transpose().map_err(invalid)?,
@@ -232,15 +242,9 @@ async fn list_moves(
     _actor: Actor,
     ApiQuery(params): ApiQuery<MoveParams>,
 ) -> Result<Json<Vec<TenantMove>>, ApiError> {
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 200"));
-    }
+    let limit = list_limit(params.limit)?;
     let mut conn = state.db.acquire().await?;
-    let tenant = match params.tenant.as_deref() {
-        Some(raw) => Some(registry::get(&mut conn, &super::tenants::tenant_ref(raw)?).await?.id.0),
-        None => None,
-    };
+    let tenant = tenant_of(&mut conn, params.tenant.as_deref()).await?.map(|t| t.0);
     let rows: Vec<MoveRow> = sqlx::query_as(
         "SELECT m.workflow_id, m.tenant_id, t.slug, m.from_isolation, m.to_isolation, m.source_database,
                 m.target_database, m.phase, m.rows_total, m.rows_copied, m.lag, m.pause_ms, m.error,

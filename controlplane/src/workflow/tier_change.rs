@@ -419,9 +419,10 @@ async fn cleanup<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, 
                 tokio::time::sleep(wait).await;
             }
             progress(cx, "cleaning_up", "", &[]).await?;
-            planned.mover(cx).await?.forget_touched().await?;
+            let mover = planned.mover(cx).await?;
+            mover.forget_touched().await?;
             let released = match planned.from {
-                Isolation::Pool => json!({ "rows_deleted": planned.mover(cx).await?.release_source().await? }),
+                Isolation::Pool => json!({ "rows_deleted": mover.release_source().await? }),
                 Isolation::Silo => {
                     let tenant = super::tenant(cx).await?;
                     cx.services.provider.delete_silo(&SiloTenant { id: tenant.id, slug: &tenant.slug }).await?;
