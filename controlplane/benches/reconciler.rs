@@ -77,7 +77,10 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let settings = Settings { resync: Duration::from_secs(3600), workers, rls_audit: Duration::from_secs(3600) };
-    let controller = Controller::new(pool.clone(), LocalDatabases::new(dbs.clone()), dbs, settings);
+    let plans = Arc::new(indigo_controlplane::policy::load_plans(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref(),
+    )?);
+    let controller = Controller::new(pool.clone(), LocalDatabases::new(dbs.clone()), dbs, plans, settings);
     let started = Instant::now();
     let tasks = controller.spawn();
     // The listener queues the whole fleet when it starts.

@@ -339,7 +339,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "no database configured: set database_url (env INDIGO_DATABASE_URL), or use `indigo up` for a local platform",
             )?;
             let mut state = server::prepare(&config, &url).await?;
-            let _background = server::start_background(&config, &mut state).await?;
+            let _background = server::start_background(&config, &mut state, None).await?;
             server::serve(server::bind(&config).await?, state, server::shutdown_signal()).await
         }
         Command::Migrate(args) => {

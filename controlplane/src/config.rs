@@ -75,6 +75,10 @@ struct ConfigFile {
     aws_usage_table: Option<String>,
     aws_features_table: Option<String>,
     aws_metrics_namespace: Option<String>,
+    aws_ecs_cluster: Option<String>,
+    aws_dataplane_image: Option<String>,
+    aws_subnets: Option<String>,
+    aws_security_groups: Option<String>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -149,6 +153,18 @@ pub struct Overrides {
     /// CloudWatch namespace of per-tenant metrics [env: INDIGO_AWS_METRICS_NAMESPACE] [default: Indigo/Usage]
     #[arg(long, env = "INDIGO_AWS_METRICS_NAMESPACE", hide_env = true)]
     pub aws_metrics_namespace: Option<String>,
+    /// ECS cluster the data-plane services run on [env: INDIGO_AWS_ECS_CLUSTER] [default: indigo]
+    #[arg(long, env = "INDIGO_AWS_ECS_CLUSTER", hide_env = true)]
+    pub aws_ecs_cluster: Option<String>,
+    /// Container image of the data plane on ECS [env: INDIGO_AWS_DATAPLANE_IMAGE] [default: indigo-dataplane:latest]
+    #[arg(long, env = "INDIGO_AWS_DATAPLANE_IMAGE", hide_env = true)]
+    pub aws_dataplane_image: Option<String>,
+    /// Comma-separated subnets: the data plane runs on Fargate there (else on EC2 capacity) [env: INDIGO_AWS_SUBNETS]
+    #[arg(long, env = "INDIGO_AWS_SUBNETS", hide_env = true)]
+    pub aws_subnets: Option<String>,
+    /// Comma-separated security groups of the Fargate tasks [env: INDIGO_AWS_SECURITY_GROUPS]
+    #[arg(long, env = "INDIGO_AWS_SECURITY_GROUPS", hide_env = true)]
+    pub aws_security_groups: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,13 +198,17 @@ pub struct Config {
     pub aws_usage_table: String,
     pub aws_features_table: String,
     pub aws_metrics_namespace: String,
+    pub aws_ecs_cluster: String,
+    pub aws_dataplane_image: String,
+    /// `None`: EC2 capacity with bridge networking.
+    pub aws_subnets: Option<crate::providers::aws::ecs::Subnets>,
 }
 
 /// Where the control plane keeps what it acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
     Local,
-    /// Usage and metrics on DynamoDB and CloudWatch.
+    /// Silos on Aurora, the data plane on ECS, usage and metrics on DynamoDB and CloudWatch.
     Aws,
 }
 
@@ -290,10 +310,22 @@ impl Config {
                 });
             }
         };
+        let list = |raw: Option<String>| -> Vec<String> {
+            raw.iter().flat_map(|r| r.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        };
+        let subnets = list(overrides.aws_subnets.or(from_file.aws_subnets));
+        let security_groups = list(overrides.aws_security_groups.or(from_file.aws_security_groups));
         Ok(Self {
             stripe,
             costs_file,
             provider,
+            aws_ecs_cluster: overrides.aws_ecs_cluster.or(from_file.aws_ecs_cluster).unwrap_or_else(|| "indigo".into()),
+            aws_dataplane_image: overrides
+                .aws_dataplane_image
+                .or(from_file.aws_dataplane_image)
+                .unwrap_or_else(|| "indigo-dataplane:latest".into()),
+            aws_subnets: (!subnets.is_empty())
+                .then_some(crate::providers::aws::ecs::Subnets { subnets, security_groups }),
             aws_usage_table: overrides
                 .aws_usage_table
                 .or(from_file.aws_usage_table)

@@ -15,7 +15,10 @@ use crate::config::{Config, Provider};
 use crate::jobs::Jobs;
 use crate::metering::aws::AwsUsage;
 use crate::outbox::{self, Mailer};
+use crate::providers::aws::AwsDatabases;
+use crate::providers::aws::ecs::EcsServices;
 use crate::providers::local::LocalDatabases;
+use crate::providers::{ComputeProvider, DatabaseProvider};
 use crate::reconciler::{Controller, Settings};
 use crate::workflow::{self, Engine, Failpoints};
 
@@ -55,22 +58,39 @@ pub struct Background {
     pub scheduler: tokio_cron_scheduler::JobScheduler,
 }
 
-/// Starts this replica's reconciler, workflow engine, mail sender and scheduled jobs.
-pub async fn start_background(config: &Config, state: &mut AppState) -> anyhow::Result<Background> {
-    let mut tasks = start_reconciler(config, state);
-    tasks.push(workflow_engine(config, state)?.spawn());
+/// Starts this replica's reconciler, workflow engine, mail sender and scheduled
+/// jobs, on the configured provider. `local_compute`: the data-plane processes
+/// this control plane runs itself (`indigo up`); without it on the local
+/// provider the data plane is deployed some other way.
+pub async fn start_background(
+    config: &Config,
+    state: &mut AppState,
+    local_compute: Option<Arc<dyn ComputeProvider>>,
+) -> anyhow::Result<Background> {
+    let (mut tasks, aws) = match config.provider {
+        Provider::Local => {
+            (start_workers(config, state, LocalDatabases::new(state.tenant_dbs.clone()), local_compute)?, None)
+        }
+        Provider::Aws => {
+            let aws = aws_config::load_from_env().await;
+            let databases = AwsDatabases::new(&aws, state.tenant_dbs.clone());
+            let services = EcsServices::new(
+                &aws,
+                &config.aws_ecs_cluster,
+                &config.aws_dataplane_image,
+                config.aws_subnets.clone(),
+            );
+            (start_workers(config, state, Arc::new(databases), Some(Arc::new(services)))?, Some(aws))
+        }
+    };
     tasks.push(tokio::spawn(outbox::send_forever(state.db.clone(), Mailer::new(config))));
     let jobs = Arc::new(Jobs {
         db: state.db.clone(),
         stripe: config.stripe.as_ref().map(Stripe::new).transpose().context("Stripe client")?,
-        aws: match config.provider {
-            Provider::Local => None,
-            Provider::Aws => Some(
-                AwsUsage::from_env(&config.aws_usage_table, &config.aws_metrics_namespace)
-                    .await
-                    .with_features_table(&config.aws_features_table),
-            ),
-        },
+        aws: aws.map(|aws| {
+            AwsUsage::new(&aws, &config.aws_usage_table, &config.aws_metrics_namespace)
+                .with_features_table(&config.aws_features_table)
+        }),
         tenant_dbs: state.tenant_dbs.clone(),
         plans: state.plans.clone(),
         failpoints: Failpoints::from_env().map_err(anyhow::Error::msg)?,
@@ -80,30 +100,44 @@ pub async fn start_background(config: &Config, state: &mut AppState) -> anyhow::
     Ok(Background { tasks, scheduler })
 }
 
-/// The workflow engine of this replica, on the local provider.
-pub fn workflow_engine(config: &Config, state: &AppState) -> anyhow::Result<Engine<LocalDatabases>> {
-    let stripe = config.stripe.as_ref().map(Stripe::new).transpose().context("Stripe client")?;
-    if stripe.is_none() {
-        tracing::warn!("stripe_api_base is not set: tenants are onboarded without billing");
-    }
-    let mut services = workflow::Services::local(state, stripe, config.data_dir.join("exports"));
-    services.failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
-    services.settings.move_grace = std::time::Duration::from_secs(config.move_grace_seconds);
-    Ok(Engine::new(services))
-}
-
-/// Starts this replica's reconciler on the local provider and hands it to the API.
-pub fn start_reconciler(config: &Config, state: &mut AppState) -> Vec<tokio::task::JoinHandle<()>> {
+/// The reconciler and the workflow engine of this replica, on one database provider.
+fn start_workers<P: DatabaseProvider + Clone>(
+    config: &Config,
+    state: &mut AppState,
+    databases: P,
+    compute: Option<Arc<dyn ComputeProvider>>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let settings = Settings {
         resync: Duration::from_secs(config.resync_seconds),
         workers: config.reconcile_workers,
         ..Settings::default()
     };
-    let provider = LocalDatabases::new(state.tenant_dbs.clone());
-    let controller = Controller::new(state.db.clone(), provider, state.tenant_dbs.clone(), settings);
-    let tasks = controller.spawn();
+    let mut controller =
+        Controller::new(state.db.clone(), databases.clone(), state.tenant_dbs.clone(), state.plans.clone(), settings);
+    if let Some(compute) = compute {
+        controller = controller.with_compute(compute);
+    }
+    let mut tasks = controller.spawn();
     state.reconciler = Some(Arc::new(controller));
-    tasks
+    tasks.push(workflow_engine(config, state, databases)?.spawn());
+    Ok(tasks)
+}
+
+/// The workflow engine of this replica.
+pub fn workflow_engine<P: DatabaseProvider>(
+    config: &Config,
+    state: &AppState,
+    databases: P,
+) -> anyhow::Result<Engine<P>> {
+    let stripe = config.stripe.as_ref().map(Stripe::new).transpose().context("Stripe client")?;
+    if stripe.is_none() {
+        tracing::warn!("stripe_api_base is not set: tenants are onboarded without billing");
+    }
+    let mut services =
+        workflow::Services::local(state, stripe, config.data_dir.join("exports")).with_provider(databases);
+    services.failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
+    services.settings.move_grace = std::time::Duration::from_secs(config.move_grace_seconds);
+    Ok(Engine::new(services))
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes, then drains.

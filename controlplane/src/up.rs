@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use indigo_core::tenant::{Email, Lifecycle, Slug, TenantName};
@@ -12,6 +13,7 @@ use tokio::process::Command;
 
 use crate::api::auth::{self, Actor};
 use crate::config::{Config, Secret};
+use crate::providers::processes::{Launch, LocalProcesses};
 use crate::registry::{NewTenant, RegistryError};
 use crate::workflow::{self, StartError};
 use crate::{db, server};
@@ -71,34 +73,40 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
     };
     config.admin_token = Some(admin_token.clone());
     let mut state = server::prepare(config, database_url).await?;
-    let _background = server::start_background(config, &mut state).await?;
-    if demo {
-        let seeded = seed_demo(&state.db, &state.plans).await?;
-        println!("demo tenants: {seeded} added, {} already there", DEMO_TENANTS.len() - seeded);
-    }
     let listener = server::bind(config).await?;
     let address = listener.local_addr()?;
-    let dataplane = LocalDataplane {
-        listen: free_address(config.dataplane_listen)?,
+    let storefront = free_address(config.dataplane_listen)?;
+    // The data planes are the reconciler's to run: the pool's replicas, and one
+    // service per silo tenant.
+    let dataplanes = Arc::new(LocalProcesses::new(Launch {
+        program: std::env::current_exe()?,
+        subcommand: vec!["dataplane".into()],
         control_plane_url: format!("http://{address}"),
         // Locally the data plane uses the admin token; in production give it an operator token.
         control_plane_token: admin_token,
         jwt_secret: local_secret(&jwt_secret_file(&config.data_dir))?,
         spool_dir: config.data_dir.join("usage-spool"),
-    };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let supervisor = tokio::spawn(dataplane.clone().supervise(stopped));
+        pool_listen: storefront,
+    }));
+    let _background = server::start_background(config, &mut state, Some(dataplanes.clone())).await?;
+    if demo {
+        let seeded = seed_demo(&state.db, &state.plans).await?;
+        println!("demo tenants: {seeded} added, {} already there", DEMO_TENANTS.len() - seeded);
+    }
     println!("indigo is up");
     println!("  admin API:   http://{address}");
-    println!("  storefront:  http://{}", dataplane.listen);
+    println!("  storefront:  http://{storefront}");
+    println!(
+        "  data planes: {} pool replica(s) there, and one service per silo tenant (its placement says where)",
+        state.plans.pool().dataplane_replicas
+    );
     println!("  database:    {}", redact(database_url));
     println!("  token:       {} (the CLI reads it from there)", token_file(&config.data_dir).display());
     println!("  try:         indigo tenant list --api-url http://{address}");
     let shutdown = async move {
         server::shutdown_signal().await;
-        // The data plane stops first: its last usage goes to the admin API, still up.
-        let _ = stop.send(true);
-        let _ = supervisor.await;
+        // The data planes stop first: their last usage goes to the admin API, still up.
+        dataplanes.stop_all().await;
     };
     server::serve(listener, state, shutdown).await
 }
@@ -120,72 +128,6 @@ fn free_address(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
         return Ok(addr);
     }
     Ok(std::net::TcpListener::bind(addr)?.local_addr()?)
-}
-
-/// The local stand-in for the data plane's service: one process, restarted when it dies.
-#[derive(Clone)]
-struct LocalDataplane {
-    listen: SocketAddr,
-    control_plane_url: String,
-    control_plane_token: Secret,
-    jwt_secret: Secret,
-    spool_dir: PathBuf,
-}
-
-impl LocalDataplane {
-    fn command(&self) -> anyhow::Result<Command> {
-        let mut command = Command::new(std::env::current_exe()?);
-        command
-            .arg("dataplane")
-            // Should `indigo up` die without stopping it (SIGKILL), the data plane follows.
-            .arg("--exit-with-parent")
-            .arg("--listen")
-            .arg(self.listen.to_string())
-            .arg("--control-plane-url")
-            .arg(&self.control_plane_url)
-            .arg("--spool-dir")
-            .arg(&self.spool_dir)
-            // Secrets go by environment, not arguments, which `ps` shows.
-            .env("INDIGO_CONTROL_PLANE_TOKEN", self.control_plane_token.expose())
-            .env("INDIGO_JWT_SECRET", self.jwt_secret.expose())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true);
-        Ok(command)
-    }
-
-    async fn supervise(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut backoff = std::time::Duration::from_millis(500);
-        loop {
-            let mut child = match self.command().and_then(|mut c| Ok(c.spawn()?)) {
-                Ok(child) => child,
-                Err(error) => {
-                    eprintln!("indigo: cannot start the data plane: {error:#}");
-                    return;
-                }
-            };
-            tokio::select! {
-                status = child.wait() => {
-                    tracing::warn!(?status, "data plane exited; restarting in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-                }
-                _ = stop.changed() => {
-                    if let Some(pid) = child.id() {
-                        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-                    }
-                    match tokio::time::timeout(std::time::Duration::from_secs(15), child.wait()).await {
-                        Ok(_) => tracing::info!("data plane stopped"),
-                        Err(_) => {
-                            tracing::warn!("data plane did not stop in 15 s; killing it");
-                            let _ = child.kill().await;
-                        }
-                    }
-                    return;
-                }
-            }
-        }
-    }
 }
 
 fn restrict_to_owner(path: &Path) -> anyhow::Result<()> {

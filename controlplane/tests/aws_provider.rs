@@ -1,39 +1,69 @@
-//! The AWS provider against moto. Databases: a silo tenant gets its Aurora
-//! Serverless v2 cluster and `db.serverless` writer, encrypted, protected,
-//! sized and backed up as its plan says, tagged; a plan change resizes and
-//! retags; deleting removes the writer, then the cluster, and keeps a final
-//! snapshot when the plan asks. Compute: the pool's data-plane service and a
-//! silo tenant's own, with their desired counts, tagged; resized; deleted.
-//! (How AWS errors are sorted is unit-tested beside the provider: moto
-//! refuses too little to show it.)
+//! The AWS provider against moto, on its own and driven by the reconciler.
+//! Databases: a silo tenant gets its Aurora Serverless v2 cluster and
+//! `db.serverless` writer, encrypted, protected, sized and backed up as its
+//! plan says, tagged; a plan change resizes and retags; deleting removes the
+//! writer, then the cluster, and keeps a final snapshot when the plan asks.
+//! Compute: the pool's data-plane service and a silo tenant's own, with their
+//! desired counts, tagged; resized; deleted. (How AWS errors are sorted is
+//! unit-tested beside the provider: moto refuses too little to show it.)
 
 mod support;
 
-use indigo_controlplane::policy;
-use indigo_controlplane::providers::SiloTenant;
-use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE, silo_service_name};
-use indigo_controlplane::providers::aws::rds::{AuroraClusters, cluster_identifier};
-use indigo_core::plan::SiloSize;
-use indigo_core::tenant::{Slug, TenantId};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indigo_controlplane::api::TenantDatabases;
+use indigo_controlplane::api::auth::Actor;
+use indigo_controlplane::providers::aws::AwsDatabases;
+use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE};
+use indigo_controlplane::providers::aws::rds::{AuroraClusters, TENANT_DATABASE, cluster_identifier};
+use indigo_controlplane::providers::{SiloTenant, silo_service_name};
+use indigo_controlplane::reconciler::plan::Action;
+use indigo_controlplane::reconciler::{self, Controller, Outcome, Settings};
+use indigo_controlplane::registry::{self, NewTenant, TenantRef};
+use indigo_controlplane::{db, policy};
+use indigo_core::plan::PlanCatalog;
+use indigo_core::tenant::{Email, Lifecycle, Phase, Slug, TenantId, TenantName};
+use indigo_dataplane::schema::TenantServer;
+use sqlx::PgPool;
+
+/// The product's plans plus a bigger silo plan to upgrade to.
+fn plans() -> PlanCatalog {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml");
+    let text = std::fs::read_to_string(path).unwrap()
+        + r#"
+[plans.enterprise_plus]
+display_name = "Enterprise Plus"
+tier = 5
+isolation = "silo"
+price_per_month = 199900
+currency = "usd"
+features = ["basic_store", "sla"]
+limits = { products = -1, ai_credits = -1, storage_gb = -1, team_members = -1, api_calls_per_day = -1 }
+rate_limit = { requests_per_second = 2000, burst = 4000 }
+silo = { acu_min = 2, acu_max = 64, backup_retention_days = 30, dataplane_replicas = 3, final_snapshot = true }
+"#;
+    PlanCatalog::parse(path, &text).unwrap()
+}
 
 #[tokio::test]
 async fn a_silo_tenant_gets_its_cluster_sized_by_plan_resized_and_deleted_in_order() {
     let config = support::moto().await;
     let clusters = AuroraClusters::new(&config);
     let rds = aws_sdk_rds::Client::new(&config);
-    let plans = policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref()).unwrap();
+    let plans = plans();
     let enterprise = plans.get("enterprise").unwrap();
     let size = enterprise.silo.clone().expect("enterprise is a silo plan");
     let slug = Slug::parse("big-corp").unwrap();
-    let tenant = SiloTenant { id: TenantId::new(), slug: &slug };
+    let tenant = SiloTenant { id: TenantId::new(), slug: &slug, plan: enterprise };
     let identifier = cluster_identifier(&tenant);
     assert!(clusters.observe(&tenant).await.unwrap().is_none());
 
-    let state = clusters.ensure(&tenant, &enterprise.name, &size).await.unwrap();
+    let state = clusters.ensure(&tenant).await.unwrap();
     assert_eq!(state.identifier, identifier);
     assert_eq!(state.status, "available");
     assert!(state.encrypted && state.deletion_protection, "{state:?}");
-    assert!(state.sized_as(&size), "sized from policies/plans.toml: {state:?}");
+    assert!(state.sized_as(&enterprise.name, &size), "sized from policies/plans.toml: {state:?}");
     assert_eq!(state.backup_retention_days, Some(14));
     assert_eq!(state.tags.get("tenant_id"), Some(&tenant.id.to_string()));
     assert_eq!(state.tags.get("plan").map(String::as_str), Some("enterprise"));
@@ -44,20 +74,21 @@ async fn a_silo_tenant_gets_its_cluster_sized_by_plan_resized_and_deleted_in_ord
     assert_eq!(instance.db_cluster_identifier(), Some(identifier.as_str()));
 
     // Again: nothing new.
-    assert_eq!(clusters.ensure(&tenant, &enterprise.name, &size).await.unwrap(), state);
+    assert_eq!(clusters.ensure(&tenant).await.unwrap(), state);
     let all = rds.describe_db_clusters().send().await.unwrap();
     assert_eq!(all.db_clusters().iter().filter(|c| c.db_cluster_identifier() == Some(identifier.as_str())).count(), 1);
 
     // A bigger plan: resized and retagged in place.
-    let bigger = SiloSize { backup_retention_days: 30, ..toml_size("acu_min = 2, acu_max = 64") };
-    let plan = plan_name("enterprise_plus");
-    let resized = clusters.ensure(&tenant, &plan, &bigger).await.unwrap();
-    assert!(resized.sized_as(&bigger), "{resized:?}");
+    let plus = plans.get("enterprise_plus").unwrap();
+    let tenant = SiloTenant { plan: plus, ..tenant };
+    let resized = clusters.ensure(&tenant).await.unwrap();
+    assert!(resized.sized_as(&plus.name, plus.silo.as_ref().unwrap()), "{resized:?}");
+    assert_eq!((resized.acu_min, resized.acu_max, resized.backup_retention_days), (Some(2.0), Some(64.0), Some(30)));
     assert_eq!(resized.tags.get("plan").map(String::as_str), Some("enterprise_plus"));
     assert_eq!(resized.writer, state.writer);
 
     // Deletion: writer first, then the cluster, with its final snapshot.
-    clusters.delete(&tenant, true).await.unwrap();
+    clusters.delete(&tenant).await.unwrap();
     assert!(clusters.observe(&tenant).await.unwrap().is_none());
     let gone = rds.describe_db_instances().db_instance_identifier(&writer).send().await;
     assert!(gone.is_err(), "the writer is deleted");
@@ -66,7 +97,7 @@ async fn a_silo_tenant_gets_its_cluster_sized_by_plan_resized_and_deleted_in_ord
         snapshots.db_cluster_snapshots().iter().filter_map(|s| s.db_cluster_snapshot_identifier()).collect();
     assert!(names.contains(&format!("{identifier}-final").as_str()), "{names:?}");
     // Gone already is done.
-    clusters.delete(&tenant, true).await.unwrap();
+    clusters.delete(&tenant).await.unwrap();
 }
 
 #[tokio::test]
@@ -77,13 +108,14 @@ async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant()
     services.ensure_cluster().await.unwrap();
     services.ensure_cluster().await.unwrap();
     let plans = policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref()).unwrap();
-    let replicas = plans.get("enterprise").unwrap().silo.as_ref().unwrap().dataplane_replicas;
+    let enterprise = plans.get("enterprise").unwrap();
+    let replicas = enterprise.silo.as_ref().unwrap().dataplane_replicas;
 
     let pool = services.ensure(POOL_SERVICE, 3, &[("isolation", "pool")]).await.unwrap();
     assert_eq!((pool.status.as_str(), pool.desired), ("ACTIVE", 3));
     let slug = Slug::parse("big-corp").unwrap();
-    let tenant = SiloTenant { id: TenantId::new(), slug: &slug };
-    let name = silo_service_name(&tenant);
+    let tenant = SiloTenant { id: TenantId::new(), slug: &slug, plan: enterprise };
+    let name = silo_service_name(tenant.id, tenant.slug);
     let tenant_id = tenant.id.to_string();
     let tags = [("tenant_id", tenant_id.as_str()), ("plan", "enterprise")];
     let silo = services.ensure(&name, replicas, &tags).await.unwrap();
@@ -109,24 +141,117 @@ async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant()
     services.delete(POOL_SERVICE).await.unwrap();
 }
 
-/// A silo size from plan-file syntax, validated as the policy file is.
-fn toml_size(acus: &str) -> SiloSize {
-    let text = format!(
-        r#"[plans.probe]
-display_name = "Probe"
-tier = 9
-isolation = "silo"
-price_per_month = 1
-currency = "usd"
-features = []
-limits = {{ products = -1, ai_credits = -1, storage_gb = -1, team_members = -1, api_calls_per_day = -1 }}
-rate_limit = {{ requests_per_second = 1, burst = 1 }}
-silo = {{ {acus}, backup_retention_days = 7, dataplane_replicas = 1, final_snapshot = false }}
-"#
-    );
-    indigo_core::plan::PlanCatalog::parse("probe.toml", &text).unwrap().get("probe").unwrap().silo.clone().unwrap()
-}
+/// The reconciler with `provider = aws`: the same loop as locally, acting on moto.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(pool: PgPool) {
+    let config = support::moto().await;
+    let plans = Arc::new(plans());
+    // Silo tenants never touch the pool; its database is only named.
+    let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
+    let dbs = Arc::new(TenantDatabases { server, pool_database: "indigo_aws_pool_unused".into() });
+    let cluster = format!("indigo-test-{}", uuid::Uuid::new_v4().simple());
+    let ecs = Arc::new(EcsServices::new(&config, &cluster, "ghcr.io/indigo/dataplane:1.0", None));
+    let settings = Settings { resync: Duration::from_secs(3600), workers: 1, rls_audit: Duration::from_secs(3600) };
+    let controller =
+        Controller::new(pool.clone(), Arc::new(AwsDatabases::new(&config, dbs.clone())), dbs, plans.clone(), settings)
+            .with_compute(ecs.clone());
+    let ctx = controller.context();
+    let reconcile = async |id: TenantId| {
+        let Outcome::Applied(decision) =
+            reconciler::reconcile(&ctx, &mut pool.acquire().await.unwrap(), id).await.unwrap()
+        else {
+            panic!("the tenant was not reconciled")
+        };
+        decision
+    };
+    let get = async |id: TenantId| registry::get(&mut pool.acquire().await.unwrap(), &TenantRef::Id(id)).await.unwrap();
 
-fn plan_name(raw: &str) -> indigo_core::plan::PlanName {
-    serde_json::from_value(serde_json::json!(raw)).unwrap()
+    let mut tx = pool.begin().await.unwrap();
+    let new = NewTenant {
+        slug: Slug::parse("big-corp").unwrap(),
+        name: TenantName::parse("Big Corp").unwrap(),
+        owner_email: Email::parse("o@big.example").unwrap(),
+        plan: plans.get("enterprise").unwrap(),
+        lifecycle: Lifecycle::Active,
+    };
+    let tenant = registry::create(&mut tx, &Actor::system("test"), None, new).await.unwrap();
+    tx.commit().await.unwrap();
+    let service = silo_service_name(tenant.id, &tenant.slug);
+    let clusters = AuroraClusters::new(&config);
+    let on = |plan: &str| SiloTenant { id: tenant.id, slug: &tenant.slug, plan: plans.get(plan).unwrap() };
+
+    // Created: cluster and writer sized and tagged by the plan, the tenant's own service.
+    let decision = reconcile(tenant.id).await;
+    assert_eq!(decision.actions, [Action::CreateSilo, Action::CreateService { service: service.clone(), replicas: 2 }]);
+    let state = clusters.observe(&on("enterprise")).await.unwrap().expect("the tenant's cluster");
+    assert!(state.writer.is_some() && state.encrypted && state.deletion_protection, "{state:?}");
+    assert_eq!((state.acu_min, state.acu_max, state.backup_retention_days), (Some(0.5), Some(16.0), Some(14)));
+    assert_eq!(state.tags.get("tenant_id"), Some(&tenant.id.to_string()));
+    assert_eq!(state.tags.get("plan").map(String::as_str), Some("enterprise"));
+    let running = ecs.observe(&service).await.unwrap().expect("the tenant's service");
+    assert_eq!(running.desired, 2);
+    assert_eq!(running.tags.get("tenant_id"), Some(&tenant.id.to_string()));
+    let placed = get(tenant.id).await;
+    let placement = placed.status.placement.clone().unwrap();
+    assert_eq!(placed.status.phase, Phase::Ready);
+    assert_eq!(placement.database, TENANT_DATABASE);
+    assert_eq!(placement.cluster, state.endpoint, "the data plane is routed to the cluster's endpoint");
+    assert_eq!(placement.service.as_deref(), Some(service.as_str()));
+    assert!(reconcile(tenant.id).await.actions.is_empty(), "converged: a second pass changes nothing");
+
+    // A plan change resizes the cluster and scales the service, in place.
+    let mut tx = pool.begin().await.unwrap();
+    let actor = Actor::system("test");
+    registry::change_plan(&mut tx, &actor, None, &TenantRef::Id(tenant.id), plans.get("enterprise_plus").unwrap())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let decision = reconcile(tenant.id).await;
+    assert_eq!(
+        decision.actions,
+        [Action::ResizeSilo, Action::ScaleService { service: service.clone(), running: 2, replicas: 3 }]
+    );
+    assert!(!decision.drift, "a plan change is not drift");
+    let resized = clusters.observe(&on("enterprise_plus")).await.unwrap().unwrap();
+    assert_eq!((resized.acu_min, resized.acu_max, resized.backup_retention_days), (Some(2.0), Some(64.0), Some(30)));
+    assert_eq!(resized.tags.get("plan").map(String::as_str), Some("enterprise_plus"));
+    assert_eq!(ecs.observe(&service).await.unwrap().unwrap().desired, 3);
+
+    // Scaled to zero by hand: repaired, and reported as drift with the diff.
+    let client = aws_sdk_ecs::Client::new(&config);
+    client.update_service().cluster(&cluster).service(&service).desired_count(0).send().await.unwrap();
+    let decision = reconcile(tenant.id).await;
+    assert_eq!(decision.actions, [Action::ScaleService { service: service.clone(), running: 0, replicas: 3 }]);
+    assert!(decision.drift);
+    assert_eq!(ecs.observe(&service).await.unwrap().unwrap().desired, 3);
+    let diff: serde_json::Value =
+        sqlx::query_scalar("SELECT data FROM events WHERE tenant_id = $1 AND kind = 'DriftRepaired'")
+            .bind(tenant.id.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(diff["actions"][0]["running"], 0);
+
+    // Deleted: the service first, then the writer and the cluster, with a final snapshot.
+    let mut tx = pool.begin().await.unwrap();
+    registry::set_lifecycle(&mut tx, &actor, None, &TenantRef::Id(tenant.id), Lifecycle::Deleted, None).await.unwrap();
+    tx.commit().await.unwrap();
+    let decision = reconcile(tenant.id).await;
+    assert_eq!(decision.actions, [Action::DeleteService { service: service.clone() }, Action::DeleteSilo]);
+    assert!(ecs.observe(&service).await.unwrap().is_none());
+    assert!(clusters.observe(&on("enterprise_plus")).await.unwrap().is_none());
+    let identifier = cluster_identifier(&on("enterprise_plus"));
+    let rds = aws_sdk_rds::Client::new(&config);
+    let writer = state.writer.unwrap();
+    assert!(rds.describe_db_instances().db_instance_identifier(&writer).send().await.is_err(), "writer deleted");
+    let snapshots = rds.describe_db_cluster_snapshots().db_cluster_identifier(&identifier).send().await.unwrap();
+    assert!(
+        snapshots
+            .db_cluster_snapshots()
+            .iter()
+            .any(|s| s.db_cluster_snapshot_identifier() == Some(format!("{identifier}-final").as_str())),
+        "a final snapshot, as the plan asks"
+    );
+    let gone = get(tenant.id).await;
+    assert_eq!((gone.status.phase, gone.status.placement), (Phase::Deleted, None));
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use indigo_controlplane::api::TenantDatabases;
 use indigo_controlplane::api::auth::Actor;
 use indigo_controlplane::providers::local::{LocalDatabases, silo_database};
-use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloTenant};
+use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
 use indigo_controlplane::reconciler::{self, Controller, Outcome, Settings};
 use indigo_controlplane::registry::{self, NewTenant, TenantRef};
 use indigo_controlplane::{db, policy};
@@ -29,7 +29,7 @@ fn plans() -> PlanCatalog {
 struct World {
     db: PgPool,
     dbs: Arc<TenantDatabases>,
-    plans: PlanCatalog,
+    plans: Arc<PlanCatalog>,
 }
 
 impl World {
@@ -37,12 +37,12 @@ impl World {
         let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
         let pool_database = format!("indigo_rec_pool_{}", uuid::Uuid::new_v4().simple());
         server.provision(&pool_database).await.unwrap();
-        Self { db, dbs: Arc::new(TenantDatabases { server, pool_database }), plans: plans() }
+        Self { db, dbs: Arc::new(TenantDatabases { server, pool_database }), plans: Arc::new(plans()) }
     }
 
     fn controller<P: DatabaseProvider>(&self, provider: P, workers: usize) -> Controller<P> {
         let settings = Settings { resync: Duration::from_secs(3600), workers, rls_audit: Duration::from_secs(3600) };
-        Controller::new(self.db.clone(), provider, self.dbs.clone(), settings)
+        Controller::new(self.db.clone(), provider, self.dbs.clone(), self.plans.clone(), settings)
     }
 
     fn local(&self) -> LocalDatabases {
@@ -113,7 +113,7 @@ impl World {
             sqlx::query_as("SELECT id, slug FROM tenants").fetch_all(&self.db).await.unwrap();
         for (id, slug) in ids {
             let slug = Slug::parse(&slug).unwrap();
-            let name = silo_database(&SiloTenant { id: TenantId(id), slug: &slug });
+            let name = silo_database(TenantId(id), &slug);
             self.dbs.server.drop_database(&name).await.unwrap();
         }
         self.dbs.server.drop_database(&self.dbs.pool_database).await.unwrap();
@@ -144,7 +144,7 @@ async fn new_tenants_converge_to_their_spec(pool: PgPool) {
     assert_eq!(shop.status.placement.unwrap().database, world.dbs.pool_database);
     let big = world.get(big.id).await;
     let placement = big.status.placement.clone().unwrap();
-    assert_eq!(placement.database, silo_database(&SiloTenant { id: big.id, slug: &big.slug }));
+    assert_eq!(placement.database, silo_database(big.id, &big.slug));
     assert!(world.database_exists(&placement.database).await);
     assert_eq!(big.status.phase, Phase::Ready);
     assert_eq!(world.events(big.id, "Reconciled").await[0]["actions"][0]["action"], "create_silo");
@@ -258,7 +258,7 @@ async fn pause_and_dry_run_change_nothing(pool: PgPool) {
     let controller = world.controller(world.local(), 1);
     let ctx = controller_ctx(&controller);
     let big = world.tenant("careful-corp", "enterprise").await;
-    let silo = silo_database(&SiloTenant { id: big.id, slug: &big.slug });
+    let silo = silo_database(big.id, &big.slug);
 
     let plan = reconciler::dry_run(&ctx, big.id).await.unwrap();
     assert_eq!(plan.actions, [serde_json::json!({ "action": "create_silo" })]);
@@ -334,11 +334,11 @@ impl Drop for Leave<'_> {
 }
 
 impl DatabaseProvider for Instrumented {
-    async fn observe_silo(&self, t: &SiloTenant<'_>) -> Result<Option<String>, ProviderError> {
+    async fn observe_silo(&self, t: &SiloTenant<'_>) -> Result<Option<SiloState>, ProviderError> {
         self.guarded(t.id, self.inner.observe_silo(t)).await
     }
-    async fn create_silo(&self, t: &SiloTenant<'_>) -> Result<String, ProviderError> {
-        self.guarded(t.id, self.inner.create_silo(t)).await
+    async fn ensure_silo(&self, t: &SiloTenant<'_>) -> Result<SiloState, ProviderError> {
+        self.guarded(t.id, self.inner.ensure_silo(t)).await
     }
     async fn delete_silo(&self, t: &SiloTenant<'_>) -> Result<(), ProviderError> {
         self.guarded(t.id, self.inner.delete_silo(t)).await

@@ -235,3 +235,137 @@ async fn a_killed_platform_takes_its_data_plane_down() {
     pool.drop_now().await.unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// The data planes `indigo up` runs: the pool's replicas and each silo tenant's
+/// own service are the reconciler's to keep; one killed by hand comes back,
+/// reported as drift with what was repaired.
+#[tokio::test]
+async fn a_data_plane_killed_by_hand_is_restored_by_the_reconciler() {
+    let database = TestDatabase::unique("indigo_up_test");
+    let pool = TestDatabase::unique("indigo_up_pool");
+    let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
+    let mut command = local_platform(INDIGO.as_ref(), &database, &pool, &data_dir);
+    command.arg("--demo").env("INDIGO_RESYNC_SECONDS", "3600");
+    let mut daemon = Process::spawn(command).unwrap();
+    let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
+    let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
+    wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await.unwrap();
+    let control = sqlx::PgPool::connect(&database.url).await.unwrap();
+
+    // The enterprise demo tenant's own service, at the address its placement gives.
+    let (tenant, service) = eventually("fjord-fashion has its own data plane", async || {
+        sqlx::query_as::<_, (uuid::Uuid, String)>(
+            "SELECT id, placement->>'service' FROM tenants WHERE slug = 'fjord-fashion' AND placement->>'service' IS NOT NULL",
+        )
+        .fetch_optional(&control)
+        .await
+        .unwrap()
+    })
+    .await;
+    wait_until_ok(&format!("{service}/readyz"), Duration::from_secs(30)).await.unwrap();
+    let ours = DataPlanes { control_plane: api_url.clone() };
+    assert_eq!(ours.serving(Some(tenant)).len(), 2, "the plan's dataplane_replicas");
+    assert_eq!(ours.serving(None).len(), 2, "the pool's replicas from policies/plans.toml");
+
+    // It serves its tenant, and no other.
+    let http = reqwest::Client::new();
+    let token = |slug: &str| {
+        let output = Command::new(INDIGO)
+            .args(["storefront-token", slug, "--api-url", &api_url])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let own = http.get(format!("{service}/v1/products")).bearer_auth(token("fjord-fashion")).send().await.unwrap();
+    assert_eq!(own.status(), 200);
+    let other = http.get(format!("{service}/v1/products")).bearer_auth(token("blue-bakery")).send().await.unwrap();
+    assert_eq!(other.status(), 401, "a dedicated data plane serves its tenant only");
+
+    // Kill one of the tenant's replicas, then one of the pool's.
+    kill(ours.serving(Some(tenant))[0]);
+    let repaired = eventually("the tenant's repair is reported", async || {
+        sqlx::query_scalar::<_, serde_json::Value>(
+            "SELECT data FROM events WHERE tenant_id = $1 AND kind = 'DriftRepaired'",
+        )
+        .bind(tenant)
+        .fetch_optional(&control)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(repaired["actions"][0]["action"], "scale_service", "{repaired}");
+    assert_eq!(
+        (repaired["actions"][0]["running"].as_u64(), repaired["actions"][0]["replicas"].as_u64()),
+        (Some(1), Some(2))
+    );
+    eventually("two replicas again", async || (ours.serving(Some(tenant)).len() == 2).then_some(())).await;
+
+    kill(ours.serving(None)[0]);
+    eventually("the pool's repair is reported", async || {
+        sqlx::query_scalar::<_, i64>("SELECT id FROM events WHERE tenant_id IS NULL AND kind = 'DriftRepaired'")
+            .fetch_optional(&control)
+            .await
+            .unwrap()
+    })
+    .await;
+    eventually("two pool replicas again", async || (ours.serving(None).len() == 2).then_some(())).await;
+
+    let status = daemon.signal_and_wait("TERM", Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "indigo up exited with {status} after SIGTERM");
+    assert!(ours.serving(Some(tenant)).is_empty() && ours.serving(None).is_empty(), "data planes stopped with it");
+    let silo: String = sqlx::query_scalar("SELECT placement->>'database' FROM tenants WHERE id = $1")
+        .bind(tenant)
+        .fetch_one(&control)
+        .await
+        .unwrap();
+    control.close().await;
+    TestDatabase { url: String::new(), name: silo }.drop_now().await.unwrap();
+    database.drop_now().await.unwrap();
+    pool.drop_now().await.unwrap();
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// The data-plane processes of one platform, found by the control plane they report to.
+struct DataPlanes {
+    control_plane: String,
+}
+
+impl DataPlanes {
+    /// Pids of the data planes serving `tenant` (`None`: the pool's).
+    fn serving(&self, tenant: Option<uuid::Uuid>) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let after = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
+            if args.get(1).map(String::as_str) != Some("dataplane")
+                || after("--control-plane-url") != Some(&self.control_plane)
+            {
+                continue;
+            }
+            if after("--tenant").and_then(|t| t.parse::<uuid::Uuid>().ok()) == tenant {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+fn kill(pid: u32) {
+    let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(found) = check().await {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting until {what}");
+}

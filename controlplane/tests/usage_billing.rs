@@ -352,6 +352,7 @@ async fn webhooks_drive_grace_suspension_and_resumption_once(pool: PgPool) {
         world.db.clone(),
         LocalDatabases::new(world.state.tenant_dbs.clone()),
         world.state.tenant_dbs.clone(),
+        world.state.plans.clone(),
         Settings::default(),
     );
     let mut conn = world.db.acquire().await.unwrap();

@@ -12,7 +12,6 @@ use http_body_util::BodyExt;
 use indigo_controlplane::api::{self, AppState, TenantDatabases};
 use indigo_controlplane::billing::Stripe;
 use indigo_controlplane::config::{Secret, StripeConfig};
-use indigo_controlplane::providers::SiloTenant;
 use indigo_controlplane::providers::local::{LocalDatabases, silo_database};
 use indigo_controlplane::workflow::export;
 use indigo_controlplane::workflow::{Definition, Engine, Failpoints, Services, engine, onboarding::Onboarding};
@@ -130,7 +129,7 @@ impl World {
     fn silo_of(tenant: &Value) -> String {
         let slug = Slug::parse(tenant["slug"].as_str().unwrap()).unwrap();
         let id = TenantId(tenant["id"].as_str().unwrap().parse().unwrap());
-        silo_database(&SiloTenant { id, slug: &slug })
+        silo_database(id, &slug)
     }
 
     async fn cleanup(self) {

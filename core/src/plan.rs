@@ -178,10 +178,25 @@ impl Plan {
     }
 }
 
-/// Every plan the product sells, by name.
+/// Every plan the product sells, by name, and the shared pool's own size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanCatalog {
     plans: BTreeMap<PlanName, Plan>,
+    pool: PoolSize,
+}
+
+/// The resources every pool tenant shares (`[pool]` in the plans file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSize {
+    /// Replicas of the pool's data-plane service.
+    pub dataplane_replicas: u32,
+}
+
+impl Default for PoolSize {
+    /// A file without `[pool]` runs one replica.
+    fn default() -> Self {
+        Self { dataplane_replicas: 1 }
+    }
 }
 
 /// A policy file that cannot be used, with where the problem is.
@@ -224,7 +239,15 @@ impl PlanCatalog {
             problem: format!("not valid TOML: {}", e.to_string().trim()),
         })?;
         let top = Section { file, plan: None, prefix: String::new(), table: &root };
-        top.only_keys(&["plans"])?;
+        top.only_keys(&["plans", "pool"])?;
+        let pool = match root.get("pool") {
+            Some(_) => {
+                let section = top.table("pool")?;
+                section.only_keys(&["dataplane_replicas"])?;
+                PoolSize { dataplane_replicas: section.positive("dataplane_replicas")? }
+            }
+            None => PoolSize::default(),
+        };
         let plans_table = top.table("plans")?;
         let mut plans = BTreeMap::new();
         for (raw_name, value) in plans_table.table {
@@ -238,7 +261,7 @@ impl PlanCatalog {
         if plans.is_empty() {
             return Err(top.error(Some("plans"), "defines no plan; at least one is needed"));
         }
-        let catalog = Self { plans };
+        let catalog = Self { plans, pool };
         catalog.check_tiers_unique(file)?;
         Ok(catalog)
     }
@@ -264,6 +287,10 @@ impl PlanCatalog {
             requested: requested.to_owned(),
             known: self.names().map(str::to_owned).collect(),
         })
+    }
+
+    pub fn pool(&self) -> &PoolSize {
+        &self.pool
     }
 
     /// Plans from the lowest tier to the highest.

@@ -65,6 +65,12 @@ pub struct Cli {
     /// Behind a load balancer: rate-limit clients by the last X-Forwarded-For hop, not the socket peer
     #[arg(long, env = "INDIGO_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+    /// Serve this one tenant only (a silo tenant's dedicated data plane); others are unknown here
+    #[arg(long, env = "INDIGO_DATAPLANE_TENANT")]
+    pub tenant: Option<indigo_core::tenant::TenantId>,
+    /// Share the listen address with other replicas (SO_REUSEPORT: the kernel spreads connections)
+    #[arg(long, env = "INDIGO_DATAPLANE_REUSE_PORT")]
+    pub reuse_port: bool,
     /// Stop (gracefully) when the process that started this one is gone; `indigo up` sets it
     #[arg(long, hide = true)]
     pub exit_with_parent: bool,
@@ -76,7 +82,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         (Some(secret), None) => Verifier::hs256(secret.as_bytes()),
         (None, None) => anyhow::bail!("set jwt_secret (INDIGO_JWT_SECRET) or jwks_url (INDIGO_JWKS_URL)"),
     };
-    let routes = Arc::new(Routes::new(cli.db_connections));
+    let routes = Arc::new(match cli.tenant {
+        Some(tenant) => Routes::dedicated(tenant, cli.db_connections),
+        None => Routes::new(cli.db_connections),
+    });
     let source = ControlPlaneSource::new(&cli.control_plane_url, &cli.control_plane_token);
     let meter =
         Meter::new(Some(UsageSink::new(&cli.control_plane_url, &cli.control_plane_token)), cli.spool_dir.clone());
@@ -93,8 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Duration::from_millis(cli.daily_calls_refresh_ms),
     ));
     state.trust_forwarded_for = cli.trust_forwarded_for;
-    let listener =
-        tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let listener = bind(cli.listen, cli.reuse_port).with_context(|| format!("cannot listen on {}", cli.listen))?;
     tracing::info!(address = %listener.local_addr()?, "data plane listening");
     println!("data plane listening on http://{}", listener.local_addr()?);
     let exit_with_parent = cli.exit_with_parent;
@@ -114,6 +122,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     meter.flush().await.context("final usage flush")?;
     tracing::info!("data plane stopped; usage flushed");
     Ok(())
+}
+
+fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(reuse_port)?;
+    socket.bind(address)?;
+    socket.listen(1024)
 }
 
 /// Completes once this process has been orphaned (its parent died, even by SIGKILL).

@@ -23,6 +23,8 @@ pub struct Routes {
     replaced: Notify,
     /// Asks the refresher to fetch now rather than at its next tick.
     refresh_now: Notify,
+    /// A dedicated (silo) data plane routes its one tenant and no other.
+    only: Option<TenantId>,
 }
 
 #[derive(Default)]
@@ -37,6 +39,11 @@ impl Routes {
         Self { max_connections, ..Default::default() }
     }
 
+    /// Routes for a data plane dedicated to `tenant`: every other tenant is unknown here.
+    pub fn dedicated(tenant: TenantId, max_connections: u32) -> Self {
+        Self { max_connections, only: Some(tenant), ..Default::default() }
+    }
+
     /// A table fixed once (tests and tools); no refreshing.
     pub fn fixed(table: RoutingTable, max_connections: u32) -> Self {
         let routes = Self::new(max_connections);
@@ -45,7 +52,12 @@ impl Routes {
     }
 
     pub fn replace(&self, table: RoutingTable) {
-        let by_tenant = table.routes.into_iter().map(|r| (r.tenant_id, Arc::new(r))).collect();
+        let by_tenant = table
+            .routes
+            .into_iter()
+            .filter(|r| self.only.is_none_or(|only| only == r.tenant_id))
+            .map(|r| (r.tenant_id, Arc::new(r)))
+            .collect();
         *self.table.write().expect("routing lock") =
             Arc::new(Indexed { version: table.version, loaded: true, by_tenant });
         self.replaced.notify_waiters();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use indigo_controlplane::failpoints::CRASH_EXIT_CODE;
 use indigo_controlplane::providers::local::LocalDatabases;
-use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloTenant};
+use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
 use indigo_controlplane::workflow::tier_change::TierChange;
 use indigo_core::tenant::TenantId;
 use indigo_e2e::stack::{ADMIN_TOKEN, AdminClient, LoadReport, Shop, Stack, Storefront, ids_in, start_load};
@@ -233,11 +233,11 @@ async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
 struct NoCapacity(LocalDatabases);
 
 impl DatabaseProvider for NoCapacity {
-    async fn observe_silo(&self, tenant: &SiloTenant<'_>) -> Result<Option<String>, ProviderError> {
+    async fn observe_silo(&self, tenant: &SiloTenant<'_>) -> Result<Option<SiloState>, ProviderError> {
         self.0.observe_silo(tenant).await
     }
 
-    async fn create_silo(&self, _tenant: &SiloTenant<'_>) -> Result<String, ProviderError> {
+    async fn ensure_silo(&self, _tenant: &SiloTenant<'_>) -> Result<SiloState, ProviderError> {
         Err(ProviderError::Permanent {
             reason: "InsufficientDBClusterCapacity".into(),
             message: "no Aurora Serverless v2 capacity in the region".into(),
@@ -409,5 +409,5 @@ async fn a_control_plane_killed_in_any_phase_of_a_move_resumes_it() {
 fn silo_of(tenant: &Value) -> String {
     let id: Uuid = tenant["id"].as_str().unwrap().parse().unwrap();
     let slug = indigo_core::tenant::Slug::parse(tenant["slug"].as_str().unwrap()).unwrap();
-    indigo_controlplane::providers::local::silo_database(&SiloTenant { id: TenantId(id), slug: &slug })
+    indigo_controlplane::providers::local::silo_database(TenantId(id), &slug)
 }

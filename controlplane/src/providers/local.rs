@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use indigo_core::tenant::TenantId;
+use indigo_core::tenant::{Slug, TenantId};
 use indigo_dataplane::schema::{SchemaError, TenantServer};
 
-use super::{DatabaseProvider, ProviderError, SiloTenant};
+use super::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
 use crate::api::TenantDatabases;
 
+#[derive(Clone)]
 pub struct LocalDatabases {
     dbs: Arc<TenantDatabases>,
 }
@@ -25,9 +26,13 @@ impl LocalDatabases {
 
 /// The silo database of a tenant: `silo_`, its slug (readable in `psql \l`) and
 /// the end of its id (unique even when two registries share one server).
-pub fn silo_database(tenant: &SiloTenant<'_>) -> String {
-    let id = tenant.id.0.simple().to_string();
-    format!("silo_{}_{}", tenant.slug.as_str().replace('-', "_"), &id[id.len() - 12..])
+pub fn silo_database(id: TenantId, slug: &Slug) -> String {
+    super::resource_name("silo", '_', id, slug)
+}
+
+/// A local database has no capacity of its own: it is always as sized as its plan.
+fn local(database: String) -> SiloState {
+    SiloState { database, cluster: None, sized: true }
 }
 
 fn classify(error: SchemaError) -> ProviderError {
@@ -41,20 +46,20 @@ fn classify(error: SchemaError) -> ProviderError {
 }
 
 impl DatabaseProvider for LocalDatabases {
-    async fn observe_silo(&self, tenant: &SiloTenant<'_>) -> Result<Option<String>, ProviderError> {
-        let database = silo_database(tenant);
+    async fn observe_silo(&self, tenant: &SiloTenant<'_>) -> Result<Option<SiloState>, ProviderError> {
+        let database = silo_database(tenant.id, tenant.slug);
         let ready = self.server().schema_ready(&database).await.map_err(classify)?;
-        Ok(ready.then_some(database))
+        Ok(ready.then(|| local(database)))
     }
 
-    async fn create_silo(&self, tenant: &SiloTenant<'_>) -> Result<String, ProviderError> {
-        let database = silo_database(tenant);
+    async fn ensure_silo(&self, tenant: &SiloTenant<'_>) -> Result<SiloState, ProviderError> {
+        let database = silo_database(tenant.id, tenant.slug);
         self.server().provision(&database).await.map_err(classify)?;
-        Ok(database)
+        Ok(local(database))
     }
 
     async fn delete_silo(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
-        self.server().drop_database(&silo_database(tenant)).await.map_err(classify)
+        self.server().drop_database(&silo_database(tenant.id, tenant.slug)).await.map_err(classify)
     }
 
     async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {

@@ -1,11 +1,19 @@
 //! What the control plane acts on, behind one interface per concern, so that
-//! the reconciler reads the same whether the world is a local PostgreSQL or AWS.
+//! the reconciler reads the same whether the world is a local PostgreSQL with
+//! local processes or AWS (Aurora and ECS).
+//!
+//! - [`DatabaseProvider`]: silo databases, and the tenant's rows in the pool.
+//! - [`ComputeProvider`]: the data-plane services (the pool's and each silo tenant's).
 
 pub mod aws;
 pub mod local;
+pub mod processes;
 
 use std::future::Future;
+use std::pin::Pin;
 
+use indigo_core::api::Tenant;
+use indigo_core::plan::{Plan, PlanCatalog, SiloSize};
 use indigo_core::tenant::{Slug, TenantId};
 
 /// A provider's failure, sorted by what to do about it.
@@ -19,24 +27,74 @@ pub enum ProviderError {
     Permanent { reason: String, message: String },
 }
 
-/// The tenant a dedicated database is for.
+/// The tenant a dedicated database or service is for, with the plan that sizes it.
 #[derive(Debug, Clone)]
 pub struct SiloTenant<'a> {
     pub id: TenantId,
     pub slug: &'a Slug,
+    pub plan: &'a Plan,
+}
+
+impl<'a> SiloTenant<'a> {
+    /// `tenant` on its current plan; a plan the catalogue no longer sells is
+    /// the operator's to fix.
+    pub fn of(tenant: &'a Tenant, plans: &'a PlanCatalog) -> Result<Self, ProviderError> {
+        let plan = plans
+            .get(tenant.spec.plan.as_str())
+            .map_err(|e| ProviderError::Permanent { reason: "UnknownPlan".into(), message: e.to_string() })?;
+        Ok(Self { id: tenant.id, slug: &tenant.slug, plan })
+    }
+
+    /// The dedicated resources of the plan; a pool plan has none.
+    pub fn size(&self) -> Result<&'a SiloSize, ProviderError> {
+        self.plan.silo.as_ref().ok_or_else(|| ProviderError::Permanent {
+            reason: "PlanHasNoSilo".into(),
+            message: format!("plan `{}` sizes no dedicated resources (no `silo` in the plans file)", self.plan.name),
+        })
+    }
+
+    /// Whether deleting its database keeps a final snapshot: when in doubt, yes.
+    pub fn final_snapshot(&self) -> bool {
+        self.plan.silo.as_ref().is_none_or(|s| s.final_snapshot)
+    }
+}
+
+/// `<prefix>-<slug>-<end of id>`: readable, and unique even when two
+/// registries share one account or server.
+pub fn resource_name(prefix: &str, separator: char, id: TenantId, slug: &Slug) -> String {
+    let id = id.0.simple().to_string();
+    let slug = slug.as_str().replace(['-', '_'], &separator.to_string());
+    format!("{prefix}{separator}{slug}{separator}{}", &id[id.len() - 12..])
+}
+
+/// The dedicated data-plane service of a silo tenant.
+pub fn silo_service_name(id: TenantId, slug: &Slug) -> String {
+    resource_name(SERVICE_PREFIX, '-', id, slug)
+}
+
+/// A silo database as its provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiloState {
+    /// The database that holds the tenant's rows.
+    pub database: String,
+    /// The host (cluster endpoint) serving it, when it is not the tenant server.
+    pub cluster: Option<String>,
+    /// Whether its capacity is what the tenant's plan asks.
+    pub sized: bool,
 }
 
 /// Dedicated (silo) tenant databases, and the tenant's rows in the pool.
 pub trait DatabaseProvider: Send + Sync + 'static {
-    /// The silo database's name if it exists and carries the tenant schema.
+    /// The silo database if it exists and is ready to serve the tenant.
     fn observe_silo(
         &self,
         tenant: &SiloTenant<'_>,
-    ) -> impl Future<Output = Result<Option<String>, ProviderError>> + Send;
+    ) -> impl Future<Output = Result<Option<SiloState>, ProviderError>> + Send;
 
-    /// Creates (or completes) the silo database; returns its name.
-    fn create_silo(&self, tenant: &SiloTenant<'_>) -> impl Future<Output = Result<String, ProviderError>> + Send;
+    /// Creates, completes or resizes the silo database to what the plan says.
+    fn ensure_silo(&self, tenant: &SiloTenant<'_>) -> impl Future<Output = Result<SiloState, ProviderError>> + Send;
 
+    /// Releases the silo database (with a final snapshot when the plan asks); gone is done.
     fn delete_silo(&self, tenant: &SiloTenant<'_>) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     /// Deletes the tenant's rows from the pool database; returns how many.
@@ -48,12 +106,12 @@ impl<P: DatabaseProvider> DatabaseProvider for std::sync::Arc<P> {
     fn observe_silo(
         &self,
         tenant: &SiloTenant<'_>,
-    ) -> impl Future<Output = Result<Option<String>, ProviderError>> + Send {
+    ) -> impl Future<Output = Result<Option<SiloState>, ProviderError>> + Send {
         (**self).observe_silo(tenant)
     }
 
-    fn create_silo(&self, tenant: &SiloTenant<'_>) -> impl Future<Output = Result<String, ProviderError>> + Send {
-        (**self).create_silo(tenant)
+    fn ensure_silo(&self, tenant: &SiloTenant<'_>) -> impl Future<Output = Result<SiloState, ProviderError>> + Send {
+        (**self).ensure_silo(tenant)
     }
 
     fn delete_silo(&self, tenant: &SiloTenant<'_>) -> impl Future<Output = Result<(), ProviderError>> + Send {
@@ -62,5 +120,70 @@ impl<P: DatabaseProvider> DatabaseProvider for std::sync::Arc<P> {
 
     fn delete_pool_rows(&self, tenant: TenantId) -> impl Future<Output = Result<u64, ProviderError>> + Send {
         (**self).delete_pool_rows(tenant)
+    }
+}
+
+/// The data-plane service every pool tenant is served by.
+pub const POOL_SERVICE: &str = "indigo-dp-pool";
+/// Every data-plane service's name starts so; others are not ours to touch.
+pub const SERVICE_PREFIX: &str = "indigo-dp";
+
+/// A data-plane service as the reconciler wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// The one tenant a dedicated service serves; `None` for the pool's.
+    pub tenant: Option<TenantId>,
+    pub replicas: u32,
+    /// `tenant_id` and `plan` for a silo tenant's service.
+    pub tags: Vec<(String, String)>,
+}
+
+impl ServiceSpec {
+    pub fn pool(replicas: u32) -> Self {
+        Self { name: POOL_SERVICE.into(), tenant: None, replicas, tags: vec![("tier".into(), "pool".into())] }
+    }
+
+    /// The dedicated service of a silo tenant, sized by its plan.
+    pub fn silo(tenant: &SiloTenant<'_>) -> Result<Self, ProviderError> {
+        Ok(Self {
+            name: silo_service_name(tenant.id, tenant.slug),
+            tenant: Some(tenant.id),
+            replicas: tenant.size()?.dataplane_replicas,
+            tags: vec![("tenant_id".into(), tenant.id.to_string()), ("plan".into(), tenant.plan.name.to_string())],
+        })
+    }
+}
+
+/// A data-plane service as its provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Replicas the service is set to run (ECS's desired count; locally, the
+    /// processes alive: the control plane is the scheduler there).
+    pub replicas: u32,
+    /// Where it serves, when the provider knows (locally, `http://host:port`).
+    pub address: Option<String>,
+}
+
+pub type ProviderFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProviderError>> + Send + 'a>>;
+
+/// Data-plane services. Object-safe: the reconciler holds one of either kind.
+pub trait ComputeProvider: Send + Sync + 'static {
+    fn observe_service<'a>(&'a self, name: &'a str) -> ProviderFuture<'a, Option<ServiceState>>;
+
+    /// Creates the service or brings it to the spec's replicas. Safe to repeat.
+    fn ensure_service<'a>(&'a self, spec: &'a ServiceSpec) -> ProviderFuture<'a, ServiceState>;
+
+    /// Stops and removes the service; gone is done.
+    fn delete_service<'a>(&'a self, name: &'a str) -> ProviderFuture<'a, ()>;
+
+    /// The names of the data-plane services that exist.
+    fn list_services(&self) -> ProviderFuture<'_, Vec<String>>;
+
+    /// Drift the provider notices by itself (a process that died), as the
+    /// tenant whose service it was (`None` for the pool's). Providers that only
+    /// learn of drift by observing return `None`.
+    fn drift(&self) -> Option<tokio::sync::broadcast::Receiver<Option<TenantId>>> {
+        None
     }
 }

@@ -15,19 +15,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indigo_core::api::{ReconcilePlan, ReconcilerStatus, RlsAudit, Tenant};
-use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase, TenantId};
+use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase, Slug, TenantId};
 use indigo_dataplane::schema::{APP_ROLE, audit_isolation};
 use rand::Rng;
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio::time::Instant;
 
-use self::plan::{Action, Decision, Observed};
+use indigo_core::plan::PlanCatalog;
+
+use self::plan::{Action, Decision, Observed, ServiceView};
 use self::queue::Queue;
 use crate::api::TenantDatabases;
 use crate::db::{self, AdvisoryLock};
 use crate::journal;
-use crate::providers::{DatabaseProvider, ProviderError, SiloTenant};
+use crate::providers::{
+    ComputeProvider, DatabaseProvider, POOL_SERVICE, ProviderError, SERVICE_PREFIX, ServiceSpec, SiloTenant,
+    silo_service_name,
+};
 use crate::registry::{self, RegistryError, TenantRef};
 
 /// The channel the tenants table announces spec changes on.
@@ -82,7 +87,11 @@ struct Stats {
 pub struct Context<P> {
     pub db: PgPool,
     pub provider: P,
+    /// The data-plane services, when this control plane runs them (`None`:
+    /// the data plane is deployed some other way and is not reconciled here).
+    pub compute: Option<Arc<dyn ComputeProvider>>,
     pub tenant_dbs: Arc<TenantDatabases>,
+    pub plans: Arc<PlanCatalog>,
     pub settings: Settings,
     stats: Stats,
 }
@@ -98,19 +107,37 @@ pub enum Outcome {
     Finished,
 }
 
-fn needs_silo_observation(tenant: &Tenant) -> bool {
-    let placed_in_silo = tenant.status.placement.as_ref().is_some_and(|p| p.isolation == Isolation::Silo);
-    placed_in_silo || (tenant.status.placement.is_none() && tenant.spec.isolation == Isolation::Silo)
+fn serves_from_silo(tenant: &Tenant) -> bool {
+    tenant.status.placement.as_ref().map_or(tenant.spec.isolation, |p| p.isolation) == Isolation::Silo
 }
 
 async fn observe<P: DatabaseProvider>(ctx: &Context<P>, tenant: &Tenant) -> Result<Observed, ReconcileError> {
-    let silo = SiloTenant { id: tenant.id, slug: &tenant.slug };
-    let silo_database = if needs_silo_observation(tenant) && tenant.spec.lifecycle != Lifecycle::Deleted {
-        ctx.provider.observe_silo(&silo).await?
-    } else {
-        None
+    if !serves_from_silo(tenant) {
+        return Ok(Observed::default());
+    }
+    let deleted = tenant.spec.lifecycle == Lifecycle::Deleted;
+    let silo = SiloTenant::of(tenant, &ctx.plans)?;
+    let silo_state = if deleted { None } else { ctx.provider.observe_silo(&silo).await? };
+    // A tenant whose plan is no longer a silo plan is on its way out of the
+    // silo (a downgrade): its service is left to the orphan sweep.
+    let service = match &ctx.compute {
+        Some(compute) if deleted || tenant.spec.isolation == Isolation::Silo => {
+            let wanted = if deleted {
+                ServiceSpec {
+                    name: silo_service_name(tenant.id, &tenant.slug),
+                    tenant: Some(tenant.id),
+                    replicas: 0,
+                    tags: vec![],
+                }
+            } else {
+                ServiceSpec::silo(&silo)?
+            };
+            let actual = compute.observe_service(&wanted.name).await?;
+            Some(ServiceView { wanted, actual })
+        }
+        _ => None,
     };
-    Ok(Observed { silo_database })
+    Ok(Observed { silo: silo_state, service })
 }
 
 async fn read(conn: &mut PgConnection, id: TenantId) -> Result<(Tenant, bool), ReconcileError> {
@@ -160,23 +187,41 @@ pub async fn reconcile<P: DatabaseProvider>(
     }
     let observed = observe(ctx, &tenant).await?;
     let mut decision = plan::decide(&tenant, &observed);
-    let silo = SiloTenant { id: tenant.id, slug: &tenant.slug };
-    let mut silo_database = observed.silo_database.clone();
+    let mut silo_state = observed.silo.clone();
+    let mut service_state = observed.service.as_ref().and_then(|s| s.actual.clone());
     for action in &decision.actions {
         match action {
             Action::PlaceInPool => {}
-            Action::CreateSilo | Action::RecreateSilo => silo_database = Some(ctx.provider.create_silo(&silo).await?),
-            Action::DeleteSilo => ctx.provider.delete_silo(&silo).await?,
+            Action::CreateSilo | Action::RecreateSilo | Action::ResizeSilo => {
+                silo_state = Some(ctx.provider.ensure_silo(&SiloTenant::of(&tenant, &ctx.plans)?).await?);
+            }
+            Action::CreateService { .. } | Action::ScaleService { .. } => {
+                if let (Some(compute), Some(view)) = (&ctx.compute, &observed.service) {
+                    service_state = Some(compute.ensure_service(&view.wanted).await?);
+                }
+            }
+            Action::DeleteService { service } => {
+                if let Some(compute) = &ctx.compute {
+                    compute.delete_service(service).await?;
+                }
+            }
+            Action::DeleteSilo => ctx.provider.delete_silo(&SiloTenant::of(&tenant, &ctx.plans)?).await?,
             Action::DeletePoolRows => {
                 ctx.provider.delete_pool_rows(tenant.id).await?;
             }
         }
     }
+    // Where a dedicated service serves: its address when the provider knows it, else its name.
+    let service = observed
+        .service
+        .as_ref()
+        .map(|view| service_state.as_ref().and_then(|s| s.address.clone()).unwrap_or_else(|| view.wanted.name.clone()));
     let placement = plan::resulting_placement(
         tenant.status.placement.as_ref(),
         &decision.placement,
         &ctx.tenant_dbs.pool_database,
-        silo_database.as_deref(),
+        silo_state.as_ref(),
+        service.as_deref(),
     );
     plan::carry_transitions(&tenant.status.conditions, &mut decision.conditions);
     let diff = (!decision.actions.is_empty())
@@ -196,20 +241,35 @@ pub async fn reconcile<P: DatabaseProvider>(
     .execute(&mut *tx)
     .await?;
     if let Some(diff) = diff {
-        let drift = decision.actions.contains(&Action::RecreateSilo);
-        if drift {
+        let summary = decision.actions.iter().map(describe).collect::<Vec<_>>().join("; ");
+        let (kind, message) = if decision.drift {
             ctx.stats.drift_repaired.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("indigo_reconciler_drift_repaired_total").increment(1);
-        }
-        let (kind, message) = if drift {
-            ("DriftRepaired", format!("{}: the silo database had vanished and was recreated", tenant.slug))
+            ("DriftRepaired", format!("{}: drift repaired: {summary}", tenant.slug))
         } else {
-            ("Reconciled", format!("{}: {} change(s) applied", tenant.slug, decision.actions.len()))
+            ("Reconciled", format!("{}: {summary}", tenant.slug))
         };
         journal::publish(&mut tx, Some(id), kind, &message, diff).await?;
     }
     tx.commit().await?;
     Ok(Outcome::Applied(decision))
+}
+
+/// One action in words, for events.
+fn describe(action: &Action) -> String {
+    match action {
+        Action::PlaceInPool => "placed in the pool".into(),
+        Action::CreateSilo => "silo database created".into(),
+        Action::RecreateSilo => "the silo database had vanished and was recreated".into(),
+        Action::ResizeSilo => "silo database resized to its plan".into(),
+        Action::CreateService { service, replicas } => format!("service {service} started with {replicas} replica(s)"),
+        Action::ScaleService { service, running, replicas } => {
+            format!("service {service} brought from {running} to {replicas} replica(s)")
+        }
+        Action::DeleteService { service } => format!("service {service} deleted"),
+        Action::DeleteSilo => "silo database deleted".into(),
+        Action::DeletePoolRows => "rows deleted from the pool".into(),
+    }
 }
 
 /// Suspends an active tenant whose grace period after a failed payment ended
@@ -327,9 +387,23 @@ impl<P: DatabaseProvider> ReconcilerControl for Controller<P> {
 }
 
 impl<P: DatabaseProvider> Controller<P> {
-    pub fn new(db: PgPool, provider: P, tenant_dbs: Arc<TenantDatabases>, settings: Settings) -> Self {
-        let ctx = Context { db, provider, tenant_dbs, settings, stats: Stats::default() };
+    pub fn new(
+        db: PgPool,
+        provider: P,
+        tenant_dbs: Arc<TenantDatabases>,
+        plans: Arc<PlanCatalog>,
+        settings: Settings,
+    ) -> Self {
+        let ctx = Context { db, provider, compute: None, tenant_dbs, plans, settings, stats: Stats::default() };
         Self { ctx: Arc::new(ctx), queue: Arc::default() }
+    }
+
+    /// Reconciles the data-plane services too, through `compute`. Call before
+    /// [`Controller::spawn`].
+    pub fn with_compute(mut self, compute: Arc<dyn ComputeProvider>) -> Self {
+        Arc::get_mut(&mut self.ctx).expect("with_compute is called before the controller is shared").compute =
+            Some(compute);
+        self
     }
 
     pub fn queue(&self) -> &Queue {
@@ -351,7 +425,91 @@ impl<P: DatabaseProvider> Controller<P> {
         tasks.push(tokio::spawn(self.clone().listen()));
         tasks.push(tokio::spawn(self.clone().resync_forever()));
         tasks.push(tokio::spawn(self.clone().audit_forever()));
+        if self.ctx.compute.is_some() {
+            tasks.push(tokio::spawn(self.clone().services_forever()));
+        }
         tasks
+    }
+
+    /// The fleet's services: the pool's kept at its policy's replicas, services
+    /// no tenant owns any more removed; a replica that dies wakes this (or its
+    /// tenant's reconcile) at once instead of at the next resync.
+    async fn services_forever(self) {
+        let Some(compute) = self.ctx.compute.clone() else { return };
+        let mut drift = compute.drift();
+        loop {
+            if let Err(error) = self.reconcile_services(compute.as_ref()).await {
+                tracing::warn!(%error, "reconciling the data-plane services failed");
+            }
+            let resync = tokio::time::sleep(jittered(self.ctx.settings.resync));
+            tokio::pin!(resync);
+            loop {
+                let Some(receiver) = drift.as_mut() else {
+                    resync.as_mut().await;
+                    break;
+                };
+                tokio::select! {
+                    () = resync.as_mut() => break,
+                    dead = receiver.recv() => match dead {
+                        Ok(Some(tenant)) => self.queue.schedule_now(tenant),
+                        // The pool's, or so many that some were missed: look at everything.
+                        Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => drift = None,
+                    },
+                }
+            }
+        }
+    }
+
+    /// One pass over the fleet's services; returns what it changed.
+    pub async fn reconcile_services(&self, compute: &dyn ComputeProvider) -> Result<Vec<Action>, ReconcileError> {
+        let mut changed = Vec::new();
+        let wanted = ServiceSpec::pool(self.ctx.plans.pool().dataplane_replicas);
+        let actual = compute.observe_service(POOL_SERVICE).await?;
+        if actual.as_ref().map(|a| a.replicas) != Some(wanted.replicas) {
+            compute.ensure_service(&wanted).await?;
+            let action = match &actual {
+                None => Action::CreateService { service: wanted.name.clone(), replicas: wanted.replicas },
+                Some(a) => Action::ScaleService {
+                    service: wanted.name.clone(),
+                    running: a.replicas,
+                    replicas: wanted.replicas,
+                },
+            };
+            let kind = if actual.is_some() { "DriftRepaired" } else { "Reconciled" };
+            self.publish_fleet_change(kind, &action).await?;
+            changed.push(action);
+        }
+        let owned: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT id, slug FROM tenants
+             WHERE lifecycle <> 'deleted' AND (isolation = 'silo' OR placement->>'isolation' = 'silo')",
+        )
+        .fetch_all(&self.ctx.db)
+        .await?;
+        let owned: std::collections::HashSet<String> = owned
+            .into_iter()
+            .filter_map(|(id, slug)| Some(silo_service_name(TenantId(id), &Slug::parse(&slug).ok()?)))
+            .collect();
+        for name in compute.list_services().await? {
+            if name == POOL_SERVICE || !name.starts_with(SERVICE_PREFIX) || owned.contains(&name) {
+                continue;
+            }
+            compute.delete_service(&name).await?;
+            let action = Action::DeleteService { service: name };
+            self.publish_fleet_change("OrphanRemoved", &action).await?;
+            changed.push(action);
+        }
+        Ok(changed)
+    }
+
+    async fn publish_fleet_change(&self, kind: &str, action: &Action) -> Result<(), ReconcileError> {
+        if kind == "DriftRepaired" {
+            self.ctx.stats.drift_repaired.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("indigo_reconciler_drift_repaired_total").increment(1);
+        }
+        let mut conn = self.ctx.db.acquire().await?;
+        journal::publish(&mut conn, None, kind, &describe(action), json!({ "actions": [action] })).await?;
+        Ok(())
     }
 
     async fn work(self) {

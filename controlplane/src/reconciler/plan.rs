@@ -7,13 +7,24 @@ use indigo_core::api::{Placement, Tenant};
 use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase};
 use serde::Serialize;
 
+use crate::providers::{ServiceSpec, ServiceState, SiloState};
 use crate::workflow::tier_change::CONDITION as TIER_CHANGE;
 
 /// What the providers report about a tenant's resources.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
     /// For a tenant placed in (or headed for) a silo: its database, if present.
-    pub silo_database: Option<String>,
+    pub silo: Option<SiloState>,
+    /// A silo tenant's dedicated data-plane service, when this control plane
+    /// runs the compute (`None` otherwise).
+    pub service: Option<ServiceView>,
+}
+
+/// A dedicated service: what the plan asks and what runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceView {
+    pub wanted: ServiceSpec,
+    pub actual: Option<ServiceState>,
 }
 
 /// One change to the world.
@@ -24,8 +35,16 @@ pub enum Action {
     PlaceInPool,
     /// Create the dedicated database of a new silo tenant.
     CreateSilo,
-    /// The silo database vanished: create it again (drift).
+    /// The silo database vanished: create it again.
     RecreateSilo,
+    /// The silo's capacity is not what its plan says.
+    ResizeSilo,
+    /// Start the dedicated data-plane service of a silo tenant.
+    CreateService { service: String, replicas: u32 },
+    /// Bring the service to its plan's replicas (from `running`).
+    ScaleService { service: String, running: u32, replicas: u32 },
+    /// Offboarding: stop the dedicated data-plane service.
+    DeleteService { service: String },
     /// Offboarding: release the dedicated database.
     DeleteSilo,
     /// Offboarding: delete the tenant's rows from the pool.
@@ -36,6 +55,9 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
     pub actions: Vec<Action>,
+    /// The actions repair drift: the world moved away from a spec that had
+    /// converged (a database dropped, a process killed, capacity changed by hand).
+    pub drift: bool,
     pub phase: Phase,
     /// `None` means "leave as is" unless an action sets it.
     pub placement: PlacementChange,
@@ -65,23 +87,33 @@ fn condition(kind: &str, status: bool, reason: &str, message: impl Into<String>)
 /// Decides what to do for `tenant` given what was `observed`.
 pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
     let placement = tenant.status.placement.as_ref();
+    // The spec converged before and the world moved since: that is drift.
+    let converged_before = placement.is_some() && tenant.status.observed_generation == tenant.spec.generation;
     if tenant.spec.lifecycle == Lifecycle::Pending {
         // Onboarding sets a pending tenant up, or leaves it failed for an operator.
         return Decision {
             actions: vec![],
+            drift: false,
             phase: tenant.status.phase,
             placement: PlacementChange::Keep,
             conditions: tenant.status.conditions.clone(),
         };
     }
     if tenant.spec.lifecycle == Lifecycle::Deleted {
-        let actions = match placement.map(|p| p.isolation) {
-            Some(Isolation::Silo) => vec![Action::DeleteSilo],
-            Some(Isolation::Pool) => vec![Action::DeletePoolRows],
-            None => vec![],
-        };
+        let mut actions: Vec<Action> = observed
+            .service
+            .iter()
+            .filter(|s| s.actual.is_some())
+            .map(|s| Action::DeleteService { service: s.wanted.name.clone() })
+            .collect();
+        match placement.map(|p| p.isolation) {
+            Some(Isolation::Silo) => actions.push(Action::DeleteSilo),
+            Some(Isolation::Pool) => actions.push(Action::DeletePoolRows),
+            None => {}
+        }
         return Decision {
             actions,
+            drift: false,
             phase: Phase::Deleted,
             placement: PlacementChange::Clear,
             conditions: vec![condition("Ready", false, "Deleted", "offboarded: the tenant's data is released")],
@@ -90,6 +122,7 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
     let mut actions = Vec::new();
     let mut conditions = Vec::new();
     let mut healthy = true;
+    let mut drift = false;
     let placement_change = match (placement, tenant.spec.isolation) {
         (None, Isolation::Pool) => {
             actions.push(Action::PlaceInPool);
@@ -114,12 +147,37 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
             ));
             PlacementChange::Keep
         }
-        (Some(current), Isolation::Silo) if observed.silo_database.as_deref() != Some(current.database.as_str()) => {
-            actions.push(Action::RecreateSilo);
-            PlacementChange::Silo
-        }
-        (Some(_), _) => PlacementChange::Keep,
+        (Some(_), Isolation::Silo) => match &observed.silo {
+            None => {
+                actions.push(Action::RecreateSilo);
+                drift = true;
+                PlacementChange::Silo
+            }
+            Some(silo) => {
+                if !silo.sized {
+                    actions.push(Action::ResizeSilo);
+                    drift |= converged_before;
+                }
+                PlacementChange::Keep
+            }
+        },
+        (Some(_), Isolation::Pool) => PlacementChange::Keep,
     };
+    let serves_from_silo = placement.map_or(tenant.spec.isolation, |p| p.isolation) == Isolation::Silo;
+    if let Some(service) = observed.service.as_ref().filter(|_| serves_from_silo) {
+        let (name, replicas) = (service.wanted.name.clone(), service.wanted.replicas);
+        match &service.actual {
+            None => {
+                drift |= converged_before && placement.is_some_and(|p| p.service.is_some());
+                actions.push(Action::CreateService { service: name, replicas });
+            }
+            Some(actual) if actual.replicas != replicas => {
+                drift |= converged_before;
+                actions.push(Action::ScaleService { service: name, running: actual.replicas, replicas });
+            }
+            Some(_) => {}
+        }
+    }
     if healthy {
         conditions.push(condition("PlacementMatchesSpec", true, "Placed", "the data is where the spec says"));
     }
@@ -139,7 +197,7 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
     );
     // Conditions that workflows own stay as their workflow left them.
     conditions.extend(tenant.status.conditions.iter().filter(|c| c.kind == TIER_CHANGE).cloned());
-    Decision { actions, phase, placement: placement_change, conditions }
+    Decision { actions, drift, phase, placement: placement_change, conditions }
 }
 
 /// Keeps a condition's transition time when its status did not change.
@@ -151,25 +209,31 @@ pub fn carry_transitions(previous: &[Condition], next: &mut [Condition]) {
     }
 }
 
-/// The placement to record after the actions succeeded.
+/// The placement to record after the actions succeeded. A silo's placement
+/// follows what was observed of it (its cluster endpoint, its service's address).
 pub fn resulting_placement(
     current: Option<&Placement>,
     change: &PlacementChange,
     pool_database: &str,
-    silo_database: Option<&str>,
+    silo: Option<&SiloState>,
+    service: Option<&str>,
 ) -> Option<Placement> {
+    let in_silo = |silo: &SiloState| Placement {
+        isolation: Isolation::Silo,
+        database: silo.database.clone(),
+        cluster: silo.cluster.clone(),
+        service: service.map(str::to_owned),
+    };
     match change {
-        PlacementChange::Keep => current.cloned(),
+        PlacementChange::Keep => match (current, silo) {
+            (Some(placed), Some(silo)) if placed.isolation == Isolation::Silo => Some(in_silo(silo)),
+            _ => current.cloned(),
+        },
         PlacementChange::Clear => None,
         PlacementChange::Pool => {
             Some(Placement { isolation: Isolation::Pool, database: pool_database.into(), cluster: None, service: None })
         }
-        PlacementChange::Silo => silo_database.map(|db| Placement {
-            isolation: Isolation::Silo,
-            database: db.into(),
-            cluster: None,
-            service: None,
-        }),
+        PlacementChange::Silo => silo.map(in_silo),
     }
 }
 
@@ -209,10 +273,23 @@ mod tests {
         }
     }
 
-    const NOTHING: Observed = Observed { silo_database: None };
+    const NOTHING: Observed = Observed { silo: None, service: None };
 
     fn present() -> Observed {
-        Observed { silo_database: Some("silo_shop".into()) }
+        Observed { silo: Some(SiloState { database: "silo_shop".into(), cluster: None, sized: true }), service: None }
+    }
+
+    fn with_service(mut observed: Observed, running: Option<u32>) -> Observed {
+        observed.service = Some(ServiceView {
+            wanted: ServiceSpec { name: "dp-shop".into(), tenant: None, replicas: 2, tags: vec![] },
+            actual: running.map(|replicas| ServiceState { replicas, address: None }),
+        });
+        observed
+    }
+
+    fn converged(mut t: Tenant) -> Tenant {
+        t.status.observed_generation = t.spec.generation;
+        t
     }
 
     #[test]
@@ -260,6 +337,12 @@ mod tests {
             (d.actions, d.phase, d.placement),
             (vec![Action::DeleteSilo], Phase::Deleted, PlacementChange::Clear)
         );
+        // The service goes before the database it serves from.
+        let d = decide(
+            &tenant(Isolation::Silo, Lifecycle::Deleted, Some(Isolation::Silo)),
+            &with_service(present(), Some(2)),
+        );
+        assert_eq!(d.actions, [Action::DeleteService { service: "dp-shop".into() }, Action::DeleteSilo]);
         let d = decide(&tenant(Isolation::Pool, Lifecycle::Deleted, Some(Isolation::Pool)), &NOTHING);
         assert_eq!(d.actions, [Action::DeletePoolRows]);
         let d = decide(&tenant(Isolation::Pool, Lifecycle::Deleted, None), &NOTHING);
@@ -277,5 +360,60 @@ mod tests {
         let kinds: Vec<&str> = d.conditions.iter().map(|c| c.kind.as_str()).collect();
         assert_eq!(kinds, ["Ready", "PlacementMatchesSpec", TIER_CHANGE]);
         assert_eq!(d.conditions[1].reason, "Placed");
+    }
+
+    #[test]
+    fn a_new_silo_tenant_gets_its_service_and_a_spec_change_scales_it() {
+        let d = decide(&tenant(Isolation::Silo, Lifecycle::Active, None), &with_service(NOTHING, None));
+        assert_eq!(d.actions, [Action::CreateSilo, Action::CreateService { service: "dp-shop".into(), replicas: 2 }]);
+        assert!(!d.drift);
+        // Generation 1 not yet observed: the plan changed, this is not drift.
+        let d = decide(
+            &tenant(Isolation::Silo, Lifecycle::Active, Some(Isolation::Silo)),
+            &with_service(present(), Some(1)),
+        );
+        assert_eq!(d.actions, [Action::ScaleService { service: "dp-shop".into(), running: 1, replicas: 2 }]);
+        assert!(!d.drift);
+        // A pool tenant has no dedicated service.
+        let d =
+            decide(&tenant(Isolation::Pool, Lifecycle::Active, Some(Isolation::Pool)), &with_service(NOTHING, None));
+        assert!(d.actions.is_empty());
+    }
+
+    #[test]
+    fn a_killed_replica_or_a_resized_cluster_of_a_converged_tenant_is_drift() {
+        let t = converged(tenant(Isolation::Silo, Lifecycle::Active, Some(Isolation::Silo)));
+        let d = decide(&t, &with_service(present(), Some(1)));
+        assert_eq!(d.actions, [Action::ScaleService { service: "dp-shop".into(), running: 1, replicas: 2 }]);
+        assert!(d.drift);
+        let mut resized = present();
+        resized.silo.as_mut().unwrap().sized = false;
+        let d = decide(&t, &resized);
+        assert_eq!((d.actions, d.drift), (vec![Action::ResizeSilo], true));
+        let d = decide(&t, &NOTHING);
+        assert_eq!((d.actions, d.drift), (vec![Action::RecreateSilo], true));
+        assert!(decide(&t, &with_service(present(), Some(2))).actions.is_empty());
+    }
+
+    #[test]
+    fn a_silo_placement_follows_the_observed_endpoint_and_service() {
+        let current = Placement { isolation: Isolation::Silo, database: "old".into(), cluster: None, service: None };
+        let silo = SiloState { database: "indigo".into(), cluster: Some("c.rds.example".into()), sized: true };
+        let placed = resulting_placement(
+            Some(&current),
+            &PlacementChange::Keep,
+            "pool",
+            Some(&silo),
+            Some("http://127.0.0.1:9"),
+        );
+        assert_eq!(
+            placed,
+            Some(Placement {
+                isolation: Isolation::Silo,
+                database: "indigo".into(),
+                cluster: Some("c.rds.example".into()),
+                service: Some("http://127.0.0.1:9".into())
+            })
+        );
     }
 }

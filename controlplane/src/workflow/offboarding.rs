@@ -138,7 +138,7 @@ async fn delete_data<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Val
     let rows_deleted = match placement.isolation {
         Isolation::Pool => cx.services.provider.delete_pool_rows(tenant.id).await?,
         Isolation::Silo => {
-            cx.services.provider.delete_silo(&SiloTenant { id: tenant.id, slug: &tenant.slug }).await?;
+            cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
             cx.services.tenant_pools.forget(&placement.database);
             0
         }

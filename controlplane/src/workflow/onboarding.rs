@@ -111,9 +111,8 @@ async fn database<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value,
             Placement { isolation: Isolation::Pool, database: dbs.pool_database.clone(), cluster: None, service: None }
         }
         Isolation::Silo => {
-            let silo = SiloTenant { id: tenant.id, slug: &tenant.slug };
-            let database = cx.services.provider.create_silo(&silo).await?;
-            Placement { isolation: Isolation::Silo, database, cluster: None, service: None }
+            let silo = cx.services.provider.ensure_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
+            Placement { isolation: Isolation::Silo, database: silo.database, cluster: silo.cluster, service: None }
         }
     };
     sqlx::query("UPDATE tenants SET placement = $2 WHERE id = $1")
@@ -128,7 +127,7 @@ async fn undo_database<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(
     let tenant = super::tenant(cx).await?;
     match tenant.spec.isolation {
         Isolation::Silo => {
-            cx.services.provider.delete_silo(&SiloTenant { id: tenant.id, slug: &tenant.slug }).await?;
+            cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
             if let Some(database) = cx.output.and_then(|p| p.get("database")).and_then(Value::as_str) {
                 cx.services.tenant_pools.forget(database);
             }

@@ -231,7 +231,9 @@ async fn provision<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value
     .await?;
     let tenant = super::tenant(cx).await?;
     let target = match to {
-        Isolation::Silo => cx.services.provider.create_silo(&SiloTenant { id: tenant.id, slug: &tenant.slug }).await?,
+        Isolation::Silo => {
+            cx.services.provider.ensure_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?.database
+        }
         Isolation::Pool => cx.services.tenant_dbs.pool_database.clone(),
     };
     let planned = PlannedMove { from: from.isolation, to, source: from.database.clone(), target };
@@ -260,7 +262,7 @@ async fn release_target<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<
     }
     match planned.to {
         Isolation::Silo => {
-            cx.services.provider.delete_silo(&SiloTenant { id: tenant.id, slug: &tenant.slug }).await?;
+            cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
             cx.services.tenant_pools.forget(&planned.target);
         }
         Isolation::Pool => {
@@ -425,7 +427,7 @@ async fn cleanup<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, 
                 Isolation::Pool => json!({ "rows_deleted": mover.release_source().await? }),
                 Isolation::Silo => {
                     let tenant = super::tenant(cx).await?;
-                    cx.services.provider.delete_silo(&SiloTenant { id: tenant.id, slug: &tenant.slug }).await?;
+                    cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
                     cx.services.tenant_pools.forget(&planned.source);
                     json!({ "database_dropped": planned.source })
                 }

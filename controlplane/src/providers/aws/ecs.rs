@@ -13,20 +13,13 @@ use aws_sdk_ecs::types::{
 };
 
 use super::{classify, done_unless_refused, is_code};
-use crate::providers::{ProviderError, SiloTenant};
+pub use crate::providers::POOL_SERVICE;
+use crate::providers::ProviderError;
 
 /// The task definition family of the data plane.
 pub const FAMILY: &str = "indigo-dataplane";
-/// The service that serves every pool tenant.
-pub const POOL_SERVICE: &str = "indigo-dp-pool";
 const CONTAINER: &str = "dataplane";
 const PORT: i32 = 8081;
-
-/// The dedicated data-plane service of a silo tenant.
-pub fn silo_service_name(tenant: &SiloTenant<'_>) -> String {
-    let id = tenant.id.0.simple().to_string();
-    format!("indigo-dp-{}-{}", tenant.slug.as_str(), &id[id.len() - 12..])
-}
 
 /// Where Fargate tasks run.
 #[derive(Debug, Clone)]
@@ -115,7 +108,7 @@ impl EcsServices {
 
     /// The service as ECS reports it; `None` when it does not exist (or is being deleted).
     pub async fn observe(&self, name: &str) -> Result<Option<ServiceState>, ProviderError> {
-        let described = self
+        let described = match self
             .ecs
             .describe_services()
             .cluster(&self.cluster)
@@ -123,7 +116,12 @@ impl EcsServices {
             .include(aws_sdk_ecs::types::ServiceField::Tags)
             .send()
             .await
-            .map_err(classify)?;
+        {
+            Ok(described) => described,
+            // No cluster yet: no service either; `ensure` creates both.
+            Err(e) if is_code(&e, &["ClusterNotFoundException"]) => return Ok(None),
+            Err(e) => return Err(classify(e)),
+        };
         let Some(service) = described.services().iter().find(|s| s.status() == Some("ACTIVE")) else {
             return Ok(None);
         };
@@ -192,6 +190,22 @@ impl EcsServices {
             Some(_) => {}
         }
         self.observe(name).await?.ok_or_else(|| ProviderError::Transient(format!("service {name} not described yet")))
+    }
+
+    /// The names of the cluster's services.
+    pub async fn list(&self) -> Result<Vec<String>, ProviderError> {
+        let mut names = Vec::new();
+        let mut pages = self.ecs.list_services().cluster(&self.cluster).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) if is_code(&e, &["ClusterNotFoundException"]) => return Ok(names),
+                Err(e) => return Err(classify(e)),
+            };
+            // ECS lists ARNs: `arn:aws:ecs:<region>:<account>:service/<cluster>/<name>`.
+            names.extend(page.service_arns().iter().filter_map(|arn| arn.rsplit('/').next().map(str::to_owned)));
+        }
+        Ok(names)
     }
 
     /// Scales the service to zero and deletes it. Gone already is done.

@@ -9,9 +9,84 @@
 pub mod ecs;
 pub mod rds;
 
-use aws_sdk_rds::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use std::sync::Arc;
 
-use super::ProviderError;
+use aws_sdk_rds::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use indigo_core::tenant::TenantId;
+
+use self::ecs::EcsServices;
+use self::rds::{AuroraClusters, TENANT_DATABASE};
+use super::local::LocalDatabases;
+use super::{
+    ComputeProvider, DatabaseProvider, ProviderError, ProviderFuture, ServiceSpec, ServiceState, SiloState, SiloTenant,
+};
+use crate::api::TenantDatabases;
+
+/// Silo databases on Aurora; the pool is the configured tenant server, which
+/// the control plane reaches as it does locally.
+pub struct AwsDatabases {
+    clusters: AuroraClusters,
+    pool: LocalDatabases,
+}
+
+impl AwsDatabases {
+    pub fn new(config: &aws_config::SdkConfig, tenant_dbs: Arc<TenantDatabases>) -> Self {
+        Self { clusters: AuroraClusters::new(config), pool: LocalDatabases::new(tenant_dbs) }
+    }
+}
+
+impl DatabaseProvider for AwsDatabases {
+    /// Ready once the cluster has its writer; its size is compared with the plan's.
+    async fn observe_silo(&self, tenant: &SiloTenant<'_>) -> Result<Option<SiloState>, ProviderError> {
+        let Some(cluster) = self.clusters.observe(tenant).await? else { return Ok(None) };
+        if cluster.writer.is_none() {
+            return Ok(None);
+        }
+        let sized = cluster.sized_as(&tenant.plan.name, tenant.size()?);
+        Ok(Some(SiloState { database: TENANT_DATABASE.into(), cluster: cluster.endpoint, sized }))
+    }
+
+    async fn ensure_silo(&self, tenant: &SiloTenant<'_>) -> Result<SiloState, ProviderError> {
+        let cluster = self.clusters.ensure(tenant).await?;
+        let sized = cluster.sized_as(&tenant.plan.name, tenant.size()?);
+        Ok(SiloState { database: TENANT_DATABASE.into(), cluster: cluster.endpoint, sized })
+    }
+
+    async fn delete_silo(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
+        self.clusters.delete(tenant).await
+    }
+
+    async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
+        self.pool.delete_pool_rows(tenant).await
+    }
+}
+
+impl ComputeProvider for EcsServices {
+    fn observe_service<'a>(&'a self, name: &'a str) -> ProviderFuture<'a, Option<ServiceState>> {
+        Box::pin(async move { Ok(self.observe(name).await?.map(service_state)) })
+    }
+
+    fn ensure_service<'a>(&'a self, spec: &'a ServiceSpec) -> ProviderFuture<'a, ServiceState> {
+        Box::pin(async move {
+            self.ensure_cluster().await?;
+            let tags: Vec<(&str, &str)> = spec.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            Ok(service_state(self.ensure(&spec.name, spec.replicas, &tags).await?))
+        })
+    }
+
+    fn delete_service<'a>(&'a self, name: &'a str) -> ProviderFuture<'a, ()> {
+        Box::pin(self.delete(name))
+    }
+
+    fn list_services(&self) -> ProviderFuture<'_, Vec<String>> {
+        Box::pin(self.list())
+    }
+}
+
+/// ECS starts and replaces tasks itself: what it is set to run is what counts.
+fn service_state(service: ecs::ServiceState) -> ServiceState {
+    ServiceState { replicas: u32::try_from(service.desired).unwrap_or(0), address: None }
+}
 
 /// Throttling, AWS-side failures and transport trouble pass; the rest is permanent.
 fn classify<E, R>(error: SdkError<E, R>) -> ProviderError

@@ -6,8 +6,9 @@
 //! cluster (deletion protection lifted just before), with a final snapshot
 //! when the plan asks for one.
 //!
-//! Not here yet (issue #5): applying the tenant schema through the cluster's
-//! endpoint and routing the data plane to it.
+//! The control plane cannot reach a cluster's private endpoint: the tenant
+//! schema is applied from inside the VPC by the tenant's own data-plane
+//! service, and the data plane is routed to the endpoint through the placement.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,8 @@ use crate::providers::{ProviderError, SiloTenant};
 const ENGINE: &str = "aurora-postgresql";
 const WRITER_CLASS: &str = "db.serverless";
 const MASTER_USER: &str = "indigo";
+/// The database inside each tenant's cluster that holds its rows.
+pub const TENANT_DATABASE: &str = "indigo";
 
 /// What AWS reports of a tenant's cluster.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,19 +42,19 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// Whether the cluster is sized as `size` asks.
-    pub fn sized_as(&self, size: &SiloSize) -> bool {
+    /// Whether the cluster is sized and tagged as `plan` (with `size`) asks.
+    pub fn sized_as(&self, plan: &PlanName, size: &SiloSize) -> bool {
         self.acu_min == Some(size.acu_min.get())
             && self.acu_max == Some(size.acu_max.get())
             && self.backup_retention_days == i32::try_from(size.backup_retention_days).ok()
+            && self.tags.get("plan").map(String::as_str) == Some(plan.as_str())
     }
 }
 
 /// The cluster of a silo tenant: `indigo-`, its slug and the end of its id
-/// (letters, digits and single hyphens, as RDS requires).
+/// (letters, digits and hyphens, as RDS requires).
 pub fn cluster_identifier(tenant: &SiloTenant<'_>) -> String {
-    let id = tenant.id.0.simple().to_string();
-    format!("indigo-{}-{}", tenant.slug.as_str(), &id[id.len() - 12..])
+    crate::providers::resource_name("indigo", '-', tenant.id, tenant.slug)
 }
 
 fn tag(key: &str, value: &str) -> Tag {
@@ -106,12 +109,8 @@ impl AuroraClusters {
 
     /// Brings the tenant's cluster and writer to what its plan says: creates
     /// what is missing, resizes and retags what differs. Safe to repeat.
-    pub async fn ensure(
-        &self,
-        tenant: &SiloTenant<'_>,
-        plan: &PlanName,
-        size: &SiloSize,
-    ) -> Result<ClusterState, ProviderError> {
+    pub async fn ensure(&self, tenant: &SiloTenant<'_>) -> Result<ClusterState, ProviderError> {
+        let (plan, size) = (&tenant.plan.name, tenant.size()?);
         let identifier = cluster_identifier(tenant);
         let tags = [tag("tenant_id", &tenant.id.to_string()), tag("plan", plan.as_str()), tag("managed-by", "indigo")];
         let scaling = ServerlessV2ScalingConfiguration::builder()
@@ -128,6 +127,7 @@ impl AuroraClusters {
                     .db_cluster_identifier(&identifier)
                     .engine(ENGINE)
                     .master_username(MASTER_USER)
+                    .database_name(TENANT_DATABASE)
                     .manage_master_user_password(true)
                     .storage_encrypted(true)
                     .deletion_protection(true)
@@ -156,7 +156,7 @@ impl AuroraClusters {
                 .await;
             done_unless_refused(created, &["DBInstanceAlreadyExists"])?;
         }
-        if !state.sized_as(size) {
+        if !state.sized_as(plan, size) {
             self.rds
                 .modify_db_cluster()
                 .db_cluster_identifier(&identifier)
@@ -185,7 +185,8 @@ impl AuroraClusters {
 
     /// Deletes the writer, then the cluster (with a final snapshot named
     /// `<cluster>-final` when `final_snapshot`). Gone already is done.
-    pub async fn delete(&self, tenant: &SiloTenant<'_>, final_snapshot: bool) -> Result<(), ProviderError> {
+    pub async fn delete(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
+        let final_snapshot = tenant.final_snapshot();
         let Some(state) = self.observe(tenant).await? else { return Ok(()) };
         if let Some(writer) = &state.writer {
             // An instance of a cluster has no snapshot of its own: the cluster's is the one.
