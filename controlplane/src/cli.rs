@@ -657,7 +657,7 @@ fn tenant_detail(t: &Tenant) -> String {
         ),
     ];
     if let Some(p) = &t.status.placement {
-        lines.push(format!("  placement    {} database={}", p.isolation, p.database));
+        lines.push(format!("  placement    {}", p.describe()));
     }
     for c in &t.status.conditions {
         lines.push(format!("  condition    {}={:?} {}: {}", c.kind, c.status, c.reason, c.message));

@@ -72,7 +72,7 @@ pub struct Jobs {
     /// `None`: billing is off and the billing sync has nothing to do.
     pub stripe: Option<Stripe>,
     /// `None`: the local provider, where PostgreSQL is the usage store.
-    pub aws: Option<AwsUsage>,
+    pub aws: Option<std::sync::Arc<AwsUsage>>,
     /// Where tenants' data lives, for the storage job.
     pub tenant_dbs: Arc<TenantDatabases>,
     /// The plans' limits, for the limits job.

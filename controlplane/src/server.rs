@@ -84,13 +84,19 @@ pub async fn start_background(
         }
     };
     tasks.push(tokio::spawn(outbox::send_forever(state.db.clone(), Mailer::new(config))));
+    let aws_usage = aws.map(|aws| {
+        Arc::new(
+            AwsUsage::new(&aws, &config.aws_usage_table, &config.aws_metrics_namespace)
+                .with_features_table(&config.aws_features_table),
+        )
+    });
+    if let Some(usage) = &aws_usage {
+        state.tenant_metrics = usage.clone();
+    }
     let jobs = Arc::new(Jobs {
         db: state.db.clone(),
         stripe: config.stripe.as_ref().map(Stripe::new).transpose().context("Stripe client")?,
-        aws: aws.map(|aws| {
-            AwsUsage::new(&aws, &config.aws_usage_table, &config.aws_metrics_namespace)
-                .with_features_table(&config.aws_features_table)
-        }),
+        aws: aws_usage,
         tenant_dbs: state.tenant_dbs.clone(),
         plans: state.plans.clone(),
         failpoints: Failpoints::from_env().map_err(anyhow::Error::msg)?,

@@ -12,8 +12,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use indigo_controlplane::api::TenantDatabases;
 use indigo_controlplane::api::auth::Actor;
+use indigo_controlplane::api::{self, AppState, TenantDatabases};
+use indigo_controlplane::config::Secret;
 use indigo_controlplane::providers::aws::AwsDatabases;
 use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE};
 use indigo_controlplane::providers::aws::rds::{AuroraClusters, TENANT_DATABASE, cluster_identifier};
@@ -198,6 +199,10 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     assert_eq!(placement.cluster, state.endpoint, "the data plane is routed to the cluster's endpoint");
     assert_eq!(placement.service.as_deref(), Some(service.as_str()));
     assert!(reconcile(tenant.id).await.actions.is_empty(), "converged: a second pass changes nothing");
+    let routes = routing_table(&pool).await;
+    let route = routes["routes"].as_array().unwrap().iter().find(|r| r["slug"] == "big-corp").unwrap().clone();
+    let endpoint = state.endpoint.clone().unwrap();
+    assert_eq!(route["database_url"], format!("postgres://indigo_app@{endpoint}:5432/{TENANT_DATABASE}"));
 
     // A plan change resizes the cluster and scales the service, in place.
     let mut tx = pool.begin().await.unwrap();
@@ -254,4 +259,20 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     );
     let gone = get(tenant.id).await;
     assert_eq!((gone.status.phase, gone.status.placement), (Phase::Deleted, None));
+}
+
+/// `GET /v1/routing` as the data plane asks for it.
+async fn routing_table(pool: &PgPool) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
+    let dbs = TenantDatabases { server, pool_database: "indigo_aws_pool_unused".into() };
+    let state = AppState::new(pool.clone(), plans(), Some(&Secret::new("routing-test-token")), dbs);
+    let request = axum::http::Request::get("/v1/routing")
+        .header("authorization", "Bearer routing-test-token")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = api::router(state).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap()
 }

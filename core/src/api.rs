@@ -63,6 +63,20 @@ pub struct Placement {
     pub service: Option<String>,
 }
 
+impl Placement {
+    /// Where the data is and what serves it, for people: `silo · indigo · cluster … · service …`.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{} · {}", self.isolation, self.database);
+        if let Some(cluster) = &self.cluster {
+            text += &format!(" · cluster {cluster}");
+        }
+        if let Some(service) = &self.service {
+            text += &format!(" · service {service}");
+        }
+        text
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {

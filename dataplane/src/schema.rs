@@ -59,7 +59,12 @@ impl TenantServer {
 
     /// A URL for `database` as the app role, for the data plane's routing.
     pub fn app_url(&self, database: &str) -> String {
-        format!("postgres://{APP_ROLE}@{}:{}/{database}", self.superuser.get_host(), self.superuser.get_port())
+        self.app_url_at(self.superuser.get_host(), database)
+    }
+
+    /// The same on another host of the same port (a silo tenant's own cluster).
+    pub fn app_url_at(&self, host: &str, database: &str) -> String {
+        format!("postgres://{APP_ROLE}@{host}:{}/{database}", self.superuser.get_port())
     }
 
     async fn superuser_conn(&self, database: &str) -> Result<PgConnection, SchemaError> {

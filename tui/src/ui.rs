@@ -236,10 +236,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let mut status = vec![
         Line::styled(format!("phase       {}", tenant.status.phase), theme.phase(tenant.status.phase)),
         Line::styled(
-            format!(
-                "placement   {}",
-                placement.map(|p| format!("{} · {}", p.isolation, p.database)).unwrap_or_else(|| "none yet".into())
-            ),
+            format!("placement   {}", placement.map(|p| p.describe()).unwrap_or_else(|| "none yet".into())),
             mismatch(placed.is_some_and(|p| p != tenant.spec.isolation)),
         ),
         Line::styled(

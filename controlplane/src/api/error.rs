@@ -25,7 +25,7 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{0}")]
     NotReady(String),
-    /// 502: a service we depend on (Stripe) failed; the message says how.
+    /// 502: a service we depend on (Stripe, CloudWatch) failed; the message says how.
     #[error("{0}")]
     Upstream(String),
     #[error(transparent)]

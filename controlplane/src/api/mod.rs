@@ -58,6 +58,8 @@ pub struct AppState {
     pub webhooks: Option<Arc<webhooks::WebhookConfig>>,
     /// The cost model of `policies/costs.toml`, once loaded.
     pub costs: Option<Arc<indigo_core::cost::CostModel>>,
+    /// Per-tenant metrics, from the configured provider.
+    pub tenant_metrics: Arc<dyn crate::providers::MetricsProvider>,
 }
 
 /// Where tenants' data lives: the server of the pool and the local silos.
@@ -69,7 +71,6 @@ pub struct TenantDatabases {
 impl AppState {
     pub fn new(db: PgPool, plans: PlanCatalog, admin_token: Option<&Secret>, tenant_dbs: TenantDatabases) -> Self {
         Self {
-            db,
             plans: Arc::new(plans),
             bootstrap_admin_hash: admin_token.map(|t| auth::hash_token(t.expose()).into()),
             metrics: indigo_core::http::prometheus(),
@@ -78,6 +79,8 @@ impl AppState {
             jobs: None,
             webhooks: None,
             costs: None,
+            tenant_metrics: Arc::new(crate::providers::local::PostgresMetrics::new(db.clone())),
+            db,
         }
     }
 }

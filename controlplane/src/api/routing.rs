@@ -45,9 +45,12 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
         let isolation: Isolation = row.isolation.parse().map_err(|_| corrupt("isolation"))?;
         let placement: Option<Placement> =
             row.placement.clone().map(serde_json::from_value).transpose().map_err(|_| corrupt("placement"))?;
-        let database = match (&placement, isolation) {
-            (Some(placement), _) => Some(placement.database.clone()),
-            (None, Isolation::Pool) => Some(state.tenant_dbs.pool_database.clone()),
+        let server = &state.tenant_dbs.server;
+        let database_url = match (&placement, isolation) {
+            // A silo on its own cluster (AWS) is reached at the cluster's endpoint.
+            (Some(Placement { cluster: Some(host), database, .. }), _) => Some(server.app_url_at(host, database)),
+            (Some(placement), _) => Some(server.app_url(&placement.database)),
+            (None, Isolation::Pool) => Some(server.app_url(&state.tenant_dbs.pool_database)),
             (None, Isolation::Silo) => None,
         };
         let Ok(plan) = state.plans.get(&row.plan) else {
@@ -59,7 +62,7 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
             slug: Slug::parse(&row.slug).map_err(|_| corrupt("slug"))?,
             lifecycle: row.lifecycle.parse().map_err(|_| corrupt("lifecycle"))?,
             isolation,
-            database_url: database.map(|db| state.tenant_dbs.server.app_url(&db)),
+            database_url,
             plan: plan.clone(),
             routing_version: row.routing_version,
         });

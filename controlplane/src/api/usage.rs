@@ -44,7 +44,7 @@ struct SeriesParams {
     hours: Option<i64>,
 }
 
-/// A tenant's usage per hour and event type, from the roll-ups (for sparklines).
+/// A tenant's usage per hour and event type, from the metrics provider (for sparklines).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/usage", tag = "usage",
     params(("tenant" = String, Path, description = "Slug or id"), SeriesParams),
     responses((status = 200, body = UsageSeries), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -63,22 +63,12 @@ async fn tenant_series(
     let tenant = crate::registry::get(&mut conn, &reference).await?;
     let current = Utc::now().duration_trunc(Duration::hours(1)).map_err(|e| ApiError::Internal(e.into()))?;
     let axis: Vec<chrono::DateTime<Utc>> = (0..hours).rev().map(|n| current - Duration::hours(n)).collect();
-    let rows: Vec<(String, chrono::DateTime<Utc>, f64)> = sqlx::query_as(
-        "SELECT event_type, hour, quantity FROM usage_hourly WHERE tenant_id = $1 AND hour >= $2 ORDER BY hour",
-    )
-    .bind(tenant.id.0)
-    .bind(axis[0])
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut series = std::collections::BTreeMap::new();
-    for kind in EVENT_TYPES {
-        series.insert(kind.to_owned(), vec![0.0; axis.len()]);
-    }
-    for (kind, hour, quantity) in rows {
-        if let (Some(values), Some(index)) = (series.get_mut(&kind), axis.iter().position(|h| *h == hour)) {
-            values[index] = quantity;
-        }
-    }
+    drop(conn);
+    let series = state
+        .tenant_metrics
+        .hourly(tenant.id, &EVENT_TYPES, &axis)
+        .await
+        .map_err(|e| ApiError::Upstream(format!("the metrics store did not answer: {e}")))?;
     Ok(Json(UsageSeries { tenant_id: Some(tenant.id), hours: axis, series }))
 }
 

@@ -10,18 +10,22 @@
 //! a window that grew is sent by the difference, recorded like Stripe's reports.
 
 use aws_sdk_cloudwatch::primitives::DateTime as AwsDateTime;
-use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+use std::collections::BTreeMap;
+
+use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricDatum, MetricStat, StandardUnit};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use chrono::{DateTime, NaiveDate, Utc};
 use indigo_core::plan::PlanCatalog;
+use indigo_core::tenant::TenantId;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::db::AdvisoryLock;
 use crate::failpoints::{Failpoints, Point};
+use crate::providers::{MetricsProvider, ProviderError, ProviderFuture, empty_series};
 
 pub const JOB: &str = "usage_mirror";
 
@@ -344,28 +348,58 @@ impl AwsUsage {
         }
         Ok(sent)
     }
+}
 
-    /// The sum CloudWatch holds for a tenant's metric over `[start, end)`.
-    pub async fn metric_sum(
-        &self,
-        tenant: Uuid,
-        event_type: &str,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    ) -> Result<f64, MirrorError> {
-        let answer = self
-            .cloudwatch
-            .get_metric_statistics()
-            .namespace(&self.namespace)
-            .metric_name(metric_name(event_type))
-            .dimensions(Dimension::builder().name("TenantId").value(tenant.to_string()).build())
-            .start_time(AwsDateTime::from_secs(start.timestamp()))
-            .end_time(AwsDateTime::from_secs(end.timestamp()))
-            .period(3600)
-            .statistics(aws_sdk_cloudwatch::types::Statistic::Sum)
-            .send()
-            .await
-            .map_err(|e| MirrorError::Aws { service: "cloudwatch", message: format!("{}", e.into_service_error()) })?;
-        Ok(answer.datapoints().iter().filter_map(|d| d.sum()).sum())
+/// Per-tenant metrics read back from CloudWatch with `GetMetricData`.
+impl MetricsProvider for AwsUsage {
+    fn hourly<'a>(
+        &'a self,
+        tenant: TenantId,
+        metrics: &'a [&'a str],
+        hours: &'a [DateTime<Utc>],
+    ) -> ProviderFuture<'a, BTreeMap<String, Vec<f64>>> {
+        Box::pin(async move {
+            let mut series = empty_series(metrics, hours.len());
+            let (Some(first), Some(last)) = (hours.first(), hours.last()) else { return Ok(series) };
+            let queries = metrics.iter().enumerate().map(|(n, metric)| {
+                let stat = MetricStat::builder()
+                    .metric(
+                        Metric::builder()
+                            .namespace(&self.namespace)
+                            .metric_name(metric_name(metric))
+                            .dimensions(Dimension::builder().name("TenantId").value(tenant.to_string()).build())
+                            .build(),
+                    )
+                    .period(3600)
+                    .stat("Sum")
+                    .build();
+                // Query ids must start with a lowercase letter.
+                MetricDataQuery::builder().id(format!("m{n}")).metric_stat(stat).build()
+            });
+            let mut pages = self
+                .cloudwatch
+                .get_metric_data()
+                .set_metric_data_queries(Some(queries.collect()))
+                .start_time(AwsDateTime::from_secs(first.timestamp()))
+                .end_time(AwsDateTime::from_secs((*last + chrono::Duration::hours(1)).timestamp()))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| {
+                    ProviderError::Transient(format!("CloudWatch GetMetricData: {}", e.into_service_error()))
+                })?;
+                for result in page.metric_data_results() {
+                    let metric = result.id().and_then(|id| id[1..].parse::<usize>().ok()).and_then(|n| metrics.get(n));
+                    let Some(values) = metric.and_then(|m| series.get_mut(*m)) else { continue };
+                    for (at, value) in result.timestamps().iter().zip(result.values()) {
+                        let hour = DateTime::<Utc>::from_timestamp(at.secs(), 0);
+                        if let Some(index) = hour.and_then(|h| hours.binary_search(&h).ok()) {
+                            values[index] += value;
+                        }
+                    }
+                }
+            }
+            Ok(series)
+        })
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use indigo_core::tenant::{Slug, TenantId};
 use indigo_dataplane::schema::{SchemaError, TenantServer};
 
-use super::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
+use super::{DatabaseProvider, MetricsProvider, ProviderError, ProviderFuture, SiloState, SiloTenant, empty_series};
 use crate::api::TenantDatabases;
 
 #[derive(Clone)]
@@ -64,5 +64,46 @@ impl DatabaseProvider for LocalDatabases {
 
     async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
         self.server().delete_tenant_rows(&self.dbs.pool_database, tenant).await.map_err(classify)
+    }
+}
+
+/// Per-tenant metrics kept in PostgreSQL: the usage roll-up's hourly table.
+pub struct PostgresMetrics {
+    db: sqlx::PgPool,
+}
+
+impl PostgresMetrics {
+    pub fn new(db: sqlx::PgPool) -> Self {
+        Self { db }
+    }
+}
+
+impl MetricsProvider for PostgresMetrics {
+    fn hourly<'a>(
+        &'a self,
+        tenant: TenantId,
+        metrics: &'a [&'a str],
+        hours: &'a [chrono::DateTime<chrono::Utc>],
+    ) -> ProviderFuture<'a, std::collections::BTreeMap<String, Vec<f64>>> {
+        Box::pin(async move {
+            let mut series = empty_series(metrics, hours.len());
+            let Some(first) = hours.first() else { return Ok(series) };
+            let rows: Vec<(String, chrono::DateTime<chrono::Utc>, f64)> = sqlx::query_as(
+                "SELECT event_type, hour, quantity FROM usage_hourly
+                 WHERE tenant_id = $1 AND hour >= $2 AND event_type = ANY($3)",
+            )
+            .bind(tenant.0)
+            .bind(first)
+            .bind(metrics)
+            .fetch_all(&self.db)
+            .await
+            .map_err(|e| ProviderError::Transient(format!("reading usage_hourly: {e}")))?;
+            for (metric, hour, quantity) in rows {
+                if let (Some(values), Ok(index)) = (series.get_mut(&metric), hours.binary_search(&hour)) {
+                    values[index] = quantity;
+                }
+            }
+            Ok(series)
+        })
     }
 }

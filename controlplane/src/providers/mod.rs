@@ -4,14 +4,17 @@
 //!
 //! - [`DatabaseProvider`]: silo databases, and the tenant's rows in the pool.
 //! - [`ComputeProvider`]: the data-plane services (the pool's and each silo tenant's).
+//! - [`MetricsProvider`]: per-tenant metrics, read back hourly.
 
 pub mod aws;
 pub mod local;
 pub mod processes;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
+use chrono::{DateTime, Utc};
 use indigo_core::api::Tenant;
 use indigo_core::plan::{Plan, PlanCatalog, SiloSize};
 use indigo_core::tenant::{Slug, TenantId};
@@ -186,4 +189,22 @@ pub trait ComputeProvider: Send + Sync + 'static {
     fn drift(&self) -> Option<tokio::sync::broadcast::Receiver<Option<TenantId>>> {
         None
     }
+}
+
+/// Per-tenant metrics: each event type's hourly sum. Written by the usage
+/// roll-up (PostgreSQL) and, on AWS, mirrored to CloudWatch by `usage_mirror`.
+pub trait MetricsProvider: Send + Sync + 'static {
+    /// `tenant`'s sum of each of `metrics` in each of `hours` (hour starts,
+    /// ascending); 0 where nothing was recorded.
+    fn hourly<'a>(
+        &'a self,
+        tenant: TenantId,
+        metrics: &'a [&'a str],
+        hours: &'a [DateTime<Utc>],
+    ) -> ProviderFuture<'a, BTreeMap<String, Vec<f64>>>;
+}
+
+/// Series of zeros for every metric, to fill in from what was recorded.
+pub fn empty_series(metrics: &[&str], hours: usize) -> BTreeMap<String, Vec<f64>> {
+    metrics.iter().map(|m| ((*m).to_owned(), vec![0.0; hours])).collect()
 }

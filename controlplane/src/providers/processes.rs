@@ -94,6 +94,9 @@ impl LocalProcesses {
             .env("INDIGO_JWT_SECRET", launch.jwt_secret.expose())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            // Out of the terminal's process group: Ctrl-C stops the control plane,
+            // which stops its data planes in order, rather than all at once.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(tenant) = spec.tenant {
             command.arg("--tenant").arg(tenant.to_string());
