@@ -50,6 +50,8 @@ pub enum Command {
     Plans(ClientArgs),
     /// Show the event stream
     Events(EventsArgs),
+    /// Show the reconciler: queue, errors, drift repaired, the RLS audit and the data-plane services
+    Reconciler(ClientArgs),
     /// Follow onboarding, offboarding and tier-change workflows and their moves; retry or cancel one (operator)
     #[command(subcommand)]
     Workflow(WorkflowCommand),
@@ -409,6 +411,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 table.to_string()
             })
         }
+        Command::Reconciler(client) => {
+            let status = client.client()?.reconciler().await?;
+            print(client.output, &status, || reconciler_text(&status))
+        }
         Command::Workflow(command) => run_workflow(command).await,
         Command::Token(command) => run_token(command).await,
         Command::StorefrontToken(args) => {
@@ -661,6 +667,38 @@ fn tenant_detail(t: &Tenant) -> String {
     }
     for c in &t.status.conditions {
         lines.push(format!("  condition    {}={:?} {}: {}", c.kind, c.status, c.reason, c.message));
+    }
+    lines.join("\n")
+}
+
+fn reconciler_text(r: &indigo_core::api::ReconcilerStatus) -> String {
+    let mut lines = vec![
+        format!("running        {} ({} workers)", r.running, r.workers),
+        format!(
+            "queue          {} queued, {} in progress, {} backing off",
+            r.queue_depth, r.in_progress, r.backing_off
+        ),
+        format!(
+            "reconciles     {} ({} errors, {} drift repaired)",
+            r.reconciles_total, r.errors_total, r.drift_repaired_total
+        ),
+    ];
+    lines.extend(r.errors_by_reason.iter().map(|(reason, n)| format!("errors         {reason}: {n}")));
+    lines.push(match &r.rls_audit {
+        Some(audit) if audit.violations.is_empty() => format!("RLS audit      ok ({})", audit.database),
+        Some(audit) => format!("RLS audit      VIOLATIONS: {}", audit.violations.join("; ")),
+        None => "RLS audit      not run yet".into(),
+    });
+    if !r.services.is_empty() {
+        let mut services = table(&["SERVICE", "REPLICAS", "ADDRESS"]);
+        for s in &r.services {
+            services.add_row(vec![
+                s.name.clone(),
+                format!("{}/{}", s.running, s.wanted),
+                s.address.clone().unwrap_or_default(),
+            ]);
+        }
+        lines.push(services.to_string());
     }
     lines.join("\n")
 }

@@ -266,6 +266,24 @@ async fn a_data_plane_killed_by_hand_is_restored_by_the_reconciler() {
     let ours = DataPlanes { control_plane: api_url.clone() };
     assert_eq!(ours.serving(Some(tenant)).len(), 2, "the plan's dataplane_replicas");
     assert_eq!(ours.serving(None).len(), 2, "the pool's replicas from policies/plans.toml");
+    // Operators see them in the reconciler's state.
+    let output = Command::new(INDIGO)
+        .args(["reconciler", "--output", "json", "--api-url", &api_url])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let services = status["services"].as_array().unwrap();
+    let seen = |tenant: serde_json::Value| services.iter().find(|s| s["tenant_id"] == tenant).cloned();
+    let own = seen(serde_json::json!(tenant)).expect("fjord-fashion's service in the reconciler's state");
+    assert_eq!(
+        (own["running"].as_u64(), own["wanted"].as_u64(), own["address"].as_str()),
+        (Some(2), Some(2), Some(service.as_str()))
+    );
+    let pool_service = seen(serde_json::Value::Null).expect("the pool's service");
+    assert_eq!(pool_service["name"], "indigo-dp-pool");
 
     // It serves its tenant, and no other.
     let http = reqwest::Client::new();

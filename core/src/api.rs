@@ -269,6 +269,22 @@ pub struct ReconcilerStatus {
     pub paused_tenants: Vec<Slug>,
     pub last_full_resync_at: Option<DateTime<Utc>>,
     pub rls_audit: Option<RlsAudit>,
+    /// The data-plane services this replica runs or keeps, as last observed
+    /// (empty when the data plane is deployed some other way).
+    #[serde(default)]
+    pub services: Vec<ServiceReplicas>,
+}
+
+/// A data-plane service as the reconciler last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceReplicas {
+    pub name: String,
+    /// The silo tenant it serves; `None` for the pool's.
+    pub tenant_id: Option<TenantId>,
+    pub running: u32,
+    /// What the plan (or `[pool]`) asks.
+    pub wanted: u32,
+    pub address: Option<String>,
 }
 
 /// The last check that every tenant table is bound by forced RLS.

@@ -414,6 +414,21 @@ fn draw_reconciler(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         }
         None => lines.push(Line::from("RLS audit     not run yet")),
     }
+    if !r.services.is_empty() {
+        lines.push(Line::from(""));
+        lines.push(Line::styled("data-plane services", Style::default().add_modifier(Modifier::BOLD)));
+    }
+    for service in &r.services {
+        let short = service.running < service.wanted;
+        let line = format!(
+            "  {:<40} {}/{} replicas  {}",
+            service.name,
+            service.running,
+            service.wanted,
+            service.address.as_deref().unwrap_or("")
+        );
+        lines.push(if short { Line::styled(line, theme.warn()) } else { Line::from(line) });
+    }
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 

@@ -61,6 +61,13 @@ fn loaded(app: &mut App, tenants: Vec<Tenant>) {
         workers: 8,
         reconciles_total: 42,
         rls_audit: Some(RlsAudit { at: Utc::now(), database: "indigo_pool".into(), violations: vec![] }),
+        services: vec![indigo_core::api::ServiceReplicas {
+            name: "indigo-dp-pool".into(),
+            tenant_id: None,
+            running: 1,
+            wanted: 2,
+            address: Some("http://127.0.0.1:8081".into()),
+        }],
         ..Default::default()
     };
     let usage = tenants
@@ -197,6 +204,7 @@ fn detail_reconciler_events_help_and_notes_render() {
     key(&mut app, KeyCode::Esc);
     for (command, needle) in [
         ("reconciler", "RLS audit     ok"),
+        ("reconciler", "indigo-dp-pool                           1/2 replicas"),
         ("events", "PlanChanged"),
         ("moves", "No workflows yet"),
         ("cost", "No cost report"),

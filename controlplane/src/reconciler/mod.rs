@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use indigo_core::api::{ReconcilePlan, ReconcilerStatus, RlsAudit, Tenant};
+use indigo_core::api::{ReconcilePlan, ReconcilerStatus, RlsAudit, ServiceReplicas, Tenant};
 use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase, Slug, TenantId};
 use indigo_dataplane::schema::{APP_ROLE, audit_isolation};
 use rand::Rng;
@@ -30,8 +30,8 @@ use crate::api::TenantDatabases;
 use crate::db::{self, AdvisoryLock};
 use crate::journal;
 use crate::providers::{
-    ComputeProvider, DatabaseProvider, POOL_SERVICE, ProviderError, SERVICE_PREFIX, ServiceSpec, SiloTenant,
-    silo_service_name,
+    ComputeProvider, DatabaseProvider, POOL_SERVICE, ProviderError, SERVICE_PREFIX, ServiceSpec, ServiceState,
+    SiloTenant, silo_service_name,
 };
 use crate::registry::{self, RegistryError, TenantRef};
 
@@ -82,6 +82,29 @@ struct Stats {
     errors_by_reason: Mutex<BTreeMap<String, u64>>,
     last_full_resync: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     rls_audit: Mutex<Option<RlsAudit>>,
+    services: Mutex<BTreeMap<String, ServiceReplicas>>,
+}
+
+impl Stats {
+    /// Remembers what a service runs now (`None`: it is gone).
+    fn saw_service(&self, spec: &ServiceSpec, state: Option<&ServiceState>) {
+        let mut services = self.services.lock().expect("stats lock");
+        match state {
+            Some(state) => {
+                let seen = ServiceReplicas {
+                    name: spec.name.clone(),
+                    tenant_id: spec.tenant,
+                    running: state.replicas,
+                    wanted: spec.replicas,
+                    address: state.address.clone(),
+                };
+                services.insert(spec.name.clone(), seen);
+            }
+            None => {
+                services.remove(&spec.name);
+            }
+        }
+    }
 }
 
 pub struct Context<P> {
@@ -210,6 +233,10 @@ pub async fn reconcile<P: DatabaseProvider>(
                 ctx.provider.delete_pool_rows(tenant.id).await?;
             }
         }
+    }
+    if let Some(view) = &observed.service {
+        let deleted = tenant.spec.lifecycle == Lifecycle::Deleted;
+        ctx.stats.saw_service(&view.wanted, service_state.as_ref().filter(|_| !deleted));
     }
     // Where a dedicated service serves: its address when the provider knows it, else its name.
     let service = observed
@@ -382,6 +409,7 @@ impl<P: DatabaseProvider> ReconcilerControl for Controller<P> {
             paused_tenants: Vec::new(),
             last_full_resync_at: *stats.last_full_resync.lock().expect("stats lock"),
             rls_audit: stats.rls_audit.lock().expect("stats lock").clone(),
+            services: stats.services.lock().expect("stats lock").values().cloned().collect(),
         }
     }
 }
@@ -466,8 +494,10 @@ impl<P: DatabaseProvider> Controller<P> {
         let mut changed = Vec::new();
         let wanted = ServiceSpec::pool(self.ctx.plans.pool().dataplane_replicas);
         let actual = compute.observe_service(POOL_SERVICE).await?;
+        self.ctx.stats.saw_service(&wanted, actual.as_ref());
         if actual.as_ref().map(|a| a.replicas) != Some(wanted.replicas) {
-            compute.ensure_service(&wanted).await?;
+            let now = compute.ensure_service(&wanted).await?;
+            self.ctx.stats.saw_service(&wanted, Some(&now));
             let action = match &actual {
                 None => Action::CreateService { service: wanted.name.clone(), replicas: wanted.replicas },
                 Some(a) => Action::ScaleService {
@@ -495,6 +525,7 @@ impl<P: DatabaseProvider> Controller<P> {
                 continue;
             }
             compute.delete_service(&name).await?;
+            self.ctx.stats.services.lock().expect("stats lock").remove(&name);
             let action = Action::DeleteService { service: name };
             self.publish_fleet_change("OrphanRemoved", &action).await?;
             changed.push(action);
