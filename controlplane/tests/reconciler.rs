@@ -288,6 +288,8 @@ async fn pause_and_dry_run_change_nothing(pool: PgPool) {
 struct Instrumented {
     inner: LocalDatabases,
     sick: Option<TenantId>,
+    /// What the sick tenant's calls fail with.
+    failure: ProviderError,
     in_flight: Mutex<HashMap<TenantId, usize>>,
     max_overlap: AtomicUsize,
     calls: Mutex<HashMap<TenantId, usize>>,
@@ -295,7 +297,14 @@ struct Instrumented {
 
 impl Instrumented {
     fn new(inner: LocalDatabases, sick: Option<TenantId>) -> Self {
-        Self { inner, sick, in_flight: Mutex::default(), max_overlap: AtomicUsize::new(0), calls: Mutex::default() }
+        Self {
+            inner,
+            sick,
+            failure: ProviderError::Transient("injected outage".into()),
+            in_flight: Mutex::default(),
+            max_overlap: AtomicUsize::new(0),
+            calls: Mutex::default(),
+        }
     }
 
     async fn guarded<T>(
@@ -305,7 +314,7 @@ impl Instrumented {
     ) -> Result<T, ProviderError> {
         *self.calls.lock().unwrap().entry(tenant).or_default() += 1;
         if self.sick == Some(tenant) {
-            return Err(ProviderError::Transient("injected outage".into()));
+            return Err(self.failure.clone());
         }
         let now = {
             let mut in_flight = self.in_flight.lock().unwrap();
@@ -373,6 +382,30 @@ async fn a_failing_tenant_backs_off_alone(pool: PgPool) {
     let status = indigo_controlplane::reconciler::ReconcilerControl::status(&controller);
     assert_eq!(status.backing_off, 1);
     assert!(status.errors_by_reason["ProviderUnavailable"] >= 2);
+    tasks.iter().for_each(|t| t.abort());
+    world.cleanup().await;
+}
+
+/// A refusal retrying cannot fix (AWS out of capacity, a quota) is the
+/// operator's: the tenant fails with the provider's own reason and message.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn a_permanent_provider_error_shows_the_providers_reason(pool: PgPool) {
+    let world = World::new(pool).await;
+    let refused = world.tenant("refused-corp", "enterprise").await;
+    let mut provider = Instrumented::new(world.local(), Some(refused.id));
+    provider.failure = ProviderError::Permanent {
+        reason: "InsufficientDBClusterCapacityFault".into(),
+        message: "Cannot create a cluster: not enough capacity in us-east-1a".into(),
+    };
+    let controller = world.controller(provider, 1);
+    let tasks = controller.spawn();
+    wait_until("the tenant fails", async || world.get(refused.id).await.status.phase == Phase::Failed).await;
+    let tenant = world.get(refused.id).await;
+    let ready = tenant.status.conditions.iter().find(|c| c.kind == "Ready").unwrap();
+    assert_eq!(ready.reason, "InsufficientDBClusterCapacityFault");
+    assert!(ready.message.contains("not enough capacity in us-east-1a"), "{}", ready.message);
+    let failed = world.events(refused.id, "ReconcileFailed").await;
+    assert_eq!(failed[0]["reason"], "InsufficientDBClusterCapacityFault");
     tasks.iter().for_each(|t| t.abort());
     world.cleanup().await;
 }
