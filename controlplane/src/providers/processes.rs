@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indigo_core::tenant::TenantId;
 use tokio::process::{Child, Command};
@@ -38,22 +38,60 @@ pub struct Launch {
     pub pool_listen: SocketAddr,
 }
 
+/// A replica that dies sooner than this after starting is crashing, not drifting.
+const QUICK_EXIT: Duration = Duration::from_secs(10);
+const RESTART_PAUSE_CAP: Duration = Duration::from_secs(60);
+
 struct Replica {
+    started: Instant,
     exited: Arc<AtomicBool>,
     stop: oneshot::Sender<()>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
+impl Replica {
+    fn alive(&self) -> bool {
+        !self.exited.load(Ordering::Acquire)
+    }
+}
+
+/// Slot `i` of a service spools under `<spool_dir>/<service>/<i>`, so a
+/// restored replica picks up what its predecessor could not send.
+#[derive(Default)]
+struct Slot {
+    replica: Option<Replica>,
+    /// Replicas in a row that died within [`QUICK_EXIT`] of starting.
+    quick_exits: u32,
+}
+
+impl Slot {
+    /// Whether a replica may start here now; a crashing one waits, doubling
+    /// each time, so that a broken binary or a taken port is not a busy loop.
+    fn may_start(&mut self, now: Instant) -> Result<(), Duration> {
+        let Some(dead) = self.replica.as_ref() else { return Ok(()) };
+        let lived = now.duration_since(dead.started);
+        if lived >= QUICK_EXIT {
+            self.quick_exits = 0;
+            return Ok(());
+        }
+        let pause = Duration::from_millis(500).saturating_mul(1 << self.quick_exits.min(10)).min(RESTART_PAUSE_CAP);
+        if lived >= pause {
+            self.quick_exits += 1;
+            Ok(())
+        } else {
+            Err(pause - lived)
+        }
+    }
+}
+
 struct Service {
     address: SocketAddr,
-    /// Slot `i` spools under `<spool_dir>/<service>/<i>`, so a restored replica
-    /// picks up what its predecessor could not send.
-    slots: Vec<Option<Replica>>,
+    slots: Vec<Slot>,
 }
 
 impl Service {
     fn running(&self) -> u32 {
-        let alive = self.slots.iter().flatten().filter(|r| !r.exited.load(Ordering::Acquire)).count();
+        let alive = self.slots.iter().filter_map(|s| s.replica.as_ref()).filter(|r| r.alive()).count();
         u32::try_from(alive).unwrap_or(u32::MAX)
     }
 
@@ -114,7 +152,7 @@ impl LocalProcesses {
         let watcher =
             tokio::spawn(watch(child, spec.name.clone(), spec.tenant, exited.clone(), stopped, self.drift.clone()));
         tracing::info!(service = %spec.name, slot, %address, "data-plane replica started");
-        Ok(Replica { exited, stop, watcher })
+        Ok(Replica { started: Instant::now(), exited, stop, watcher })
     }
 
     async fn ensure(&self, spec: &ServiceSpec) -> Result<ServiceState, ProviderError> {
@@ -130,22 +168,32 @@ impl LocalProcesses {
             }
         };
         let wanted = usize::try_from(spec.replicas).unwrap_or(usize::MAX);
-        for extra in service.slots.drain(wanted.min(service.slots.len())..).flatten() {
+        for extra in service.slots.drain(wanted.min(service.slots.len())..).filter_map(|s| s.replica) {
             stop(extra).await;
         }
-        service.slots.resize_with(wanted, || None);
-        for slot in 0..wanted {
-            let alive = service.slots[slot].as_ref().is_some_and(|r| !r.exited.load(Ordering::Acquire));
-            if !alive {
-                service.slots[slot] = Some(self.start(spec, service.address, slot)?);
+        service.slots.resize_with(wanted, Slot::default);
+        let now = Instant::now();
+        for (index, slot) in service.slots.iter_mut().enumerate() {
+            if slot.replica.as_ref().is_some_and(Replica::alive) {
+                continue;
             }
+            if let Err(wait) = slot.may_start(now) {
+                return Err(ProviderError::Transient(format!(
+                    "a replica of {} keeps exiting within {} s of starting ({} times in a row); next start in {} ms",
+                    spec.name,
+                    QUICK_EXIT.as_secs(),
+                    slot.quick_exits + 1,
+                    wait.as_millis()
+                )));
+            }
+            slot.replica = Some(self.start(spec, service.address, index)?);
         }
         Ok(service.state())
     }
 
     async fn delete(&self, name: &str) {
         let removed = self.services.lock().await.remove(name);
-        for replica in removed.into_iter().flat_map(|s| s.slots).flatten() {
+        for replica in removed.into_iter().flat_map(|s| s.slots).filter_map(|s| s.replica) {
             stop(replica).await;
         }
     }
@@ -154,7 +202,7 @@ impl LocalProcesses {
     pub async fn stop_all(&self) {
         self.stopping.store(true, Ordering::Release);
         let services: Vec<Service> = self.services.lock().await.drain().map(|(_, s)| s).collect();
-        let stops = services.into_iter().flat_map(|s| s.slots).flatten().map(stop);
+        let stops = services.into_iter().flat_map(|s| s.slots).filter_map(|s| s.replica).map(stop);
         futures_util::future::join_all(stops).await;
     }
 }
@@ -220,5 +268,41 @@ impl ComputeProvider for LocalProcesses {
 
     fn drift(&self) -> Option<broadcast::Receiver<Option<TenantId>>> {
         Some(self.drift.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(program: &str) -> Launch {
+        Launch {
+            program: program.into(),
+            subcommand: vec![],
+            control_plane_url: "http://127.0.0.1:9".into(),
+            control_plane_token: Secret::new("t"),
+            jwt_secret: Secret::new("s"),
+            spool_dir: std::env::temp_dir(),
+            pool_listen: "127.0.0.1:0".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_keeps_dying_at_start_is_restarted_after_growing_pauses() {
+        // `false` ignores its arguments and exits at once, as a broken data plane would.
+        let processes = LocalProcesses::new(launch("false"));
+        let mut drift = processes.drift().unwrap();
+        let spec = ServiceSpec::pool(1);
+        processes.ensure_service(&spec).await.unwrap();
+        assert_eq!(drift.recv().await.unwrap(), None, "its exit is reported as the pool's drift");
+        // Restarted once after a short pause, then refused until a longer one has passed.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(processes.ensure_service(&spec).await.unwrap().replicas, 1);
+        drift.recv().await.unwrap();
+        let refused = processes.ensure_service(&spec).await.unwrap_err();
+        assert!(matches!(&refused, ProviderError::Transient(m) if m.contains("keeps exiting")), "{refused}");
+        assert_eq!(processes.observe_service(POOL_SERVICE).await.unwrap().unwrap().replicas, 0);
+        processes.stop_all().await;
+        assert!(processes.ensure_service(&spec).await.is_err(), "nothing starts once stopping");
     }
 }

@@ -466,10 +466,14 @@ impl<P: DatabaseProvider> Controller<P> {
         let Some(compute) = self.ctx.compute.clone() else { return };
         let mut drift = compute.drift();
         loop {
-            if let Err(error) = self.reconcile_services(compute.as_ref()).await {
-                tracing::warn!(%error, "reconciling the data-plane services failed");
-            }
-            let resync = tokio::time::sleep(jittered(self.ctx.settings.resync));
+            let next = match self.reconcile_services(compute.as_ref()).await {
+                Ok(_) => jittered(self.ctx.settings.resync),
+                Err(error) => {
+                    tracing::warn!(%error, "reconciling the data-plane services failed; trying again shortly");
+                    jittered(Duration::from_secs(2)).min(self.ctx.settings.resync)
+                }
+            };
+            let resync = tokio::time::sleep(next);
             tokio::pin!(resync);
             loop {
                 let Some(receiver) = drift.as_mut() else {
