@@ -29,7 +29,7 @@ use crate::routing::{ControlPlaneSource, Routes};
                   Stateless: run as many replicas as needed. Each request carries a JWT naming its tenant; the\n\
                   tenant's rows are reached only through PostgreSQL row-level security. Routing (which database\n\
                   serves which tenant, on which plan) comes from the control plane and keeps serving from the\n\
-                  last known table when the control plane is away. `indigo up` starts one for you."
+                  last known table when the control plane is away. `indigo up` runs them for you."
 )]
 pub struct Cli {
     /// Address to serve on
