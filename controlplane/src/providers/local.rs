@@ -32,7 +32,7 @@ pub fn silo_database(id: TenantId, slug: &Slug) -> String {
 
 /// A local database has no capacity of its own: it is always as sized as its plan.
 fn local(database: String) -> SiloState {
-    SiloState { database, cluster: None, sized: true }
+    SiloState { database, cluster: None, sized: true, unavailable: None }
 }
 
 fn classify(error: SchemaError) -> ProviderError {

@@ -84,6 +84,9 @@ pub struct SiloState {
     pub cluster: Option<String>,
     /// Whether its capacity is what the tenant's plan asks.
     pub sized: bool,
+    /// `None` when it serves; otherwise what it is doing instead (an Aurora
+    /// cluster still `creating`, say).
+    pub unavailable: Option<String>,
 }
 
 /// Dedicated (silo) tenant databases, and the tenant's rows in the pool.

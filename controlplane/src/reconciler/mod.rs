@@ -35,6 +35,9 @@ use crate::providers::{
 };
 use crate::registry::{self, RegistryError, TenantRef};
 
+/// How soon a tenant whose silo is still being created is looked at again.
+const PROVISIONING_RECHECK: Duration = Duration::from_secs(15);
+
 /// The channel the tenants table announces spec changes on.
 pub const CHANGES_CHANNEL: &str = "indigo_tenant_changed";
 
@@ -175,7 +178,9 @@ async fn read(conn: &mut PgConnection, id: TenantId) -> Result<(Tenant, bool), R
 /// What a reconcile of `id` would do now, without doing it.
 pub async fn dry_run<P: DatabaseProvider>(ctx: &Context<P>, id: TenantId) -> Result<ReconcilePlan, ReconcileError> {
     let (tenant, paused) = read(&mut *ctx.db.acquire().await?, id).await?;
-    let decision = plan::decide(&tenant, &observe(ctx, &tenant).await?);
+    let observed = observe(ctx, &tenant).await?;
+    let mut decision = plan::decide(&tenant, &observed);
+    plan::settle(&mut decision, observed.silo.as_ref());
     Ok(ReconcilePlan {
         tenant_id: id,
         generation: tenant.spec.generation,
@@ -238,6 +243,7 @@ pub async fn reconcile<P: DatabaseProvider>(
         let deleted = tenant.spec.lifecycle == Lifecycle::Deleted;
         ctx.stats.saw_service(&view.wanted, service_state.as_ref().filter(|_| !deleted));
     }
+    plan::settle(&mut decision, silo_state.as_ref());
     // Where a dedicated service serves: its address when the provider knows it, else its name.
     let service = observed
         .service
@@ -582,6 +588,10 @@ impl<P: DatabaseProvider> Controller<P> {
                 match outcome {
                     // Finished tenants drop out until something changes them again.
                     Outcome::Finished => Ok(Duration::from_secs(24 * 3600)),
+                    // A silo being created is looked at again soon, not at the next resync.
+                    Outcome::Applied(decision) if decision.phase == Phase::Provisioning => {
+                        Ok(jittered(PROVISIONING_RECHECK.min(ctx.settings.resync)))
+                    }
                     Outcome::Paused | Outcome::InWorkflow | Outcome::Applied(_) => Ok(jittered(ctx.settings.resync)),
                 }
             }

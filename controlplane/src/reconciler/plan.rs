@@ -200,6 +200,19 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
     Decision { actions, drift, phase, placement: placement_change, conditions }
 }
 
+/// After the actions: a silo that does not serve yet (a cluster still being
+/// created) leaves the tenant provisioning rather than ready.
+pub fn settle(decision: &mut Decision, silo: Option<&SiloState>) {
+    let Some(waiting) = silo.and_then(|s| s.unavailable.as_deref()) else { return };
+    if decision.phase != Phase::Ready {
+        return;
+    }
+    decision.phase = Phase::Provisioning;
+    if let Some(ready) = decision.conditions.iter_mut().find(|c| c.kind == "Ready") {
+        *ready = condition("Ready", false, "Provisioning", format!("waiting for the silo database: {waiting}"));
+    }
+}
+
 /// Keeps a condition's transition time when its status did not change.
 pub fn carry_transitions(previous: &[Condition], next: &mut [Condition]) {
     for condition in next {
@@ -276,7 +289,10 @@ mod tests {
     const NOTHING: Observed = Observed { silo: None, service: None };
 
     fn present() -> Observed {
-        Observed { silo: Some(SiloState { database: "silo_shop".into(), cluster: None, sized: true }), service: None }
+        Observed {
+            silo: Some(SiloState { database: "silo_shop".into(), cluster: None, sized: true, unavailable: None }),
+            service: None,
+        }
     }
 
     fn with_service(mut observed: Observed, running: Option<u32>) -> Observed {
@@ -398,7 +414,12 @@ mod tests {
     #[test]
     fn a_silo_placement_follows_the_observed_endpoint_and_service() {
         let current = Placement { isolation: Isolation::Silo, database: "old".into(), cluster: None, service: None };
-        let silo = SiloState { database: "indigo".into(), cluster: Some("c.rds.example".into()), sized: true };
+        let silo = SiloState {
+            database: "indigo".into(),
+            cluster: Some("c.rds.example".into()),
+            sized: true,
+            unavailable: None,
+        };
         let placed = resulting_placement(
             Some(&current),
             &PlacementChange::Keep,
@@ -415,5 +436,23 @@ mod tests {
                 service: Some("http://127.0.0.1:9".into())
             })
         );
+    }
+
+    #[test]
+    fn a_silo_still_being_created_leaves_the_tenant_provisioning() {
+        let mut d = decide(&tenant(Isolation::Silo, Lifecycle::Active, None), &NOTHING);
+        let creating = SiloState {
+            database: "indigo".into(),
+            cluster: Some("c.rds.example".into()),
+            sized: true,
+            unavailable: Some("its Aurora cluster is creating".into()),
+        };
+        settle(&mut d, Some(&creating));
+        assert_eq!(d.phase, Phase::Provisioning);
+        assert_eq!(d.conditions[0].reason, "Provisioning");
+        assert!(d.conditions[0].message.contains("creating"));
+        let mut d = decide(&tenant(Isolation::Silo, Lifecycle::Suspended, Some(Isolation::Silo)), &present());
+        settle(&mut d, Some(&creating));
+        assert_eq!(d.phase, Phase::Suspended, "only a tenant about to be ready waits");
     }
 }

@@ -42,14 +42,11 @@ impl DatabaseProvider for AwsDatabases {
         if cluster.writer.is_none() {
             return Ok(None);
         }
-        let sized = cluster.sized_as(&tenant.plan.name, tenant.size()?);
-        Ok(Some(SiloState { database: TENANT_DATABASE.into(), cluster: cluster.endpoint, sized }))
+        Ok(Some(silo_state(tenant, cluster)?))
     }
 
     async fn ensure_silo(&self, tenant: &SiloTenant<'_>) -> Result<SiloState, ProviderError> {
-        let cluster = self.clusters.ensure(tenant).await?;
-        let sized = cluster.sized_as(&tenant.plan.name, tenant.size()?);
-        Ok(SiloState { database: TENANT_DATABASE.into(), cluster: cluster.endpoint, sized })
+        silo_state(tenant, self.clusters.ensure(tenant).await?)
     }
 
     async fn delete_silo(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
@@ -59,6 +56,19 @@ impl DatabaseProvider for AwsDatabases {
     async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
         self.pool.delete_pool_rows(tenant).await
     }
+}
+
+/// Aurora statuses in which the cluster answers queries.
+const SERVING: [&str; 6] = ["available", "backing-up", "modifying", "maintenance", "upgrading", "renaming"];
+
+fn silo_state(tenant: &SiloTenant<'_>, cluster: rds::ClusterState) -> Result<SiloState, ProviderError> {
+    Ok(SiloState {
+        database: TENANT_DATABASE.into(),
+        sized: cluster.sized_as(&tenant.plan.name, tenant.size()?),
+        unavailable: (!SERVING.contains(&cluster.status.as_str()))
+            .then(|| format!("its Aurora cluster is {}", cluster.status)),
+        cluster: cluster.endpoint,
+    })
 }
 
 impl ComputeProvider for EcsServices {
