@@ -13,6 +13,7 @@ use indigo_controlplane::api::{self, AppState, TenantDatabases};
 use indigo_controlplane::billing::Stripe;
 use indigo_controlplane::config::{Secret, StripeConfig};
 use indigo_controlplane::providers::local::{LocalDatabases, silo_database};
+use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
 use indigo_controlplane::workflow::export;
 use indigo_controlplane::workflow::{Definition, Engine, Failpoints, Services, engine, onboarding::Onboarding};
 use indigo_controlplane::{db, policy};
@@ -589,5 +590,44 @@ async fn the_welcome_email_is_delivered_once_through_smtp(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(sent, 1);
+    world.cleanup().await;
+}
+
+/// A provider whose silos live on clusters of their own, as on AWS.
+struct OwnClusters(LocalDatabases);
+
+impl DatabaseProvider for OwnClusters {
+    async fn observe_silo(&self, tenant: &SiloTenant<'_>) -> Result<Option<SiloState>, ProviderError> {
+        Ok(self.0.observe_silo(tenant).await?.map(on_own_cluster))
+    }
+    async fn ensure_silo(&self, tenant: &SiloTenant<'_>) -> Result<SiloState, ProviderError> {
+        Ok(on_own_cluster(self.0.ensure_silo(tenant).await?))
+    }
+    async fn delete_silo(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
+        self.0.delete_silo(tenant).await
+    }
+    async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
+        self.0.delete_pool_rows(tenant).await
+    }
+}
+
+fn on_own_cluster(silo: SiloState) -> SiloState {
+    SiloState { cluster: Some("indigo-x.cluster-abc.us-east-1.rds.amazonaws.com".into()), ..silo }
+}
+
+/// The control plane reaches the tenant server only: it never opens a database
+/// of the silo's name on the wrong server; it says why and undoes the silo.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn a_silo_out_of_reach_is_refused_with_the_reason_and_released(pool: PgPool) {
+    let world = World::new(pool).await;
+    let tenant = world.create("far-corp", "enterprise").await;
+    let services = world.services("").with_provider(OwnClusters(LocalDatabases::new(world.state.tenant_dbs.clone())));
+    engine::run_until_idle(&services).await.unwrap();
+    let workflow = &world.workflows("far-corp").await[0];
+    assert_eq!(workflow["state"], "failed", "{workflow}");
+    assert!(workflow["error"].as_str().unwrap().contains("out of the control plane's reach"), "{workflow}");
+    assert!(!world.database_exists(&World::silo_of(&tenant)).await, "the silo it created is released");
+    let after = world.tenant("far-corp").await;
+    assert_eq!(after["status"]["phase"], "failed");
     world.cleanup().await;
 }

@@ -267,6 +267,20 @@ impl TenantPools {
     }
 }
 
+/// The database a step opens from the control plane, which reaches the tenant
+/// server only. A silo on a cluster of its own (AWS) sits in a private network:
+/// seeding, exporting or moving its rows has to run there, which it does not yet,
+/// so the step refuses rather than open a database of that name elsewhere.
+pub(crate) fn reachable_database<'a>(database: &'a str, cluster: Option<&str>) -> Result<&'a str, StepError> {
+    match cluster {
+        None => Ok(database),
+        Some(cluster) => Err(StepError::Permanent(format!(
+            "the tenant's data is on its own cluster {cluster}, out of the control plane's reach; \
+             seeding, exporting and moving a silo's rows there is not supported yet"
+        ))),
+    }
+}
+
 /// A transaction in a tenant database as the schema owner, bound to the step's
 /// tenant: row-level security applies, as in the data plane.
 pub(crate) async fn tenant_transaction<P>(

@@ -91,7 +91,10 @@ async fn bundle_dir<P>(cx: &StepContext<'_, P>) -> Result<std::path::PathBuf, St
 async fn export_bundle<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let tenant = super::tenant(cx).await?;
     let dir = bundle_dir(cx).await?;
-    let database = tenant.status.placement.as_ref().map(|p| p.database.clone());
+    let database = match &tenant.status.placement {
+        Some(p) => Some(super::reachable_database(&p.database, p.cluster.as_deref())?.to_owned()),
+        None => None,
+    };
     let bundle = match &database {
         Some(database) => {
             let mut tx = super::tenant_transaction(cx, database).await?;

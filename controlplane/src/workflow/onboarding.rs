@@ -203,11 +203,12 @@ async fn undo_billing<P>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
 
 /// The database this onboarding placed the tenant in.
 fn placed_database<'a, P>(cx: &'a StepContext<'_, P>) -> Result<&'a str, StepError> {
-    cx.outputs
-        .get("database")
+    let placed = cx.outputs.get("database");
+    let database = placed
         .and_then(|p| p.get("database"))
         .and_then(Value::as_str)
-        .ok_or_else(|| StepError::Permanent("the database step recorded no database".into()))
+        .ok_or_else(|| StepError::Permanent("the database step recorded no database".into()))?;
+    super::reachable_database(database, placed.and_then(|p| p.get("cluster")).and_then(Value::as_str))
 }
 
 async fn search<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {

@@ -230,9 +230,19 @@ async fn provision<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value
     .execute(&cx.services.db)
     .await?;
     let tenant = super::tenant(cx).await?;
+    super::reachable_database(&from.database, from.cluster.as_deref())?;
     let target = match to {
         Isolation::Silo => {
-            cx.services.provider.ensure_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?.database
+            let target = SiloTenant::of(&tenant, &cx.services.plans)?;
+            let silo = cx.services.provider.ensure_silo(&target).await?;
+            match super::reachable_database(&silo.database, silo.cluster.as_deref()) {
+                Ok(database) => database.to_owned(),
+                Err(refused) => {
+                    // Nothing recorded it yet, so no compensation would release it.
+                    cx.services.provider.delete_silo(&target).await?;
+                    return Err(refused);
+                }
+            }
         }
         Isolation::Pool => cx.services.tenant_dbs.pool_database.clone(),
     };
