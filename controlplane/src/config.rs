@@ -141,7 +141,7 @@ pub struct Overrides {
     /// Seconds a moved tenant's rows stay in the source database after the switch [env: INDIGO_MOVE_GRACE_SECONDS] [default: 300]
     #[arg(long, env = "INDIGO_MOVE_GRACE_SECONDS", hide_env = true)]
     pub move_grace_seconds: Option<u64>,
-    /// `local` or `aws` (usage and metrics to DynamoDB and CloudWatch, standard AWS configuration) [env: INDIGO_PROVIDER] [default: local]
+    /// `local` or `aws` (silos on Aurora, the data plane on ECS, usage and metrics to DynamoDB and CloudWatch; standard AWS configuration) [env: INDIGO_PROVIDER] [default: local]
     #[arg(long, env = "INDIGO_PROVIDER", hide_env = true)]
     pub provider: Option<String>,
     /// DynamoDB usage table of the AWS provider [env: INDIGO_AWS_USAGE_TABLE] [default: indigo-usage]
