@@ -10,11 +10,10 @@ const INDIGO: &str = env!("CARGO_BIN_EXE_indigo");
 
 #[tokio::test]
 async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
-    let database = TestDatabase::unique("indigo_up_test");
-    let pool = TestDatabase::unique("indigo_up_pool");
-    let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
+    let platform = Platform::new();
+    let (database, pool, data_dir) = (&platform.database, &platform.pool, &platform.data_dir);
 
-    let mut command = local_platform(INDIGO.as_ref(), &database, &pool, &data_dir);
+    let mut command = local_platform(INDIGO.as_ref(), database, pool, data_dir);
     command.arg("--demo");
     let mut daemon = Process::spawn(command).unwrap();
     let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
@@ -29,7 +28,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let output = Command::new(INDIGO)
         .args(["tenant", "list", "--output", "json", "--api-url", &api_url])
         .arg("--data-dir")
-        .arg(&data_dir)
+        .arg(data_dir)
         .env_remove("INDIGO_TOKEN")
         .output()
         .unwrap();
@@ -48,12 +47,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     }
 
     // A failing command exits non-zero with a one-line reason.
-    let output = Command::new(INDIGO)
-        .args(["tenant", "plan", "acme-shoes", "gold", "--api-url", &api_url])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .output()
-        .unwrap();
+    let output = cli(data_dir, &["tenant", "plan", "acme-shoes", "gold", "--api-url", &api_url]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -62,12 +56,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     // The reconciler converges every demo tenant; the enterprise one gets its own database.
     let mut converged = false;
     for _ in 0..100 {
-        let output = Command::new(INDIGO)
-            .args(["tenant", "get", "fjord-fashion", "--output", "json", "--api-url", &api_url])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .output()
-            .unwrap();
+        let output = cli(data_dir, &["tenant", "get", "fjord-fashion", "--output", "json", "--api-url", &api_url]);
         let tenant: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         if tenant["status"]["phase"] == "ready" {
             assert_eq!(tenant["status"]["placement"]["isolation"], "silo");
@@ -79,22 +68,12 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     assert!(converged, "fjord-fashion never became ready");
 
     // Table output for people.
-    let output = Command::new(INDIGO)
-        .args(["tenant", "get", "fjord-fashion", "--api-url", &api_url])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .output()
-        .unwrap();
+    let output = cli(data_dir, &["tenant", "get", "fjord-fashion", "--api-url", &api_url]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("plan=enterprise isolation=silo"), "{stdout}");
 
     // The storefront serves a demo tenant with a token minted by the CLI.
-    let output = Command::new(INDIGO)
-        .args(["storefront-token", "blue-bakery", "--api-url", &api_url])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .output()
-        .unwrap();
+    let output = cli(data_dir, &["storefront-token", "blue-bakery", "--api-url", &api_url]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let jwt = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     let http = reqwest::Client::new();
@@ -135,9 +114,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
         TestDatabase { url: String::new(), name: silo }.drop_now().await.unwrap();
     }
 
-    database.drop_now().await.unwrap();
-    pool.drop_now().await.unwrap();
-    let _ = std::fs::remove_dir_all(&data_dir);
+    platform.remove().await;
 }
 
 #[test]
@@ -196,12 +173,7 @@ async fn up_starts_a_private_postgres_when_none_answers() {
     let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
     let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
     wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await.unwrap();
-    let output = Command::new(INDIGO)
-        .args(["tenant", "list", "--output", "json", "--api-url", &api_url])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .output()
-        .unwrap();
+    let output = cli(&data_dir, &["tenant", "list", "--output", "json", "--api-url", &api_url]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let tenants: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(tenants.as_array().unwrap().len(), 6);
@@ -215,10 +187,9 @@ async fn up_starts_a_private_postgres_when_none_answers() {
 
 #[tokio::test]
 async fn a_killed_platform_takes_its_data_plane_down() {
-    let database = TestDatabase::unique("indigo_up_test");
-    let pool = TestDatabase::unique("indigo_up_pool");
-    let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
-    let command = local_platform(INDIGO.as_ref(), &database, &pool, &data_dir);
+    let platform = Platform::new();
+    let (database, pool, data_dir) = (&platform.database, &platform.pool, &platform.data_dir);
+    let command = local_platform(INDIGO.as_ref(), database, pool, data_dir);
     let mut daemon = Process::spawn(command).unwrap();
     let line = daemon.wait_for_line("storefront: ", Duration::from_secs(60)).unwrap();
     let storefront = line.split("storefront: ").nth(1).unwrap().trim().to_owned();
@@ -231,9 +202,7 @@ async fn a_killed_platform_takes_its_data_plane_down() {
         assert!(std::time::Instant::now() < deadline, "the data plane outlived its platform");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    database.drop_now().await.unwrap();
-    pool.drop_now().await.unwrap();
-    let _ = std::fs::remove_dir_all(&data_dir);
+    platform.remove().await;
 }
 
 /// The data planes `indigo up` runs: the pool's replicas and each silo tenant's
@@ -241,10 +210,9 @@ async fn a_killed_platform_takes_its_data_plane_down() {
 /// reported as drift with what was repaired.
 #[tokio::test]
 async fn a_data_plane_killed_by_hand_is_restored_by_the_reconciler() {
-    let database = TestDatabase::unique("indigo_up_test");
-    let pool = TestDatabase::unique("indigo_up_pool");
-    let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
-    let mut command = local_platform(INDIGO.as_ref(), &database, &pool, &data_dir);
+    let platform = Platform::new();
+    let (database, pool, data_dir) = (&platform.database, &platform.pool, &platform.data_dir);
+    let mut command = local_platform(INDIGO.as_ref(), database, pool, data_dir);
     command.arg("--demo").env("INDIGO_RESYNC_SECONDS", "3600");
     let mut daemon = Process::spawn(command).unwrap();
     let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
@@ -267,12 +235,7 @@ async fn a_data_plane_killed_by_hand_is_restored_by_the_reconciler() {
     assert_eq!(ours.serving(Some(tenant)).len(), 2, "the plan's dataplane_replicas");
     assert_eq!(ours.serving(None).len(), 2, "the pool's replicas from policies/plans.toml");
     // Operators see them in the reconciler's state.
-    let output = Command::new(INDIGO)
-        .args(["reconciler", "--output", "json", "--api-url", &api_url])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .output()
-        .unwrap();
+    let output = cli(data_dir, &["reconciler", "--output", "json", "--api-url", &api_url]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let services = status["services"].as_array().unwrap();
@@ -288,12 +251,7 @@ async fn a_data_plane_killed_by_hand_is_restored_by_the_reconciler() {
     // It serves its tenant, and no other.
     let http = reqwest::Client::new();
     let token = |slug: &str| {
-        let output = Command::new(INDIGO)
-            .args(["storefront-token", slug, "--api-url", &api_url])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .output()
-            .unwrap();
+        let output = cli(data_dir, &["storefront-token", slug, "--api-url", &api_url]);
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap().trim().to_owned()
     };
@@ -341,9 +299,7 @@ async fn a_data_plane_killed_by_hand_is_restored_by_the_reconciler() {
         .unwrap();
     control.close().await;
     TestDatabase { url: String::new(), name: silo }.drop_now().await.unwrap();
-    database.drop_now().await.unwrap();
-    pool.drop_now().await.unwrap();
-    let _ = std::fs::remove_dir_all(&data_dir);
+    platform.remove().await;
 }
 
 /// The data-plane processes of one platform, found by the control plane they report to.
@@ -386,4 +342,31 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out waiting until {what}");
+}
+
+/// What one `indigo up` under test owns: its control and pool databases and its data directory.
+struct Platform {
+    database: TestDatabase,
+    pool: TestDatabase,
+    data_dir: std::path::PathBuf,
+}
+
+impl Platform {
+    fn new() -> Self {
+        let database = TestDatabase::unique("indigo_up_test");
+        let pool = TestDatabase::unique("indigo_up_pool");
+        let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
+        Self { database, pool, data_dir }
+    }
+
+    async fn remove(self) {
+        self.database.drop_now().await.unwrap();
+        self.pool.drop_now().await.unwrap();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// The CLI against a platform under test, finding its token in `data_dir`.
+fn cli(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(INDIGO).args(args).arg("--data-dir").arg(data_dir).output().unwrap()
 }
