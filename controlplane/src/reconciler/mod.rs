@@ -89,6 +89,11 @@ struct Stats {
 }
 
 impl Stats {
+    fn count_drift_repaired(&self) {
+        self.drift_repaired.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("indigo_reconciler_drift_repaired_total").increment(1);
+    }
+
     /// Remembers what a service runs now (`None`: it is gone).
     fn saw_service(&self, spec: &ServiceSpec, state: Option<&ServiceState>) {
         let mut services = self.services.lock().expect("stats lock");
@@ -276,8 +281,7 @@ pub async fn reconcile<P: DatabaseProvider>(
     if let Some(diff) = diff {
         let summary = decision.actions.iter().map(describe).collect::<Vec<_>>().join("; ");
         let (kind, message) = if decision.drift {
-            ctx.stats.drift_repaired.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("indigo_reconciler_drift_repaired_total").increment(1);
+            ctx.stats.count_drift_repaired();
             ("DriftRepaired", format!("{}: drift repaired: {summary}", tenant.slug))
         } else {
             ("Reconciled", format!("{}: {summary}", tenant.slug))
@@ -545,8 +549,7 @@ impl<P: DatabaseProvider> Controller<P> {
 
     async fn publish_fleet_change(&self, kind: &str, action: &Action) -> Result<(), ReconcileError> {
         if kind == "DriftRepaired" {
-            self.ctx.stats.drift_repaired.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("indigo_reconciler_drift_repaired_total").increment(1);
+            self.ctx.stats.count_drift_repaired();
         }
         let mut conn = self.ctx.db.acquire().await?;
         journal::publish(&mut conn, None, kind, &describe(action), json!({ "actions": [action] })).await?;

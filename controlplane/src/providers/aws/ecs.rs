@@ -140,12 +140,14 @@ impl EcsServices {
     }
 
     /// Brings the service to `desired` tasks of the current task definition,
-    /// creating it (tagged with `tags`) if missing. Safe to repeat.
+    /// creating it (tagged with `tags`, and its cluster) if missing. Safe to repeat.
     pub async fn ensure(&self, name: &str, desired: u32, tags: &[(&str, &str)]) -> Result<ServiceState, ProviderError> {
         let task_definition = self.task_definition().await?;
         let desired = i32::try_from(desired).unwrap_or(i32::MAX);
         match self.observe(name).await? {
             None => {
+                // Only a new service may need the cluster it runs on.
+                self.ensure_cluster().await?;
                 let mut create = self
                     .ecs
                     .create_service()

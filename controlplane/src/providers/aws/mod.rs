@@ -78,7 +78,6 @@ impl ComputeProvider for EcsServices {
 
     fn ensure_service<'a>(&'a self, spec: &'a ServiceSpec) -> ProviderFuture<'a, ServiceState> {
         Box::pin(async move {
-            self.ensure_cluster().await?;
             let tags: Vec<(&str, &str)> = spec.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             Ok(service_state(self.ensure(&spec.name, spec.replicas, &tags).await?))
         })
