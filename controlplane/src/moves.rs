@@ -104,7 +104,47 @@ impl Side {
         sqlx::query(sql).bind(tenant.0).execute(&self.pool).await.map_err(self.fail())?;
         Ok(())
     }
+
+    /// Runs DDL on one shared tenant table (adding or dropping a tenant's
+    /// capture triggers) without getting in the other tenants' way. Each table
+    /// is a transaction of its own: holding one table's lock while queueing for
+    /// the next could close a cycle with a storefront transaction that touches
+    /// them in another order, and PostgreSQL would abort one of the two,
+    /// possibly a customer's order. The wait for the lock is kept short, since
+    /// every later statement on the table queues behind it, and retried.
+    async fn alter_table(&self, ddl: &str) -> Result<(), MoveError> {
+        let fail = self.fail();
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let mut tx = self.begin().await?;
+            let outcome =
+                sqlx::raw_sql(AssertSqlSafe(format!("SET LOCAL lock_timeout = '{DDL_LOCK_WAIT_MS}ms'; {ddl}")))
+                    .execute(&mut *tx)
+                    .await;
+            match outcome {
+                Ok(_) => return tx.commit().await.map_err(&fail),
+                Err(sqlx::Error::Database(error))
+                    if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) && started.elapsed() < DDL_PATIENCE =>
+                {
+                    drop(tx);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(error) => return Err(fail(error)),
+            }
+        }
+    }
 }
+
+/// How long trigger DDL waits for a table's lock before letting the queue
+/// behind it move and trying again, and how long it keeps trying before the
+/// workflow step fails (transiently, to be retried later).
+const DDL_LOCK_WAIT_MS: u64 = 100;
+const DDL_PATIENCE: Duration = Duration::from_secs(30);
+
+/// SQLSTATE of a lock wait that ran out of `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// The columns of a tenant table that a move carries (generated ones are
 /// computed again on the target) and its primary key.
@@ -305,18 +345,16 @@ impl Mover {
     }
 
     /// Starts logging the tenant's changes on the source. Idempotent.
+    /// The copy starts only after this returns, so capture is on for every
+    /// table by then even though each table gets its triggers on its own.
     pub async fn start_capture(&self) -> Result<(), MoveError> {
-        let fail = self.source.fail();
-        let mut tx = self.source.begin().await?;
-        sqlx::query("INSERT INTO move_fences (tenant) VALUES ($1) ON CONFLICT (tenant) DO NOTHING")
-            .bind(self.tenant.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(&fail)?;
+        self.source
+            .execute_for("INSERT INTO move_fences (tenant) VALUES ($1) ON CONFLICT (tenant) DO NOTHING", self.tenant)
+            .await?;
         let (writes, deletes) = trigger_names(self.tenant);
         for table in &self.tables {
             // The tenant id is a parsed UUID; the names are ours.
-            let sql = format!(
+            let ddl = format!(
                 "CREATE OR REPLACE TRIGGER {writes} AFTER INSERT OR UPDATE ON {table} FOR EACH ROW
                      WHEN (NEW.tenant_id = '{tenant}') EXECUTE FUNCTION move_capture();
                  CREATE OR REPLACE TRIGGER {deletes} AFTER DELETE ON {table} FOR EACH ROW
@@ -324,9 +362,9 @@ impl Mover {
                 table = table.name,
                 tenant = self.tenant,
             );
-            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(&fail)?;
+            self.source.alter_table(&ddl).await?;
         }
-        tx.commit().await.map_err(&fail)
+        Ok(())
     }
 
     /// Stops logging on the source and forgets the log (a move given up).
@@ -666,26 +704,27 @@ fn trigger_names(tenant: TenantId) -> (String, String) {
     (format!("indigo_move_{id}_w"), format!("indigo_move_{id}_d"))
 }
 
+/// Drops the tenant's capture triggers, then its log, fence and touched keys.
+/// The bookkeeping goes last, so an interrupted stop leaves the fence in place.
 async fn stop_capture(side: &Side, tenant: TenantId, tables: &[Table]) -> Result<(), MoveError> {
-    let fail = side.fail();
-    let mut tx = side.begin().await?;
-    drop_capture(&mut tx, tenant, tables).await.map_err(&fail)?;
-    tx.commit().await.map_err(&fail)
-}
-
-async fn drop_capture(conn: &mut PgConnection, tenant: TenantId, tables: &[Table]) -> Result<(), sqlx::Error> {
     let (writes, deletes) = trigger_names(tenant);
     for table in tables {
-        let sql = format!(
-            "DROP TRIGGER IF EXISTS {writes} ON {name}; DROP TRIGGER IF EXISTS {deletes} ON {name};",
-            name = table.name
-        );
-        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await?;
+        let name = table.name;
+        side.alter_table(&format!(
+            "DROP TRIGGER IF EXISTS {writes} ON {name}; DROP TRIGGER IF EXISTS {deletes} ON {name};"
+        ))
+        .await?;
     }
-    sqlx::query("DELETE FROM move_changes WHERE tenant = $1").bind(tenant.0).execute(&mut *conn).await?;
-    sqlx::query("DELETE FROM move_fences WHERE tenant = $1").bind(tenant.0).execute(&mut *conn).await?;
-    sqlx::query("DELETE FROM move_touched WHERE tenant = $1").bind(tenant.0).execute(&mut *conn).await?;
-    Ok(())
+    let fail = side.fail();
+    let mut tx = side.begin().await?;
+    for sql in [
+        "DELETE FROM move_changes WHERE tenant = $1",
+        "DELETE FROM move_fences WHERE tenant = $1",
+        "DELETE FROM move_touched WHERE tenant = $1",
+    ] {
+        sqlx::query(sql).bind(tenant.0).execute(&mut *tx).await.map_err(&fail)?;
+    }
+    tx.commit().await.map_err(&fail)
 }
 
 /// Deletes the tenant's rows, children first.

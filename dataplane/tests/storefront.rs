@@ -125,6 +125,67 @@ async fn orders_take_stock_atomically_and_refuse_when_short() {
     std::sync::Arc::into_inner(store).unwrap().cleanup().await;
 }
 
+/// An order whose transaction the database aborts to break a deadlock is run
+/// again by the data plane: the buyer gets the order, and gets it once.
+#[tokio::test]
+async fn an_order_aborted_by_a_deadlock_is_replayed_once() {
+    use sqlx::ConnectOptions;
+    let (store, ids) = Store::start(&[("shop", plan("pro"))]).await;
+    let owner = token(ids[0], CallerRole::Owner);
+    let boot = store.product(&owner, "Boot", 2500, 5).await;
+    let boot_id: uuid::Uuid = boot["id"].as_str().unwrap().parse().unwrap();
+    let customer = store.customer(&owner, "pat@example.com").await;
+    let options = store.server.admin_options(&store.database);
+    let admin = || options.connect();
+
+    // Another session holds the boot's row, lets the order queue behind it,
+    // then asks for the customers table the order has already read. Its own
+    // deadlock check is put off, so the order's backend is the one to break
+    // the cycle.
+    let mut other = admin().await.unwrap();
+    sqlx::raw_sql("SET deadlock_timeout = '10min'; BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT 1 FROM products WHERE id = $1 FOR UPDATE").bind(boot_id).execute(&mut other).await.unwrap();
+    let order = store.post(
+        &owner,
+        "/v1/orders",
+        json!({ "customer_id": customer["id"], "items": [{ "product_id": boot_id, "quantity": 1 }] }),
+    );
+    let deadlock = async {
+        let mut watcher = admin().await.unwrap();
+        let queued = "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                                     WHERE NOT l.granted AND a.datname = current_database())";
+        for _ in 0..500 {
+            if sqlx::query_scalar::<_, bool>(queued).fetch_one(&mut watcher).await.unwrap() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Granted once the order's transaction is aborted; its replay then
+        // waits for this commit.
+        sqlx::raw_sql("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE; COMMIT").execute(&mut other).await.unwrap();
+        watcher
+    };
+    let (reply, mut watcher) = tokio::join!(order, deadlock);
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+
+    let deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()";
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = sqlx::query_scalar::<_, i64>(deadlocks).fetch_one(&mut watcher).await.unwrap();
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, 1, "the order's first transaction was a deadlock's victim");
+    assert_eq!(store.get(&owner, &format!("/v1/products/{boot_id}")).await.body["stock"], 4);
+    let orders = store.get(&owner, "/v1/orders").await;
+    assert_eq!(orders.body["items"].as_array().unwrap().len(), 1, "{}", orders.body);
+    sqlx::Connection::close(watcher).await.unwrap();
+    sqlx::Connection::close(other).await.unwrap();
+    store.cleanup().await;
+}
+
 #[tokio::test]
 async fn search_ranks_by_relevance() {
     let (store, ids) = Store::start(&[("shop", plan("growth"))]).await;

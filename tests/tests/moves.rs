@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use indigo_controlplane::failpoints::CRASH_EXIT_CODE;
+use indigo_controlplane::moves::Mover;
 use indigo_controlplane::providers::local::LocalDatabases;
 use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
 use indigo_controlplane::workflow::tier_change::TierChange;
 use indigo_core::tenant::TenantId;
+use indigo_dataplane::schema::TenantServer;
 use indigo_e2e::stack::{ADMIN_TOKEN, AdminClient, LoadReport, Shop, Stack, Storefront, ids_in, start_load};
 use indigo_e2e::{Process, TestDatabase, free_port, wait_until_ok, workspace_binary};
 use reqwest::{Method, StatusCode};
@@ -410,4 +412,40 @@ fn silo_of(tenant: &Value) -> String {
     let id: Uuid = tenant["id"].as_str().unwrap().parse().unwrap();
     let slug = indigo_core::tenant::Slug::parse(tenant["slug"].as_str().unwrap()).unwrap();
     indigo_controlplane::providers::local::silo_database(TenantId(id), &slug)
+}
+
+/// Adding and dropping a tenant's capture triggers locks the shared tables one
+/// at a time: a neighbour's transaction that reads one table and then writes
+/// another, as an order does, is never made a deadlock's victim.
+#[tokio::test]
+async fn capture_on_and_off_never_deadlocks_a_neighbour() {
+    use sqlx::{ConnectOptions, Connection};
+    let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
+    let [source, target] =
+        ["source", "target"].map(|side| format!("indigo_capture_test_{side}_{}", Uuid::new_v4().simple()));
+    for database in [&source, &target] {
+        server.provision(database).await.unwrap();
+    }
+    let mover = Mover::connect(&server, TenantId::new(), &source, &target).await.unwrap();
+    let mut neighbour = server.admin_options(&source).connect().await.unwrap();
+    for starting in [true, false] {
+        // The neighbour has read customers and will write products; the
+        // mover's DDL wants both tables.
+        sqlx::raw_sql("BEGIN; SELECT count(*) FROM customers").execute(&mut neighbour).await.unwrap();
+        let ddl = async { if starting { mover.start_capture().await } else { mover.stop_capture().await } };
+        let write = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sqlx::raw_sql("UPDATE products SET stock = stock + 1; COMMIT").execute(&mut neighbour).await
+        };
+        let (ddl, write) = tokio::join!(ddl, write);
+        ddl.unwrap_or_else(|e| panic!("capture {}: {e}", if starting { "on" } else { "off" }));
+        write.unwrap_or_else(|e| {
+            panic!("the neighbour's write while capture turned {}: {e}", if starting { "on" } else { "off" })
+        });
+    }
+    neighbour.close().await.unwrap();
+    drop(mover);
+    for database in [&source, &target] {
+        server.drop_database(database).await.unwrap();
+    }
 }

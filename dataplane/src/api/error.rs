@@ -9,10 +9,19 @@ use indigo_core::http::{Rejection, error_response};
 
 use crate::schema::MOVED_SQLSTATE;
 
-/// Marks a response whose write met a closed move fence: the tenant now lives
-/// in another database.
-#[derive(Debug, Clone, Copy)]
-pub struct TenantMoved;
+/// Marks a response whose request the tenant gate may replay whole: every
+/// handler runs in one transaction, and this one committed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// A write met a closed move fence: the tenant now lives in another database.
+    Moved,
+    /// PostgreSQL aborted the transaction (a deadlock or a serialization
+    /// failure) and asks for it to be run again.
+    Aborted,
+}
+
+/// SQLSTATEs after which PostgreSQL asks the client to retry the transaction.
+const RETRY_TRANSACTION: [&str; 2] = ["40001", "40P01"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,7 +75,19 @@ impl IntoResponse for StoreError {
                     "tenant_moving",
                     "this tenant is moving to another database; retry shortly",
                 );
-                response.extensions_mut().insert(TenantMoved);
+                response.extensions_mut().insert(Replay::Moved);
+                return response;
+            }
+            Self::Database(sqlx::Error::Database(error))
+                if error.code().is_some_and(|code| RETRY_TRANSACTION.contains(&code.as_ref())) =>
+            {
+                tracing::warn!(%error, "storefront transaction aborted by the database");
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "transaction_aborted",
+                    "the database aborted this request's transaction; retry",
+                );
+                response.extensions_mut().insert(Replay::Aborted);
                 return response;
             }
             Self::Database(error) => {

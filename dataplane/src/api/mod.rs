@@ -37,8 +37,8 @@ use crate::auth::{AuthError, Claims, Verifier};
 use crate::limits::{Limiter, Refusal};
 use crate::metering::Meter;
 use crate::routing::Routes;
+use error::Replay;
 pub use error::StoreError;
-use error::TenantMoved;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -147,6 +147,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// name its new database, and how often it is replayed.
 const MOVE_WAIT: Duration = Duration::from_secs(10);
 const MOVE_REPLAYS: u32 = 2;
+/// Replays of a request whose transaction the database aborted; the other
+/// party of a deadlock has usually finished by the first.
+const ABORT_REPLAYS: u32 = 2;
 
 async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, StoreError> {
     let started = Instant::now();
@@ -195,21 +198,24 @@ async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) ->
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| Rejection::too_large())?;
     let mut route = route;
-    let mut replays = 0;
+    let (mut moves, mut aborts) = (0, 0);
     let response = loop {
         let pool = state.routes.pool(&database_url)?;
         let mut attempt = Request::from_parts(parts.clone(), Body::from(body.clone()));
         attempt.extensions_mut().insert(TenantCtx { claims: claims.clone(), route: route.clone(), pool });
         let response = next.clone().run(attempt).await;
-        if response.extensions().get::<TenantMoved>().is_none() || replays == MOVE_REPLAYS {
-            break response;
+        match response.extensions().get::<Replay>() {
+            Some(Replay::Moved) if moves < MOVE_REPLAYS => {
+                moves += 1;
+                let Some(moved) = state.routes.await_new_database(tenant_id, &database_url, MOVE_WAIT).await else {
+                    break response;
+                };
+                database_url = moved.database_url.clone().ok_or(StoreError::Unavailable)?;
+                route = moved;
+            }
+            Some(Replay::Aborted) if aborts < ABORT_REPLAYS => aborts += 1,
+            _ => break response,
         }
-        replays += 1;
-        let Some(moved) = state.routes.await_new_database(tenant_id, &database_url, MOVE_WAIT).await else {
-            break response;
-        };
-        database_url = moved.database_url.clone().ok_or(StoreError::Unavailable)?;
-        route = moved;
     };
     if state.metering {
         let event_type = if path == "/v1/search" { "search_query" } else { "api_call" };
