@@ -249,7 +249,13 @@ async fn plan_limits_suspension_and_unknown_tenants() {
     routes[2].lifecycle = Lifecycle::Suspended;
     let silo = TenantId::new();
     routes.push(silo_route(silo));
+    let unreachable = TenantId::new();
+    let nothing_listens = format!("postgres://indigo_app@127.0.0.1:{}/shop", indigo_e2e::free_port().unwrap());
+    routes.push(support::route(unreachable, "down-shop", plan("pro"), Some(nothing_listens)));
     store.reroute(routes);
+    let down = store.get(&token(unreachable, CallerRole::Owner), "/v1/products").await;
+    assert_eq!((down.status, down.code()), (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"), "{}", down.body);
+    assert_eq!(down.headers[header::RETRY_AFTER], "1");
     let suspended = store.get(&token(ids[2], CallerRole::Owner), "/v1/products").await;
     assert_eq!((suspended.status, suspended.code()), (StatusCode::FORBIDDEN, "tenant_suspended"));
     let unplaced = store.get(&token(silo, CallerRole::Owner), "/v1/products").await;

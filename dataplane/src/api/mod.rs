@@ -37,7 +37,7 @@ use crate::auth::{AuthError, Claims, Verifier};
 use crate::limits::{Limiter, Refusal};
 use crate::metering::Meter;
 use crate::routing::Routes;
-use error::Replay;
+use error::RetryLater;
 pub use error::StoreError;
 
 #[derive(Clone)]
@@ -204,8 +204,8 @@ async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) ->
         let mut attempt = Request::from_parts(parts.clone(), Body::from(body.clone()));
         attempt.extensions_mut().insert(TenantCtx { claims: claims.clone(), route: route.clone(), pool });
         let response = next.clone().run(attempt).await;
-        match response.extensions().get::<Replay>() {
-            Some(Replay::Moved) if moves < MOVE_REPLAYS => {
+        match response.extensions().get::<RetryLater>() {
+            Some(RetryLater::Moved) if moves < MOVE_REPLAYS => {
                 moves += 1;
                 let Some(moved) = state.routes.await_new_database(tenant_id, &database_url, MOVE_WAIT).await else {
                     break response;
@@ -213,7 +213,7 @@ async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) ->
                 database_url = moved.database_url.clone().ok_or(StoreError::Unavailable)?;
                 route = moved;
             }
-            Some(Replay::Aborted) if aborts < ABORT_REPLAYS => aborts += 1,
+            Some(RetryLater::Aborted) if aborts < ABORT_REPLAYS => aborts += 1,
             _ => break response,
         }
     };
