@@ -617,6 +617,30 @@ async fn health_metrics_and_openapi(pool: PgPool) {
     assert!(openapi.body["components"]["schemas"]["Tenant"].is_object());
 }
 
+/// A control database that cannot be reached is the server's trouble, not the
+/// client's mistake, and not a crash either: 503 with a code and a retry hint.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn an_unreachable_database_answers_503_with_a_retry_hint(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.pool.close().await;
+    let reply = app.get("/v1/tenants", ADMIN).await;
+    assert_eq!(
+        (reply.status, reply.body["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("database_unavailable"))
+    );
+    assert_eq!(reply.headers[header::RETRY_AFTER], "1");
+    let created = app
+        .send(
+            Method::POST,
+            "/v1/tenants",
+            ADMIN,
+            "create-down",
+            json!({ "name": "Down", "slug": "down", "owner_email": "o@down.example", "plan": "starter" }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::SERVICE_UNAVAILABLE, "{}", created.body);
+}
+
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn audit_log_is_append_only(pool: PgPool) {
     let app = TestApp::new(pool).await;

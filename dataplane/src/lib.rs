@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod limits;
 pub mod metering;
+pub mod retry;
 pub mod routing;
 pub mod schema;
 

@@ -1,10 +1,13 @@
 //! The admin API's one error type. Client mistakes map to 4xx with a stable
-//! `code`; anything else is logged and answered with a generic 500.
+//! `code`; a database that asks to be tried again is a 503 (a retry with the
+//! same Idempotency-Key is safe); anything else is logged and answered with a
+//! generic 500.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use indigo_core::http::error_response;
 use indigo_core::tenant::Role;
+use indigo_dataplane::retry::RetryLater;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -57,6 +60,7 @@ impl ApiError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Database(error) if RetryLater::of(error).is_some() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,7 +73,8 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::NotReady(_) => "not_ready",
             Self::Upstream(_) => "upstream_failed",
-            Self::Database(_) | Self::Internal(_) => "internal",
+            Self::Database(error) => RetryLater::of(error).map_or("internal", RetryLater::code),
+            Self::Internal(_) => "internal",
         }
     }
 }
@@ -77,6 +82,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let Self::Database(error) = &self
+            && let Some(answer) = RetryLater::of(error)
+        {
+            tracing::warn!(%error, code = answer.code(), "request refused by the database");
+            return answer.response();
+        }
         if status.is_server_error() && !matches!(self, Self::NotReady(_) | Self::Upstream(_)) {
             // The detail goes to the log, never to the client.
             tracing::error!(error = %self, "request failed");

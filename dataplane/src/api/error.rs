@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use indigo_core::http::{Rejection, error_response};
 
-use crate::schema::MOVED_SQLSTATE;
+use crate::retry::RetryLater;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,60 +42,6 @@ impl StoreError {
     }
 }
 
-/// SQLSTATEs after which PostgreSQL asks the client to retry the transaction.
-const RETRY_TRANSACTION: [&str; 2] = ["40001", "40P01"];
-
-/// SQLSTATEs of a server that is shutting down, starting, out of connections,
-/// or without the database.
-const SERVER_UNAVAILABLE: [&str; 4] = ["57P01", "57P03", "53300", "3D000"];
-
-/// Database errors that are no fault of the request's and no bug of ours:
-/// each is a `503` the client may retry. The response carries it as an
-/// extension, and the tenant gate replays the request whole first where that
-/// can help (every handler runs in one transaction, and this one committed
-/// nothing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryLater {
-    /// A write met a closed move fence: the tenant now lives in another database.
-    Moved,
-    /// PostgreSQL aborted the transaction (a deadlock or a serialization
-    /// failure) and asks for it to be run again.
-    Aborted,
-    /// The database is down, starting, saturated or gone.
-    Unreachable,
-}
-
-impl RetryLater {
-    fn of(error: &sqlx::Error) -> Option<Self> {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => Some(Self::Unreachable),
-            sqlx::Error::Database(error) => match error.code()?.as_ref() {
-                MOVED_SQLSTATE => Some(Self::Moved),
-                code if RETRY_TRANSACTION.contains(&code) => Some(Self::Aborted),
-                code if SERVER_UNAVAILABLE.contains(&code) => Some(Self::Unreachable),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    fn code(self) -> &'static str {
-        match self {
-            Self::Moved => "tenant_moving",
-            Self::Aborted => "transaction_aborted",
-            Self::Unreachable => "database_unavailable",
-        }
-    }
-
-    fn message(self) -> &'static str {
-        match self {
-            Self::Moved => "this tenant is moving to another database; retry shortly",
-            Self::Aborted => "the database aborted this request's transaction; retry",
-            Self::Unreachable => "this tenant's database cannot be reached right now; retry shortly",
-        }
-    }
-}
-
 impl IntoResponse for StoreError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
@@ -114,8 +60,7 @@ impl IntoResponse for StoreError {
                     if answer != RetryLater::Moved {
                         tracing::warn!(%error, code = answer.code(), "storefront request refused by the database");
                     }
-                    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, answer.code(), answer.message());
-                    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    let mut response = answer.response();
                     response.extensions_mut().insert(answer);
                     return response;
                 }

@@ -36,8 +36,8 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::auth::{AuthError, Claims, Verifier};
 use crate::limits::{Limiter, Refusal};
 use crate::metering::Meter;
+use crate::retry::RetryLater;
 use crate::routing::Routes;
-use error::RetryLater;
 pub use error::StoreError;
 
 #[derive(Clone)]
