@@ -72,16 +72,15 @@ impl Meter {
         let Some(sink) = &self.sink else { return Ok(()) };
         self.retry_spooled(sink).await?;
         let events = std::mem::take(&mut *self.buffer.lock().expect("meter lock"));
-        for (n, chunk) in events.chunks(MAX_BATCH).enumerate() {
+        let mut unsent = Unsent { buffer: &self.buffer, events, sent: 0 };
+        while unsent.sent < unsent.events.len() {
+            let chunk = &unsent.events[unsent.sent..unsent.events.len().min(unsent.sent + MAX_BATCH)];
             if let Err(error) = sink.deliver(chunk).await {
                 tracing::warn!(%error, events = chunk.len(), "usage delivery failed; spooling the batch");
-                if let Err(spool_error) = spool_batch(&self.spool, chunk) {
-                    // Neither the store nor the disk took them: keep this and the
-                    // remaining chunks for the next flush.
-                    self.buffer.lock().expect("meter lock").extend_from_slice(&events[n * MAX_BATCH..]);
-                    return Err(spool_error);
-                }
+                // Should the disk refuse them too, they stay for the next flush.
+                spool_batch(&self.spool, chunk)?;
             }
+            unsent.sent += chunk.len();
         }
         Ok(())
     }
@@ -102,6 +101,26 @@ impl Meter {
             std::fs::remove_file(&file)?;
         }
         Ok(())
+    }
+}
+
+/// Events a flush took out of the buffer. Those neither delivered nor spooled
+/// when it is dropped (an error, or the flush cancelled mid-delivery, as when
+/// the process stops) go back to the front of the buffer: nothing is lost,
+/// and one delivered twice is ignored by the store.
+struct Unsent<'a> {
+    buffer: &'a Mutex<Vec<UsageEvent>>,
+    events: Vec<UsageEvent>,
+    sent: usize,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if self.sent < self.events.len() {
+            let rest = self.events.split_off(self.sent);
+            let mut buffer = self.buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            buffer.splice(0..0, rest);
+        }
     }
 }
 
@@ -127,5 +146,53 @@ pub async fn flush_forever(meter: Meter, interval: Duration) {
         if let Err(error) = meter.flush().await {
             tracing::warn!(%error, "usage flush failed; will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> UsageEvent {
+        UsageEvent {
+            id: uuid::Uuid::now_v7(),
+            tenant_id: indigo_core::tenant::TenantId::new(),
+            event_type: "api_call".into(),
+            quantity: 1.0,
+            route: None,
+            status: None,
+            latency_ms: None,
+            occurred_at: chrono::Utc::now(),
+            ai: None,
+        }
+    }
+
+    /// A flush stopped while the store has not answered (the periodic flush
+    /// aborted at shutdown) keeps its events for the final flush.
+    #[tokio::test]
+    async fn a_flush_cancelled_mid_delivery_keeps_its_events() {
+        // Accepts connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            while let Ok((connection, _)) = silent.accept().await {
+                connections.push(connection);
+            }
+        });
+        let spool = std::env::temp_dir().join(format!("indigo-meter-test-{}", uuid::Uuid::new_v4().simple()));
+        let meter = Meter::new(Some(UsageSink::new(&url, "token")), spool.clone());
+        let recorded: Vec<UsageEvent> = (0..3).map(|_| event()).collect();
+        for event in &recorded {
+            meter.record(event.clone());
+        }
+        let cancelled = tokio::time::timeout(Duration::from_millis(200), meter.flush()).await;
+        assert!(cancelled.is_err(), "the store never answers, so the flush is still waiting");
+        meter.record(event());
+        let kept: Vec<uuid::Uuid> = meter.buffer.lock().unwrap().iter().map(|e| e.id).collect();
+        assert_eq!(kept.len(), 4, "the three in flight and the one recorded since");
+        assert_eq!(kept[..3], recorded.iter().map(|e| e.id).collect::<Vec<_>>()[..], "in their order, first");
+        held.abort();
+        let _ = std::fs::remove_dir_all(spool);
     }
 }
