@@ -67,6 +67,7 @@ struct ConfigFile {
     stripe_api_base: Option<String>,
     stripe_secret_key: Option<String>,
     smtp_relay: Option<String>,
+    redis_url: Option<String>,
     mail_from: Option<String>,
     stripe_webhook_secret: Option<String>,
     payment_grace_hours: Option<u64>,
@@ -129,6 +130,9 @@ pub struct Overrides {
     /// SMTP relay (host:port, no auth) for the outbox's mail [env: INDIGO_SMTP_RELAY] [default: mail is logged, not sent]
     #[arg(long, env = "INDIGO_SMTP_RELAY", hide_env = true)]
     pub smtp_relay: Option<String>,
+    /// Redis through which the data planes that `indigo up` runs share each tenant's plan rate [env: INDIGO_REDIS_URL] [default: each replica limits alone]
+    #[arg(long, env = "INDIGO_REDIS_URL", hide_env = true)]
+    pub redis_url: Option<String>,
     /// Sender address of the outbox's mail [env: INDIGO_MAIL_FROM] [default: noreply@indigo.local]
     #[arg(long, env = "INDIGO_MAIL_FROM", hide_env = true)]
     pub mail_from: Option<String>,
@@ -189,6 +193,8 @@ pub struct Config {
     pub stripe: Option<StripeConfig>,
     /// `None`: the outbox's mail is logged instead of sent.
     pub smtp_relay: Option<String>,
+    /// Passed to the local data planes; `None`: each replica limits tenants' rates alone.
+    pub redis_url: Option<String>,
     pub mail_from: String,
     /// `None`: Stripe webhooks are refused (503).
     pub stripe_webhook_secret: Option<Secret>,
@@ -339,6 +345,7 @@ impl Config {
                 .or(from_file.aws_metrics_namespace)
                 .unwrap_or_else(|| "Indigo/Usage".into()),
             smtp_relay: overrides.smtp_relay.or(from_file.smtp_relay),
+            redis_url: overrides.redis_url.or(from_file.redis_url),
             stripe_webhook_secret: overrides.stripe_webhook_secret.or(from_file.stripe_webhook_secret).map(Secret::new),
             payment_grace_hours: overrides.payment_grace_hours.or(from_file.payment_grace_hours).unwrap_or(72),
             move_grace_seconds: overrides.move_grace_seconds.or(from_file.move_grace_seconds).unwrap_or(300),

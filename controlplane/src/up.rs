@@ -87,6 +87,7 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         jwt_secret: local_secret(&jwt_secret_file(&config.data_dir))?,
         spool_dir: config.data_dir.join("usage-spool"),
         pool_listen: storefront,
+        redis_url: config.redis_url.clone(),
     }));
     let _background = server::start_background(config, &mut state, Some(dataplanes.clone())).await?;
     if demo {

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use indigo_e2e::{Process, TestDatabase, local_platform, wait_until_ok};
+use indigo_e2e::{Process, TestDatabase, local_platform, redis_url, wait_until_ok};
 
 const INDIGO: &str = env!("CARGO_BIN_EXE_indigo");
 
@@ -14,7 +14,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let (database, pool, data_dir) = (&platform.database, &platform.pool, &platform.data_dir);
 
     let mut command = local_platform(INDIGO.as_ref(), database, pool, data_dir);
-    command.arg("--demo");
+    command.arg("--demo").env("INDIGO_REDIS_URL", redis_url());
     let mut daemon = Process::spawn(command).unwrap();
     let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
     let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
@@ -88,6 +88,14 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let listed: serde_json::Value =
         http.get(format!("{storefront_url}/v1/products")).bearer_auth(&jwt).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["items"][0]["name"], "Sourdough");
+    // The data planes share the tenant's plan rate through Redis: its bucket is there.
+    let output = cli(data_dir, &["tenant", "get", "blue-bakery", "--output", "json", "--api-url", &api_url]);
+    let bakery: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let bucket = format!("indigo:rate:{}", bakery["id"].as_str().unwrap());
+    let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let tokens: Option<f64> = redis::cmd("HGET").arg(&bucket).arg("tokens").query_async(&mut redis).await.unwrap();
+    let tokens = tokens.unwrap_or_else(|| panic!("no shared bucket {bucket} in Redis"));
+    assert!(tokens < 100.0, "two requests were drawn from the shared bucket: {tokens} left");
 
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "indigo up exited with {status} after SIGTERM");

@@ -18,6 +18,8 @@ use anyhow::Context;
 
 use crate::api::AppState;
 use crate::auth::Verifier;
+use crate::limits::Limiter;
+use crate::limits::fleet::FleetRates;
 use crate::metering::{Meter, UsageSink};
 use crate::routing::{ControlPlaneSource, Routes};
 
@@ -63,6 +65,10 @@ pub struct Cli {
     /// Connections per tenant database
     #[arg(long, env = "INDIGO_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
+    /// Redis through which all replicas share each tenant's plan rate (e.g. redis://127.0.0.1:6379);
+    /// without it each replica limits alone
+    #[arg(long, env = "INDIGO_REDIS_URL")]
+    pub redis_url: Option<String>,
     /// Behind a load balancer: rate-limit clients by the last X-Forwarded-For hop, not the socket peer
     #[arg(long, env = "INDIGO_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
@@ -97,6 +103,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     let flusher = tokio::spawn(metering::flush_forever(meter.clone(), Duration::from_millis(cli.metering_flush_ms)));
     let mut state = AppState::new(routes, verifier, meter.clone());
+    if let Some(url) = &cli.redis_url {
+        let fleet = FleetRates::new(url).with_context(|| format!("invalid redis_url {url}"))?;
+        state.limiter = Arc::new(Limiter::default().sharing_rates(fleet));
+    }
     let sharer = tokio::spawn(limits::share_daily_forever(
         state.limiter.clone(),
         source,

@@ -47,6 +47,11 @@ impl TestDatabase {
     }
 }
 
+/// The Redis tests share plan rates through (`REDIS_URL`; `.ci/run` starts one).
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// A port free on 127.0.0.1 right now, for a child process to listen on.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

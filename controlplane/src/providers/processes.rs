@@ -36,6 +36,8 @@ pub struct Launch {
     pub spool_dir: PathBuf,
     /// Where the pool's replicas serve.
     pub pool_listen: SocketAddr,
+    /// Redis through which the replicas share each tenant's plan rate.
+    pub redis_url: Option<String>,
 }
 
 /// A replica that dies sooner than this after starting is crashing, not drifting.
@@ -138,6 +140,10 @@ impl LocalProcesses {
             .kill_on_drop(true);
         if let Some(tenant) = spec.tenant {
             command.arg("--tenant").arg(tenant.to_string());
+        }
+        // Its URL may carry a password.
+        if let Some(url) = &launch.redis_url {
+            command.env("INDIGO_REDIS_URL", url);
         }
         command
     }
@@ -284,6 +290,7 @@ mod tests {
             jwt_secret: Secret::new("s"),
             spool_dir: std::env::temp_dir(),
             pool_listen: "127.0.0.1:0".parse().unwrap(),
+            redis_url: None,
         }
     }
 

@@ -170,7 +170,7 @@ async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) ->
     }
     let mut database_url = route.database_url.clone().ok_or(StoreError::Unavailable)?;
     let client = client_address(&req, state.trust_forwarded_for);
-    state.limiter.admit(claims.tenant_id, &route.plan, client).map_err(|refusal| match refusal {
+    state.limiter.admit(claims.tenant_id, &route.plan, client).await.map_err(|refusal| match refusal {
         Refusal::ClientRate { retry_after } => StoreError::TooMany {
             code: "rate_limited",
             message: "too many requests from this client".into(),

@@ -2,6 +2,10 @@
 //! round trip for them: a token bucket per tenant (the plan's request rate), one
 //! per client IP (the reference design's WAF rule), and a daily call counter.
 //!
+//! The tenant's rate is shared when a Redis is configured ([`fleet`]): every
+//! replica draws from one bucket per tenant, and falls back to its own bucket
+//! while Redis is away.
+//!
 //! The daily counter is shared: every few seconds the control plane's metered
 //! count of the tenant's day ([`Limiter::share_daily`]) raises each replica's
 //! own, so the limit holds across replicas (short by at most what the others
@@ -18,6 +22,10 @@ use indigo_core::plan::{Limit, Plan};
 use indigo_core::tenant::TenantId;
 
 use crate::routing::ControlPlaneSource;
+
+pub mod fleet;
+
+use fleet::FleetRates;
 
 /// The per-IP rule: 2000 requests per 5 minutes.
 pub const IP_REQUESTS_PER_WINDOW: u32 = 2000;
@@ -65,6 +73,7 @@ pub struct Limiter {
     daily: Mutex<HashMap<TenantId, DailyCount>>,
     ip_per_second: f64,
     ip_capacity: f64,
+    fleet: Option<FleetRates>,
 }
 
 impl Default for Limiter {
@@ -81,11 +90,22 @@ impl Limiter {
             daily: Mutex::default(),
             ip_per_second: f64::from(ip_requests) / ip_window.as_secs_f64(),
             ip_capacity: f64::from(ip_requests),
+            fleet: None,
         }
     }
 
+    /// Draws the tenants' rates from buckets every replica shares.
+    pub fn sharing_rates(mut self, fleet: FleetRates) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    pub fn fleet(&self) -> Option<&FleetRates> {
+        self.fleet.as_ref()
+    }
+
     /// Admits one request of `tenant` from `client`, or says why not.
-    pub fn admit(&self, tenant: TenantId, plan: &Plan, client: Option<IpAddr>) -> Result<(), Refusal> {
+    pub async fn admit(&self, tenant: TenantId, plan: &Plan, client: Option<IpAddr>) -> Result<(), Refusal> {
         let now = Instant::now();
         if let Some(ip) = client {
             let mut clients = self.clients.lock().expect("limiter lock");
@@ -99,12 +119,19 @@ impl Limiter {
                 .take(now, self.ip_per_second, self.ip_capacity)
                 .map_err(|retry_after| Refusal::ClientRate { retry_after })?;
         }
-        {
-            let rate = f64::from(plan.rate_limit.requests_per_second);
-            let burst = f64::from(plan.rate_limit.burst);
-            let mut tenants = self.tenants.lock().expect("limiter lock");
-            let bucket = tenants.entry(tenant).or_insert(Bucket { tokens: burst, updated: now });
-            bucket.take(now, rate, burst).map_err(|retry_after| Refusal::TenantRate { retry_after })?;
+        let fleet_answer = match &self.fleet {
+            Some(fleet) => fleet.take(tenant, plan).await.ok(),
+            None => None,
+        };
+        match fleet_answer {
+            Some(taken) => taken.map_err(|retry_after| Refusal::TenantRate { retry_after })?,
+            None => {
+                let rate = f64::from(plan.rate_limit.requests_per_second);
+                let burst = f64::from(plan.rate_limit.burst);
+                let mut tenants = self.tenants.lock().expect("limiter lock");
+                let bucket = tenants.entry(tenant).or_insert(Bucket { tokens: burst, updated: now });
+                bucket.take(now, rate, burst).map_err(|retry_after| Refusal::TenantRate { retry_after })?;
+            }
         }
         let now = Utc::now();
         let mut daily = self.daily.lock().expect("limiter lock");
@@ -164,7 +191,7 @@ mod tests {
     use super::*;
 
     fn plan(rps: u32, burst: u32, daily: Limit) -> Plan {
-        let mut plan = indigo_core::plan::PlanCatalog::parse("t", include_str!("../../policies/plans.toml"))
+        let mut plan = indigo_core::plan::PlanCatalog::parse("t", include_str!("../../../policies/plans.toml"))
             .unwrap()
             .get("starter")
             .unwrap()
@@ -175,41 +202,41 @@ mod tests {
         plan
     }
 
-    #[test]
-    fn tenant_bucket_allows_the_burst_then_refuses() {
+    #[tokio::test]
+    async fn tenant_bucket_allows_the_burst_then_refuses() {
         let limiter = Limiter::default();
         let tenant = TenantId::new();
         let plan = plan(1, 3, Limit::Unlimited);
         for _ in 0..3 {
-            limiter.admit(tenant, &plan, None).unwrap();
+            limiter.admit(tenant, &plan, None).await.unwrap();
         }
-        assert!(matches!(limiter.admit(tenant, &plan, None), Err(Refusal::TenantRate { .. })));
+        assert!(matches!(limiter.admit(tenant, &plan, None).await, Err(Refusal::TenantRate { .. })));
         // Another tenant is not affected.
-        limiter.admit(TenantId::new(), &plan, None).unwrap();
+        limiter.admit(TenantId::new(), &plan, None).await.unwrap();
     }
 
-    #[test]
-    fn client_ip_rule_applies_across_tenants() {
+    #[tokio::test]
+    async fn client_ip_rule_applies_across_tenants() {
         let limiter = Limiter::new(2, Duration::from_secs(300));
         let plan = plan(100, 100, Limit::Unlimited);
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        limiter.admit(TenantId::new(), &plan, Some(ip)).unwrap();
-        limiter.admit(TenantId::new(), &plan, Some(ip)).unwrap();
-        assert!(matches!(limiter.admit(TenantId::new(), &plan, Some(ip)), Err(Refusal::ClientRate { .. })));
-        limiter.admit(TenantId::new(), &plan, Some("10.9.9.9".parse().unwrap())).unwrap();
+        limiter.admit(TenantId::new(), &plan, Some(ip)).await.unwrap();
+        limiter.admit(TenantId::new(), &plan, Some(ip)).await.unwrap();
+        assert!(matches!(limiter.admit(TenantId::new(), &plan, Some(ip)).await, Err(Refusal::ClientRate { .. })));
+        limiter.admit(TenantId::new(), &plan, Some("10.9.9.9".parse().unwrap())).await.unwrap();
     }
 
-    #[test]
-    fn shared_counts_raise_a_replicas_own_and_move_its_day_to_the_tenants() {
+    #[tokio::test]
+    async fn shared_counts_raise_a_replicas_own_and_move_its_day_to_the_tenants() {
         let limiter = Limiter::default();
         let tenant = TenantId::new();
         let plan = plan(1000, 1000, Limit::AtMost(10));
-        limiter.admit(tenant, &plan, None).unwrap();
+        limiter.admit(tenant, &plan, None).await.unwrap();
         // The other replicas served 8 more: 9 in all, one call left.
         let resets_at = Utc::now() + chrono::Duration::hours(3);
         limiter.share_daily(&[DailyCalls { tenant_id: tenant, calls: 9, resets_at }]);
-        limiter.admit(tenant, &plan, None).unwrap();
-        match limiter.admit(tenant, &plan, None) {
+        limiter.admit(tenant, &plan, None).await.unwrap();
+        match limiter.admit(tenant, &plan, None).await {
             Err(Refusal::DailyCalls { limit: 10, retry_after }) => {
                 assert!(
                     retry_after > Duration::from_secs(3 * 3600 - 60) && retry_after <= Duration::from_secs(3 * 3600)
@@ -219,7 +246,7 @@ mod tests {
         }
         // A lower shared count (lagging metering) never lowers the replica's own.
         limiter.share_daily(&[DailyCalls { tenant_id: tenant, calls: 2, resets_at }]);
-        assert!(matches!(limiter.admit(tenant, &plan, None), Err(Refusal::DailyCalls { .. })));
+        assert!(matches!(limiter.admit(tenant, &plan, None).await, Err(Refusal::DailyCalls { .. })));
         // A day already over is ignored.
         let other = TenantId::new();
         limiter.share_daily(&[DailyCalls {
@@ -227,18 +254,18 @@ mod tests {
             calls: 100,
             resets_at: Utc::now() - chrono::Duration::seconds(1),
         }]);
-        limiter.admit(other, &plan, None).unwrap();
+        limiter.admit(other, &plan, None).await.unwrap();
     }
 
-    #[test]
-    fn daily_calls_stop_at_the_limit() {
+    #[tokio::test]
+    async fn daily_calls_stop_at_the_limit() {
         let limiter = Limiter::default();
         let tenant = TenantId::new();
         let plan = plan(1000, 1000, Limit::AtMost(5));
         for _ in 0..5 {
-            limiter.admit(tenant, &plan, None).unwrap();
+            limiter.admit(tenant, &plan, None).await.unwrap();
         }
-        match limiter.admit(tenant, &plan, None) {
+        match limiter.admit(tenant, &plan, None).await {
             Err(Refusal::DailyCalls { limit: 5, retry_after }) => assert!(retry_after <= Duration::from_secs(86_400)),
             other => panic!("expected the daily limit, got {other:?}"),
         }
