@@ -6,7 +6,9 @@
 //!       tenancy (a superuser connection; the tenant id is just a parameter);
 //!   (b) the real data plane `GET /v1/products/{id}`: JWT verification, routing,
 //!       limits, a tenant transaction with RLS, and metering;
-//!   (c) the same as (b) with metering off, to price metering alone.
+//!   (c) the same as (b) with metering off, to price metering alone;
+//!   (d) the same as (b) with the tenant's rate shared through Redis, to price
+//!       fleet-wide limits (REDIS_URL, default redis://127.0.0.1:6379).
 //! and writes `benchmarks/dataplane.md`.
 //!
 //! Run: `cargo bench -p indigo-dataplane --bench storefront` (PostgreSQL on
@@ -25,6 +27,7 @@ use indigo_core::tenant::{Lifecycle, Slug, TenantId};
 use indigo_dataplane::api::{self, AppState};
 use indigo_dataplane::auth::{CallerRole, Claims, Verifier, sign_hs256};
 use indigo_dataplane::limits::Limiter;
+use indigo_dataplane::limits::fleet::FleetRates;
 use indigo_dataplane::metering::Meter;
 use indigo_dataplane::routing::Routes;
 use indigo_dataplane::schema::{OWNER_ROLE, TenantServer};
@@ -225,10 +228,15 @@ async fn main() -> anyhow::Result<()> {
         AppState::new(Arc::new(Routes::fixed(table.clone(), POOL_SIZE)), Verifier::hs256(SECRET), meter.clone());
     let metered_url = serve(api::router(metered)).await;
     let mut unmetered =
-        AppState::new(Arc::new(Routes::fixed(table, POOL_SIZE)), Verifier::hs256(SECRET), meter.clone());
+        AppState::new(Arc::new(Routes::fixed(table.clone(), POOL_SIZE)), Verifier::hs256(SECRET), meter.clone());
     unmetered.metering = false;
     unmetered.limiter = Arc::new(Limiter::default());
     let unmetered_url = serve(api::router(unmetered)).await;
+    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut shared = AppState::new(Arc::new(Routes::fixed(table, POOL_SIZE)), Verifier::hs256(SECRET), meter.clone());
+    let shared_limiter = Arc::new(Limiter::default().sharing_rates(FleetRates::new(&redis_url)?));
+    shared.limiter = shared_limiter.clone();
+    let shared_url = serve(api::router(shared)).await;
 
     // A background drain, as the real flusher would do, so the buffer does not grow unbounded.
     let drain = meter.clone();
@@ -266,12 +274,27 @@ async fn main() -> anyhow::Result<()> {
         load(
             "(c) data plane, metering off",
             format!("{unmetered_url}/v1/products/"),
+            Some(token.clone()),
+            ids.clone(),
+            seconds,
+            concurrency,
+        )
+        .await,
+    );
+    outcomes.push(
+        load(
+            "(d) data plane, rate shared through Redis",
+            format!("{shared_url}/v1/products/"),
             Some(token),
             ids.clone(),
             seconds,
             concurrency,
         )
         .await,
+    );
+    anyhow::ensure!(
+        shared_limiter.fleet().is_some_and(|f| f.is_shared()),
+        "case (d) needs Redis at {redis_url}; it limited alone instead"
     );
 
     let a = outcomes[0].rps();
@@ -296,9 +319,12 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     report.push_str(&format!(
-        "\n(b)/(a) = **{:.2}**; metering costs {:.1}% of the data plane's throughput ((c) vs (b)).\n",
+        "\n(b)/(a) = **{:.2}**; metering costs {:.1}% of the data plane's throughput ((c) vs (b)); \
+         sharing the rate through Redis costs {:.1}% ((d) vs (b); the tenant's plan is unlimited, so \
+         a replica leases 100 tokens per Redis round trip).\n",
         outcomes[1].rps() / a,
-        (1.0 - outcomes[1].rps() / outcomes[2].rps()) * 100.0
+        (1.0 - outcomes[1].rps() / outcomes[2].rps()) * 100.0,
+        (1.0 - outcomes[3].rps() / outcomes[1].rps()) * 100.0
     ));
     println!("{report}");
     let out = concat!(env!("CARGO_MANIFEST_DIR"), "/../benchmarks/dataplane.md");
