@@ -112,32 +112,56 @@ async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant()
     let enterprise = plans.get("enterprise").unwrap();
     let replicas = enterprise.silo.as_ref().unwrap().dataplane_replicas;
 
-    let pool = services.ensure(POOL_SERVICE, 3, &[("isolation", "pool")]).await.unwrap();
+    let pool = services.ensure(POOL_SERVICE, None, 3, &[("isolation", "pool")]).await.unwrap();
     assert_eq!((pool.status.as_str(), pool.desired), ("ACTIVE", 3));
     let slug = Slug::parse("big-corp").unwrap();
     let tenant = SiloTenant { id: TenantId::new(), slug: &slug, plan: enterprise };
     let name = silo_service_name(tenant.id, tenant.slug);
     let tenant_id = tenant.id.to_string();
     let tags = [("tenant_id", tenant_id.as_str()), ("plan", "enterprise")];
-    let silo = services.ensure(&name, replicas, &tags).await.unwrap();
+    let silo = services.ensure(&name, Some(tenant.id), replicas, &tags).await.unwrap();
     assert_eq!(silo.desired, i32::try_from(replicas).unwrap(), "sized by the plan: {silo:?}");
     assert_eq!(silo.tags.get("tenant_id"), Some(&tenant_id));
-    assert_eq!(silo.task_definition, pool.task_definition, "one task definition for every service");
-    assert!(silo.task_definition.as_deref().unwrap().contains("indigo-dataplane"));
+
+    // The pool's data plane serves every pool tenant; the silo tenant's, that tenant only.
+    let ecs = aws_sdk_ecs::Client::new(&config);
+    let environment = |arn: Option<String>| {
+        let ecs = ecs.clone();
+        async move {
+            let described = ecs.describe_task_definition().task_definition(arn.unwrap()).send().await.unwrap();
+            let definition = described.task_definition().unwrap().clone();
+            let container = definition.container_definitions()[0].clone();
+            let pairs: Vec<(String, String)> = container
+                .environment()
+                .iter()
+                .map(|p| (p.name().unwrap().to_owned(), p.value().unwrap().to_owned()))
+                .collect();
+            (definition.family().unwrap().to_owned(), pairs)
+        }
+    };
+    let (pool_family, pool_env) = environment(pool.task_definition.clone()).await;
+    assert_eq!((pool_family.as_str(), pool_env.len()), ("indigo-dataplane", 0), "{pool_env:?}");
+    let (silo_family, silo_env) = environment(silo.task_definition.clone()).await;
+    assert_eq!(silo_family, name, "a family of its own");
+    assert_eq!(silo_env, [("INDIGO_DATAPLANE_TENANT".to_owned(), tenant_id.clone())]);
 
     // Again: nothing changes; a bigger plan scales in place.
-    assert_eq!(services.ensure(&name, replicas, &tags).await.unwrap(), silo);
-    let scaled = services.ensure(&name, replicas + 2, &tags).await.unwrap();
+    assert_eq!(services.ensure(&name, Some(tenant.id), replicas, &tags).await.unwrap(), silo);
+    let scaled = services.ensure(&name, Some(tenant.id), replicas + 2, &tags).await.unwrap();
     assert_eq!(scaled.desired, i32::try_from(replicas + 2).unwrap());
 
     // A new image: a new revision, rolled out to the service on its next ensure.
     let upgraded = EcsServices::new(&config, &cluster, "ghcr.io/indigo/dataplane:1.1", None);
-    let rolled = upgraded.ensure(&name, replicas, &tags).await.unwrap();
+    let rolled = upgraded.ensure(&name, Some(tenant.id), replicas, &tags).await.unwrap();
     assert_ne!(rolled.task_definition, silo.task_definition);
+    assert_eq!(services.revisions(&name).await.unwrap().len(), 2);
 
+    // Deleting the service releases its task definitions too; the pool's stay.
     services.delete(&name).await.unwrap();
     assert!(services.observe(&name).await.unwrap().is_none());
+    assert!(services.revisions(&name).await.unwrap().is_empty(), "the silo's task definitions are deregistered");
     services.delete(&name).await.unwrap();
+    assert!(!services.revisions("indigo-dataplane").await.unwrap().is_empty());
     assert!(services.observe(POOL_SERVICE).await.unwrap().is_some(), "the pool's service is untouched");
     services.delete(POOL_SERVICE).await.unwrap();
 }

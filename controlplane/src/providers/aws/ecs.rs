@@ -1,25 +1,40 @@
 //! The AWS provider's compute: the data plane as ECS services on one cluster,
-//! one service for the pool and one per silo tenant, all from the task
+//! one service for the pool and one per silo tenant, each from a task
 //! definition of the data-plane image; desired counts come from the plans
 //! (`silo.dataplane_replicas`) and the configuration (the pool's replicas).
+//! A silo tenant's service has a task definition family of its own whose
+//! container is told to serve that tenant only (`INDIGO_DATAPLANE_TENANT`, as
+//! `--tenant` does locally): another tenant's token is refused there.
 //! With subnets configured the services run on Fargate in those subnets;
 //! without, on EC2 capacity with bridge networking.
 
 use std::collections::BTreeMap;
 
 use aws_sdk_ecs::types::{
-    AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, LaunchType, NetworkConfiguration,
-    NetworkMode, PortMapping, Tag,
+    AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, KeyValuePair, LaunchType,
+    NetworkConfiguration, NetworkMode, PortMapping, Tag, TaskDefinitionStatus,
 };
+use indigo_core::tenant::TenantId;
 
 use super::{classify, done_unless_refused, is_code};
 pub use crate::providers::POOL_SERVICE;
 use crate::providers::ProviderError;
 
-/// The task definition family of the data plane.
+/// The task definition family of the pool's data plane; a silo tenant's is
+/// named after its service.
 pub const FAMILY: &str = "indigo-dataplane";
 const CONTAINER: &str = "dataplane";
 const PORT: i32 = 8081;
+/// The data plane's setting that restricts it to one tenant.
+pub const TENANT_ENV: &str = "INDIGO_DATAPLANE_TENANT";
+
+/// The task definition family of the service `name` (of `tenant`, for a silo).
+pub fn family(name: &str, tenant: Option<TenantId>) -> String {
+    match tenant {
+        Some(_) => name.to_owned(),
+        None => FAMILY.to_owned(),
+    }
+}
 
 /// Where Fargate tasks run.
 #[derive(Debug, Clone)]
@@ -61,13 +76,20 @@ impl EcsServices {
         Ok(())
     }
 
-    /// The data plane's task definition for the configured image: the latest
-    /// revision when it runs that image, a new revision otherwise.
-    pub async fn task_definition(&self) -> Result<String, ProviderError> {
-        match self.ecs.describe_task_definition().task_definition(FAMILY).send().await {
+    /// The task definition a service of `family` runs: the family's latest
+    /// revision when it runs the configured image with the wanted environment
+    /// (for a silo, its tenant), a new revision otherwise.
+    pub async fn task_definition(&self, family: &str, tenant: Option<TenantId>) -> Result<String, ProviderError> {
+        let environment: Vec<(String, String)> =
+            tenant.map(|tenant| (TENANT_ENV.to_owned(), tenant.to_string())).into_iter().collect();
+        match self.ecs.describe_task_definition().task_definition(family).send().await {
             Ok(found) => {
                 if let Some(definition) = found.task_definition()
-                    && definition.container_definitions().iter().any(|c| c.image() == Some(self.image.as_str()))
+                    && definition.status() == Some(&TaskDefinitionStatus::Active)
+                    && definition
+                        .container_definitions()
+                        .iter()
+                        .any(|c| c.image() == Some(self.image.as_str()) && container_environment(c) == environment)
                     && let Some(arn) = definition.task_definition_arn()
                 {
                     return Ok(arn.to_owned());
@@ -82,6 +104,12 @@ impl EcsServices {
             .essential(true)
             .memory(512)
             .port_mappings(PortMapping::builder().container_port(PORT).build())
+            .set_environment(Some(
+                environment
+                    .iter()
+                    .map(|(name, value)| KeyValuePair::builder().name(name).value(value).build())
+                    .collect(),
+            ))
             .build();
         let (mode, compatibility) = match self.subnets {
             Some(_) => (NetworkMode::Awsvpc, Compatibility::Fargate),
@@ -90,7 +118,7 @@ impl EcsServices {
         let registered = self
             .ecs
             .register_task_definition()
-            .family(FAMILY)
+            .family(family)
             .network_mode(mode)
             .requires_compatibilities(compatibility)
             .cpu("256")
@@ -139,10 +167,17 @@ impl EcsServices {
         }))
     }
 
-    /// Brings the service to `desired` tasks of the current task definition,
-    /// creating it (tagged with `tags`, and its cluster) if missing. Safe to repeat.
-    pub async fn ensure(&self, name: &str, desired: u32, tags: &[(&str, &str)]) -> Result<ServiceState, ProviderError> {
-        let task_definition = self.task_definition().await?;
+    /// Brings the service to `desired` tasks of the current task definition
+    /// (serving `tenant` only, for a silo tenant's), creating it (tagged with
+    /// `tags`, and its cluster) if missing. Safe to repeat.
+    pub async fn ensure(
+        &self,
+        name: &str,
+        tenant: Option<TenantId>,
+        desired: u32,
+        tags: &[(&str, &str)],
+    ) -> Result<ServiceState, ProviderError> {
+        let task_definition = self.task_definition(&family(name, tenant), tenant).await?;
         let desired = i32::try_from(desired).unwrap_or(i32::MAX);
         match self.observe(name).await? {
             None => {
@@ -210,12 +245,53 @@ impl EcsServices {
         Ok(names)
     }
 
-    /// Scales the service to zero and deletes it. Gone already is done.
+    /// Scales the service to zero and deletes it, then deregisters the task
+    /// definitions of its own family (a silo tenant's). Gone already is done.
     pub async fn delete(&self, name: &str) -> Result<(), ProviderError> {
-        if self.observe(name).await?.is_none() {
+        if self.observe(name).await?.is_some() {
+            let deleted = self.ecs.delete_service().cluster(&self.cluster).service(name).force(true).send().await;
+            done_unless_refused(deleted, &["ServiceNotFoundException"])?;
+        }
+        if name == POOL_SERVICE {
             return Ok(());
         }
-        let deleted = self.ecs.delete_service().cluster(&self.cluster).service(name).force(true).send().await;
-        done_unless_refused(deleted, &["ServiceNotFoundException"])
+        for arn in self.revisions(name).await? {
+            let deregistered = self.ecs.deregister_task_definition().task_definition(&arn).send().await;
+            done_unless_refused(deregistered, &["ClientException"])?;
+        }
+        Ok(())
     }
+
+    /// The active revisions of a task definition family.
+    pub async fn revisions(&self, family: &str) -> Result<Vec<String>, ProviderError> {
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ecs
+            .list_task_definitions()
+            .family_prefix(family)
+            .status(TaskDefinitionStatus::Active)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            // A prefix also matches longer families; keep this one's (`…/<family>:<revision>`).
+            let page = page.map_err(classify)?;
+            arns.extend(
+                page.task_definition_arns()
+                    .iter()
+                    .filter(|arn| arn.rsplit_once(':').and_then(|(head, _)| head.rsplit('/').next()) == Some(family))
+                    .cloned(),
+            );
+        }
+        Ok(arns)
+    }
+}
+
+fn container_environment(container: &ContainerDefinition) -> Vec<(String, String)> {
+    let mut environment: Vec<(String, String)> = container
+        .environment()
+        .iter()
+        .filter_map(|pair| Some((pair.name()?.to_owned(), pair.value().unwrap_or_default().to_owned())))
+        .collect();
+    environment.sort();
+    environment
 }

@@ -79,7 +79,7 @@ impl ComputeProvider for EcsServices {
     fn ensure_service<'a>(&'a self, spec: &'a ServiceSpec) -> ProviderFuture<'a, ServiceState> {
         Box::pin(async move {
             let tags: Vec<(&str, &str)> = spec.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            Ok(service_state(self.ensure(&spec.name, spec.replicas, &tags).await?))
+            Ok(service_state(self.ensure(&spec.name, spec.tenant, spec.replicas, &tags).await?))
         })
     }
 
