@@ -247,51 +247,16 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
+    let cases = [
+        ("(a) bare axum + sqlx, no tenancy", format!("{bare_url}/products/"), None),
+        ("(b) data plane GET /v1/products/{id}", format!("{metered_url}/v1/products/"), Some(token.clone())),
+        ("(c) data plane, metering off", format!("{unmetered_url}/v1/products/"), Some(token.clone())),
+        ("(d) data plane, rate shared through Redis", format!("{shared_url}/v1/products/"), Some(token)),
+    ];
     let mut outcomes = Vec::new();
-    outcomes.push(
-        load(
-            "(a) bare axum + sqlx, no tenancy",
-            format!("{bare_url}/products/"),
-            None,
-            ids.clone(),
-            seconds,
-            concurrency,
-        )
-        .await,
-    );
-    outcomes.push(
-        load(
-            "(b) data plane GET /v1/products/{id}",
-            format!("{metered_url}/v1/products/"),
-            Some(token.clone()),
-            ids.clone(),
-            seconds,
-            concurrency,
-        )
-        .await,
-    );
-    outcomes.push(
-        load(
-            "(c) data plane, metering off",
-            format!("{unmetered_url}/v1/products/"),
-            Some(token.clone()),
-            ids.clone(),
-            seconds,
-            concurrency,
-        )
-        .await,
-    );
-    outcomes.push(
-        load(
-            "(d) data plane, rate shared through Redis",
-            format!("{shared_url}/v1/products/"),
-            Some(token),
-            ids.clone(),
-            seconds,
-            concurrency,
-        )
-        .await,
-    );
+    for (name, base, token) in cases {
+        outcomes.push(load(name, base, token, ids.clone(), seconds, concurrency).await);
+    }
     anyhow::ensure!(
         shared_limiter.fleet().is_some_and(|f| f.is_shared()),
         "case (d) needs Redis at {redis_url}; it limited alone instead"
