@@ -60,9 +60,9 @@ pub struct FleetRates {
     client: redis::Client,
     script: redis::Script,
     connection: Mutex<Option<MultiplexedConnection>>,
-    /// Held while one request reconnects; the others do not wait for it.
-    reconnecting: tokio::sync::Mutex<()>,
-    next_reconnect: Mutex<Instant>,
+    /// When a reconnect may next be tried; held while one request reconnects,
+    /// and the others do not wait for it.
+    next_reconnect: tokio::sync::Mutex<Instant>,
     leases: Mutex<HashMap<TenantId, Lease>>,
     answer_within: Duration,
     /// [`UNKNOWN`], [`SHARED`] or [`ALONE`]: what the last answer was, so each
@@ -81,8 +81,7 @@ impl FleetRates {
             client: redis::Client::open(url)?,
             script: redis::Script::new(TAKE),
             connection: Mutex::default(),
-            reconnecting: tokio::sync::Mutex::default(),
-            next_reconnect: Mutex::new(Instant::now()),
+            next_reconnect: tokio::sync::Mutex::new(Instant::now()),
             leases: Mutex::default(),
             answer_within: ANSWER_WITHIN,
             state: AtomicU8::new(UNKNOWN),
@@ -167,17 +166,14 @@ impl FleetRates {
         if let Some(connection) = self.connection.lock().expect("connection lock").clone() {
             return Some(connection);
         }
-        let Ok(_reconnecting) = self.reconnecting.try_lock() else {
+        let Ok(mut next_reconnect) = self.next_reconnect.try_lock() else {
             return None;
         };
         let now = Instant::now();
-        {
-            let mut next = self.next_reconnect.lock().expect("reconnect lock");
-            if now < *next {
-                return None;
-            }
-            *next = now + RECONNECT_EVERY;
+        if now < *next_reconnect {
+            return None;
         }
+        *next_reconnect = now + RECONNECT_EVERY;
         match tokio::time::timeout(RECONNECT_EVERY, self.client.get_multiplexed_async_connection()).await {
             Ok(Ok(connection)) => {
                 *self.connection.lock().expect("connection lock") = Some(connection.clone());

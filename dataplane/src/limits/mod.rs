@@ -119,20 +119,18 @@ impl Limiter {
                 .take(now, self.ip_per_second, self.ip_capacity)
                 .map_err(|retry_after| Refusal::ClientRate { retry_after })?;
         }
-        let fleet_answer = match &self.fleet {
+        // The fleet's bucket when Redis answers, this replica's own otherwise.
+        let shared = match &self.fleet {
             Some(fleet) => fleet.take(tenant, plan).await.ok(),
             None => None,
         };
-        match fleet_answer {
-            Some(taken) => taken.map_err(|retry_after| Refusal::TenantRate { retry_after })?,
-            None => {
-                let rate = f64::from(plan.rate_limit.requests_per_second);
-                let burst = f64::from(plan.rate_limit.burst);
-                let mut tenants = self.tenants.lock().expect("limiter lock");
-                let bucket = tenants.entry(tenant).or_insert(Bucket { tokens: burst, updated: now });
-                bucket.take(now, rate, burst).map_err(|retry_after| Refusal::TenantRate { retry_after })?;
-            }
-        }
+        let taken = shared.unwrap_or_else(|| {
+            let rate = f64::from(plan.rate_limit.requests_per_second);
+            let burst = f64::from(plan.rate_limit.burst);
+            let mut tenants = self.tenants.lock().expect("limiter lock");
+            tenants.entry(tenant).or_insert(Bucket { tokens: burst, updated: now }).take(now, rate, burst)
+        });
+        taken.map_err(|retry_after| Refusal::TenantRate { retry_after })?;
         let now = Utc::now();
         let mut daily = self.daily.lock().expect("limiter lock");
         let count = daily.entry(tenant).or_insert_with(|| DailyCount { resets_at: next_utc_midnight(now), calls: 0 });
