@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use indigo_controlplane::api::{self, AppState, TenantDatabases};
+use indigo_controlplane::api::{self, AppState};
 use indigo_controlplane::config::Secret;
 use indigo_controlplane::metering::rollup;
 use indigo_controlplane::workflow::Failpoints;
 use indigo_controlplane::{db, policy};
-use indigo_dataplane::schema::TenantServer;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use serde_json::json;
 use uuid::Uuid;
 

@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use indigo_controlplane::api::{self, AppState, TenantDatabases};
+use indigo_controlplane::api::{self, AppState};
 use indigo_controlplane::billing::Stripe;
 use indigo_controlplane::config::{Secret, StripeConfig};
 use indigo_controlplane::workflow::{Engine, Services};
 use indigo_controlplane::{db, policy};
-use indigo_dataplane::schema::TenantServer;
 use indigo_e2e::stripe_double::StripeDouble;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -84,7 +85,13 @@ async fn main() -> anyhow::Result<()> {
     let stripe = StripeDouble::start().await?;
     let config = StripeConfig { api_base: stripe.url.clone(), secret_key: Secret::new("sk_test_bench") };
     let exports = std::env::temp_dir().join(format!("indigo-bench-exports-{suffix}"));
-    let engine = Engine::new(Services::local(&state, Some(Stripe::new(&config)?), exports));
+    let engine = Engine::new(Services::local(
+        state.db.clone(),
+        state.tenant_dbs.clone(),
+        state.plans.clone(),
+        Some(Stripe::new(&config)?),
+        exports,
+    ));
     let task = engine.spawn();
     let router = api::router(state);
 

@@ -13,11 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indigo_controlplane::api::TenantDatabases;
 use indigo_controlplane::db;
 use indigo_controlplane::providers::local::LocalDatabases;
 use indigo_controlplane::reconciler::{Controller, ReconcilerControl, Settings};
-use indigo_dataplane::schema::TenantServer;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use sqlx::PgPool;
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {

@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use indigo_core::api::JobStatus;
+use indigo_core::plan::PlanCatalog;
+use indigo_tenantdb::TenantDatabases;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
-use crate::api::TenantDatabases;
 use crate::billing::Stripe;
 use crate::failpoints::Failpoints;
 use crate::metering::aws::{self, AwsUsage};
 use crate::metering::{billing_sync, limits, rollup, storage};
-use indigo_core::plan::PlanCatalog;
 
 pub struct JobSpec {
     pub name: &'static str,

@@ -2,11 +2,39 @@
 //! written inside the transaction of the change they describe.
 
 use indigo_core::api::{AuditEntry, Event};
-use indigo_core::tenant::TenantId;
+use indigo_core::tenant::{Role, TenantId};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use crate::api::auth::Actor;
+/// Who is calling: the token's name (the audit log's actor) and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Actor {
+    pub const BOOTSTRAP_ADMIN: &'static str = "bootstrap-admin";
+
+    /// The control plane itself, acting on its own behalf.
+    pub fn system(name: &str) -> Self {
+        Self { name: name.to_owned(), role: Role::Admin }
+    }
+
+    /// Refuses a caller whose role is below `needed`.
+    pub fn require(&self, needed: Role) -> Result<(), Forbidden> {
+        if self.role >= needed { Ok(()) } else { Err(Forbidden { needed, have: self.role, actor: self.name.clone() }) }
+    }
+}
+
+/// A caller acting above its role.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this needs the {needed} role; the token `{actor}` has {have}")]
+pub struct Forbidden {
+    pub needed: Role,
+    pub have: Role,
+    pub actor: String,
+}
 
 /// The channel on which every new event id is announced (NOTIFY).
 pub const EVENTS_CHANNEL: &str = "indigo_events";

@@ -1,17 +1,14 @@
-//! The Indigo control plane as a library: the binary `indigo` is a thin shell
-//! over it, and tests drive it in-process.
+//! The Indigo control plane as a library: the `indigo` binary (crate
+//! `indigo-cli`) is a thin shell over it, and tests drive it in-process.
 
 pub mod api;
 pub mod billing;
-pub mod cli;
-pub mod client;
 pub mod config;
 pub mod db;
 pub mod failpoints;
 pub mod jobs;
 pub mod journal;
 pub mod metering;
-pub mod moves;
 pub mod outbox;
 pub mod policy;
 pub mod providers;

@@ -12,7 +12,7 @@ use indigo_core::tenant::{
 use serde_json::json;
 use sqlx::PgConnection;
 
-use crate::api::auth::Actor;
+use crate::journal::Actor;
 use crate::journal::{self, Audit};
 
 #[derive(Debug, thiserror::Error)]

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use indigo_dataplane::schema::TenantServer;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use tokio::net::TcpListener;
 
 use crate::api::webhooks::WebhookConfig;
-use crate::api::{self, AppState, TenantDatabases};
+use crate::api::{self, AppState};
 use crate::billing::Stripe;
 use crate::config::{Config, Provider};
 use crate::jobs::Jobs;
@@ -24,7 +25,7 @@ use crate::workflow::{self, Engine, Failpoints};
 
 use crate::{db, policy};
 /// Both daemons stop on SIGTERM or Ctrl-C.
-pub use indigo_dataplane::shutdown_signal;
+pub use indigo_core::http::shutdown_signal;
 
 /// Loads the policies, migrates the control database and builds the shared state.
 /// Policies are read first: a broken plans file should stop us before any IO.
@@ -139,8 +140,14 @@ pub fn workflow_engine<P: DatabaseProvider>(
     if stripe.is_none() {
         tracing::warn!("stripe_api_base is not set: tenants are onboarded without billing");
     }
-    let mut services =
-        workflow::Services::local(state, stripe, config.data_dir.join("exports")).with_provider(databases);
+    let mut services = workflow::Services::local(
+        state.db.clone(),
+        state.tenant_dbs.clone(),
+        state.plans.clone(),
+        stripe,
+        config.data_dir.join("exports"),
+    )
+    .with_provider(databases);
     services.failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
     services.settings.move_grace = std::time::Duration::from_secs(config.move_grace_seconds);
     Ok(Engine::new(services))

@@ -5,12 +5,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use indigo_controlplane::api::{self, AppState, TenantDatabases};
+use indigo_controlplane::api::{self, AppState};
 use indigo_controlplane::config::Secret;
 use indigo_controlplane::providers::local::LocalDatabases;
 use indigo_controlplane::workflow::{Services, engine};
 use indigo_controlplane::{db, policy};
-use indigo_dataplane::schema::TenantServer;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -50,7 +51,13 @@ impl TestApp {
         POOL_READY.get_or_init(async || server.provision(POOL).await.unwrap()).await;
         let tenant_dbs = TenantDatabases { server, pool_database: POOL.into() };
         let state = AppState::new(pool.clone(), plans, Some(&Secret::new(ADMIN)), tenant_dbs);
-        let workflows = Services::local(&state, None, std::env::temp_dir().join("indigo-api-test-exports"));
+        let workflows = Services::local(
+            state.db.clone(),
+            state.tenant_dbs.clone(),
+            state.plans.clone(),
+            None,
+            std::env::temp_dir().join("indigo-api-test-exports"),
+        );
         Self { router: api::router(state), pool, workflows }
     }
 

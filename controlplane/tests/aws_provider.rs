@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indigo_controlplane::api::auth::Actor;
-use indigo_controlplane::api::{self, AppState, TenantDatabases};
+use indigo_controlplane::api::{self, AppState};
 use indigo_controlplane::config::Secret;
 use indigo_controlplane::providers::aws::AwsDatabases;
 use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE};
@@ -25,7 +25,8 @@ use indigo_controlplane::registry::{self, NewTenant, TenantRef};
 use indigo_controlplane::{db, policy};
 use indigo_core::plan::PlanCatalog;
 use indigo_core::tenant::{Email, Lifecycle, Phase, Slug, TenantId, TenantName};
-use indigo_dataplane::schema::TenantServer;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use sqlx::PgPool;
 
 /// The product's plans plus a bigger silo plan to upgrade to.

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use indigo_controlplane::api::TenantDatabases;
 use indigo_controlplane::api::auth::Actor;
 use indigo_controlplane::providers::local::{LocalDatabases, silo_database};
 use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
@@ -18,7 +17,8 @@ use indigo_controlplane::{db, policy};
 use indigo_core::api::Tenant;
 use indigo_core::plan::PlanCatalog;
 use indigo_core::tenant::{Email, Lifecycle, Phase, Slug, TenantId, TenantName};
-use indigo_dataplane::schema::TenantServer;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use sqlx::PgPool;
 
 fn plans() -> PlanCatalog {

@@ -15,7 +15,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use chrono::{DateTime, DurationRound, Utc};
 use http_body_util::BodyExt;
 use indigo_controlplane::api::webhooks::{self, WebhookConfig};
-use indigo_controlplane::api::{self, AppState, TenantDatabases};
+use indigo_controlplane::api::{self, AppState};
 use indigo_controlplane::billing::Stripe;
 use indigo_controlplane::config::{Secret, StripeConfig};
 use indigo_controlplane::jobs::{JobError, Jobs};
@@ -25,8 +25,9 @@ use indigo_controlplane::reconciler::{self, Controller, Settings};
 use indigo_controlplane::workflow::{Failpoints, Services, engine};
 use indigo_controlplane::{db, policy};
 use indigo_core::tenant::TenantId;
-use indigo_dataplane::schema::TenantServer;
 use indigo_e2e::stripe_double::StripeDouble;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -108,7 +109,15 @@ impl World {
             ids.push(tenant["id"].as_str().unwrap().parse().unwrap());
         }
         let exports = std::env::temp_dir().join("indigo-usage-test-exports");
-        engine::run_until_idle(&Services::local(&self.state, Some(self.stripe()), exports)).await.unwrap();
+        engine::run_until_idle(&Services::local(
+            self.state.db.clone(),
+            self.state.tenant_dbs.clone(),
+            self.state.plans.clone(),
+            Some(self.stripe()),
+            exports,
+        ))
+        .await
+        .unwrap();
         ids
     }
 

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use indigo_controlplane::api::{self, AppState, TenantDatabases};
+use indigo_controlplane::api::{self, AppState};
 use indigo_controlplane::billing::Stripe;
 use indigo_controlplane::config::{Secret, StripeConfig};
 use indigo_controlplane::providers::local::{LocalDatabases, silo_database};
@@ -18,8 +18,9 @@ use indigo_controlplane::workflow::export;
 use indigo_controlplane::workflow::{Definition, Engine, Failpoints, Services, engine, onboarding::Onboarding};
 use indigo_controlplane::{db, policy};
 use indigo_core::tenant::{Slug, TenantId};
-use indigo_dataplane::schema::TenantServer;
 use indigo_e2e::stripe_double::StripeDouble;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, PgPool};
 use tower::ServiceExt;
@@ -50,7 +51,13 @@ impl World {
 
     fn services(&self, failpoints: &str) -> Services<LocalDatabases> {
         let config = StripeConfig { api_base: self.stripe.url.clone(), secret_key: Secret::new("sk_test_double") };
-        let mut services = Services::local(&self.state, Some(Stripe::new(&config).unwrap()), self.exports.clone());
+        let mut services = Services::local(
+            self.state.db.clone(),
+            self.state.tenant_dbs.clone(),
+            self.state.plans.clone(),
+            Some(Stripe::new(&config).unwrap()),
+            self.exports.clone(),
+        );
         services.failpoints = Failpoints::parse(failpoints).unwrap();
         services.settings.backoff_base = Duration::from_millis(10);
         services

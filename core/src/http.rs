@@ -1,14 +1,14 @@
-//! What the Indigo HTTP servers share: the JSON error body as a response, and
-//! extractors that turn what a client sends into typed values, rejecting bad
+//! What the Indigo HTTP servers share: the JSON error body as a response, the
+//! shutdown signal, and extractors that turn what a client sends into typed values, rejecting bad
 //! input with a stable `code` instead of axum's plain-text rejections.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
@@ -39,6 +39,31 @@ pub fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
 /// The response every error gets: `{"code": ..., "message": ...}`.
 pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (status, Json(ErrorBody { code: code.to_owned(), message: message.into() })).into_response()
+}
+
+/// `503` with a stable code and `Retry-After: 1`: a fault that is no one's
+/// (a database that is away, a transaction it aborted) and passes on retry.
+pub fn retry_later(code: &str, message: &str) -> Response {
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Completes on SIGTERM or Ctrl-C; both daemons stop on it.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
 }
 
 /// Input that the extractors below refused.

@@ -30,7 +30,7 @@ use indigo_dataplane::limits::Limiter;
 use indigo_dataplane::limits::fleet::FleetRates;
 use indigo_dataplane::metering::Meter;
 use indigo_dataplane::routing::Routes;
-use indigo_dataplane::schema::{OWNER_ROLE, TenantServer};
+use indigo_tenantdb::schema::{OWNER_ROLE, TenantServer};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions, Connection, PgPool};
 use uuid::Uuid;

@@ -23,6 +23,16 @@ pub enum CallerRole {
 }
 
 impl CallerRole {
+    /// As the data plane's transactions name it (`app.current_role`, which the
+    /// `shopper_scope` policies read).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Staff => "staff",
+            Self::Customer => "customer",
+        }
+    }
+
     pub fn manages_catalogue(self) -> bool {
         matches!(self, Self::Owner | Self::Staff)
     }
@@ -36,6 +46,9 @@ pub struct Claims {
     pub role: CallerRole,
     pub exp: i64,
 }
+
+/// Longest subject (`sub`) a token may carry (`customers.subject` holds it).
+pub const MAX_SUBJECT_CHARS: usize = 255;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -84,6 +97,19 @@ impl Verifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = self.verify_signature(token).await?;
+        // The subject names the shopper a customer token acts for; it is stored
+        // with that shopper's records, so it must be a short printable name.
+        let length = claims.sub.chars().count();
+        if !(1..=MAX_SUBJECT_CHARS).contains(&length) || claims.sub.chars().any(char::is_control) {
+            return Err(AuthError::Invalid(format!(
+                "the subject (sub) must be 1 to {MAX_SUBJECT_CHARS} printable characters"
+            )));
+        }
+        Ok(claims)
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<Claims, AuthError> {
         let classify = |e: jsonwebtoken::errors::Error| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid(e.to_string()),

@@ -1,13 +1,11 @@
 //! The Indigo data plane as a library: the storefront server that the
-//! `indigo-dataplane` binary runs, and the tenant schema it serves from.
+//! `indigo-dataplane` binary runs (and `indigo dataplane`, the same server).
 
 pub mod api;
 pub mod auth;
 pub mod limits;
 pub mod metering;
-pub mod retry;
 pub mod routing;
-pub mod schema;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use indigo_core::http::shutdown_signal;
 
 use crate::api::AppState;
 use crate::auth::Verifier;
@@ -78,9 +77,10 @@ pub struct Cli {
     /// Share the listen address with other replicas (SO_REUSEPORT: the kernel spreads connections)
     #[arg(long, env = "INDIGO_DATAPLANE_REUSE_PORT")]
     pub reuse_port: bool,
-    /// Stop (gracefully) when the process that started this one is gone; `indigo up` sets it
-    #[arg(long, hide = true)]
-    pub exit_with_parent: bool,
+    /// Stop (gracefully) once the process with this PID is no longer this one's
+    /// parent; `indigo up` passes its own
+    #[arg(long, hide = true, value_name = "PID")]
+    pub exit_with_parent: Option<u32>,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -116,11 +116,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let listener = bind(cli.listen, cli.reuse_port).with_context(|| format!("cannot listen on {}", cli.listen))?;
     tracing::info!(address = %listener.local_addr()?, "data plane listening");
     println!("data plane listening on http://{}", listener.local_addr()?);
-    let exit_with_parent = cli.exit_with_parent;
     let stop = async move {
         tokio::select! {
             () = shutdown_signal() => {}
-            () = parent_gone(), if exit_with_parent => tracing::warn!("the process that started the data plane is gone; stopping"),
+            () = parent_gone(cli.exit_with_parent) => tracing::warn!("the process that started the data plane is gone; stopping"),
         }
     };
     axum::serve(listener, api::router(state).into_make_service_with_connect_info::<SocketAddr>())
@@ -143,30 +142,14 @@ fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::Tc
     socket.listen(1024)
 }
 
-/// Completes once this process has been orphaned (its parent died, even by SIGKILL).
-async fn parent_gone() {
-    let parent = std::os::unix::process::parent_id();
-    loop {
+/// Completes once `parent` is no longer this process's parent (it died, even
+/// by SIGKILL, and the process was re-parented), at once if that happened
+/// before this process got here; never without a parent to watch. The PID
+/// comes from the parent itself: read here, after start-up, it could already
+/// be the re-parenting init's.
+async fn parent_gone(parent: Option<u32>) {
+    let Some(parent) = parent else { return std::future::pending().await };
+    while std::os::unix::process::parent_id() == parent {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if std::os::unix::process::parent_id() != parent {
-            return;
-        }
     }
-}
-
-/// Completes on SIGTERM or Ctrl-C; both daemons stop on it.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
 }

@@ -6,12 +6,12 @@ mod support;
 
 use axum::http::{Method, StatusCode};
 use indigo_dataplane::auth::CallerRole;
-use indigo_dataplane::schema::audit_isolation;
+use indigo_tenantdb::schema::audit_isolation;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use support::{Store, plan, token};
+use support::{Store, plan, token, token_for};
 
 #[tokio::test]
 async fn every_tenant_table_has_forced_rls_and_the_app_role_cannot_bypass_it() {
@@ -25,7 +25,7 @@ async fn every_tenant_table_has_forced_rls_and_the_app_role_cannot_bypass_it() {
     .await
     .unwrap();
     // The tables offboarding exports and deletes are all of them.
-    let mut known: Vec<&str> = indigo_dataplane::schema::TENANT_TABLES.to_vec();
+    let mut known: Vec<&str> = indigo_tenantdb::schema::TENANT_TABLES.to_vec();
     known.sort();
     assert_eq!(tables, known);
     let (superuser, bypass): (bool, bool) =
@@ -221,4 +221,145 @@ fn collect_ids(value: &serde_json::Value, out: &mut Vec<String>) {
         serde_json::Value::Array(items) => items.iter().for_each(|v| collect_ids(v, out)),
         _ => {}
     }
+}
+
+/// Inside one store, who reaches what: owner and staff every customer and
+/// order; a shopper (a `customer` token) its own record and orders only, and
+/// orders as nobody else. Every route of the matrix, every role; then the
+/// same at the SQL level, where the `shopper_scope` policies hold it alone.
+#[tokio::test]
+async fn shoppers_reach_only_their_own_customer_record_and_orders() {
+    let (store, ids) = Store::start(&[("shop", plan("pro"))]).await;
+    let owner = token(ids[0], CallerRole::Owner);
+    let staff = token(ids[0], CallerRole::Staff);
+    let alice = token_for(ids[0], CallerRole::Customer, "alice");
+    let bob = token_for(ids[0], CallerRole::Customer, "bob@idp|42");
+    let kettle = store.product(&owner, "Kettle", 2500, 10).await;
+
+    // A shopper registers its own record, once; staff register walk-in customers.
+    let alice_id = store.customer(&alice, "alice@shop.example").await["id"].as_str().unwrap().to_owned();
+    let again = store.post(&alice, "/v1/customers", json!({ "email": "alice2@shop.example", "name": "A" })).await;
+    assert_eq!((again.status, again.code()), (StatusCode::CONFLICT, "customer_exists"));
+    let bob_id = store.customer(&bob, "bob@shop.example").await["id"].as_str().unwrap().to_owned();
+    let walk_in_id = store.customer(&staff, "walk-in@shop.example").await["id"].as_str().unwrap().to_owned();
+
+    let order = |token: String, customer: String| {
+        let store = &store;
+        let body = json!({ "customer_id": customer, "items": [{ "product_id": kettle["id"], "quantity": 1 }] });
+        async move { store.post(&token, "/v1/orders", body).await }
+    };
+    let alice_order = order(alice.clone(), alice_id.clone()).await;
+    assert_eq!(alice_order.status, StatusCode::CREATED, "{}", alice_order.body);
+    for other in [&bob_id, &walk_in_id] {
+        let refused = order(alice.clone(), other.clone()).await;
+        assert_eq!((refused.status, refused.code()), (StatusCode::FORBIDDEN, "forbidden"), "alice ordering as {other}");
+    }
+    let bob_order = order(bob.clone(), bob_id.clone()).await;
+    let walk_in_order = order(staff.clone(), walk_in_id.clone()).await;
+    let owners_order = order(owner.clone(), alice_id.clone()).await;
+    let orders = [&alice_order, &bob_order, &walk_in_order, &owners_order].map(|r| {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    });
+    let stock = store.get(&owner, &format!("/v1/products/{}", kettle["id"].as_str().unwrap())).await;
+    assert_eq!(stock.body["stock"], 10 - 4, "the refused orders took nothing");
+
+    let everyone = [alice_id.clone(), bob_id.clone(), walk_in_id.clone()];
+    let matrix = [
+        ("owner", &owner, everyone.to_vec(), orders.to_vec()),
+        ("staff", &staff, everyone.to_vec(), orders.to_vec()),
+        ("alice", &alice, vec![alice_id.clone()], vec![orders[0].clone(), orders[3].clone()]),
+        ("bob", &bob, vec![bob_id.clone()], vec![orders[1].clone()]),
+    ];
+    for (who, token, customers, own_orders) in matrix {
+        let ids_of = |reply: &support::Reply| {
+            assert_eq!(reply.status, StatusCode::OK, "{who}: {}", reply.body);
+            let mut ids: Vec<String> =
+                reply.body["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+            ids.sort();
+            ids
+        };
+        let sorted = |mut ids: Vec<String>| {
+            ids.sort();
+            ids
+        };
+        assert_eq!(
+            ids_of(&store.get(token, "/v1/customers").await),
+            sorted(customers.clone()),
+            "{who} lists customers"
+        );
+        assert_eq!(ids_of(&store.get(token, "/v1/orders").await), sorted(own_orders.clone()), "{who} lists orders");
+        let filtered = store.get(token, &format!("/v1/orders?customer_id={bob_id}")).await;
+        let bobs: Vec<String> = own_orders.iter().filter(|o| **o == orders[1]).cloned().collect();
+        assert_eq!(ids_of(&filtered), bobs, "{who} filters by bob");
+        for id in &everyone {
+            let status = store.get(token, &format!("/v1/customers/{id}")).await.status;
+            let expected = if customers.contains(id) { StatusCode::OK } else { StatusCode::NOT_FOUND };
+            assert_eq!(status, expected, "{who} reads customer {id}");
+        }
+        for id in &orders {
+            let status = store.get(token, &format!("/v1/orders/{id}")).await.status;
+            let expected = if own_orders.contains(id) { StatusCode::OK } else { StatusCode::NOT_FOUND };
+            assert_eq!(status, expected, "{who} reads order {id}");
+        }
+        // The catalogue: everyone reads and searches, only owner and staff write.
+        assert_eq!(store.get(token, "/v1/products").await.status, StatusCode::OK, "{who}");
+        assert_eq!(store.get(token, "/v1/search?q=kettle").await.status, StatusCode::OK, "{who}");
+        let product = format!("/v1/products/{}", kettle["id"].as_str().unwrap());
+        let patched = store.call(Some(token), Method::PATCH, &product, Some(json!({ "stock": 6 }))).await;
+        let created =
+            store.post(token, "/v1/products", json!({ "name": "x", "price_minor": 1, "currency": "usd" })).await;
+        let expected = if who == "owner" || who == "staff" { [200, 201] } else { [403, 403] };
+        assert_eq!([patched.status.as_u16(), created.status.as_u16()], expected, "{who} writes the catalogue");
+    }
+
+    // A subject that could not be stored is refused at the door.
+    for subject in ["", "tab\there", &"x".repeat(256)] {
+        let refused = store.get(&token_for(ids[0], CallerRole::Customer, subject), "/v1/orders").await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "subject {subject:?}");
+    }
+
+    // The database alone holds the same line, for the app role whatever the handler asks.
+    let mut conn = store.app_connection().await;
+    let context = |role: &str, subject: &str| {
+        format!(
+            "SELECT set_config('app.current_tenant', '{}', true), set_config('app.current_role', '{role}', true), \
+             set_config('app.current_subject', '{subject}', true)",
+            ids[0]
+        )
+    };
+    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql);
+    let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(context("customer", "alice"))).execute(&mut *tx).await.unwrap();
+    assert_eq!(count("SELECT count(*) FROM customers").fetch_one(&mut *tx).await.unwrap(), 1);
+    assert_eq!(count("SELECT count(*) FROM orders").fetch_one(&mut *tx).await.unwrap(), 2);
+    assert_eq!(count("SELECT count(*) FROM order_items").fetch_one(&mut *tx).await.unwrap(), 2);
+    let as_bob = sqlx::query(
+        "INSERT INTO orders (tenant_id, id, customer_id, total_minor, currency)
+         VALUES (current_setting('app.current_tenant')::uuid, gen_random_uuid(), $1::uuid, 1, 'usd')",
+    )
+    .bind(&bob_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    assert!(as_bob.to_string().contains("row-level security"), "{as_bob}");
+    tx.rollback().await.unwrap();
+    // A transaction that names no role is a shopper without a record: it sees none.
+    let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+    sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
+        .bind(ids[0].to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(count("SELECT count(*) FROM customers").fetch_one(&mut *tx).await.unwrap(), 0);
+    assert_eq!(count("SELECT count(*) FROM orders").fetch_one(&mut *tx).await.unwrap(), 0);
+    // The kettle and the two products owner and staff added above.
+    assert_eq!(
+        count("SELECT count(*) FROM products").fetch_one(&mut *tx).await.unwrap(),
+        3,
+        "the catalogue stays open"
+    );
+    tx.rollback().await.unwrap();
+    drop(conn);
+    store.cleanup().await;
 }

@@ -13,9 +13,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use indigo_controlplane::moves::Mover;
 use indigo_core::tenant::TenantId;
 use indigo_e2e::stack::{Stack, start_load};
+use indigo_tenantdb::moves::Mover;
 use reqwest::Method;
 use serde_json::Value;
 use tokio::sync::watch;

@@ -2,6 +2,8 @@
 //! throwaway databases on the local PostgreSQL and child processes that are
 //! stopped however the test ends.
 
+#[cfg(test)]
+mod layers;
 pub mod stack;
 pub mod stripe_double;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use indigo_controlplane::api::{self as admin, AppState as AdminState, TenantDatabases};
+use indigo_controlplane::api::{self as admin, AppState as AdminState};
 use indigo_controlplane::billing::Stripe;
 use indigo_controlplane::config::{Secret, StripeConfig};
 use indigo_controlplane::providers::DatabaseProvider;
@@ -21,7 +21,8 @@ use indigo_dataplane::api::{self as store, AppState as StoreState};
 use indigo_dataplane::auth::{CallerRole, Claims, Verifier, sign_hs256};
 use indigo_dataplane::metering::Meter;
 use indigo_dataplane::routing::{self, ControlPlaneSource, Routes};
-use indigo_dataplane::schema::TenantServer;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -200,7 +201,13 @@ impl Stack {
     /// no grace before a moved tenant's source is released.
     pub fn services(&self, failpoints: &str) -> anyhow::Result<Services<LocalDatabases>> {
         let config = StripeConfig { api_base: self.stripe.url.clone(), secret_key: Secret::new("sk_test_double") };
-        let mut services = Services::local(&self.state, Some(Stripe::new(&config)?), self.exports.clone());
+        let mut services = Services::local(
+            self.state.db.clone(),
+            self.state.tenant_dbs.clone(),
+            self.state.plans.clone(),
+            Some(Stripe::new(&config)?),
+            self.exports.clone(),
+        );
         services.failpoints = Failpoints::parse(failpoints).map_err(anyhow::Error::msg)?;
         services.settings.backoff_base = Duration::from_millis(20);
         services.settings.move_grace = Duration::ZERO;

@@ -146,7 +146,7 @@ impl Platform {
     }
 
     async fn cleanup(self) {
-        let server = indigo_dataplane::schema::TenantServer::new(&indigo_e2e::server_url()).unwrap();
+        let server = indigo_tenantdb::schema::TenantServer::new(&indigo_e2e::server_url()).unwrap();
         server.drop_database(&self.pool.name).await.unwrap();
         self.control.drop_now().await.unwrap();
     }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use indigo_controlplane::api::{self as admin, AppState as AdminState, TenantDatabases};
+use indigo_controlplane::api::{self as admin, AppState as AdminState};
 use indigo_controlplane::config::Secret;
 use indigo_controlplane::registry::{self, NewTenant};
 use indigo_controlplane::{db, policy};
@@ -16,8 +16,9 @@ use indigo_dataplane::api::{self as store, AppState as StoreState};
 use indigo_dataplane::auth::{CallerRole, Claims, Verifier, sign_hs256};
 use indigo_dataplane::metering::{Meter, UsageSink};
 use indigo_dataplane::routing::{self, ControlPlaneSource, Routes};
-use indigo_dataplane::schema::TenantServer;
 use indigo_e2e::TestDatabase;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 use tokio::task::JoinHandle;
 
 const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";

@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use indigo_controlplane::failpoints::CRASH_EXIT_CODE;
-use indigo_controlplane::moves::Mover;
 use indigo_controlplane::providers::local::LocalDatabases;
 use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
 use indigo_controlplane::workflow::tier_change::TierChange;
 use indigo_core::tenant::TenantId;
-use indigo_dataplane::schema::TenantServer;
 use indigo_e2e::stack::{ADMIN_TOKEN, AdminClient, LoadReport, Shop, Stack, Storefront, ids_in, start_load};
 use indigo_e2e::{Process, TestDatabase, free_port, wait_until_ok, workspace_binary};
+use indigo_tenantdb::moves::Mover;
+use indigo_tenantdb::schema::TenantServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -352,7 +352,7 @@ async fn a_control_plane_killed_in_any_phase_of_a_move_resumes_it() {
     let admin = AdminClient { url: url.clone(), http: reqwest::Client::new() };
     let storefront = Storefront::start(&url).await.unwrap();
     let shop = admin.onboard(&storefront, "crashy-shop", "pro").await.unwrap();
-    let server = indigo_dataplane::schema::TenantServer::new(&indigo_e2e::server_url()).unwrap();
+    let server = indigo_tenantdb::schema::TenantServer::new(&indigo_e2e::server_url()).unwrap();
 
     // Each step crashes after acting on an upgrade and after recording on a
     // downgrade; the last one also after acting on both (a dropped silo source).

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crossterm::event::{self, Event as TermEvent, KeyEventKind};
-use indigo_controlplane::client::{AdminClient, ClientError, EventQuery, MoveQuery, TenantQuery, WorkflowQuery};
+use indigo_client::{AdminClient, ClientError, EventQuery, MoveQuery, TenantQuery, WorkflowQuery};
 use indigo_core::tenant::Role;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};

@@ -5,36 +5,12 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use indigo_core::tenant::Role;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-
-/// Who is calling: the token's name (the audit log's actor) and its role.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    pub name: String,
-    pub role: Role,
-}
-
-impl Actor {
-    pub const BOOTSTRAP_ADMIN: &'static str = "bootstrap-admin";
-
-    /// The control plane itself, acting on its own behalf.
-    pub fn system(name: &str) -> Self {
-        Self { name: name.to_owned(), role: Role::Admin }
-    }
-
-    pub fn require(&self, needed: Role) -> Result<(), ApiError> {
-        if self.role >= needed {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden { needed, have: self.role, actor: self.name.clone() })
-        }
-    }
-}
+pub use crate::journal::Actor;
 
 pub fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()

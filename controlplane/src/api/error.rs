@@ -6,8 +6,9 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use indigo_core::http::error_response;
-use indigo_core::tenant::Role;
-use indigo_dataplane::retry::RetryLater;
+use indigo_tenantdb::retry::RetryLater;
+
+use crate::journal::Forbidden;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -19,8 +20,8 @@ pub enum ApiError {
     Invalid { code: &'static str, message: String },
     #[error("{0}")]
     Unauthorized(&'static str),
-    #[error("this needs the {needed} role; the token `{actor}` has {have}")]
-    Forbidden { needed: Role, have: Role, actor: String },
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
     #[error("{0} not found")]
     NotFound(String),
     /// 409: the request conflicts with the current state.
@@ -55,7 +56,7 @@ impl ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -69,7 +70,7 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } | Self::Invalid { code, .. } | Self::Conflict { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
-            Self::Forbidden { .. } => "forbidden",
+            Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::NotReady(_) => "not_ready",
             Self::Upstream(_) => "upstream_failed",
@@ -86,7 +87,7 @@ impl IntoResponse for ApiError {
             && let Some(answer) = RetryLater::of(error)
         {
             tracing::warn!(%error, code = answer.code(), "request refused by the database");
-            return answer.response();
+            return indigo_core::http::retry_later(answer.code(), answer.message());
         }
         if status.is_server_error() && !matches!(self, Self::NotReady(_) | Self::Upstream(_)) {
             // The detail goes to the log, never to the client.

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use indigo_core::api::{AuditEntry, ErrorBody, Event, Page};
+use indigo_core::http::{ApiPath, ApiQuery};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -13,7 +14,6 @@ use super::auth::Actor;
 use super::error::ApiError;
 use crate::journal::{self, Window};
 use crate::registry;
-use indigo_core::http::{ApiPath, ApiQuery};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

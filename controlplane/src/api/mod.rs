@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use indigo_core::plan::PlanCatalog;
-use indigo_dataplane::schema::TenantServer;
+use indigo_tenantdb::TenantDatabases;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -60,12 +60,6 @@ pub struct AppState {
     pub costs: Option<Arc<indigo_core::cost::CostModel>>,
     /// Per-tenant metrics, from the configured provider.
     pub tenant_metrics: Arc<dyn crate::providers::MetricsProvider>,
-}
-
-/// Where tenants' data lives: the server of the pool and the local silos.
-pub struct TenantDatabases {
-    pub server: TenantServer,
-    pub pool_database: String,
 }
 
 impl AppState {

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use indigo_core::api::ErrorBody;
+use indigo_core::http::ApiPath;
 use indigo_core::plan::Plan;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -10,7 +11,6 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::auth::Actor;
 use super::error::ApiError;
-use indigo_core::http::ApiPath;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_plans)).routes(routes!(get_plan))

@@ -7,6 +7,7 @@ use axum::response::Response;
 use indigo_core::api::{
     ChangePlanRequest, CreateTenantRequest, ErrorBody, LifecycleRequest, Page, Tenant, TenantSettings,
 };
+use indigo_core::http::{ApiJson, ApiPath, ApiQuery, OptionalJson, RequestId};
 use indigo_core::tenant::{Email, Lifecycle, Role, Slug, TenantName};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -19,7 +20,6 @@ use super::error::ApiError;
 use super::idempotency::{self, IdempotencyKey};
 use crate::registry::{self, ListFilter, NewTenant, RegistryError, TenantRef};
 use crate::workflow;
-use indigo_core::http::{ApiJson, ApiPath, ApiQuery, OptionalJson, RequestId};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use indigo_core::api::{ApiToken, CreateTokenRequest, CreatedToken, ErrorBody, WhoAmI};
+use indigo_core::http::{ApiJson, ApiPath, RequestId};
 use indigo_core::tenant::Role;
 use serde_json::json;
 use sqlx::PgConnection;
@@ -18,7 +19,6 @@ use super::auth::{self, Actor};
 use super::error::ApiError;
 use super::idempotency::{self, Claim, IdempotencyKey};
 use crate::journal::Audit;
-use indigo_core::http::{ApiJson, ApiPath, RequestId};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
 
-use crate::api::TenantDatabases;
-use indigo_dataplane::schema::{OWNER_ROLE, TENANT_TABLES};
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::{OWNER_ROLE, TENANT_TABLES};
 
 pub const JOB: &str = "storage";
 

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use indigo_core::tenant::{Slug, TenantId};
-use indigo_dataplane::schema::{SchemaError, TenantServer};
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::{SchemaError, TenantServer};
 
 use super::{DatabaseProvider, MetricsProvider, ProviderError, ProviderFuture, SiloState, SiloTenant, empty_series};
-use crate::api::TenantDatabases;
 
 #[derive(Clone)]
 pub struct LocalDatabases {

@@ -122,6 +122,7 @@ impl LocalProcesses {
             .args(&launch.subcommand)
             // Should the control plane die without stopping it (SIGKILL), the data plane follows.
             .arg("--exit-with-parent")
+            .arg(std::process::id().to_string())
             .arg("--reuse-port")
             .arg("--listen")
             .arg(address.to_string())

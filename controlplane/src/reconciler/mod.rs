@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use indigo_core::api::{ReconcilePlan, ReconcilerStatus, RlsAudit, ServiceReplicas, Tenant};
 use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase, Slug, TenantId};
-use indigo_dataplane::schema::{APP_ROLE, audit_isolation};
+use indigo_tenantdb::schema::{APP_ROLE, audit_isolation};
 use rand::Rng;
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -26,7 +26,6 @@ use indigo_core::plan::PlanCatalog;
 
 use self::plan::{Action, Decision, Observed, ServiceView};
 use self::queue::Queue;
-use crate::api::TenantDatabases;
 use crate::db::{self, AdvisoryLock};
 use crate::journal;
 use crate::providers::{
@@ -34,6 +33,7 @@ use crate::providers::{
     SiloTenant, silo_service_name,
 };
 use crate::registry::{self, RegistryError, TenantRef};
+use indigo_tenantdb::TenantDatabases;
 
 /// How soon a tenant whose silo is still being created is looked at again.
 const PROVISIONING_RECHECK: Duration = Duration::from_secs(15);
@@ -327,7 +327,7 @@ async fn suspend_if_unpaid(conn: &mut PgConnection, tenant: &Tenant) -> Result<b
         > 0;
     if overdue {
         let reason = "payment overdue: the grace period after a failed payment ended";
-        let actor = crate::api::auth::Actor::system("reconciler");
+        let actor = crate::journal::Actor::system("reconciler");
         registry::set_lifecycle(&mut tx, &actor, None, &TenantRef::Id(tenant.id), Lifecycle::Suspended, Some(reason))
             .await?;
     }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use indigo_core::api::Tenant;
-use indigo_dataplane::schema::TENANT_TABLES;
+use indigo_tenantdb::schema::TENANT_TABLES;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;

@@ -27,10 +27,10 @@ use uuid::Uuid;
 
 pub use self::engine::Engine;
 pub use self::store::{WorkflowError, active_for};
-use crate::api::TenantDatabases;
 use crate::billing::{BillingError, Stripe};
 pub use crate::failpoints::Failpoints;
 use crate::providers::{DatabaseProvider, ProviderError};
+use indigo_tenantdb::TenantDatabases;
 
 /// The workflows there are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,12 +136,18 @@ pub struct Services<P> {
 
 impl Services<crate::providers::local::LocalDatabases> {
     /// Services on the local provider, for the daemon and tests.
-    pub fn local(state: &crate::api::AppState, stripe: Option<Stripe>, export_dir: PathBuf) -> Self {
+    pub fn local(
+        db: PgPool,
+        tenant_dbs: Arc<TenantDatabases>,
+        plans: Arc<PlanCatalog>,
+        stripe: Option<Stripe>,
+        export_dir: PathBuf,
+    ) -> Self {
         Self {
-            db: state.db.clone(),
-            provider: crate::providers::local::LocalDatabases::new(state.tenant_dbs.clone()),
-            tenant_dbs: state.tenant_dbs.clone(),
-            plans: state.plans.clone(),
+            db,
+            provider: crate::providers::local::LocalDatabases::new(tenant_dbs.clone()),
+            tenant_dbs,
+            plans,
             stripe,
             export_dir,
             failpoints: Failpoints::default(),
@@ -248,7 +254,7 @@ pub struct TenantPools {
 }
 
 impl TenantPools {
-    pub fn get(&self, server: &indigo_dataplane::schema::TenantServer, database: &str) -> sqlx::PgPool {
+    pub fn get(&self, server: &indigo_tenantdb::schema::TenantServer, database: &str) -> sqlx::PgPool {
         let mut pools = self.pools.lock().expect("tenant pools lock");
         pools
             .entry(database.to_owned())
@@ -256,7 +262,7 @@ impl TenantPools {
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(4)
                     .idle_timeout(Duration::from_secs(60))
-                    .connect_lazy_with(server.options_as(indigo_dataplane::schema::OWNER_ROLE, database))
+                    .connect_lazy_with(server.options_as(indigo_tenantdb::schema::OWNER_ROLE, database))
             })
             .clone()
     }
@@ -323,7 +329,7 @@ impl From<sqlx::Error> for StartError {
 /// Records a tenant `pending` and starts its onboarding, in the caller's transaction.
 pub async fn onboard(
     conn: &mut sqlx::PgConnection,
-    actor: &crate::api::auth::Actor,
+    actor: &crate::journal::Actor,
     request_id: Option<&str>,
     mut new: crate::registry::NewTenant<'_>,
 ) -> Result<(indigo_core::api::Tenant, Uuid), StartError> {
@@ -338,7 +344,7 @@ pub async fn onboard(
 /// asking while another workflow acts on the tenant is refused.
 pub async fn change_plan(
     conn: &mut sqlx::PgConnection,
-    actor: &crate::api::auth::Actor,
+    actor: &crate::journal::Actor,
     request_id: Option<&str>,
     tenant: &crate::registry::TenantRef,
     plan: &indigo_core::plan::Plan,
@@ -362,7 +368,7 @@ pub async fn change_plan(
 /// tenant that is deleted or already being offboarded changes nothing.
 pub async fn offboard(
     conn: &mut sqlx::PgConnection,
-    actor: &crate::api::auth::Actor,
+    actor: &crate::journal::Actor,
     request_id: Option<&str>,
     tenant: &crate::registry::TenantRef,
     reason: Option<&str>,

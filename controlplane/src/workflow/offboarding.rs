@@ -13,7 +13,7 @@ use sqlx::Connection;
 
 use super::export;
 use super::{Definition, Kind, StepContext, StepError};
-use crate::api::auth::Actor;
+use crate::journal::Actor;
 use crate::journal::{self, Audit};
 use crate::providers::{DatabaseProvider, SiloTenant};
 use crate::registry::{self, TenantRef};

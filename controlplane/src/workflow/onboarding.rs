@@ -10,12 +10,12 @@
 
 use indigo_core::api::Placement;
 use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase};
-use indigo_dataplane::schema::schema_current;
+use indigo_tenantdb::schema::schema_current;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
 use super::{Definition, Kind, StepContext, StepError};
-use crate::api::auth::Actor;
+use crate::journal::Actor;
 use crate::journal::{self, Audit};
 use crate::providers::{DatabaseProvider, SiloTenant};
 use crate::registry::{self, TenantRef};

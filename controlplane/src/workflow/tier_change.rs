@@ -5,7 +5,7 @@
 //! The new plan's limits take effect with the spec change that starts the
 //! workflow (the routing table carries them). When the plan changes the
 //! isolation model, the middle steps move the tenant's rows online between the
-//! pool and its silo (see [`crate::moves`]); otherwise they record that nothing
+//! pool and its silo (see [`indigo_tenantdb::moves`]); otherwise they record that nothing
 //! moves. Until billing, everything is undone on failure: the target released,
 //! capture stopped, the old plan restored, the tenant serving where it was.
 //! From billing on (the data is then served from the target) there is no way
@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use indigo_core::api::Placement;
 use indigo_core::tenant::{Condition, ConditionStatus, Isolation};
+use indigo_tenantdb::moves::{BATCH, CUTOVER_LAG, MoveError, Mover};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Definition, Kind, StepContext, StepError};
-use crate::api::auth::Actor;
 use crate::journal;
-use crate::moves::{BATCH, CUTOVER_LAG, MoveError, Mover};
+use crate::journal::Actor;
 use crate::providers::{DatabaseProvider, SiloTenant};
 use crate::registry::{self, TenantRef};
 

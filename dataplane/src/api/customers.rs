@@ -1,4 +1,6 @@
-//! `/v1/customers`: the shop's customers.
+//! `/v1/customers`: the shop's customers. Owner and staff tokens see and
+//! register any; a shopper (a `customer` token) registers its own record once
+//! and sees only that one.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -11,6 +13,9 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{AppState, StoreError, TenantCtx, page_limit, parse_id};
+
+/// The unique index that gives each shopper one record per store.
+const SHOPPER_RECORD: &str = "customers_by_subject";
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_customers, create_customer)).routes(routes!(get_customer))
@@ -39,7 +44,9 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-/// Register a customer. An email already registered is 409 `email_taken`.
+/// Register a customer. A shopper's token registers the shopper's own record,
+/// once (409 `customer_exists` after that). An email already registered is 409
+/// `email_taken`.
 #[utoipa::path(post, path = "/v1/customers", tag = "customers", request_body = NewCustomer,
     responses((status = 201, body = Customer), (status = 409), (status = 422)))]
 async fn create_customer(
@@ -54,17 +61,24 @@ async fn create_customer(
     }
     let mut tx = tenant.begin().await?;
     let inserted = sqlx::query_as(
-        "INSERT INTO customers (tenant_id, id, email, name)
-         VALUES (current_setting('app.current_tenant')::uuid, $1, $2, $3)
+        "INSERT INTO customers (tenant_id, id, email, name, subject)
+         VALUES (current_setting('app.current_tenant')::uuid, $1, $2, $3, $4)
          RETURNING id, email, name, created_at",
     )
     .bind(Uuid::now_v7())
     .bind(&email)
     .bind(name)
+    .bind(tenant.shopper())
     .fetch_one(&mut *tx)
     .await;
     let customer: Customer = match inserted {
         Ok(customer) => customer,
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some(SHOPPER_RECORD) => {
+            return Err(StoreError::Conflict {
+                code: "customer_exists",
+                message: "this shopper already has a customer record in this store".into(),
+            });
+        }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
             return Err(StoreError::Conflict {
                 code: "email_taken",
@@ -77,21 +91,24 @@ async fn create_customer(
     Ok((StatusCode::CREATED, Json(customer)))
 }
 
-/// One customer.
+/// One customer (for a shopper, only its own).
 #[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers", params(("id" = Uuid, Path)),
     responses((status = 200, body = Customer), (status = 404)))]
 async fn get_customer(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Json<Customer>, StoreError> {
     let id = parse_id(&id)?;
     let mut tx = tenant.begin().await?;
-    let customer: Option<Customer> = sqlx::query_as("SELECT id, email, name, created_at FROM customers WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let customer: Option<Customer> = sqlx::query_as(
+        "SELECT id, email, name, created_at FROM customers WHERE id = $1 AND ($2::text IS NULL OR subject = $2)",
+    )
+    .bind(id)
+    .bind(tenant.shopper())
+    .fetch_optional(&mut *tx)
+    .await?;
     drop(tx);
     customer.map(Json).ok_or(StoreError::NotFound("customer"))
 }
 
-/// Customers, newest first.
+/// Customers, newest first (for a shopper, only its own record).
 #[utoipa::path(get, path = "/v1/customers", tag = "customers", params(ListParams), responses((status = 200, body = Page<Customer>)))]
 async fn list_customers(
     tenant: TenantCtx,
@@ -103,10 +120,12 @@ async fn list_customers(
     let items: Vec<Customer> = sqlx::query_as(
         "SELECT id, email, name, created_at FROM customers
          WHERE ($1::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM customers WHERE id = $1))
+           AND ($3::text IS NULL OR subject = $3)
          ORDER BY created_at DESC, id DESC LIMIT $2",
     )
     .bind(cursor)
     .bind(limit)
+    .bind(tenant.shopper())
     .fetch_all(&mut *tx)
     .await?;
     drop(tx);

@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use indigo_core::http::{Rejection, error_response};
 
-use crate::retry::RetryLater;
+use indigo_tenantdb::retry::RetryLater;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -16,8 +16,9 @@ pub enum StoreError {
     Unauthorized(String),
     #[error("this tenant is suspended")]
     Suspended,
-    #[error("this needs the owner or staff role")]
-    Forbidden,
+    /// 403: the caller's role does not allow this.
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("the plan allows at most {limit} {what}")]
     PlanLimit { what: &'static str, limit: u64 },
     #[error("{0} not found")]
@@ -47,7 +48,7 @@ impl IntoResponse for StoreError {
         let (status, code) = match &self {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Suspended => (StatusCode::FORBIDDEN, "tenant_suspended"),
-            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::PlanLimit { .. } => (StatusCode::FORBIDDEN, "plan_limit"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code),
@@ -60,7 +61,7 @@ impl IntoResponse for StoreError {
                     if answer != RetryLater::Moved {
                         tracing::warn!(%error, code = answer.code(), "storefront request refused by the database");
                     }
-                    let mut response = answer.response();
+                    let mut response = indigo_core::http::retry_later(answer.code(), answer.message());
                     response.extensions_mut().insert(answer);
                     return response;
                 }

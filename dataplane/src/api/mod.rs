@@ -26,6 +26,7 @@ use axum::{Json, Router};
 use indigo_core::api::{Route, UsageEvent};
 use indigo_core::http::{MAX_BODY_BYTES, Rejection, error_response};
 use indigo_core::tenant::Lifecycle;
+use indigo_tenantdb::retry::RetryLater;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -36,7 +37,6 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::auth::{AuthError, Claims, Verifier};
 use crate::limits::{Limiter, Refusal};
 use crate::metering::Meter;
-use crate::retry::RetryLater;
 use crate::routing::Routes;
 pub use error::StoreError;
 
@@ -77,16 +77,37 @@ pub struct TenantCtx {
 }
 
 impl TenantCtx {
-    /// A transaction bound to this tenant. BEGIN and `set_config` travel in one
-    /// message, so the tenant context costs no extra round trip. The id is a
-    /// parsed UUID from the verified token, so formatting it in is safe.
+    /// A transaction bound to this tenant and caller. BEGIN and the
+    /// `set_config`s travel in one message, so the context costs no extra round
+    /// trip. The tenant id is a parsed UUID and the role one of three names,
+    /// both safe to format in; the subject is whatever the token's issuer
+    /// chose, so it travels hex-encoded and is decoded by the server.
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        let statement = format!("BEGIN; SELECT set_config('app.current_tenant', '{}', true)", self.claims.tenant_id);
+        let subject: String = self.claims.sub.bytes().map(|b| format!("{b:02x}")).collect();
+        let statement = format!(
+            "BEGIN; SELECT set_config('app.current_tenant', '{}', true), set_config('app.current_role', '{}', true), \
+             set_config('app.current_subject', convert_from(decode('{subject}', 'hex'), 'UTF8'), true)",
+            self.claims.tenant_id,
+            self.claims.role.as_str(),
+        );
         Ok(self.pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
     }
 
+    /// The shopper this request acts for: the token's subject when its role is
+    /// `customer`, none for the store's owner and staff, who see every
+    /// customer. The database's `shopper_scope` policies enforce the same
+    /// (policies/tenant_rls.sql); handlers filter on it as well, so that a
+    /// shopper's answer never depends on one guard alone.
+    pub fn shopper(&self) -> Option<&str> {
+        (!self.claims.role.manages_catalogue()).then_some(self.claims.sub.as_str())
+    }
+
     pub fn require_catalogue_role(&self) -> Result<(), StoreError> {
-        if self.claims.role.manages_catalogue() { Ok(()) } else { Err(StoreError::Forbidden) }
+        if self.claims.role.manages_catalogue() {
+            Ok(())
+        } else {
+            Err(StoreError::Forbidden("this needs the owner or staff role"))
+        }
     }
 }
 

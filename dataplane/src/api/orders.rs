@@ -1,4 +1,6 @@
 //! `/v1/orders`: orders priced from the catalogue, with stock taken atomically.
+//! Owner and staff tokens see and place any customer's orders; a shopper (a
+//! `customer` token) only its own.
 
 use std::collections::BTreeMap;
 
@@ -86,8 +88,10 @@ struct Stocked {
 
 /// Place an order. Prices come from the catalogue; stock is taken in the same
 /// transaction, under row locks, so two orders cannot both take the last unit.
+/// A shopper orders for its own customer record only (403 otherwise).
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = NewOrder,
-    responses((status = 201, body = Order), (status = 409, description = "Not enough stock"), (status = 422)))]
+    responses((status = 201, body = Order), (status = 403, description = "A shopper ordering for another customer"),
+        (status = 409, description = "Not enough stock"), (status = 422)))]
 async fn create_order(
     tenant: TenantCtx,
     ApiJson(new): ApiJson<NewOrder>,
@@ -105,10 +109,16 @@ async fn create_order(
     }
     let ids: Vec<Uuid> = wanted.keys().copied().collect();
     let mut tx = tenant.begin().await?;
-    let customer_known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1)")
-        .bind(new.customer_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let customer_known: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1 AND ($2::text IS NULL OR subject = $2))",
+    )
+    .bind(new.customer_id)
+    .bind(tenant.shopper())
+    .fetch_one(&mut *tx)
+    .await?;
+    if !customer_known && tenant.shopper().is_some() {
+        return Err(StoreError::Forbidden("a shopper places orders for its own customer record only"));
+    }
     if !customer_known {
         return Err(StoreError::invalid("unknown_customer", format!("no customer {}", new.customer_id)));
     }
@@ -193,17 +203,20 @@ async fn create_order(
     Ok((StatusCode::CREATED, Json(order.with_items(lines))))
 }
 
-/// One order with its items.
+/// One order with its items (for a shopper, only its own).
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = Uuid, Path)),
     responses((status = 200, body = Order), (status = 404)))]
 async fn get_order(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Json<Order>, StoreError> {
     let id = parse_id(&id)?;
     let mut tx = tenant.begin().await?;
-    let order: Option<OrderRow> =
-        sqlx::query_as("SELECT id, customer_id, status, total_minor, currency, created_at FROM orders WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let order: Option<OrderRow> = sqlx::query_as(
+        "SELECT id, customer_id, status, total_minor, currency, created_at FROM orders
+         WHERE id = $1 AND ($2::text IS NULL OR customer_id IN (SELECT id FROM customers WHERE subject = $2))",
+    )
+    .bind(id)
+    .bind(tenant.shopper())
+    .fetch_optional(&mut *tx)
+    .await?;
     let order = order.ok_or(StoreError::NotFound("order"))?;
     let items: Vec<OrderItem> = sqlx::query_as(
         "SELECT line, product_id, quantity, unit_price_minor FROM order_items WHERE order_id = $1 ORDER BY line",
@@ -224,7 +237,7 @@ pub struct ListParams {
     customer_id: Option<Uuid>,
 }
 
-/// Orders, newest first (items included).
+/// Orders, newest first (items included); for a shopper, only its own.
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(ListParams), responses((status = 200, body = Page<Order>)))]
 async fn list_orders(
     tenant: TenantCtx,
@@ -237,11 +250,13 @@ async fn list_orders(
         "SELECT id, customer_id, status, total_minor, currency, created_at FROM orders
          WHERE ($1::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM orders WHERE id = $1))
            AND ($2::uuid IS NULL OR customer_id = $2)
+           AND ($4::text IS NULL OR customer_id IN (SELECT id FROM customers WHERE subject = $4))
          ORDER BY created_at DESC, id DESC LIMIT $3",
     )
     .bind(cursor)
     .bind(params.customer_id)
     .bind(limit)
+    .bind(tenant.shopper())
     .fetch_all(&mut *tx)
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|o| o.id).collect();

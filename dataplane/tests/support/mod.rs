@@ -16,7 +16,7 @@ use indigo_dataplane::api::{self, AppState};
 use indigo_dataplane::auth::{CallerRole, Claims, Verifier, sign_hs256};
 use indigo_dataplane::metering::Meter;
 use indigo_dataplane::routing::Routes;
-use indigo_dataplane::schema::{APP_ROLE, TenantServer};
+use indigo_tenantdb::schema::{APP_ROLE, TenantServer};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -159,6 +159,12 @@ pub fn token(tenant: TenantId, role: CallerRole) -> String {
 
 pub fn token_expiring(tenant: TenantId, role: CallerRole, exp: i64) -> String {
     sign_hs256(SECRET, &Claims { tenant_id: tenant, sub: "user-1".into(), role, exp })
+}
+
+/// A token for `subject` (a shopper, with role `customer`).
+pub fn token_for(tenant: TenantId, role: CallerRole, subject: &str) -> String {
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    sign_hs256(SECRET, &Claims { tenant_id: tenant, sub: subject.into(), role, exp })
 }
 
 pub fn silo_route(tenant: TenantId) -> Route {

@@ -20,7 +20,7 @@ use super::local::LocalDatabases;
 use super::{
     ComputeProvider, DatabaseProvider, ProviderError, ProviderFuture, ServiceSpec, ServiceState, SiloState, SiloTenant,
 };
-use crate::api::TenantDatabases;
+use indigo_tenantdb::TenantDatabases;
 
 /// Silo databases on Aurora; the pool is the configured tenant server, which
 /// the control plane reaches as it does locally.

@@ -1,5 +1,8 @@
-//! The `indigo` command line: the daemon's own commands and the operators'
-//! client commands, which talk to the admin API.
+//! The `indigo` command line: the daemon's own commands (over the control
+//! plane's library), the operators' client commands (over the admin API
+//! client), and `indigo dataplane`, a thin call into the data plane's library
+//! that `indigo up` runs its storefront servers with. This crate is the only
+//! one that joins the two planes.
 
 use std::path::PathBuf;
 
@@ -11,9 +14,9 @@ use indigo_core::api::{CreateTenantRequest, CreateTokenRequest, Tenant, TenantMo
 use indigo_core::tenant::Role;
 use serde::Serialize;
 
-use crate::client::{AdminClient, EventQuery, MoveQuery, TenantQuery, WorkflowQuery};
-use crate::config::{self, Config, Overrides};
-use crate::{db, policy, server, telemetry, up};
+use indigo_client::{AdminClient, EventQuery, MoveQuery, TenantQuery, WorkflowQuery};
+use indigo_controlplane::config::{self, Config, Overrides};
+use indigo_controlplane::{db, policy, server, telemetry, up};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +74,10 @@ pub struct StorefrontTokenArgs {
     /// owner, staff or customer
     #[arg(long, default_value = "owner")]
     pub role: String,
+    /// Who the token speaks for (its `sub`): for a customer token, the shopper
+    /// whose own customer record and orders it reaches [default: SLUG-ROLE]
+    #[arg(long)]
+    pub subject: Option<String>,
     /// Lifetime in seconds
     #[arg(long, default_value_t = 3600)]
     pub ttl: i64,
@@ -426,7 +433,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("role must be owner, staff or customer, not `{}`", args.role))?;
             let claims = indigo_dataplane::auth::Claims {
                 tenant_id: tenant.id,
-                sub: format!("{}-{}", tenant.slug, args.role),
+                sub: args.subject.clone().unwrap_or_else(|| format!("{}-{}", tenant.slug, args.role)),
                 role,
                 exp: chrono::Utc::now().timestamp() + args.ttl,
             };

@@ -378,3 +378,33 @@ impl Platform {
 fn cli(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(INDIGO).args(args).arg("--data-dir").arg(data_dir).output().unwrap()
 }
+
+/// A data plane whose platform died before it had even started (its parent is
+/// no longer the PID it was handed) stops at once, instead of serving on as an
+/// orphan with a stale routing table.
+#[test]
+fn a_data_plane_whose_platform_is_already_gone_stops_at_once() {
+    let spool = std::env::temp_dir().join(format!("indigo-orphan-spool-{}", std::process::id()));
+    let mut child = Command::new(INDIGO)
+        .args(["dataplane", "--listen", "127.0.0.1:0", "--control-plane-url", "http://127.0.0.1:9"])
+        .args(["--control-plane-token", "t", "--jwt-secret", "s", "--spool-dir"])
+        .arg(&spool)
+        // PID 1 is not this test, which is the data plane's parent.
+        .args(["--exit-with-parent", "1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the orphaned data plane kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "it stops gracefully: {status}");
+    let _ = std::fs::remove_dir_all(spool);
+}

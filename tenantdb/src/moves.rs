@@ -32,11 +32,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use indigo_core::tenant::TenantId;
-use indigo_dataplane::schema::{TENANT_TABLES, TenantServer};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transaction};
+
+use crate::schema::{TENANT_TABLES, TenantServer};
 
 /// Changes applied to the target per transaction.
 pub const BATCH: i64 = 5_000;
@@ -618,7 +619,7 @@ impl Mover {
     }
 
     /// Closes the fence on the source: from now on the tenant's writes there
-    /// fail with [`indigo_dataplane::schema::MOVED_SQLSTATE`], and the data plane retries them on the target.
+    /// fail with [`crate::schema::MOVED_SQLSTATE`], and the data plane retries them on the target.
     pub async fn close_fence(&self) -> Result<(), MoveError> {
         sqlx::query(
             "INSERT INTO move_fences (tenant, moved_to) VALUES ($1, $2)

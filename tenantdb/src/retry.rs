@@ -1,10 +1,6 @@
 //! Database errors that mean "try again", told apart from faults. Both
 //! daemons answer them with `503` and a stable code instead of a `500`.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Response;
-use indigo_core::http::error_response;
-
 use crate::schema::MOVED_SQLSTATE;
 
 /// SQLSTATEs after which PostgreSQL asks the client to retry the transaction.
@@ -58,12 +54,5 @@ impl RetryLater {
             Self::Aborted => "the database aborted this request's transaction; retry",
             Self::Unreachable => "the database cannot be reached right now; retry shortly",
         }
-    }
-
-    /// `503` with the stable code, and `Retry-After: 1`.
-    pub fn response(self) -> Response {
-        let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, self.code(), self.message());
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        response
     }
 }

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use indigo_controlplane::cli::{self, Cli};
+use indigo_cli::{self as cli, Cli};
 
 #[tokio::main]
 async fn main() -> ExitCode {
