@@ -24,6 +24,13 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     // Ready means the data plane has its routing table.
     wait_until_ok(&format!("{storefront_url}/readyz"), Duration::from_secs(30)).await.unwrap();
 
+    // Its secrets are its owner's alone, from the moment they exist.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: std::path::PathBuf| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(data_dir.clone()), 0o700, "the data directory");
+    assert_eq!(mode(data_dir.join("admin.token")), 0o600);
+    assert_eq!(mode(data_dir.join("jwt.secret")), 0o600);
+
     // The CLI finds the token `indigo up` wrote into the data directory.
     let output = Command::new(INDIGO)
         .args(["tenant", "list", "--output", "json", "--api-url", &api_url])
@@ -109,6 +116,15 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     .await
     .unwrap();
     assert_eq!(metered, 2);
+    // It reported them as a data plane, not as an admin: each service has an
+    // identity of its own, and a silo tenant's is bound to that tenant.
+    let identities: Vec<(String, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT name, tenant_id FROM api_tokens WHERE role = 'dataplane' ORDER BY name")
+            .fetch_all(&control)
+            .await
+            .unwrap();
+    assert!(identities.contains(&("indigo-dp-pool".into(), None)), "{identities:?}");
+    assert!(identities.iter().all(|(name, tenant)| name == "indigo-dp-pool" || tenant.is_some()), "{identities:?}");
     // The reconciler gave the enterprise demo tenant its own database; release it.
     let silos: Vec<String> = sqlx::query_scalar(
         "SELECT placement->>'database' FROM tenants WHERE isolation = 'silo' AND placement IS NOT NULL",
@@ -379,6 +395,31 @@ fn cli(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(INDIGO).args(args).arg("--data-dir").arg(data_dir).output().unwrap()
 }
 
+/// A secret file that is empty (tokens anyone could forge) or that others can
+/// read stops `indigo up` before it serves anything, with the file named.
+#[tokio::test]
+async fn up_refuses_an_empty_or_exposed_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let platform = Platform::new();
+    let (database, pool, data_dir) = (&platform.database, &platform.pool, &platform.data_dir);
+    std::fs::create_dir_all(data_dir).unwrap();
+    let secret = data_dir.join("jwt.secret");
+    std::fs::write(&secret, "\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = local_platform(INDIGO.as_ref(), database, pool, data_dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(&format!("{} holds fewer than 32 characters", secret.display())), "{stderr}");
+
+    std::fs::write(&secret, "x".repeat(64)).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = local_platform(INDIGO.as_ref(), database, pool, data_dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("can be read by others (mode 644)"), "{stderr}");
+    platform.remove().await;
+}
+
 /// A data plane whose platform died before it had even started (its parent is
 /// no longer the PID it was handed) stops at once, instead of serving on as an
 /// orphan with a stale routing table.
@@ -387,7 +428,7 @@ fn a_data_plane_whose_platform_is_already_gone_stops_at_once() {
     let spool = std::env::temp_dir().join(format!("indigo-orphan-spool-{}", std::process::id()));
     let mut child = Command::new(INDIGO)
         .args(["dataplane", "--listen", "127.0.0.1:0", "--control-plane-url", "http://127.0.0.1:9"])
-        .args(["--control-plane-token", "t", "--jwt-secret", "s", "--spool-dir"])
+        .args(["--control-plane-token", "t", "--jwt-secret", "a-secret-of-at-least-thirty-two-bytes", "--spool-dir"])
         .arg(&spool)
         // PID 1 is not this test, which is the data plane's parent.
         .args(["--exit-with-parent", "1"])

@@ -269,6 +269,16 @@ impl Config {
                 message: "must be at least 16 characters".into(),
             });
         }
+        // An empty secret would accept any signature anyone can compute: a forged webhook.
+        let stripe_webhook_secret =
+            overrides.stripe_webhook_secret.or(from_file.stripe_webhook_secret).map(Secret::new);
+        if stripe_webhook_secret.as_ref().is_some_and(|s| s.expose().trim().len() < 16) {
+            return Err(ConfigError::Invalid {
+                key: "stripe_webhook_secret",
+                env: "INDIGO_STRIPE_WEBHOOK_SECRET",
+                message: "must be at least 16 characters (Stripe's `whsec_...` signing secret)".into(),
+            });
+        }
         let stripe = match (
             overrides.stripe_api_base.or(from_file.stripe_api_base),
             overrides.stripe_secret_key.or(from_file.stripe_secret_key),
@@ -346,7 +356,7 @@ impl Config {
                 .unwrap_or_else(|| "Indigo/Usage".into()),
             smtp_relay: overrides.smtp_relay.or(from_file.smtp_relay),
             redis_url: overrides.redis_url.or(from_file.redis_url),
-            stripe_webhook_secret: overrides.stripe_webhook_secret.or(from_file.stripe_webhook_secret).map(Secret::new),
+            stripe_webhook_secret,
             payment_grace_hours: overrides.payment_grace_hours.or(from_file.payment_grace_hours).unwrap_or(72),
             move_grace_seconds: overrides.move_grace_seconds.or(from_file.move_grace_seconds).unwrap_or(300),
             mail_from: overrides.mail_from.or(from_file.mail_from).unwrap_or_else(|| "noreply@indigo.local".into()),
@@ -474,5 +484,16 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{config:?}").contains("a-very-secret"));
+    }
+
+    #[test]
+    fn an_empty_or_short_webhook_secret_is_refused() {
+        for weak in ["", "   ", "whsec_short"] {
+            let overrides = Overrides { stripe_webhook_secret: Some(weak.into()), ..Default::default() };
+            let err = Config::load(None, overrides).unwrap_err().to_string();
+            assert!(err.starts_with("config key `stripe_webhook_secret`"), "{weak:?}: {err}");
+        }
+        let strong = Overrides { stripe_webhook_secret: Some("whsec_0123456789abcdef".into()), ..Default::default() };
+        assert!(Config::load(None, strong).unwrap().stripe_webhook_secret.is_some());
     }
 }

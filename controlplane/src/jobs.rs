@@ -52,7 +52,15 @@ pub const JOBS: &[JobSpec] = &[
         schedule: "30 * * * * *",
         description: "rolled-up usage → DynamoDB usage table and CloudWatch metrics (AWS provider)",
     },
+    JobSpec {
+        name: HOUSEKEEPING,
+        schedule: "0 40 * * * *",
+        description: "idempotency keys past their retention (24 h) pruned",
+    },
 ];
+
+/// The job that prunes what is kept only for a while.
+pub const HOUSEKEEPING: &str = "housekeeping";
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -118,6 +126,10 @@ impl Jobs {
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),
             },
+            HOUSEKEEPING => crate::idempotency::prune(&self.db)
+                .await
+                .map(|pruned| Some(json!({ "idempotency_keys_pruned": pruned })))
+                .map_err(|e| e.to_string()),
             _ => unreachable!("every job in JOBS is matched"),
         };
         let (outcome, detail, error) = match &result {

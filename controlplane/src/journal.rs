@@ -16,6 +16,18 @@ pub struct Actor {
 impl Actor {
     pub const BOOTSTRAP_ADMIN: &'static str = "bootstrap-admin";
 
+    /// The names the control plane acts under itself (with [`Actor::system`]),
+    /// which no API token may take: the audit log would credit it with their work.
+    pub const SYSTEM_NAMES: &'static [&'static str] = &[
+        Self::BOOTSTRAP_ADMIN,
+        "reconciler",
+        "onboarding",
+        "offboarding",
+        "tier-change",
+        "stripe-webhook",
+        "indigo-up-demo",
+    ];
+
     /// The control plane itself, acting on its own behalf.
     pub fn system(name: &str) -> Self {
         Self { name: name.to_owned(), role: Role::Admin }

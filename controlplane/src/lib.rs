@@ -6,6 +6,8 @@ pub mod billing;
 pub mod config;
 pub mod db;
 pub mod failpoints;
+pub mod idempotency;
+pub mod identity;
 pub mod jobs;
 pub mod journal;
 pub mod metering;

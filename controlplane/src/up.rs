@@ -13,7 +13,7 @@ use tokio::process::Command;
 
 use crate::api::auth::{self, Actor};
 use crate::config::{Config, Secret};
-use crate::providers::processes::{Launch, LocalProcesses};
+use crate::providers::processes::{Credentials, Launch, LocalProcesses};
 use crate::registry::{NewTenant, RegistryError};
 use crate::workflow::{self, StartError};
 use crate::{db, server};
@@ -41,8 +41,7 @@ const DEMO_TENANTS: &[(&str, &str, &str)] = &[
 ];
 
 pub async fn run(mut config: Config, demo: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    private_directory(&config.data_dir)?;
     let (database_url, private) = match &config.database_url {
         Some(url) => (url.clone(), None),
         None if db::server_answers(&config.local_database_url).await => (config.local_database_url.clone(), None),
@@ -67,11 +66,9 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
     if db::ensure_database(database_url).await? {
         println!("created database {}", redact(database_url));
     }
-    let admin_token = match config.admin_token.take() {
-        Some(token) => token,
-        None => local_secret(&token_file(&config.data_dir))?,
-    };
-    config.admin_token = Some(admin_token.clone());
+    if config.admin_token.is_none() {
+        config.admin_token = Some(local_secret(&token_file(&config.data_dir))?);
+    }
     let mut state = server::prepare(config, database_url).await?;
     let listener = server::bind(config).await?;
     let address = listener.local_addr()?;
@@ -82,8 +79,8 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         program: std::env::current_exe()?,
         subcommand: vec!["dataplane".into()],
         control_plane_url: format!("http://{address}"),
-        // Locally the data plane uses the admin token; in production give it an operator token.
-        control_plane_token: admin_token,
+        // Each data plane gets an identity of its own, never the admin's token.
+        credentials: Credentials::PerService(state.db.clone()),
         jwt_secret: local_secret(&jwt_secret_file(&config.data_dir))?,
         spool_dir: config.data_dir.join("usage-spool"),
         pool_listen: storefront,
@@ -113,14 +110,61 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
 }
 
 /// A secret of the local platform: reused from its file, or made once (mode 0600).
+/// The secret kept in `path`, made there (readable by its owner alone) on
+/// first use. One that others can read, or too short to resist guessing (an
+/// empty JWT secret signs tokens anyone can forge), is refused, not used.
 fn local_secret(path: &Path) -> anyhow::Result<Secret> {
-    if let Ok(existing) = std::fs::read_to_string(path) {
-        return Ok(Secret::new(existing.trim()));
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::read_to_string(path) {
+        Ok(existing) => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "{} can be read by others (mode {:o}); `chmod 600` it or delete it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+            if existing.trim().len() < MIN_SECRET_CHARS {
+                anyhow::bail!(
+                    "{} holds fewer than {MIN_SECRET_CHARS} characters; delete it to have a new secret made",
+                    path.display()
+                );
+            }
+            Ok(Secret::new(existing.trim()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = auth::generate_token();
+            // Created with its final mode: never readable by others, not even for an instant.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            file.write_all(format!("{token}\n").as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(Secret::new(token))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let token = auth::generate_token();
-    std::fs::write(path, format!("{token}\n")).with_context(|| format!("cannot write {}", path.display()))?;
-    restrict_to_owner(path)?;
-    Ok(Secret::new(token))
+}
+
+/// Shortest secret `indigo up` accepts from its data directory (it makes 71).
+const MIN_SECRET_CHARS: usize = 32;
+
+/// The data directory, made (or kept) readable by its owner alone: it holds
+/// the platform's secrets and, without a server of its own, its database.
+fn private_directory(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("cannot create data directory {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict permissions of {}", path.display()))
 }
 
 /// `addr`, or with port 0 a free port on its host.
@@ -129,12 +173,6 @@ fn free_address(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
         return Ok(addr);
     }
     Ok(std::net::TcpListener::bind(addr)?.local_addr()?)
-}
-
-fn restrict_to_owner(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict permissions of {}", path.display()))
 }
 
 /// Registers the demo tenants that are not there yet; returns how many it added.

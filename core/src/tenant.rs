@@ -261,6 +261,11 @@ pub enum ConditionStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// A data plane's own identity, not a person's: it reads the routing table
+    /// and the daily call counts and reports usage (for its one tenant, when
+    /// bound to one), and nothing else of the admin API.
+    #[serde(rename = "dataplane")]
+    DataPlane,
     /// Reads everything.
     Viewer,
     /// Also changes plans, suspends, resumes and triggers reconciles.
@@ -268,7 +273,7 @@ pub enum Role {
     /// Also offboards tenants and manages API tokens.
     Admin,
 }
-wire_enum!(Role { Viewer => "viewer", Operator => "operator", Admin => "admin" });
+wire_enum!(Role { DataPlane => "dataplane", Viewer => "viewer", Operator => "operator", Admin => "admin" });
 
 #[cfg(test)]
 mod tests {

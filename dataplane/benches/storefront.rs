@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 const PRODUCTS: usize = 10_000;
 const POOL_SIZE: u32 = 16;
-const SECRET: &[u8] = b"bench-secret";
+const SECRET: &[u8] = b"bench-secret-of-at-least-32-bytes";
 
 #[derive(serde::Serialize, sqlx::FromRow)]
 struct Product {
@@ -224,16 +224,23 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     let meter = Meter::new(None, std::env::temp_dir().join("indigo-bench-spool"));
-    let metered =
-        AppState::new(Arc::new(Routes::fixed(table.clone(), POOL_SIZE)), Verifier::hs256(SECRET), meter.clone());
+    let metered = AppState::new(
+        Arc::new(Routes::fixed(table.clone(), POOL_SIZE)),
+        Verifier::hs256(SECRET).unwrap(),
+        meter.clone(),
+    );
     let metered_url = serve(api::router(metered)).await;
-    let mut unmetered =
-        AppState::new(Arc::new(Routes::fixed(table.clone(), POOL_SIZE)), Verifier::hs256(SECRET), meter.clone());
+    let mut unmetered = AppState::new(
+        Arc::new(Routes::fixed(table.clone(), POOL_SIZE)),
+        Verifier::hs256(SECRET).unwrap(),
+        meter.clone(),
+    );
     unmetered.metering = false;
     unmetered.limiter = Arc::new(Limiter::default());
     let unmetered_url = serve(api::router(unmetered)).await;
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let mut shared = AppState::new(Arc::new(Routes::fixed(table, POOL_SIZE)), Verifier::hs256(SECRET), meter.clone());
+    let mut shared =
+        AppState::new(Arc::new(Routes::fixed(table, POOL_SIZE)), Verifier::hs256(SECRET).unwrap(), meter.clone());
     let shared_limiter = Arc::new(Limiter::default().sharing_rates(FleetRates::new(&redis_url)?));
     shared.limiter = shared_limiter.clone();
     let shared_url = serve(api::router(shared)).await;

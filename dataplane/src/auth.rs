@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use indigo_core::tenant::TenantId;
 use jsonwebtoken::jwk::JwkSet;
@@ -63,11 +64,40 @@ pub enum AuthError {
 enum Keys {
     Shared(DecodingKey),
     /// RS256 keys by `kid`, refreshed from the JWKS URL.
-    Jwks {
-        url: String,
-        keys: RwLock<HashMap<String, DecodingKey>>,
-        http: reqwest::Client,
-    },
+    Jwks(Jwks),
+}
+
+/// A signing key set fetched over HTTPS. A token naming an unknown key may
+/// carry a rotated one, so the set is fetched again, but by one request at a
+/// time and at most once per [`JWKS_REFETCH`]: a flood of made-up `kid`s costs
+/// the key server one request per interval, not one per token.
+struct Jwks {
+    url: reqwest::Url,
+    http: reqwest::Client,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    /// When the set was last fetched; held across a fetch, so others wait for it.
+    fetched_at: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// Shortest shared secret accepted for HS256 (its key is the secret's bytes).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Longest time a token may still have to live: a leaked token is not a key for life.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Least time between two fetches of the JWKS.
+pub const JWKS_REFETCH: Duration = Duration::from_secs(10);
+
+/// How long a JWKS fetch may take.
+const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A verifier that cannot be built from what it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("the JWT secret must be at least {MIN_SECRET_BYTES} bytes")]
+    ShortSecret,
+    #[error("the JWKS URL `{0}` must be https:// (http:// only on this machine's loopback)")]
+    InsecureJwks(String),
 }
 
 /// Verifies storefront tokens.
@@ -78,19 +108,31 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn hs256(secret: &[u8]) -> Self {
-        Self::with(Keys::Shared(DecodingKey::from_secret(secret)), Algorithm::HS256)
+    pub fn hs256(secret: &[u8]) -> Result<Self, KeyError> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(KeyError::ShortSecret);
+        }
+        Ok(Self::with(Keys::Shared(DecodingKey::from_secret(secret)), Algorithm::HS256))
     }
 
-    pub fn jwks(url: &str) -> Self {
-        let keys = Keys::Jwks { url: url.to_owned(), keys: RwLock::default(), http: reqwest::Client::new() };
-        Self::with(keys, Algorithm::RS256)
+    pub fn jwks(url: &str) -> Result<Self, KeyError> {
+        let insecure = || KeyError::InsecureJwks(url.to_owned());
+        let parsed = reqwest::Url::parse(url).map_err(|_| insecure())?;
+        let host = parsed.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !(parsed.scheme() == "https" || parsed.scheme() == "http" && loopback) {
+            return Err(insecure());
+        }
+        let http = reqwest::Client::builder().timeout(JWKS_TIMEOUT).build().map_err(|_| insecure())?;
+        let jwks = Jwks { url: parsed, http, keys: RwLock::default(), fetched_at: tokio::sync::Mutex::default() };
+        Ok(Self::with(Keys::Jwks(jwks), Algorithm::RS256))
     }
 
     fn with(keys: Keys, algorithm: Algorithm) -> Self {
         // Only the one algorithm: no `none`, no HS/RS confusion.
         let mut validation = Validation::new(algorithm);
         validation.leeway = 5;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_aud = false;
         Self { keys: Arc::new(keys), validation: Arc::new(validation) }
@@ -98,6 +140,13 @@ impl Verifier {
 
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.verify_signature(token).await?;
+        let lifetime = claims.exp.saturating_sub(chrono::Utc::now().timestamp());
+        if lifetime > MAX_TOKEN_LIFETIME.as_secs() as i64 + self.validation.leeway as i64 {
+            return Err(AuthError::Invalid(format!(
+                "the token lives too long: at most {} hours from now",
+                MAX_TOKEN_LIFETIME.as_secs() / 3600
+            )));
+        }
         // The subject names the shopper a customer token acts for; it is stored
         // with that shopper's records, so it must be a short printable name.
         let length = claims.sub.chars().count();
@@ -114,34 +163,52 @@ impl Verifier {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid(e.to_string()),
         };
-        match &*self.keys {
-            Keys::Shared(key) => decode::<Claims>(token, key, &self.validation).map(|d| d.claims).map_err(classify),
-            Keys::Jwks { url, keys, http } => {
+        let key = match &*self.keys {
+            Keys::Shared(key) => key.clone(),
+            Keys::Jwks(jwks) => {
                 let kid = decode_header(token)
                     .map_err(classify)?
                     .kid
                     .ok_or_else(|| AuthError::Invalid("the token names no key (kid)".into()))?;
-                let known = keys.read().expect("JWKS lock").get(&kid).cloned();
-                let key = match known {
-                    Some(key) => key,
-                    None => {
-                        // An unknown kid may be a rotated key: fetch the set once more.
-                        let fetched = fetch_jwks(http, url).await?;
-                        let key = fetched.get(&kid).cloned();
-                        *keys.write().expect("JWKS lock") = fetched;
-                        key.ok_or_else(|| AuthError::Invalid(format!("unknown signing key `{kid}`")))?
-                    }
-                };
-                decode::<Claims>(token, &key, &self.validation).map(|d| d.claims).map_err(classify)
+                jwks.key(&kid).await?
             }
-        }
+        };
+        decode::<Claims>(token, &key, &self.validation).map(|d| d.claims).map_err(classify)
     }
 }
 
-async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<HashMap<String, DecodingKey>, AuthError> {
-    let unavailable = |e: reqwest::Error| AuthError::Invalid(format!("signing keys unavailable: {e}"));
-    let set: JwkSet = http.get(url).send().await.map_err(unavailable)?.json().await.map_err(unavailable)?;
-    Ok(set.keys.iter().filter_map(|jwk| Some((jwk.common.key_id.clone()?, DecodingKey::from_jwk(jwk).ok()?))).collect())
+impl Jwks {
+    fn known(&self, kid: &str) -> Option<DecodingKey> {
+        self.keys.read().expect("JWKS lock").get(kid).cloned()
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
+        if let Some(key) = self.known(kid) {
+            return Ok(key);
+        }
+        let unknown = || AuthError::Invalid(format!("unknown signing key `{kid}`"));
+        let mut fetched_at = self.fetched_at.lock().await;
+        // Whoever held the lock may have fetched the key meanwhile.
+        if let Some(key) = self.known(kid) {
+            return Ok(key);
+        }
+        if fetched_at.is_some_and(|at| at.elapsed() < JWKS_REFETCH) {
+            return Err(unknown());
+        }
+        *fetched_at = Some(Instant::now());
+        let fetched = self.fetch().await?;
+        *self.keys.write().expect("JWKS lock") = fetched;
+        self.known(kid).ok_or_else(unknown)
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, AuthError> {
+        let unavailable = |e: reqwest::Error| AuthError::Invalid(format!("signing keys unavailable: {e}"));
+        let response = self.http.get(self.url.clone()).send().await.map_err(unavailable)?;
+        let set: JwkSet = response.error_for_status().map_err(unavailable)?.json().await.map_err(unavailable)?;
+        let keys =
+            set.keys.iter().filter_map(|jwk| Some((jwk.common.key_id.clone()?, DecodingKey::from_jwk(jwk).ok()?)));
+        Ok(keys.collect())
+    }
 }
 
 /// Makes a token (for tests, tools and the benchmark).

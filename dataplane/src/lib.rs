@@ -40,7 +40,7 @@ pub struct Cli {
     /// The control plane's admin API (routing table, usage store)
     #[arg(long, env = "INDIGO_CONTROL_PLANE_URL", default_value = "http://127.0.0.1:8080")]
     pub control_plane_url: String,
-    /// Admin API token of the data plane (operator role: it writes usage)
+    /// Admin API token of the data plane: a data-plane identity (role `dataplane`), or an operator's
     #[arg(long, env = "INDIGO_CONTROL_PLANE_TOKEN", hide_env_values = true)]
     pub control_plane_token: String,
     /// Shared secret of the storefront's HS256 tokens
@@ -85,8 +85,8 @@ pub struct Cli {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let verifier = match (&cli.jwt_secret, &cli.jwks_url) {
-        (_, Some(url)) => Verifier::jwks(url),
-        (Some(secret), None) => Verifier::hs256(secret.as_bytes()),
+        (_, Some(url)) => Verifier::jwks(url).context("jwks_url (INDIGO_JWKS_URL)")?,
+        (Some(secret), None) => Verifier::hs256(secret.as_bytes()).context("jwt_secret (INDIGO_JWT_SECRET)")?,
         (None, None) => anyhow::bail!("set jwt_secret (INDIGO_JWT_SECRET) or jwks_url (INDIGO_JWKS_URL)"),
     };
     let routes = Arc::new(match cli.tenant {

@@ -33,7 +33,7 @@ use crate::TestDatabase;
 use crate::stripe_double::StripeDouble;
 
 pub const ADMIN_TOKEN: &str = "stack-admin-token-0123456789";
-pub const JWT_SECRET: &[u8] = b"stack-jwt-secret";
+pub const JWT_SECRET: &[u8] = b"stack-jwt-secret-of-at-least-32-bytes";
 
 /// A storefront (data plane) routed by a control plane at some URL.
 pub struct Storefront {
@@ -51,7 +51,7 @@ impl Storefront {
             Duration::from_millis(200),
         ));
         let spool = std::env::temp_dir().join(format!("indigo-stack-spool-{}", Uuid::new_v4().simple()));
-        let mut state = StoreState::new(routes.clone(), Verifier::hs256(JWT_SECRET), Meter::new(None, spool));
+        let mut state = StoreState::new(routes.clone(), Verifier::hs256(JWT_SECRET).unwrap(), Meter::new(None, spool));
         state.metering = false;
         // Load comes from one address; each request names its own client instead.
         state.trust_forwarded_for = true;

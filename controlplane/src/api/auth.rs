@@ -1,54 +1,90 @@
 //! Bearer-token authentication. A token maps to a role; the bootstrap admin
 //! token comes from configuration, every other token from `api_tokens`, where
 //! only its SHA-256 is kept.
+//!
+//! Two extractors: [`Actor`], a person's (or tool's) token, which every route
+//! takes and which refuses a data plane's token; and [`Caller`], for the three
+//! routes a data plane needs (routing, daily calls, usage intake), which
+//! accepts either. A new route is closed to data planes unless it asks.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
+use indigo_core::tenant::{Role, TenantId};
 
 use super::AppState;
 use super::error::ApiError;
+pub use crate::identity::{generate_token, hash_token};
 pub use crate::journal::Actor;
+use crate::journal::Forbidden;
 
-pub fn hash_token(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
+/// Who calls one of the routes that data planes use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Person(Actor),
+    /// A data plane's own identity; `tenant` when it serves that tenant only.
+    DataPlane {
+        name: String,
+        tenant: Option<TenantId>,
+    },
 }
 
-/// A new random token: `indigo_` and 32 bytes of hex.
-pub fn generate_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("indigo_{}", hex::encode(bytes))
+impl Caller {
+    /// Whether this caller may see or report for `tenant`.
+    pub fn reaches(&self, tenant: TenantId) -> bool {
+        match self {
+            Self::Person(_) | Self::DataPlane { tenant: None, .. } => true,
+            Self::DataPlane { tenant: Some(own), .. } => *own == tenant,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        let hash = hash_token(token);
+        if state.bootstrap_admin_hash.as_deref() == Some(hash.as_slice()) {
+            return Ok(Self::Person(Actor::system(Actor::BOOTSTRAP_ADMIN)));
+        }
+        let row: Option<(String, String, Option<uuid::Uuid>)> =
+            sqlx::query_as("SELECT name, role, tenant_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+                .bind(&hash)
+                .fetch_optional(&state.db)
+                .await?;
+        let (name, role, tenant) = row.ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
+        let role: Role = role.parse().map_err(|e| anyhow::anyhow!("api_tokens.role: {e}"))?;
+        Ok(match role {
+            Role::DataPlane => Self::DataPlane { name, tenant: tenant.map(TenantId) },
+            role => Self::Person(Actor { name, role }),
+        })
+    }
 }
 
 impl FromRequestParts<AppState> for Actor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(ApiError::Unauthorized("missing bearer token (Authorization: Bearer <token>)"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        let hash = hash_token(token);
-        if state.bootstrap_admin_hash.as_deref() == Some(hash.as_slice()) {
-            return Ok(Actor::system(Self::BOOTSTRAP_ADMIN));
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Person(actor) => Ok(actor),
+            Caller::DataPlane { name, .. } => {
+                Err(Forbidden { needed: Role::Viewer, have: Role::DataPlane, actor: name }.into())
+            }
         }
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT name, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
-                .bind(&hash)
-                .fetch_optional(&state.db)
-                .await?;
-        let (name, role) = row.ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
-        let role = role.parse().map_err(|e| anyhow::anyhow!("api_tokens.role: {e}"))?;
-        Ok(Actor { name, role })
     }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized("missing bearer token (Authorization: Bearer <token>)"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))
 }

@@ -1,6 +1,8 @@
 //! `Idempotency-Key` handling. The key is claimed by the first statement of the
 //! mutation's own transaction, so a concurrent retry waits on it and then
-//! replays the stored response; a rolled-back attempt leaves no trace.
+//! replays the stored response; a rolled-back attempt leaves no trace. Keys
+//! are the caller's own (another caller's same key is another request) and
+//! live for [`idempotency::RETENTION`](crate::idempotency::RETENTION).
 
 use axum::Json;
 use axum::extract::FromRequestParts;
@@ -56,6 +58,7 @@ pub enum Claim {
 
 /// A fresh claim that still needs its response recorded.
 pub struct Pending {
+    actor: String,
     key: String,
     fingerprint: Vec<u8>,
 }
@@ -64,25 +67,32 @@ impl IdempotencyKey {
     /// Claims the key inside `tx`, which must be the mutation's transaction.
     pub async fn claim(&self, tx: &mut PgConnection, actor: &Actor, body: &impl Serialize) -> Result<Claim, ApiError> {
         let fingerprint = self.fingerprint(body)?;
-        // Blocks while another transaction holds the same key uncommitted.
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (key, fingerprint, actor, status_code, response)
-             VALUES ($1, $2, $3, 0, 'null') ON CONFLICT (key) DO NOTHING",
+        // Blocks while another transaction holds the same key uncommitted. A
+        // key past its retention is claimed afresh, as if it had been pruned.
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (actor, key, fingerprint, status_code, response)
+             VALUES ($1, $2, $3, 0, 'null')
+             ON CONFLICT (actor, key) DO UPDATE
+                 SET fingerprint = EXCLUDED.fingerprint, status_code = 0, response = 'null', created_at = now()
+                 WHERE idempotency_keys.created_at < now() - $4::interval",
         )
+        .bind(&actor.name)
         .bind(&self.key)
         .bind(&fingerprint)
-        .bind(&actor.name)
+        .bind(crate::idempotency::RETENTION)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 1 {
-            return Ok(Claim::Fresh(Pending { key: self.key.clone(), fingerprint }));
+        if claimed == 1 {
+            return Ok(Claim::Fresh(Pending { actor: actor.name.clone(), key: self.key.clone(), fingerprint }));
         }
-        let (stored, status, response): (Vec<u8>, i16, serde_json::Value) =
-            sqlx::query_as("SELECT fingerprint, status_code, response FROM idempotency_keys WHERE key = $1")
-                .bind(&self.key)
-                .fetch_one(&mut *tx)
-                .await?;
+        let (stored, status, response): (Vec<u8>, i16, serde_json::Value) = sqlx::query_as(
+            "SELECT fingerprint, status_code, response FROM idempotency_keys WHERE actor = $1 AND key = $2",
+        )
+        .bind(&actor.name)
+        .bind(&self.key)
+        .fetch_one(&mut *tx)
+        .await?;
         if stored != fingerprint {
             return Err(ApiError::conflict(
                 "idempotency_key_reused",
@@ -141,13 +151,17 @@ impl Pending {
         status: StatusCode,
         response: &serde_json::Value,
     ) -> Result<(), ApiError> {
-        sqlx::query("UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE key = $1 AND fingerprint = $2")
-            .bind(&self.key)
-            .bind(&self.fingerprint)
-            .bind(i16::try_from(status.as_u16()).unwrap_or(500))
-            .bind(response)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE idempotency_keys SET status_code = $4, response = $5
+             WHERE actor = $1 AND key = $2 AND fingerprint = $3",
+        )
+        .bind(&self.actor)
+        .bind(&self.key)
+        .bind(&self.fingerprint)
+        .bind(i16::try_from(status.as_u16()).unwrap_or(500))
+        .bind(response)
+        .execute(&mut *tx)
+        .await?;
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::Actor;
+use super::auth::Caller;
 use super::error::ApiError;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -70,17 +70,24 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
     Ok(RoutingTable { version, routes })
 }
 
-/// The routing table. Send the version you have as `If-None-Match` to get 304 when nothing changed.
+/// The routing table. Send the version you have as `If-None-Match` to get 304
+/// when nothing changed. A data plane bound to one tenant sees that tenant's
+/// route only.
 #[utoipa::path(get, path = "/v1/routing", tag = "tenants",
     responses((status = 200, body = RoutingTable), (status = 304, description = "Unchanged")))]
-async fn routing_table(State(state): State<AppState>, _actor: Actor, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn routing_table(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let current: i64 =
         sqlx::query_scalar("SELECT COALESCE(max(routing_version), 0) FROM tenants").fetch_one(&state.db).await?;
     let etag = format!("\"{current}\"");
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    let table = build(&state).await?;
+    let mut table = build(&state).await?;
+    table.routes.retain(|route| caller.reaches(route.tenant_id));
     let etag = format!("\"{}\"", table.version);
     Ok(([(header::ETAG, etag)], Json(table)).into_response())
 }

@@ -81,12 +81,26 @@ async fn create_token(
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::invalid("invalid_name", "token name must be 1 to 100 characters"));
     }
+    if request.role == Role::DataPlane {
+        return Err(ApiError::invalid(
+            "invalid_role",
+            "data-plane identities are made by the control plane for the data planes it runs",
+        ));
+    }
+    if Actor::SYSTEM_NAMES.iter().any(|system| system.eq_ignore_ascii_case(name)) {
+        return Err(ApiError::invalid("reserved_name", format!("`{name}` is a name the control plane acts under")));
+    }
     let mut tx = state.db.begin().await?;
     let pending = match key.claim(&mut tx, &actor, &request).await? {
         Claim::Replay(response) => return Ok(response),
         Claim::Fresh(pending) => pending,
     };
-    let created = insert_token(&mut tx, name, request.role).await?;
+    let created = match insert_token(&mut tx, name, request.role).await {
+        Err(ApiError::Database(sqlx::Error::Database(e))) if e.constraint() == Some("api_tokens_name_key") => {
+            return Err(ApiError::conflict("token_name_taken", format!("a token named `{name}` exists")));
+        }
+        created => created?,
+    };
     Audit {
         actor: &actor,
         action: "token.create",

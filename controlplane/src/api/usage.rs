@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::Actor;
+use super::auth::{Actor, Caller};
 use super::error::ApiError;
 
 /// Largest batch accepted at once.
@@ -77,8 +77,10 @@ async fn tenant_series(
 /// day ends: data-plane replicas count their daily limit from it, so that the
 /// limit holds across replicas.
 #[utoipa::path(get, path = "/v1/usage/daily-calls", tag = "usage", responses((status = 200, body = Vec<DailyCalls>)))]
-async fn daily_calls(State(state): State<AppState>, _actor: Actor) -> Result<Json<Vec<DailyCalls>>, ApiError> {
-    Ok(Json(crate::metering::limits::daily_calls(&state.db).await?))
+async fn daily_calls(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<DailyCalls>>, ApiError> {
+    let mut calls = crate::metering::limits::daily_calls(&state.db).await?;
+    calls.retain(|tenant| caller.reaches(tenant.tenant_id));
+    Ok(Json(calls))
 }
 
 #[utoipa::path(get, path = "/v1/usage/summary", tag = "usage", responses((status = 200, body = Vec<TenantUsage>)))]
@@ -104,6 +106,26 @@ async fn summary(State(state): State<AppState>, _actor: Actor) -> Result<Json<Ve
             .collect(),
     ))
 }
+
+/// What a data plane may report: one storefront call or search at a time, for
+/// a tenant it serves. A compromised data plane cannot inflate another
+/// tenant's bill, nor its own by more than the requests it really answers.
+fn permitted(caller: &Caller, event: &UsageEvent) -> Result<(), (&'static str, String)> {
+    let Caller::DataPlane { name, .. } = caller else { return Ok(()) };
+    if !caller.reaches(event.tenant_id) {
+        return Err(("tenant_not_served", format!("data plane `{name}` does not serve tenant {}", event.tenant_id)));
+    }
+    if !DATAPLANE_EVENT_TYPES.contains(&event.event_type.as_str()) || event.quantity != 1.0 || event.ai.is_some() {
+        return Err((
+            "not_permitted",
+            format!("a data plane reports {} events of quantity 1 only", DATAPLANE_EVENT_TYPES.join(" and ")),
+        ));
+    }
+    Ok(())
+}
+
+/// The events a data plane meters itself.
+const DATAPLANE_EVENT_TYPES: [&str; 2] = ["api_call", "search_query"];
 
 /// Checks one event; for an AI call, returns its quantity in credits.
 fn check(
@@ -150,15 +172,20 @@ fn check(
     Ok(credits)
 }
 
-/// Store a batch of usage events (operator). Duplicates by id are counted once.
+/// Store a batch of usage events (operator, or a data plane). Duplicates by id
+/// are counted once. A data plane reports what it meters, for the tenants it
+/// serves: its events are one call or search each, and a data plane bound to
+/// one tenant reports for that tenant only; other events are refused one by one.
 #[utoipa::path(post, path = "/v1/usage/events", tag = "usage", request_body = UsageBatch,
     responses((status = 200, body = UsageBatchResult), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn ingest(
     State(state): State<AppState>,
-    actor: Actor,
+    caller: Caller,
     ApiJson(batch): ApiJson<UsageBatch>,
 ) -> Result<Json<UsageBatchResult>, ApiError> {
-    actor.require(Role::Operator)?;
+    if let Caller::Person(actor) = &caller {
+        actor.require(Role::Operator)?;
+    }
     if batch.events.len() > MAX_BATCH_EVENTS {
         return Err(ApiError::invalid("batch_too_large", format!("at most {MAX_BATCH_EVENTS} events per batch")));
     }
@@ -174,7 +201,9 @@ async fn ingest(
     let mut seen = HashSet::new();
     let mut accepted: Vec<(&UsageEvent, f64)> = Vec::with_capacity(batch.events.len());
     for (index, event) in batch.events.iter().enumerate() {
-        match check(event, &known, state.costs.as_deref()) {
+        match check(event, &known, state.costs.as_deref())
+            .and_then(|credits| permitted(&caller, event).map(|()| credits))
+        {
             Err((code, message)) => result.rejected.push(RejectedEvent { index, code: code.into(), message }),
             // A duplicate inside the batch is a duplicate too.
             Ok(_) if !seen.insert(event.id) => result.duplicates += 1,

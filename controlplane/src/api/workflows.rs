@@ -138,13 +138,20 @@ async fn transition(
 ) -> Result<Response, ApiError> {
     actor.require(Role::Operator)?;
     let id = workflow_id(&raw)?;
+    let kind: Kind = store::get(&mut *state.db.acquire().await?, id)
+        .await?
+        .kind
+        .parse()
+        .map_err(|e| anyhow::anyhow!("workflow {id} has an unknown kind: {e}"))?;
+    actor.require(kind.required_role())?;
     idempotency::run_once(&state, &key, &actor, &json!({ action: id }), StatusCode::ACCEPTED, async |tx| {
         Ok(apply(tx, id).await?)
     })
     .await
 }
 
-/// Run a failed or cancelled workflow again (operator).
+/// Run a failed or cancelled workflow again (the role that starts its kind:
+/// operator, admin for an offboarding).
 #[utoipa::path(post, path = "/v1/workflows/{id}/retry", tag = "workflows",
     params(("Idempotency-Key" = String, Header)),
     responses((status = 202, body = Workflow), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -157,7 +164,8 @@ async fn retry_workflow(
     transition(state, actor, key, raw, "retry", store::retry).await
 }
 
-/// Cancel a running workflow: its completed steps are undone (operator).
+/// Cancel a running workflow: its completed steps are undone (the role that
+/// starts its kind: operator, admin for an offboarding).
 #[utoipa::path(post, path = "/v1/workflows/{id}/cancel", tag = "workflows",
     params(("Idempotency-Key" = String, Header)),
     responses((status = 202, body = Workflow), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

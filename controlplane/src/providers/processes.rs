@@ -30,7 +30,7 @@ pub struct Launch {
     pub program: PathBuf,
     pub subcommand: Vec<String>,
     pub control_plane_url: String,
-    pub control_plane_token: Secret,
+    pub credentials: Credentials,
     pub jwt_secret: Secret,
     /// Each replica spools undeliverable usage under its own directory here.
     pub spool_dir: PathBuf,
@@ -38,6 +38,17 @@ pub struct Launch {
     pub pool_listen: SocketAddr,
     /// Redis through which the replicas share each tenant's plan rate.
     pub redis_url: Option<String>,
+}
+
+/// What a data plane authenticates to the admin API with.
+#[derive(Clone)]
+pub enum Credentials {
+    /// One token for every data plane, issued elsewhere.
+    Shared(Secret),
+    /// An identity of its own per service (role `dataplane`, named as the
+    /// service, bound to the silo tenant it serves), minted in this control
+    /// database when the service starts and revoked when it is deleted.
+    PerService(sqlx::PgPool),
 }
 
 /// A replica that dies sooner than this after starting is crashing, not drifting.
@@ -88,6 +99,8 @@ impl Slot {
 
 struct Service {
     address: SocketAddr,
+    /// What its replicas present to the admin API.
+    token: Secret,
     slots: Vec<Slot>,
 }
 
@@ -115,7 +128,17 @@ impl LocalProcesses {
         Self { launch, services: Mutex::default(), drift: broadcast::channel(256).0, stopping: AtomicBool::new(false) }
     }
 
-    fn command(&self, spec: &ServiceSpec, address: SocketAddr, slot: usize) -> Command {
+    /// The token the replicas of `spec` present to the admin API.
+    async fn token_for(&self, spec: &ServiceSpec) -> Result<Secret, ProviderError> {
+        match &self.launch.credentials {
+            Credentials::Shared(token) => Ok(token.clone()),
+            Credentials::PerService(db) => crate::identity::mint_dataplane_token(db, &spec.name, spec.tenant)
+                .await
+                .map_err(|e| ProviderError::Transient(format!("cannot give {} an identity: {e}", spec.name))),
+        }
+    }
+
+    fn command(&self, spec: &ServiceSpec, address: SocketAddr, token: &Secret, slot: usize) -> Command {
         let launch = &self.launch;
         let mut command = Command::new(&launch.program);
         command
@@ -131,7 +154,7 @@ impl LocalProcesses {
             .arg("--spool-dir")
             .arg(launch.spool_dir.join(&spec.name).join(slot.to_string()))
             // Secrets go by environment, not arguments, which `ps` shows.
-            .env("INDIGO_CONTROL_PLANE_TOKEN", launch.control_plane_token.expose())
+            .env("INDIGO_CONTROL_PLANE_TOKEN", token.expose())
             .env("INDIGO_JWT_SECRET", launch.jwt_secret.expose())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -149,8 +172,14 @@ impl LocalProcesses {
         command
     }
 
-    fn start(&self, spec: &ServiceSpec, address: SocketAddr, slot: usize) -> Result<Replica, ProviderError> {
-        let child = self.command(spec, address, slot).spawn().map_err(|e| ProviderError::Permanent {
+    fn start(
+        &self,
+        spec: &ServiceSpec,
+        address: SocketAddr,
+        token: &Secret,
+        slot: usize,
+    ) -> Result<Replica, ProviderError> {
+        let child = self.command(spec, address, token, slot).spawn().map_err(|e| ProviderError::Permanent {
             reason: "DataplaneNotStarted".into(),
             message: format!("cannot start {}: {e}", self.launch.program.display()),
         })?;
@@ -171,7 +200,8 @@ impl LocalProcesses {
             Some(service) => service,
             None => {
                 let address = if spec.name == POOL_SERVICE { self.launch.pool_listen } else { free_address()? };
-                services.entry(spec.name.clone()).or_insert(Service { address, slots: Vec::new() })
+                let token = self.token_for(spec).await?;
+                services.entry(spec.name.clone()).or_insert(Service { address, token, slots: Vec::new() })
             }
         };
         let wanted = usize::try_from(spec.replicas).unwrap_or(usize::MAX);
@@ -193,7 +223,7 @@ impl LocalProcesses {
                     wait.as_millis()
                 )));
             }
-            slot.replica = Some(self.start(spec, service.address, index)?);
+            slot.replica = Some(self.start(spec, service.address, &service.token, index)?);
         }
         Ok(service.state())
     }
@@ -202,6 +232,11 @@ impl LocalProcesses {
         let removed = self.services.lock().await.remove(name);
         for replica in removed.into_iter().flat_map(|s| s.slots).filter_map(|s| s.replica) {
             stop(replica).await;
+        }
+        if let Credentials::PerService(db) = &self.launch.credentials
+            && let Err(e) = crate::identity::revoke_dataplane_token(db, name).await
+        {
+            tracing::warn!(service = name, error = %e, "could not revoke the deleted data plane's identity");
         }
     }
 
@@ -287,7 +322,7 @@ mod tests {
             program: program.into(),
             subcommand: vec![],
             control_plane_url: "http://127.0.0.1:9".into(),
-            control_plane_token: Secret::new("t"),
+            credentials: Credentials::Shared(Secret::new("t")),
             jwt_secret: Secret::new("s"),
             spool_dir: std::env::temp_dir(),
             pool_listen: "127.0.0.1:0".parse().unwrap(),

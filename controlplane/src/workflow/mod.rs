@@ -41,6 +41,17 @@ pub enum Kind {
 }
 indigo_core::wire_enum!(Kind { Onboarding => "onboarding", Offboarding => "offboarding", TierChange => "tier_change" });
 
+impl Kind {
+    /// The role that starts a workflow of this kind, and so the role that may
+    /// retry or cancel one: an operator must not finish an admin's deletion.
+    pub fn required_role(self) -> indigo_core::tenant::Role {
+        match self {
+            Self::Onboarding | Self::TierChange => indigo_core::tenant::Role::Operator,
+            Self::Offboarding => indigo_core::tenant::Role::Admin,
+        }
+    }
+}
+
 /// Why a step did not succeed, sorted by what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {

@@ -4,8 +4,6 @@
 //! twice (two daemons at once included), and Stripe's webhooks move a tenant
 //! through grace, suspension and resumption once each.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -454,7 +452,7 @@ async fn cost_report_flags_tenants_whose_plan_does_not_pay(pool: PgPool) {
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_same_totals(pool: PgPool) {
     use indigo_controlplane::metering::aws::AwsUsage;
-    let config = support::moto().await;
+    let config = crate::support::moto().await;
     let world = World::new(pool, chrono::Duration::hours(72)).await;
     let tenants = world.tenants(&["cloud-a", "cloud-b"]).await;
     let suffix = Uuid::new_v4().simple().to_string();

@@ -7,8 +7,6 @@
 //! desired counts, tagged; resized; deleted. (How AWS errors are sorted is
 //! unit-tested beside the provider: moto refuses too little to show it.)
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,7 +48,7 @@ silo = { acu_min = 2, acu_max = 64, backup_retention_days = 30, dataplane_replic
 
 #[tokio::test]
 async fn a_silo_tenant_gets_its_cluster_sized_by_plan_resized_and_deleted_in_order() {
-    let config = support::moto().await;
+    let config = crate::support::moto().await;
     let clusters = AuroraClusters::new(&config);
     let rds = aws_sdk_rds::Client::new(&config);
     let plans = plans();
@@ -104,7 +102,7 @@ async fn a_silo_tenant_gets_its_cluster_sized_by_plan_resized_and_deleted_in_ord
 
 #[tokio::test]
 async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant() {
-    let config = support::moto().await;
+    let config = crate::support::moto().await;
     let cluster = format!("indigo-test-{}", uuid::Uuid::new_v4().simple());
     let services = EcsServices::new(&config, &cluster, "ghcr.io/indigo/dataplane:1.0", None);
     services.ensure_cluster().await.unwrap();
@@ -170,7 +168,7 @@ async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant()
 /// The reconciler with `provider = aws`: the same loop as locally, acting on moto.
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(pool: PgPool) {
-    let config = support::moto().await;
+    let config = crate::support::moto().await;
     let plans = Arc::new(plans());
     // Silo tenants never touch the pool; its database is only named.
     let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();

@@ -2,8 +2,7 @@
 //! every endpoint, at the SQL level, by a randomized probe, and by a catalogue
 //! check that every tenant table is bound by forced RLS.
 
-mod support;
-
+use crate::support::{Store, plan, token, token_for};
 use axum::http::{Method, StatusCode};
 use indigo_dataplane::auth::CallerRole;
 use indigo_tenantdb::schema::audit_isolation;
@@ -11,7 +10,6 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use support::{Store, plan, token, token_for};
 
 #[tokio::test]
 async fn every_tenant_table_has_forced_rls_and_the_app_role_cannot_bypass_it() {
@@ -272,7 +270,7 @@ async fn shoppers_reach_only_their_own_customer_record_and_orders() {
         ("bob", &bob, vec![bob_id.clone()], vec![orders[1].clone()]),
     ];
     for (who, token, customers, own_orders) in matrix {
-        let ids_of = |reply: &support::Reply| {
+        let ids_of = |reply: &crate::support::Reply| {
             assert_eq!(reply.status, StatusCode::OK, "{who}: {}", reply.body);
             let mut ids: Vec<String> =
                 reply.body["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();

@@ -14,7 +14,7 @@ const RATE: u32 = 10;
 const BURST: u32 = 20;
 
 fn plan() -> Plan {
-    let catalog = PlanCatalog::parse("plans.toml", include_str!("../../policies/plans.toml")).unwrap();
+    let catalog = PlanCatalog::parse("plans.toml", include_str!("../../../policies/plans.toml")).unwrap();
     let mut plan = catalog.get("starter").unwrap().clone();
     plan.rate_limit.requests_per_second = RATE;
     plan.rate_limit.burst = BURST;

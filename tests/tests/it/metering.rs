@@ -22,7 +22,7 @@ use indigo_tenantdb::schema::TenantServer;
 use tokio::task::JoinHandle;
 
 const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
-const JWT_SECRET: &[u8] = b"e2e-jwt-secret";
+const JWT_SECRET: &[u8] = b"e2e-jwt-secret-of-at-least-32-bytes";
 
 struct ControlPlane {
     state: AdminState,
@@ -93,7 +93,7 @@ impl Platform {
         ));
         let spool = std::env::temp_dir().join(format!("indigo-e2e-spool-{}", uuid::Uuid::new_v4().simple()));
         let meter = Meter::new(Some(UsageSink::new(&control_url, ADMIN_TOKEN)), spool);
-        let store_state = StoreState::new(routes.clone(), Verifier::hs256(JWT_SECRET), meter.clone());
+        let store_state = StoreState::new(routes.clone(), Verifier::hs256(JWT_SECRET).unwrap(), meter.clone());
         let limiter = store_state.limiter.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let store_url = format!("http://{}", listener.local_addr().unwrap());

@@ -20,7 +20,7 @@ use indigo_tenantdb::schema::{APP_ROLE, TenantServer};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-pub const SECRET: &[u8] = b"storefront-test-secret";
+pub const SECRET: &[u8] = b"storefront-test-secret-of-32-bytes-or-more";
 
 pub fn catalog() -> PlanCatalog {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml")).unwrap();
@@ -84,7 +84,8 @@ impl Store {
     pub fn with_routes(server: TenantServer, database: String, app_url: String, routes: Vec<Route>) -> Self {
         let table = RoutingTable { version: 1, routes: routes.clone() };
         let spool = std::env::temp_dir().join(format!("indigo-spool-{database}"));
-        let state = AppState::new(Arc::new(Routes::fixed(table, 8)), Verifier::hs256(SECRET), Meter::new(None, spool));
+        let state =
+            AppState::new(Arc::new(Routes::fixed(table, 8)), Verifier::hs256(SECRET).unwrap(), Meter::new(None, spool));
         Self { router: api::router(state.clone()), state, server, database, app_url, routes }
     }
 

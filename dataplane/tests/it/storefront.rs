@@ -1,15 +1,13 @@
 //! The storefront's behaviour against real PostgreSQL: catalogue, orders and
 //! stock, search, plan limits, and bad input answered with clear 4xx errors.
 
-mod support;
-
+use crate::support::{Store, plan, silo_route, token, token_expiring};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use indigo_core::plan::Limit;
 use indigo_core::tenant::{Lifecycle, TenantId};
 use indigo_dataplane::auth::CallerRole;
 use serde_json::json;
-use support::{Store, plan, silo_route, token, token_expiring};
 
 #[tokio::test]
 async fn catalogue_crud_and_pagination() {
@@ -251,7 +249,7 @@ async fn plan_limits_suspension_and_unknown_tenants() {
     routes.push(silo_route(silo));
     let unreachable = TenantId::new();
     let nothing_listens = format!("postgres://indigo_app@127.0.0.1:{}/shop", indigo_e2e::free_port().unwrap());
-    routes.push(support::route(unreachable, "down-shop", plan("pro"), Some(nothing_listens)));
+    routes.push(crate::support::route(unreachable, "down-shop", plan("pro"), Some(nothing_listens)));
     store.reroute(routes);
     let down = store.get(&token(unreachable, CallerRole::Owner), "/v1/products").await;
     assert_eq!((down.status, down.code()), (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"), "{}", down.body);

@@ -386,6 +386,187 @@ async fn tokens_are_shown_once_and_can_be_revoked(pool: PgPool) {
     assert_eq!((unknown.status, unknown.code()), (StatusCode::NOT_FOUND, "not_found"));
 }
 
+/// Token names are the audit log's identities: unique, and never a system actor's.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn token_names_are_unique_and_system_names_reserved(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let first = app.send(Method::POST, "/v1/tokens", ADMIN, "n1", json!({ "name": "deploy", "role": "viewer" })).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let twin = app.send(Method::POST, "/v1/tokens", ADMIN, "n2", json!({ "name": "Deploy", "role": "admin" })).await;
+    assert_eq!((twin.status, twin.code()), (StatusCode::CONFLICT, "token_name_taken"));
+    for system in ["reconciler", "bootstrap-admin", "Onboarding"] {
+        let body = json!({ "name": system, "role": "admin" });
+        let reply = app.send(Method::POST, "/v1/tokens", ADMIN, &format!("sys-{system}"), body).await;
+        assert_eq!((reply.status, reply.code()), (StatusCode::UNPROCESSABLE_ENTITY, "reserved_name"), "{system}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM api_tokens").await, 1);
+}
+
+/// An idempotency key is its caller's: another caller's same key and body is a
+/// request of its own, answered for that caller and audited to it.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn idempotency_keys_belong_to_their_caller(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.create("acme", "starter").await;
+    let (alice, bob) = (app.token("operator").await, app.token("admin").await);
+    let delta = json!({ "name": "D", "slug": "delta", "owner_email": "d@d.example", "plan": "starter" });
+    let first = app.send(Method::POST, "/v1/tenants", &alice, "shared-key", delta.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let other = app.send(Method::POST, "/v1/tenants", &bob, "shared-key", delta).await;
+    assert!(other.headers.get("idempotent-replayed").is_none(), "not the first caller's answer");
+    assert_eq!((other.status, other.code()), (StatusCode::CONFLICT, "slug_taken"), "bob's own request ran");
+    // Claiming a key first blocks no one else's request with it.
+    let body = json!({ "name": "B", "slug": "bravo", "owner_email": "b@b.example", "plan": "starter" });
+    let charlie = json!({ "name": "C", "slug": "charlie", "owner_email": "c@c.example", "plan": "starter" });
+    let squat = app.send(Method::POST, "/v1/tenants", &alice, "bravo-key", charlie).await;
+    assert_eq!(squat.status, StatusCode::CREATED);
+    let created = app.send(Method::POST, "/v1/tenants", &bob, "bravo-key", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+
+    // Past the retention a key is new again, and the housekeeping job prunes it.
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let again = app.send(Method::POST, "/v1/tenants/acme/suspend", &alice, "shared-key", json!({})).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "an expired key is not `idempotency_key_reused`: {}", again.body);
+    let kept = app.count("SELECT count(*) FROM idempotency_keys").await;
+    assert_eq!(indigo_controlplane::idempotency::prune(&app.pool).await.unwrap() as i64, kept - 1);
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 1, "the key claimed again stays");
+}
+
+/// A data plane's own identity reaches routing, daily calls and usage intake,
+/// and nothing else of the admin API; bound to a tenant, only that tenant's;
+/// and it reports single calls, not arbitrary quantities.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn a_data_plane_identity_reaches_only_what_a_data_plane_needs(pool: PgPool) {
+    use indigo_controlplane::identity::mint_dataplane_token;
+    let app = TestApp::new(pool).await;
+    app.create("acme", "starter").await;
+    app.create("bravo", "growth").await;
+    let acme: uuid::Uuid = app.get("/v1/tenants/acme", ADMIN).await.body["id"].as_str().unwrap().parse().unwrap();
+    let bravo: uuid::Uuid = app.get("/v1/tenants/bravo", ADMIN).await.body["id"].as_str().unwrap().parse().unwrap();
+    let pool_plane = mint_dataplane_token(&app.pool, "indigo-dp-pool", None).await.unwrap();
+    let acme_plane =
+        mint_dataplane_token(&app.pool, "indigo-dp-acme", Some(indigo_core::tenant::TenantId(acme))).await.unwrap();
+
+    // Every other route of the document refuses both, whatever it does.
+    let allowed = [("get", "/v1/routing"), ("get", "/v1/usage/daily-calls"), ("post", "/v1/usage/events")];
+    let openapi = app.raw(Request::get("/openapi.json").body(Body::empty()).unwrap()).await;
+    let mut refused = 0;
+    for (path, operations) in openapi.body["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{tenant}", "acme")
+            .replace("{id}", &uuid::Uuid::nil().to_string())
+            .replace("{name}", "rollup");
+        for method in operations.as_object().unwrap().keys() {
+            if allowed.contains(&(method.as_str(), path.as_str())) || path.starts_with("/v1/webhooks") {
+                continue;
+            }
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let anonymous =
+                app.raw(TestApp::builder(method.clone(), &concrete, None).body(Body::empty()).unwrap()).await;
+            if anonymous.status != StatusCode::UNAUTHORIZED {
+                continue; // a public probe
+            }
+            for token in [pool_plane.expose(), acme_plane.expose()] {
+                let request = TestApp::builder(method.clone(), &concrete, Some(token))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header("idempotency-key", "dp-probe")
+                    .body(Body::from("{}"))
+                    .unwrap();
+                let reply = app.raw(request).await;
+                assert_eq!(reply.status, StatusCode::FORBIDDEN, "{method} {path}: {}", reply.body);
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 40, "the probe covered the API ({refused} refusals)");
+
+    let routes = |reply: Reply| -> Vec<String> {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.body["routes"].as_array().unwrap().iter().map(|r| r["slug"].as_str().unwrap().to_owned()).collect()
+    };
+    let mut all = routes(app.get("/v1/routing", pool_plane.expose()).await);
+    all.sort();
+    assert_eq!(all, ["acme", "bravo"], "the pool's data plane routes every tenant");
+    assert_eq!(routes(app.get("/v1/routing", acme_plane.expose()).await), ["acme"]);
+    let calls = app.get("/v1/usage/daily-calls", acme_plane.expose()).await;
+    assert!(calls.body.as_array().unwrap().iter().all(|c| c["tenant_id"] == acme.to_string()), "{}", calls.body);
+
+    let now = chrono::Utc::now();
+    let event = |tenant: uuid::Uuid, kind: &str, quantity: f64| json!({ "id": uuid::Uuid::now_v7(), "tenant_id": tenant, "event_type": kind, "quantity": quantity, "occurred_at": now });
+    let batch = json!({ "events": [
+        event(acme, "api_call", 1.0),
+        event(bravo, "api_call", 1.0),
+        event(acme, "api_call", 1000.0),
+        event(acme, "storage_gb", 1.0),
+    ] });
+    let reply = app.send(Method::POST, "/v1/usage/events", acme_plane.expose(), "u1", batch).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["accepted"], 1);
+    let codes: Vec<&str> =
+        reply.body["rejected"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["tenant_not_served", "not_permitted", "not_permitted"]);
+    let reply = app
+        .send(
+            Method::POST,
+            "/v1/usage/events",
+            pool_plane.expose(),
+            "u2",
+            json!({ "events": [event(bravo, "search_query", 1.0)] }),
+        )
+        .await;
+    assert_eq!(reply.body["accepted"], 1, "{}", reply.body);
+
+    // Only the control plane makes these identities; admins see and can revoke them.
+    let made =
+        app.send(Method::POST, "/v1/tokens", ADMIN, "mk-dp", json!({ "name": "mine", "role": "dataplane" })).await;
+    assert_eq!((made.status, made.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_role"));
+    let listed = app.get("/v1/tokens", ADMIN).await;
+    assert_eq!(listed.body.as_array().unwrap().iter().filter(|t| t["role"] == "dataplane").count(), 2);
+    // A new secret for the same identity retires the old one.
+    let rotated = mint_dataplane_token(&app.pool, "indigo-dp-pool", None).await.unwrap();
+    assert_eq!(app.get("/v1/routing", pool_plane.expose()).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.get("/v1/routing", rotated.expose()).await.status, StatusCode::OK);
+}
+
+/// Retrying or cancelling a workflow needs the role that starts its kind: an
+/// operator cannot carry an admin's offboarding through data deletion.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn workflows_are_retried_and_cancelled_by_the_role_that_starts_them(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.create("acme", "starter").await;
+    let operator = app.token("operator").await;
+    let deleted = app.send(Method::DELETE, "/v1/tenants/acme", ADMIN, "del", json!({})).await;
+    assert_eq!(deleted.status, StatusCode::ACCEPTED);
+    let offboarding: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM workflows WHERE kind = 'offboarding'").fetch_one(&app.pool).await.unwrap();
+    for action in ["cancel", "retry"] {
+        let path = format!("/v1/workflows/{offboarding}/{action}");
+        let reply = app.send(Method::POST, &path, &operator, &format!("op-{action}"), json!(null)).await;
+        assert_eq!((reply.status, reply.code()), (StatusCode::FORBIDDEN, "forbidden"), "operator {action}");
+        assert!(reply.body["message"].as_str().unwrap().contains("admin"), "{}", reply.body);
+    }
+    assert_eq!(app.count("SELECT count(*) FROM workflows WHERE cancel_requested").await, 0, "nothing changed");
+    let cancelled = app
+        .send(Method::POST, &format!("/v1/workflows/{offboarding}/cancel"), ADMIN, "admin-cancel", json!(null))
+        .await;
+    assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{}", cancelled.body);
+
+    // An onboarding is an operator's to start, so also to cancel.
+    let new = json!({ "name": "B", "slug": "bravo", "owner_email": "b@b.example", "plan": "starter" });
+    assert_eq!(app.send(Method::POST, "/v1/tenants", &operator, "create-b", new).await.status, StatusCode::CREATED);
+    let onboarding: uuid::Uuid =
+        sqlx::query_scalar("SELECT w.id FROM workflows w JOIN tenants t ON t.id = w.tenant_id WHERE t.slug = 'bravo'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let reply =
+        app.send(Method::POST, &format!("/v1/workflows/{onboarding}/cancel"), &operator, "op-b", json!(null)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+}
+
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn plan_change_bumps_generation_and_is_audited(pool: PgPool) {
     let app = TestApp::new(pool).await;

@@ -1,0 +1,6 @@
+//! The end-to-end tests in one binary: the real binaries and services, crashes,
+//! moves and metering.
+
+mod crash_resume;
+mod metering;
+mod moves;

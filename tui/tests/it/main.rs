@@ -1,0 +1,4 @@
+//! The console's integration tests in one binary.
+
+mod console;
+mod tmux;
