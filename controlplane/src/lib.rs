@@ -16,6 +16,7 @@ pub mod policy;
 pub mod providers;
 pub mod reconciler;
 pub mod registry;
+pub mod runtime;
 pub mod server;
 pub mod telemetry;
 pub mod up;

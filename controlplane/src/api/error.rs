@@ -6,6 +6,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use indigo_core::http::error_response;
+use indigo_tenantdb::input::{INVALID_TEXT, is_unstorable_text};
 use indigo_tenantdb::retry::RetryLater;
 
 use crate::journal::Forbidden;
@@ -33,9 +34,9 @@ pub enum ApiError {
     #[error("{0}")]
     Upstream(String),
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
 }
 
 impl ApiError {
@@ -77,6 +78,27 @@ impl ApiError {
             Self::Database(error) => RetryLater::of(error).map_or("internal", RetryLater::code),
             Self::Internal(_) => "internal",
         }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unstorable_text(&error) {
+            let (code, message) = INVALID_TEXT;
+            return Self::Invalid { code, message: message.into() };
+        }
+        Self::Database(error)
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        // A database refusal of the client's text stays the client's, however it was wrapped.
+        if error.downcast_ref::<sqlx::Error>().is_some_and(is_unstorable_text) {
+            let (code, message) = INVALID_TEXT;
+            return Self::Invalid { code, message: message.into() };
+        }
+        Self::Internal(error)
     }
 }
 

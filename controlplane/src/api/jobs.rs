@@ -27,7 +27,7 @@ impl From<JobError> for ApiError {
             JobError::Unknown(..) => ApiError::NotFound(e.to_string()),
             JobError::Busy(_) => ApiError::conflict("job_running", e.to_string()),
             JobError::Failed(message) => ApiError::Upstream(format!("the job failed: {message}")),
-            JobError::Database(db) => ApiError::Database(db),
+            JobError::Database(db) => db.into(),
         }
     }
 }

@@ -39,7 +39,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Deleted(_) => ApiError::conflict("tenant_deleted", e.to_string()),
             RegistryError::Pending(_) => ApiError::conflict("tenant_pending", e.to_string()),
             RegistryError::Corrupt { .. } => ApiError::Internal(e.into()),
-            RegistryError::Database(db) => ApiError::Database(db),
+            RegistryError::Database(db) => db.into(),
         }
     }
 }

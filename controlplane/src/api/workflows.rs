@@ -40,7 +40,7 @@ impl From<WorkflowError> for ApiError {
             WorkflowError::WrongState { .. } => ApiError::conflict("workflow_state", e.to_string()),
             WorkflowError::PastPointOfNoReturn { .. } => ApiError::conflict("past_point_of_no_return", e.to_string()),
             WorkflowError::Corrupt { .. } => ApiError::Internal(e.into()),
-            WorkflowError::Database(db) => ApiError::Database(db),
+            WorkflowError::Database(db) => db.into(),
         }
     }
 }
@@ -117,6 +117,7 @@ async fn list_workflows(
 
 /// One workflow with each step's state, attempts, output and error.
 #[utoipa::path(get, path = "/v1/workflows/{id}", tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id")),
     responses((status = 200, body = Workflow), (status = 404, body = ErrorBody)))]
 async fn get_workflow(
     State(state): State<AppState>,
@@ -153,7 +154,7 @@ async fn transition(
 /// Run a failed or cancelled workflow again (the role that starts its kind:
 /// operator, admin for an offboarding).
 #[utoipa::path(post, path = "/v1/workflows/{id}/retry", tag = "workflows",
-    params(("Idempotency-Key" = String, Header)),
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id"), ("Idempotency-Key" = String, Header)),
     responses((status = 202, body = Workflow), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn retry_workflow(
     State(state): State<AppState>,
@@ -167,7 +168,7 @@ async fn retry_workflow(
 /// Cancel a running workflow: its completed steps are undone (the role that
 /// starts its kind: operator, admin for an offboarding).
 #[utoipa::path(post, path = "/v1/workflows/{id}/cancel", tag = "workflows",
-    params(("Idempotency-Key" = String, Header)),
+    params(("id" = uuid::Uuid, Path, description = "The workflow's id"), ("Idempotency-Key" = String, Header)),
     responses((status = 202, body = Workflow), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn cancel_workflow(
     State(state): State<AppState>,

@@ -33,10 +33,18 @@ use crate::providers::{
     SiloTenant, silo_service_name,
 };
 use crate::registry::{self, RegistryError, TenantRef};
+use crate::runtime::{Notifications, Notified, jittered};
 use indigo_tenantdb::TenantDatabases;
 
 /// How soon a tenant whose silo is still being created is looked at again.
 const PROVISIONING_RECHECK: Duration = Duration::from_secs(15);
+
+/// Backoff of a tenant whose reconciles keep failing for a reason that may
+/// pass (a provider or the control database unavailable)...
+const TRANSIENT_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(300));
+/// ...and for one that will not pass by itself (a provider's refusal, a
+/// tenant gone): looked at again much later, or at once when its spec changes.
+const PERMANENT_BACKOFF: (Duration, Duration) = (Duration::from_secs(300), Duration::from_secs(3600));
 
 /// The channel the tenants table announces spec changes on.
 pub const CHANGES_CHANNEL: &str = "indigo_tenant_changed";
@@ -52,6 +60,11 @@ pub enum ReconcileError {
 }
 
 impl ReconcileError {
+    /// Whether retrying without a change can help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Provider(ProviderError::Permanent { .. }) | Self::Registry(RegistryError::NotFound(_)))
+    }
+
     /// A CamelCase reason for conditions and metrics.
     pub fn reason(&self) -> String {
         match self {
@@ -125,6 +138,31 @@ pub struct Context<P> {
     pub plans: Arc<PlanCatalog>,
     pub settings: Settings,
     stats: Stats,
+}
+
+/// How long a tenant waits after its `failures`-th failed reconcile in a row
+/// (kube-runtime's `error_policy`): a transient error backs off from half a
+/// second, a permanent one from five minutes. A change to the tenant's spec
+/// requeues it at once either way.
+pub fn error_policy(tenant: TenantId, error: &ReconcileError, failures: u32) -> Duration {
+    let (base, cap) = if error.is_permanent() { PERMANENT_BACKOFF } else { TRANSIENT_BACKOFF };
+    let wait = crate::runtime::backoff(base, cap, failures);
+    tracing::debug!(%tenant, failures, permanent = error.is_permanent(), ?wait, "reconcile will be retried");
+    wait
+}
+
+/// When a tenant is looked at again after a reconcile that did `outcome`
+/// (kube-runtime's `Action::requeue`).
+fn requeue(outcome: &Outcome, settings: &Settings) -> Duration {
+    match outcome {
+        // Finished tenants drop out until something changes them again.
+        Outcome::Finished => Duration::from_secs(24 * 3600),
+        // A silo being created is looked at again soon, not at the next resync.
+        Outcome::Applied(decision) if decision.phase == Phase::Provisioning => {
+            jittered(PROVISIONING_RECHECK.min(settings.resync))
+        }
+        Outcome::Paused | Outcome::InWorkflow | Outcome::Applied(_) => jittered(settings.resync),
+    }
 }
 
 /// What one reconcile did.
@@ -559,22 +597,24 @@ impl<P: DatabaseProvider> Controller<P> {
     async fn work(self) {
         loop {
             let tenant = self.queue.next().await;
-            let outcome = self.run_one(tenant).await;
-            self.queue.finish(tenant, outcome);
+            match self.run_one(tenant).await {
+                Ok(after) => self.queue.finish(tenant, Ok(after)),
+                Err(error) => self.queue.finish(tenant, Err(&|failures| error_policy(tenant, &error, failures))),
+            };
         }
     }
 
     /// One reconcile under a per-tenant advisory lock, so that replicas sharing
     /// the database never reconcile the same tenant at once. The connection that
     /// holds the lock does the reconcile's reads and writes too: one per worker.
-    async fn run_one(&self, tenant: TenantId) -> Result<Duration, ()> {
+    async fn run_one(&self, tenant: TenantId) -> Result<Duration, ReconcileError> {
         let ctx = &self.ctx;
         let started = std::time::Instant::now();
         let mut lock = match AdvisoryLock::try_acquire(&ctx.db, db::tenant_lock_key(tenant)).await {
             Ok(Some(lock)) => lock,
             // Another replica (or a workflow) has it; look again a little later.
             Ok(None) => return Ok(Duration::from_millis(rand::rng().random_range(500..1500))),
-            Err(_) => return Err(()),
+            Err(error) => return Err(error.into()),
         };
         let result = reconcile(ctx, lock.conn(), tenant).await;
         if let Err(error) = &result
@@ -588,15 +628,7 @@ impl<P: DatabaseProvider> Controller<P> {
         match result {
             Ok(outcome) => {
                 metrics::counter!("indigo_reconciles_total", "outcome" => "ok").increment(1);
-                match outcome {
-                    // Finished tenants drop out until something changes them again.
-                    Outcome::Finished => Ok(Duration::from_secs(24 * 3600)),
-                    // A silo being created is looked at again soon, not at the next resync.
-                    Outcome::Applied(decision) if decision.phase == Phase::Provisioning => {
-                        Ok(jittered(PROVISIONING_RECHECK.min(ctx.settings.resync)))
-                    }
-                    Outcome::Paused | Outcome::InWorkflow | Outcome::Applied(_) => Ok(jittered(ctx.settings.resync)),
-                }
+                Ok(requeue(&outcome, &ctx.settings))
             }
             Err(error) => {
                 let reason = error.reason();
@@ -604,28 +636,25 @@ impl<P: DatabaseProvider> Controller<P> {
                 ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
                 *ctx.stats.errors_by_reason.lock().expect("stats lock").entry(reason.clone()).or_default() += 1;
                 metrics::counter!("indigo_reconciles_total", "outcome" => "error", "reason" => reason).increment(1);
-                Err(())
+                Err(error)
             }
         }
     }
 
     async fn listen(self) {
+        let mut changes = Notifications::new(self.ctx.db.clone(), CHANGES_CHANNEL);
         loop {
-            match sqlx::postgres::PgListener::connect_with(&self.ctx.db).await {
-                Ok(mut listener) => {
-                    if listener.listen(CHANGES_CHANNEL).await.is_ok() {
-                        // Anything missed while not listening is caught by a full pass.
-                        let _ = self.enqueue_all().await;
-                        while let Ok(notification) = listener.recv().await {
-                            if let Ok(id) = notification.payload().parse::<TenantId>() {
-                                self.queue.schedule_now(id);
-                            }
-                        }
+            match changes.recv().await {
+                // Anything missed while not listening is caught by a full pass.
+                Notified::Listening => {
+                    let _ = self.enqueue_all().await;
+                }
+                Notified::Payload(payload) => {
+                    if let Ok(id) = payload.parse::<TenantId>() {
+                        self.queue.schedule_now(id);
                     }
                 }
-                Err(error) => tracing::warn!(%error, "cannot listen for tenant changes; retrying"),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -704,7 +733,21 @@ impl<P: DatabaseProvider> Controller<P> {
     }
 }
 
-/// `base` ± 10%, so that replicas and tenants do not move in lockstep.
-fn jittered(base: Duration) -> Duration {
-    base.mul_f64(rand::rng().random_range(0.9..1.1))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_permanent_error_waits_much_longer_than_a_transient_one() {
+        let tenant = TenantId::new();
+        let transient = ReconcileError::Provider(ProviderError::Transient("throttled".into()));
+        let permanent =
+            ReconcileError::Provider(ProviderError::Permanent { reason: "QuotaExceeded".into(), message: "no".into() });
+        assert!(error_policy(tenant, &transient, 1) < Duration::from_secs(1));
+        assert!(error_policy(tenant, &permanent, 1) >= Duration::from_secs(300));
+        for failures in 1..=10 {
+            let (soon, late) = (error_policy(tenant, &transient, failures), error_policy(tenant, &permanent, failures));
+            assert!(late > soon * 5, "after {failures} failures: {late:?} against {soon:?}");
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! The reconciler's work queue, in the manner of kube-runtime's scheduler:
 //! each tenant is queued at most once (the earliest wake-up wins), is never
 //! handed to two workers at once (a request that arrives while it runs is
-//! remembered and served right after), and backs off on its own errors
-//! without holding up anyone else.
+//! remembered and served right after), and counts its own failures in a row,
+//! so that it backs off (as the caller's error policy says) without holding up
+//! anyone else.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -10,12 +11,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indigo_core::tenant::TenantId;
-use rand::Rng;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
-pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
 
 #[derive(Default)]
 struct State {
@@ -92,9 +89,10 @@ impl Queue {
         }
     }
 
-    /// Marks `tenant` done: `Ok(after)` requeues it for its next look; `Err(())`
-    /// backs off exponentially (with jitter, capped) from its consecutive failures.
-    pub fn finish(&self, tenant: TenantId, outcome: Result<Duration, ()>) -> Duration {
+    /// Marks `tenant` done and queues its next look: `Ok(after)` after a
+    /// success (its failures forgotten); `Err(policy)` after a failure, waiting
+    /// what `policy` says for this many failures in a row. Returns the wait.
+    pub fn finish(&self, tenant: TenantId, outcome: Result<Duration, &dyn Fn(u32) -> Duration>) -> Duration {
         let mut state = self.state.lock().expect("queue lock");
         state.running.remove(&tenant);
         let rerun = state.rerun.remove(&tenant);
@@ -103,10 +101,10 @@ impl Queue {
                 state.failures.remove(&tenant);
                 after
             }
-            Err(()) => {
+            Err(policy) => {
                 let failures = state.failures.entry(tenant).or_insert(0);
                 *failures += 1;
-                backoff(*failures)
+                policy(*failures)
             }
         };
         drop(state);
@@ -128,14 +126,6 @@ impl Queue {
     pub fn failing(&self) -> usize {
         self.state.lock().expect("queue lock").failures.len()
     }
-}
-
-/// `BACKOFF_BASE * 2^(failures-1)`, capped, with up to 20% jitter.
-pub fn backoff(failures: u32) -> Duration {
-    let exponential = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(20)));
-    let capped = exponential.min(BACKOFF_CAP);
-    let jitter = rand::rng().random_range(0.0..0.2);
-    capped.mul_f64(1.0 + jitter)
 }
 
 #[cfg(test)]
@@ -163,19 +153,14 @@ mod tests {
         let (sick, healthy) = (TenantId::new(), TenantId::new());
         queue.schedule_now(sick);
         assert_eq!(queue.next().await, sick);
-        let first = queue.finish(sick, Err(()));
+        let policy = |failures| Duration::from_millis(100) * failures;
+        let first = queue.finish(sick, Err(&policy));
+        assert_eq!(first, Duration::from_millis(100));
         assert_eq!(queue.next().await, sick);
-        let second = queue.finish(sick, Err(()));
+        let second = queue.finish(sick, Err(&policy));
         assert!(second > first, "{second:?} should exceed {first:?}");
         queue.schedule_now(healthy);
         assert_eq!(queue.next().await, healthy, "the healthy tenant is not held up by the sick one");
         assert_eq!(queue.failing(), 1);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) >= BACKOFF_BASE && backoff(1) < BACKOFF_BASE * 2);
-        assert!(backoff(3) >= BACKOFF_BASE * 4);
-        assert!(backoff(50) <= BACKOFF_CAP.mul_f64(1.2));
     }
 }

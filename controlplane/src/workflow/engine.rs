@@ -22,6 +22,7 @@ use crate::db::{self, AdvisoryLock};
 use crate::failpoints::Point;
 use crate::journal;
 use crate::providers::DatabaseProvider;
+use crate::runtime::Notifications;
 
 /// The channel new and resumed workflows are announced on.
 pub const WORKFLOWS_CHANNEL: &str = "indigo_workflows";
@@ -74,17 +75,8 @@ impl<P: DatabaseProvider> Engine<P> {
     }
 
     async fn dispatch_forever(self) {
-        let mut listener = None;
+        let mut workflows = Notifications::new(self.services.db.clone(), WORKFLOWS_CHANNEL);
         loop {
-            if listener.is_none() {
-                match sqlx::postgres::PgListener::connect_with(&self.services.db).await {
-                    Ok(mut l) => match l.listen(WORKFLOWS_CHANNEL).await {
-                        Ok(()) => listener = Some(l),
-                        Err(error) => tracing::warn!(%error, "cannot listen for workflows; polling"),
-                    },
-                    Err(error) => tracing::warn!(%error, "cannot listen for workflows; polling"),
-                }
-            }
             let wait = match self.dispatch_due().await {
                 Ok(wait) => wait,
                 Err(error) => {
@@ -92,17 +84,11 @@ impl<P: DatabaseProvider> Engine<P> {
                     Duration::from_secs(1)
                 }
             };
-            let notified = self.wake.notified();
-            match listener.as_mut() {
-                Some(l) => tokio::select! {
-                    received = l.recv() => if received.is_err() { listener = None },
-                    _ = notified => {},
-                    _ = tokio::time::sleep(wait) => {},
-                },
-                None => tokio::select! {
-                    _ = notified => {},
-                    _ = tokio::time::sleep(wait) => {},
-                },
+            // A new or changed workflow (NOTIFY), a local wake-up, or the next one due.
+            tokio::select! {
+                _ = workflows.recv() => {},
+                _ = self.wake.notified() => {},
+                _ = tokio::time::sleep(wait) => {},
             }
         }
     }

@@ -122,11 +122,9 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Exponential backoff with full jitter after the `attempt`-th failure, capped.
+    /// The pause after the `attempt`-th failure of a step, capped.
     pub fn backoff(&self, attempt: i32) -> Duration {
-        let exponent = u32::try_from(attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-        let ceiling = self.backoff_base.saturating_mul(2u32.saturating_pow(exponent)).min(self.backoff_cap);
-        ceiling.mul_f64(rand::random_range(0.5..=1.0))
+        crate::runtime::backoff(self.backoff_base, self.backoff_cap, u32::try_from(attempt).unwrap_or(0))
     }
 }
 

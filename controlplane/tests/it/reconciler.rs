@@ -387,7 +387,8 @@ async fn a_failing_tenant_backs_off_alone(pool: PgPool) {
 }
 
 /// A refusal retrying cannot fix (AWS out of capacity, a quota) is the
-/// operator's: the tenant fails with the provider's own reason and message.
+/// operator's: the tenant fails with the provider's own reason and message,
+/// and is not retried at a transient error's pace.
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn a_permanent_provider_error_shows_the_providers_reason(pool: PgPool) {
     let world = World::new(pool).await;
@@ -397,9 +398,15 @@ async fn a_permanent_provider_error_shows_the_providers_reason(pool: PgPool) {
         reason: "InsufficientDBClusterCapacityFault".into(),
         message: "Cannot create a cluster: not enough capacity in us-east-1a".into(),
     };
-    let controller = world.controller(provider, 1);
+    let provider = Arc::new(provider);
+    let controller = world.controller(provider.clone(), 1);
     let tasks = controller.spawn();
     wait_until("the tenant fails", async || world.get(refused.id).await.status.phase == Phase::Failed).await;
+    // Retrying cannot help: the next attempt waits minutes, not the half second
+    // a transient error waits (`a_failing_tenant_backs_off_alone` sees several in 2 s).
+    let calls = provider.calls.lock().unwrap()[&refused.id];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(provider.calls.lock().unwrap()[&refused.id], calls, "retried at a transient error's pace");
     let tenant = world.get(refused.id).await;
     let ready = tenant.status.conditions.iter().find(|c| c.kind == "Ready").unwrap();
     assert_eq!(ready.reason, "InsufficientDBClusterCapacityFault");

@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use indigo_core::http::{Rejection, error_response};
 
+use indigo_tenantdb::input::{INVALID_TEXT, is_unstorable_text};
 use indigo_tenantdb::retry::RetryLater;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +35,22 @@ pub enum StoreError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
 }
 
 impl StoreError {
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid { code, message: message.into() }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unstorable_text(&error) {
+            let (code, message) = INVALID_TEXT;
+            return Self::Invalid { code, message: message.into() };
+        }
+        Self::Database(error)
     }
 }
 

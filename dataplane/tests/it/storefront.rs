@@ -289,6 +289,12 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
             "invalid_stock",
         ),
         (json!({ "name": "", "price_minor": 1, "currency": "usd" }), StatusCode::UNPROCESSABLE_ENTITY, "invalid_name"),
+        // PostgreSQL stores no NUL character in text: the client's mistake, not a 500.
+        (
+            json!({ "name": "x", "price_minor": 1, "currency": "usd", "category": "a\u{0}b" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_text",
+        ),
         (
             json!({ "name": "x", "price_minor": 1, "currency": "usd", "tenant_id": ids[0] }),
             StatusCode::UNPROCESSABLE_ENTITY,
