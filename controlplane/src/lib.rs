@@ -18,6 +18,7 @@ pub mod reconciler;
 pub mod registry;
 pub mod runtime;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 pub mod up;
 pub mod workflow;

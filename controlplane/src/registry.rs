@@ -367,3 +367,21 @@ pub async fn set_lifecycle(
     let change = SpecChange { plan: None, lifecycle: Some(lifecycle), action, event, message, reason };
     change_spec(conn, actor, request_id, tenant, change).await
 }
+
+/// Moves a tenant's lifecycle from `from` to `to` as a workflow's own step
+/// (activation at the end of onboarding, and its undo), which records its own
+/// audit entry; whether the tenant was at `from`.
+pub async fn advance_lifecycle(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    from: Lifecycle,
+    to: Lifecycle,
+) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query("UPDATE tenants SET lifecycle = $3 WHERE id = $1 AND lifecycle = $2")
+        .bind(tenant.0)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .execute(conn)
+        .await?;
+    Ok(moved.rows_affected() > 0)
+}

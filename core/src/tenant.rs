@@ -249,6 +249,19 @@ pub struct Condition {
     pub last_transition_at: chrono::DateTime<chrono::Utc>,
 }
 
+impl Condition {
+    /// A condition that changed now: `status` true or false, with its reason and message.
+    pub fn new(kind: &str, status: bool, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            status: if status { ConditionStatus::True } else { ConditionStatus::False },
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_at: chrono::Utc::now(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConditionStatus {

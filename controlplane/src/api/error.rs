@@ -6,7 +6,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use indigo_core::http::error_response;
-use indigo_tenantdb::input::{INVALID_TEXT, is_unstorable_text};
+use indigo_tenantdb::input::client_fault;
 use indigo_tenantdb::retry::RetryLater;
 
 use crate::journal::Forbidden;
@@ -83,22 +83,20 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        if is_unstorable_text(&error) {
-            let (code, message) = INVALID_TEXT;
-            return Self::Invalid { code, message: message.into() };
+        match client_fault(&error) {
+            Some((code, message)) => Self::Invalid { code, message: message.into() },
+            None => Self::Database(error),
         }
-        Self::Database(error)
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
-        // A database refusal of the client's text stays the client's, however it was wrapped.
-        if error.downcast_ref::<sqlx::Error>().is_some_and(is_unstorable_text) {
-            let (code, message) = INVALID_TEXT;
-            return Self::Invalid { code, message: message.into() };
+        // A database refusal of the client's input stays the client's, however it was wrapped.
+        match error.downcast_ref::<sqlx::Error>().and_then(client_fault) {
+            Some((code, message)) => Self::Invalid { code, message: message.into() },
+            None => Self::Internal(error),
         }
-        Self::Internal(error)
     }
 }
 

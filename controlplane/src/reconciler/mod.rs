@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indigo_core::api::{ReconcilePlan, ReconcilerStatus, RlsAudit, ServiceReplicas, Tenant};
-use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase, Slug, TenantId};
+use indigo_core::tenant::{Condition, Isolation, Lifecycle, Phase, Slug, TenantId};
 use indigo_tenantdb::schema::{APP_ROLE, audit_isolation};
 use rand::Rng;
 use serde_json::json;
@@ -34,6 +34,7 @@ use crate::providers::{
 };
 use crate::registry::{self, RegistryError, TenantRef};
 use crate::runtime::{Notifications, Notified, jittered};
+use crate::status::{self, READY, SpecGeneration, StatusWrite};
 use indigo_tenantdb::TenantDatabases;
 
 /// How soon a tenant whose silo is still being created is looked at again.
@@ -303,19 +304,14 @@ pub async fn reconcile<P: DatabaseProvider>(
     let diff = (!decision.actions.is_empty())
         .then(|| json!({ "generation": tenant.spec.generation, "actions": decision.actions }));
     let mut tx = conn.begin().await?;
-    sqlx::query(
-        "UPDATE tenants SET phase = $2, conditions = $3, placement = $4, observed_generation = $5,
-                last_reconciled_at = now(), last_diff = COALESCE($6, last_diff)
-         WHERE id = $1",
-    )
-    .bind(id.0)
-    .bind(decision.phase.as_str())
-    .bind(json!(decision.conditions))
-    .bind(placement.as_ref().map(|p| json!(p)))
-    .bind(tenant.spec.generation)
-    .bind(&diff)
-    .execute(&mut *tx)
-    .await?;
+    StatusWrite::new()
+        .phase(decision.phase)
+        .conditions(decision.conditions.clone())
+        .placement(placement)
+        .observed(SpecGeneration::Seen(tenant.spec.generation))
+        .diff(diff.clone())
+        .apply(&mut tx, id)
+        .await?;
     if let Some(diff) = diff {
         let summary = decision.actions.iter().map(describe).collect::<Vec<_>>().join("; ");
         let (kind, message) = if decision.drift {
@@ -376,32 +372,14 @@ async fn suspend_if_unpaid(conn: &mut PgConnection, tenant: &Tenant) -> Result<b
 /// Records a failed reconcile in the tenant's conditions (an event on the first failure).
 async fn record_failure(conn: &mut PgConnection, id: TenantId, error: &ReconcileError) -> Result<(), sqlx::Error> {
     let reason = error.reason();
-    let condition = Condition {
-        kind: "Ready".into(),
-        status: ConditionStatus::False,
-        reason: reason.clone(),
-        message: error.to_string(),
-        last_transition_at: chrono::Utc::now(),
-    };
-    let permanent = matches!(error, ReconcileError::Provider(ProviderError::Permanent { .. }));
     let mut tx = conn.begin().await?;
-    // Replace the Ready condition, keep the others.
-    let previous: Option<String> = sqlx::query_scalar(
-        "UPDATE tenants t SET
-             conditions = (SELECT COALESCE(jsonb_agg(c), '[]'::jsonb) FROM jsonb_array_elements(t.conditions) c WHERE c->>'type' <> 'Ready') || jsonb_build_array($2::jsonb),
-             phase = CASE WHEN $3 THEN 'failed' ELSE phase END,
-             last_reconciled_at = now()
-         FROM (SELECT id, (SELECT c->>'reason' FROM jsonb_array_elements(conditions) c WHERE c->>'type' = 'Ready') AS reason
-               FROM tenants WHERE id = $1 FOR UPDATE) old
-         WHERE t.id = old.id
-         RETURNING old.reason",
-    )
-    .bind(id.0)
-    .bind(json!(condition))
-    .bind(permanent)
-    .fetch_optional(&mut *tx)
-    .await?
-    .flatten();
+    let previous = status::reason_of(&mut tx, id, READY).await?;
+    // The Ready condition says why; the others stay. Only a permanent error fails the tenant.
+    let mut write = StatusWrite::new().condition(Condition::new(READY, false, &reason, error.to_string())).reconciled();
+    if error.is_permanent() {
+        write = write.phase(Phase::Failed);
+    }
+    write.apply(&mut tx, id).await?;
     if previous.as_deref() != Some(reason.as_str()) {
         journal::publish(&mut tx, Some(id), "ReconcileFailed", &error.to_string(), json!({ "reason": reason })).await?;
     }

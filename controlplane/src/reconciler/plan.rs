@@ -4,7 +4,7 @@
 //! a unit test.
 
 use indigo_core::api::{Placement, Tenant};
-use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase};
+use indigo_core::tenant::{Condition, Isolation, Lifecycle, Phase};
 use serde::Serialize;
 
 use crate::providers::{ServiceSpec, ServiceState, SiloState};
@@ -74,16 +74,6 @@ pub enum PlacementChange {
     Clear,
 }
 
-fn condition(kind: &str, status: bool, reason: &str, message: impl Into<String>) -> Condition {
-    Condition {
-        kind: kind.into(),
-        status: if status { ConditionStatus::True } else { ConditionStatus::False },
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_at: chrono::Utc::now(),
-    }
-}
-
 /// Decides what to do for `tenant` given what was `observed`.
 pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
     let placement = tenant.status.placement.as_ref();
@@ -116,7 +106,7 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
             drift: false,
             phase: Phase::Deleted,
             placement: PlacementChange::Clear,
-            conditions: vec![condition("Ready", false, "Deleted", "offboarded: the tenant's data is released")],
+            conditions: vec![Condition::new("Ready", false, "Deleted", "offboarded: the tenant's data is released")],
         };
     }
     let mut actions = Vec::new();
@@ -136,7 +126,7 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
             // Moving data between pool and silo is the tier-change workflow's job;
             // the tenant keeps serving from where its data is.
             healthy = false;
-            conditions.push(condition(
+            conditions.push(Condition::new(
                 "PlacementMatchesSpec",
                 false,
                 "MoveRequired",
@@ -179,7 +169,7 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
         }
     }
     if healthy {
-        conditions.push(condition("PlacementMatchesSpec", true, "Placed", "the data is where the spec says"));
+        conditions.push(Condition::new("PlacementMatchesSpec", true, "Placed", "the data is where the spec says"));
     }
     let phase = match (tenant.spec.lifecycle, healthy) {
         (Lifecycle::Suspended, _) => Phase::Suspended,
@@ -190,9 +180,9 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
     conditions.insert(
         0,
         match phase {
-            Phase::Ready => condition("Ready", true, "Converged", "serving; observed state matches the spec"),
-            Phase::Suspended => condition("Ready", false, "Suspended", "not serving: the tenant is suspended"),
-            _ => condition("Ready", ready, "Degraded", "serving, but not everything matches the spec"),
+            Phase::Ready => Condition::new("Ready", true, "Converged", "serving; observed state matches the spec"),
+            Phase::Suspended => Condition::new("Ready", false, "Suspended", "not serving: the tenant is suspended"),
+            _ => Condition::new("Ready", ready, "Degraded", "serving, but not everything matches the spec"),
         },
     );
     // Conditions that workflows own stay as their workflow left them.
@@ -209,7 +199,7 @@ pub fn settle(decision: &mut Decision, silo: Option<&SiloState>) {
     }
     decision.phase = Phase::Provisioning;
     if let Some(ready) = decision.conditions.iter_mut().find(|c| c.kind == "Ready") {
-        *ready = condition("Ready", false, "Provisioning", format!("waiting for the silo database: {waiting}"));
+        *ready = Condition::new("Ready", false, "Provisioning", format!("waiting for the silo database: {waiting}"));
     }
 }
 
@@ -369,8 +359,8 @@ mod tests {
     fn a_tier_change_condition_outlives_reconciles() {
         let mut t = tenant(Isolation::Pool, Lifecycle::Active, Some(Isolation::Pool));
         t.status.conditions = vec![
-            condition(TIER_CHANGE, false, "Failed", "the move failed"),
-            condition("PlacementMatchesSpec", false, "MoveRequired", "stale"),
+            Condition::new(TIER_CHANGE, false, "Failed", "the move failed"),
+            Condition::new("PlacementMatchesSpec", false, "MoveRequired", "stale"),
         ];
         let d = decide(&t, &NOTHING);
         let kinds: Vec<&str> = d.conditions.iter().map(|c| c.kind.as_str()).collect();

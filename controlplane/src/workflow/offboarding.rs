@@ -7,7 +7,7 @@
 //! failure there stops the workflow for an operator to retry, and it resumes.
 
 use indigo_core::api::Tenant;
-use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle};
+use indigo_core::tenant::{Condition, Isolation, Lifecycle, Phase};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -17,6 +17,7 @@ use crate::journal::Actor;
 use crate::journal::{self, Audit};
 use crate::providers::{DatabaseProvider, SiloTenant};
 use crate::registry::{self, TenantRef};
+use crate::status::{READY, SpecGeneration, StatusWrite};
 
 pub struct Offboarding;
 
@@ -146,10 +147,8 @@ async fn delete_data<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Val
             0
         }
     };
-    sqlx::query("UPDATE tenants SET placement = NULL, phase = 'deleting' WHERE id = $1")
-        .bind(cx.tenant_id.0)
-        .execute(&cx.services.db)
-        .await?;
+    let mut conn = cx.services.db.acquire().await?;
+    StatusWrite::new().placement(None).phase(Phase::Deleting).apply(&mut conn, cx.tenant_id).await?;
     Ok(json!({
         "isolation": placement.isolation,
         "database": placement.database,
@@ -200,23 +199,16 @@ async fn certificate<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
 async fn finish<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let mut conn = cx.services.db.acquire().await?;
     let mut tx = conn.begin().await?;
-    let deleted = Condition {
-        kind: "Ready".into(),
-        status: ConditionStatus::False,
-        reason: "Deleted".into(),
-        message: "offboarded: data exported, billing cancelled, data deleted".into(),
-        last_transition_at: chrono::Utc::now(),
-    };
-    let changed = sqlx::query(
-        "UPDATE tenants SET phase = 'deleted', conditions = $2, placement = NULL,
-                observed_generation = generation, last_reconciled_at = now()
-         WHERE id = $1 AND phase <> 'deleted'",
-    )
-    .bind(cx.tenant_id.0)
-    .bind(json!([deleted]))
-    .execute(&mut *tx)
-    .await?;
-    if changed.rows_affected() > 0 {
+    let deleted = Condition::new(READY, false, "Deleted", "offboarded: data exported, billing cancelled, data deleted");
+    let changed = StatusWrite::new()
+        .phase(Phase::Deleted)
+        .conditions(vec![deleted])
+        .placement(None)
+        .observed(SpecGeneration::Current)
+        .unless_deleted()
+        .apply(&mut tx, cx.tenant_id)
+        .await?;
+    if changed {
         let tenant = registry::get(&mut tx, &TenantRef::Id(cx.tenant_id)).await?;
         journal::publish(
             &mut tx,

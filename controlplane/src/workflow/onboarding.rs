@@ -9,7 +9,7 @@
 //! and `failed` with the reason (retry the workflow, or offboard the tenant).
 
 use indigo_core::api::Placement;
-use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Lifecycle, Phase};
+use indigo_core::tenant::{Condition, Isolation, Lifecycle, Phase, TenantId};
 use indigo_tenantdb::schema::schema_current;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
@@ -19,6 +19,7 @@ use crate::journal::Actor;
 use crate::journal::{self, Audit};
 use crate::providers::{DatabaseProvider, SiloTenant};
 use crate::registry::{self, TenantRef};
+use crate::status::{READY, StatusWrite};
 
 pub struct Onboarding;
 
@@ -60,26 +61,22 @@ impl Definition for Onboarding {
     }
 }
 
-fn condition(status: bool, reason: &str, message: impl Into<String>) -> Condition {
-    Condition {
-        kind: "Ready".into(),
-        status: if status { ConditionStatus::True } else { ConditionStatus::False },
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_at: chrono::Utc::now(),
-    }
+/// The phase of a tenant being onboarded and its one condition, while its
+/// lifecycle is still `pending`; whether it still was.
+async fn pending_status(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    phase: Phase,
+    ready: Condition,
+) -> Result<bool, sqlx::Error> {
+    StatusWrite::new().phase(phase).conditions(vec![ready]).while_pending().apply(conn, tenant).await
 }
 
 async fn record<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
-    let ready = condition(false, "Onboarding", "onboarding: setting up database, billing and search");
-    let updated = sqlx::query(
-        "UPDATE tenants SET phase = 'provisioning', conditions = $2 WHERE id = $1 AND lifecycle = 'pending'",
-    )
-    .bind(cx.tenant_id.0)
-    .bind(json!([ready]))
-    .execute(&cx.services.db)
-    .await?;
-    if updated.rows_affected() == 0 {
+    let ready = Condition::new(READY, false, "Onboarding", "onboarding: setting up database, billing and search");
+    let mut conn = cx.services.db.acquire().await?;
+    let updated = pending_status(&mut conn, cx.tenant_id, Phase::Provisioning, ready).await?;
+    if !updated {
         return Err(StepError::Permanent("the tenant is no longer pending".into()));
     }
     Ok(json!({}))
@@ -88,12 +85,14 @@ async fn record<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
 /// Leaves the tenant pending and failed, with the reason, for an operator.
 async fn mark_failed<P>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
     let reason = cx.error.unwrap_or("onboarding was undone");
-    let failed = condition(false, "OnboardingFailed", format!("{reason}; retry the onboarding workflow or offboard"));
-    sqlx::query("UPDATE tenants SET phase = 'failed', conditions = $2 WHERE id = $1 AND lifecycle = 'pending'")
-        .bind(cx.tenant_id.0)
-        .bind(json!([failed]))
-        .execute(&cx.services.db)
-        .await?;
+    let failed = Condition::new(
+        READY,
+        false,
+        "OnboardingFailed",
+        format!("{reason}; retry the onboarding workflow or offboard"),
+    );
+    let mut conn = cx.services.db.acquire().await?;
+    pending_status(&mut conn, cx.tenant_id, Phase::Failed, failed).await?;
     Ok(())
 }
 
@@ -115,11 +114,8 @@ async fn database<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value,
             Placement { isolation: Isolation::Silo, database: silo.database, cluster: silo.cluster, service: None }
         }
     };
-    sqlx::query("UPDATE tenants SET placement = $2 WHERE id = $1")
-        .bind(cx.tenant_id.0)
-        .bind(json!(placement))
-        .execute(&cx.services.db)
-        .await?;
+    let mut conn = cx.services.db.acquire().await?;
+    StatusWrite::new().placement(Some(placement.clone())).apply(&mut conn, cx.tenant_id).await?;
     Ok(json!(placement))
 }
 
@@ -136,10 +132,8 @@ async fn undo_database<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(
             cx.services.provider.delete_pool_rows(tenant.id).await?;
         }
     }
-    sqlx::query("UPDATE tenants SET placement = NULL WHERE id = $1")
-        .bind(cx.tenant_id.0)
-        .execute(&cx.services.db)
-        .await?;
+    let mut conn = cx.services.db.acquire().await?;
+    StatusWrite::new().placement(None).apply(&mut conn, cx.tenant_id).await?;
     Ok(())
 }
 
@@ -305,15 +299,9 @@ async fn activate<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let mut tx = conn.begin().await?;
     let before = registry::get(&mut tx, &TenantRef::Id(cx.tenant_id)).await?;
     if before.spec.lifecycle == Lifecycle::Pending {
-        let ready = condition(true, "Onboarded", "serving; onboarding completed");
-        sqlx::query(
-            "UPDATE tenants SET lifecycle = 'active', phase = $2, conditions = $3 WHERE id = $1 AND lifecycle = 'pending'",
-        )
-        .bind(cx.tenant_id.0)
-        .bind(Phase::Ready.as_str())
-        .bind(json!([ready]))
-        .execute(&mut *tx)
-        .await?;
+        let ready = Condition::new(READY, true, "Onboarded", "serving; onboarding completed");
+        pending_status(&mut tx, cx.tenant_id, Phase::Ready, ready).await?;
+        registry::advance_lifecycle(&mut tx, cx.tenant_id, Lifecycle::Pending, Lifecycle::Active).await?;
         let after = registry::get(&mut tx, &TenantRef::Id(cx.tenant_id)).await?;
         Audit {
             actor: &Actor::system("onboarding"),
@@ -331,10 +319,8 @@ async fn activate<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
 }
 
 async fn undo_activate<P>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
-    sqlx::query("UPDATE tenants SET lifecycle = 'pending' WHERE id = $1 AND lifecycle = 'active'")
-        .bind(cx.tenant_id.0)
-        .execute(&cx.services.db)
-        .await?;
+    let mut conn = cx.services.db.acquire().await?;
+    registry::advance_lifecycle(&mut conn, cx.tenant_id, Lifecycle::Active, Lifecycle::Pending).await?;
     Ok(())
 }
 

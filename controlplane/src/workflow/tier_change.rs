@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indigo_core::api::Placement;
-use indigo_core::tenant::{Condition, ConditionStatus, Isolation};
+use indigo_core::tenant::{Condition, Isolation};
 use indigo_tenantdb::moves::{BATCH, CUTOVER_LAG, MoveError, Mover};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -26,6 +26,7 @@ use crate::journal;
 use crate::journal::Actor;
 use crate::providers::{DatabaseProvider, SiloTenant};
 use crate::registry::{self, TenantRef};
+use crate::status::StatusWrite;
 
 pub struct TierChange;
 
@@ -125,29 +126,13 @@ fn planned_move<P>(cx: &StepContext<'_, P>) -> Result<Option<PlannedMove>, StepE
     serde_json::from_value(recorded.clone()).map(Some).map_err(|e| StepError::Permanent(format!("recorded move: {e}")))
 }
 
-fn condition(status: bool, reason: &str, message: &str) -> Condition {
-    Condition {
-        kind: CONDITION.into(),
-        status: if status { ConditionStatus::True } else { ConditionStatus::False },
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_at: chrono::Utc::now(),
-    }
-}
-
 /// Sets the tier-change condition, leaving the others as they are.
 async fn set_condition<P>(cx: &StepContext<'_, P>, status: bool, reason: &str, message: &str) -> Result<(), StepError> {
-    sqlx::query(
-        "UPDATE tenants SET conditions =
-             COALESCE((SELECT jsonb_agg(c) FROM jsonb_array_elements(conditions) c WHERE c->>'type' <> $2), '[]')
-             || jsonb_build_array($3::jsonb)
-         WHERE id = $1",
-    )
-    .bind(cx.tenant_id.0)
-    .bind(CONDITION)
-    .bind(json!(condition(status, reason, message)))
-    .execute(&cx.services.db)
-    .await?;
+    let mut conn = cx.services.db.acquire().await?;
+    StatusWrite::new()
+        .condition(Condition::new(CONDITION, status, reason, message))
+        .apply(&mut conn, cx.tenant_id)
+        .await?;
     Ok(())
 }
 
@@ -352,11 +337,9 @@ async fn cutover<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     mover.close_fence().await?;
     let placement = Placement { isolation: planned.to, database: planned.target.clone(), cluster: None, service: None };
     // The routing version grows with the placement: data planes pick the new database up.
-    sqlx::query("UPDATE tenants SET placement = $2 WHERE id = $1")
-        .bind(cx.tenant_id.0)
-        .bind(json!(placement))
-        .execute(&cx.services.db)
-        .await?;
+    let mut conn = cx.services.db.acquire().await?;
+    StatusWrite::new().placement(Some(placement)).apply(&mut conn, cx.tenant_id).await?;
+    drop(conn);
     let held = pause.release().await;
     let pause_ms = i64::try_from(held.as_millis()).unwrap_or(i64::MAX);
     progress(cx, "switched", "pause_ms = $3, lag = 0, switched_at = now()", &[pause_ms]).await?;

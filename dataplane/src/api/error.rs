@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use indigo_core::http::{Rejection, error_response};
 
-use indigo_tenantdb::input::{INVALID_TEXT, is_unstorable_text};
+use indigo_tenantdb::input::client_fault;
 use indigo_tenantdb::retry::RetryLater;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +46,10 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        if is_unstorable_text(&error) {
-            let (code, message) = INVALID_TEXT;
-            return Self::Invalid { code, message: message.into() };
+        match client_fault(&error) {
+            Some((code, message)) => Self::invalid(code, message),
+            None => Self::Database(error),
         }
-        Self::Database(error)
     }
 }
 
