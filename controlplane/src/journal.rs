@@ -6,11 +6,13 @@ use indigo_core::tenant::{Role, TenantId};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-/// Who is calling: the token's name (the audit log's actor) and its role.
+/// Who is calling: the token's name (the audit log's actor), its role, and
+/// its id (none for the control plane's own actors and the bootstrap token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     pub name: String,
     pub role: Role,
+    pub token_id: Option<uuid::Uuid>,
 }
 
 impl Actor {
@@ -30,7 +32,7 @@ impl Actor {
 
     /// The control plane itself, acting on its own behalf.
     pub fn system(name: &str) -> Self {
-        Self { name: name.to_owned(), role: Role::Admin }
+        Self { name: name.to_owned(), role: Role::Admin, token_id: None }
     }
 
     /// Refuses a caller whose role is below `needed`.
@@ -64,8 +66,8 @@ pub struct Audit<'a> {
 impl Audit<'_> {
     pub async fn append(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO audit_log (actor, role, action, tenant_id, request_id, before, after)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO audit_log (actor, role, action, tenant_id, request_id, before, after, token_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&self.actor.name)
         .bind(self.actor.role.as_str())
@@ -74,6 +76,7 @@ impl Audit<'_> {
         .bind(self.request_id)
         .bind(self.before)
         .bind(self.after)
+        .bind(self.actor.token_id)
         .execute(conn)
         .await?;
         Ok(())
@@ -155,11 +158,12 @@ struct AuditRow {
     request_id: Option<String>,
     before: Option<Value>,
     after: Option<Value>,
+    token_id: Option<uuid::Uuid>,
 }
 
 pub async fn audit_entries(conn: &mut PgConnection, window: &Window) -> anyhow::Result<Vec<AuditEntry>> {
     let rows: Vec<AuditRow> = sqlx::query_as(
-        "SELECT id, at, actor, role, action, tenant_id, request_id, before, after FROM audit_log
+        "SELECT id, at, actor, role, action, tenant_id, request_id, before, after, token_id FROM audit_log
          WHERE id > $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND ($3::text IS NULL OR action = $3)
          ORDER BY id LIMIT $4",
     )
@@ -181,6 +185,7 @@ pub async fn audit_entries(conn: &mut PgConnection, window: &Window) -> anyhow::
                 request_id: r.request_id,
                 before: r.before,
                 after: r.after,
+                token_id: r.token_id,
             })
         })
         .collect()

@@ -146,6 +146,9 @@ pub struct AuditEntry {
     pub request_id: Option<String>,
     pub before: Option<Value>,
     pub after: Option<Value>,
+    /// The acting API token's id; none for the control plane's own actors and the bootstrap token.
+    #[serde(default)]
+    pub token_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

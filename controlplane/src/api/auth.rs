@@ -48,16 +48,17 @@ impl FromRequestParts<AppState> for Caller {
         if state.bootstrap_admin_hash.as_deref() == Some(hash.as_slice()) {
             return Ok(Self::Person(Actor::system(Actor::BOOTSTRAP_ADMIN)));
         }
-        let row: Option<(String, String, Option<uuid::Uuid>)> =
-            sqlx::query_as("SELECT name, role, tenant_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL")
-                .bind(&hash)
-                .fetch_optional(&state.db)
-                .await?;
-        let (name, role, tenant) = row.ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
+        let row: Option<(uuid::Uuid, String, String, Option<uuid::Uuid>)> = sqlx::query_as(
+            "SELECT id, name, role, tenant_id FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(&hash)
+        .fetch_optional(&state.db)
+        .await?;
+        let (id, name, role, tenant) = row.ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
         let role: Role = role.parse().map_err(|e| anyhow::anyhow!("api_tokens.role: {e}"))?;
         Ok(match role {
             Role::DataPlane => Self::DataPlane { name, tenant: tenant.map(TenantId) },
-            role => Self::Person(Actor { name, role }),
+            role => Self::Person(Actor { name, role, token_id: Some(id) }),
         })
     }
 }

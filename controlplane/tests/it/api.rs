@@ -368,6 +368,11 @@ async fn authentication_and_roles(pool: PgPool) {
         actions,
         [("tenant.create", "bootstrap-admin"), ("tenant.activate", "onboarding"), ("tenant.plan", "operator-bot")]
     );
+    // ...and its id, which a name could be mistaken for; the control plane's own actors have none.
+    let operator_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM api_tokens WHERE name = 'operator-bot'").fetch_one(&app.pool).await.unwrap();
+    let ids: Vec<Value> = audit.body["items"].as_array().unwrap().iter().map(|e| e["token_id"].clone()).collect();
+    assert_eq!(ids, [Value::Null, Value::Null, json!(operator_id)]);
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
