@@ -59,7 +59,8 @@ pub async fn write(
     if partial.exists() {
         tokio::fs::remove_dir_all(&partial).await.map_err(io(&partial))?;
     }
-    tokio::fs::create_dir_all(&partial).await.map_err(io(&partial))?;
+    // Customers' names and emails: readable by the daemon's user alone, from the start.
+    tokio::fs::DirBuilder::new().recursive(true).mode(0o700).create(&partial).await.map_err(io(&partial))?;
     let mut tables = Vec::new();
     if let Some(conn) = conn {
         for table in TENANT_TABLES {
@@ -77,7 +78,7 @@ pub async fn write(
             }
             let file = format!("{table}.jsonl");
             let path = partial.join(&file);
-            tokio::fs::write(&path, &content).await.map_err(io(&path))?;
+            write_private(&path, content.as_bytes()).await?;
             tables.push(TableExport {
                 table: (*table).to_owned(),
                 file,
@@ -97,12 +98,27 @@ pub async fn write(
     };
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| StepError::Permanent(e.to_string()))?;
     let manifest_path = partial.join(MANIFEST);
-    tokio::fs::write(&manifest_path, &manifest_bytes).await.map_err(io(&manifest_path))?;
+    write_private(&manifest_path, &manifest_bytes).await?;
     if dir.exists() {
         tokio::fs::remove_dir_all(dir).await.map_err(io(dir))?;
     }
     tokio::fs::rename(&partial, dir).await.map_err(io(dir))?;
     Ok(Bundle { path: dir.to_owned(), manifest_sha256: hex::encode(Sha256::digest(&manifest_bytes)), manifest })
+}
+
+/// Creates `path` readable and writable by its owner alone (0600) and writes `bytes`.
+async fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StepError> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(io(path))?;
+    file.write_all(bytes).await.map_err(io(path))?;
+    file.flush().await.map_err(io(path))
 }
 
 /// Verifies a bundle against its manifest: every file's rows and checksum.

@@ -389,6 +389,14 @@ async fn offboarding_exports_cancels_billing_deletes_and_certifies(pool: PgPool)
         manifest.tables.iter().map(|t| (t.table.clone(), t.rows)).collect();
     assert_eq!(rows["products"], 4, "three products and the sample");
     assert_eq!((rows["customers"], rows["orders"], rows["search_settings"]), (1, 1, 1));
+    // Customers' data: the bundle is its owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o700);
+    for file in std::fs::read_dir(&path).unwrap() {
+        let file = file.unwrap().path();
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
     let products = std::fs::read_to_string(path.join("products.jsonl")).unwrap();
     assert!(products.contains("\"Product 2\"") && !products.contains(staying["id"].as_str().unwrap()));
     std::fs::write(path.join("orders.jsonl"), "tampered\n").unwrap();
