@@ -68,7 +68,8 @@ pub async fn insert_token(conn: &mut PgConnection, name: &str, role: Role) -> Re
 /// Create a token (admin). The secret is in this response only; a replay shows it redacted.
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateTokenRequest,
     params(("Idempotency-Key" = String, Header)),
-    responses((status = 201, body = CreatedToken), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = CreatedToken), (status = 403, body = ErrorBody),
+        (status = 409, description = "A token of that name exists", body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_token(
     State(state): State<AppState>,
     actor: Actor,
