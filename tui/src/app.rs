@@ -1,19 +1,21 @@
 //! The console's state and how keys and data change it. No IO and no drawing:
 //! a key or a loaded snapshot goes in, the new state and the effects to carry
-//! out come out, so every behaviour is a plain unit test.
+//! out come out, so every behaviour is a plain unit test. The keys every view
+//! shares are here; each view's own keys are in its file under `views/`.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use std::collections::HashMap;
-
 use indigo_core::api::{
     AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage,
-    UsageSeries, Workflow, WorkflowState,
+    UsageSeries, Workflow,
 };
-use indigo_core::plan::Limit;
-use indigo_core::tenant::TenantId;
+use indigo_core::plan::Plan;
+use indigo_core::tenant::{Isolation, TenantId};
+
+use crate::views;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -114,14 +116,39 @@ pub fn isolation_label(tenant: &Tenant) -> String {
 /// A change an operator asks for, carried out through the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    ChangePlan { slug: String, from: String, plan: String },
-    Suspend { slug: String },
-    Resume { slug: String },
-    ReconcileNow { slug: String },
-    SetReconcilePaused { slug: String, paused: bool },
-    Offboard { slug: String },
-    RetryWorkflow { id: String, kind: String, slug: String },
-    CancelWorkflow { id: String, kind: String, slug: String },
+    ChangePlan {
+        slug: String,
+        from: String,
+        plan: String,
+        /// Where the data moves when the new plan's isolation differs.
+        moves_to: Option<Isolation>,
+    },
+    Suspend {
+        slug: String,
+    },
+    Resume {
+        slug: String,
+    },
+    ReconcileNow {
+        slug: String,
+    },
+    SetReconcilePaused {
+        slug: String,
+        paused: bool,
+    },
+    Offboard {
+        slug: String,
+    },
+    RetryWorkflow {
+        id: String,
+        kind: String,
+        slug: String,
+    },
+    CancelWorkflow {
+        id: String,
+        kind: String,
+        slug: String,
+    },
 }
 
 impl Command {
@@ -141,10 +168,13 @@ impl Command {
     /// What it will do, in a sentence, for the confirmation.
     pub fn describe(&self) -> String {
         match self {
-            Command::ChangePlan { slug, from, plan } if plan == "enterprise" => {
-                format!("Change {slug} from {from} to enterprise: its data moves to its own database.")
+            Command::ChangePlan { slug, from, plan, moves_to: Some(Isolation::Silo) } => {
+                format!("Change {slug} from {from} to {plan}: its data moves to its own database.")
             }
-            Command::ChangePlan { slug, from, plan } => format!("Change {slug} from {from} to {plan}."),
+            Command::ChangePlan { slug, from, plan, moves_to: Some(Isolation::Pool) } => {
+                format!("Change {slug} from {from} to {plan}: its data moves into the shared pool.")
+            }
+            Command::ChangePlan { slug, from, plan, moves_to: None } => format!("Change {slug} from {from} to {plan}."),
             Command::Suspend { slug } => format!("Suspend {slug}: its storefront stops serving."),
             Command::Resume { slug } => format!("Resume {slug}: its storefront serves again."),
             Command::ReconcileNow { slug } => format!("Reconcile {slug} now."),
@@ -158,10 +188,13 @@ impl Command {
         }
     }
 
-    /// Dangerous commands need the slug typed back, not just `y`.
+    /// Dangerous commands need the slug typed back, not just `y`: those that
+    /// stop a storefront, delete data or move it.
     pub fn dangerous(&self) -> bool {
-        matches!(self, Command::Suspend { .. } | Command::Offboard { .. })
-            || matches!(self, Command::ChangePlan { plan, from, .. } if plan == "enterprise" || from == "enterprise")
+        matches!(
+            self,
+            Command::Suspend { .. } | Command::Offboard { .. } | Command::ChangePlan { moves_to: Some(_), .. }
+        )
     }
 }
 
@@ -191,6 +224,8 @@ pub enum Loaded {
         moves: Vec<TenantMove>,
         /// Cost and margin per tenant, lowest margin first (empty without a cost model).
         costs: Vec<TenantCost>,
+        /// The plan catalogue, lowest tier first.
+        plans: Vec<Plan>,
         at: DateTime<Utc>,
     },
     Detail {
@@ -230,20 +265,37 @@ pub enum Mode {
     PlanPrompt {
         slug: String,
         from: String,
+        /// The tenant's isolation now, to tell whether the new plan moves it.
+        isolation: Isolation,
     },
     Confirm {
         command: Command,
     },
 }
 
+/// The tenant the detail view shows, and what was loaded for it.
+#[derive(Debug, Clone, Default)]
+pub struct Detail {
+    pub slug: Option<String>,
+    pub events: Vec<Event>,
+    pub audit: Vec<AuditEntry>,
+    /// Hourly usage over the last day.
+    pub usage: UsageSeries,
+    pub billing: Option<TenantBilling>,
+}
+
 pub struct App {
     pub view: View,
+    /// Where Esc leaves the help view to.
     back: View,
     pub mode: Mode,
     pub input: String,
     pub filter: String,
     pub sort: (Column, bool),
     pub selected: usize,
+    /// The clock the views measure ages against: set by the runtime before
+    /// each frame, so drawing stays a pure function of this state.
+    pub now: DateTime<Utc>,
     pub tenants: Vec<Tenant>,
     pub events: Vec<Event>,
     pub reconciler: Option<ReconcilerStatus>,
@@ -256,20 +308,16 @@ pub struct App {
     pub costs: Vec<TenantCost>,
     pub fetched_at: Option<DateTime<Utc>>,
     pub connection: Connection,
-    pub detail_slug: Option<String>,
-    pub detail_events: Vec<Event>,
-    pub detail_audit: Vec<AuditEntry>,
-    pub detail_usage: UsageSeries,
-    pub detail_billing: Option<TenantBilling>,
+    pub detail: Detail,
     pub plan_preview: Option<ReconcilePlan>,
     pub read_only: bool,
     pub status: String,
     pub api_url: String,
     pub who: String,
-    pub plans: Vec<String>,
-    /// Recent traffic by tenant, and each plan's daily call limit (for the TODAY gauge).
+    /// The plan catalogue as the control plane serves it (`/v1/plans`).
+    pub plans: Vec<Plan>,
+    /// Recent traffic by tenant (for the REQ/S and TODAY columns).
     pub usage: HashMap<TenantId, TenantUsage>,
-    pub daily_limits: HashMap<String, Limit>,
 }
 
 impl App {
@@ -282,6 +330,7 @@ impl App {
             filter: String::new(),
             sort: (Column::Slug, false),
             selected: 0,
+            now: Utc::now(),
             tenants: Vec::new(),
             events: Vec::new(),
             reconciler: None,
@@ -292,19 +341,14 @@ impl App {
             costs: Vec::new(),
             fetched_at: None,
             connection: Connection::Loading,
-            detail_slug: None,
-            detail_events: Vec::new(),
-            detail_audit: Vec::new(),
-            detail_usage: UsageSeries::default(),
-            detail_billing: None,
+            detail: Detail::default(),
             plan_preview: None,
             read_only,
             status: String::new(),
             api_url: api_url.to_owned(),
             who: String::new(),
-            plans: vec!["starter".into(), "growth".into(), "pro".into(), "enterprise".into()],
+            plans: Vec::new(),
             usage: HashMap::new(),
-            daily_limits: HashMap::new(),
         }
     }
 
@@ -355,14 +399,18 @@ impl App {
 
     pub fn selected_tenant(&self) -> Option<&Tenant> {
         match self.view {
-            View::Detail => self.detail_slug.as_ref().and_then(|s| self.tenants.iter().find(|t| t.slug.as_str() == s)),
+            View::Detail => self.detail.slug.as_ref().and_then(|s| self.tenants.iter().find(|t| t.slug.as_str() == s)),
             _ => self.visible().get(self.selected).copied(),
         }
     }
 
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.name.as_str() == name)
+    }
+
     pub fn apply(&mut self, loaded: Loaded) {
         match loaded {
-            Loaded::Fleet { tenants, events, reconciler, usage, workflows, moves, costs, at } => {
+            Loaded::Fleet { tenants, events, reconciler, usage, workflows, moves, costs, plans, at } => {
                 self.slugs = tenants.iter().map(|t| (t.id, t.slug.to_string())).collect();
                 self.tenants = tenants;
                 self.workflows = workflows;
@@ -372,16 +420,16 @@ impl App {
                 self.usage = usage.into_iter().map(|u| (u.tenant_id, u)).collect();
                 self.events = events;
                 self.reconciler = reconciler;
+                if !plans.is_empty() {
+                    self.plans = plans;
+                }
                 self.fetched_at = Some(at);
                 self.connection = Connection::Live;
                 self.clamp_selection();
             }
             Loaded::Detail { slug, events, audit, usage, billing } => {
-                if self.detail_slug.as_deref() == Some(slug.as_str()) {
-                    self.detail_billing = billing;
-                    self.detail_events = events;
-                    self.detail_audit = audit;
-                    self.detail_usage = usage;
+                if self.detail.slug.as_deref() == Some(slug.as_str()) {
+                    self.detail = Detail { slug: Some(slug), events, audit, usage, billing };
                 }
             }
             Loaded::Plan(plan) => {
@@ -424,7 +472,7 @@ impl App {
 
     /// Unprofitable tenants first, then by margin (lowest first) or by API
     /// calls over 30 days (most first).
-    fn sort_costs(&mut self) {
+    pub(crate) fn sort_costs(&mut self) {
         let calls = |c: &TenantCost| c.usage_30d.get("api_call").copied().unwrap_or(0.0);
         let by_usage = self.cost_by_usage;
         self.costs.sort_by(|a, b| {
@@ -482,17 +530,23 @@ impl App {
                     vec![]
                 }
             },
-            Mode::PlanPrompt { slug, from } => match key.code {
+            Mode::PlanPrompt { slug, from, isolation } => match key.code {
                 KeyCode::Enter => {
                     let plan = std::mem::take(&mut self.input).trim().to_lowercase();
-                    if !self.plans.contains(&plan) {
-                        self.status = format!("unknown plan `{plan}`; plans are {}", self.plans.join(", "));
-                        self.mode = Mode::Normal;
-                    } else if plan == from {
-                        self.status = format!("{slug} is already on {plan}");
-                        self.mode = Mode::Normal;
-                    } else {
-                        self.mode = Mode::Confirm { command: Command::ChangePlan { slug, from, plan } };
+                    self.mode = Mode::Normal;
+                    match self.plan(&plan) {
+                        None if self.plans.is_empty() => {
+                            self.status = "the plan catalogue has not loaded yet; try again in a moment".into()
+                        }
+                        None => {
+                            let names: Vec<&str> = self.plans.iter().map(|p| p.name.as_str()).collect();
+                            self.status = format!("unknown plan `{plan}`; plans are {}", names.join(", "));
+                        }
+                        Some(_) if plan == from => self.status = format!("{slug} is already on {plan}"),
+                        Some(target) => {
+                            let moves_to = (target.isolation != isolation).then_some(target.isolation);
+                            self.mode = Mode::Confirm { command: Command::ChangePlan { slug, from, plan, moves_to } };
+                        }
                     }
                     vec![]
                 }
@@ -540,6 +594,7 @@ impl App {
         self.status = "cancelled".into();
     }
 
+    /// The keys every view shares; the rest go to the view on screen.
     fn normal_key(&mut self, key: KeyEvent) -> Vec<Effect> {
         let rows = self.rows();
         match key.code {
@@ -560,88 +615,14 @@ impl App {
             KeyCode::Char('G') | KeyCode::End => self.selected = rows.saturating_sub(1),
             KeyCode::PageDown => self.selected = (self.selected + 20).min(rows.saturating_sub(1)),
             KeyCode::PageUp => self.selected = self.selected.saturating_sub(20),
-            KeyCode::Char(c @ '0'..='9') if self.view == View::Tenants => {
-                // 1 to 9, then 0 for the tenth column.
-                let column = Column::ALL[(c as usize + 10 - '1' as usize) % 10];
-                self.sort = (column, self.sort.0 == column && !self.sort.1);
-            }
-            KeyCode::Enter if self.view == View::Tenants => {
-                if let Some(tenant) = self.selected_tenant() {
-                    let slug = tenant.slug.to_string();
-                    self.detail_slug = Some(slug.clone());
-                    self.detail_events.clear();
-                    self.detail_audit.clear();
-                    self.detail_usage = UsageSeries::default();
-                    self.detail_billing = None;
-                    self.plan_preview = None;
-                    self.view = View::Detail;
-                    return vec![Effect::LoadDetail(slug)];
-                }
-            }
             KeyCode::Char('r') if key.modifiers.contains(KeyModifiers::CONTROL) => return vec![Effect::Refresh],
-            KeyCode::Char(c) if matches!(self.view, View::Tenants | View::Detail) => return self.action_key(c),
-            KeyCode::Char(c) if self.view == View::Workflows => return self.workflow_key(c),
-            KeyCode::Char('u') if self.view == View::Cost => {
-                self.cost_by_usage = !self.cost_by_usage;
-                self.sort_costs();
-                self.status = format!("sorted by {}", if self.cost_by_usage { "usage" } else { "margin" });
-            }
-            _ => {}
+            _ => return views::on_key(self, key),
         }
         vec![]
     }
 
-    /// The keys that act on the selected tenant.
-    fn action_key(&mut self, key: char) -> Vec<Effect> {
-        let Some(tenant) = self.selected_tenant() else { return vec![] };
-        let slug = tenant.slug.to_string();
-        let from = tenant.spec.plan.to_string();
-        let suspended = tenant.spec.lifecycle == indigo_core::tenant::Lifecycle::Suspended;
-        let paused = self.reconciler.as_ref().is_some_and(|r| r.paused_tenants.iter().any(|p| p.as_str() == slug));
-        if key == 'd' {
-            return vec![Effect::DryRun(slug)];
-        }
-        let command = match key {
-            'p' => {
-                if self.read_only {
-                    return self.refuse();
-                }
-                self.input.clear();
-                self.mode = Mode::PlanPrompt { slug, from };
-                return vec![];
-            }
-            's' if !suspended => Command::Suspend { slug },
-            's' => Command::Resume { slug },
-            'R' => Command::ReconcileNow { slug },
-            'P' => Command::SetReconcilePaused { slug, paused: !paused },
-            'X' => Command::Offboard { slug },
-            _ => return vec![],
-        };
-        self.ask_to_confirm(command)
-    }
-
-    /// `r` retries the selected workflow, `c` cancels it.
-    fn workflow_key(&mut self, key: char) -> Vec<Effect> {
-        let Some(workflow) = self.selected_workflow() else { return vec![] };
-        let (id, kind, slug) = (workflow.id.to_string(), workflow.kind.clone(), self.slug_of(workflow.tenant_id));
-        let command = match (key, workflow.state) {
-            ('r', WorkflowState::Failed | WorkflowState::Cancelled) => Command::RetryWorkflow { id, kind, slug },
-            ('r', state) => {
-                self.status = format!("only a failed or cancelled workflow can be retried; this one is {state}");
-                return vec![];
-            }
-            ('c', WorkflowState::Running) => Command::CancelWorkflow { id, kind, slug },
-            ('c', state) => {
-                self.status = format!("only a running workflow can be cancelled; this one is {state}");
-                return vec![];
-            }
-            _ => return vec![],
-        };
-        self.ask_to_confirm(command)
-    }
-
     /// Every action is confirmed first, and refused in read-only mode.
-    fn ask_to_confirm(&mut self, command: Command) -> Vec<Effect> {
+    pub(crate) fn ask_to_confirm(&mut self, command: Command) -> Vec<Effect> {
         if self.read_only {
             return self.refuse();
         }
@@ -650,7 +631,7 @@ impl App {
         vec![]
     }
 
-    fn refuse(&mut self) -> Vec<Effect> {
+    pub(crate) fn refuse(&mut self) -> Vec<Effect> {
         self.status = "read-only: actions are disabled".into();
         vec![]
     }

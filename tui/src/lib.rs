@@ -1,10 +1,12 @@
 //! The Indigo operator console as a library, run by the `indigo-tui` binary.
-//! [`app`] holds the state and how keys change it, [`ui`] draws it; this module
-//! is the runtime that feeds them: terminal input, the admin API polled in the
-//! background, and the commands an operator confirms.
+//! [`app`] holds the state and the keys every view shares, [`views`] draws it,
+//! one file per view with that view's own keys; this module is the runtime
+//! that feeds them: terminal input, the admin API polled in the background,
+//! and the commands an operator confirms.
 
 pub mod app;
-pub mod ui;
+pub mod theme;
+pub mod views;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,7 +19,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::app::{App, Command, Effect, Loaded};
-use crate::ui::Theme;
+use crate::theme::Theme;
 
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -129,6 +131,7 @@ async fn fetch_fleet(client: &AdminClient) -> Result<Loaded, ClientError> {
     let moves = client.moves(&MoveQuery { limit: Some(50), ..Default::default() }).await.unwrap_or_default();
     // A control plane without a cost model answers 503: the view says so.
     let costs = client.costs().await.unwrap_or_default();
+    let plans = client.plans().await?;
     Ok(Loaded::Fleet {
         tenants,
         events: newest.items,
@@ -137,6 +140,7 @@ async fn fetch_fleet(client: &AdminClient) -> Result<Loaded, ClientError> {
         workflows,
         moves,
         costs,
+        plans,
         at: chrono::Utc::now(),
     })
 }
@@ -232,10 +236,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         app.who = format!("{} ({})", me.name, me.role);
         app.read_only |= me.role == Role::Viewer;
     }
-    if let Ok(plans) = client.plans().await {
-        app.daily_limits = plans.iter().map(|p| (p.name.to_string(), p.limits.api_calls_per_day)).collect();
-        app.plans = plans.into_iter().map(|p| p.name.to_string()).collect();
-    }
     let (loaded_tx, mut loaded_rx) = mpsc::unbounded_channel::<Loaded>();
     let (typing_tx, typing_rx) = watch::channel(false);
     let (kick_tx, kick_rx) = mpsc::unbounded_channel::<()>();
@@ -258,7 +258,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let outcome = async {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         loop {
-            terminal.draw(|frame| ui::draw(frame, &app, settings.theme))?;
+            app.now = chrono::Utc::now();
+            terminal.draw(|frame| views::draw(frame, &app, settings.theme))?;
             tokio::select! {
                 Some(key) = key_rx.recv() => {
                     for effect in app.handle_key(key) {
@@ -292,7 +293,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     let fleet = matches!(loaded, Loaded::Fleet { .. });
                     app.apply(loaded);
                     // The detail view follows the live refresh too.
-                    if fleet && app.view == app::View::Detail && let Some(slug) = app.detail_slug.clone() {
+                    if fleet && app.view == app::View::Detail && let Some(slug) = app.detail.slug.clone() {
                         load_detail(&client, &loaded_tx, slug);
                     }
                 }

@@ -1,137 +1,17 @@
-//! The console without a terminal: rendering on ratatui's TestBackend and key
-//! handling on the pure state, for every view and action.
+//! The console's behaviour without a terminal: key handling on the pure state
+//! and what each view shows, for every view and action. `snapshots.rs` pins
+//! each view's whole screen.
 
-use chrono::Utc;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use indigo_core::api::{
-    Event, Placement, ReconcilerStatus, RlsAudit, Tenant, TenantMove, TenantSpec, TenantStatus, Workflow,
-    WorkflowState, WorkflowStep,
-};
-use indigo_core::tenant::{Isolation, Lifecycle, Phase, Slug, TenantId};
+use indigo_core::api::{Tenant, TenantBilling, UsageSeries, WorkflowState};
+use indigo_core::tenant::{Isolation, Phase};
 use indigo_tui::app::{App, Column, Command, Connection, Effect, Loaded, Mode, View};
-use indigo_tui::ui::{self, Theme};
+use indigo_tui::theme::Theme;
+use indigo_tui::views;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
-fn tenant(slug: &str, plan: &str, phase: Phase) -> Tenant {
-    let isolation = if plan == "enterprise" { Isolation::Silo } else { Isolation::Pool };
-    Tenant {
-        id: TenantId::new(),
-        slug: Slug::parse(slug).unwrap(),
-        name: format!("Shop {slug}"),
-        owner_email: format!("o@{slug}.example"),
-        spec: TenantSpec {
-            plan: serde_json::from_value(plan.into()).unwrap(),
-            isolation,
-            lifecycle: Lifecycle::Active,
-            generation: 1,
-        },
-        status: TenantStatus {
-            phase,
-            conditions: vec![],
-            placement: Some(Placement { isolation, database: "indigo_pool".into(), cluster: None, service: None }),
-            observed_generation: 1,
-            last_reconciled_at: Some(Utc::now()),
-        },
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    }
-}
-
-fn fleet() -> Vec<Tenant> {
-    vec![
-        tenant("acme-shoes", "starter", Phase::Ready),
-        tenant("blue-bakery", "growth", Phase::Ready),
-        tenant("cobalt-coffee", "pro", Phase::Degraded),
-        tenant("fjord-fashion", "enterprise", Phase::Ready),
-    ]
-}
-
-fn loaded(app: &mut App, tenants: Vec<Tenant>) {
-    let event = Event {
-        id: 1,
-        tenant_id: tenants.first().map(|t| t.id),
-        kind: "PlanChanged".into(),
-        message: "plan of acme-shoes changed to growth".into(),
-        data: serde_json::json!({}),
-        created_at: Utc::now(),
-    };
-    let reconciler = ReconcilerStatus {
-        running: true,
-        workers: 8,
-        reconciles_total: 42,
-        rls_audit: Some(RlsAudit { at: Utc::now(), database: "indigo_pool".into(), violations: vec![] }),
-        services: vec![indigo_core::api::ServiceReplicas {
-            name: "indigo-dp-pool".into(),
-            tenant_id: None,
-            running: 1,
-            wanted: 2,
-            address: Some("http://127.0.0.1:8081".into()),
-        }],
-        ..Default::default()
-    };
-    let usage = tenants
-        .first()
-        .map(|t| indigo_core::api::TenantUsage { tenant_id: t.id, api_calls_today: 850, requests_per_second: 2.5 })
-        .into_iter()
-        .collect();
-    app.daily_limits.insert("starter".into(), indigo_core::plan::Limit::AtMost(1000));
-    let workflows = vec![];
-    app.apply(Loaded::Fleet {
-        tenants,
-        events: vec![event],
-        reconciler: Some(reconciler),
-        usage,
-        workflows,
-        moves: vec![],
-        costs: vec![],
-        at: Utc::now(),
-    });
-}
-
-fn step(name: &str, state: &str, error: Option<&str>) -> WorkflowStep {
-    WorkflowStep {
-        name: name.into(),
-        state: state.into(),
-        attempts: 1,
-        output: None,
-        error: error.map(str::to_owned),
-        next_attempt_at: None,
-        started_at: Some(Utc::now()),
-        finished_at: Some(Utc::now()),
-    }
-}
-
-fn workflow(tenant: &Tenant, kind: &str, state: WorkflowState, steps: Vec<WorkflowStep>) -> Workflow {
-    Workflow {
-        id: uuid::Uuid::now_v7(),
-        kind: kind.into(),
-        tenant_id: tenant.id,
-        state,
-        attempt: 1,
-        error: (state == WorkflowState::Failed).then(|| "step `billing` failed: Stripe refused the request".into()),
-        cancel_requested: false,
-        steps,
-        total_steps: 8,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        finished_at: None,
-    }
-}
-
-fn render(app: &App, width: u16, height: u16) -> String {
-    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
-    terminal.draw(|frame| ui::draw(frame, app, Theme { color: false })).unwrap();
-    let buffer = terminal.backend().buffer().clone();
-    let mut text = String::new();
-    for y in 0..buffer.area.height {
-        for x in 0..buffer.area.width {
-            text.push_str(buffer[(x, y)].symbol());
-        }
-        text.push('\n');
-    }
-    text
-}
+use crate::fixture::{Fleet, console, cost, event, fleet, load, moving, plans, render, step, tenant, workflow};
 
 fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
     app.handle_key(KeyEvent::new(code, KeyModifiers::NONE))
@@ -145,8 +25,8 @@ fn type_text(app: &mut App, text: &str) {
 
 #[test]
 fn tenants_view_at_80x24() {
-    let mut app = App::new("http://127.0.0.1:8080", false);
-    loaded(&mut app, fleet());
+    let mut app = console(false);
+    load(&mut app, fleet());
     let screen = render(&app, 80, 24);
     for needle in ["tenants (4 of 4)", "acme-shoes", "fjord-fashion", "silo", "degraded", "SLUG"] {
         assert!(screen.contains(needle), "{needle} missing from\n{screen}");
@@ -155,8 +35,8 @@ fn tenants_view_at_80x24() {
 
 #[test]
 fn traffic_columns_show_rate_and_todays_calls_against_the_plan() {
-    let mut app = App::new("http://api", false);
-    loaded(&mut app, fleet());
+    let mut app = console(false);
+    load(&mut app, fleet());
     let screen = render(&app, 140, 24);
     assert!(screen.contains("850/1000 85%"), "{screen}");
     assert!(screen.contains("2.5"), "{screen}");
@@ -170,11 +50,11 @@ fn traffic_columns_show_rate_and_todays_calls_against_the_plan() {
 
 #[test]
 fn loading_empty_stale_and_unauthorized_states() {
-    let mut app = App::new("http://api", false);
+    let mut app = console(false);
     assert!(render(&app, 80, 24).contains("loading…"));
-    loaded(&mut app, vec![]);
+    load(&mut app, vec![]);
     assert!(render(&app, 80, 24).contains("no tenants yet"));
-    loaded(&mut app, fleet());
+    load(&mut app, fleet());
     app.apply(Loaded::Failed { unauthorized: false, message: "connection refused".into() });
     let screen = render(&app, 100, 24);
     assert!(screen.contains("STALE, retrying: connection refused"), "{screen}");
@@ -185,11 +65,11 @@ fn loading_empty_stale_and_unauthorized_states() {
 
 #[test]
 fn detail_reconciler_events_help_and_notes_render() {
-    let mut app = App::new("http://api", false);
+    let mut app = console(false);
     let mut tenants = fleet();
     tenants[0].spec.isolation = Isolation::Silo;
     tenants[0].spec.generation = 2;
-    loaded(&mut app, tenants);
+    load(&mut app, tenants);
     assert_eq!(key(&mut app, KeyCode::Enter), [Effect::LoadDetail("acme-shoes".into())]);
     let screen = render(&app, 100, 30);
     for needle in [
@@ -224,8 +104,8 @@ fn detail_reconciler_events_help_and_notes_render() {
 
 #[test]
 fn filter_sort_and_navigation() {
-    let mut app = App::new("http://api", false);
-    loaded(&mut app, fleet());
+    let mut app = console(false);
+    load(&mut app, fleet());
     key(&mut app, KeyCode::Char('/'));
     type_text(&mut app, "coffee");
     assert!(app.typing(), "refresh pauses while typing");
@@ -259,8 +139,8 @@ fn filter_sort_and_navigation() {
 
 #[test]
 fn each_action_confirms_and_can_be_cancelled() {
-    let mut app = App::new("http://api", false);
-    loaded(&mut app, fleet());
+    let mut app = console(false);
+    load(&mut app, fleet());
     // Simple confirmations: y runs, anything else cancels.
     for (k, command) in [
         ('R', Command::ReconcileNow { slug: "acme-shoes".into() }),
@@ -305,7 +185,8 @@ fn each_action_confirms_and_can_be_cancelled() {
         [Effect::Run(Command::ChangePlan {
             slug: "acme-shoes".into(),
             from: "starter".into(),
-            plan: "enterprise".into()
+            plan: "enterprise".into(),
+            moves_to: Some(Isolation::Silo),
         })]
     );
     assert_eq!(key(&mut app, KeyCode::Char('d')), [Effect::DryRun("acme-shoes".into())]);
@@ -314,9 +195,55 @@ fn each_action_confirms_and_can_be_cancelled() {
 }
 
 #[test]
+fn plan_changes_follow_the_catalogue_the_control_plane_serves() {
+    let mut app = console(false);
+    let change_to = |app: &mut App, plan: &str| {
+        key(app, KeyCode::Char('p'));
+        type_text(app, plan);
+        key(app, KeyCode::Enter);
+    };
+    // Before the catalogue has loaded, nothing is guessed.
+    app.apply(Fleet { tenants: fleet(), plans: Some(vec![]), ..Fleet::default() }.loaded());
+    change_to(&mut app, "growth");
+    assert_eq!(app.mode, Mode::Normal);
+    assert!(app.status.contains("has not loaded yet"), "{}", app.status);
+
+    // A catalogue whose silo plan is not called enterprise.
+    let mut plans = plans();
+    let silo = plans.iter_mut().find(|p| p.isolation == Isolation::Silo).unwrap();
+    silo.name = serde_json::from_value("dedicated".into()).unwrap();
+    app.apply(Fleet { tenants: fleet(), plans: Some(plans), ..Fleet::default() }.loaded());
+    change_to(&mut app, "enterprise");
+    assert_eq!(app.status, "unknown plan `enterprise`; plans are starter, growth, pro, dedicated");
+    key(&mut app, KeyCode::Char('p'));
+    assert!(render(&app, 100, 24).contains("(now starter; starter/growth/pro/dedicated): "), "the prompt lists them");
+    key(&mut app, KeyCode::Esc);
+
+    // Within the pool: a plain yes.
+    change_to(&mut app, "growth");
+    let Mode::Confirm { command } = app.mode.clone() else { panic!("{:?}", app.mode) };
+    assert_eq!(command.describe(), "Change acme-shoes from starter to growth.");
+    assert!(!command.dangerous());
+    assert_eq!(key(&mut app, KeyCode::Char('y')).len(), 1);
+
+    // Into a silo plan and back: the data moves, so the slug is typed back.
+    change_to(&mut app, "dedicated");
+    let Mode::Confirm { command } = app.mode.clone() else { panic!("{:?}", app.mode) };
+    assert_eq!(command.describe(), "Change acme-shoes from starter to dedicated: its data moves to its own database.");
+    assert!(command.dangerous());
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('G'));
+    assert_eq!(app.selected_tenant().unwrap().slug.as_str(), "fjord-fashion");
+    change_to(&mut app, "pro");
+    let Mode::Confirm { command } = app.mode.clone() else { panic!("{:?}", app.mode) };
+    assert!(command.describe().ends_with("its data moves into the shared pool."), "{}", command.describe());
+    assert!(command.dangerous());
+}
+
+#[test]
 fn read_only_mode_disables_every_action() {
-    let mut app = App::new("http://api", true);
-    loaded(&mut app, fleet());
+    let mut app = console(true);
+    load(&mut app, fleet());
     for k in ['p', 's', 'R', 'P', 'X'] {
         assert!(key(&mut app, KeyCode::Char(k)).is_empty());
         assert_eq!(app.mode, Mode::Normal, "{k} must not open a prompt");
@@ -330,15 +257,16 @@ fn read_only_mode_disables_every_action() {
 
 #[test]
 fn frame_time_with_ten_thousand_tenants() {
-    let mut app = App::new("http://api", false);
-    let tenants: Vec<Tenant> = (0..10_000).map(|n| tenant(&format!("shop-{n:05}"), "growth", Phase::Ready)).collect();
-    loaded(&mut app, tenants);
+    let mut app = console(false);
+    let tenants: Vec<Tenant> =
+        (0..10_000).map(|n| tenant(n, &format!("shop-{n:05}"), "growth", Phase::Ready)).collect();
+    load(&mut app, tenants);
     key(&mut app, KeyCode::Char('G'));
     let mut terminal = Terminal::new(TestBackend::new(160, 50)).unwrap();
     let frames = 50;
     let started = std::time::Instant::now();
     for _ in 0..frames {
-        terminal.draw(|frame| ui::draw(frame, &app, Theme { color: true })).unwrap();
+        terminal.draw(|frame| views::draw(frame, &app, Theme { color: true })).unwrap();
     }
     let per_frame = started.elapsed() / frames;
     let build = if cfg!(debug_assertions) { "debug" } else { "release" };
@@ -348,9 +276,10 @@ fn frame_time_with_ten_thousand_tenants() {
 
 #[test]
 fn workflows_view_shows_progress_steps_and_acts_on_the_selected_one() {
-    let mut app = App::new("http://api", false);
+    let mut app = console(false);
     let tenants = fleet();
     let running = workflow(
+        1,
         &tenants[1],
         "onboarding",
         WorkflowState::Running,
@@ -361,22 +290,15 @@ fn workflows_view_shows_progress_steps_and_acts_on_the_selected_one() {
         ],
     );
     let failed = workflow(
+        2,
         &tenants[2],
         "onboarding",
         WorkflowState::Failed,
         vec![step("record", "compensated", None), step("billing", "compensated", Some("Stripe refused the request"))],
     );
-    let fleet_at = Utc::now();
-    app.apply(Loaded::Fleet {
-        tenants: tenants.clone(),
-        events: vec![],
-        reconciler: None,
-        usage: vec![],
-        workflows: vec![running, failed.clone()],
-        moves: vec![],
-        costs: vec![],
-        at: fleet_at,
-    });
+    app.apply(
+        Fleet { tenants: tenants.clone(), workflows: vec![running, failed.clone()], ..Fleet::default() }.loaded(),
+    );
     key(&mut app, KeyCode::Char(':'));
     type_text(&mut app, "workflows");
     key(&mut app, KeyCode::Enter);
@@ -423,17 +345,8 @@ fn workflows_view_shows_progress_steps_and_acts_on_the_selected_one() {
     assert!(render(&app, 140, 30).contains("billing (retrying)"), "the current step in the wide list");
 
     // Read-only: no workflow actions.
-    let mut viewer = App::new("http://api", true);
-    viewer.apply(Loaded::Fleet {
-        tenants,
-        events: vec![],
-        reconciler: None,
-        usage: vec![],
-        workflows: vec![failed],
-        moves: vec![],
-        costs: vec![],
-        at: fleet_at,
-    });
+    let mut viewer = console(true);
+    viewer.apply(Fleet { tenants, workflows: vec![failed], ..Fleet::default() }.loaded());
     key(&mut viewer, KeyCode::Char(':'));
     type_text(&mut viewer, "wf");
     key(&mut viewer, KeyCode::Enter);
@@ -444,36 +357,14 @@ fn workflows_view_shows_progress_steps_and_acts_on_the_selected_one() {
 
 #[test]
 fn cost_view_puts_the_unprofitable_first_and_flags_them() {
-    let mut app = App::new("http://api", false);
+    let mut app = console(false);
     let tenants = fleet();
-    let cost = |t: &Tenant, total: f64, revenue: f64| indigo_core::api::TenantCost {
-        tenant_id: t.id,
-        slug: t.slug.clone(),
-        plan: t.spec.plan.clone(),
-        isolation: t.spec.isolation,
-        usage_30d: [("api_call".to_owned(), 120_000.0)].into(),
-        cost: [("ecs_fargate".to_owned(), total)].into(),
-        cost_total: total,
-        revenue,
-        margin: revenue - total,
-        unprofitable: total > revenue,
-        currency: "usd".into(),
-    };
-    let mut quiet = cost(&tenants[2], 49.0, 99.0);
-    quiet.usage_30d = [("api_call".to_owned(), 10.0)].into();
-    let mut busy = cost(&tenants[1], 3.2, 99.0);
-    busy.usage_30d = [("api_call".to_owned(), 900_000.0)].into();
-    let costs = vec![quiet, cost(&tenants[0], 41.5, 29.0), busy];
-    app.apply(Loaded::Fleet {
-        tenants: tenants.clone(),
-        events: vec![],
-        reconciler: None,
-        usage: vec![],
-        workflows: vec![],
-        moves: vec![],
-        costs,
-        at: Utc::now(),
-    });
+    let costs = vec![
+        cost(&tenants[2], 49.0, 99.0, 10.0),
+        cost(&tenants[0], 41.5, 29.0, 120_000.0),
+        cost(&tenants[1], 3.2, 99.0, 900_000.0),
+    ];
+    app.apply(Fleet { tenants, costs, ..Fleet::default() }.loaded());
     key(&mut app, KeyCode::Char(':'));
     type_text(&mut app, "cost");
     key(&mut app, KeyCode::Enter);
@@ -496,16 +387,16 @@ fn cost_view_puts_the_unprofitable_first_and_flags_them() {
 
 #[test]
 fn detail_shows_billing_and_a_days_usage_as_sparklines() {
-    let mut app = App::new("http://api", false);
-    loaded(&mut app, fleet());
+    let mut app = console(false);
+    load(&mut app, fleet());
     key(&mut app, KeyCode::Enter);
     let screen = render(&app, 100, 30);
     assert!(screen.contains("calls/h: no data"), "before the series arrives:\n{screen}");
-    let mut usage = indigo_core::api::UsageSeries::default();
+    let mut usage = UsageSeries::default();
     usage.series.insert("api_call".into(), vec![0.0, 12.0, 30.0]);
     usage.series.insert("search_query".into(), vec![1.0, 0.0, 2.0]);
     usage.series.insert("ai_request".into(), vec![0.0, 0.0, 0.0]);
-    let billing = indigo_core::api::TenantBilling {
+    let billing = TenantBilling {
         tenant_id: app.tenants[0].id,
         customer_id: "cus_123".into(),
         subscription_id: Some("sub_456".into()),
@@ -534,9 +425,10 @@ fn detail_shows_billing_and_a_days_usage_as_sparklines() {
 
 #[test]
 fn moves_show_their_progress_above_the_workflows() {
-    let mut app = App::new("http://api", false);
+    let mut app = console(false);
     let tenants = fleet();
     let upgrade = workflow(
+        1,
         &tenants[0],
         "tier_change",
         WorkflowState::Running,
@@ -546,43 +438,16 @@ fn moves_show_their_progress_above_the_workflows() {
             step("copy", "running", None),
         ],
     );
-    let copying = TenantMove {
-        workflow_id: upgrade.id,
-        tenant_id: tenants[0].id,
-        slug: tenants[0].slug.to_string(),
-        from_isolation: Isolation::Pool,
-        to_isolation: Isolation::Silo,
-        source_database: "indigo_pool".into(),
-        target_database: Some("silo_acme".into()),
-        phase: "copying".into(),
-        rows_total: 200_000,
-        rows_copied: 50_000,
-        lag: 12,
-        pause_ms: None,
-        error: None,
-        started_at: Utc::now(),
-        updated_at: Utc::now(),
-        switched_at: None,
-        finished_at: None,
-    };
-    let rolled_back = TenantMove {
-        workflow_id: uuid::Uuid::new_v4(),
-        slug: tenants[1].slug.to_string(),
-        tenant_id: tenants[1].id,
-        phase: "rolled_back".into(),
+    let copying = moving(&upgrade, &tenants[0], "copying", 50_000, 200_000);
+    // A move of another tenant, whose workflow is no longer listed.
+    let gone = workflow(9, &tenants[1], "tier_change", WorkflowState::Failed, vec![]);
+    let rolled_back = indigo_core::api::TenantMove {
         error: Some("InsufficientDBClusterCapacity: no capacity".into()),
-        ..copying.clone()
+        ..moving(&gone, &tenants[1], "rolled_back", 50_000, 200_000)
     };
-    app.apply(Loaded::Fleet {
-        tenants,
-        events: vec![],
-        reconciler: None,
-        usage: vec![],
-        workflows: vec![upgrade],
-        moves: vec![copying, rolled_back],
-        costs: vec![],
-        at: Utc::now(),
-    });
+    app.apply(
+        Fleet { tenants, workflows: vec![upgrade], moves: vec![copying, rolled_back], ..Fleet::default() }.loaded(),
+    );
     key(&mut app, KeyCode::Char(':'));
     type_text(&mut app, "moves");
     key(&mut app, KeyCode::Enter);
@@ -600,31 +465,14 @@ fn moves_show_their_progress_above_the_workflows() {
 
 #[test]
 fn events_filter_by_tenant_or_type() {
-    let mut app = App::new("http://api", false);
+    let mut app = console(false);
     let tenants = fleet();
-    let event = |id: i64, tenant: &Tenant, kind: &str, message: &str| Event {
-        id,
-        tenant_id: Some(tenant.id),
-        kind: kind.into(),
-        message: message.into(),
-        data: serde_json::json!({}),
-        created_at: Utc::now(),
-    };
     let events = vec![
         event(1, &tenants[0], "PlanChanged", "plan changed to enterprise"),
         event(2, &tenants[1], "TenantSuspended", "suspended: unpaid"),
         event(3, &tenants[1], "MoveSwitched", "now served from the silo"),
     ];
-    app.apply(Loaded::Fleet {
-        tenants,
-        events,
-        reconciler: None,
-        usage: vec![],
-        workflows: vec![],
-        moves: vec![],
-        costs: vec![],
-        at: Utc::now(),
-    });
+    app.apply(Fleet { tenants, events, ..Fleet::default() }.loaded());
     key(&mut app, KeyCode::Char(':'));
     type_text(&mut app, "events");
     key(&mut app, KeyCode::Enter);
