@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use indigo_client::{AdminClient, EventQuery, MoveQuery, TenantQuery, WorkflowQuery};
 use indigo_controlplane::config::{self, Config, Overrides};
+use indigo_controlplane::control_plane::ControlPlane;
 use indigo_controlplane::{db, policy, server, telemetry, up};
 
 #[derive(Debug, Parser)]
@@ -344,12 +345,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             telemetry::init_logging();
             let config = load(args.overrides)?;
-            let url = config.database_url.clone().context(
-                "no database configured: set database_url (env INDIGO_DATABASE_URL), or use `indigo up` for a local platform",
-            )?;
-            let mut state = server::prepare(&config, &url).await?;
-            let _background = server::start_background(&config, &mut state, None).await?;
-            server::serve(server::bind(&config).await?, state, server::shutdown_signal()).await
+            let control_plane = ControlPlane::build(&config, None).await?;
+            let _background = control_plane.start().await?;
+            server::serve(server::bind(&config).await?, control_plane.state, server::shutdown_signal()).await
         }
         Command::Migrate(args) => {
             let config = load(args.overrides)?;

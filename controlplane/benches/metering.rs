@@ -14,13 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use indigo_controlplane::api::{self, AppState};
-use indigo_controlplane::config::Secret;
+use indigo_controlplane::config::{Config, Overrides};
+use indigo_controlplane::control_plane::ControlPlane;
+use indigo_controlplane::db;
 use indigo_controlplane::metering::rollup;
 use indigo_controlplane::workflow::Failpoints;
-use indigo_controlplane::{db, policy};
-use indigo_tenantdb::TenantDatabases;
-use indigo_tenantdb::schema::TenantServer;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -59,8 +57,21 @@ async fn main() -> anyhow::Result<()> {
     let control_name = format!("indigo_bench_control_{suffix}");
     let control_url = format!("{}/{control_name}", server_url.rsplit_once('/').unwrap().0);
     db::ensure_database(&control_url).await?;
-    let pool = db::connect(&control_url).await?;
-    db::migrate(&pool).await?;
+    let pool_database = format!("indigo_bench_pool_{suffix}");
+    let config = Config::load(
+        None,
+        Overrides {
+            database_url: Some(control_url.clone()),
+            plans_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").into()),
+            admin_token: Some(ADMIN.into()),
+            tenant_server_url: Some(server_url.clone()),
+            pool_database: Some(pool_database.clone()),
+            data_dir: Some(std::env::temp_dir().join(format!("indigo-bench-{suffix}"))),
+            ..Overrides::default()
+        },
+    )?;
+    let control_plane = ControlPlane::build(&config, None).await?;
+    let pool = control_plane.state.db.clone();
     let tenants: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO tenants (id, slug, name, owner_email, plan, isolation)
          SELECT gen_random_uuid(), 'bench-' || n, 'Bench ' || n, 'owner@bench.example', 'starter', 'pool'
@@ -69,13 +80,11 @@ async fn main() -> anyhow::Result<()> {
     .bind(tenant_count)
     .fetch_all(&pool)
     .await?;
-    let plans = policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref())?;
-    let server = TenantServer::new(&server_url)?;
-    let tenant_dbs = TenantDatabases { server: server.clone(), pool_database: "unused".into() };
-    let state = AppState::new(pool.clone(), plans, Some(&Secret::new(ADMIN)), tenant_dbs);
+    let server = control_plane.state.tenant_dbs.server.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/v1/usage/events", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    let router = control_plane.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
 
     // Ingestion: two senders, each building its next batch while the other's is stored.
     let batches = total.div_ceil(BATCH as u64);
@@ -163,5 +172,6 @@ async fn main() -> anyhow::Result<()> {
     println!("{report}");
     pool.close().await;
     server.drop_database(&control_name).await?;
+    server.drop_database(&pool_database).await?;
     Ok(())
 }

@@ -12,14 +12,12 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use indigo_controlplane::api::{self, AppState};
-use indigo_controlplane::billing::Stripe;
-use indigo_controlplane::config::{Secret, StripeConfig};
-use indigo_controlplane::workflow::{Engine, Services};
-use indigo_controlplane::{db, policy};
+use indigo_controlplane::config::{Config, Overrides};
+use indigo_controlplane::control_plane::ControlPlane;
+use indigo_controlplane::db;
+use indigo_controlplane::providers::local::LocalDatabases;
+use indigo_controlplane::workflow::Engine;
 use indigo_e2e::stripe_double::StripeDouble;
-use indigo_tenantdb::TenantDatabases;
-use indigo_tenantdb::schema::TenantServer;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -74,26 +72,28 @@ async fn main() -> anyhow::Result<()> {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let control_url = format!("{}/indigo_bench_control_{suffix}", server_url.rsplit_once('/').unwrap().0);
     db::ensure_database(&control_url).await?;
-    let pool = db::connect(&control_url).await?;
-    db::migrate(&pool).await?;
-    let server = TenantServer::new(&server_url)?;
     let pool_database = format!("indigo_bench_pool_{suffix}");
-    server.provision(&pool_database).await?;
-    let plans = policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref())?;
-    let tenant_dbs = TenantDatabases { server: server.clone(), pool_database: pool_database.clone() };
-    let state = AppState::new(pool.clone(), plans, Some(&Secret::new(ADMIN)), tenant_dbs);
     let stripe = StripeDouble::start().await?;
-    let config = StripeConfig { api_base: stripe.url.clone(), secret_key: Secret::new("sk_test_bench") };
-    let exports = std::env::temp_dir().join(format!("indigo-bench-exports-{suffix}"));
-    let engine = Engine::new(Services::local(
-        state.db.clone(),
-        state.tenant_dbs.clone(),
-        state.plans.clone(),
-        Some(Stripe::new(&config)?),
-        exports,
-    ));
-    let task = engine.spawn();
-    let router = api::router(state);
+    let config = Config::load(
+        None,
+        Overrides {
+            database_url: Some(control_url.clone()),
+            plans_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").into()),
+            admin_token: Some(ADMIN.into()),
+            tenant_server_url: Some(server_url.clone()),
+            pool_database: Some(pool_database.clone()),
+            stripe_api_base: Some(stripe.url.clone()),
+            stripe_secret_key: Some("sk_test_bench".into()),
+            data_dir: Some(std::env::temp_dir().join(format!("indigo-bench-{suffix}"))),
+            ..Overrides::default()
+        },
+    )?;
+    let control_plane = ControlPlane::build(&config, None).await?;
+    let (pool, server) = (control_plane.state.db.clone(), control_plane.state.tenant_dbs.server.clone());
+    // The workflow engine alone: the reconciler and the jobs would share the two cores.
+    let databases = LocalDatabases::new(control_plane.state.tenant_dbs.clone());
+    let task = Engine::new(control_plane.workflow_services(databases)?).spawn();
+    let router = control_plane.router();
 
     let pool_times = onboard(&router, &pool, "growth", tenants).await?;
     let silo_times = onboard(&router, &pool, "enterprise", (tenants / 5).max(1)).await?;
@@ -142,6 +142,6 @@ async fn main() -> anyhow::Result<()> {
     server.drop_database(&pool_database).await?;
     pool.close().await;
     server.drop_database(&format!("indigo_bench_control_{suffix}")).await?;
-    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("indigo-bench-exports-{suffix}")));
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("indigo-bench-{suffix}")));
     Ok(())
 }

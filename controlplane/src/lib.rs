@@ -4,6 +4,7 @@
 pub mod api;
 pub mod billing;
 pub mod config;
+pub mod control_plane;
 pub mod db;
 pub mod failpoints;
 pub mod idempotency;

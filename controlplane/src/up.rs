@@ -13,6 +13,7 @@ use tokio::process::Command;
 
 use crate::api::auth::{self, Actor};
 use crate::config::{Config, Secret};
+use crate::control_plane::ControlPlane;
 use crate::providers::processes::{Credentials, Launch, LocalProcesses};
 use crate::registry::{NewTenant, RegistryError};
 use crate::workflow::{self, StartError};
@@ -69,7 +70,9 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
     if config.admin_token.is_none() {
         config.admin_token = Some(local_secret(&token_file(&config.data_dir))?);
     }
-    let mut state = server::prepare(config, database_url).await?;
+    config.database_url = Some(database_url.to_owned());
+    // Connected first: the data planes' identities are minted in it.
+    let control_db = db::connect(database_url).await?;
     let listener = server::bind(config).await?;
     let address = listener.local_addr()?;
     let storefront = free_address(config.dataplane_listen)?;
@@ -80,13 +83,15 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         subcommand: vec!["dataplane".into()],
         control_plane_url: format!("http://{address}"),
         // Each data plane gets an identity of its own, never the admin's token.
-        credentials: Credentials::PerService(state.db.clone()),
+        credentials: Credentials::PerService(control_db.clone()),
         jwt_secret: local_secret(&jwt_secret_file(&config.data_dir))?,
         spool_dir: config.data_dir.join("usage-spool"),
         pool_listen: storefront,
         redis_url: config.redis_url.clone(),
     }));
-    let _background = server::start_background(config, &mut state, Some(dataplanes.clone())).await?;
+    let control_plane = ControlPlane::on_database(config, control_db, Some(dataplanes.clone())).await?;
+    let _background = control_plane.start().await?;
+    let state = control_plane.state;
     if demo {
         let seeded = seed_demo(&state.db, &state.plans).await?;
         println!("demo tenants: {seeded} added, {} already there", DEMO_TENANTS.len() - seeded);

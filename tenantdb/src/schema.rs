@@ -106,9 +106,12 @@ impl TenantServer {
                 Err(source) => return Err(fail(source)),
             }
         }
+        // The lock is held through the migration too: two control planes
+        // starting at once would otherwise race to create the same policies.
+        let migrated = self.migrate(database).await;
         // Closing the session releases the advisory lock.
         let _ = admin.close().await;
-        self.migrate(database).await
+        migrated
     }
 
     async fn migrate(&self, database: &str) -> Result<(), SchemaError> {

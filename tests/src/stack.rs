@@ -9,19 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use indigo_controlplane::api::{self as admin, AppState as AdminState};
-use indigo_controlplane::billing::Stripe;
-use indigo_controlplane::config::{Secret, StripeConfig};
+use indigo_controlplane::api::AppState as AdminState;
+use indigo_controlplane::config::{Config, Overrides};
+use indigo_controlplane::control_plane::ControlPlane;
+use indigo_controlplane::db;
 use indigo_controlplane::providers::DatabaseProvider;
 use indigo_controlplane::providers::local::LocalDatabases;
 use indigo_controlplane::workflow::{Engine, Failpoints, Services};
-use indigo_controlplane::{db, policy};
 use indigo_core::tenant::TenantId;
 use indigo_dataplane::api::{self as store, AppState as StoreState};
 use indigo_dataplane::auth::{CallerRole, Claims, Verifier, sign_hs256};
 use indigo_dataplane::metering::Meter;
 use indigo_dataplane::routing::{self, ControlPlaneSource, Routes};
-use indigo_tenantdb::TenantDatabases;
 use indigo_tenantdb::schema::TenantServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -156,61 +155,68 @@ impl AdminClient {
 /// The whole platform in this process.
 pub struct Stack {
     pub control_db: TestDatabase,
+    pub control_plane: ControlPlane,
     pub state: AdminState,
     pub admin: AdminClient,
     pub storefront: Storefront,
     pub stripe: StripeDouble,
     pub http: reqwest::Client,
-    exports: std::path::PathBuf,
+    data_dir: std::path::PathBuf,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Stack {
-    /// Starts everything but the workflow engine (see [`Stack::start_engine`]).
+    /// Starts everything but the workflow engine (see [`Stack::start_engine`]),
+    /// built as `indigo serve` builds it: billing on the Stripe double, no
+    /// grace before a moved tenant's source is released.
     pub async fn start() -> anyhow::Result<Self> {
         let control_db = TestDatabase::unique("indigo_move_control");
         db::ensure_database(&control_db.url).await?;
-        let pool = db::connect(&control_db.url).await?;
-        db::migrate(&pool).await?;
-        let server = TenantServer::new(&crate::server_url())?;
-        let pool_database = format!("indigo_move_pool_{}", Uuid::new_v4().simple());
-        server.provision(&pool_database).await?;
-        let plans = policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref())?;
-        let state =
-            AdminState::new(pool, plans, Some(&Secret::new(ADMIN_TOKEN)), TenantDatabases { server, pool_database });
+        let stripe = StripeDouble::start().await?;
+        let data_dir = std::env::temp_dir().join(format!("indigo-stack-{}", Uuid::new_v4().simple()));
+        let config = Config::load(
+            None,
+            Overrides {
+                database_url: Some(control_db.url.clone()),
+                plans_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").into()),
+                admin_token: Some(ADMIN_TOKEN.into()),
+                tenant_server_url: Some(crate::server_url()),
+                pool_database: Some(format!("indigo_move_pool_{}", Uuid::new_v4().simple())),
+                stripe_api_base: Some(stripe.url.clone()),
+                stripe_secret_key: Some("sk_test_double".into()),
+                data_dir: Some(data_dir.clone()),
+                move_grace_seconds: Some(0),
+                ..Overrides::default()
+            },
+        )?;
+        let control_plane = ControlPlane::build(&config, None).await?;
+        let state = control_plane.state.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let admin_url = format!("http://{}", listener.local_addr()?);
-        let router = admin::router(state.clone());
+        let router = control_plane.router();
         let api = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
         let storefront = Storefront::start(&admin_url).await?;
         Ok(Self {
             control_db,
+            control_plane,
             state,
             admin: AdminClient { url: admin_url, http: reqwest::Client::new() },
             storefront,
-            stripe: StripeDouble::start().await?,
+            stripe,
             http: reqwest::Client::new(),
-            exports: std::env::temp_dir().join(format!("indigo-move-exports-{}", Uuid::new_v4().simple())),
+            data_dir,
             tasks: vec![api],
         })
     }
 
-    /// Workflow services on the local provider, billing on the Stripe double,
-    /// no grace before a moved tenant's source is released.
+    /// The workflow services of the stack's control plane on the local
+    /// provider, with `failpoints` and quick retries.
     pub fn services(&self, failpoints: &str) -> anyhow::Result<Services<LocalDatabases>> {
-        let config = StripeConfig { api_base: self.stripe.url.clone(), secret_key: Secret::new("sk_test_double") };
-        let mut services = Services::local(
-            self.state.db.clone(),
-            self.state.tenant_dbs.clone(),
-            self.state.plans.clone(),
-            Some(Stripe::new(&config)?),
-            self.exports.clone(),
-        );
+        let mut services = self.control_plane.workflow_services(LocalDatabases::new(self.state.tenant_dbs.clone()))?;
         services.failpoints = Failpoints::parse(failpoints).map_err(anyhow::Error::msg)?;
         services.settings.backoff_base = Duration::from_millis(20);
-        services.settings.move_grace = Duration::ZERO;
         Ok(services)
     }
 
@@ -244,7 +250,7 @@ impl Stack {
         }
         server.drop_database(&self.state.tenant_dbs.pool_database).await?;
         self.control_db.drop_now().await?;
-        let _ = std::fs::remove_dir_all(&self.exports);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
         Ok(())
     }
 }

@@ -37,7 +37,6 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::config::Secret;
 use crate::reconciler::ReconcilerControl;
 pub use error::ApiError;
 
@@ -60,23 +59,6 @@ pub struct AppState {
     pub costs: Option<Arc<indigo_core::cost::CostModel>>,
     /// Per-tenant metrics, from the configured provider.
     pub tenant_metrics: Arc<dyn crate::providers::MetricsProvider>,
-}
-
-impl AppState {
-    pub fn new(db: PgPool, plans: PlanCatalog, admin_token: Option<&Secret>, tenant_dbs: TenantDatabases) -> Self {
-        Self {
-            plans: Arc::new(plans),
-            bootstrap_admin_hash: admin_token.map(|t| auth::hash_token(t.expose()).into()),
-            metrics: indigo_core::http::prometheus(),
-            tenant_dbs: Arc::new(tenant_dbs),
-            reconciler: None,
-            jobs: None,
-            webhooks: None,
-            costs: None,
-            tenant_metrics: Arc::new(crate::providers::local::PostgresMetrics::new(db.clone())),
-            db,
-        }
-    }
 }
 
 #[derive(OpenApi)]

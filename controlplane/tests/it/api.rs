@@ -5,16 +5,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use indigo_controlplane::api::{self, AppState};
-use indigo_controlplane::config::Secret;
+use indigo_controlplane::config::Overrides;
+use indigo_controlplane::db;
 use indigo_controlplane::providers::local::LocalDatabases;
 use indigo_controlplane::workflow::{Services, engine};
-use indigo_controlplane::{db, policy};
-use indigo_tenantdb::TenantDatabases;
-use indigo_tenantdb::schema::TenantServer;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
+
+use crate::support;
 
 const ADMIN: &str = "test-bootstrap-admin-token";
 
@@ -26,7 +25,6 @@ struct TestApp {
 
 /// One pool database for every test of this file, provisioned once.
 const POOL: &str = "indigo_api_pool_test";
-static POOL_READY: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 struct Reply {
     status: StatusCode,
@@ -40,25 +38,18 @@ impl Reply {
     }
 }
 
-fn plans_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/plans.toml")
-}
-
 impl TestApp {
     async fn new(pool: PgPool) -> Self {
-        let plans = policy::load_plans(&plans_path()).expect("policies/plans.toml is valid");
-        let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
-        POOL_READY.get_or_init(async || server.provision(POOL).await.unwrap()).await;
-        let tenant_dbs = TenantDatabases { server, pool_database: POOL.into() };
-        let state = AppState::new(pool.clone(), plans, Some(&Secret::new(ADMIN)), tenant_dbs);
-        let workflows = Services::local(
-            state.db.clone(),
-            state.tenant_dbs.clone(),
-            state.plans.clone(),
-            None,
-            std::env::temp_dir().join("indigo-api-test-exports"),
-        );
-        Self { router: api::router(state), pool, workflows }
+        let overrides = Overrides {
+            admin_token: Some(ADMIN.into()),
+            pool_database: Some(POOL.into()),
+            data_dir: Some(std::env::temp_dir().join("indigo-api-test")),
+            ..Overrides::default()
+        };
+        let control_plane = support::control_plane(pool.clone(), overrides).await;
+        let workflows =
+            control_plane.workflow_services(LocalDatabases::new(control_plane.state.tenant_dbs.clone())).unwrap();
+        Self { router: control_plane.router(), pool, workflows }
     }
 
     /// Runs the onboarding and offboarding workflows the calls so far started.

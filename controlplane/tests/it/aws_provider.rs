@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indigo_controlplane::api::auth::Actor;
-use indigo_controlplane::api::{self, AppState};
-use indigo_controlplane::config::Secret;
+
+use indigo_controlplane::config::Overrides;
 use indigo_controlplane::providers::aws::AwsDatabases;
 use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE};
 use indigo_controlplane::providers::aws::rds::{AuroraClusters, TENANT_DATABASE, cluster_identifier};
@@ -288,14 +288,17 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
 async fn routing_table(pool: &PgPool) -> serde_json::Value {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
-    let dbs = TenantDatabases { server, pool_database: "indigo_aws_pool_unused".into() };
-    let state = AppState::new(pool.clone(), plans(), Some(&Secret::new("routing-test-token")), dbs);
+    let overrides = Overrides {
+        admin_token: Some("routing-test-token".into()),
+        pool_database: Some("indigo_aws_routing_pool".into()),
+        ..Overrides::default()
+    };
+    let router = crate::support::control_plane(pool.clone(), overrides).await.router();
     let request = axum::http::Request::get("/v1/routing")
         .header("authorization", "Bearer routing-test-token")
         .body(axum::body::Body::empty())
         .unwrap();
-    let response = api::router(state).oneshot(request).await.unwrap();
+    let response = router.oneshot(request).await.unwrap();
     assert_eq!(response.status(), 200);
     serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap()
 }

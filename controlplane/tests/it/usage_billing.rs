@@ -15,27 +15,29 @@ use http_body_util::BodyExt;
 use indigo_controlplane::api::webhooks::{self, WebhookConfig};
 use indigo_controlplane::api::{self, AppState};
 use indigo_controlplane::billing::Stripe;
-use indigo_controlplane::config::{Secret, StripeConfig};
+use indigo_controlplane::config::{Overrides, Secret, StripeConfig};
+use indigo_controlplane::control_plane::ControlPlane;
+use indigo_controlplane::db;
 use indigo_controlplane::jobs::{JobError, Jobs};
 use indigo_controlplane::providers::MetricsProvider;
 use indigo_controlplane::providers::local::{LocalDatabases, PostgresMetrics};
 use indigo_controlplane::reconciler::{self, Controller, Settings};
-use indigo_controlplane::workflow::{Failpoints, Services, engine};
-use indigo_controlplane::{db, policy};
+use indigo_controlplane::workflow::{Failpoints, engine};
 use indigo_core::tenant::TenantId;
 use indigo_e2e::stripe_double::StripeDouble;
-use indigo_tenantdb::TenantDatabases;
-use indigo_tenantdb::schema::TenantServer;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
 use uuid::Uuid;
+
+use crate::support;
 
 const ADMIN: &str = "test-bootstrap-admin-token";
 const WEBHOOK_SECRET: &str = "whsec_test_secret";
 
 struct World {
     router: Router,
+    control_plane: ControlPlane,
     state: AppState,
     db: PgPool,
     stripe: StripeDouble,
@@ -43,23 +45,25 @@ struct World {
 
 impl World {
     async fn new(db: PgPool, grace: chrono::Duration) -> Self {
-        let plans =
-            policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref()).unwrap();
-        let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
-        let pool_database = format!("indigo_wf_pool_{}", Uuid::new_v4().simple());
-        server.provision(&pool_database).await.unwrap();
-        let mut state =
-            AppState::new(db.clone(), plans, Some(&Secret::new(ADMIN)), TenantDatabases { server, pool_database });
+        let stripe = StripeDouble::start().await.unwrap();
+        let overrides = Overrides {
+            admin_token: Some(ADMIN.into()),
+            pool_database: Some(format!("indigo_wf_pool_{}", Uuid::new_v4().simple())),
+            stripe_api_base: Some(stripe.url.clone()),
+            stripe_secret_key: Some("sk_test_double".into()),
+            stripe_webhook_secret: Some(WEBHOOK_SECRET.into()),
+            data_dir: Some(std::env::temp_dir().join("indigo-usage-test")),
+            ..Overrides::default()
+        };
+        let control_plane = support::control_plane(db.clone(), overrides).await;
+        let mut state = control_plane.state.clone();
+        // A grace of seconds, which the configuration (in hours) cannot express.
         state.webhooks = Some(Arc::new(WebhookConfig {
             secret: Secret::new(WEBHOOK_SECRET),
             tolerance: chrono::Duration::minutes(5),
             grace,
         }));
-        let costs =
-            policy::load_costs(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/costs.toml").as_ref()).unwrap();
-        state.costs = Some(Arc::new(costs));
-        let stripe = StripeDouble::start().await.unwrap();
-        Self { router: api::router(state.clone()), state, db, stripe }
+        Self { router: api::router(state.clone()), control_plane, state, db, stripe }
     }
 
     fn stripe(&self) -> Stripe {
@@ -106,16 +110,9 @@ impl World {
             assert_eq!(status, StatusCode::CREATED, "{tenant}");
             ids.push(tenant["id"].as_str().unwrap().parse().unwrap());
         }
-        let exports = std::env::temp_dir().join("indigo-usage-test-exports");
-        engine::run_until_idle(&Services::local(
-            self.state.db.clone(),
-            self.state.tenant_dbs.clone(),
-            self.state.plans.clone(),
-            Some(self.stripe()),
-            exports,
-        ))
-        .await
-        .unwrap();
+        let services =
+            self.control_plane.workflow_services(LocalDatabases::new(self.state.tenant_dbs.clone())).unwrap();
+        engine::run_until_idle(&services).await.unwrap();
         ids
     }
 

@@ -9,55 +9,62 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use indigo_controlplane::api::{self, AppState};
-use indigo_controlplane::billing::Stripe;
-use indigo_controlplane::config::{Secret, StripeConfig};
+use indigo_controlplane::api::AppState;
+use indigo_controlplane::config::Overrides;
+use indigo_controlplane::control_plane::ControlPlane;
+use indigo_controlplane::db;
 use indigo_controlplane::providers::local::{LocalDatabases, silo_database};
 use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
 use indigo_controlplane::workflow::export;
 use indigo_controlplane::workflow::{Definition, Engine, Failpoints, Services, engine, onboarding::Onboarding};
-use indigo_controlplane::{db, policy};
 use indigo_core::tenant::{Slug, TenantId};
 use indigo_e2e::stripe_double::StripeDouble;
-use indigo_tenantdb::TenantDatabases;
-use indigo_tenantdb::schema::TenantServer;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, PgPool};
 use tower::ServiceExt;
+
+use crate::support;
 
 const ADMIN: &str = "test-bootstrap-admin-token";
 
 struct World {
     router: Router,
+    control_plane: ControlPlane,
     state: AppState,
     db: PgPool,
     stripe: StripeDouble,
+    data_dir: std::path::PathBuf,
     exports: std::path::PathBuf,
 }
 
 impl World {
     async fn new(db: PgPool) -> Self {
-        let plans =
-            policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref()).unwrap();
-        let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
-        let pool_database = format!("indigo_wf_pool_{}", uuid::Uuid::new_v4().simple());
-        server.provision(&pool_database).await.unwrap();
-        let state =
-            AppState::new(db.clone(), plans, Some(&Secret::new(ADMIN)), TenantDatabases { server, pool_database });
         let stripe = StripeDouble::start().await.unwrap();
-        let exports = std::env::temp_dir().join(format!("indigo-wf-exports-{}", uuid::Uuid::new_v4().simple()));
-        Self { router: api::router(state.clone()), state, db, stripe, exports }
+        let data_dir = std::env::temp_dir().join(format!("indigo-wf-{}", uuid::Uuid::new_v4().simple()));
+        let overrides = Overrides {
+            admin_token: Some(ADMIN.into()),
+            pool_database: Some(format!("indigo_wf_pool_{}", uuid::Uuid::new_v4().simple())),
+            stripe_api_base: Some(stripe.url.clone()),
+            stripe_secret_key: Some("sk_test_double".into()),
+            data_dir: Some(data_dir.clone()),
+            ..Overrides::default()
+        };
+        let control_plane = support::control_plane(db.clone(), overrides).await;
+        Self {
+            router: control_plane.router(),
+            state: control_plane.state.clone(),
+            control_plane,
+            db,
+            stripe,
+            exports: data_dir.join("exports"),
+            data_dir,
+        }
     }
 
+    /// The engine's services, with `failpoints` and quick retries.
     fn services(&self, failpoints: &str) -> Services<LocalDatabases> {
-        let config = StripeConfig { api_base: self.stripe.url.clone(), secret_key: Secret::new("sk_test_double") };
-        let mut services = Services::local(
-            self.state.db.clone(),
-            self.state.tenant_dbs.clone(),
-            self.state.plans.clone(),
-            Some(Stripe::new(&config).unwrap()),
-            self.exports.clone(),
-        );
+        let databases = LocalDatabases::new(self.state.tenant_dbs.clone());
+        let mut services = self.control_plane.workflow_services(databases).unwrap();
         services.failpoints = Failpoints::parse(failpoints).unwrap();
         services.settings.backoff_base = Duration::from_millis(10);
         services
@@ -150,7 +157,7 @@ impl World {
             server.drop_database(&Self::silo_of(&tenant)).await.unwrap();
         }
         server.drop_database(&self.state.tenant_dbs.pool_database).await.unwrap();
-        let _ = std::fs::remove_dir_all(&self.exports);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 

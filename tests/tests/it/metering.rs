@@ -8,40 +8,41 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indigo_controlplane::api::{self as admin, AppState as AdminState};
-use indigo_controlplane::config::Secret;
+use indigo_controlplane::config::{Config, Overrides};
+use indigo_controlplane::control_plane::ControlPlane;
+use indigo_controlplane::db;
 use indigo_controlplane::registry::{self, NewTenant};
-use indigo_controlplane::{db, policy};
 use indigo_core::tenant::{Email, Slug, TenantName};
 use indigo_dataplane::api::{self as store, AppState as StoreState};
 use indigo_dataplane::auth::{CallerRole, Claims, Verifier, sign_hs256};
 use indigo_dataplane::metering::{Meter, UsageSink};
 use indigo_dataplane::routing::{self, ControlPlaneSource, Routes};
 use indigo_e2e::TestDatabase;
-use indigo_tenantdb::TenantDatabases;
 use indigo_tenantdb::schema::TenantServer;
 use tokio::task::JoinHandle;
 
 const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 const JWT_SECRET: &[u8] = b"e2e-jwt-secret-of-at-least-32-bytes";
 
-struct ControlPlane {
+/// The admin API of a control plane, serving.
+struct AdminApi {
     state: AdminState,
     address: SocketAddr,
     task: JoinHandle<()>,
 }
 
-async fn start_control_plane(state: AdminState, address: &str) -> ControlPlane {
+async fn start_control_plane(state: AdminState, address: &str) -> AdminApi {
     let listener = tokio::net::TcpListener::bind(address).await.unwrap();
     let address = listener.local_addr().unwrap();
     let router = admin::router(state.clone());
     let task = tokio::spawn(async move {
         axum::serve(listener, router).await.unwrap();
     });
-    ControlPlane { state, address, task }
+    AdminApi { state, address, task }
 }
 
 struct Platform {
-    control: ControlPlane,
+    control: AdminApi,
     control_db: TestDatabase,
     pool_database: String,
     tenant_server: TenantServer,
@@ -59,15 +60,21 @@ impl Platform {
     async fn start() -> Self {
         let control_db = TestDatabase::unique("indigo_e2e_control");
         db::ensure_database(&control_db.url).await.unwrap();
-        let pool = db::connect(&control_db.url).await.unwrap();
-        db::migrate(&pool).await.unwrap();
-        let tenant_server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
         let pool_database = format!("indigo_e2e_pool_{}", uuid::Uuid::new_v4().simple());
-        tenant_server.provision(&pool_database).await.unwrap();
-        let plans =
-            policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref()).unwrap();
-        let tenant_dbs = TenantDatabases { server: tenant_server.clone(), pool_database: pool_database.clone() };
-        let state = AdminState::new(pool.clone(), plans, Some(&Secret::new(ADMIN_TOKEN)), tenant_dbs);
+        let config = Config::load(
+            None,
+            Overrides {
+                database_url: Some(control_db.url.clone()),
+                plans_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").into()),
+                admin_token: Some(ADMIN_TOKEN.into()),
+                tenant_server_url: Some(indigo_e2e::server_url()),
+                pool_database: Some(pool_database.clone()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        let state = ControlPlane::build(&config, None).await.unwrap().state;
+        let (pool, tenant_server) = (state.db.clone(), state.tenant_dbs.server.clone());
         let tenant = {
             let mut tx = pool.begin().await.unwrap();
             let new = NewTenant {

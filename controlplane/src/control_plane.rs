@@ -1,0 +1,247 @@
+//! The composition root: every part of one control-plane replica built from
+//! its configuration, in one place. `indigo serve`, `indigo up`, the test
+//! stack and the benches build through [`ControlPlane::build`]; nothing is
+//! changed after it is built, and nothing runs until [`ControlPlane::start`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use indigo_core::plan::PlanCatalog;
+use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+use crate::api::webhooks::WebhookConfig;
+use crate::api::{self, AppState};
+use crate::billing::Stripe;
+use crate::config::{Config, Provider, StripeConfig};
+use crate::jobs::Jobs;
+use crate::metering::aws::AwsUsage;
+use crate::outbox::{self, Mailer};
+use crate::providers::aws::AwsDatabases;
+use crate::providers::aws::ecs::EcsServices;
+use crate::providers::local::{LocalDatabases, PostgresMetrics};
+use crate::providers::{ComputeProvider, DatabaseProvider, MetricsProvider};
+use crate::reconciler::{self, Controller, ReconcilerControl};
+use crate::workflow::{Engine, Failpoints, Services};
+use crate::{db, policy};
+
+/// One replica of the control plane, built and not yet running.
+pub struct ControlPlane {
+    /// What the admin API serves from.
+    pub state: AppState,
+    /// The reconciler and the workflow engine, on the configured provider.
+    loops: Vec<Arc<dyn Spawn>>,
+    jobs: Arc<Jobs>,
+    mailer: Mailer,
+    shared: Shared,
+}
+
+/// What runs beside the API once started; dropping it stops the scheduler's jobs.
+pub struct Background {
+    pub tasks: Vec<JoinHandle<()>>,
+    pub scheduler: tokio_cron_scheduler::JobScheduler,
+}
+
+/// A part with loops of its own, started once the whole is built.
+trait Spawn: Send + Sync {
+    fn spawn(&self) -> Vec<JoinHandle<()>>;
+}
+
+impl<P: DatabaseProvider> Spawn for Controller<P> {
+    fn spawn(&self) -> Vec<JoinHandle<()>> {
+        Controller::spawn(self)
+    }
+}
+
+impl<P: DatabaseProvider> Spawn for Engine<P> {
+    fn spawn(&self) -> Vec<JoinHandle<()>> {
+        vec![Engine::spawn(self)]
+    }
+}
+
+impl ControlPlane {
+    /// Builds every part from `config`, on its `database_url`. Policies are
+    /// read first: a broken plans file stops us before any IO. `compute`: the
+    /// data planes this replica runs itself (`indigo up`); on the local
+    /// provider without it the data plane is deployed some other way, on AWS
+    /// the data planes are ECS services.
+    pub async fn build(config: &Config, compute: Option<Arc<dyn ComputeProvider>>) -> anyhow::Result<Self> {
+        let url = config.database_url.as_deref().context(
+            "no database configured: set database_url (env INDIGO_DATABASE_URL), or use `indigo up` for a local platform",
+        )?;
+        policy::load_plans(&config.plans_file)?;
+        let db = db::connect(url).await?;
+        Self::on_database(config, db, compute).await
+    }
+
+    /// [`ControlPlane::build`] on a control database already connected (and
+    /// migrated here): for a caller that needs the connection first, as
+    /// `indigo up` does for its data planes' identities.
+    pub async fn on_database(
+        config: &Config,
+        db: PgPool,
+        compute: Option<Arc<dyn ComputeProvider>>,
+    ) -> anyhow::Result<Self> {
+        let plans = Arc::new(policy::load_plans(&config.plans_file)?);
+        let costs = policy::load_costs(&config.costs_file)?;
+        db::migrate(&db).await?;
+        // The pool's schema and policies are brought up to date at every start.
+        let database_url = config.database_url.as_deref().unwrap_or(&config.local_database_url);
+        let server = TenantServer::new(config.tenant_server_url.as_deref().unwrap_or(database_url))?;
+        server.provision(&config.pool_database).await?;
+        if config.admin_token.is_none() {
+            tracing::warn!("no admin_token configured: only tokens stored in the database are accepted");
+        }
+        if config.stripe.is_none() {
+            tracing::warn!("stripe_api_base is not set: tenants are onboarded without billing");
+        }
+        let tenant_dbs = Arc::new(TenantDatabases { server, pool_database: config.pool_database.clone() });
+        let failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
+        let shared = Shared {
+            db: db.clone(),
+            tenant_dbs: tenant_dbs.clone(),
+            plans: plans.clone(),
+            stripe: config.stripe.clone(),
+            export_dir: config.data_dir.join("exports"),
+            move_grace: Duration::from_secs(config.move_grace_seconds),
+            failpoints: failpoints.clone(),
+        };
+        let (loops, aws_usage) = match config.provider {
+            Provider::Local => (shared.loops(config, LocalDatabases::new(tenant_dbs.clone()), compute)?, None),
+            Provider::Aws => {
+                let aws = aws_config::load_from_env().await;
+                let databases = Arc::new(AwsDatabases::new(&aws, tenant_dbs.clone()));
+                let services = EcsServices::new(
+                    &aws,
+                    &config.aws_ecs_cluster,
+                    &config.aws_dataplane_image,
+                    config.aws_subnets.clone(),
+                );
+                let loops = shared.loops(config, databases, Some(Arc::new(services)))?;
+                let usage = AwsUsage::new(&aws, &config.aws_usage_table, &config.aws_metrics_namespace)
+                    .with_features_table(&config.aws_features_table);
+                (loops, Some(Arc::new(usage)))
+            }
+        };
+        let tenant_metrics: Arc<dyn MetricsProvider> = match &aws_usage {
+            Some(usage) => usage.clone(),
+            None => Arc::new(PostgresMetrics::new(db.clone())),
+        };
+        let jobs = Arc::new(Jobs {
+            db: db.clone(),
+            stripe: shared.stripe()?,
+            aws: aws_usage,
+            tenant_dbs: tenant_dbs.clone(),
+            plans: plans.clone(),
+            failpoints,
+        });
+        let state = AppState {
+            bootstrap_admin_hash: config.admin_token.as_ref().map(|t| crate::identity::hash_token(t.expose()).into()),
+            metrics: indigo_core::http::prometheus(),
+            tenant_dbs,
+            reconciler: Some(loops.reconciler),
+            jobs: Some(jobs.clone()),
+            webhooks: config.stripe_webhook_secret.clone().map(|secret| {
+                Arc::new(WebhookConfig {
+                    secret,
+                    tolerance: chrono::Duration::minutes(5),
+                    grace: chrono::Duration::hours(
+                        i64::try_from(config.payment_grace_hours).unwrap_or(i64::MAX / 3600),
+                    ),
+                })
+            }),
+            costs: Some(Arc::new(costs)),
+            tenant_metrics,
+            plans,
+            db,
+        };
+        Ok(Self { state, loops: loops.parts, jobs, mailer: Mailer::new(config), shared })
+    }
+
+    /// Starts the reconciler, the workflow engine, the mail sender and the scheduled jobs.
+    pub async fn start(&self) -> anyhow::Result<Background> {
+        let mut tasks: Vec<JoinHandle<()>> = self.loops.iter().flat_map(|part| part.spawn()).collect();
+        tasks.push(tokio::spawn(outbox::send_forever(self.state.db.clone(), self.mailer.clone())));
+        let scheduler = self.jobs.schedule().await.context("cannot start the job scheduler")?;
+        Ok(Background { tasks, scheduler })
+    }
+
+    /// The admin API.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
+    /// Workflow services as this replica's engine has them, on `databases`:
+    /// for a caller that runs workflows itself (tests that crash and restart
+    /// an engine).
+    pub fn workflow_services<P>(&self, databases: P) -> anyhow::Result<Services<P>> {
+        self.shared.workflow_services(databases)
+    }
+}
+
+/// The reconciler and the workflow engine, to start; the reconciler also as
+/// the admin API controls it.
+struct Loops {
+    parts: Vec<Arc<dyn Spawn>>,
+    reconciler: Arc<dyn ReconcilerControl>,
+}
+
+/// What the reconciler, the workflow engine and the jobs share.
+struct Shared {
+    db: PgPool,
+    tenant_dbs: Arc<TenantDatabases>,
+    plans: Arc<PlanCatalog>,
+    /// `None`: billing is off.
+    stripe: Option<StripeConfig>,
+    /// Where offboarding writes export bundles.
+    export_dir: PathBuf,
+    /// How long a moved tenant's source is kept before it is released.
+    move_grace: Duration,
+    failpoints: Failpoints,
+}
+
+impl Shared {
+    fn stripe(&self) -> anyhow::Result<Option<Stripe>> {
+        self.stripe.as_ref().map(Stripe::new).transpose().context("Stripe client")
+    }
+
+    fn workflow_services<P>(&self, databases: P) -> anyhow::Result<Services<P>> {
+        let mut services = Services::local(
+            self.db.clone(),
+            self.tenant_dbs.clone(),
+            self.plans.clone(),
+            self.stripe()?,
+            self.export_dir.clone(),
+        )
+        .with_provider(databases);
+        services.failpoints = self.failpoints.clone();
+        services.settings.move_grace = self.move_grace;
+        Ok(services)
+    }
+
+    /// The reconciler and the workflow engine on `databases`.
+    fn loops<P: DatabaseProvider + Clone>(
+        &self,
+        config: &Config,
+        databases: P,
+        compute: Option<Arc<dyn ComputeProvider>>,
+    ) -> anyhow::Result<Loops> {
+        let settings = reconciler::Settings {
+            resync: Duration::from_secs(config.resync_seconds),
+            workers: config.reconcile_workers,
+            ..reconciler::Settings::default()
+        };
+        let mut controller =
+            Controller::new(self.db.clone(), databases.clone(), self.tenant_dbs.clone(), self.plans.clone(), settings);
+        if let Some(compute) = compute {
+            controller = controller.with_compute(compute);
+        }
+        let controller = Arc::new(controller);
+        let engine = Arc::new(Engine::new(self.workflow_services(databases)?));
+        Ok(Loops { parts: vec![controller.clone(), engine], reconciler: controller })
+    }
+}
