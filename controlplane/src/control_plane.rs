@@ -89,6 +89,8 @@ impl ControlPlane {
         let plans = Arc::new(policy::load_plans(&config.plans_file)?);
         let costs = policy::load_costs(&config.costs_file)?;
         db::migrate(&db).await?;
+        let time_zones: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pg_timezone_names ORDER BY name").fetch_all(&db).await?;
         // The pool's schema and policies are brought up to date at every start.
         let database_url = config.database_url.as_deref().unwrap_or(&config.local_database_url);
         let server = TenantServer::new(config.tenant_server_url.as_deref().unwrap_or(database_url))?;
@@ -156,6 +158,7 @@ impl ControlPlane {
             }),
             costs: Some(Arc::new(costs)),
             tenant_metrics,
+            time_zones: time_zones.into(),
             plans,
             db,
         };

@@ -80,10 +80,17 @@ impl Placement {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
-    /// Display name, 1 to 100 characters.
+    /// Display name, 1 to 100 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
-    /// 3 to 40 lowercase letters, digits and hyphens; starts with a letter.
+    /// 3 to 40 lowercase letters, digits and hyphens; starts with a letter, does not end with a hyphen.
+    #[schema(pattern = "^[a-z][a-z0-9-]{1,38}[a-z0-9]$")]
     pub slug: String,
+    #[schema(format = "email", max_length = 254)]
     pub owner_email: String,
     /// A plan from `GET /v1/plans`.
     pub plan: String,
@@ -154,7 +161,8 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
-    /// Who or what uses the token; recorded as the actor in the audit log.
+    /// Who or what uses the token; recorded as the actor in the audit log. 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
     pub name: String,
     pub role: Role,
 }
@@ -201,6 +209,7 @@ pub struct Route {
 /// One metered unit of use, as the data plane reports it. `id` is unique per
 /// event and makes delivery idempotent: a re-sent event is counted once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UsageEvent {
     pub id: Uuid,
     pub tenant_id: TenantId,
@@ -212,9 +221,11 @@ pub struct UsageEvent {
     pub quantity: f64,
     #[serde(default)]
     pub route: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(maximum = 65535)]
     pub status: Option<u16>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(format = Int64, maximum = 4_294_967_295_u64)]
     pub latency_ms: Option<u32>,
     pub occurred_at: DateTime<Utc>,
     /// An AI call: its service and tokens, priced in credits by `policies/costs.toml`.
@@ -228,8 +239,12 @@ pub struct UsageEvent {
 pub struct AiUsage {
     /// `bedrock`, `personalize`, `comprehend`, `rekognition` (the rates' keys).
     pub service: String,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
+    #[serde(deserialize_with = "whole::required")]
+    #[schema(format = Int64, maximum = 4_294_967_295_u64)]
+    pub input_tokens: u32,
+    #[serde(deserialize_with = "whole::required")]
+    #[schema(format = Int64, maximum = 4_294_967_295_u64)]
+    pub output_tokens: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -508,4 +523,67 @@ pub struct TenantBilling {
     /// The last hour window Stripe acknowledged usage for, and when.
     pub usage_reported_through: Option<DateTime<Utc>>,
     pub last_usage_report_at: Option<DateTime<Utc>>,
+}
+
+/// Whole numbers in request bodies. JSON Schema's `integer` includes `3.0`,
+/// so where the documents say integer these accept it too; a fraction, a
+/// negative number or one too large for the field is refused.
+pub mod whole {
+    use serde::{Deserialize, Deserializer};
+
+    fn from_number<T: TryFrom<i128>>(number: &serde_json::Number) -> Option<T> {
+        let whole = match (number.as_i64(), number.as_u64()) {
+            (Some(n), _) => i128::from(n),
+            (None, Some(n)) => i128::from(n),
+            (None, None) => {
+                let f = number.as_f64()?;
+                // Beyond 2^64 no field of ours has room; the cast below is exact inside it.
+                if f.fract() != 0.0 || f.abs() >= 18_446_744_073_709_551_616.0 {
+                    return None;
+                }
+                f as i128
+            }
+        };
+        T::try_from(whole).ok()
+    }
+
+    fn refused<E: serde::de::Error>(number: &serde_json::Number) -> E {
+        E::custom(format!("expected a whole number in range, got {number}"))
+    }
+
+    pub fn required<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<T, D::Error> {
+        let number = serde_json::Number::deserialize(d)?;
+        from_number(&number).ok_or_else(|| refused(&number))
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<Option<T>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(number) => from_number(&number).map(Some).ok_or_else(|| refused(&number)),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            #[serde(default, deserialize_with = "super::optional")]
+            status: Option<u16>,
+        }
+
+        fn status(json: &str) -> Result<Option<u16>, String> {
+            serde_json::from_str::<Probe>(json).map(|p| p.status).map_err(|e| e.to_string())
+        }
+
+        #[test]
+        fn integers_as_json_schema_counts_them() {
+            assert_eq!(status(r#"{"status": 200}"#), Ok(Some(200)));
+            assert_eq!(status(r#"{"status": 200.0}"#), Ok(Some(200)), "3.0 is an integer to JSON Schema");
+            assert_eq!(status(r#"{"status": null}"#), Ok(None));
+            assert_eq!(status("{}"), Ok(None));
+            for refused in ["200.5", "-1", "65536", "1e300"] {
+                assert!(status(&format!(r#"{{"status": {refused}}}"#)).is_err(), "{refused} must be refused");
+            }
+        }
+    }
 }

@@ -84,6 +84,11 @@ impl Rejection {
         Self { status: StatusCode::UNPROCESSABLE_ENTITY, code, message: message.to_string() }
     }
 
+    /// 404 for something a request refers to that does not exist.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self { status: StatusCode::NOT_FOUND, code, message: message.into() }
+    }
+
     pub fn too_large() -> Self {
         Self {
             status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -128,6 +133,14 @@ async fn read_body(req: Request) -> Result<Bytes, Rejection> {
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Rejection> {
+    // Only a body that spells the escape can hold a NUL (JSON forbids it raw):
+    // those are walked for one; the rest are parsed once.
+    if bytes.windows(6).any(|w| w == b"\\u0000")
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && holds_nul(&value)
+    {
+        return Err(Rejection::invalid("invalid_text", NUL_REFUSED));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -137,6 +150,24 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Rejection> {
             }
         }
     })
+}
+
+/// Why text with a NUL is refused, wherever it arrives.
+const NUL_REFUSED: &str = "text must not contain the NUL character (U+0000)";
+
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// A percent-encoded NUL in a query string or path.
+fn encodes_nul(raw: &str) -> bool {
+    raw.as_bytes().windows(3).any(|w| w == b"%00")
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
@@ -170,6 +201,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_some_and(encodes_nul) {
+            return Err(Rejection::bad_request("invalid_query", NUL_REFUSED));
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(q)| Self(q))
@@ -184,6 +218,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     type Rejection = Rejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if encodes_nul(parts.uri.path()) {
+            return Err(Rejection::bad_request("invalid_path", NUL_REFUSED));
+        }
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(p)| Self(p))

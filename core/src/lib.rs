@@ -6,5 +6,6 @@ pub mod api;
 pub mod cost;
 #[cfg(feature = "server")]
 pub mod http;
+pub mod openapi;
 pub mod plan;
 pub mod tenant;

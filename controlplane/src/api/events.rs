@@ -34,6 +34,7 @@ struct StreamParams {
     /// Only this tenant (slug or id); on the fleet-wide endpoints.
     tenant: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -61,7 +62,8 @@ fn page<T>(items: Vec<T>, id: impl Fn(&T) -> i64, limit: i64) -> Page<T> {
 
 /// The fleet's event stream, oldest first. Follow it by passing the last id as `after`.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(StreamParams),
-    responses((status = 200, body = Page<Event>), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Page<Event>), (status = 400, body = ErrorBody),
+              (status = 404, description = "The tenant named in `tenant` is unknown", body = ErrorBody)))]
 async fn list_events(
     State(state): State<AppState>,
     _actor: Actor,
@@ -89,7 +91,8 @@ async fn tenant_events(
 
 /// The audit log, oldest first.
 #[utoipa::path(get, path = "/v1/audit", tag = "events", params(StreamParams),
-    responses((status = 200, body = Page<AuditEntry>), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Page<AuditEntry>), (status = 400, body = ErrorBody),
+              (status = 404, description = "The tenant named in `tenant` is unknown", body = ErrorBody)))]
 async fn list_audit(
     State(state): State<AppState>,
     _actor: Actor,

@@ -34,11 +34,13 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::reconciler::ReconcilerControl;
 pub use error::ApiError;
+use indigo_core::openapi::{self, BearerAuth, Refusals};
+use indigo_core::tenant::Role;
+use utoipa::openapi::path::ParameterIn;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -59,6 +61,8 @@ pub struct AppState {
     pub costs: Option<Arc<indigo_core::cost::CostModel>>,
     /// Per-tenant metrics, from the configured provider.
     pub tenant_metrics: Arc<dyn crate::providers::MetricsProvider>,
+    /// The time zones a tenant's settings may name: the database's, read at start.
+    pub time_zones: Arc<[String]>,
 }
 
 #[derive(OpenApi)]
@@ -86,21 +90,9 @@ pub struct AppState {
 )]
 struct ApiDoc;
 
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
 /// The whole admin API, ready to serve.
 pub fn router(state: AppState) -> Router {
-    let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (routes, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(tenants::router())
         .merge(plans::router())
         .merge(events::router())
@@ -114,6 +106,18 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(health::router())
         .split_for_parts();
+    Refusals::default().document(&mut openapi);
+    let plans: Vec<String> = state.plans.names().map(str::to_owned).collect();
+    for schema in ["CreateTenantRequest", "ChangePlanRequest"] {
+        openapi::enumerate_property(&mut openapi, schema, "plan", &plans);
+    }
+    for place in [ParameterIn::Path, ParameterIn::Query] {
+        openapi::enumerate_parameter(&mut openapi, place, "plan", &plans);
+    }
+    openapi::enumerate_property(&mut openapi, "TenantSettings", "timezone", &state.time_zones);
+    // Data-plane identities are the control plane's to make, not the API's.
+    let person_roles: Vec<&str> = Role::ALL.iter().filter(|r| **r != Role::DataPlane).map(|r| r.as_str()).collect();
+    openapi::enumerate_property(&mut openapi, "CreateTokenRequest", "role", &person_roles);
     routes
         .merge(health::openapi_route(openapi))
         .fallback(|| async { ApiError::NotFound("route".into()) })

@@ -8,7 +8,7 @@ use indigo_core::api::{
     ChangePlanRequest, CreateTenantRequest, ErrorBody, LifecycleRequest, Page, Tenant, TenantSettings,
 };
 use indigo_core::http::{ApiJson, ApiPath, ApiQuery, OptionalJson, RequestId};
-use indigo_core::tenant::{Email, Lifecycle, Role, Slug, TenantName};
+use indigo_core::tenant::{Email, Isolation, Lifecycle, Phase, Role, Slug, TenantName};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -49,27 +49,20 @@ pub(super) fn tenant_ref(raw: &str) -> Result<TenantRef, ApiError> {
     TenantRef::parse(raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))
 }
 
-fn parse_filter<T: std::str::FromStr<Err = indigo_core::tenant::UnknownVariant>>(
-    raw: Option<&str>,
-) -> Result<Option<T>, ApiError> {
-    raw.map(str::parse)
-        .transpose()
-        .map_err(|e: indigo_core::tenant::UnknownVariant| ApiError::bad_request("invalid_query", e.to_string()))
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
     /// Only tenants on this plan.
     plan: Option<String>,
-    /// `pending` (being onboarded), `active`, `suspended` or `deleted`.
-    lifecycle: Option<String>,
-    /// `pool` or `silo`.
-    isolation: Option<String>,
-    /// `pending`, `provisioning`, `ready`, `degraded`, `suspended`, `deleting`, `deleted` or `failed`.
-    phase: Option<String>,
+    /// Only tenants in this lifecycle (`pending`: being onboarded).
+    lifecycle: Option<Lifecycle>,
+    /// Only tenants placed so.
+    isolation: Option<Isolation>,
+    /// Only tenants in this phase.
+    phase: Option<Phase>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -92,9 +85,9 @@ async fn list_tenants(
     }
     let filter = ListFilter {
         plan: params.plan,
-        lifecycle: parse_filter(params.lifecycle.as_deref())?,
-        isolation: parse_filter(params.isolation.as_deref())?,
-        phase: parse_filter(params.phase.as_deref())?,
+        lifecycle: params.lifecycle,
+        isolation: params.isolation,
+        phase: params.phase,
         after: params.cursor,
         limit,
     };

@@ -41,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 struct SeriesParams {
     /// How many hours back, 1 to 720 (default 24).
+    #[param(minimum = 1, maximum = 720)]
     hours: Option<i64>,
 }
 
@@ -158,7 +159,7 @@ fn check(
         return Err(("invalid_ai_usage", "only an ai_request carries AI usage".into()));
     }
     let costs = costs.ok_or(("credit_rates_unavailable", "no cost model is loaded to price AI calls".to_owned()))?;
-    let tokens = ai.input_tokens.saturating_add(ai.output_tokens);
+    let tokens = u64::from(ai.input_tokens) + u64::from(ai.output_tokens);
     let credits = costs.credits(&ai.service, tokens).ok_or_else(|| {
         let known: Vec<&str> = costs.credit_rates.keys().map(String::as_str).collect();
         ("unknown_service", format!("AI service `{}` is not one of {}", ai.service, known.join(", ")))
@@ -226,18 +227,8 @@ async fn ingest(
     .bind(accepted.iter().map(|(e, _)| e.latency_ms.and_then(|l| i32::try_from(l).ok())).collect::<Vec<_>>())
     .bind(accepted.iter().map(|(e, _)| e.occurred_at).collect::<Vec<_>>())
     .bind(accepted.iter().map(|(e, _)| e.ai.as_ref().map(|a| a.service.as_str())).collect::<Vec<_>>())
-    .bind(
-        accepted
-            .iter()
-            .map(|(e, _)| e.ai.as_ref().and_then(|a| i64::try_from(a.input_tokens).ok()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        accepted
-            .iter()
-            .map(|(e, _)| e.ai.as_ref().and_then(|a| i64::try_from(a.output_tokens).ok()))
-            .collect::<Vec<_>>(),
-    )
+    .bind(accepted.iter().map(|(e, _)| e.ai.as_ref().map(|a| i64::from(a.input_tokens))).collect::<Vec<_>>())
+    .bind(accepted.iter().map(|(e, _)| e.ai.as_ref().map(|a| i64::from(a.output_tokens))).collect::<Vec<_>>())
     .execute(&state.db)
     .await?
     .rows_affected();

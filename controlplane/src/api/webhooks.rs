@@ -114,20 +114,27 @@ struct EventData {
 
 /// Receive a Stripe event (signed with the webhook secret).
 #[utoipa::path(post, path = "/v1/webhooks/stripe", tag = "webhooks",
+    // Stripe signs its deliveries instead of sending a bearer token.
+    security(()),
     params(("Stripe-Signature" = String, Header)),
-    responses((status = 200, description = "Processed (or seen before)"), (status = 400, body = ErrorBody),
-              (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "Processed (or seen before)"),
+              (status = 400, description = "Unsigned, wrongly signed, too old, or not a Stripe event", body = ErrorBody),
+              (status = 404, description = "This control plane has no stripe_webhook_secret", body = ErrorBody)))]
 async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    // An unsigned request is malformed whether or not webhooks are configured.
+    let Some(header) = headers.get("stripe-signature").and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError::bad_request("invalid_signature", SignatureError::Missing.to_string()));
+    };
     let config = state
         .webhooks
         .clone()
-        .ok_or_else(|| ApiError::NotReady("Stripe webhooks are not configured (stripe_webhook_secret)".into()))?;
-    let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
-    if let Err(error) = verify(header, &body, config.secret.expose(), chrono::Utc::now().timestamp(), config.tolerance)
+        .ok_or_else(|| ApiError::NotFound("a Stripe webhook endpoint (stripe_webhook_secret is not set)".into()))?;
+    if let Err(error) =
+        verify(Some(header), &body, config.secret.expose(), chrono::Utc::now().timestamp(), config.tolerance)
     {
         tracing::warn!(%error, "Stripe webhook refused");
         metrics::counter!("indigo_stripe_webhooks_refused_total").increment(1);

@@ -83,11 +83,13 @@ fn workflow_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
 struct ListParams {
     /// Only this tenant's workflows (slug or id).
     tenant: Option<String>,
-    /// `onboarding` or `offboarding`.
-    kind: Option<String>,
-    /// `running`, `compensating`, `succeeded`, `failed` or `cancelled`.
-    state: Option<String>,
+    /// Only workflows of this kind.
+    #[param(inline)]
+    kind: Option<Kind>,
+    /// Only workflows in this state.
+    state: Option<WorkflowState>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// The last id of the previous page.
     before: Option<uuid::Uuid>,
@@ -95,23 +97,17 @@ struct ListParams {
 
 /// Workflows, newest first, with their steps.
 #[utoipa::path(get, path = "/v1/workflows", tag = "workflows", params(ListParams),
-    responses((status = 200, body = [Workflow]), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = [Workflow]), (status = 400, body = ErrorBody),
+              (status = 404, description = "The tenant named in `tenant` is unknown", body = ErrorBody)))]
 async fn list_workflows(
     State(state): State<AppState>,
     _actor: Actor,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<Workflow>>, ApiError> {
     let limit = list_limit(params.limit)?;
-    let invalid = |e: indigo_core::tenant::UnknownVariant| ApiError::bad_request("invalid_query", e.to_string());
     let mut conn = state.db.acquire().await?;
     let tenant = tenant_of(&mut conn, params.tenant.as_deref()).await?;
-    let filter = ListFilter {
-        tenant,
-        kind: params.kind.as_deref().map(str::parse::<Kind>).transpose().map_err(invalid)?,
-        state: params.state.as_deref().map(str::parse::<WorkflowState>).transpose().map_err(invalid)?,
-        before: params.before,
-        limit,
-    };
+    let filter = ListFilter { tenant, kind: params.kind, state: params.state, before: params.before, limit };
     Ok(Json(store::list(&mut conn, &filter).await?))
 }
 
@@ -189,6 +185,7 @@ struct MoveParams {
     #[serde(default)]
     active: bool,
     /// At most this many, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 

@@ -33,7 +33,8 @@ use crate::providers::{DatabaseProvider, ProviderError};
 use indigo_tenantdb::TenantDatabases;
 
 /// The workflows there are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Onboarding,
     Offboarding,

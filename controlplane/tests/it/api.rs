@@ -232,19 +232,27 @@ async fn create_rejects_bad_input_and_changes_nothing(pool: PgPool) {
     assert_eq!(app.send(Method::POST, "/v1/tenants", ADMIN, "good", valid).await.status, StatusCode::CREATED);
 }
 
-/// Text PostgreSQL cannot store (the NUL character) is the client's mistake:
-/// a 422 with a stable code wherever it arrives, never a 500, nothing changed.
+/// Text PostgreSQL cannot store (the NUL character) is the client's mistake,
+/// refused at the edge wherever it arrives (query 400, path 400, body 422),
+/// never a 500, nothing changed.
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn text_the_database_cannot_store_is_a_client_error(pool: PgPool) {
     let app = TestApp::new(pool).await;
     app.create("acme", "starter").await;
     for path in ["/v1/tenants/acme/events?kind=%00", "/v1/tenants/acme/audit?kind=a%00b", "/v1/events?kind=%00"] {
         let reply = app.get(path, ADMIN).await;
-        assert_eq!((reply.status, reply.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text"), "{path}");
+        assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "invalid_query"), "{path}");
     }
+    let reply = app.get("/v1/tenants/ac%00me", ADMIN).await;
+    assert_eq!((reply.status, reply.code()), (StatusCode::BAD_REQUEST, "invalid_path"));
     let settings =
         app.send(Method::PUT, "/v1/tenants/acme/settings", ADMIN, "tz", json!({ "timezone": "Europe/\u{0}" })).await;
-    assert_eq!(settings.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", settings.body);
+    assert_eq!(
+        (settings.status, settings.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text"),
+        "{}",
+        settings.body
+    );
     let timezone = app.get("/v1/tenants/acme/settings", ADMIN).await.body["timezone"].clone();
     assert_eq!(timezone, "UTC", "nothing changed");
 }

@@ -32,7 +32,10 @@ pub struct Customer {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCustomer {
+    #[schema(format = "email", max_length = 254)]
     email: String,
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
     name: String,
 }
 
@@ -40,8 +43,11 @@ pub struct NewCustomer {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
-    cursor: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<Uuid>,
 }
 
 /// Register a customer. A shopper's token registers the shopper's own record,
@@ -115,7 +121,6 @@ async fn list_customers(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Customer>>, StoreError> {
     let limit = page_limit(params.limit)?;
-    let cursor = params.cursor.as_deref().map(parse_id).transpose()?;
     let mut tx = tenant.begin().await?;
     let items: Vec<Customer> = sqlx::query_as(
         "SELECT id, email, name, created_at FROM customers
@@ -123,7 +128,7 @@ async fn list_customers(
            AND ($3::text IS NULL OR subject = $3)
          ORDER BY created_at DESC, id DESC LIMIT $2",
     )
-    .bind(cursor)
+    .bind(params.cursor)
     .bind(limit)
     .bind(tenant.shopper())
     .fetch_all(&mut *tx)

@@ -10,6 +10,7 @@ mod orders;
 mod products;
 mod search;
 
+use indigo_core::openapi::{BearerAuth, Refusals};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,19 +122,24 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
 }
 
 #[derive(OpenApi)]
-#[openapi(info(
-    title = "Indigo storefront API",
-    description = "Products, customers, orders and search of one tenant, named by the bearer JWT's `tenant_id`."
-))]
+#[openapi(
+    info(
+        title = "Indigo storefront API",
+        description = "Products, customers, orders and search of one tenant, named by the bearer JWT's `tenant_id`."
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
 struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
-    let (storefront, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (storefront, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(products::router())
         .merge(search::router())
         .merge(customers::router())
         .merge(orders::router())
         .split_for_parts();
+    Refusals { rate_limited: true }.document(&mut openapi);
     let openapi = Json(openapi);
     storefront
         .route_layer(middleware::from_fn_with_state(state.clone(), tenant_gate))

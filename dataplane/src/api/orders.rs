@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::http::StatusCode;
-use indigo_core::api::Page;
-use indigo_core::http::{ApiJson, ApiPath, ApiQuery};
+use indigo_core::api::{Page, whole};
+use indigo_core::http::{ApiJson, ApiPath, ApiQuery, Rejection};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
     customer_id: Uuid,
+    #[schema(min_items = 1, max_items = 100)]
     items: Vec<NewItem>,
 }
 
@@ -31,6 +32,8 @@ pub struct NewOrder {
 #[serde(deny_unknown_fields)]
 pub struct NewItem {
     product_id: Uuid,
+    #[serde(deserialize_with = "whole::required")]
+    #[schema(minimum = 1, maximum = 10000)]
     quantity: i32,
 }
 
@@ -91,6 +94,7 @@ struct Stocked {
 /// A shopper orders for its own customer record only (403 otherwise).
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = NewOrder,
     responses((status = 201, body = Order), (status = 403, description = "A shopper ordering for another customer"),
+        (status = 404, description = "The customer or a product is unknown"),
         (status = 409, description = "Not enough stock"), (status = 422)))]
 async fn create_order(
     tenant: TenantCtx,
@@ -120,7 +124,7 @@ async fn create_order(
         return Err(StoreError::Forbidden("a shopper places orders for its own customer record only"));
     }
     if !customer_known {
-        return Err(StoreError::invalid("unknown_customer", format!("no customer {}", new.customer_id)));
+        return Err(Rejection::not_found("unknown_customer", format!("no customer {}", new.customer_id)).into());
     }
     // Locked in id order, so concurrent orders cannot deadlock on each other.
     let products: Vec<Stocked> = sqlx::query_as(
@@ -130,7 +134,7 @@ async fn create_order(
     .fetch_all(&mut *tx)
     .await?;
     if let Some(missing) = ids.iter().find(|id| !products.iter().any(|p| p.id == **id)) {
-        return Err(StoreError::invalid("unknown_product", format!("no product {missing}")));
+        return Err(Rejection::not_found("unknown_product", format!("no product {missing}")).into());
     }
     let currency = products[0].currency.clone();
     let mut total: i64 = 0;
@@ -232,8 +236,11 @@ async fn get_order(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Js
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
-    cursor: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<Uuid>,
     customer_id: Option<Uuid>,
 }
 
@@ -244,7 +251,6 @@ async fn list_orders(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Order>>, StoreError> {
     let limit = page_limit(params.limit)?;
-    let cursor = params.cursor.as_deref().map(parse_id).transpose()?;
     let mut tx = tenant.begin().await?;
     let rows: Vec<OrderRow> = sqlx::query_as(
         "SELECT id, customer_id, status, total_minor, currency, created_at FROM orders
@@ -253,7 +259,7 @@ async fn list_orders(
            AND ($4::text IS NULL OR customer_id IN (SELECT id FROM customers WHERE subject = $4))
          ORDER BY created_at DESC, id DESC LIMIT $3",
     )
-    .bind(cursor)
+    .bind(params.cursor)
     .bind(params.customer_id)
     .bind(limit)
     .bind(tenant.shopper())

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::http::StatusCode;
-use indigo_core::api::Page;
+use indigo_core::api::{Page, whole};
 use indigo_core::http::{ApiJson, ApiPath, ApiQuery};
 use indigo_core::plan::Limit;
 use serde::{Deserialize, Serialize};
@@ -45,21 +45,52 @@ macro_rules! product_columns {
 }
 pub(crate) use product_columns;
 
+/// Where a product stands: only `active` ones are sold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProductStatus {
+    Draft,
+    Active,
+    Archived,
+}
+
+impl ProductStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ProductStatus::Draft => "draft",
+            ProductStatus::Active => "active",
+            ProductStatus::Archived => "archived",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
     name: String,
     #[serde(default)]
+    #[schema(max_length = 10000)]
     description: String,
+    /// In the currency's minor units (cents).
+    #[serde(deserialize_with = "whole::required")]
+    #[schema(minimum = 0)]
     price_minor: i64,
+    /// A lowercase ISO 4217 code such as `usd`.
+    #[schema(pattern = "^[a-z]{3}$")]
     currency: String,
     #[serde(default)]
+    #[schema(max_length = 100)]
     category: String,
     #[serde(default)]
+    #[schema(value_type = Vec<Tag>, max_items = 20, inline)]
     tags: Vec<String>,
+    /// `active` when left out.
     #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
+    status: Option<ProductStatus>,
+    #[serde(default, deserialize_with = "whole::required")]
+    #[schema(minimum = 0, maximum = 2_147_483_647)]
     stock: i32,
 }
 
@@ -67,15 +98,29 @@ pub struct NewProduct {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductChanges {
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
     name: Option<String>,
+    #[schema(max_length = 10000)]
     description: Option<String>,
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(minimum = 0)]
     price_minor: Option<i64>,
+    #[schema(pattern = "^[a-z]{3}$")]
     currency: Option<String>,
+    #[schema(max_length = 100)]
     category: Option<String>,
+    #[schema(value_type = Option<Vec<Tag>>, max_items = 20, inline)]
     tags: Option<Vec<String>>,
-    status: Option<String>,
+    status: Option<ProductStatus>,
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(minimum = 0, maximum = 2_147_483_647)]
     stock: Option<i32>,
 }
+
+/// The schema of one of a product's tags: 1 to 50 characters.
+#[derive(ToSchema)]
+#[schema(value_type = String, min_length = 1, max_length = 50)]
+struct Tag(#[allow(dead_code)] String);
 
 impl ProductChanges {
     fn validate(&self) -> Result<(), StoreError> {
@@ -106,11 +151,6 @@ impl ProductChanges {
         {
             return Err(StoreError::invalid("invalid_tags", "at most 20 tags of 1 to 50 characters"));
         }
-        if let Some(status) = &self.status
-            && !["draft", "active", "archived"].contains(&status.as_str())
-        {
-            return Err(StoreError::invalid("invalid_status", "status must be draft, active or archived"));
-        }
         if self.stock.is_some_and(|s| s < 0) {
             return Err(StoreError::invalid("invalid_stock", "stock must be 0 or more"));
         }
@@ -127,7 +167,7 @@ impl From<NewProduct> for ProductChanges {
             currency: Some(p.currency),
             category: Some(p.category),
             tags: Some(p.tags),
-            status: Some(p.status.unwrap_or_else(|| "active".into())),
+            status: Some(p.status.unwrap_or(ProductStatus::Active)),
             stock: Some(p.stock),
         }
     }
@@ -138,11 +178,13 @@ impl From<NewProduct> for ProductChanges {
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
-    cursor: Option<String>,
+    cursor: Option<Uuid>,
     category: Option<String>,
-    status: Option<String>,
+    #[param(inline)]
+    status: Option<ProductStatus>,
     /// Only products carrying this tag.
     tag: Option<String>,
     min_price: Option<i64>,
@@ -156,7 +198,6 @@ async fn list_products(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Product>>, StoreError> {
     let limit = page_limit(params.limit)?;
-    let cursor = params.cursor.as_deref().map(parse_id).transpose()?;
     let mut tx = tenant.begin().await?;
     let items: Vec<Product> = sqlx::query_as(concat!(
         "SELECT ",
@@ -171,9 +212,9 @@ async fn list_products(
          ORDER BY created_at DESC, id DESC
          LIMIT $7"
     ))
-    .bind(cursor)
+    .bind(params.cursor)
     .bind(&params.category)
-    .bind(&params.status)
+    .bind(params.status.map(ProductStatus::as_str))
     .bind(&params.tag)
     .bind(params.min_price)
     .bind(params.max_price)
@@ -236,7 +277,7 @@ async fn create_product(
     .bind(&changes.currency)
     .bind(&changes.category)
     .bind(&changes.tags)
-    .bind(&changes.status)
+    .bind(changes.status.map(ProductStatus::as_str))
     .bind(changes.stock)
     .fetch_one(&mut *tx)
     .await?;
@@ -272,7 +313,7 @@ async fn update_product(
     .bind(&changes.currency)
     .bind(&changes.category)
     .bind(&changes.tags)
-    .bind(&changes.status)
+    .bind(changes.status.map(ProductStatus::as_str))
     .bind(changes.stock)
     .fetch_optional(&mut *tx)
     .await?;

@@ -3,7 +3,7 @@
 //! (cover density, field weights, in-stock boost).
 
 use axum::Json;
-use indigo_core::http::ApiQuery;
+use indigo_core::http::{ApiQuery, Rejection};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -20,9 +20,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SearchParams {
-    /// Words to find; supports "quoted phrases", `or` and `-excluded`.
+    /// Words to find; supports "quoted phrases", `or` and `-excluded`. 1 to 200 characters.
+    #[param(min_length = 1, max_length = 200, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
     q: String,
     /// At most this many hits, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
@@ -53,7 +55,7 @@ async fn search(
 ) -> Result<Json<SearchResults>, StoreError> {
     let query = params.q.trim();
     if query.is_empty() || query.chars().count() > 200 {
-        return Err(StoreError::invalid("invalid_query", "q must be 1 to 200 characters"));
+        return Err(StoreError::Rejected(Rejection::bad_request("invalid_query", "q must be 1 to 200 characters")));
     }
     let limit = page_limit(params.limit)?;
     let boosted = tenant.route.plan.has_feature("ai_search");

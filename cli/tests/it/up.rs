@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use indigo_e2e::{Process, TestDatabase, local_platform, redis_url, wait_until_ok};
 
-const INDIGO: &str = env!("CARGO_BIN_EXE_indigo");
+pub(crate) const INDIGO: &str = env!("CARGO_BIN_EXE_indigo");
 
 #[tokio::test]
 async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
@@ -369,21 +369,21 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
 }
 
 /// What one `indigo up` under test owns: its control and pool databases and its data directory.
-struct Platform {
-    database: TestDatabase,
-    pool: TestDatabase,
-    data_dir: std::path::PathBuf,
+pub(crate) struct Platform {
+    pub(crate) database: TestDatabase,
+    pub(crate) pool: TestDatabase,
+    pub(crate) data_dir: std::path::PathBuf,
 }
 
 impl Platform {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let database = TestDatabase::unique("indigo_up_test");
         let pool = TestDatabase::unique("indigo_up_pool");
         let data_dir = std::env::temp_dir().join(format!("indigo-up-{}", database.name));
         Self { database, pool, data_dir }
     }
 
-    async fn remove(self) {
+    pub(crate) async fn remove(self) {
         self.database.drop_now().await.unwrap();
         self.pool.drop_now().await.unwrap();
         let _ = std::fs::remove_dir_all(&self.data_dir);
@@ -391,7 +391,7 @@ impl Platform {
 }
 
 /// The CLI against a platform under test, finding its token in `data_dir`.
-fn cli(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn cli(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(INDIGO).args(args).arg("--data-dir").arg(data_dir).output().unwrap()
 }
 

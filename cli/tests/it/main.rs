@@ -1,0 +1,4 @@
+//! The `indigo` binary's integration tests in one binary.
+
+mod fuzz;
+mod up;
