@@ -1,8 +1,16 @@
 //! Metering: every admitted request becomes a usage event with a unique id,
-//! buffered in memory and flushed in batches to the control plane's usage store
-//! (which ignores ids it has seen). A batch that cannot be delivered is written
-//! to the spool directory and retried; nothing is dropped.
+//! flushed in batches to the control plane's usage store (which ignores ids it
+//! has seen). Before a request is answered its event is already outside the
+//! process: appended to this replica's journal (one `write`, which the kernel
+//! keeps when the process is SIGKILLed; machine loss is another matter, see
+//! docs/metering-and-billing.md). A flush closes the journal's segment and
+//! removes it once its events are delivered; a segment left behind — the
+//! store away, or the process killed — is a spool file, delivered by the next
+//! flush of whichever replica takes this spool directory. Nothing is dropped;
+//! something delivered twice is counted once.
 
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,46 +49,103 @@ impl UsageSink {
     }
 }
 
-/// The in-memory buffer, shared by every request.
+/// What every request shares: the events not yet flushed, and the journal
+/// segment they are written to.
 #[derive(Clone)]
 pub struct Meter {
-    buffer: Arc<Mutex<Vec<UsageEvent>>>,
+    state: Arc<Mutex<Recorded>>,
     sink: Option<UsageSink>,
     spool: PathBuf,
 }
 
+#[derive(Default)]
+struct Recorded {
+    events: Vec<UsageEvent>,
+    /// The open segment: `<spool>/<v7>.jsonl.open`, renamed to `.jsonl` when closed.
+    journal: Option<(PathBuf, File)>,
+}
+
 /// Largest batch sent at once.
 const MAX_BATCH: usize = 5_000;
+const OPEN: &str = "open";
 
 impl Meter {
-    /// `sink: None` keeps events in memory only (tests of the storefront alone).
+    /// `sink: None` keeps events in memory only (tests of the storefront
+    /// alone). Segments a killed predecessor left open become spool files.
     pub fn new(sink: Option<UsageSink>, spool: PathBuf) -> Self {
-        Self { buffer: Arc::default(), sink, spool }
+        if sink.is_some()
+            && let Ok(entries) = std::fs::read_dir(&spool)
+        {
+            for path in entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == OPEN)) {
+                if let Err(error) = std::fs::rename(&path, path.with_extension("")) {
+                    tracing::warn!(%error, path = %path.display(), "cannot recover a usage journal segment");
+                }
+            }
+        }
+        Self { state: Arc::default(), sink, spool }
     }
 
     pub fn record(&self, event: UsageEvent) {
-        self.buffer.lock().expect("meter lock").push(event);
+        let mut state = self.state.lock().expect("meter lock");
+        if self.sink.is_some()
+            && let Err(error) = self.journal(&mut state, &event)
+        {
+            // The disk refusing costs the crash safety, not the event.
+            tracing::warn!(%error, "usage journal write failed; the event is kept in memory only");
+            state.journal = None;
+        }
+        state.events.push(event);
     }
 
-    /// How many events wait in memory.
+    /// Appends `event` to the open segment, opening one first if need be.
+    fn journal(&self, state: &mut Recorded, event: &UsageEvent) -> anyhow::Result<()> {
+        if state.journal.is_none() {
+            std::fs::create_dir_all(&self.spool)?;
+            let path = self.spool.join(format!("{}.jsonl.{OPEN}", uuid::Uuid::now_v7()));
+            let file = std::fs::OpenOptions::new().create_new(true).append(true).open(&path)?;
+            state.journal = Some((path, file));
+        }
+        let (_, file) = state.journal.as_mut().expect("opened above");
+        let mut line = serde_json::to_vec(event)?;
+        line.push(b'\n');
+        // One write: a line is in the segment whole, or (a torn last line, on
+        // machine loss) skipped when the segment is read back.
+        file.write_all(&line)?;
+        Ok(())
+    }
+
+    /// How many events wait to be flushed.
     pub fn pending(&self) -> usize {
-        self.buffer.lock().expect("meter lock").len()
+        self.state.lock().expect("meter lock").events.len()
     }
 
-    /// Sends everything buffered, spooled batches first; what cannot be sent is spooled.
+    /// Sends everything recorded, spooled batches first. The segment holding
+    /// the events taken is closed; it is removed once they are all delivered,
+    /// and otherwise stays as a spool file for the next flush.
     pub async fn flush(&self) -> anyhow::Result<()> {
         let Some(sink) = &self.sink else { return Ok(()) };
         self.retry_spooled(sink).await?;
-        let events = std::mem::take(&mut *self.buffer.lock().expect("meter lock"));
-        let mut unsent = Unsent { buffer: &self.buffer, events, sent: 0 };
+        let (events, segment) = {
+            let mut state = self.state.lock().expect("meter lock");
+            let segment = state.journal.take().map(|(path, _)| close(&path)).transpose()?;
+            (std::mem::take(&mut state.events), segment)
+        };
+        let mut unsent = Unsent { state: &self.state, events, sent: 0 };
+        let mut delivered = true;
         while unsent.sent < unsent.events.len() {
             let chunk = &unsent.events[unsent.sent..unsent.events.len().min(unsent.sent + MAX_BATCH)];
             if let Err(error) = sink.deliver(chunk).await {
-                tracing::warn!(%error, events = chunk.len(), "usage delivery failed; spooling the batch");
-                // Should the disk refuse them too, they stay for the next flush.
-                spool_batch(&self.spool, chunk)?;
+                tracing::warn!(%error, events = chunk.len(), "usage delivery failed; the events stay spooled");
+                if segment.is_none() {
+                    // Never journaled (the disk refused): spool them now.
+                    spool_batch(&self.spool, chunk)?;
+                }
+                delivered = false;
             }
             unsent.sent += chunk.len();
+        }
+        if delivered && let Some(segment) = segment {
+            std::fs::remove_file(segment)?;
         }
         Ok(())
     }
@@ -91,11 +156,9 @@ impl Meter {
             entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect();
         files.sort();
         for file in files {
-            let events: Vec<UsageEvent> = std::fs::read_to_string(&file)?
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(serde_json::from_str)
-                .collect::<Result<_, _>>()?;
+            // A torn last line (the machine lost mid-write) was never answered: skip it.
+            let events: Vec<UsageEvent> =
+                std::fs::read_to_string(&file)?.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
             // Stop at the first failure: the store is still away.
             sink.deliver(&events).await?;
             std::fs::remove_file(&file)?;
@@ -104,12 +167,12 @@ impl Meter {
     }
 }
 
-/// Events a flush took out of the buffer. Those neither delivered nor spooled
-/// when it is dropped (an error, or the flush cancelled mid-delivery, as when
-/// the process stops) go back to the front of the buffer: nothing is lost,
-/// and one delivered twice is ignored by the store.
+/// Events a flush took. Those not yet tried when it is dropped (the flush
+/// cancelled mid-delivery, as when the process stops) go back to the front of
+/// the events still to flush: nothing is lost, and one delivered twice (it is
+/// also in the closed segment) is ignored by the store.
 struct Unsent<'a> {
-    buffer: &'a Mutex<Vec<UsageEvent>>,
+    state: &'a Mutex<Recorded>,
     events: Vec<UsageEvent>,
     sent: usize,
 }
@@ -118,10 +181,17 @@ impl Drop for Unsent<'_> {
     fn drop(&mut self) {
         if self.sent < self.events.len() {
             let rest = self.events.split_off(self.sent);
-            let mut buffer = self.buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            buffer.splice(0..0, rest);
+            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.events.splice(0..0, rest);
         }
     }
+}
+
+/// Closes an open segment: from now on it is a spool file.
+fn close(open: &Path) -> std::io::Result<PathBuf> {
+    let closed = open.with_extension("");
+    std::fs::rename(open, &closed)?;
+    Ok(closed)
 }
 
 fn spool_batch(dir: &Path, events: &[UsageEvent]) -> anyhow::Result<()> {
@@ -189,10 +259,53 @@ mod tests {
         let cancelled = tokio::time::timeout(Duration::from_millis(200), meter.flush()).await;
         assert!(cancelled.is_err(), "the store never answers, so the flush is still waiting");
         meter.record(event());
-        let kept: Vec<uuid::Uuid> = meter.buffer.lock().unwrap().iter().map(|e| e.id).collect();
+        let kept: Vec<uuid::Uuid> = meter.state.lock().unwrap().events.iter().map(|e| e.id).collect();
         assert_eq!(kept.len(), 4, "the three in flight and the one recorded since");
         assert_eq!(kept[..3], recorded.iter().map(|e| e.id).collect::<Vec<_>>()[..], "in their order, first");
         held.abort();
+        let _ = std::fs::remove_dir_all(spool);
+    }
+
+    /// An answered request's event is on disk before the answer goes out: a
+    /// replica killed before it flushed leaves them in its journal, and the
+    /// next replica on the same spool directory takes them as spooled.
+    #[test]
+    fn events_are_journaled_when_recorded_and_recovered_after_a_kill() {
+        let spool = std::env::temp_dir().join(format!("indigo-meter-test-{}", uuid::Uuid::new_v4().simple()));
+        let meter = Meter::new(Some(UsageSink::new("http://127.0.0.1:9", "token")), spool.clone());
+        let recorded: Vec<UsageEvent> = (0..3).map(|_| event()).collect();
+        for event in &recorded {
+            meter.record(event.clone());
+        }
+        let files = |extension: &str| -> Vec<PathBuf> {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&spool)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == extension))
+                .collect();
+            found.sort();
+            found
+        };
+        let open = files(OPEN);
+        assert_eq!(open.len(), 1, "one open segment");
+        let read = |path: &Path| -> Vec<uuid::Uuid> {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<UsageEvent>(l).unwrap().id)
+                .collect()
+        };
+        let ids: Vec<uuid::Uuid> = recorded.iter().map(|e| e.id).collect();
+        assert_eq!(read(&open[0]), ids, "every event, in order, before any flush");
+
+        // Killed: nothing ran after the writes. Its successor finds them.
+        drop(meter);
+        let _successor = Meter::new(Some(UsageSink::new("http://127.0.0.1:9", "token")), spool.clone());
+        assert!(files(OPEN).is_empty());
+        let spooled = files("jsonl");
+        assert_eq!(spooled.len(), 1);
+        assert_eq!(read(&spooled[0]), ids, "a spool file for the next flush");
         let _ = std::fs::remove_dir_all(spool);
     }
 }

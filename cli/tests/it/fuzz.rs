@@ -2,7 +2,8 @@
 //! tester nobody here wrote) against their own OpenAPI documents: no 5xx, no
 //! response that its document does not describe, no schema-valid request
 //! refused, no schema-violating one accepted, no call without its token let
-//! through. Fixed seeds, so a failure reproduces.
+//! through. Fixed seeds, so a failure reproduces (the stateful phase also
+//! follows the servers' answers, so its path can vary from run to run).
 //!
 //! `scripts/test` installs the pinned schemathesis and names it in
 //! `SCHEMATHESIS`; without it this test fails and says so.
@@ -31,6 +32,9 @@ fn schemathesis() -> String {
 fn fuzz(program: &str, url: &str, token: &str, seed: &str) -> Result<(), String> {
     let output = Command::new(program)
         .args(["run", &format!("{url}/openapi.json"), "--checks", "all", "--no-color"])
+        // `DELETE /v1/tenants/{t}` starts an offboarding (202) and the tenant stays
+        // readable, `deleted`, for its audit trail: not the removal this check expects.
+        .args(["--exclude-checks", "use_after_free"])
         .args(["--max-examples", EXAMPLES, "--seed", seed])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .output()

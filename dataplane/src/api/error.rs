@@ -32,6 +32,10 @@ pub enum StoreError {
     TooMany { code: &'static str, message: String, retry_after: Duration },
     #[error("this tenant's database is not available yet")]
     Unavailable,
+    /// 503 until this replica has its first routing table: a token it cannot
+    /// place yet is not a stranger's, so no `401` before then.
+    #[error("this replica has not loaded its routing table yet")]
+    NotReady,
     #[error(transparent)]
     Rejected(#[from] Rejection),
     #[error(transparent)]
@@ -65,6 +69,7 @@ impl IntoResponse for StoreError {
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, *code),
             Self::TooMany { code, .. } => (StatusCode::TOO_MANY_REQUESTS, *code),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "tenant_unavailable"),
+            Self::NotReady => return indigo_core::http::retry_later("not_ready", &self.to_string()),
             Self::Rejected(rejection) => return rejection.clone().into_response(),
             Self::Database(error) => {
                 if let Some(answer) = RetryLater::of(error) {

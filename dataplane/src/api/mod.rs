@@ -187,6 +187,9 @@ async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) ->
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| StoreError::Unauthorized(AuthError::Missing.to_string()))?;
     let claims = state.verifier.verify(token.trim()).await.map_err(|e| StoreError::Unauthorized(e.to_string()))?;
+    if !state.routes.loaded() {
+        return Err(StoreError::NotReady);
+    }
     let route = state
         .routes
         .route(claims.tenant_id)
