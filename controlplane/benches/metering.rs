@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use indigo_controlplane::config::{Config, Overrides};
+use indigo_controlplane::config::Config;
 use indigo_controlplane::control_plane::ControlPlane;
 use indigo_controlplane::db;
 use indigo_controlplane::metering::rollup;
@@ -58,18 +58,8 @@ async fn main() -> anyhow::Result<()> {
     let control_url = format!("{}/{control_name}", server_url.rsplit_once('/').unwrap().0);
     db::ensure_database(&control_url).await?;
     let pool_database = format!("indigo_bench_pool_{suffix}");
-    let config = Config::load(
-        None,
-        Overrides {
-            database_url: Some(control_url.clone()),
-            plans_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").into()),
-            admin_token: Some(ADMIN.into()),
-            tenant_server_url: Some(server_url.clone()),
-            pool_database: Some(pool_database.clone()),
-            data_dir: Some(std::env::temp_dir().join(format!("indigo-bench-{suffix}"))),
-            ..Overrides::default()
-        },
-    )?;
+    let data_dir = std::env::temp_dir().join(format!("indigo-bench-{suffix}"));
+    let config = Config::load(None, indigo_e2e::control_plane_settings(&control_url, &pool_database, ADMIN, data_dir))?;
     let control_plane = ControlPlane::build(&config, None).await?;
     let pool = control_plane.state.db.clone();
     let tenants: Vec<Uuid> = sqlx::query_scalar(

@@ -74,18 +74,13 @@ async fn main() -> anyhow::Result<()> {
     db::ensure_database(&control_url).await?;
     let pool_database = format!("indigo_bench_pool_{suffix}");
     let stripe = StripeDouble::start().await?;
+    let data_dir = std::env::temp_dir().join(format!("indigo-bench-{suffix}"));
     let config = Config::load(
         None,
         Overrides {
-            database_url: Some(control_url.clone()),
-            plans_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").into()),
-            admin_token: Some(ADMIN.into()),
-            tenant_server_url: Some(server_url.clone()),
-            pool_database: Some(pool_database.clone()),
             stripe_api_base: Some(stripe.url.clone()),
             stripe_secret_key: Some("sk_test_bench".into()),
-            data_dir: Some(std::env::temp_dir().join(format!("indigo-bench-{suffix}"))),
-            ..Overrides::default()
+            ..indigo_e2e::control_plane_settings(&control_url, &pool_database, ADMIN, data_dir)
         },
     )?;
     let control_plane = ControlPlane::build(&config, None).await?;

@@ -14,6 +14,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// A control plane's settings for a test or a bench, as `indigo serve` reads
+/// them: its control database, a pool database of its own, the repository's
+/// policies, the tenant databases on this server, and its directory.
+pub fn control_plane_settings(
+    database_url: &str,
+    pool_database: &str,
+    admin_token: &str,
+    data_dir: std::path::PathBuf,
+) -> indigo_controlplane::config::Overrides {
+    indigo_controlplane::config::Overrides {
+        database_url: Some(database_url.to_owned()),
+        plans_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").into()),
+        admin_token: Some(admin_token.to_owned()),
+        tenant_server_url: Some(server_url()),
+        pool_database: Some(pool_database.to_owned()),
+        data_dir: Some(data_dir),
+        ..Default::default()
+    }
+}
+
 /// The server tests create their databases on (`DATABASE_URL`, set in `.cargo/config.toml`).
 pub fn server_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -200,4 +220,28 @@ pub fn local_platform(
         .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"))
         .env_remove("INDIGO_ADMIN_TOKEN");
     command
+}
+
+/// Every operation an OpenAPI document lists, as a request to send: its
+/// method (upper case) and its path with each parameter filled with `x`.
+/// For tests that check each documented operation is really routed.
+pub fn documented_operations(openapi: &serde_json::Value) -> Vec<(String, String)> {
+    let mut operations = Vec::new();
+    for (template, item) in openapi["paths"].as_object().into_iter().flatten() {
+        let mut path = String::new();
+        let mut rest = template.as_str();
+        while let Some(start) = rest.find('{') {
+            let end = rest[start..].find('}').map_or(rest.len(), |e| start + e + 1);
+            path.push_str(&rest[..start]);
+            path.push('x');
+            rest = &rest[end..];
+        }
+        path.push_str(rest);
+        for method in ["get", "put", "post", "delete", "patch"] {
+            if item.get(method).is_some() {
+                operations.push((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    operations
 }

@@ -174,19 +174,14 @@ impl Stack {
         db::ensure_database(&control_db.url).await?;
         let stripe = StripeDouble::start().await?;
         let data_dir = std::env::temp_dir().join(format!("indigo-stack-{}", Uuid::new_v4().simple()));
+        let pool_database = format!("indigo_move_pool_{}", Uuid::new_v4().simple());
         let config = Config::load(
             None,
             Overrides {
-                database_url: Some(control_db.url.clone()),
-                plans_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").into()),
-                admin_token: Some(ADMIN_TOKEN.into()),
-                tenant_server_url: Some(crate::server_url()),
-                pool_database: Some(format!("indigo_move_pool_{}", Uuid::new_v4().simple())),
                 stripe_api_base: Some(stripe.url.clone()),
                 stripe_secret_key: Some("sk_test_double".into()),
-                data_dir: Some(data_dir.clone()),
                 move_grace_seconds: Some(0),
-                ..Overrides::default()
+                ..crate::control_plane_settings(&control_db.url, &pool_database, ADMIN_TOKEN, data_dir.clone())
             },
         )?;
         let control_plane = ControlPlane::build(&config, None).await?;

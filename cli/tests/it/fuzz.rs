@@ -11,11 +11,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use indigo_controlplane::providers::local::silo_database;
-use indigo_core::tenant::{Slug, TenantId};
-use indigo_e2e::{Process, TestDatabase, local_platform, redis_url, wait_until_ok};
-
-use crate::up::{INDIGO, Platform, cli};
+use crate::up::{Platform, cli};
 
 /// Examples per operation and phase: every operation covered, a few minutes in all.
 const EXAMPLES: &str = "30";
@@ -47,16 +43,8 @@ fn fuzz(program: &str, url: &str, token: &str, seed: &str) -> Result<(), String>
 async fn both_apis_fuzz_clean_against_their_documents() {
     let program = schemathesis();
     let platform = Platform::new();
-    let (database, pool, data_dir) = (&platform.database, &platform.pool, &platform.data_dir);
-    let mut command = local_platform(INDIGO.as_ref(), database, pool, data_dir);
-    command.arg("--demo").env("INDIGO_REDIS_URL", redis_url());
-    let mut daemon = Process::spawn(command).unwrap();
-    let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
-    let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
-    let line = daemon.wait_for_line("storefront: ", Duration::from_secs(10)).unwrap();
-    let storefront_url = line.split("storefront: ").nth(1).unwrap().trim().to_owned();
-    wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await.unwrap();
-    wait_until_ok(&format!("{storefront_url}/readyz"), Duration::from_secs(30)).await.unwrap();
+    let data_dir = &platform.data_dir;
+    let (mut daemon, api_url, storefront_url) = platform.start_demo(&[]).await;
 
     // The storefront first, as the owner of a growth shop: the admin run that
     // follows suspends and offboards tenants.
@@ -69,16 +57,7 @@ async fn both_apis_fuzz_clean_against_their_documents() {
 
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "indigo up exited with {status} after SIGTERM");
-    // The fuzzer's tenants may have silos of their own; release every one.
-    let control = sqlx::PgPool::connect(&database.url).await.unwrap();
-    let tenants: Vec<(uuid::Uuid, String)> =
-        sqlx::query_as("SELECT id, slug FROM tenants").fetch_all(&control).await.unwrap();
-    control.close().await;
-    for (id, slug) in tenants {
-        let Ok(slug) = Slug::parse(&slug) else { continue };
-        let name = silo_database(TenantId(id), &slug);
-        TestDatabase { url: String::new(), name }.drop_now().await.unwrap();
-    }
+    // The fuzzer's tenants may have silos of their own: removing the platform releases them.
     platform.remove().await;
 
     if let Err(report) = storefront {

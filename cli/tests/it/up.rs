@@ -4,6 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use indigo_controlplane::providers::local::silo_database;
+use indigo_core::tenant::{Slug, TenantId};
 use indigo_e2e::{Process, TestDatabase, local_platform, redis_url, wait_until_ok};
 
 pub(crate) const INDIGO: &str = env!("CARGO_BIN_EXE_indigo");
@@ -11,18 +13,8 @@ pub(crate) const INDIGO: &str = env!("CARGO_BIN_EXE_indigo");
 #[tokio::test]
 async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let platform = Platform::new();
-    let (database, pool, data_dir) = (&platform.database, &platform.pool, &platform.data_dir);
-
-    let mut command = local_platform(INDIGO.as_ref(), database, pool, data_dir);
-    command.arg("--demo").env("INDIGO_REDIS_URL", redis_url());
-    let mut daemon = Process::spawn(command).unwrap();
-    let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
-    let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
-    let line = daemon.wait_for_line("storefront: ", Duration::from_secs(10)).unwrap();
-    let storefront_url = line.split("storefront: ").nth(1).unwrap().trim().to_owned();
-    wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await.unwrap();
-    // Ready means the data plane has its routing table.
-    wait_until_ok(&format!("{storefront_url}/readyz"), Duration::from_secs(30)).await.unwrap();
+    let (database, data_dir) = (&platform.database, &platform.data_dir);
+    let (mut daemon, api_url, storefront_url) = platform.start_demo(&[]).await;
 
     // Its secrets are its owner's alone, from the moment they exist.
     use std::os::unix::fs::PermissionsExt;
@@ -125,19 +117,15 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
             .unwrap();
     assert!(identities.contains(&("indigo-dp-pool".into(), None)), "{identities:?}");
     assert!(identities.iter().all(|(name, tenant)| name == "indigo-dp-pool" || tenant.is_some()), "{identities:?}");
-    // The reconciler gave the enterprise demo tenant its own database; release it.
-    let silos: Vec<String> = sqlx::query_scalar(
-        "SELECT placement->>'database' FROM tenants WHERE isolation = 'silo' AND placement IS NOT NULL",
+    // The reconciler gave the enterprise demo tenant its own database.
+    let silos: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tenants WHERE isolation = 'silo' AND placement->>'isolation' = 'silo'",
     )
-    .fetch_all(&control)
+    .fetch_one(&control)
     .await
     .unwrap();
-    assert_eq!(silos.len(), 1, "the enterprise demo tenant is placed in a silo");
+    assert_eq!(silos, 1, "the enterprise demo tenant is placed in a silo");
     control.close().await;
-    for silo in silos {
-        TestDatabase { url: String::new(), name: silo }.drop_now().await.unwrap();
-    }
-
     platform.remove().await;
 }
 
@@ -365,7 +353,33 @@ impl Platform {
         Self { database, pool, data_dir }
     }
 
+    /// Starts `indigo up --demo` with `env`, and waits until both APIs are
+    /// ready; the process, the admin API's URL and the storefront's.
+    pub(crate) async fn start_demo(&self, env: &[(&str, &str)]) -> (Process, String, String) {
+        let mut command = local_platform(INDIGO.as_ref(), &self.database, &self.pool, &self.data_dir);
+        command.arg("--demo").env("INDIGO_REDIS_URL", redis_url()).envs(env.iter().copied());
+        let mut daemon = Process::spawn(command).unwrap();
+        let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
+        let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
+        let line = daemon.wait_for_line("storefront: ", Duration::from_secs(30)).unwrap();
+        let storefront_url = line.split("storefront: ").nth(1).unwrap().trim().to_owned();
+        wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await.unwrap();
+        // Ready means the data plane has its routing table.
+        wait_until_ok(&format!("{storefront_url}/readyz"), Duration::from_secs(30)).await.unwrap();
+        (daemon, api_url, storefront_url)
+    }
+
+    /// Drops its databases, every silo its tenants may have had included, and its directory.
     pub(crate) async fn remove(self) {
+        let control = sqlx::PgPool::connect(&self.database.url).await.unwrap();
+        let tenants: Vec<(uuid::Uuid, String)> =
+            sqlx::query_as("SELECT id, slug FROM tenants").fetch_all(&control).await.unwrap_or_default();
+        control.close().await;
+        for (id, slug) in tenants {
+            let Ok(slug) = Slug::parse(&slug) else { continue };
+            let name = silo_database(TenantId(id), &slug);
+            TestDatabase { url: String::new(), name }.drop_now().await.unwrap();
+        }
         self.database.drop_now().await.unwrap();
         self.pool.drop_now().await.unwrap();
         let _ = std::fs::remove_dir_all(&self.data_dir);
@@ -440,16 +454,9 @@ fn a_data_plane_whose_platform_is_already_gone_stops_at_once() {
 #[tokio::test]
 async fn usage_survives_a_killed_data_plane_under_load() {
     let platform = Platform::new();
-    let (database, pool, data_dir) = (&platform.database, &platform.pool, &platform.data_dir);
-    let mut command = local_platform(INDIGO.as_ref(), database, pool, data_dir);
+    let (database, data_dir) = (&platform.database, &platform.data_dir);
     // Flushes far apart: what the kill takes is a few seconds of usage, not none.
-    command.arg("--demo").env("INDIGO_METERING_FLUSH_MS", "5000");
-    let mut daemon = Process::spawn(command).unwrap();
-    let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
-    let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
-    let line = daemon.wait_for_line("storefront: ", Duration::from_secs(10)).unwrap();
-    let storefront = line.split("storefront: ").nth(1).unwrap().trim().to_owned();
-    wait_until_ok(&format!("{storefront}/readyz"), Duration::from_secs(30)).await.unwrap();
+    let (mut daemon, api_url, storefront) = platform.start_demo(&[("INDIGO_METERING_FLUSH_MS", "5000")]).await;
     let output = cli(data_dir, &["storefront-token", "cobalt-coffee", "--api-url", &api_url]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
@@ -519,18 +526,9 @@ async fn usage_survives_a_killed_data_plane_under_load() {
     let metered = u64::try_from(metered).unwrap();
     assert!(metered <= answered + CLIENTS as u64, "metered {metered} for {answered} answered: some twice");
 
+    control.close().await;
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "indigo up exited with {status} after SIGTERM");
-    let silos: Vec<String> = sqlx::query_scalar(
-        "SELECT placement->>'database' FROM tenants WHERE isolation = 'silo' AND placement IS NOT NULL",
-    )
-    .fetch_all(&control)
-    .await
-    .unwrap();
-    control.close().await;
-    for silo in silos {
-        TestDatabase { url: String::new(), name: silo }.drop_now().await.unwrap();
-    }
     platform.remove().await;
 }
 
@@ -567,25 +565,8 @@ async fn no_data_plane_outlives_a_killed_platform() {
         .await;
     }
 
-    let mut command = local_platform(INDIGO.as_ref(), database, pool, data_dir);
-    command.arg("--demo");
-    let mut daemon = Process::spawn(command).unwrap();
-    let line = daemon.wait_for_line("storefront: ", Duration::from_secs(60)).unwrap();
-    let storefront = line.split("storefront: ").nth(1).unwrap().trim().to_owned();
-    wait_until_ok(&format!("{storefront}/readyz"), Duration::from_secs(30)).await.unwrap();
+    let (mut daemon, _, _) = platform.start_demo(&[]).await;
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "indigo up exited with {status} after SIGTERM");
-
-    let control = sqlx::PgPool::connect(&database.url).await.unwrap();
-    let silos: Vec<String> = sqlx::query_scalar(
-        "SELECT placement->>'database' FROM tenants WHERE isolation = 'silo' AND placement IS NOT NULL",
-    )
-    .fetch_all(&control)
-    .await
-    .unwrap();
-    control.close().await;
-    for silo in silos {
-        TestDatabase { url: String::new(), name: silo }.drop_now().await.unwrap();
-    }
     platform.remove().await;
 }

@@ -444,3 +444,21 @@ async fn the_per_client_limit_follows_the_trusted_forwarded_hop() {
     assert_eq!(store.send(from("198.51.100.5")).await.status, StatusCode::OK, "another client is not affected");
     store.cleanup().await;
 }
+
+/// Every operation the document lists is routed: none falls through to the
+/// router's "no such route" or "method not allowed".
+#[tokio::test]
+async fn every_documented_operation_is_routed() {
+    let (store, ids) = Store::start(&[("routed", plan("pro"))]).await;
+    let owner = token(ids[0], CallerRole::Owner);
+    let document = store.get(&owner, "/openapi.json").await.body;
+    let operations = indigo_e2e::documented_operations(&document);
+    assert!(operations.len() >= 12, "{} operations", operations.len());
+    for (method, path) in operations {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let reply = store.call(Some(&owner), method.clone(), &path, Some(json!({}))).await;
+        assert_ne!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_ne!(reply.body["message"], "no such route", "{method} {path} is documented but not routed");
+    }
+    store.cleanup().await;
+}

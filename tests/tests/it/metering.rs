@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indigo_controlplane::api::{self as admin, AppState as AdminState};
-use indigo_controlplane::config::{Config, Overrides};
+use indigo_controlplane::config::Config;
 use indigo_controlplane::control_plane::ControlPlane;
 use indigo_controlplane::db;
 use indigo_controlplane::registry::{self, NewTenant};
@@ -61,18 +61,9 @@ impl Platform {
         let control_db = TestDatabase::unique("indigo_e2e_control");
         db::ensure_database(&control_db.url).await.unwrap();
         let pool_database = format!("indigo_e2e_pool_{}", uuid::Uuid::new_v4().simple());
-        let config = Config::load(
-            None,
-            Overrides {
-                database_url: Some(control_db.url.clone()),
-                plans_file: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").into()),
-                admin_token: Some(ADMIN_TOKEN.into()),
-                tenant_server_url: Some(indigo_e2e::server_url()),
-                pool_database: Some(pool_database.clone()),
-                ..Overrides::default()
-            },
-        )
-        .unwrap();
+        let data_dir = std::env::temp_dir().join(format!("indigo-e2e-{}", control_db.name));
+        let settings = indigo_e2e::control_plane_settings(&control_db.url, &pool_database, ADMIN_TOKEN, data_dir);
+        let config = Config::load(None, settings).unwrap();
         let state = ControlPlane::build(&config, None).await.unwrap().state;
         let (pool, tenant_server) = (state.db.clone(), state.tenant_dbs.server.clone());
         let tenant = {

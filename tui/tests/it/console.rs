@@ -11,7 +11,9 @@ use indigo_tui::views;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
-use crate::fixture::{Fleet, console, cost, event, fleet, load, moving, plans, render, step, tenant, workflow};
+use crate::fixture::{
+    Fleet, console, cost, event, fleet, load, moving, plans, render, step, tenant, upgrade_copying, workflow,
+};
 
 fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
     app.handle_key(KeyEvent::new(code, KeyModifiers::NONE))
@@ -427,17 +429,7 @@ fn detail_shows_billing_and_a_days_usage_as_sparklines() {
 fn moves_show_their_progress_above_the_workflows() {
     let mut app = console(false);
     let tenants = fleet();
-    let upgrade = workflow(
-        1,
-        &tenants[0],
-        "tier_change",
-        WorkflowState::Running,
-        vec![
-            step("entitlements", "succeeded", None),
-            step("provision", "succeeded", None),
-            step("copy", "running", None),
-        ],
-    );
+    let upgrade = upgrade_copying(&tenants[0]);
     let copying = moving(&upgrade, &tenants[0], "copying", 50_000, 200_000);
     // A move of another tenant, whose workflow is no longer listed.
     let gone = workflow(9, &tenants[1], "tier_change", WorkflowState::Failed, vec![]);

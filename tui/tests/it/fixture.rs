@@ -137,6 +137,16 @@ pub fn workflow(n: u128, tenant: &Tenant, kind: &str, state: WorkflowState, step
     }
 }
 
+/// A tier change of `tenant` into the silo, copying its rows.
+pub fn upgrade_copying(tenant: &Tenant) -> Workflow {
+    let steps = vec![
+        step("entitlements", "succeeded", None),
+        step("provision", "succeeded", None),
+        step("copy", "running", None),
+    ];
+    workflow(1, tenant, "tier_change", WorkflowState::Running, steps)
+}
+
 pub fn moving(workflow: &Workflow, tenant: &Tenant, phase: &str, copied: i64, total: i64) -> TenantMove {
     TenantMove {
         workflow_id: workflow.id,

@@ -9,7 +9,8 @@ use indigo_core::tenant::{Condition, ConditionStatus, Phase, Role};
 use indigo_tui::app::{App, Loaded};
 
 use crate::fixture::{
-    Fleet, ago, console, cost, event, fleet, moving, reconciler, step, tenant, terminal, usage, workflow,
+    Fleet, ago, console, cost, event, fleet, moving, reconciler, step, tenant, terminal, upgrade_copying, usage,
+    workflow,
 };
 
 const SIZES: [(u16, u16); 2] = [(80, 24), (160, 45)];
@@ -30,17 +31,7 @@ fn busy_console() -> App {
     // acme-shoes is on its way to its own database.
     tenants[0].spec.isolation = indigo_core::tenant::Isolation::Silo;
     tenants[0].spec.generation = 2;
-    let upgrade = workflow(
-        1,
-        &tenants[0],
-        "tier_change",
-        WorkflowState::Running,
-        vec![
-            step("entitlements", "succeeded", None),
-            step("provision", "succeeded", None),
-            step("copy", "running", None),
-        ],
-    );
+    let upgrade = upgrade_copying(&tenants[0]);
     let onboarding = workflow(
         2,
         &tenants[4],
