@@ -17,7 +17,7 @@ use super::offboarding::Offboarding;
 use super::onboarding::Onboarding;
 use super::store::{self, StepRow, WorkflowError, WorkflowRow};
 use super::tier_change::TierChange;
-use super::{Definition, Kind, NO_STEP, Services, StepContext, StepError, compensable, step_order};
+use super::{Definition, Kind, NO_STEP, Services, StepContext, StepError, StepName, compensable, step_order};
 use crate::db::{self, AdvisoryLock};
 use crate::failpoints::Point;
 use crate::journal;
@@ -172,7 +172,7 @@ async fn drive_definition<P: DatabaseProvider, D: Definition>(
                         .await?;
                     return Ok(Driven::WaitUntil(at));
                 }
-                Progress::Failed { step, message } if compensable::<D>(step) => {
+                Progress::Failed { step, message } if D::Step::named(step).is_some_and(compensable::<D>) => {
                     begin_compensation(services, &row, &message).await?;
                 }
                 Progress::Failed { message, .. } => {
@@ -246,18 +246,18 @@ async fn advance<P: DatabaseProvider, D: Definition>(
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
-        let todo: Vec<&'static str> =
-            stage.iter().copied().filter(|s| steps.get(*s).is_none_or(|r| r.state != "succeeded")).collect();
+        let todo: Vec<D::Step> =
+            stage.iter().copied().filter(|s| steps.get(s.name()).is_none_or(|r| r.state != "succeeded")).collect();
         if todo.is_empty() {
             continue;
         }
         if row.cancel_requested {
-            return Ok(Progress::Failed { step: todo[0], message: "cancelled by an operator".into() });
+            return Ok(Progress::Failed { step: todo[0].name(), message: "cancelled by an operator".into() });
         }
         let now = Utc::now();
         if let Some(at) = todo
             .iter()
-            .filter_map(|s| steps.get(*s).filter(|r| r.state == "retrying").and_then(|r| r.next_attempt_at))
+            .filter_map(|s| steps.get(s.name()).filter(|r| r.state == "retrying").and_then(|r| r.next_attempt_at))
             .filter(|at| *at > now)
             .min()
         {
@@ -269,7 +269,7 @@ async fn advance<P: DatabaseProvider, D: Definition>(
             .filter_map(|s| Some((s.name.clone(), s.output.clone()?)))
             .collect();
         let outcomes =
-            futures_util::future::join_all(todo.iter().map(|step| run_step::<P, D>(services, row, step, &outputs)))
+            futures_util::future::join_all(todo.iter().map(|step| run_step::<P, D>(services, row, *step, &outputs)))
                 .await;
         let mut retry_at: Option<DateTime<Utc>> = None;
         for (step, outcome) in todo.iter().zip(outcomes) {
@@ -277,6 +277,7 @@ async fn advance<P: DatabaseProvider, D: Definition>(
                 StepOutcome::Succeeded => {}
                 StepOutcome::Retry(at) => retry_at = Some(retry_at.map_or(at, |r| r.min(at))),
                 StepOutcome::Failed(message) => {
+                    let step = step.name();
                     return Ok(Progress::Failed { step, message: format!("step `{step}` failed: {message}") });
                 }
             }
@@ -291,9 +292,10 @@ async fn advance<P: DatabaseProvider, D: Definition>(
 async fn run_step<P: DatabaseProvider, D: Definition>(
     services: &Services<P>,
     row: &WorkflowRow,
-    step: &'static str,
+    typed: D::Step,
     outputs: &HashMap<String, Value>,
 ) -> Result<StepOutcome, WorkflowError> {
+    let step = typed.name();
     let attempts: i32 = sqlx::query_scalar(
         "INSERT INTO workflow_steps (workflow_id, name, state, attempts, started_at)
          VALUES ($1, $2, 'running', 1, now())
@@ -311,7 +313,7 @@ async fn run_step<P: DatabaseProvider, D: Definition>(
     let cx = context(services, row, step, outputs);
     let result = match failpoints.failure(D::KIND, step, attempts) {
         Some(injected) => Err(injected),
-        None => D::run(&cx).await,
+        None => D::run(typed, &cx).await,
     };
     failpoints.crash_at(D::KIND, step, Point::AfterRun);
     let settings = &services.settings;
@@ -391,7 +393,8 @@ async fn compensate<P: DatabaseProvider, D: Definition>(
     let outputs: HashMap<String, Value> =
         steps.values().filter_map(|s| Some((s.name.clone(), s.output.clone()?))).collect();
     let mut failures = Vec::new();
-    for step in step_order::<D>().rev().filter(|s| compensable::<D>(s)) {
+    for typed in step_order::<D>().rev().filter(|s| compensable::<D>(*s)) {
+        let step = typed.name();
         let Some(recorded) = steps.get(step) else { continue };
         if matches!(recorded.state.as_str(), "compensated" | "compensation_failed") {
             continue;
@@ -404,7 +407,7 @@ async fn compensate<P: DatabaseProvider, D: Definition>(
         };
         let mut attempt = 1;
         let result = loop {
-            match D::compensate(&cx).await {
+            match D::compensate(typed, &cx).await {
                 Err(StepError::Transient(message)) if attempt < services.settings.max_attempts => {
                     tracing::warn!(workflow = %row.id, step, %message, "compensation failed; retrying");
                     tokio::time::sleep(services.settings.backoff(attempt)).await;

@@ -211,15 +211,23 @@ impl<P> StepContext<'_, P> {
 /// A workflow: its stages and what each step does and undoes.
 pub trait Definition: Send + Sync + 'static {
     const KIND: Kind;
+    /// The workflow's steps: matching on one is checked for every step.
+    type Step: StepName;
     /// In order; the steps of one stage run concurrently.
-    const STAGES: &'static [&'static [&'static str]];
+    const STAGES: &'static [&'static [Self::Step]];
     /// Steps from this one on cannot be undone: a failure there stops the
     /// workflow `failed` without compensating, and a retry resumes it.
-    const POINT_OF_NO_RETURN: Option<&'static str> = None;
+    const POINT_OF_NO_RETURN: Option<Self::Step> = None;
 
-    fn run<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> impl Future<Output = Result<Value, StepError>> + Send;
+    fn run<P: DatabaseProvider>(
+        step: Self::Step,
+        cx: &StepContext<'_, P>,
+    ) -> impl Future<Output = Result<Value, StepError>> + Send;
 
-    fn compensate<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> impl Future<Output = Result<(), StepError>> + Send;
+    fn compensate<P: DatabaseProvider>(
+        step: Self::Step,
+        cx: &StepContext<'_, P>,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
 
     /// Runs once the workflow has been undone (failed or cancelled), even when
     /// no step had started: where the workflow leaves what it was for.
@@ -232,13 +240,49 @@ pub trait Definition: Send + Sync + 'static {
 /// The name a [`StepContext`] carries outside any step (in `on_failure`).
 pub const NO_STEP: &str = "(workflow)";
 
+/// One step of a workflow. Its name is what the database, events,
+/// failpoints and idempotency keys know it by.
+pub trait StepName: Copy + PartialEq + Send + Sync + 'static {
+    const ALL: &'static [Self];
+
+    fn name(self) -> &'static str;
+
+    fn named(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|step| step.name() == name)
+    }
+}
+
+/// Declares a workflow's steps: an enum and the name of each.
+macro_rules! workflow_steps {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident => $wire:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name { $($variant),+ }
+
+        impl $crate::workflow::StepName for $name {
+            const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            fn name(self) -> &'static str {
+                match self { $(Self::$variant => $wire),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str($crate::workflow::StepName::name(*self))
+            }
+        }
+    };
+}
+pub(crate) use workflow_steps;
+
 /// The steps of `D` in definition order.
-pub fn step_order<D: Definition>() -> impl DoubleEndedIterator<Item = &'static str> {
+pub fn step_order<D: Definition>() -> impl DoubleEndedIterator<Item = D::Step> {
     D::STAGES.iter().flat_map(|stage| stage.iter().copied())
 }
 
 /// Whether `step` comes before `D`'s point of no return (and so can be undone).
-pub fn compensable<D: Definition>(step: &str) -> bool {
+pub fn compensable<D: Definition>(step: D::Step) -> bool {
     match D::POINT_OF_NO_RETURN {
         None => true,
         Some(pivot) => step_order::<D>().take_while(|s| *s != pivot).any(|s| s == step),

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 use super::export;
-use super::{Definition, Kind, StepContext, StepError};
+use super::{Definition, Kind, StepContext, StepError, workflow_steps};
 use crate::journal::Actor;
 use crate::journal::{self, Audit};
 use crate::providers::{DatabaseProvider, SiloTenant};
@@ -23,35 +23,53 @@ pub struct Offboarding;
 
 const REASON: &str = "offboarding";
 
+workflow_steps! {
+    pub enum Step {
+        Suspend => "suspend",
+        Export => "export",
+        CancelBilling => "cancel_billing",
+        DeleteData => "delete_data",
+        Certificate => "certificate",
+        Finish => "finish",
+    }
+}
+
 impl Definition for Offboarding {
     const KIND: Kind = Kind::Offboarding;
-    const STAGES: &'static [&'static [&'static str]] =
-        &[&["suspend"], &["export"], &["cancel_billing"], &["delete_data"], &["certificate"], &["finish"]];
-    const POINT_OF_NO_RETURN: Option<&'static str> = Some("cancel_billing");
+    type Step = Step;
+    const STAGES: &'static [&'static [Step]] = &[
+        &[Step::Suspend],
+        &[Step::Export],
+        &[Step::CancelBilling],
+        &[Step::DeleteData],
+        &[Step::Certificate],
+        &[Step::Finish],
+    ];
+    const POINT_OF_NO_RETURN: Option<Step> = Some(Step::CancelBilling);
 
-    async fn run<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
-        match cx.step {
-            "suspend" => suspend(cx).await,
-            "export" => export_bundle(cx).await,
-            "cancel_billing" => cancel_billing(cx).await,
-            "delete_data" => delete_data(cx).await,
-            "certificate" => certificate(cx).await,
-            "finish" => finish(cx).await,
-            other => Err(StepError::Permanent(format!("offboarding has no step `{other}`"))),
+    async fn run<P: DatabaseProvider>(step: Step, cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+        match step {
+            Step::Suspend => suspend(cx).await,
+            Step::Export => export_bundle(cx).await,
+            Step::CancelBilling => cancel_billing(cx).await,
+            Step::DeleteData => delete_data(cx).await,
+            Step::Certificate => certificate(cx).await,
+            Step::Finish => finish(cx).await,
         }
     }
 
-    async fn compensate<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
-        match cx.step {
-            "suspend" => resume(cx).await,
-            "export" => {
+    async fn compensate<P: DatabaseProvider>(step: Step, cx: &StepContext<'_, P>) -> Result<(), StepError> {
+        match step {
+            Step::Suspend => resume(cx).await,
+            Step::Export => {
                 let dir = bundle_dir(cx).await?;
                 match tokio::fs::remove_dir_all(&dir).await {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(super::transient(e)),
                     _ => Ok(()),
                 }
             }
-            _ => Ok(()),
+            // Past the point of no return: never undone.
+            Step::CancelBilling | Step::DeleteData | Step::Certificate | Step::Finish => Ok(()),
         }
     }
 }

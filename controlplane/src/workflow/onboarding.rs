@@ -14,7 +14,7 @@ use indigo_tenantdb::schema::schema_current;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
-use super::{Definition, Kind, StepContext, StepError};
+use super::{Definition, Kind, StepContext, StepError, workflow_steps};
 use crate::journal::Actor;
 use crate::journal::{self, Audit};
 use crate::providers::{DatabaseProvider, SiloTenant};
@@ -23,36 +23,55 @@ use crate::status::{READY, StatusWrite};
 
 pub struct Onboarding;
 
+workflow_steps! {
+    pub enum Step {
+        Record => "record",
+        Database => "database",
+        Billing => "billing",
+        Search => "search",
+        Seed => "seed",
+        WelcomeEmail => "welcome_email",
+        Activate => "activate",
+        Publish => "publish",
+    }
+}
+
 impl Definition for Onboarding {
     const KIND: Kind = Kind::Onboarding;
-    const STAGES: &'static [&'static [&'static str]] =
-        &[&["record"], &["database", "billing"], &["search", "seed"], &["welcome_email"], &["activate"], &["publish"]];
+    type Step = Step;
+    const STAGES: &'static [&'static [Step]] = &[
+        &[Step::Record],
+        &[Step::Database, Step::Billing],
+        &[Step::Search, Step::Seed],
+        &[Step::WelcomeEmail],
+        &[Step::Activate],
+        &[Step::Publish],
+    ];
 
-    async fn run<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
-        match cx.step {
-            "record" => record(cx).await,
-            "database" => database(cx).await,
-            "billing" => billing(cx).await,
-            "search" => search(cx).await,
-            "seed" => seed(cx).await,
-            "welcome_email" => welcome_email(cx).await,
-            "activate" => activate(cx).await,
-            "publish" => publish(cx).await,
-            other => Err(StepError::Permanent(format!("onboarding has no step `{other}`"))),
+    async fn run<P: DatabaseProvider>(step: Step, cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+        match step {
+            Step::Record => record(cx).await,
+            Step::Database => database(cx).await,
+            Step::Billing => billing(cx).await,
+            Step::Search => search(cx).await,
+            Step::Seed => seed(cx).await,
+            Step::WelcomeEmail => welcome_email(cx).await,
+            Step::Activate => activate(cx).await,
+            Step::Publish => publish(cx).await,
         }
     }
 
-    async fn compensate<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
-        match cx.step {
-            "database" => undo_database(cx).await,
-            "billing" => undo_billing(cx).await,
-            "search" => delete_in_tenant_database(cx, "DELETE FROM search_settings").await,
-            "seed" => delete_in_tenant_database(cx, "DELETE FROM products WHERE id = $1").await,
-            "welcome_email" => undo_welcome_email(cx).await,
-            "activate" => undo_activate(cx).await,
+    async fn compensate<P: DatabaseProvider>(step: Step, cx: &StepContext<'_, P>) -> Result<(), StepError> {
+        match step {
+            Step::Database => undo_database(cx).await,
+            Step::Billing => undo_billing(cx).await,
+            Step::Search => delete_in_tenant_database(cx, "DELETE FROM search_settings").await,
+            Step::Seed => delete_in_tenant_database(cx, "DELETE FROM products WHERE id = $1").await,
+            Step::WelcomeEmail => undo_welcome_email(cx).await,
+            Step::Activate => undo_activate(cx).await,
             // The record stays, marked failed by `on_failure`. Events are history:
             // a published TenantCreated stays, followed by WorkflowFailed.
-            _ => Ok(()),
+            Step::Record | Step::Publish => Ok(()),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Workflows and their steps in the control database.
 
+use super::StepName;
 use indigo_core::api::{Workflow, WorkflowState, WorkflowStep};
 use indigo_core::tenant::TenantId;
 use serde_json::{Value, json};
@@ -127,9 +128,9 @@ pub(crate) async fn load_steps(conn: &mut PgConnection, id: Uuid) -> Result<Vec<
 
 fn order_of(kind: Kind) -> Vec<&'static str> {
     match kind {
-        Kind::Onboarding => super::step_order::<super::onboarding::Onboarding>().collect(),
-        Kind::Offboarding => super::step_order::<super::offboarding::Offboarding>().collect(),
-        Kind::TierChange => super::step_order::<super::tier_change::TierChange>().collect(),
+        Kind::Onboarding => super::step_order::<super::onboarding::Onboarding>().map(StepName::name).collect(),
+        Kind::Offboarding => super::step_order::<super::offboarding::Offboarding>().map(StepName::name).collect(),
+        Kind::TierChange => super::step_order::<super::tier_change::TierChange>().map(StepName::name).collect(),
     }
 }
 
@@ -289,8 +290,8 @@ pub async fn cancel(conn: &mut PgConnection, id: Uuid) -> Result<Workflow, Workf
 fn pivot_of(kind: Kind) -> Option<&'static str> {
     use super::Definition;
     match kind {
-        Kind::Onboarding => super::onboarding::Onboarding::POINT_OF_NO_RETURN,
-        Kind::Offboarding => super::offboarding::Offboarding::POINT_OF_NO_RETURN,
-        Kind::TierChange => super::tier_change::TierChange::POINT_OF_NO_RETURN,
+        Kind::Onboarding => super::onboarding::Onboarding::POINT_OF_NO_RETURN.map(StepName::name),
+        Kind::Offboarding => super::offboarding::Offboarding::POINT_OF_NO_RETURN.map(StepName::name),
+        Kind::TierChange => super::tier_change::TierChange::POINT_OF_NO_RETURN.map(StepName::name),
     }
 }

@@ -21,7 +21,7 @@ use indigo_tenantdb::moves::{BATCH, CUTOVER_LAG, MoveError, Mover};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Definition, Kind, StepContext, StepError};
+use super::{Definition, Kind, StepContext, StepError, workflow_steps};
 use crate::journal;
 use crate::journal::Actor;
 use crate::providers::{DatabaseProvider, SiloTenant};
@@ -40,35 +40,56 @@ pub struct Input {
 /// The condition a tier change owns on its tenant (the reconciler keeps it).
 pub const CONDITION: &str = "TierChange";
 
+workflow_steps! {
+    pub enum Step {
+        Entitlements => "entitlements",
+        Provision => "provision",
+        Copy => "copy",
+        CatchUp => "catch_up",
+        Cutover => "cutover",
+        Billing => "billing",
+        Cleanup => "cleanup",
+    }
+}
+
 impl Definition for TierChange {
     const KIND: Kind = Kind::TierChange;
-    const STAGES: &'static [&'static [&'static str]] =
-        &[&["entitlements"], &["provision"], &["copy"], &["catch_up"], &["cutover"], &["billing"], &["cleanup"]];
-    const POINT_OF_NO_RETURN: Option<&'static str> = Some("billing");
+    type Step = Step;
+    const STAGES: &'static [&'static [Step]] = &[
+        &[Step::Entitlements],
+        &[Step::Provision],
+        &[Step::Copy],
+        &[Step::CatchUp],
+        &[Step::Cutover],
+        &[Step::Billing],
+        &[Step::Cleanup],
+    ];
+    const POINT_OF_NO_RETURN: Option<Step> = Some(Step::Billing);
 
-    async fn run<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
-        match cx.step {
-            "entitlements" => entitlements(cx).await,
-            "provision" => provision(cx).await,
-            "copy" => copy(cx).await,
-            "catch_up" => catch_up(cx).await,
-            "cutover" => cutover(cx).await,
-            "billing" => billing(cx).await,
-            "cleanup" => cleanup(cx).await,
-            other => Err(StepError::Permanent(format!("tier change has no step `{other}`"))),
+    async fn run<P: DatabaseProvider>(step: Step, cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+        match step {
+            Step::Entitlements => entitlements(cx).await,
+            Step::Provision => provision(cx).await,
+            Step::Copy => copy(cx).await,
+            Step::CatchUp => catch_up(cx).await,
+            Step::Cutover => cutover(cx).await,
+            Step::Billing => billing(cx).await,
+            Step::Cleanup => cleanup(cx).await,
         }
     }
 
-    async fn compensate<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
-        match cx.step {
-            "entitlements" => restore_plan(cx).await,
-            "provision" => release_target(cx).await,
-            "copy" => match planned_move(cx)? {
+    async fn compensate<P: DatabaseProvider>(step: Step, cx: &StepContext<'_, P>) -> Result<(), StepError> {
+        match step {
+            Step::Entitlements => restore_plan(cx).await,
+            Step::Provision => release_target(cx).await,
+            Step::Copy => match planned_move(cx)? {
                 Some(planned) => Ok(planned.mover(cx).await?.stop_capture().await?),
                 None => Ok(()),
             },
-            "cutover" => reopen_source(cx).await,
-            _ => Ok(()),
+            Step::Cutover => reopen_source(cx).await,
+            // Nothing of its own to undo (the copy and the target are undone above);
+            // billing on is past the point of no return.
+            Step::CatchUp | Step::Billing | Step::Cleanup => Ok(()),
         }
     }
 

@@ -15,6 +15,7 @@ use indigo_controlplane::control_plane::ControlPlane;
 use indigo_controlplane::db;
 use indigo_controlplane::providers::local::{LocalDatabases, silo_database};
 use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
+use indigo_controlplane::workflow::StepName;
 use indigo_controlplane::workflow::export;
 use indigo_controlplane::workflow::{Definition, Engine, Failpoints, Services, engine, onboarding::Onboarding};
 use indigo_core::tenant::{Slug, TenantId};
@@ -257,7 +258,7 @@ async fn a_permanent_failure_at_any_step_undoes_everything_before_it(pool: PgPoo
     let world = World::new(pool).await;
     let pool_database = world.state.tenant_dbs.pool_database.clone();
     for (n, step) in Onboarding::STAGES.iter().flat_map(|s| s.iter()).enumerate() {
-        let slug = format!("fail-{n}-{}", step.replace('_', "-"));
+        let slug = format!("fail-{n}-{}", step.name().replace('_', "-"));
         let tenant = world.create(&slug, "enterprise").await;
         engine::run_until_idle(&world.services(&format!("onboarding.{step}=fail"))).await.unwrap();
 
@@ -270,7 +271,7 @@ async fn a_permanent_failure_at_any_step_undoes_everything_before_it(pool: PgPoo
         let after = world.tenant(&slug).await;
         assert_eq!(after["spec"]["lifecycle"], "pending", "{step}");
         assert_eq!(after["status"]["phase"], "failed", "{step}");
-        assert!(after["status"]["conditions"][0]["message"].as_str().unwrap().contains(step), "{after}");
+        assert!(after["status"]["conditions"][0]["message"].as_str().unwrap().contains(step.name()), "{after}");
         assert!(after["status"]["placement"].is_null(), "{step}");
 
         // Nothing left behind: no customer, no database, no rows, no unsent mail.
@@ -526,8 +527,8 @@ async fn two_engines_on_one_database_run_each_workflow_once(pool: PgPool) {
 async fn each_offboarding_step_failing_is_undone_or_resumable(pool: PgPool) {
     use indigo_controlplane::workflow::offboarding::Offboarding;
     let world = World::new(pool).await;
-    let steps: Vec<&str> = Offboarding::STAGES.iter().flat_map(|s| s.iter().copied()).collect();
-    let pivot = steps.iter().position(|s| Some(*s) == Offboarding::POINT_OF_NO_RETURN).unwrap();
+    let steps: Vec<&str> = Offboarding::STAGES.iter().flat_map(|s| s.iter().map(|step| step.name())).collect();
+    let pivot = steps.iter().position(|s| Some(*s) == Offboarding::POINT_OF_NO_RETURN.map(|p| p.name())).unwrap();
     for (n, step) in steps.iter().enumerate() {
         let slug = format!("off-fail-{n}");
         world.create(&slug, "starter").await;

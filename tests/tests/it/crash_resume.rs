@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use indigo_controlplane::failpoints::CRASH_EXIT_CODE;
+use indigo_controlplane::workflow::StepName;
 use indigo_controlplane::workflow::export;
 use indigo_controlplane::workflow::{Definition, offboarding::Offboarding, onboarding::Onboarding};
 use indigo_e2e::stripe_double::StripeDouble;
@@ -155,7 +156,7 @@ impl Platform {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onboarding_resumes_after_a_crash_at_every_step_and_acts_once() {
     let platform = Platform::new().await;
-    let steps: Vec<&str> = Onboarding::STAGES.iter().flat_map(|s| s.iter().copied()).collect();
+    let steps: Vec<&str> = Onboarding::STAGES.iter().flat_map(|s| s.iter().map(|step| step.name())).collect();
     for (n, step) in steps.iter().enumerate() {
         for (i, point) in POINTS.iter().enumerate() {
             let slug = format!("on-{n}-{i}");
@@ -199,7 +200,7 @@ async fn onboarding_resumes_after_a_crash_at_every_step_and_acts_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offboarding_resumes_after_a_crash_at_every_step_and_acts_once() {
     let platform = Platform::new().await;
-    let steps: Vec<&str> = Offboarding::STAGES.iter().flat_map(|s| s.iter().copied()).collect();
+    let steps: Vec<&str> = Offboarding::STAGES.iter().flat_map(|s| s.iter().map(|step| step.name())).collect();
     let cases: Vec<(String, &str, &str)> = steps
         .iter()
         .enumerate()

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use indigo_controlplane::failpoints::CRASH_EXIT_CODE;
 use indigo_controlplane::providers::local::LocalDatabases;
 use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
+use indigo_controlplane::workflow::StepName;
 use indigo_controlplane::workflow::tier_change::TierChange;
 use indigo_core::tenant::TenantId;
 use indigo_e2e::stack::{ADMIN_TOKEN, AdminClient, LoadReport, Shop, Stack, Storefront, ids_in, start_load};
@@ -357,6 +358,7 @@ async fn a_control_plane_killed_in_any_phase_of_a_move_resumes_it() {
     // Each step crashes after acting on an upgrade and after recording on a
     // downgrade; the last one also after acting on both (a dropped silo source).
     let mut crashes: Vec<(&str, &str)> = indigo_controlplane::workflow::step_order::<TierChange>()
+        .map(|step| step.name())
         .flat_map(|step| [(step, "crash-after-run"), (step, "crash-after-record")])
         .collect();
     crashes.extend([("cleanup", "crash-after-run"), ("cleanup", "crash-after-run")]);
