@@ -72,6 +72,7 @@ struct ConfigFile {
     stripe_webhook_secret: Option<String>,
     payment_grace_hours: Option<u64>,
     move_grace_seconds: Option<u64>,
+    api_query_timeout_ms: Option<u64>,
     provider: Option<String>,
     aws_usage_table: Option<String>,
     aws_features_table: Option<String>,
@@ -145,6 +146,9 @@ pub struct Overrides {
     /// Seconds a moved tenant's rows stay in the source database after the switch [env: INDIGO_MOVE_GRACE_SECONDS] [default: 300]
     #[arg(long, env = "INDIGO_MOVE_GRACE_SECONDS", hide_env = true)]
     pub move_grace_seconds: Option<u64>,
+    /// Longest an admin API query may run, in milliseconds; longer is cancelled and answered 503 [env: INDIGO_API_QUERY_TIMEOUT_MS] [default: 10000]
+    #[arg(long, env = "INDIGO_API_QUERY_TIMEOUT_MS", hide_env = true)]
+    pub api_query_timeout_ms: Option<u64>,
     /// `local` or `aws` (silos on Aurora, the data plane on ECS, usage and metrics to DynamoDB and CloudWatch; standard AWS configuration) [env: INDIGO_PROVIDER] [default: local]
     #[arg(long, env = "INDIGO_PROVIDER", hide_env = true)]
     pub provider: Option<String>,
@@ -200,6 +204,8 @@ pub struct Config {
     pub stripe_webhook_secret: Option<Secret>,
     pub payment_grace_hours: u64,
     pub move_grace_seconds: u64,
+    /// The admin API's statement timeout.
+    pub api_query_timeout: std::time::Duration,
     pub provider: Provider,
     pub aws_usage_table: String,
     pub aws_features_table: String,
@@ -359,6 +365,9 @@ impl Config {
             stripe_webhook_secret,
             payment_grace_hours: overrides.payment_grace_hours.or(from_file.payment_grace_hours).unwrap_or(72),
             move_grace_seconds: overrides.move_grace_seconds.or(from_file.move_grace_seconds).unwrap_or(300),
+            api_query_timeout: std::time::Duration::from_millis(
+                overrides.api_query_timeout_ms.or(from_file.api_query_timeout_ms).unwrap_or(10_000).max(1),
+            ),
             mail_from: overrides.mail_from.or(from_file.mail_from).unwrap_or_else(|| "noreply@indigo.local".into()),
             database_url,
             listen,

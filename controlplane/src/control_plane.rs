@@ -160,7 +160,8 @@ impl ControlPlane {
             tenant_metrics,
             time_zones: time_zones.into(),
             plans,
-            db,
+            // The admin API reads through a pool of its own whose statements time out.
+            db: db::bounded(&db, config.api_query_timeout),
         };
         Ok(Self { state, loops: loops.parts, jobs, mailer: Mailer::new(config), shared })
     }

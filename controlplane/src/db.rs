@@ -41,6 +41,14 @@ pub async fn connect(url: &str) -> Result<PgPool, DbError> {
         .map_err(|source| DbError::Connect { target, source })
 }
 
+/// A pool on the same database whose statements are cancelled after
+/// `timeout`: what the admin API queries through, so that no caller's read
+/// can hold a connection and a core for long. Connects on first use.
+pub fn bounded(pool: &PgPool, timeout: Duration) -> PgPool {
+    let options = (*pool.connect_options()).clone().options([("statement_timeout", timeout.as_millis().to_string())]);
+    PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options)
+}
+
 /// Whether a PostgreSQL server answers at the URL's host and port (any database).
 pub async fn server_answers(url: &str) -> bool {
     let Ok(options) = options(url) else { return false };

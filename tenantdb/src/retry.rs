@@ -6,6 +6,9 @@ use crate::schema::MOVED_SQLSTATE;
 /// SQLSTATEs after which PostgreSQL asks the client to retry the transaction.
 const RETRY_TRANSACTION: [&str; 2] = ["40001", "40P01"];
 
+/// SQLSTATE of a statement cancelled, as `statement_timeout` does.
+const CANCELLED: &str = "57014";
+
 /// SQLSTATEs of a server that is shutting down, starting, out of connections,
 /// or without the database.
 const SERVER_UNAVAILABLE: [&str; 4] = ["57P01", "57P03", "53300", "3D000"];
@@ -24,6 +27,8 @@ pub enum RetryLater {
     Aborted,
     /// The database is down, starting, saturated or gone.
     Unreachable,
+    /// The statement ran past its timeout and was cancelled.
+    TooSlow,
 }
 
 impl RetryLater {
@@ -34,6 +39,7 @@ impl RetryLater {
                 MOVED_SQLSTATE => Some(Self::Moved),
                 code if RETRY_TRANSACTION.contains(&code) => Some(Self::Aborted),
                 code if SERVER_UNAVAILABLE.contains(&code) => Some(Self::Unreachable),
+                CANCELLED => Some(Self::TooSlow),
                 _ => None,
             },
             _ => None,
@@ -45,6 +51,7 @@ impl RetryLater {
             Self::Moved => "tenant_moving",
             Self::Aborted => "transaction_aborted",
             Self::Unreachable => "database_unavailable",
+            Self::TooSlow => "query_timeout",
         }
     }
 
@@ -53,6 +60,7 @@ impl RetryLater {
             Self::Moved => "this tenant is moving to another database; retry shortly",
             Self::Aborted => "the database aborted this request's transaction; retry",
             Self::Unreachable => "the database cannot be reached right now; retry shortly",
+            Self::TooSlow => "the query took longer than this API allows and was cancelled; narrow it or retry later",
         }
     }
 }

@@ -40,11 +40,16 @@ impl Reply {
 
 impl TestApp {
     async fn new(pool: PgPool) -> Self {
+        Self::with(pool, Overrides::default()).await
+    }
+
+    /// The API with `overrides` over this file's settings.
+    async fn with(pool: PgPool, overrides: Overrides) -> Self {
         let overrides = Overrides {
             admin_token: Some(ADMIN.into()),
             pool_database: Some(POOL.into()),
             data_dir: Some(std::env::temp_dir().join("indigo-api-test")),
-            ..Overrides::default()
+            ..overrides
         };
         let control_plane = support::control_plane(pool.clone(), overrides).await;
         let workflows =
@@ -890,4 +895,34 @@ async fn every_documented_operation_is_routed(pool: PgPool) {
         assert_ne!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         assert_ne!(reply.body["message"], "route not found", "{method} {path} is documented but not routed");
     }
+}
+
+/// A heavy read is cancelled at the API's query timeout and answered `503
+/// query_timeout`: it cannot hold a connection and a core for as long as it
+/// likes. Light reads go on being answered.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn a_heavy_read_times_out_instead_of_stalling_the_daemon(pool: PgPool) {
+    let timeout = Overrides { api_query_timeout_ms: Some(50), ..Overrides::default() };
+    let app = TestApp::with(pool, timeout).await;
+    assert_eq!(app.create("acme", "starter").await.status, StatusCode::CREATED);
+    // Today's usage, too much to summarise in 50 ms.
+    sqlx::query(
+        "INSERT INTO usage_events (id, tenant_id, event_type, quantity, occurred_at)
+         SELECT gen_random_uuid(), t.id, 'api_call', 1, now() - n * interval '1 ms'
+         FROM tenants t, generate_series(1, 600000) AS n WHERE t.slug = 'acme'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let summary = app.get("/v1/usage/summary", ADMIN).await;
+    assert_eq!(
+        (summary.status, summary.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "query_timeout"),
+        "{}",
+        summary.body
+    );
+    assert!(summary.headers.contains_key("retry-after"));
+    println!("the heavy read was refused after {:?}", started.elapsed());
+    assert_eq!(app.get("/v1/tenants/acme", ADMIN).await.status, StatusCode::OK, "light reads are answered");
 }
