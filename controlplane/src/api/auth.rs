@@ -46,6 +46,14 @@ impl FromRequestParts<AppState> for Caller {
         let token = bearer(parts)?;
         let hash = hash_token(token);
         if state.bootstrap_admin_hash.as_deref() == Some(hash.as_slice()) {
+            let revoked: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bootstrap_revocations WHERE token_hash = $1)")
+                    .bind(&hash)
+                    .fetch_one(&state.db)
+                    .await?;
+            if revoked {
+                return Err(ApiError::Unauthorized("invalid or revoked token"));
+            }
             return Ok(Self::Person(Actor::system(Actor::BOOTSTRAP_ADMIN)));
         }
         let row: Option<(uuid::Uuid, String, String, Option<uuid::Uuid>)> = sqlx::query_as(

@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_tokens, create_token))
         .routes(routes!(revoke_token))
+        .routes(routes!(revoke_bootstrap))
         .routes(routes!(whoami))
 }
 
@@ -169,6 +170,64 @@ async fn revoke_token(
         .append(tx)
         .await?;
         Ok(token)
+    })
+    .await
+}
+
+/// When the bootstrap token was revoked.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BootstrapRevocation {
+    pub revoked_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Revoke the configured bootstrap admin token (admin), once another admin
+/// token exists: from then on only stored tokens are accepted. Configuring a
+/// new bootstrap token is the way back in.
+#[utoipa::path(delete, path = "/v1/tokens/bootstrap", tag = "tokens",
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 200, body = BootstrapRevocation),
+        (status = 404, description = "No bootstrap token is configured", body = ErrorBody),
+        (status = 409, description = "No other admin token exists yet (`last_admin`)", body = ErrorBody)))]
+async fn revoke_bootstrap(
+    State(state): State<AppState>,
+    actor: Actor,
+    key: IdempotencyKey,
+    RequestId(request_id): RequestId,
+) -> Result<Response, ApiError> {
+    actor.require(Role::Admin)?;
+    let hash = state.bootstrap_admin_hash.clone().ok_or_else(|| ApiError::NotFound("a bootstrap token".into()))?;
+    idempotency::run_once(&state, &key, &actor, &"bootstrap", StatusCode::OK, async |tx| {
+        let other_admin: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL)")
+                .fetch_one(&mut *tx)
+                .await?;
+        if !other_admin {
+            return Err(ApiError::conflict(
+                "last_admin",
+                "create another admin token first: without the bootstrap token no admin would be left",
+            ));
+        }
+        let revoked_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+            "INSERT INTO bootstrap_revocations (token_hash, revoked_by) VALUES ($1, $2)
+             ON CONFLICT (token_hash) DO UPDATE SET token_hash = EXCLUDED.token_hash
+             RETURNING revoked_at",
+        )
+        .bind(&hash[..])
+        .bind(&actor.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        let revocation = BootstrapRevocation { revoked_at };
+        Audit {
+            actor: &actor,
+            action: "token.revoke_bootstrap",
+            tenant_id: None,
+            request_id: request_id.as_deref(),
+            before: None,
+            after: Some(json!(revocation)),
+        }
+        .append(tx)
+        .await?;
+        Ok(revocation)
     })
     .await
 }

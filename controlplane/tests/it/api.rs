@@ -926,3 +926,31 @@ async fn a_heavy_read_times_out_instead_of_stalling_the_daemon(pool: PgPool) {
     println!("the heavy read was refused after {:?}", started.elapsed());
     assert_eq!(app.get("/v1/tenants/acme", ADMIN).await.status, StatusCode::OK, "light reads are answered");
 }
+
+/// The bootstrap token can be revoked, but not while it is the only admin:
+/// after that only stored tokens are accepted.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn the_bootstrap_token_is_revocable_once_another_admin_exists(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let alone = app.send(Method::DELETE, "/v1/tokens/bootstrap", ADMIN, "revoke-1", json!({})).await;
+    assert_eq!((alone.status, alone.code()), (StatusCode::CONFLICT, "last_admin"));
+    assert_eq!(app.get("/v1/tenants", ADMIN).await.status, StatusCode::OK, "still in force");
+
+    let created =
+        app.send(Method::POST, "/v1/tokens", ADMIN, "second", json!({ "name": "second-admin", "role": "admin" })).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let second = created.body["token"].as_str().unwrap().to_owned();
+    let revoked = app.send(Method::DELETE, "/v1/tokens/bootstrap", ADMIN, "revoke-2", json!({})).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    let refused = app.get("/v1/tenants", ADMIN).await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    assert_eq!(app.get("/v1/tenants", &second).await.status, StatusCode::OK);
+    // Again, by the remaining admin: nothing changes.
+    let again = app.send(Method::DELETE, "/v1/tokens/bootstrap", &second, "revoke-3", json!({})).await;
+    assert_eq!((again.status, &again.body["revoked_at"]), (StatusCode::OK, &revoked.body["revoked_at"]));
+    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'token.revoke_bootstrap'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(audit, 2, "each revocation call is audited");
+}
