@@ -73,6 +73,7 @@ struct ConfigFile {
     payment_grace_hours: Option<u64>,
     move_grace_seconds: Option<u64>,
     api_query_timeout_ms: Option<u64>,
+    api_requests_per_second: Option<u32>,
     provider: Option<String>,
     aws_usage_table: Option<String>,
     aws_features_table: Option<String>,
@@ -149,6 +150,9 @@ pub struct Overrides {
     /// Longest an admin API query may run, in milliseconds; longer is cancelled and answered 503 [env: INDIGO_API_QUERY_TIMEOUT_MS] [default: 10000]
     #[arg(long, env = "INDIGO_API_QUERY_TIMEOUT_MS", hide_env = true)]
     pub api_query_timeout_ms: Option<u64>,
+    /// Admin API requests each token may make per second (bursts of twice that) [env: INDIGO_API_REQUESTS_PER_SECOND] [default: 100]
+    #[arg(long, env = "INDIGO_API_REQUESTS_PER_SECOND", hide_env = true)]
+    pub api_requests_per_second: Option<u32>,
     /// `local` or `aws` (silos on Aurora, the data plane on ECS, usage and metrics to DynamoDB and CloudWatch; standard AWS configuration) [env: INDIGO_PROVIDER] [default: local]
     #[arg(long, env = "INDIGO_PROVIDER", hide_env = true)]
     pub provider: Option<String>,
@@ -206,6 +210,8 @@ pub struct Config {
     pub move_grace_seconds: u64,
     /// The admin API's statement timeout.
     pub api_query_timeout: std::time::Duration,
+    /// The admin API's rate per token.
+    pub api_requests_per_second: u32,
     pub provider: Provider,
     pub aws_usage_table: String,
     pub aws_features_table: String,
@@ -365,6 +371,11 @@ impl Config {
             stripe_webhook_secret,
             payment_grace_hours: overrides.payment_grace_hours.or(from_file.payment_grace_hours).unwrap_or(72),
             move_grace_seconds: overrides.move_grace_seconds.or(from_file.move_grace_seconds).unwrap_or(300),
+            api_requests_per_second: overrides
+                .api_requests_per_second
+                .or(from_file.api_requests_per_second)
+                .unwrap_or(100)
+                .max(1),
             api_query_timeout: std::time::Duration::from_millis(
                 overrides.api_query_timeout_ms.or(from_file.api_query_timeout_ms).unwrap_or(10_000).max(1),
             ),

@@ -159,6 +159,7 @@ impl ControlPlane {
             costs: Some(Arc::new(costs)),
             tenant_metrics,
             time_zones: time_zones.into(),
+            token_rates: Arc::new(api::auth::TokenRates::new(config.api_requests_per_second)),
             plans,
             // The admin API reads through a pool of its own whose statements time out.
             db: db::bounded(&db, config.api_query_timeout),

@@ -8,4 +8,5 @@ pub mod cost;
 pub mod http;
 pub mod openapi;
 pub mod plan;
+pub mod rate;
 pub mod tenant;

@@ -10,6 +10,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use indigo_core::rate::TokenBucket;
 use indigo_core::tenant::{Role, TenantId};
 
 use super::AppState;
@@ -54,6 +55,7 @@ impl FromRequestParts<AppState> for Caller {
             if revoked {
                 return Err(ApiError::Unauthorized("invalid or revoked token"));
             }
+            state.token_rates.admit(&hash)?;
             return Ok(Self::Person(Actor::system(Actor::BOOTSTRAP_ADMIN)));
         }
         let row: Option<(uuid::Uuid, String, String, Option<uuid::Uuid>)> = sqlx::query_as(
@@ -63,6 +65,7 @@ impl FromRequestParts<AppState> for Caller {
         .fetch_optional(&state.db)
         .await?;
         let (id, name, role, tenant) = row.ok_or(ApiError::Unauthorized("invalid or revoked token"))?;
+        state.token_rates.admit(&hash)?;
         let role: Role = role.parse().map_err(|e| anyhow::anyhow!("api_tokens.role: {e}"))?;
         Ok(match role {
             Role::DataPlane => Self::DataPlane { name, tenant: tenant.map(TenantId) },
@@ -96,4 +99,28 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized("the Authorization header must be `Bearer <token>`"))
+}
+
+/// Each token's request rate on the admin API: a token bucket per token,
+/// refilled at `per_second` up to twice that.
+pub struct TokenRates {
+    buckets: std::sync::Mutex<std::collections::HashMap<Vec<u8>, TokenBucket>>,
+    per_second: f64,
+}
+
+impl TokenRates {
+    pub fn new(per_second: u32) -> Self {
+        Self { buckets: Default::default(), per_second: f64::from(per_second.max(1)) }
+    }
+
+    /// Admits one request of the token with hash `token`, or says when to retry.
+    fn admit(&self, token: &[u8]) -> Result<(), ApiError> {
+        let (now, capacity) = (std::time::Instant::now(), 2.0 * self.per_second);
+        let mut buckets = self.buckets.lock().expect("token rates lock");
+        buckets
+            .entry(token.to_vec())
+            .or_insert_with(|| TokenBucket::full(capacity, now))
+            .take(now, self.per_second, capacity)
+            .map_err(|retry_after| ApiError::TooMany { retry_after })
+    }
 }

@@ -30,6 +30,9 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{0}")]
     NotReady(String),
+    /// 429: this token's request rate is spent for now.
+    #[error("too many requests from this token; retry after {} s", retry_after.as_secs().max(1))]
+    TooMany { retry_after: std::time::Duration },
     /// 502: a service we depend on (Stripe, CloudWatch) failed; the message says how.
     #[error("{0}")]
     Upstream(String),
@@ -61,6 +64,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Database(error) if RetryLater::of(error).is_some() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -74,6 +78,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::NotReady(_) => "not_ready",
+            Self::TooMany { .. } => "rate_limited",
             Self::Upstream(_) => "upstream_failed",
             Self::Database(error) => RetryLater::of(error).map_or("internal", RetryLater::code),
             Self::Internal(_) => "internal",
@@ -114,6 +119,11 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self, "request failed");
             return error_response(status, self.code(), "internal error; see the server log");
         }
-        error_response(status, self.code(), self.to_string())
+        let mut response = error_response(status, self.code(), self.to_string());
+        if let Self::TooMany { retry_after } = &self {
+            let seconds = retry_after.as_secs().max(1).to_string();
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.parse().expect("digits"));
+        }
+        response
     }
 }

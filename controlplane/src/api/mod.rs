@@ -63,6 +63,8 @@ pub struct AppState {
     pub tenant_metrics: Arc<dyn crate::providers::MetricsProvider>,
     /// The time zones a tenant's settings may name: the database's, read at start.
     pub time_zones: Arc<[String]>,
+    /// Each token's request rate.
+    pub token_rates: Arc<auth::TokenRates>,
 }
 
 #[derive(OpenApi)]
@@ -106,7 +108,7 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(health::router())
         .split_for_parts();
-    Refusals::default().document(&mut openapi);
+    Refusals { rate_limited: true }.document(&mut openapi);
     let plans: Vec<String> = state.plans.names().map(str::to_owned).collect();
     for schema in ["CreateTenantRequest", "ChangePlanRequest"] {
         openapi::enumerate_property(&mut openapi, schema, "plan", &plans);

@@ -954,3 +954,28 @@ async fn the_bootstrap_token_is_revocable_once_another_admin_exists(pool: PgPool
         .unwrap();
     assert_eq!(audit, 2, "each revocation call is audited");
 }
+
+/// Each token has a request rate of its own: past it, `429 rate_limited`
+/// with `Retry-After`, and other tokens are not held back.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn each_token_is_held_to_its_own_rate(pool: PgPool) {
+    let rate = Overrides { api_requests_per_second: Some(5), ..Overrides::default() };
+    let app = TestApp::with(pool, rate).await;
+    let created =
+        app.send(Method::POST, "/v1/tokens", ADMIN, "viewer", json!({ "name": "watcher", "role": "viewer" })).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let viewer = created.body["token"].as_str().unwrap().to_owned();
+    let mut refused = None;
+    for _ in 0..40 {
+        let reply = app.get("/v1/plans", ADMIN).await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(reply);
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let refused = refused.expect("40 requests at once is past a burst of 10");
+    assert_eq!(refused.code(), "rate_limited");
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(app.get("/v1/plans", &viewer).await.status, StatusCode::OK, "another token is not held back");
+}

@@ -31,26 +31,7 @@ use fleet::FleetRates;
 pub const IP_REQUESTS_PER_WINDOW: u32 = 2000;
 pub const IP_WINDOW: Duration = Duration::from_secs(300);
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-impl Bucket {
-    /// Takes one token; on refusal says how long until one is there.
-    fn take(&mut self, now: Instant, per_second: f64, capacity: f64) -> Result<(), Duration> {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * per_second).min(capacity);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / per_second))
-        }
-    }
-}
+use indigo_core::rate::TokenBucket as Bucket;
 
 /// Why a request may not go ahead, and when it may be retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,9 +93,9 @@ impl Limiter {
             if clients.len() > 100_000 {
                 // Forget clients whose bucket has refilled: they would start full anyway.
                 let (rate, cap) = (self.ip_per_second, self.ip_capacity);
-                clients.retain(|_, b| b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * rate < cap);
+                clients.retain(|_, b| !b.full_at(now, rate, cap));
             }
-            let bucket = clients.entry(ip).or_insert(Bucket { tokens: self.ip_capacity, updated: now });
+            let bucket = clients.entry(ip).or_insert(Bucket::full(self.ip_capacity, now));
             bucket
                 .take(now, self.ip_per_second, self.ip_capacity)
                 .map_err(|retry_after| Refusal::ClientRate { retry_after })?;
@@ -128,7 +109,7 @@ impl Limiter {
             let rate = f64::from(plan.rate_limit.requests_per_second);
             let burst = f64::from(plan.rate_limit.burst);
             let mut tenants = self.tenants.lock().expect("limiter lock");
-            tenants.entry(tenant).or_insert(Bucket { tokens: burst, updated: now }).take(now, rate, burst)
+            tenants.entry(tenant).or_insert(Bucket::full(burst, now)).take(now, rate, burst)
         });
         taken.map_err(|retry_after| Refusal::TenantRate { retry_after })?;
         let now = Utc::now();
