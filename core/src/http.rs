@@ -132,7 +132,12 @@ async fn read_body(req: Request) -> Result<Bytes, Rejection> {
     Ok(bytes)
 }
 
+/// Every request body of both APIs is a JSON object. (serde would also read a
+/// struct from an array of its fields, `[]` included: not what the documents say.)
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Rejection> {
+    if bytes.trim_ascii_start().first() != Some(&b'{') && serde_json::from_slice::<serde_json::Value>(bytes).is_ok() {
+        return Err(Rejection::invalid("invalid_body", "the body must be a JSON object"));
+    }
     // Only a body that spells the escape can hold a NUL (JSON forbids it raw):
     // those are walked for one; the rest are parsed once.
     if bytes.windows(6).any(|w| w == b"\\u0000")

@@ -979,3 +979,16 @@ async fn each_token_is_held_to_its_own_rate(pool: PgPool) {
     assert!(refused.headers.contains_key("retry-after"));
     assert_eq!(app.get("/v1/plans", &viewer).await.status, StatusCode::OK, "another token is not held back");
 }
+
+/// A body must be a JSON object, as the documents say: serde alone would read
+/// a struct of optional fields from `[]`.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn a_body_that_is_not_an_object_is_refused(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.create("acme", "starter").await;
+    for body in [json!([]), json!(["why"]), json!("why"), json!(7)] {
+        let reply = app.send(Method::POST, "/v1/tenants/acme/suspend", ADMIN, &format!("s-{body}"), body.clone()).await;
+        assert_eq!((reply.status, reply.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"), "{body}");
+    }
+    assert_eq!(app.get("/v1/tenants/acme", ADMIN).await.body["spec"]["lifecycle"], "active", "nothing changed");
+}
