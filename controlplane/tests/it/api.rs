@@ -20,6 +20,8 @@ const ADMIN: &str = "test-bootstrap-admin-token";
 struct TestApp {
     router: Router,
     pool: PgPool,
+    /// The pool the API reads through (its statements time out).
+    api_pool: PgPool,
     workflows: Services<LocalDatabases>,
 }
 
@@ -54,7 +56,7 @@ impl TestApp {
         let control_plane = support::control_plane(pool.clone(), overrides).await;
         let workflows =
             control_plane.workflow_services(LocalDatabases::new(control_plane.state.tenant_dbs.clone())).unwrap();
-        Self { router: control_plane.router(), pool, workflows }
+        Self { router: control_plane.router(), api_pool: control_plane.state.db.clone(), pool, workflows }
     }
 
     /// Runs the onboarding and offboarding workflows the calls so far started.
@@ -836,7 +838,7 @@ async fn health_metrics_and_openapi(pool: PgPool) {
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn an_unreachable_database_answers_503_with_a_retry_hint(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    app.pool.close().await;
+    app.api_pool.close().await;
     let reply = app.get("/v1/tenants", ADMIN).await;
     assert_eq!(
         (reply.status, reply.body["code"].as_str()),
