@@ -73,9 +73,9 @@ impl ControlPlane {
         let url = config.database_url.as_deref().context(
             "no database configured: set database_url (env INDIGO_DATABASE_URL), or use `indigo up` for a local platform",
         )?;
-        policy::load_plans(&config.plans_file)?;
+        let policies = Policies::load(config)?;
         let db = db::connect(url).await?;
-        Self::on_database(config, db, compute).await
+        Self::assemble(config, policies, db, compute).await
     }
 
     /// [`ControlPlane::build`] on a control database already connected (and
@@ -86,8 +86,16 @@ impl ControlPlane {
         db: PgPool,
         compute: Option<Arc<dyn ComputeProvider>>,
     ) -> anyhow::Result<Self> {
-        let plans = Arc::new(policy::load_plans(&config.plans_file)?);
-        let costs = policy::load_costs(&config.costs_file)?;
+        Self::assemble(config, Policies::load(config)?, db, compute).await
+    }
+
+    async fn assemble(
+        config: &Config,
+        Policies { plans, costs }: Policies,
+        db: PgPool,
+        compute: Option<Arc<dyn ComputeProvider>>,
+    ) -> anyhow::Result<Self> {
+        let plans = Arc::new(plans);
         db::migrate(&db).await?;
         let time_zones: Vec<String> =
             sqlx::query_scalar("SELECT name FROM pg_timezone_names ORDER BY name").fetch_all(&db).await?;
@@ -193,6 +201,19 @@ impl ControlPlane {
 struct Loops {
     parts: Vec<Arc<dyn Spawn>>,
     reconciler: Arc<dyn ReconcilerControl>,
+}
+
+/// The policy files, read before anything else: a broken one stops the start
+/// before any IO.
+struct Policies {
+    plans: PlanCatalog,
+    costs: indigo_core::cost::CostModel,
+}
+
+impl Policies {
+    fn load(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self { plans: policy::load_plans(&config.plans_file)?, costs: policy::load_costs(&config.costs_file)? })
+    }
 }
 
 /// What the reconciler, the workflow engine and the jobs share.

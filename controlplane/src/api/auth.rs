@@ -117,10 +117,11 @@ impl TokenRates {
     fn admit(&self, token: &[u8]) -> Result<(), ApiError> {
         let (now, capacity) = (std::time::Instant::now(), 2.0 * self.per_second);
         let mut buckets = self.buckets.lock().expect("token rates lock");
-        buckets
-            .entry(token.to_vec())
-            .or_insert_with(|| TokenBucket::full(capacity, now))
-            .take(now, self.per_second, capacity)
-            .map_err(|retry_after| ApiError::TooMany { retry_after })
+        // Looked up first: a token's key is copied once, not on every request.
+        let bucket = match buckets.get_mut(token) {
+            Some(bucket) => bucket,
+            None => buckets.entry(token.to_vec()).or_insert_with(|| TokenBucket::full(capacity, now)),
+        };
+        bucket.take(now, self.per_second, capacity).map_err(|retry_after| ApiError::TooMany { retry_after })
     }
 }

@@ -5,7 +5,7 @@ use ratatui::layout::Rect;
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Paragraph};
 
-pub const HELP: &[(&str, &str)] = &[
+const HELP: &[(&str, &str)] = &[
     ("j/k ↑/↓", "move"),
     ("g/G", "first / last"),
     ("Enter", "tenant detail"),

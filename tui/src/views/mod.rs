@@ -21,11 +21,6 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 use crate::app::{App, Connection, Effect, Mode, View};
 use crate::theme::Theme;
 
-pub use help::HELP;
-pub use tenants::{Column, isolation_label};
-pub use widgets::{compact, progress_bar};
-pub use workflows::move_summary;
-
 /// Draws the whole screen: a pure function of the snapshot.
 pub fn draw(frame: &mut Frame, app: &App, theme: Theme) {
     let [header, body, footer] =

@@ -15,7 +15,7 @@ use super::widgets::age;
 use crate::app::{App, Command, Connection, Effect, Mode, View};
 use crate::theme::Theme;
 
-pub use crate::app::{Column, isolation_label};
+use crate::app::{Column, isolation_label};
 
 pub(super) const KEY_HINTS: &str = "? help  / filter  : command  Enter open  p plan  s suspend  R reconcile  q quit";
 

@@ -127,7 +127,7 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
 }
 
 /// One move in a line: direction, phase, rows copied, lag and write pause.
-pub fn move_summary(moving: &TenantMove) -> String {
+fn move_summary(moving: &TenantMove) -> String {
     let pause = moving.pause_ms.map(|ms| format!(" · writes held {ms} ms")).unwrap_or_default();
     let error = moving.error.as_deref().map(|e| format!(" · {e}")).unwrap_or_default();
     format!(
