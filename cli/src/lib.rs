@@ -66,6 +66,19 @@ pub enum Command {
     StorefrontToken(StorefrontTokenArgs),
     /// Run the data plane (the same server as `indigo-dataplane`); `indigo up` uses it
     Dataplane(indigo_dataplane::Cli),
+    /// Stop the private PostgreSQL under a data directory once the `indigo up`
+    /// that started it is gone; `indigo up` runs it
+    #[command(hide = true)]
+    GuardPostgres(GuardPostgresArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GuardPostgresArgs {
+    /// The `indigo up` to outlive
+    #[arg(long)]
+    pub parent: u32,
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -442,6 +455,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init_logging();
             indigo_dataplane::run(args).await
         }
+        Command::GuardPostgres(args) => up::guard_private_postgres(args.parent, &args.data_dir).await,
     }
 }
 

@@ -216,22 +216,43 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Stops the private PostgreSQL under `data_dir` once `parent` (an `indigo up`)
+/// is gone without having stopped it, as after a SIGKILL: the server is a
+/// daemon of `pg_ctl`, not a child, so nothing else would stop it.
+pub async fn guard_private_postgres(parent: u32, data_dir: &Path) -> anyhow::Result<()> {
+    indigo_core::http::parent_gone(Some(parent)).await;
+    let server = PrivatePostgres::at(data_dir).await?;
+    if server.pgdata.join("postmaster.pid").exists() {
+        eprintln!("indigo: the platform that started the private PostgreSQL is gone; stopping it");
+        server.stop().await;
+    }
+    Ok(())
+}
+
 /// A PostgreSQL server of our own, from the system's binaries, in `<data_dir>/pg`.
 struct PrivatePostgres {
     bindir: PathBuf,
     pgdata: PathBuf,
     /// PostgreSQL refuses to run as root; as root we run it as `postgres`.
     as_postgres: bool,
+    /// `indigo guard-postgres`, which stops the server should this process die
+    /// first; killed once the server is stopped in order.
+    guard: Option<tokio::process::Child>,
 }
 
 impl PrivatePostgres {
+    async fn at(data_dir: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            bindir: postgres_bindir().await?,
+            pgdata: std::path::absolute(data_dir)?.join("pg"),
+            as_postgres: running_as_root().await,
+            guard: None,
+        })
+    }
+
     async fn start(data_dir: &Path) -> anyhow::Result<Self> {
         let data_dir = std::path::absolute(data_dir)?;
-        let server = Self {
-            bindir: postgres_bindir().await?,
-            pgdata: data_dir.join("pg"),
-            as_postgres: running_as_root().await,
-        };
+        let mut server = Self::at(&data_dir).await?;
         if !server.pgdata.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&server.pgdata)?;
             server.give_to_postgres(&data_dir).await?;
@@ -244,6 +265,22 @@ impl PrivatePostgres {
         }
         let log = data_dir.join("postgres.log");
         server.give_to_postgres(&data_dir).await?;
+        // Watching before the server exists: a kill during start-up is covered too.
+        server.guard = Some(
+            Command::new(std::env::current_exe()?)
+                .arg("guard-postgres")
+                .arg("--parent")
+                .arg(std::process::id().to_string())
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                // Out of this process group, so that killing the group spares it.
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start the private PostgreSQL's guard")?,
+        );
         let options =
             format!("-p {PRIVATE_POSTGRES_PORT} -c listen_addresses=127.0.0.1 -k {}", server.pgdata.display());
         server
@@ -270,10 +307,13 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{PRIVATE_POSTGRES_PORT}/indigo")
     }
 
-    async fn stop(&self) {
+    async fn stop(mut self) {
         let pgdata = self.pgdata.display().to_string();
         if let Err(e) = self.pg("pg_ctl", &["-D", &pgdata, "-m", "fast", "-w", "stop"]).await {
             eprintln!("indigo: stopping the private PostgreSQL failed: {e:#}");
+        }
+        if let Some(mut guard) = self.guard.take() {
+            let _ = guard.kill().await;
         }
     }
 

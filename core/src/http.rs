@@ -66,6 +66,18 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Completes once `parent` is no longer this process's parent (it died, even
+/// by SIGKILL, and the process was re-parented), at once if that happened
+/// before this process got here; never without a parent to watch. The PID
+/// comes from the parent itself: read here, after start-up, it could already
+/// be the re-parenting init's.
+pub async fn parent_gone(parent: Option<u32>) {
+    let Some(parent) = parent else { return std::future::pending().await };
+    while std::os::unix::process::parent_id() == parent {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// Input that the extractors below refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use indigo_core::http::shutdown_signal;
+use indigo_core::http::{parent_gone, shutdown_signal};
 
 use crate::api::AppState;
 use crate::auth::Verifier;
@@ -140,16 +140,4 @@ fn bind(address: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::Tc
     socket.set_reuseport(reuse_port)?;
     socket.bind(address)?;
     socket.listen(1024)
-}
-
-/// Completes once `parent` is no longer this process's parent (it died, even
-/// by SIGKILL, and the process was re-parented), at once if that happened
-/// before this process got here; never without a parent to watch. The PID
-/// comes from the parent itself: read here, after start-up, it could already
-/// be the re-parenting init's.
-async fn parent_gone(parent: Option<u32>) {
-    let Some(parent) = parent else { return std::future::pending().await };
-    while std::os::unix::process::parent_id() == parent {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }

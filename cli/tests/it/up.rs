@@ -168,18 +168,21 @@ fn a_broken_plans_file_stops_the_daemon_with_file_plan_and_key() {
 #[tokio::test]
 async fn up_starts_a_private_postgres_when_none_answers() {
     let data_dir = std::env::temp_dir().join(format!("indigo-private-{}", uuid::Uuid::new_v4().simple()));
-    let mut command = Command::new(INDIGO);
-    command
-        .args(["up", "--demo"])
-        .env_remove("INDIGO_DATABASE_URL")
-        .env_remove("INDIGO_ADMIN_TOKEN")
-        // Nothing listens on port 1: `up` must fall back to a server of its own.
-        .env("INDIGO_LOCAL_DATABASE_URL", "postgres://postgres@127.0.0.1:1/indigo")
-        .env("INDIGO_LISTEN", "127.0.0.1:0")
-        .env("INDIGO_DATAPLANE_LISTEN", "127.0.0.1:0")
-        .env("INDIGO_DATA_DIR", &data_dir)
-        .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"));
-    let mut daemon = Process::spawn(command).unwrap();
+    let up = || {
+        let mut command = Command::new(INDIGO);
+        command
+            .args(["up", "--demo"])
+            .env_remove("INDIGO_DATABASE_URL")
+            .env_remove("INDIGO_ADMIN_TOKEN")
+            // Nothing listens on port 1: `up` must fall back to a server of its own.
+            .env("INDIGO_LOCAL_DATABASE_URL", "postgres://postgres@127.0.0.1:1/indigo")
+            .env("INDIGO_LISTEN", "127.0.0.1:0")
+            .env("INDIGO_DATAPLANE_LISTEN", "127.0.0.1:0")
+            .env("INDIGO_DATA_DIR", &data_dir)
+            .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"));
+        command
+    };
+    let mut daemon = Process::spawn(up()).unwrap();
     daemon.wait_for_line("starting a private one", Duration::from_secs(30)).unwrap();
     daemon.wait_for_line("private PostgreSQL running on 127.0.0.1:54329", Duration::from_secs(120)).unwrap();
     let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
@@ -193,7 +196,19 @@ async fn up_starts_a_private_postgres_when_none_answers() {
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(60)).unwrap();
     assert!(status.success(), "indigo up exited with {status}");
     // The private server went down with the platform.
-    assert!(!indigo_controlplane::db::server_answers("postgres://postgres@127.0.0.1:54329/postgres").await);
+    let private = "postgres://postgres@127.0.0.1:54329/postgres";
+    assert!(!indigo_controlplane::db::server_answers(private).await);
+
+    // Started again on the same directory, then SIGKILLed: the server, a
+    // daemon of pg_ctl's, does not outlive it either.
+    let mut daemon = Process::spawn(up()).unwrap();
+    daemon.wait_for_line("private PostgreSQL running on 127.0.0.1:54329", Duration::from_secs(120)).unwrap();
+    daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
+    daemon.signal_and_wait("KILL", Duration::from_secs(10)).unwrap();
+    eventually("the private PostgreSQL stops after its platform was killed", async || {
+        (!indigo_controlplane::db::server_answers(private).await).then_some(())
+    })
+    .await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
