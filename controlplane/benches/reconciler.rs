@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let server = TenantServer::new(&server_url)?;
     let pool_database = format!("indigo_bench_pool_{suffix}");
     server.provision(&pool_database).await?;
-    let dbs = Arc::new(TenantDatabases { server: server.clone(), pool_database: pool_database.clone() });
+    let dbs = Arc::new(TenantDatabases::new(server.clone(), pool_database.clone()));
     sqlx::query(
         "INSERT INTO tenants (id, slug, name, owner_email, plan, isolation)
          SELECT gen_random_uuid(), 'bench-' || n, 'Bench ' || n, 'owner@bench.example', 'starter', 'pool'

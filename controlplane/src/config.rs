@@ -82,6 +82,7 @@ struct ConfigFile {
     aws_dataplane_image: Option<String>,
     aws_subnets: Option<String>,
     aws_security_groups: Option<String>,
+    aws_cluster_stand_in: Option<String>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -177,6 +178,9 @@ pub struct Overrides {
     /// Comma-separated security groups of the Fargate tasks [env: INDIGO_AWS_SECURITY_GROUPS]
     #[arg(long, env = "INDIGO_AWS_SECURITY_GROUPS", hide_env = true)]
     pub aws_security_groups: Option<String>,
+    /// PostgreSQL server (superuser URL) standing in for every Aurora cluster, for trying the AWS mode on an emulator; never set it against AWS [env: INDIGO_AWS_CLUSTER_STAND_IN]
+    #[arg(long, env = "INDIGO_AWS_CLUSTER_STAND_IN", hide_env = true)]
+    pub aws_cluster_stand_in: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -220,6 +224,8 @@ pub struct Config {
     pub aws_dataplane_image: String,
     /// `None`: EC2 capacity with bridge networking.
     pub aws_subnets: Option<crate::providers::aws::ecs::Subnets>,
+    /// `None` (always, on AWS): clusters are reached at their endpoints.
+    pub aws_cluster_stand_in: Option<String>,
 }
 
 /// Where the control plane keeps what it acts on.
@@ -261,6 +267,8 @@ impl Config {
         check_postgres_url(Some(&local_database_url), "local_database_url", "INDIGO_LOCAL_DATABASE_URL")?;
         let tenant_server_url = overrides.tenant_server_url.or(from_file.tenant_server_url);
         check_postgres_url(tenant_server_url.as_deref(), "tenant_server_url", "INDIGO_TENANT_SERVER_URL")?;
+        let aws_cluster_stand_in = overrides.aws_cluster_stand_in.or(from_file.aws_cluster_stand_in);
+        check_postgres_url(aws_cluster_stand_in.as_deref(), "aws_cluster_stand_in", "INDIGO_AWS_CLUSTER_STAND_IN")?;
         let pool_database =
             overrides.pool_database.or(from_file.pool_database).unwrap_or_else(|| DEFAULT_POOL_DATABASE.into());
         if pool_database.is_empty()
@@ -386,6 +394,7 @@ impl Config {
             admin_token,
             data_dir: overrides.data_dir.or(from_file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             tenant_server_url,
+            aws_cluster_stand_in,
             pool_database,
             dataplane_listen,
             resync_seconds: positive(

@@ -109,7 +109,13 @@ impl ControlPlane {
         if config.stripe.is_none() {
             tracing::warn!("stripe_api_base is not set: tenants are onboarded without billing");
         }
-        let tenant_dbs = Arc::new(TenantDatabases { server, pool_database: config.pool_database.clone() });
+        let mut tenant_dbs = TenantDatabases::new(server, &config.pool_database);
+        if let Some(url) = &config.aws_cluster_stand_in {
+            let stand_in = TenantServer::new(url)?;
+            tracing::warn!("aws_cluster_stand_in is set: every Aurora cluster is reached on {}", stand_in.address());
+            tenant_dbs.cluster_stand_in = Some(stand_in);
+        }
+        let tenant_dbs = Arc::new(tenant_dbs);
         let failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
         let shared = Shared {
             db: db.clone(),

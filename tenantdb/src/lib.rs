@@ -12,9 +12,40 @@ pub mod schema;
 
 use schema::TenantServer;
 
-/// Where tenants' data lives: the server of the pool and the local silos, and
-/// the pool's database on it.
+/// Where tenants' data lives: the server of the pool and the local silos, the
+/// pool's database on it, and how a silo on a cluster of its own is reached.
 pub struct TenantDatabases {
     pub server: TenantServer,
     pub pool_database: String,
+    /// A server that stands in for every Aurora cluster, for tests and for
+    /// trying the AWS mode on an emulator: each cluster's database is the one
+    /// named after the cluster there. A real deployment never sets it.
+    pub cluster_stand_in: Option<TenantServer>,
+}
+
+/// Aurora's port, where every cluster endpoint listens.
+const CLUSTER_PORT: u16 = 5432;
+
+impl TenantDatabases {
+    pub fn new(server: TenantServer, pool_database: impl Into<String>) -> Self {
+        Self { server, pool_database: pool_database.into(), cluster_stand_in: None }
+    }
+
+    /// The server and database holding a tenant placed in `database`, on
+    /// the tenant server or on the cluster at `cluster` (an endpoint). The
+    /// server keeps the tenant server's login; connections as a tenant role
+    /// replace it.
+    pub fn locate(&self, cluster: Option<&str>, database: &str) -> (TenantServer, String) {
+        match (cluster, &self.cluster_stand_in) {
+            (None, _) => (self.server.clone(), database.to_owned()),
+            (Some(endpoint), Some(stand_in)) => (stand_in.clone(), stand_in_database(endpoint)),
+            (Some(endpoint), None) => (self.server.at(endpoint, CLUSTER_PORT), database.to_owned()),
+        }
+    }
+}
+
+/// The stand-in's database for the cluster at `endpoint`: its identifier, the
+/// endpoint's first label (`indigo-acme-1a2b…` → `indigo_acme_1a2b…`).
+pub fn stand_in_database(endpoint: &str) -> String {
+    endpoint.split('.').next().unwrap_or(endpoint).replace('-', "_")
 }

@@ -59,12 +59,23 @@ impl TenantServer {
 
     /// A URL for `database` as the app role, for the data plane's routing.
     pub fn app_url(&self, database: &str) -> String {
-        self.app_url_at(self.superuser.get_host(), database)
+        format!("postgres://{APP_ROLE}@{}:{}/{database}", self.superuser.get_host(), self.superuser.get_port())
     }
 
-    /// The same on another host of the same port (a silo tenant's own cluster).
-    pub fn app_url_at(&self, host: &str, database: &str) -> String {
-        format!("postgres://{APP_ROLE}@{host}:{}/{database}", self.superuser.get_port())
+    /// The same login on another server (a silo tenant's own cluster).
+    pub fn at(&self, host: &str, port: u16) -> Self {
+        Self { superuser: self.superuser.clone().host(host).port(port) }
+    }
+
+    /// Another login on this server: an Aurora cluster's master user, who
+    /// provisions it as a superuser would, though it is none.
+    pub fn logged_in_as(&self, user: &str, password: &str) -> Self {
+        Self { superuser: self.superuser.clone().username(user).password(password) }
+    }
+
+    /// `host:port`, to tell servers apart.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.superuser.get_host(), self.superuser.get_port())
     }
 
     async fn superuser_conn(&self, database: &str) -> Result<PgConnection, SchemaError> {
@@ -83,27 +94,58 @@ impl TenantServer {
         let mut admin = self.superuser_conn("postgres").await?;
         // Roles and databases are cluster-wide; one provisioner at a time creates them.
         sqlx::query("SELECT pg_advisory_lock(hashtext('indigo:provision'))").execute(&mut admin).await.map_err(fail)?;
-        for (role, extra) in [(OWNER_ROLE, ""), (APP_ROLE, " NOINHERIT")] {
-            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(role)
-                .fetch_one(&mut admin)
-                .await
-                .map_err(fail)?;
-            let verb = if exists { "ALTER" } else { "CREATE" };
-            let sql = format!("{verb} ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE{extra}");
+        for (role, inherit) in [(OWNER_ROLE, true), (APP_ROLE, false)] {
+            // Only a superuser may name BYPASSRLS in ALTER ROLE, and an Aurora
+            // master user is none: a role already as wanted is left alone.
+            let attributes: Option<(bool, bool, bool, bool, bool, bool)> = sqlx::query_as(
+                "SELECT rolcanlogin, rolsuper, rolbypassrls, rolcreatedb, rolcreaterole, rolinherit
+                 FROM pg_roles WHERE rolname = $1",
+            )
+            .bind(role)
+            .fetch_optional(&mut admin)
+            .await
+            .map_err(fail)?;
+            let verb = match attributes {
+                Some(found) if found == (true, false, false, false, false, inherit) => continue,
+                Some(_) => "ALTER",
+                None => "CREATE",
+            };
+            let inherit = if inherit { "INHERIT" } else { "NOINHERIT" };
+            let sql = format!("{verb} ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE {inherit}");
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(fail)?;
         }
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(database)
+        // Giving a database to the owner role takes membership in it, which a
+        // superuser has anyway and a master user grants itself.
+        let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
             .fetch_one(&mut admin)
             .await
             .map_err(fail)?;
-        if !exists {
-            let sql = format!("CREATE DATABASE {} OWNER {OWNER_ROLE}", quote_ident(database));
-            match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
-                Ok(_) => {}
-                Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
-                Err(source) => return Err(fail(source)),
+        if !superuser {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("GRANT {OWNER_ROLE} TO CURRENT_USER")))
+                .execute(&mut admin)
+                .await
+                .map_err(fail)?;
+        }
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1")
+                .bind(database)
+                .fetch_optional(&mut admin)
+                .await
+                .map_err(fail)?;
+        match owner.as_deref() {
+            Some(OWNER_ROLE) => {}
+            // A cluster's database is made with the cluster, owned by its master user.
+            Some(_) => {
+                let sql = format!("ALTER DATABASE {} OWNER TO {OWNER_ROLE}", quote_ident(database));
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(fail)?;
+            }
+            None => {
+                let sql = format!("CREATE DATABASE {} OWNER {OWNER_ROLE}", quote_ident(database));
+                match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
+                    Err(source) => return Err(fail(source)),
+                }
             }
         }
         // The lock is held through the migration too: two control planes

@@ -45,12 +45,14 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
         let isolation: Isolation = row.isolation.parse().map_err(|_| corrupt("isolation"))?;
         let placement: Option<Placement> =
             row.placement.clone().map(serde_json::from_value).transpose().map_err(|_| corrupt("placement"))?;
-        let server = &state.tenant_dbs.server;
+        let dbs = &state.tenant_dbs;
         let database_url = match (&placement, isolation) {
             // A silo on its own cluster (AWS) is reached at the cluster's endpoint.
-            (Some(Placement { cluster: Some(host), database, .. }), _) => Some(server.app_url_at(host, database)),
-            (Some(placement), _) => Some(server.app_url(&placement.database)),
-            (None, Isolation::Pool) => Some(server.app_url(&state.tenant_dbs.pool_database)),
+            (Some(placement), _) => {
+                let (server, database) = dbs.locate(placement.cluster.as_deref(), &placement.database);
+                Some(server.app_url(&database))
+            }
+            (None, Isolation::Pool) => Some(dbs.server.app_url(&dbs.pool_database)),
             (None, Isolation::Silo) => None,
         };
         let Ok(plan) = state.plans.get(&row.plan) else {

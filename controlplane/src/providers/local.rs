@@ -35,7 +35,7 @@ fn local(database: String) -> SiloState {
     SiloState { database, cluster: None, sized: true, unavailable: None }
 }
 
-fn classify(error: SchemaError) -> ProviderError {
+pub(crate) fn classify(error: SchemaError) -> ProviderError {
     match &error {
         // Connection trouble and the like may pass; a broken migration will not.
         SchemaError::Migrate { .. } | SchemaError::Url(_) => {

@@ -31,6 +31,7 @@ use crate::billing::{BillingError, Stripe};
 pub use crate::failpoints::Failpoints;
 use crate::providers::{DatabaseProvider, ProviderError};
 use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::TenantServer;
 
 /// The workflows there are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, utoipa::ToSchema)]
@@ -308,10 +309,10 @@ pub struct TenantPools {
 }
 
 impl TenantPools {
-    pub fn get(&self, server: &indigo_tenantdb::schema::TenantServer, database: &str) -> sqlx::PgPool {
+    pub fn get(&self, server: &TenantServer, database: &str) -> sqlx::PgPool {
         let mut pools = self.pools.lock().expect("tenant pools lock");
         pools
-            .entry(database.to_owned())
+            .entry(Self::key(server, database))
             .or_insert_with(|| {
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(4)
@@ -322,47 +323,51 @@ impl TenantPools {
     }
 
     /// Drops the pool of a database that is being dropped.
-    pub fn forget(&self, database: &str) {
-        self.pools.lock().expect("tenant pools lock").remove(database);
+    pub fn forget(&self, server: &TenantServer, database: &str) {
+        self.pools.lock().expect("tenant pools lock").remove(&Self::key(server, database));
     }
-}
 
-/// The database a step opens from the control plane, which reaches the tenant
-/// server only. A silo on a cluster of its own (AWS) sits in a private network:
-/// seeding, exporting or moving its rows has to run there, which it does not yet,
-/// so the step refuses rather than open a database of that name elsewhere.
-pub(crate) fn reachable_database<'a>(database: &'a str, cluster: Option<&str>) -> Result<&'a str, StepError> {
-    match cluster {
-        None => Ok(database),
-        Some(cluster) => Err(StepError::Permanent(format!(
-            "the tenant's data is on its own cluster {cluster}, out of the control plane's reach; \
-             seeding, exporting and moving a silo's rows there is not supported yet"
-        ))),
+    /// Databases of one name on two servers (two clusters) are two pools.
+    fn key(server: &TenantServer, database: &str) -> String {
+        format!("{}/{database}", server.address())
     }
 }
 
 /// A transaction in a tenant database as the schema owner, bound to the step's
-/// tenant: row-level security applies, as in the data plane.
+/// tenant: row-level security applies, as in the data plane. The database is
+/// on the tenant server, or on the tenant's own `cluster` (AWS), which the
+/// control plane reaches from inside the tenants' VPC.
 pub(crate) async fn tenant_transaction<P>(
     cx: &StepContext<'_, P>,
+    cluster: Option<&str>,
     database: &str,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StepError> {
-    let services = cx.services;
-    let pool = services.tenant_pools.get(&services.tenant_dbs.server, database);
+    let (server, database) = cx.services.tenant_dbs.locate(cluster, database);
+    let pool = cx.services.tenant_pools.get(&server, &database);
     // The id is a parsed UUID: safe to format in.
     let begin = format!("BEGIN; SELECT set_config('app.current_tenant', '{}', true)", cx.tenant_id);
     pool.begin_with(sqlx::AssertSqlSafe(begin)).await.map_err(transient)
 }
 
-/// Whether `database` exists on the tenant server.
-pub(crate) async fn database_exists<P>(cx: &StepContext<'_, P>, database: &str) -> Result<bool, StepError> {
-    let services = cx.services;
-    let pool = services.tenant_pools.get(&services.tenant_dbs.server, &services.tenant_dbs.pool_database);
+/// Whether `database` exists, on the tenant server or on `cluster`.
+pub(crate) async fn database_exists<P>(
+    cx: &StepContext<'_, P>,
+    cluster: Option<&str>,
+    database: &str,
+) -> Result<bool, StepError> {
+    let (server, database) = cx.services.tenant_dbs.locate(cluster, database);
+    let pool = cx.services.tenant_pools.get(&server, "postgres");
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(database)
         .fetch_one(&pool)
         .await
         .map_err(transient)
+}
+
+/// Drops the connections to a database that is being dropped.
+pub(crate) fn forget_database<P>(cx: &StepContext<'_, P>, cluster: Option<&str>, database: &str) {
+    let (server, database) = cx.services.tenant_dbs.locate(cluster, database);
+    cx.services.tenant_pools.forget(&server, &database);
 }
 
 /// Why a workflow could not be started.

@@ -110,14 +110,10 @@ async fn bundle_dir<P>(cx: &StepContext<'_, P>) -> Result<std::path::PathBuf, St
 async fn export_bundle<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let tenant = super::tenant(cx).await?;
     let dir = bundle_dir(cx).await?;
-    let database = match &tenant.status.placement {
-        Some(p) => Some(super::reachable_database(&p.database, p.cluster.as_deref())?.to_owned()),
-        None => None,
-    };
-    let bundle = match &database {
-        Some(database) => {
-            let mut tx = super::tenant_transaction(cx, database).await?;
-            export::write(Some(&mut tx), &dir, &tenant, Some(database)).await?
+    let bundle = match &tenant.status.placement {
+        Some(placement) => {
+            let mut tx = super::tenant_transaction(cx, placement.cluster.as_deref(), &placement.database).await?;
+            export::write(Some(&mut tx), &dir, &tenant, Some(&placement.database)).await?
         }
         None => export::write(None, &dir, &tenant, None).await?,
     };
@@ -161,7 +157,7 @@ async fn delete_data<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Val
         Isolation::Pool => cx.services.provider.delete_pool_rows(tenant.id).await?,
         Isolation::Silo => {
             cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
-            cx.services.tenant_pools.forget(&placement.database);
+            super::forget_database(cx, placement.cluster.as_deref(), &placement.database);
             0
         }
     };

@@ -143,8 +143,10 @@ async fn undo_database<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(
     match tenant.spec.isolation {
         Isolation::Silo => {
             cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
-            if let Some(database) = cx.output.and_then(|p| p.get("database")).and_then(Value::as_str) {
-                cx.services.tenant_pools.forget(database);
+            if let Some(placed) = cx.output
+                && let Some(database) = placed.get("database").and_then(Value::as_str)
+            {
+                super::forget_database(cx, placed.get("cluster").and_then(Value::as_str), database);
             }
         }
         Isolation::Pool => {
@@ -214,19 +216,20 @@ async fn undo_billing<P>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
     Ok(())
 }
 
-/// The database this onboarding placed the tenant in.
-fn placed_database<'a, P>(cx: &'a StepContext<'_, P>) -> Result<&'a str, StepError> {
+/// Where this onboarding placed the tenant: its cluster (AWS) and database.
+fn placed<'a, P>(cx: &'a StepContext<'_, P>) -> Result<(Option<&'a str>, &'a str), StepError> {
     let placed = cx.outputs.get("database");
     let database = placed
         .and_then(|p| p.get("database"))
         .and_then(Value::as_str)
         .ok_or_else(|| StepError::Permanent("the database step recorded no database".into()))?;
-    super::reachable_database(database, placed.and_then(|p| p.get("cluster")).and_then(Value::as_str))
+    Ok((placed.and_then(|p| p.get("cluster")).and_then(Value::as_str), database))
 }
 
 async fn search<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let language = cx.input.get("search_language").and_then(Value::as_str).unwrap_or("english");
-    let mut tx = super::tenant_transaction(cx, placed_database(cx)?).await?;
+    let (cluster, database) = placed(cx)?;
+    let mut tx = super::tenant_transaction(cx, cluster, database).await?;
     sqlx::query("INSERT INTO search_settings (tenant_id, language) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING")
         .bind(cx.tenant_id.0)
         .bind(language)
@@ -246,7 +249,8 @@ async fn seed<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let tenant = super::tenant(cx).await?;
     let plan = cx.services.plans.get(tenant.spec.plan.as_str()).map_err(|e| StepError::Permanent(e.to_string()))?;
     let id = sample_product_id(cx.tenant_id.0);
-    let mut tx = super::tenant_transaction(cx, placed_database(cx)?).await?;
+    let (cluster, database) = placed(cx)?;
+    let mut tx = super::tenant_transaction(cx, cluster, database).await?;
     sqlx::query(
         "INSERT INTO products (tenant_id, id, name, description, price_minor, currency, category, tags, status, stock)
          VALUES ($1, $2, 'Sample product', 'Edit or archive me: your shop starts with one product to try things on.',
@@ -266,11 +270,11 @@ async fn seed<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
 /// Deletes what a step wrote in the tenant's database (`$1`: the sample product's id).
 async fn delete_in_tenant_database<P>(cx: &StepContext<'_, P>, statement: &'static str) -> Result<(), StepError> {
     // No database recorded: nothing can have been written.
-    let Ok(database) = placed_database(cx) else { return Ok(()) };
-    let mut tx = match super::tenant_transaction(cx, database).await {
+    let Ok((cluster, database)) = placed(cx) else { return Ok(()) };
+    let mut tx = match super::tenant_transaction(cx, cluster, database).await {
         Ok(tx) => tx,
         // The database is gone already: so is what was written there.
-        Err(_) if !super::database_exists(cx, database).await? => return Ok(()),
+        Err(_) if !super::database_exists(cx, cluster, database).await? => return Ok(()),
         Err(e) => return Err(e),
     };
     let query = sqlx::query(statement);

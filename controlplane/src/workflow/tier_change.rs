@@ -236,12 +236,12 @@ async fn provision<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value
     .execute(&cx.services.db)
     .await?;
     let tenant = super::tenant(cx).await?;
-    super::reachable_database(&from.database, from.cluster.as_deref())?;
+    on_tenant_server(&from.database, from.cluster.as_deref())?;
     let target = match to {
         Isolation::Silo => {
             let target = SiloTenant::of(&tenant, &cx.services.plans)?;
             let silo = cx.services.provider.ensure_silo(&target).await?;
-            match super::reachable_database(&silo.database, silo.cluster.as_deref()) {
+            match on_tenant_server(&silo.database, silo.cluster.as_deref()) {
                 Ok(database) => database.to_owned(),
                 Err(refused) => {
                     // Nothing recorded it yet, so no compensation would release it.
@@ -269,6 +269,21 @@ async fn provision<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value
     Ok(json!({ "move": planned }))
 }
 
+/// The database a move copies from or into, which must be on the tenant
+/// server: the mover copies as the server's superuser (COPY into a table with
+/// forced row-level security needs one), and an Aurora cluster's master user is
+/// none. Moves into and out of a cluster of its own are refused until the
+/// mover runs without one.
+fn on_tenant_server<'a>(database: &'a str, cluster: Option<&str>) -> Result<&'a str, StepError> {
+    match cluster {
+        None => Ok(database),
+        Some(cluster) => Err(StepError::Permanent(format!(
+            "the tenant's data would move into or out of its own Aurora cluster {cluster}; \
+             moves there are not supported yet (the mover needs a superuser, which Aurora has not)"
+        ))),
+    }
+}
+
 /// Undoes `provision`: the target is released unless the tenant is served from it.
 async fn release_target<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
     let Some(planned) = planned_move(cx)? else { return Ok(()) };
@@ -279,7 +294,7 @@ async fn release_target<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<
     match planned.to {
         Isolation::Silo => {
             cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
-            cx.services.tenant_pools.forget(&planned.target);
+            super::forget_database(cx, None, &planned.target);
         }
         Isolation::Pool => {
             planned.mover(cx).await?.clear_target().await?;
@@ -442,7 +457,7 @@ async fn cleanup<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, 
                 Isolation::Silo => {
                     let tenant = super::tenant(cx).await?;
                     cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
-                    cx.services.tenant_pools.forget(&planned.source);
+                    super::forget_database(cx, None, &planned.source);
                     json!({ "database_dropped": planned.source })
                 }
             };

@@ -3,6 +3,9 @@
 //! `db.serverless` writer, encrypted, protected, sized and backed up as its
 //! plan says, tagged; a plan change resizes and retags; deleting removes the
 //! writer, then the cluster, and keeps a final snapshot when the plan asks.
+//! The cluster's database is reached on a stand-in server (as tests and demos
+//! do): the tenant schema is provisioned there as the master user whose login
+//! the cluster's managed secret holds.
 //! Compute: the pool's data-plane service and a silo tenant's own, with their
 //! desired counts, tagged; resized; deleted. (How AWS errors are sorted is
 //! unit-tested beside the provider: moto refuses too little to show it.)
@@ -23,9 +26,9 @@ use indigo_controlplane::registry::{self, NewTenant, TenantRef};
 use indigo_controlplane::{db, policy};
 use indigo_core::plan::PlanCatalog;
 use indigo_core::tenant::{Email, Lifecycle, Phase, Slug, TenantId, TenantName};
-use indigo_tenantdb::TenantDatabases;
-use indigo_tenantdb::schema::TenantServer;
-use sqlx::PgPool;
+use indigo_tenantdb::schema::{TenantServer, audit_isolation};
+use indigo_tenantdb::{TenantDatabases, stand_in_database};
+use sqlx::{ConnectOptions, Connection, PgPool};
 
 /// The product's plans plus a bigger silo plan to upgrade to.
 fn plans() -> PlanCatalog {
@@ -172,7 +175,9 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     let plans = Arc::new(plans());
     // Silo tenants never touch the pool; its database is only named.
     let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
-    let dbs = Arc::new(TenantDatabases { server, pool_database: "indigo_aws_pool_unused".into() });
+    let mut dbs = TenantDatabases::new(server.clone(), "indigo_aws_pool_unused");
+    dbs.cluster_stand_in = Some(server.clone());
+    let dbs = Arc::new(dbs);
     let cluster = format!("indigo-test-{}", uuid::Uuid::new_v4().simple());
     let ecs = Arc::new(EcsServices::new(&config, &cluster, "ghcr.io/indigo/dataplane:1.0", None));
     let settings = Settings { resync: Duration::from_secs(3600), workers: 1, rls_audit: Duration::from_secs(3600) };
@@ -222,10 +227,30 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     assert_eq!(placement.cluster, state.endpoint, "the data plane is routed to the cluster's endpoint");
     assert_eq!(placement.service.as_deref(), Some(service.as_str()));
     assert!(reconcile(tenant.id).await.actions.is_empty(), "converged: a second pass changes nothing");
+    // The cluster's database (on the stand-in) holds the tenant schema, RLS
+    // forced on every tenant table, provisioned by a master user who is no superuser.
+    let endpoint = state.endpoint.clone().unwrap();
+    let on_cluster = stand_in_database(&endpoint);
+    assert!(server.schema_ready(&on_cluster).await.unwrap(), "the tenant schema is on the cluster");
+    let mut conn = server.admin_options(&on_cluster).connect().await.unwrap();
+    assert_eq!(audit_isolation(&mut conn).await.unwrap(), []);
+    let owner: String =
+        sqlx::query_scalar("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = current_database()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(owner, "indigo_owner");
+    let secret = rds_secret(&config, &state.identifier).await;
+    let master: (bool, bool) = sqlx::query_as("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = $1")
+        .bind(secret["username"].as_str().unwrap())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(master, (false, true), "the master user from the cluster's secret, as Aurora makes it");
+    conn.close().await.unwrap();
     let routes = routing_table(&pool).await;
     let route = routes["routes"].as_array().unwrap().iter().find(|r| r["slug"] == "big-corp").unwrap().clone();
-    let endpoint = state.endpoint.clone().unwrap();
-    assert_eq!(route["database_url"], format!("postgres://indigo_app@{endpoint}:5432/{TENANT_DATABASE}"));
+    assert_eq!(route["database_url"], format!("postgres://indigo_app@127.0.0.1:5432/{on_cluster}"));
 
     // A plan change resizes the cluster and scales the service, in place.
     let mut tx = pool.begin().await.unwrap();
@@ -282,6 +307,16 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     );
     let gone = get(tenant.id).await;
     assert_eq!((gone.status.phase, gone.status.placement), (Phase::Deleted, None));
+    assert!(!server.schema_ready(&on_cluster).await.unwrap(), "the cluster's data went with it");
+}
+
+/// The master login RDS keeps for `cluster`, read back as any AWS client would.
+async fn rds_secret(config: &aws_config::SdkConfig, cluster: &str) -> serde_json::Value {
+    let described =
+        aws_sdk_rds::Client::new(config).describe_db_clusters().db_cluster_identifier(cluster).send().await.unwrap();
+    let arn = described.db_clusters()[0].master_user_secret().unwrap().secret_arn().unwrap().to_owned();
+    let value = aws_sdk_secretsmanager::Client::new(config).get_secret_value().secret_id(arn).send().await.unwrap();
+    serde_json::from_str(value.secret_string().unwrap()).unwrap()
 }
 
 /// `GET /v1/routing` as the data plane asks for it.
@@ -291,6 +326,7 @@ async fn routing_table(pool: &PgPool) -> serde_json::Value {
     let overrides = Overrides {
         admin_token: Some("routing-test-token".into()),
         pool_database: Some("indigo_aws_routing_pool".into()),
+        aws_cluster_stand_in: Some(indigo_e2e::server_url()),
         ..Overrides::default()
     };
     let router = crate::support::control_plane(pool.clone(), overrides).await.router();

@@ -37,7 +37,7 @@ impl World {
         let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
         let pool_database = format!("indigo_rec_pool_{}", uuid::Uuid::new_v4().simple());
         server.provision(&pool_database).await.unwrap();
-        Self { db, dbs: Arc::new(TenantDatabases { server, pool_database }), plans: Arc::new(plans()) }
+        Self { db, dbs: Arc::new(TenantDatabases::new(server, pool_database)), plans: Arc::new(plans()) }
     }
 
     fn controller<P: DatabaseProvider>(&self, provider: P, workers: usize) -> Controller<P> {

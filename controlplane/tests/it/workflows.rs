@@ -13,13 +13,14 @@ use indigo_controlplane::api::AppState;
 use indigo_controlplane::config::Overrides;
 use indigo_controlplane::control_plane::ControlPlane;
 use indigo_controlplane::db;
+use indigo_controlplane::providers::aws::AwsDatabases;
 use indigo_controlplane::providers::local::{LocalDatabases, silo_database};
-use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
 use indigo_controlplane::workflow::StepName;
 use indigo_controlplane::workflow::export;
 use indigo_controlplane::workflow::{Definition, Engine, Failpoints, Services, engine, onboarding::Onboarding};
 use indigo_core::tenant::{Slug, TenantId};
 use indigo_e2e::stripe_double::StripeDouble;
+use indigo_tenantdb::stand_in_database;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, PgPool};
 use tower::ServiceExt;
@@ -40,6 +41,11 @@ struct World {
 
 impl World {
     async fn new(db: PgPool) -> Self {
+        Self::with(db, Overrides::default()).await
+    }
+
+    /// A world whose configuration also has what `extra` sets.
+    async fn with(db: PgPool, extra: Overrides) -> Self {
         let stripe = StripeDouble::start().await.unwrap();
         let data_dir = std::env::temp_dir().join(format!("indigo-wf-{}", uuid::Uuid::new_v4().simple()));
         let overrides = Overrides {
@@ -48,7 +54,7 @@ impl World {
             stripe_api_base: Some(stripe.url.clone()),
             stripe_secret_key: Some("sk_test_double".into()),
             data_dir: Some(data_dir.clone()),
-            ..Overrides::default()
+            ..extra
         };
         let control_plane = support::control_plane(db.clone(), overrides).await;
         Self {
@@ -616,41 +622,56 @@ async fn the_welcome_email_is_delivered_once_through_smtp(pool: PgPool) {
     world.cleanup().await;
 }
 
-/// A provider whose silos live on clusters of their own, as on AWS.
-struct OwnClusters(LocalDatabases);
-
-impl DatabaseProvider for OwnClusters {
-    async fn observe_silo(&self, tenant: &SiloTenant<'_>) -> Result<Option<SiloState>, ProviderError> {
-        Ok(self.0.observe_silo(tenant).await?.map(on_own_cluster))
-    }
-    async fn ensure_silo(&self, tenant: &SiloTenant<'_>) -> Result<SiloState, ProviderError> {
-        Ok(on_own_cluster(self.0.ensure_silo(tenant).await?))
-    }
-    async fn delete_silo(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
-        self.0.delete_silo(tenant).await
-    }
-    async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
-        self.0.delete_pool_rows(tenant).await
-    }
-}
-
-fn on_own_cluster(silo: SiloState) -> SiloState {
-    SiloState { cluster: Some("indigo-x.cluster-abc.us-east-1.rds.amazonaws.com".into()), ..silo }
-}
-
-/// The control plane reaches the tenant server only: it never opens a database
-/// of the silo's name on the wrong server; it says why and undoes the silo.
+/// On AWS an enterprise tenant's data lives on its own Aurora cluster (here on
+/// the stand-in server, the cluster's AWS side on moto): onboarding provisions
+/// the schema there and seeds it; the routing table sends the data plane
+/// there; offboarding exports from it, then deletes the cluster with its data.
+/// A tier change that would move rows into or out of a cluster is refused
+/// with the reason, and nothing is left half done.
 #[sqlx::test(migrator = "db::MIGRATOR")]
-async fn a_silo_out_of_reach_is_refused_with_the_reason_and_released(pool: PgPool) {
-    let world = World::new(pool).await;
+async fn an_enterprise_tenant_on_aws_lives_on_its_own_cluster_from_onboarding_to_offboarding(pool: PgPool) {
+    let moto = support::moto().await;
+    let stand_in = Overrides { aws_cluster_stand_in: Some(indigo_e2e::server_url()), ..Overrides::default() };
+    let world = World::with(pool, stand_in).await;
+    let services = world.services("").with_provider(AwsDatabases::new(&moto, world.state.tenant_dbs.clone()));
     let tenant = world.create("far-corp", "enterprise").await;
-    let services = world.services("").with_provider(OwnClusters(LocalDatabases::new(world.state.tenant_dbs.clone())));
     engine::run_until_idle(&services).await.unwrap();
     let workflow = &world.workflows("far-corp").await[0];
-    assert_eq!(workflow["state"], "failed", "{workflow}");
-    assert!(workflow["error"].as_str().unwrap().contains("out of the control plane's reach"), "{workflow}");
-    assert!(!world.database_exists(&World::silo_of(&tenant)).await, "the silo it created is released");
-    let after = world.tenant("far-corp").await;
-    assert_eq!(after["status"]["phase"], "failed");
+    assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    let placement = world.tenant("far-corp").await["status"]["placement"].clone();
+    let endpoint = placement["cluster"].as_str().expect("placed on its own cluster").to_owned();
+    assert!(endpoint.contains(".cluster-"), "an Aurora endpoint: {endpoint}");
+    let on_cluster = stand_in_database(&endpoint);
+    assert_eq!(world.rows_in(&on_cluster, "products", &tenant).await, 1, "the sample product is on the cluster");
+    assert_eq!(world.rows_in(&on_cluster, "search_settings", &tenant).await, 1);
+    assert!(!world.database_exists(&World::silo_of(&tenant)).await, "no local silo database");
+    let (_, routing) = world.call(Method::GET, "/v1/routing", None, None).await;
+    let route = routing["routes"].as_array().unwrap().iter().find(|r| r["slug"] == "far-corp").unwrap().clone();
+    assert_eq!(route["database_url"], format!("postgres://indigo_app@127.0.0.1:5432/{on_cluster}"));
+
+    // Down to a pool plan: the rows would leave the cluster, which the mover cannot do yet.
+    let (status, _) = world
+        .call(Method::PUT, "/v1/tenants/far-corp/plan", Some("down-far-corp"), Some(json!({ "plan": "pro" })))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    engine::run_until_idle(&services).await.unwrap();
+    let change = world.workflows("far-corp").await.into_iter().find(|w| w["kind"] == "tier_change").unwrap();
+    assert_eq!(change["state"], "failed", "{change}");
+    assert!(change["error"].as_str().unwrap().contains("not supported yet"), "{change}");
+    assert_eq!(world.tenant("far-corp").await["spec"]["plan"], "enterprise", "the plan change is undone");
+    assert_eq!(world.rows_in(&on_cluster, "products", &tenant).await, 1, "the data stays where it was");
+
+    world.delete("far-corp").await;
+    engine::run_until_idle(&services).await.unwrap();
+    let offboarding = world.workflows("far-corp").await.into_iter().find(|w| w["kind"] == "offboarding").unwrap();
+    assert_eq!(offboarding["state"], "succeeded", "{offboarding}");
+    let export_step = offboarding["steps"].as_array().unwrap().iter().find(|s| s["name"] == "export").unwrap();
+    let manifest = export::verify(std::path::Path::new(export_step["output"]["path"].as_str().unwrap())).unwrap();
+    let exported: u64 = manifest.tables.iter().find(|t| t.table == "products").unwrap().rows;
+    assert_eq!(exported, 1, "the export read the cluster");
+    assert!(!world.database_exists(&on_cluster).await, "the cluster's data went with it");
+    let clusters = aws_sdk_rds::Client::new(&moto);
+    let identifier = endpoint.split('.').next().unwrap();
+    assert!(clusters.describe_db_clusters().db_cluster_identifier(identifier).send().await.is_err(), "cluster deleted");
     world.cleanup().await;
 }

@@ -8,6 +8,8 @@
 
 pub mod ecs;
 pub mod rds;
+pub mod secrets;
+mod stand_in;
 
 use std::sync::Arc;
 
@@ -16,41 +18,92 @@ use indigo_core::tenant::TenantId;
 
 use self::ecs::EcsServices;
 use self::rds::{AuroraClusters, TENANT_DATABASE};
+use self::secrets::MasterSecrets;
 use super::local::LocalDatabases;
 use super::{
     ComputeProvider, DatabaseProvider, ProviderError, ProviderFuture, ServiceSpec, ServiceState, SiloState, SiloTenant,
 };
 use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::schema::{SchemaError, TenantServer};
 
 /// Silo databases on Aurora; the pool is the configured tenant server, which
-/// the control plane reaches as it does locally.
+/// the control plane reaches as it does locally. The control plane runs in the
+/// tenants' VPC and reaches each cluster's endpoint: it provisions the tenant
+/// schema there as the cluster's master user, whose login RDS keeps in
+/// Secrets Manager.
 pub struct AwsDatabases {
     clusters: AuroraClusters,
+    secrets: MasterSecrets,
     pool: LocalDatabases,
+    dbs: Arc<TenantDatabases>,
 }
 
 impl AwsDatabases {
     pub fn new(config: &aws_config::SdkConfig, tenant_dbs: Arc<TenantDatabases>) -> Self {
-        Self { clusters: AuroraClusters::new(config), pool: LocalDatabases::new(tenant_dbs) }
+        Self {
+            clusters: AuroraClusters::new(config),
+            secrets: MasterSecrets::new(config),
+            pool: LocalDatabases::new(tenant_dbs.clone()),
+            dbs: tenant_dbs,
+        }
+    }
+
+    /// The cluster's database, reached as its master user; on the stand-in,
+    /// first made as creating the cluster makes it on AWS.
+    async fn master_server(
+        &self,
+        cluster: &rds::ClusterState,
+        endpoint: &str,
+    ) -> Result<(TenantServer, String), ProviderError> {
+        let arn = cluster.master_secret_arn.as_deref().ok_or_else(|| ProviderError::Permanent {
+            reason: "NoMasterSecret".into(),
+            message: format!("cluster {} has no managed master secret", cluster.identifier),
+        })?;
+        let login = self.secrets.login(arn).await?;
+        let (server, database) = self.dbs.locate(Some(endpoint), TENANT_DATABASE);
+        if let Some(stand_in) = &self.dbs.cluster_stand_in {
+            stand_in::create_cluster_database(stand_in, &database, &login).await?;
+        }
+        Ok((server.logged_in_as(&login.username, login.password.expose()), database))
     }
 }
 
 impl DatabaseProvider for AwsDatabases {
-    /// Ready once the cluster has its writer; its size is compared with the plan's.
+    /// Ready once the cluster has its writer and its tenant schema; its size
+    /// is compared with the plan's.
     async fn observe_silo(&self, tenant: &SiloTenant<'_>) -> Result<Option<SiloState>, ProviderError> {
         let Some(cluster) = self.clusters.observe(tenant).await? else { return Ok(None) };
-        if cluster.writer.is_none() {
-            return Ok(None);
+        let state = silo_state(tenant, &cluster)?;
+        let Some(endpoint) = cluster.endpoint.as_deref().filter(|_| cluster.writer.is_some()) else { return Ok(None) };
+        if state.unavailable.is_none() {
+            let (server, database) = self.master_server(&cluster, endpoint).await?;
+            if !server.schema_ready(&database).await.map_err(schema_failed)? {
+                return Ok(None);
+            }
         }
-        Ok(Some(silo_state(tenant, cluster)?))
+        Ok(Some(state))
     }
 
+    /// The cluster and its writer as the plan says, then (once it serves)
+    /// the tenant schema in its database.
     async fn ensure_silo(&self, tenant: &SiloTenant<'_>) -> Result<SiloState, ProviderError> {
-        silo_state(tenant, self.clusters.ensure(tenant).await?)
+        let cluster = self.clusters.ensure(tenant).await?;
+        let state = silo_state(tenant, &cluster)?;
+        if let (None, Some(endpoint)) = (&state.unavailable, cluster.endpoint.as_deref()) {
+            let (server, database) = self.master_server(&cluster, endpoint).await?;
+            server.provision(&database).await.map_err(schema_failed)?;
+        }
+        Ok(state)
     }
 
     async fn delete_silo(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
-        self.clusters.delete(tenant).await
+        let endpoint = self.clusters.observe(tenant).await?.and_then(|c| c.endpoint);
+        self.clusters.delete(tenant).await?;
+        // On AWS the data goes with the cluster; on the stand-in, with its database.
+        if let (Some(stand_in), Some(endpoint)) = (&self.dbs.cluster_stand_in, endpoint) {
+            stand_in.drop_database(&indigo_tenantdb::stand_in_database(&endpoint)).await.map_err(schema_failed)?;
+        }
+        Ok(())
     }
 
     async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
@@ -61,14 +114,26 @@ impl DatabaseProvider for AwsDatabases {
 /// Aurora statuses in which the cluster answers queries.
 const SERVING: [&str; 6] = ["available", "backing-up", "modifying", "maintenance", "upgrading", "renaming"];
 
-fn silo_state(tenant: &SiloTenant<'_>, cluster: rds::ClusterState) -> Result<SiloState, ProviderError> {
+fn silo_state(tenant: &SiloTenant<'_>, cluster: &rds::ClusterState) -> Result<SiloState, ProviderError> {
+    let unavailable = if !SERVING.contains(&cluster.status.as_str()) {
+        Some(format!("its Aurora cluster is {}", cluster.status))
+    } else if cluster.writer.is_none() || cluster.endpoint.is_none() {
+        Some("its Aurora cluster has no writer yet".to_owned())
+    } else {
+        None
+    };
     Ok(SiloState {
         database: TENANT_DATABASE.into(),
         sized: cluster.sized_as(&tenant.plan.name, tenant.size()?),
-        unavailable: (!SERVING.contains(&cluster.status.as_str()))
-            .then(|| format!("its Aurora cluster is {}", cluster.status)),
-        cluster: cluster.endpoint,
+        unavailable,
+        cluster: cluster.endpoint.clone(),
     })
+}
+
+/// The schema could not be brought up on a cluster: a connection or a
+/// statement failed (worth retrying), or a migration is broken (not).
+fn schema_failed(error: SchemaError) -> ProviderError {
+    crate::providers::local::classify(error)
 }
 
 impl ComputeProvider for EcsServices {
@@ -105,7 +170,7 @@ where
 {
     let service = match &error {
         SdkError::ServiceError(service) => service.err(),
-        other => return ProviderError::Transient(format!("AWS RDS unreachable: {}", DisplayErrorContext(other))),
+        other => return ProviderError::Transient(format!("AWS unreachable: {}", DisplayErrorContext(other))),
     };
     let code = service.code().unwrap_or("Unknown").to_owned();
     let message = service.message().map(str::to_owned).unwrap_or_else(|| service.to_string());
@@ -121,7 +186,7 @@ where
             | "InvalidDBInstanceState"
     );
     if transient {
-        ProviderError::Transient(format!("AWS RDS {code}: {message}"))
+        ProviderError::Transient(format!("AWS {code}: {message}"))
     } else {
         ProviderError::Permanent { reason: code, message }
     }

@@ -6,9 +6,8 @@
 //! cluster (deletion protection lifted just before), with a final snapshot
 //! when the plan asks for one.
 //!
-//! The control plane cannot reach a cluster's private endpoint: the tenant
-//! schema is applied from inside the VPC by the tenant's own data-plane
-//! service, and the data plane is routed to the endpoint through the placement.
+//! The control plane runs in the tenants' VPC and reaches each cluster's
+//! writer endpoint; the data plane is routed there through the placement.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +38,8 @@ pub struct ClusterState {
     pub tags: BTreeMap<String, String>,
     /// The writer instance, once it is a member of the cluster.
     pub writer: Option<String>,
+    /// The Secrets Manager secret holding the master login.
+    pub master_secret_arn: Option<String>,
 }
 
 impl ClusterState {
@@ -104,6 +105,7 @@ impl AuroraClusters {
                 .iter()
                 .find(|m| m.is_cluster_writer().unwrap_or(false))
                 .and_then(|m| m.db_instance_identifier().map(str::to_owned)),
+            master_secret_arn: cluster.master_user_secret().and_then(|s| s.secret_arn()).map(str::to_owned),
         }))
     }
 
