@@ -49,6 +49,14 @@ pub fn retry_later(code: &str, message: &str) -> Response {
     response
 }
 
+/// The log filter of both daemons: `RUST_LOG` (default `info`), with
+/// PostgreSQL's notices below warnings. They are expected (the idempotent DDL
+/// of every start says "already exists, skipping"), and sqlx logs each at INFO.
+pub fn log_filter() -> String {
+    let wanted = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty()).unwrap_or_else(|| "info".into());
+    format!("{wanted},sqlx::postgres::notice=warn")
+}
+
 /// Completes on SIGTERM or Ctrl-C; both daemons stop on it.
 pub async fn shutdown_signal() {
     let terminate = async {

@@ -25,8 +25,10 @@ fn schemathesis() -> String {
 }
 
 /// Runs schemathesis against the API at `url` with `token`; its report on failure.
-fn fuzz(program: &str, url: &str, token: &str, seed: &str) -> Result<(), String> {
+fn fuzz(program: &str, url: &str, token: &str, seed: &str, data_dir: &std::path::Path) -> Result<(), String> {
     let output = Command::new(program)
+        // Its cache (`.schemathesis/`) goes with the platform's directory, not into the checkout.
+        .current_dir(data_dir)
         .args(["run", &format!("{url}/openapi.json"), "--checks", "all", "--no-color"])
         // Two stateful checks assume what this API does not promise: that a
         // DELETE removes (a tenant's starts an offboarding, and the tenant stays
@@ -62,9 +64,9 @@ async fn both_apis_fuzz_clean_against_their_documents() {
     let output = cli(data_dir, &["storefront-token", "blue-bakery", "--api-url", &api_url]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let shop_token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-    let storefront = fuzz(&program, &storefront_url, &shop_token, "1");
+    let storefront = fuzz(&program, &storefront_url, &shop_token, "1", data_dir);
     let admin_token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_owned();
-    let admin = fuzz(&program, &api_url, &admin_token, "1");
+    let admin = fuzz(&program, &api_url, &admin_token, "1", data_dir);
 
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "indigo up exited with {status} after SIGTERM");
