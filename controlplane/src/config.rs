@@ -83,6 +83,8 @@ struct ConfigFile {
     aws_subnets: Option<String>,
     aws_security_groups: Option<String>,
     aws_cluster_stand_in: Option<String>,
+    aws_control_plane_url: Option<String>,
+    aws_log_group: Option<String>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -181,6 +183,12 @@ pub struct Overrides {
     /// PostgreSQL server (superuser URL) standing in for every Aurora cluster, for trying the AWS mode on an emulator; never set it against AWS [env: INDIGO_AWS_CLUSTER_STAND_IN]
     #[arg(long, env = "INDIGO_AWS_CLUSTER_STAND_IN", hide_env = true)]
     pub aws_cluster_stand_in: Option<String>,
+    /// Where the data-plane tasks on ECS reach the admin API, from inside the VPC (required with provider `aws`) [env: INDIGO_AWS_CONTROL_PLANE_URL]
+    #[arg(long, env = "INDIGO_AWS_CONTROL_PLANE_URL", hide_env = true)]
+    pub aws_control_plane_url: Option<String>,
+    /// CloudWatch Logs group of the data-plane tasks' output [env: INDIGO_AWS_LOG_GROUP] [default: /indigo/dataplane]
+    #[arg(long, env = "INDIGO_AWS_LOG_GROUP", hide_env = true)]
+    pub aws_log_group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +234,13 @@ pub struct Config {
     pub aws_subnets: Option<crate::providers::aws::ecs::Subnets>,
     /// `None` (always, on AWS): clusters are reached at their endpoints.
     pub aws_cluster_stand_in: Option<String>,
+    /// Where the data-plane tasks reach the admin API; required with
+    /// `Provider::Aws` (`indigo up` gives its own).
+    pub aws_control_plane_url: Option<String>,
+    pub aws_log_group: String,
+    /// The storefront's signing secret, when `indigo up` brings its own; on
+    /// AWS it is otherwise made once in Secrets Manager. Not a setting.
+    pub storefront_jwt_secret: Option<Secret>,
 }
 
 /// Where the control plane keeps what it acts on.
@@ -346,6 +361,16 @@ impl Config {
                 });
             }
         };
+        let aws_control_plane_url = overrides.aws_control_plane_url.or(from_file.aws_control_plane_url);
+        if let Some(url) = &aws_control_plane_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "aws_control_plane_url",
+                env: "INDIGO_AWS_CONTROL_PLANE_URL",
+                message: format!("`{url}` is not an http:// or https:// URL"),
+            });
+        }
         let list = |raw: Option<String>| -> Vec<String> {
             raw.iter().flat_map(|r| r.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
         };
@@ -395,6 +420,12 @@ impl Config {
             data_dir: overrides.data_dir.or(from_file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             tenant_server_url,
             aws_cluster_stand_in,
+            aws_control_plane_url,
+            storefront_jwt_secret: None,
+            aws_log_group: overrides
+                .aws_log_group
+                .or(from_file.aws_log_group)
+                .unwrap_or_else(|| "/indigo/dataplane".into()),
             pool_database,
             dataplane_listen,
             resync_seconds: positive(

@@ -22,8 +22,10 @@ use crate::jobs::Jobs;
 use crate::metering::aws::AwsUsage;
 use crate::outbox::{self, Mailer};
 use crate::providers::aws::AwsDatabases;
-use crate::providers::aws::ecs::EcsServices;
+use crate::providers::aws::ecs::{EcsServices, TaskSettings};
+use crate::providers::aws::stand_in::StandInTasks;
 use crate::providers::local::{LocalDatabases, PostgresMetrics};
+use crate::providers::processes::LocalProcesses;
 use crate::providers::{ComputeProvider, DatabaseProvider, MetricsProvider};
 use crate::reconciler::{self, Controller, ReconcilerControl};
 use crate::workflow::{Engine, Failpoints, Services};
@@ -65,17 +67,18 @@ impl<P: DatabaseProvider> Spawn for Engine<P> {
 
 impl ControlPlane {
     /// Builds every part from `config`, on its `database_url`. Policies are
-    /// read first: a broken plans file stops us before any IO. `compute`: the
-    /// data planes this replica runs itself (`indigo up`); on the local
-    /// provider without it the data plane is deployed some other way, on AWS
-    /// the data planes are ECS services.
-    pub async fn build(config: &Config, compute: Option<Arc<dyn ComputeProvider>>) -> anyhow::Result<Self> {
+    /// read first: a broken plans file stops us before any IO. `dataplanes`:
+    /// the data-plane processes this replica runs itself (`indigo up`). On the
+    /// local provider they are the data plane (without them it is deployed
+    /// some other way); on AWS the data planes are ECS services, whose tasks
+    /// they run when ECS is an emulator's (the stand-in).
+    pub async fn build(config: &Config, dataplanes: Option<Arc<LocalProcesses>>) -> anyhow::Result<Self> {
         let url = config.database_url.as_deref().context(
             "no database configured: set database_url (env INDIGO_DATABASE_URL), or use `indigo up` for a local platform",
         )?;
         let policies = Policies::load(config)?;
         let db = db::connect(url).await?;
-        Self::assemble(config, policies, db, compute).await
+        Self::assemble(config, policies, db, dataplanes).await
     }
 
     /// [`ControlPlane::build`] on a control database already connected (and
@@ -84,16 +87,16 @@ impl ControlPlane {
     pub async fn on_database(
         config: &Config,
         db: PgPool,
-        compute: Option<Arc<dyn ComputeProvider>>,
+        dataplanes: Option<Arc<LocalProcesses>>,
     ) -> anyhow::Result<Self> {
-        Self::assemble(config, Policies::load(config)?, db, compute).await
+        Self::assemble(config, Policies::load(config)?, db, dataplanes).await
     }
 
     async fn assemble(
         config: &Config,
         Policies { plans, costs }: Policies,
         db: PgPool,
-        compute: Option<Arc<dyn ComputeProvider>>,
+        dataplanes: Option<Arc<LocalProcesses>>,
     ) -> anyhow::Result<Self> {
         let plans = Arc::new(plans);
         db::migrate(&db).await?;
@@ -127,17 +130,32 @@ impl ControlPlane {
             failpoints: failpoints.clone(),
         };
         let (loops, aws_usage) = match config.provider {
-            Provider::Local => (shared.loops(config, LocalDatabases::new(tenant_dbs.clone()), compute)?, None),
+            Provider::Local => {
+                let compute = dataplanes.map(|processes| processes as Arc<dyn ComputeProvider>);
+                (shared.loops(config, LocalDatabases::new(tenant_dbs.clone()), compute)?, None)
+            }
             Provider::Aws => {
                 let aws = aws_config::load_from_env().await;
                 let databases = Arc::new(AwsDatabases::new(&aws, tenant_dbs.clone()));
-                let services = EcsServices::new(
-                    &aws,
-                    &config.aws_ecs_cluster,
-                    &config.aws_dataplane_image,
-                    config.aws_subnets.clone(),
-                );
-                let loops = shared.loops(config, databases, Some(Arc::new(services)))?;
+                let tasks = TaskSettings {
+                    image: config.aws_dataplane_image.clone(),
+                    control_plane_url: config.aws_control_plane_url.clone().context(
+                        "aws_control_plane_url (env INDIGO_AWS_CONTROL_PLANE_URL) is required with provider `aws`: \
+                         the URL at which the data-plane tasks reach the admin API",
+                    )?,
+                    jwt_secret: config.storefront_jwt_secret.clone(),
+                    redis_url: config.redis_url.clone(),
+                    log_level: "info".into(),
+                    log_group: config.aws_log_group.clone(),
+                    region: aws.region().map_or_else(|| "us-east-1".to_owned(), ToString::to_string),
+                };
+                let services =
+                    EcsServices::new(&aws, &config.aws_ecs_cluster, tasks, config.aws_subnets.clone(), db.clone());
+                let compute: Arc<dyn ComputeProvider> = match dataplanes {
+                    Some(processes) => Arc::new(StandInTasks::new(services, processes)),
+                    None => Arc::new(services),
+                };
+                let loops = shared.loops(config, databases, Some(compute))?;
                 let usage = AwsUsage::new(&aws, &config.aws_usage_table, &config.aws_metrics_namespace)
                     .with_features_table(&config.aws_features_table);
                 (loops, Some(Arc::new(usage)))

@@ -57,3 +57,15 @@ pub async fn revoke_dataplane_token(db: &PgPool, name: &str) -> Result<(), sqlx:
         .await?;
     Ok(())
 }
+
+/// Whether `token` is the current secret of the data plane called `name`.
+pub async fn dataplane_token_current(db: &PgPool, name: &str, token: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE lower(name) = lower($1) AND role = 'dataplane'
+                        AND revoked_at IS NULL AND token_hash = $2)",
+    )
+    .bind(name)
+    .bind(hash_token(token))
+    .fetch_one(db)
+    .await
+}

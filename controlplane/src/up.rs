@@ -12,7 +12,7 @@ use indigo_core::tenant::{Email, Lifecycle, Slug, TenantName};
 use tokio::process::Command;
 
 use crate::api::auth::{self, Actor};
-use crate::config::{Config, Secret};
+use crate::config::{Config, Provider, Secret};
 use crate::control_plane::ControlPlane;
 use crate::providers::processes::{Credentials, Launch, LocalProcesses};
 use crate::registry::{NewTenant, RegistryError};
@@ -76,15 +76,20 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
     let listener = server::bind(config).await?;
     let address = listener.local_addr()?;
     let storefront = free_address(config.dataplane_listen)?;
+    let jwt_secret = local_secret(&jwt_secret_file(&config.data_dir))?;
+    let emulator = match config.provider {
+        Provider::Local => None,
+        Provider::Aws => Some(on_aws_emulator(config, address, database_url, &jwt_secret)?),
+    };
     // The data planes are the reconciler's to run: the pool's replicas, and one
-    // service per silo tenant.
+    // service per silo tenant (on AWS, the tasks of their ECS services).
     let dataplanes = Arc::new(LocalProcesses::new(Launch {
         program: std::env::current_exe()?,
         subcommand: vec!["dataplane".into()],
         control_plane_url: format!("http://{address}"),
         // Each data plane gets an identity of its own, never the admin's token.
         credentials: Credentials::PerService(control_db.clone()),
-        jwt_secret: local_secret(&jwt_secret_file(&config.data_dir))?,
+        jwt_secret,
         spool_dir: config.data_dir.join("usage-spool"),
         pool_listen: storefront,
         redis_url: config.redis_url.clone(),
@@ -103,6 +108,13 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         "  data planes: {} pool replica(s) there, and one service per silo tenant (its placement says where)",
         state.plans.pool().dataplane_replicas
     );
+    if let Some(emulator) = emulator {
+        println!(
+            "  AWS:         {emulator} (RDS, ECS, Secrets Manager); each Aurora cluster is a database on {}, \
+             each ECS task a process here",
+            redact(database_url)
+        );
+    }
     println!("  database:    {}", redact(database_url));
     println!("  token:       {} (the CLI reads it from there)", token_file(&config.data_dir).display());
     println!("  try:         indigo tenant list --api-url http://{address}");
@@ -112,6 +124,27 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         dataplanes.stop_all().await;
     };
     server::serve(listener, state, shutdown).await
+}
+
+/// The local platform in the AWS mode, on an emulator of AWS's APIs (moto):
+/// the admin API is where the ECS tasks reach the control plane, the local
+/// server stands in for every Aurora cluster, and the storefront's signing
+/// secret is the local one. Returns the emulator's address. Against AWS
+/// itself this would build real clusters around local data: refused.
+fn on_aws_emulator(
+    config: &mut Config,
+    address: SocketAddr,
+    database_url: &str,
+    jwt_secret: &Secret,
+) -> anyhow::Result<String> {
+    let emulator = std::env::var("AWS_ENDPOINT_URL").ok().filter(|url| !url.is_empty()).context(
+        "`indigo up` runs the AWS mode on an emulator of AWS's APIs only: set AWS_ENDPOINT_URL \
+         (moto: http://127.0.0.1:5000); against AWS, run `indigo serve` inside the tenants' VPC",
+    )?;
+    config.aws_control_plane_url.get_or_insert_with(|| format!("http://{address}"));
+    config.aws_cluster_stand_in.get_or_insert_with(|| database_url.to_owned());
+    config.storefront_jwt_secret = Some(jwt_secret.clone());
+    Ok(emulator)
 }
 
 /// A secret of the local platform: reused from its file, or made once (mode 0600).

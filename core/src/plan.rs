@@ -152,7 +152,14 @@ pub struct SiloSize {
     pub dataplane_replicas: u32,
     /// Whether deleting its cluster keeps a final snapshot.
     pub final_snapshot: bool,
+    /// CPU units (1024 = one vCPU) and memory (MiB) of each of its data-plane
+    /// tasks on ECS; 512 and 1024 unless the plan says.
+    pub dataplane_cpu: u32,
+    pub dataplane_memory: u32,
 }
+
+/// Fargate's task CPU sizes.
+const TASK_CPU: [u32; 7] = [256, 512, 1024, 2048, 4096, 8192, 16384];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Plan {
@@ -370,7 +377,15 @@ fn parse_plan(name: PlanName, s: &Section<'_>) -> Result<Plan, PlanError> {
 }
 
 fn parse_silo(s: &Section<'_>) -> Result<SiloSize, PlanError> {
-    s.only_keys(&["acu_min", "acu_max", "backup_retention_days", "dataplane_replicas", "final_snapshot"])?;
+    s.only_keys(&[
+        "acu_min",
+        "acu_max",
+        "backup_retention_days",
+        "dataplane_replicas",
+        "final_snapshot",
+        "dataplane_cpu",
+        "dataplane_memory",
+    ])?;
     let acu = |key: &str| -> Result<Acu, PlanError> {
         let n = s.number(key)?;
         if !(0.5..=256.0).contains(&n) || (n * 2.0).fract() != 0.0 {
@@ -386,12 +401,23 @@ fn parse_silo(s: &Section<'_>) -> Result<SiloSize, PlanError> {
     if backup_retention_days > 35 {
         return Err(s.error(Some("backup_retention_days"), &format!("must be 1 to 35, got {backup_retention_days}")));
     }
+    let or_default = |key: &str, default: u32| if s.table.contains_key(key) { s.positive(key) } else { Ok(default) };
+    let dataplane_cpu = or_default("dataplane_cpu", 512)?;
+    if !TASK_CPU.contains(&dataplane_cpu) {
+        return Err(s.error(Some("dataplane_cpu"), &format!("must be one of {TASK_CPU:?}, got {dataplane_cpu}")));
+    }
+    let dataplane_memory = or_default("dataplane_memory", 1024)?;
+    if !(512..=122_880).contains(&dataplane_memory) {
+        return Err(s.error(Some("dataplane_memory"), &format!("must be 512 to 122880 MiB, got {dataplane_memory}")));
+    }
     Ok(SiloSize {
         acu_min,
         acu_max,
         backup_retention_days,
         dataplane_replicas: s.positive("dataplane_replicas")?,
         final_snapshot: s.boolean("final_snapshot")?,
+        dataplane_cpu,
+        dataplane_memory,
     })
 }
 

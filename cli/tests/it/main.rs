@@ -1,4 +1,5 @@
 //! The `indigo` binary's integration tests in one binary.
 
+mod aws;
 mod fuzz;
 mod up;

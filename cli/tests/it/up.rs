@@ -309,32 +309,45 @@ async fn a_data_plane_killed_by_hand_is_restored_by_the_reconciler() {
     platform.remove().await;
 }
 
-/// The data-plane processes of one platform, found by the control plane they report to.
-struct DataPlanes {
-    control_plane: String,
+/// The data-plane processes of one platform, found by the control plane they
+/// report to (their environment says, as it says the tenant they serve alone).
+pub(crate) struct DataPlanes {
+    pub(crate) control_plane: String,
 }
 
 impl DataPlanes {
     /// Pids of the data planes serving `tenant` (`None`: the pool's).
-    fn serving(&self, tenant: Option<uuid::Uuid>) -> Vec<u32> {
+    pub(crate) fn serving(&self, tenant: Option<uuid::Uuid>) -> Vec<u32> {
         self.running().into_iter().filter(|(_, serves)| *serves == tenant).map(|(pid, _)| pid).collect()
     }
 
     /// Every data plane of this platform: its pid and the tenant it serves alone, if any.
-    fn running(&self) -> Vec<(u32, Option<uuid::Uuid>)> {
+    pub(crate) fn running(&self) -> Vec<(u32, Option<uuid::Uuid>)> {
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
             let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
-            let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            let after = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
-            if args.get(1).map(String::as_str) == Some("dataplane")
-                && after("--control-plane-url") == Some(&self.control_plane)
-            {
-                found.push((pid, after("--tenant").and_then(|t| t.parse::<uuid::Uuid>().ok())));
+            if raw.split(|b| *b == 0).nth(1) != Some(b"dataplane".as_slice()) {
+                continue;
+            }
+            let environment = Self::environment(pid);
+            if environment.get("INDIGO_CONTROL_PLANE_URL") == Some(&self.control_plane) {
+                found.push((pid, environment.get("INDIGO_DATAPLANE_TENANT").and_then(|t| t.parse().ok())));
             }
         }
         found
+    }
+
+    /// The environment process `pid` was started with.
+    pub(crate) fn environment(pid: u32) -> std::collections::HashMap<String, String> {
+        let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        raw.split(|b| *b == 0)
+            .filter_map(|pair| {
+                let (name, value) =
+                    String::from_utf8_lossy(pair).split_once('=').map(|(n, v)| (n.to_owned(), v.to_owned()))?;
+                Some((name, value))
+            })
+            .collect()
     }
 }
 
@@ -343,7 +356,7 @@ fn kill(pid: u32) {
     assert!(status.success());
 }
 
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     for _ in 0..300 {
         if let Some(found) = check().await {
             return found;

@@ -141,21 +141,44 @@ pub struct ServiceSpec {
     /// The one tenant a dedicated service serves; `None` for the pool's.
     pub tenant: Option<TenantId>,
     pub replicas: u32,
+    /// Each replica's CPU units (1024 = one vCPU) and memory (MiB), where the
+    /// provider reserves them (ECS).
+    pub cpu: u32,
+    pub memory: u32,
     /// `tenant_id` and `plan` for a silo tenant's service.
     pub tags: Vec<(String, String)>,
 }
 
+/// The pool's data-plane tasks: one vCPU and 2 GiB each, for every pool tenant at once.
+const POOL_TASK_CPU: u32 = 1024;
+const POOL_TASK_MEMORY: u32 = 2048;
+
 impl ServiceSpec {
     pub fn pool(replicas: u32) -> Self {
-        Self { name: POOL_SERVICE.into(), tenant: None, replicas, tags: vec![("tier".into(), "pool".into())] }
+        Self {
+            name: POOL_SERVICE.into(),
+            tenant: None,
+            replicas,
+            cpu: POOL_TASK_CPU,
+            memory: POOL_TASK_MEMORY,
+            tags: vec![("tier".into(), "pool".into())],
+        }
+    }
+
+    /// A service that should run no replicas (its tenant is deleted).
+    pub fn stopped(name: String, tenant: Option<TenantId>) -> Self {
+        Self { name, tenant, replicas: 0, cpu: 0, memory: 0, tags: vec![] }
     }
 
     /// The dedicated service of a silo tenant, sized by its plan.
     pub fn silo(tenant: &SiloTenant<'_>) -> Result<Self, ProviderError> {
+        let size = tenant.size()?;
         Ok(Self {
             name: silo_service_name(tenant.id, tenant.slug),
             tenant: Some(tenant.id),
-            replicas: tenant.size()?.dataplane_replicas,
+            replicas: size.dataplane_replicas,
+            cpu: size.dataplane_cpu,
+            memory: size.dataplane_memory,
             tags: vec![("tenant_id".into(), tenant.id.to_string()), ("plan".into(), tenant.plan.name.to_string())],
         })
     }

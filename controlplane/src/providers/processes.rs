@@ -99,10 +99,17 @@ impl Slot {
 
 struct Service {
     address: SocketAddr,
-    /// What its replicas present to the admin API.
-    token: Secret,
+    /// Its replicas' environment: settings and secrets (the token they present
+    /// to the admin API among them).
+    environment: Environment,
+    /// Whether that is all they get (a task definition's, as in a container),
+    /// rather than added to the control plane's own environment.
+    only: bool,
     slots: Vec<Slot>,
 }
+
+/// Variables a replica is started with.
+pub type Environment = Vec<(String, String)>;
 
 impl Service {
     fn running(&self) -> u32 {
@@ -128,17 +135,35 @@ impl LocalProcesses {
         Self { launch, services: Mutex::default(), drift: broadcast::channel(256).0, stopping: AtomicBool::new(false) }
     }
 
-    /// The token the replicas of `spec` present to the admin API.
-    async fn token_for(&self, spec: &ServiceSpec) -> Result<Secret, ProviderError> {
-        match &self.launch.credentials {
-            Credentials::Shared(token) => Ok(token.clone()),
+    /// The environment of `spec`'s replicas when the control plane itself
+    /// says what they need: where it is, its token, the JWT secret, Redis.
+    async fn environment_for(&self, spec: &ServiceSpec) -> Result<Environment, ProviderError> {
+        let launch = &self.launch;
+        let token = match &launch.credentials {
+            Credentials::Shared(token) => token.clone(),
             Credentials::PerService(db) => crate::identity::mint_dataplane_token(db, &spec.name, spec.tenant)
                 .await
-                .map_err(|e| ProviderError::Transient(format!("cannot give {} an identity: {e}", spec.name))),
+                .map_err(|e| ProviderError::Transient(format!("cannot give {} an identity: {e}", spec.name)))?,
+        };
+        let mut environment = vec![
+            ("INDIGO_CONTROL_PLANE_URL".to_owned(), launch.control_plane_url.clone()),
+            ("INDIGO_CONTROL_PLANE_TOKEN".to_owned(), token.expose().to_owned()),
+            ("INDIGO_JWT_SECRET".to_owned(), launch.jwt_secret.expose().to_owned()),
+        ];
+        if let Some(tenant) = spec.tenant {
+            environment.push(("INDIGO_DATAPLANE_TENANT".to_owned(), tenant.to_string()));
         }
+        if let Some(url) = &launch.redis_url {
+            environment.push(("INDIGO_REDIS_URL".to_owned(), url.clone()));
+        }
+        Ok(environment)
     }
 
-    fn command(&self, spec: &ServiceSpec, address: SocketAddr, token: &Secret, slot: usize) -> Command {
+    /// A replica of `spec` in `slot`, serving on `address` with `environment`.
+    /// Secrets go by environment, not arguments, which `ps` shows; the address
+    /// and the spool are arguments, which win over the environment (as a
+    /// container's port and volume mappings do).
+    fn command(&self, spec: &ServiceSpec, address: SocketAddr, environment: &Environment, slot: usize) -> Command {
         let launch = &self.launch;
         let mut command = Command::new(&launch.program);
         command
@@ -149,26 +174,15 @@ impl LocalProcesses {
             .arg("--reuse-port")
             .arg("--listen")
             .arg(address.to_string())
-            .arg("--control-plane-url")
-            .arg(&launch.control_plane_url)
             .arg("--spool-dir")
             .arg(launch.spool_dir.join(&spec.name).join(slot.to_string()))
-            // Secrets go by environment, not arguments, which `ps` shows.
-            .env("INDIGO_CONTROL_PLANE_TOKEN", token.expose())
-            .env("INDIGO_JWT_SECRET", launch.jwt_secret.expose())
+            .envs(environment.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Out of the terminal's process group: Ctrl-C stops the control plane,
             // which stops its data planes in order, rather than all at once.
             .process_group(0)
             .kill_on_drop(true);
-        if let Some(tenant) = spec.tenant {
-            command.arg("--tenant").arg(tenant.to_string());
-        }
-        // Its URL may carry a password.
-        if let Some(url) = &launch.redis_url {
-            command.env("INDIGO_REDIS_URL", url);
-        }
         command
     }
 
@@ -176,10 +190,15 @@ impl LocalProcesses {
         &self,
         spec: &ServiceSpec,
         address: SocketAddr,
-        token: &Secret,
+        environment: &Environment,
+        only: bool,
         slot: usize,
     ) -> Result<Replica, ProviderError> {
-        let child = self.command(spec, address, token, slot).spawn().map_err(|e| ProviderError::Permanent {
+        let mut command = self.command(spec, address, environment, slot);
+        if only {
+            command.env_clear().envs(environment.iter().map(|(name, value)| (name, value)));
+        }
+        let child = command.spawn().map_err(|e| ProviderError::Permanent {
             reason: "DataplaneNotStarted".into(),
             message: format!("cannot start {}: {e}", self.launch.program.display()),
         })?;
@@ -192,16 +211,41 @@ impl LocalProcesses {
     }
 
     async fn ensure(&self, spec: &ServiceSpec) -> Result<ServiceState, ProviderError> {
+        self.ensure_with(spec, None).await
+    }
+
+    /// Brings `spec`'s service to its replicas, started with `environment`
+    /// and nothing else (when given: a task definition's; else the control
+    /// plane's own and what [`Self::environment_for`] adds, once). Replicas
+    /// started with another environment are replaced.
+    pub async fn ensure_with(
+        &self,
+        spec: &ServiceSpec,
+        environment: Option<Environment>,
+    ) -> Result<ServiceState, ProviderError> {
         if self.stopping.load(Ordering::Acquire) {
             return Err(ProviderError::Transient("the control plane is stopping its data planes".into()));
         }
         let mut services = self.services.lock().await;
+        if let (Some(service), Some(wanted)) = (services.get(&spec.name), &environment)
+            && &service.environment != wanted
+        {
+            tracing::info!(service = %spec.name, "its environment changed; replacing its replicas");
+            let replaced = services.remove(&spec.name).into_iter().flat_map(|s| s.slots);
+            for replica in replaced.filter_map(|s| s.replica) {
+                stop(replica).await;
+            }
+        }
         let service = match services.get_mut(&spec.name) {
             Some(service) => service,
             None => {
                 let address = if spec.name == POOL_SERVICE { self.launch.pool_listen } else { free_address()? };
-                let token = self.token_for(spec).await?;
-                services.entry(spec.name.clone()).or_insert(Service { address, token, slots: Vec::new() })
+                let only = environment.is_some();
+                let environment = match environment {
+                    Some(environment) => environment,
+                    None => self.environment_for(spec).await?,
+                };
+                services.entry(spec.name.clone()).or_insert(Service { address, environment, only, slots: Vec::new() })
             }
         };
         let wanted = usize::try_from(spec.replicas).unwrap_or(usize::MAX);
@@ -223,7 +267,7 @@ impl LocalProcesses {
                     wait.as_millis()
                 )));
             }
-            slot.replica = Some(self.start(spec, service.address, &service.token, index)?);
+            slot.replica = Some(self.start(spec, service.address, &service.environment, service.only, index)?);
         }
         Ok(service.state())
     }

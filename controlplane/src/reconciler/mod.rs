@@ -193,12 +193,7 @@ async fn observe<P: DatabaseProvider>(ctx: &Context<P>, tenant: &Tenant) -> Resu
     let service = match &ctx.compute {
         Some(compute) if deleted || tenant.spec.isolation == Isolation::Silo => {
             let wanted = if deleted {
-                ServiceSpec {
-                    name: silo_service_name(tenant.id, &tenant.slug),
-                    tenant: Some(tenant.id),
-                    replicas: 0,
-                    tags: vec![],
-                }
+                ServiceSpec::stopped(silo_service_name(tenant.id, &tenant.slug), Some(tenant.id))
             } else {
                 ServiceSpec::silo(&silo)?
             };

@@ -287,7 +287,7 @@ mod tests {
 
     fn with_service(mut observed: Observed, running: Option<u32>) -> Observed {
         observed.service = Some(ServiceView {
-            wanted: ServiceSpec { name: "dp-shop".into(), tenant: None, replicas: 2, tags: vec![] },
+            wanted: ServiceSpec { replicas: 2, ..ServiceSpec::stopped("dp-shop".into(), None) },
             actual: running.map(|replicas| ServiceState { replicas, address: None }),
         });
         observed

@@ -10,16 +10,18 @@
 //! desired counts, tagged; resized; deleted. (How AWS errors are sorted is
 //! unit-tested beside the provider: moto refuses too little to show it.)
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use indigo_controlplane::api::auth::Actor;
 
 use indigo_controlplane::config::Overrides;
+use indigo_controlplane::identity;
 use indigo_controlplane::providers::aws::AwsDatabases;
-use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE};
+use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE, TaskSettings};
 use indigo_controlplane::providers::aws::rds::{AuroraClusters, TENANT_DATABASE, cluster_identifier};
-use indigo_controlplane::providers::{SiloTenant, silo_service_name};
+use indigo_controlplane::providers::{ServiceSpec, SiloTenant, silo_service_name};
 use indigo_controlplane::reconciler::plan::Action;
 use indigo_controlplane::reconciler::{self, Controller, Outcome, Settings};
 use indigo_controlplane::registry::{self, NewTenant, TenantRef};
@@ -103,65 +105,144 @@ async fn a_silo_tenant_gets_its_cluster_sized_by_plan_resized_and_deleted_in_ord
     clusters.delete(&tenant).await.unwrap();
 }
 
-#[tokio::test]
-async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant() {
+/// What the tests' data-plane tasks are given: `image`, and Redis with a password.
+fn task_settings(image: &str) -> TaskSettings {
+    TaskSettings {
+        image: image.into(),
+        control_plane_url: "http://indigo.internal:8080".into(),
+        redis_url: Some("redis://:redis-password-of-the-test@cache.internal:6379".into()),
+        jwt_secret: None,
+        log_level: "info".into(),
+        log_group: "/indigo/dataplane".into(),
+        region: "us-east-1".into(),
+    }
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant(db: PgPool) {
     let config = crate::support::moto().await;
     let cluster = format!("indigo-test-{}", uuid::Uuid::new_v4().simple());
-    let services = EcsServices::new(&config, &cluster, "ghcr.io/indigo/dataplane:1.0", None);
+    let services = EcsServices::new(&config, &cluster, task_settings("ghcr.io/indigo/dataplane:1.0"), None, db.clone());
     services.ensure_cluster().await.unwrap();
     services.ensure_cluster().await.unwrap();
     let plans = policy::load_plans(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref()).unwrap();
     let enterprise = plans.get("enterprise").unwrap();
-    let replicas = enterprise.silo.as_ref().unwrap().dataplane_replicas;
+    let size = enterprise.silo.clone().unwrap();
 
-    let pool = services.ensure(POOL_SERVICE, None, 3, &[("isolation", "pool")]).await.unwrap();
+    let pool = services.ensure(&ServiceSpec::pool(3)).await.unwrap();
     assert_eq!((pool.status.as_str(), pool.desired), ("ACTIVE", 3));
-    let slug = Slug::parse("big-corp").unwrap();
-    let tenant = SiloTenant { id: TenantId::new(), slug: &slug, plan: enterprise };
-    let name = silo_service_name(tenant.id, tenant.slug);
+    // A silo service's identity is bound to its tenant, who is in the registry.
+    let mut tx = db.begin().await.unwrap();
+    let new = NewTenant {
+        slug: Slug::parse("big-corp").unwrap(),
+        name: TenantName::parse("Big Corp").unwrap(),
+        owner_email: Email::parse("o@big.example").unwrap(),
+        plan: enterprise,
+        lifecycle: Lifecycle::Active,
+    };
+    let registered = registry::create(&mut tx, &Actor::system("test"), None, new).await.unwrap();
+    tx.commit().await.unwrap();
+    let tenant = SiloTenant { id: registered.id, slug: &registered.slug, plan: enterprise };
+    let spec = ServiceSpec::silo(&tenant).unwrap();
+    let name = spec.name.clone();
     let tenant_id = tenant.id.to_string();
-    let tags = [("tenant_id", tenant_id.as_str()), ("plan", "enterprise")];
-    let silo = services.ensure(&name, Some(tenant.id), replicas, &tags).await.unwrap();
-    assert_eq!(silo.desired, i32::try_from(replicas).unwrap(), "sized by the plan: {silo:?}");
+    let silo = services.ensure(&spec).await.unwrap();
+    assert_eq!(silo.desired, i32::try_from(size.dataplane_replicas).unwrap(), "sized by the plan: {silo:?}");
     assert_eq!(silo.tags.get("tenant_id"), Some(&tenant_id));
 
-    // The pool's data plane serves every pool tenant; the silo tenant's, that tenant only.
+    // Each task definition has all a task needs to serve: settings, secrets by
+    // ARN, logs, a health check, the plan's CPU and memory.
     let ecs = aws_sdk_ecs::Client::new(&config);
-    let environment = |arn: Option<String>| {
+    let secrets = aws_sdk_secretsmanager::Client::new(&config);
+    let described = |arn: Option<String>| {
         let ecs = ecs.clone();
         async move {
             let described = ecs.describe_task_definition().task_definition(arn.unwrap()).send().await.unwrap();
-            let definition = described.task_definition().unwrap().clone();
-            let container = definition.container_definitions()[0].clone();
-            let pairs: Vec<(String, String)> = container
-                .environment()
-                .iter()
-                .map(|p| (p.name().unwrap().to_owned(), p.value().unwrap().to_owned()))
-                .collect();
-            (definition.family().unwrap().to_owned(), pairs)
+            described.task_definition().unwrap().clone()
         }
     };
-    let (pool_family, pool_env) = environment(pool.task_definition.clone()).await;
-    assert_eq!((pool_family.as_str(), pool_env.len()), ("indigo-dataplane", 0), "{pool_env:?}");
-    let (silo_family, silo_env) = environment(silo.task_definition.clone()).await;
-    assert_eq!(silo_family, name, "a family of its own");
-    assert_eq!(silo_env, [("INDIGO_DATAPLANE_TENANT".to_owned(), tenant_id.clone())]);
+    let environment = |definition: &aws_sdk_ecs::types::TaskDefinition| -> BTreeMap<String, String> {
+        let container = &definition.container_definitions()[0];
+        container.environment().iter().map(|p| (p.name().unwrap().to_owned(), p.value().unwrap().to_owned())).collect()
+    };
+    let secret_values = async |definition: &aws_sdk_ecs::types::TaskDefinition| -> BTreeMap<String, String> {
+        let mut values = BTreeMap::new();
+        for secret in definition.container_definitions()[0].secrets() {
+            let value = secrets.get_secret_value().secret_id(secret.value_from()).send().await.unwrap();
+            values.insert(secret.name().to_owned(), value.secret_string().unwrap().to_owned());
+        }
+        values
+    };
+    let pool_definition = described(pool.task_definition.clone()).await;
+    assert_eq!(pool_definition.family(), Some("indigo-dataplane"));
+    let pool_env = environment(&pool_definition);
+    assert_eq!(pool_env["INDIGO_CONTROL_PLANE_URL"], "http://indigo.internal:8080");
+    assert_eq!(pool_env["INDIGO_DATAPLANE_LISTEN"], "0.0.0.0:8081");
+    assert!(!pool_env.contains_key("INDIGO_DATAPLANE_TENANT"), "the pool's serves every pool tenant");
+    let silo_definition = described(silo.task_definition.clone()).await;
+    assert_eq!(silo_definition.family(), Some(name.as_str()), "a family of its own");
+    assert_eq!(environment(&silo_definition)["INDIGO_DATAPLANE_TENANT"], tenant_id);
+    assert_eq!(
+        (silo_definition.cpu(), silo_definition.memory()),
+        (Some(size.dataplane_cpu.to_string().as_str()), Some(size.dataplane_memory.to_string().as_str()))
+    );
+    let container = &silo_definition.container_definitions()[0];
+    let logs = container.log_configuration().unwrap();
+    assert_eq!(logs.log_driver().as_str(), "awslogs");
+    assert_eq!(logs.options().unwrap()["awslogs-group"], "/indigo/dataplane");
+    assert!(container.health_check().unwrap().command().iter().any(|c| c.contains("/readyz")));
+    assert_eq!(container.port_mappings()[0].container_port(), Some(8081));
+    let values = secret_values(&silo_definition).await;
+    assert_eq!(
+        values.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["INDIGO_CONTROL_PLANE_TOKEN", "INDIGO_JWT_SECRET", "INDIGO_REDIS_URL"]
+    );
+    assert_eq!(values["INDIGO_REDIS_URL"], "redis://:redis-password-of-the-test@cache.internal:6379");
+    // The token is the silo service's own identity, bound to its tenant.
+    let bound: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT tenant_id FROM api_tokens WHERE name = $1 AND role = 'dataplane' AND revoked_at IS NULL",
+    )
+    .bind(&name)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(bound, Some(tenant.id.0));
+    assert!(identity::dataplane_token_current(&db, &name, &values["INDIGO_CONTROL_PLANE_TOKEN"]).await.unwrap());
+    // No secret's value is in the task definitions themselves.
+    for definition in [&pool_definition, &silo_definition] {
+        let text = format!("{definition:?}");
+        for value in values.values().chain(secret_values(&pool_definition).await.values()) {
+            assert!(!text.contains(value.as_str()), "a secret in the task definition {:?}", definition.family());
+        }
+    }
 
     // Again: nothing changes; a bigger plan scales in place.
-    assert_eq!(services.ensure(&name, Some(tenant.id), replicas, &tags).await.unwrap(), silo);
-    let scaled = services.ensure(&name, Some(tenant.id), replicas + 2, &tags).await.unwrap();
-    assert_eq!(scaled.desired, i32::try_from(replicas + 2).unwrap());
+    assert_eq!(services.ensure(&spec).await.unwrap(), silo);
+    let bigger = ServiceSpec { replicas: spec.replicas + 2, ..spec.clone() };
+    let scaled = services.ensure(&bigger).await.unwrap();
+    assert_eq!(scaled.desired, i32::try_from(spec.replicas + 2).unwrap());
+
+    // A revoked token is minted again, in the same secret.
+    identity::revoke_dataplane_token(&db, &name).await.unwrap();
+    let renewed = services.ensure(&spec).await.unwrap();
+    assert_eq!(renewed.task_definition, silo.task_definition, "the ARN stays; the value is new");
+    let token = secret_values(&silo_definition).await.remove("INDIGO_CONTROL_PLANE_TOKEN").unwrap();
+    assert_ne!(token, values["INDIGO_CONTROL_PLANE_TOKEN"]);
+    assert!(identity::dataplane_token_current(&db, &name, &token).await.unwrap());
 
     // A new image: a new revision, rolled out to the service on its next ensure.
-    let upgraded = EcsServices::new(&config, &cluster, "ghcr.io/indigo/dataplane:1.1", None);
-    let rolled = upgraded.ensure(&name, Some(tenant.id), replicas, &tags).await.unwrap();
+    let upgraded = EcsServices::new(&config, &cluster, task_settings("ghcr.io/indigo/dataplane:1.1"), None, db.clone());
+    let rolled = upgraded.ensure(&spec).await.unwrap();
     assert_ne!(rolled.task_definition, silo.task_definition);
     assert_eq!(services.revisions(&name).await.unwrap().len(), 2);
 
-    // Deleting the service releases its task definitions too; the pool's stay.
+    // Deleting the service releases its task definitions, identity and token too; the pool's stay.
     services.delete(&name).await.unwrap();
     assert!(services.observe(&name).await.unwrap().is_none());
     assert!(services.revisions(&name).await.unwrap().is_empty(), "the silo's task definitions are deregistered");
+    assert!(!identity::dataplane_token_current(&db, &name, &token).await.unwrap(), "its identity is revoked");
+    let token_secret = container.secrets().iter().find(|s| s.name() == "INDIGO_CONTROL_PLANE_TOKEN").unwrap();
+    assert!(secrets.get_secret_value().secret_id(token_secret.value_from()).send().await.is_err(), "token deleted");
     services.delete(&name).await.unwrap();
     assert!(!services.revisions("indigo-dataplane").await.unwrap().is_empty());
     assert!(services.observe(POOL_SERVICE).await.unwrap().is_some(), "the pool's service is untouched");
@@ -179,7 +260,13 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     dbs.cluster_stand_in = Some(server.clone());
     let dbs = Arc::new(dbs);
     let cluster = format!("indigo-test-{}", uuid::Uuid::new_v4().simple());
-    let ecs = Arc::new(EcsServices::new(&config, &cluster, "ghcr.io/indigo/dataplane:1.0", None));
+    let ecs = Arc::new(EcsServices::new(
+        &config,
+        &cluster,
+        task_settings("ghcr.io/indigo/dataplane:1.0"),
+        None,
+        pool.clone(),
+    ));
     let settings = Settings { resync: Duration::from_secs(3600), workers: 1, rls_audit: Duration::from_secs(3600) };
     let controller =
         Controller::new(pool.clone(), Arc::new(AwsDatabases::new(&config, dbs.clone())), dbs, plans.clone(), settings)

@@ -5,26 +5,41 @@
 //! A silo tenant's service has a task definition family of its own whose
 //! container is told to serve that tenant only (`INDIGO_DATAPLANE_TENANT`, as
 //! `--tenant` does locally): another tenant's token is refused there.
+//!
+//! A task definition carries everything a task needs to serve: plain settings
+//! as environment (the admin API's URL, the listen address, the spool, the log
+//! level), secrets by ARN from Secrets Manager (the JWT secret, the service's
+//! own admin-API token, the Redis URL), `awslogs` output, a health check on
+//! `/readyz`, the port, and CPU and memory from the plan. Any difference from
+//! the latest revision registers a new one, rolled out to the service; a
+//! secret whose value changed replaces the running tasks.
+//!
 //! With subnets configured the services run on Fargate in those subnets;
 //! without, on EC2 capacity with bridge networking.
 
 use std::collections::BTreeMap;
 
 use aws_sdk_ecs::types::{
-    AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, KeyValuePair, LaunchType,
-    NetworkConfiguration, NetworkMode, PortMapping, Tag, TaskDefinitionStatus,
+    AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, HealthCheck, KeyValuePair, LaunchType,
+    LogConfiguration, LogDriver, NetworkConfiguration, NetworkMode, PortMapping, Secret as TaskSecret, Tag,
+    TaskDefinition, TaskDefinitionStatus,
 };
 use indigo_core::tenant::TenantId;
 
+use super::secrets::TaskSecrets;
 use super::{classify, done_unless_refused, is_code};
 pub use crate::providers::POOL_SERVICE;
-use crate::providers::ProviderError;
+use crate::providers::{ProviderError, ServiceSpec};
 
 /// The task definition family of the pool's data plane; a silo tenant's is
 /// named after its service.
 pub const FAMILY: &str = "indigo-dataplane";
 const CONTAINER: &str = "dataplane";
 const PORT: i32 = 8081;
+/// Where a task keeps the usage it has not delivered yet.
+const SPOOL_DIR: &str = "/var/lib/indigo/usage-spool";
+/// The container's health check: ready means routed and serving.
+const HEALTH_CHECK: &str = "curl -fsS http://127.0.0.1:8081/readyz || exit 1";
 /// The data plane's setting that restricts it to one tenant.
 pub const TENANT_ENV: &str = "INDIGO_DATAPLANE_TENANT";
 
@@ -54,16 +69,128 @@ pub struct ServiceState {
     pub tags: BTreeMap<String, String>,
 }
 
+/// What every data-plane task is given besides its service's own settings.
+#[derive(Debug, Clone)]
+pub struct TaskSettings {
+    pub image: String,
+    /// Where the tasks reach the admin API, from inside the VPC.
+    pub control_plane_url: String,
+    /// Where the tasks share plan rates; `None`: each task limits alone.
+    pub redis_url: Option<String>,
+    /// The storefront's signing secret, when given; else made once.
+    pub jwt_secret: Option<crate::config::Secret>,
+    /// The tasks' `RUST_LOG`.
+    pub log_level: String,
+    /// The CloudWatch Logs group of the tasks' output.
+    pub log_group: String,
+    pub region: String,
+}
+
 pub struct EcsServices {
     ecs: aws_sdk_ecs::Client,
     cluster: String,
-    image: String,
+    tasks: TaskSettings,
     subnets: Option<Subnets>,
+    secrets: TaskSecrets,
+}
+
+/// A task definition as a service wants it.
+#[derive(Debug, PartialEq)]
+struct WantedTask {
+    family: String,
+    cpu: String,
+    memory: String,
+    image: String,
+    environment: Vec<(String, String)>,
+    /// Variable names and the ARNs of the secrets they are read from.
+    secrets: Vec<(String, String)>,
+    log_options: Vec<(String, String)>,
+}
+
+impl WantedTask {
+    /// Whether `definition` is this (the latest revision, still active).
+    fn is(&self, definition: &TaskDefinition) -> bool {
+        let Some(container) = definition.container_definitions().iter().find(|c| c.name() == Some(CONTAINER)) else {
+            return false;
+        };
+        let mut secrets: Vec<(String, String)> =
+            container.secrets().iter().map(|s| (s.name().to_owned(), s.value_from().to_owned())).collect();
+        secrets.sort();
+        let mut log_options: Vec<(String, String)> = container
+            .log_configuration()
+            .and_then(|l| l.options())
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        log_options.sort();
+        definition.status() == Some(&TaskDefinitionStatus::Active)
+            && definition.cpu() == Some(self.cpu.as_str())
+            && definition.memory() == Some(self.memory.as_str())
+            && container.image() == Some(self.image.as_str())
+            && container_environment(container) == self.environment
+            && secrets == self.secrets
+            && log_options == self.log_options
+            && container.health_check().is_some()
+    }
+
+    fn container(&self) -> Result<ContainerDefinition, ProviderError> {
+        let invalid = |e: aws_sdk_ecs::error::BuildError| ProviderError::Permanent {
+            reason: "InvalidTaskDefinition".into(),
+            message: e.to_string(),
+        };
+        let mut logs = LogConfiguration::builder().log_driver(LogDriver::Awslogs);
+        for (key, value) in &self.log_options {
+            logs = logs.options(key, value);
+        }
+        let health = HealthCheck::builder()
+            .command("CMD-SHELL")
+            .command(HEALTH_CHECK)
+            .interval(10)
+            .timeout(5)
+            .retries(3)
+            .start_period(15)
+            .build()
+            .map_err(invalid)?;
+        let secrets = self
+            .secrets
+            .iter()
+            .map(|(name, arn)| TaskSecret::builder().name(name).value_from(arn).build().map_err(invalid))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ContainerDefinition::builder()
+            .name(CONTAINER)
+            .image(&self.image)
+            .essential(true)
+            .port_mappings(PortMapping::builder().container_port(PORT).build())
+            .set_environment(Some(
+                self.environment
+                    .iter()
+                    .map(|(name, value)| KeyValuePair::builder().name(name).value(value).build())
+                    .collect(),
+            ))
+            .set_secrets(Some(secrets))
+            .log_configuration(logs.build().map_err(invalid)?)
+            .health_check(health)
+            .build())
+    }
 }
 
 impl EcsServices {
-    pub fn new(config: &aws_config::SdkConfig, cluster: &str, image: &str, subnets: Option<Subnets>) -> Self {
-        Self { ecs: aws_sdk_ecs::Client::new(config), cluster: cluster.to_owned(), image: image.to_owned(), subnets }
+    /// Services on `cluster` from `tasks`; their secrets live under the
+    /// cluster's name in Secrets Manager, their identities in `identities`
+    /// (the control database).
+    pub fn new(
+        config: &aws_config::SdkConfig,
+        cluster: &str,
+        tasks: TaskSettings,
+        subnets: Option<Subnets>,
+        identities: sqlx::PgPool,
+    ) -> Self {
+        Self {
+            ecs: aws_sdk_ecs::Client::new(config),
+            cluster: cluster.to_owned(),
+            tasks,
+            subnets,
+            secrets: TaskSecrets::new(config, cluster, identities),
+        }
     }
 
     /// The cluster, created if missing.
@@ -76,20 +203,58 @@ impl EcsServices {
         Ok(())
     }
 
-    /// The task definition a service of `family` runs: the family's latest
-    /// revision when it runs the configured image with the wanted environment
-    /// (for a silo, its tenant), a new revision otherwise.
-    pub async fn task_definition(&self, family: &str, tenant: Option<TenantId>) -> Result<String, ProviderError> {
-        let environment: Vec<(String, String)> =
-            tenant.map(|tenant| (TENANT_ENV.to_owned(), tenant.to_string())).into_iter().collect();
-        match self.ecs.describe_task_definition().task_definition(family).send().await {
+    /// The task definition `spec`'s service runs, with its secrets in place;
+    /// whether a secret's value changed since its tasks started.
+    async fn wanted_task(&self, spec: &ServiceSpec) -> Result<(WantedTask, bool), ProviderError> {
+        let settings = &self.tasks;
+        let mut environment = vec![
+            ("INDIGO_CONTROL_PLANE_URL".to_owned(), settings.control_plane_url.clone()),
+            ("INDIGO_DATAPLANE_LISTEN".to_owned(), format!("0.0.0.0:{PORT}")),
+            ("INDIGO_SPOOL_DIR".to_owned(), SPOOL_DIR.to_owned()),
+            ("RUST_LOG".to_owned(), settings.log_level.clone()),
+        ];
+        if let Some(tenant) = spec.tenant {
+            environment.push((TENANT_ENV.to_owned(), tenant.to_string()));
+        }
+        environment.sort();
+        let jwt = self.secrets.jwt_secret(settings.jwt_secret.as_ref()).await?;
+        let token = self.secrets.control_plane_token(&spec.name, spec.tenant).await?;
+        let mut changed = jwt.changed || token.changed;
+        let mut secrets =
+            vec![("INDIGO_JWT_SECRET".to_owned(), jwt.arn), ("INDIGO_CONTROL_PLANE_TOKEN".to_owned(), token.arn)];
+        if let Some(url) = &settings.redis_url {
+            let redis = self.secrets.redis_url(url).await?;
+            changed |= redis.changed;
+            secrets.push(("INDIGO_REDIS_URL".to_owned(), redis.arn));
+        }
+        secrets.sort();
+        let family = family(&spec.name, spec.tenant);
+        let mut log_options = vec![
+            ("awslogs-create-group".to_owned(), "true".to_owned()),
+            ("awslogs-group".to_owned(), settings.log_group.clone()),
+            ("awslogs-region".to_owned(), settings.region.clone()),
+            ("awslogs-stream-prefix".to_owned(), family.clone()),
+        ];
+        log_options.sort();
+        let wanted = WantedTask {
+            family,
+            cpu: spec.cpu.to_string(),
+            memory: spec.memory.to_string(),
+            image: settings.image.clone(),
+            environment,
+            secrets,
+            log_options,
+        };
+        Ok((wanted, changed))
+    }
+
+    /// The ARN of `wanted`: the family's latest revision when it is that, a
+    /// new revision otherwise.
+    async fn task_definition(&self, wanted: &WantedTask) -> Result<String, ProviderError> {
+        match self.ecs.describe_task_definition().task_definition(&wanted.family).send().await {
             Ok(found) => {
                 if let Some(definition) = found.task_definition()
-                    && definition.status() == Some(&TaskDefinitionStatus::Active)
-                    && definition
-                        .container_definitions()
-                        .iter()
-                        .any(|c| c.image() == Some(self.image.as_str()) && container_environment(c) == environment)
+                    && wanted.is(definition)
                     && let Some(arn) = definition.task_definition_arn()
                 {
                     return Ok(arn.to_owned());
@@ -98,19 +263,6 @@ impl EcsServices {
             Err(e) if is_code(&e, &["ClientException"]) => {} // no revision yet
             Err(e) => return Err(classify(e)),
         }
-        let container = ContainerDefinition::builder()
-            .name(CONTAINER)
-            .image(&self.image)
-            .essential(true)
-            .memory(512)
-            .port_mappings(PortMapping::builder().container_port(PORT).build())
-            .set_environment(Some(
-                environment
-                    .iter()
-                    .map(|(name, value)| KeyValuePair::builder().name(name).value(value).build())
-                    .collect(),
-            ))
-            .build();
         let (mode, compatibility) = match self.subnets {
             Some(_) => (NetworkMode::Awsvpc, Compatibility::Fargate),
             None => (NetworkMode::Bridge, Compatibility::Ec2),
@@ -118,12 +270,12 @@ impl EcsServices {
         let registered = self
             .ecs
             .register_task_definition()
-            .family(family)
+            .family(&wanted.family)
             .network_mode(mode)
             .requires_compatibilities(compatibility)
-            .cpu("256")
-            .memory("512")
-            .container_definitions(container)
+            .cpu(&wanted.cpu)
+            .memory(&wanted.memory)
+            .container_definitions(wanted.container()?)
             .send()
             .await
             .map_err(classify)?;
@@ -132,6 +284,25 @@ impl EcsServices {
             .and_then(|d| d.task_definition_arn())
             .map(str::to_owned)
             .ok_or_else(|| ProviderError::Transient("ECS registered a task definition without an ARN".into()))
+    }
+
+    /// What a task of `task_definition` starts with, as ECS would start it:
+    /// the container's environment, and its secrets read from Secrets Manager.
+    pub async fn container_environment(&self, task_definition: &str) -> Result<Vec<(String, String)>, ProviderError> {
+        let described =
+            self.ecs.describe_task_definition().task_definition(task_definition).send().await.map_err(classify)?;
+        let container = described
+            .task_definition()
+            .and_then(|d| d.container_definitions().iter().find(|c| c.name() == Some(CONTAINER)))
+            .ok_or_else(|| ProviderError::Permanent {
+                reason: "InvalidTaskDefinition".into(),
+                message: format!("{task_definition} has no container `{CONTAINER}`"),
+            })?;
+        let mut environment = container_environment(container);
+        for secret in container.secrets() {
+            environment.push((secret.name().to_owned(), self.secrets.value(secret.value_from()).await?));
+        }
+        Ok(environment)
     }
 
     /// The service as ECS reports it; `None` when it does not exist (or is being deleted).
@@ -167,18 +338,15 @@ impl EcsServices {
         }))
     }
 
-    /// Brings the service to `desired` tasks of the current task definition
-    /// (serving `tenant` only, for a silo tenant's), creating it (tagged with
-    /// `tags`, and its cluster) if missing. Safe to repeat.
-    pub async fn ensure(
-        &self,
-        name: &str,
-        tenant: Option<TenantId>,
-        desired: u32,
-        tags: &[(&str, &str)],
-    ) -> Result<ServiceState, ProviderError> {
-        let task_definition = self.task_definition(&family(name, tenant), tenant).await?;
-        let desired = i32::try_from(desired).unwrap_or(i32::MAX);
+    /// Brings the service to the spec's replicas of its current task
+    /// definition (serving its tenant only, for a silo tenant's), creating it
+    /// (tagged, and its cluster) if missing. Safe to repeat.
+    pub async fn ensure(&self, spec: &ServiceSpec) -> Result<ServiceState, ProviderError> {
+        let name = spec.name.as_str();
+        let (wanted, secrets_changed) = self.wanted_task(spec).await?;
+        let task_definition = self.task_definition(&wanted).await?;
+        let desired = i32::try_from(spec.replicas).unwrap_or(i32::MAX);
+        let tags = &spec.tags;
         match self.observe(name).await? {
             None => {
                 // Only a new service may need the cluster it runs on.
@@ -191,7 +359,7 @@ impl EcsServices {
                     .task_definition(&task_definition)
                     .desired_count(desired)
                     .set_tags(Some(
-                        tags.iter().map(|(key, value)| Tag::builder().key(*key).value(*value).build()).collect(),
+                        tags.iter().map(|(key, value)| Tag::builder().key(key).value(value).build()).collect(),
                     ));
                 create = match &self.subnets {
                     Some(network) => create.launch_type(LaunchType::Fargate).network_configuration(
@@ -213,13 +381,19 @@ impl EcsServices {
                 };
                 create.send().await.map_err(classify)?;
             }
-            Some(state) if state.desired != desired || state.task_definition.as_deref() != Some(&task_definition) => {
+            Some(state)
+                if secrets_changed
+                    || state.desired != desired
+                    || state.task_definition.as_deref() != Some(&task_definition) =>
+            {
                 self.ecs
                     .update_service()
                     .cluster(&self.cluster)
                     .service(name)
                     .desired_count(desired)
                     .task_definition(&task_definition)
+                    // Tasks read their secrets at start: a new value needs new tasks.
+                    .force_new_deployment(secrets_changed)
                     .send()
                     .await
                     .map_err(classify)?;
@@ -252,6 +426,8 @@ impl EcsServices {
             let deleted = self.ecs.delete_service().cluster(&self.cluster).service(name).force(true).send().await;
             done_unless_refused(deleted, &["ServiceNotFoundException"])?;
         }
+        // Its identity and token go with it.
+        self.secrets.forget_service(name).await?;
         if name == POOL_SERVICE {
             return Ok(());
         }

@@ -9,7 +9,7 @@
 pub mod ecs;
 pub mod rds;
 pub mod secrets;
-mod stand_in;
+pub mod stand_in;
 
 use std::sync::Arc;
 
@@ -142,10 +142,7 @@ impl ComputeProvider for EcsServices {
     }
 
     fn ensure_service<'a>(&'a self, spec: &'a ServiceSpec) -> ProviderFuture<'a, ServiceState> {
-        Box::pin(async move {
-            let tags: Vec<(&str, &str)> = spec.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            Ok(service_state(self.ensure(&spec.name, spec.tenant, spec.replicas, &tags).await?))
-        })
+        Box::pin(async move { Ok(service_state(self.ensure(spec).await?)) })
     }
 
     fn delete_service<'a>(&'a self, name: &'a str) -> ProviderFuture<'a, ()> {

@@ -45,3 +45,136 @@ impl MasterSecrets {
         Ok(MasterLogin { username: parsed.username, password: Secret::new(parsed.password) })
     }
 }
+
+/// A secret as the task definitions reference it, and whether its value
+/// just changed (running tasks then need replacing to read it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub arn: String,
+    pub changed: bool,
+}
+
+/// The secrets data-plane tasks read at start, kept in Secrets Manager under
+/// `<prefix>/…` and handed to ECS by ARN (a container's `secrets`, never its
+/// environment): the storefront's JWT secret, each service's own token for the
+/// admin API, the Redis URL (which may carry a password).
+pub struct TaskSecrets {
+    client: aws_sdk_secretsmanager::Client,
+    prefix: String,
+    /// The control database, where the services' identities are minted.
+    identities: sqlx::PgPool,
+}
+
+impl TaskSecrets {
+    pub fn new(config: &aws_config::SdkConfig, prefix: &str, identities: sqlx::PgPool) -> Self {
+        Self { client: aws_sdk_secretsmanager::Client::new(config), prefix: prefix.to_owned(), identities }
+    }
+
+    /// The name of the secret of `service`'s token.
+    pub fn token_name(&self, service: &str) -> String {
+        format!("{}/dataplane/{service}/control-plane-token", self.prefix)
+    }
+
+    /// The secret storefront tokens are signed with: `given`, or else made
+    /// once, random.
+    pub async fn jwt_secret(&self, given: Option<&Secret>) -> Result<Stored, ProviderError> {
+        let name = format!("{}/storefront/jwt-secret", self.prefix);
+        match (self.read(&name).await?, given) {
+            (Some((arn, current)), Some(given)) if current == given.expose() => Ok(Stored { arn, changed: false }),
+            (_, Some(given)) => self.put(&name, given.expose()).await,
+            (Some((arn, _)), None) => Ok(Stored { arn, changed: false }),
+            (None, None) => self.put(&name, &crate::identity::generate_token()).await,
+        }
+    }
+
+    /// The token `service` (serving `tenant` only, for a silo's) presents to
+    /// the admin API; minted again when the stored one is no longer current
+    /// (revoked, or never stored).
+    pub async fn control_plane_token(
+        &self,
+        service: &str,
+        tenant: Option<indigo_core::tenant::TenantId>,
+    ) -> Result<Stored, ProviderError> {
+        let name = self.token_name(service);
+        let unreachable = |e: sqlx::Error| ProviderError::Transient(format!("the control database: {e}"));
+        if let Some((arn, token)) = self.read(&name).await?
+            && crate::identity::dataplane_token_current(&self.identities, service, &token).await.map_err(unreachable)?
+        {
+            return Ok(Stored { arn, changed: false });
+        }
+        let token = crate::identity::mint_dataplane_token(&self.identities, service, tenant)
+            .await
+            .map_err(|e| ProviderError::Transient(format!("cannot give {service} an identity: {e}")))?;
+        self.put(&name, token.expose()).await
+    }
+
+    /// The Redis URL the tasks share plan rates through, kept as configured.
+    pub async fn redis_url(&self, url: &str) -> Result<Stored, ProviderError> {
+        let name = format!("{}/dataplane/redis-url", self.prefix);
+        match self.read(&name).await? {
+            Some((arn, current)) if current == url => Ok(Stored { arn, changed: false }),
+            _ => self.put(&name, url).await,
+        }
+    }
+
+    /// `service` is gone: its identity is revoked and its token's secret deleted.
+    pub async fn forget_service(&self, service: &str) -> Result<(), ProviderError> {
+        crate::identity::revoke_dataplane_token(&self.identities, service)
+            .await
+            .map_err(|e| ProviderError::Transient(format!("the control database: {e}")))?;
+        let deleted = self
+            .client
+            .delete_secret()
+            .secret_id(self.token_name(service))
+            .force_delete_without_recovery(true)
+            .send()
+            .await;
+        super::done_unless_refused(deleted, &["ResourceNotFoundException"])
+    }
+
+    /// The value of the secret `arn`, as ECS reads it for a task's `secrets`.
+    pub async fn value(&self, arn: &str) -> Result<String, ProviderError> {
+        let value = self.client.get_secret_value().secret_id(arn).send().await.map_err(classify)?;
+        Ok(value.secret_string().unwrap_or_default().to_owned())
+    }
+
+    /// The secret's ARN and value; `None` when there is none.
+    async fn read(&self, name: &str) -> Result<Option<(String, String)>, ProviderError> {
+        match self.client.get_secret_value().secret_id(name).send().await {
+            Ok(value) => {
+                Ok(value.arn().map(|arn| (arn.to_owned(), value.secret_string().unwrap_or_default().to_owned())))
+            }
+            Err(e) if super::is_code(&e, &["ResourceNotFoundException"]) => Ok(None),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Stores `value` as the secret `name`, creating it if missing.
+    async fn put(&self, name: &str, value: &str) -> Result<Stored, ProviderError> {
+        let created = self
+            .client
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .tags(aws_sdk_secretsmanager::types::Tag::builder().key("managed-by").value("indigo").build())
+            .send()
+            .await;
+        let arn = match created {
+            Ok(created) => created.arn().map(str::to_owned),
+            Err(e) if super::is_code(&e, &["ResourceExistsException"]) => self
+                .client
+                .put_secret_value()
+                .secret_id(name)
+                .secret_string(value)
+                .send()
+                .await
+                .map_err(classify)?
+                .arn()
+                .map(str::to_owned),
+            Err(e) => return Err(classify(e)),
+        };
+        let arn =
+            arn.ok_or_else(|| ProviderError::Transient(format!("Secrets Manager stored {name} without an ARN")))?;
+        Ok(Stored { arn, changed: true })
+    }
+}

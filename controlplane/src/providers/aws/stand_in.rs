@@ -1,15 +1,28 @@
-//! The stand-in for Aurora's side of creating a cluster (`aws_cluster_stand_in`):
-//! where AWS would start a server with the master user and the cluster's
-//! database, the stand-in makes that user and database on a local server. From
-//! there on the control plane treats it as the cluster: it logs in as the
-//! master user, who is no superuser (Aurora's is not either), and provisions
-//! the tenant schema as it would on AWS.
+//! The stand-in for what AWS runs, for tests and demos on an emulator (moto):
+//!
+//! - Aurora's side of creating a cluster (`aws_cluster_stand_in`): where AWS
+//!   would start a server with the master user and the cluster's database, the
+//!   stand-in makes that user and database on a local server. From there on the
+//!   control plane treats it as the cluster: it logs in as the master user, who
+//!   is no superuser (Aurora's is not either), and provisions the tenant schema
+//!   as it would on AWS.
+//! - ECS's side of running a service ([`StandInTasks`]): the tasks run as local
+//!   processes started from the task definition registered for the service —
+//!   its environment, and its secrets read from Secrets Manager, nothing added
+//!   but a local port and spool directory (a container's port and volume
+//!   mappings) — so a task definition that lacks a setting fails here as it
+//!   would on AWS.
 
+use std::sync::Arc;
+
+use indigo_core::tenant::TenantId;
 use indigo_tenantdb::schema::TenantServer;
 use sqlx::{ConnectOptions, Connection};
 
+use super::ecs::EcsServices;
 use super::secrets::MasterLogin;
-use crate::providers::ProviderError;
+use crate::providers::processes::LocalProcesses;
+use crate::providers::{ComputeProvider, ProviderError, ProviderFuture, ServiceSpec, ServiceState};
 
 /// Creates (once) the master user of `login` and its database `database` on the
 /// stand-in, as RDS's `CreateDBCluster` does with `MasterUsername` and
@@ -50,4 +63,62 @@ pub(super) async fn create_cluster_database(
 
 fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// Data-plane services on ECS (moto) whose tasks run here, as local processes
+/// of their task definitions.
+pub struct StandInTasks {
+    ecs: EcsServices,
+    processes: Arc<LocalProcesses>,
+}
+
+impl StandInTasks {
+    pub fn new(ecs: EcsServices, processes: Arc<LocalProcesses>) -> Self {
+        Self { ecs, processes }
+    }
+
+    async fn ensure(&self, spec: &ServiceSpec) -> Result<ServiceState, ProviderError> {
+        let service = self.ecs.ensure(spec).await?;
+        let task_definition = service
+            .task_definition
+            .ok_or_else(|| ProviderError::Transient(format!("ECS reports no task definition for {} yet", spec.name)))?;
+        let environment = self.ecs.container_environment(&task_definition).await?;
+        self.processes.ensure_with(spec, Some(environment)).await
+    }
+
+    async fn observe(&self, name: &str) -> Result<Option<ServiceState>, ProviderError> {
+        if self.ecs.observe(name).await?.is_none() {
+            return Ok(None);
+        }
+        // On ECS, but its tasks not running here (yet, or any more): none run.
+        let running = self.processes.observe_service(name).await?;
+        Ok(Some(running.unwrap_or(ServiceState { replicas: 0, address: None })))
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), ProviderError> {
+        self.processes.delete_service(name).await?;
+        self.ecs.delete(name).await
+    }
+}
+
+impl ComputeProvider for StandInTasks {
+    fn observe_service<'a>(&'a self, name: &'a str) -> ProviderFuture<'a, Option<ServiceState>> {
+        Box::pin(self.observe(name))
+    }
+
+    fn ensure_service<'a>(&'a self, spec: &'a ServiceSpec) -> ProviderFuture<'a, ServiceState> {
+        Box::pin(self.ensure(spec))
+    }
+
+    fn delete_service<'a>(&'a self, name: &'a str) -> ProviderFuture<'a, ()> {
+        Box::pin(self.delete(name))
+    }
+
+    fn list_services(&self) -> ProviderFuture<'_, Vec<String>> {
+        Box::pin(self.ecs.list())
+    }
+
+    fn drift(&self) -> Option<tokio::sync::broadcast::Receiver<Option<TenantId>>> {
+        self.processes.drift()
+    }
 }
