@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::up::{DataPlanes, Platform, cli, eventually};
+use crate::up::{DataPlanes, Platform, eventually, storefront_token};
 
 #[tokio::test]
 async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_tasks() {
@@ -55,11 +55,7 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
 
     // It serves its own rows, from its cluster; another tenant is refused there.
     let http = reqwest::Client::new();
-    let token = |slug: &str| {
-        let output = cli(data_dir, &["storefront-token", slug, "--api-url", &api_url]);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    };
+    let token = |slug: &str| storefront_token(data_dir, &api_url, slug);
     let own = http.get(format!("{service}/v1/products")).bearer_auth(token("fjord-fashion")).send().await.unwrap();
     assert_eq!(own.status(), 200);
     assert!(own.text().await.unwrap().contains("Sample product"), "the product seeded on its cluster");

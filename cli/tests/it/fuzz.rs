@@ -11,7 +11,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::up::{Platform, cli};
+use crate::up::{Platform, storefront_token};
 
 /// Examples per operation and phase: every operation covered, a few minutes in all.
 const EXAMPLES: &str = "30";
@@ -61,9 +61,7 @@ async fn both_apis_fuzz_clean_against_their_documents() {
 
     // The storefront first, as the owner of a growth shop: the admin run that
     // follows suspends and offboards tenants.
-    let output = cli(data_dir, &["storefront-token", "blue-bakery", "--api-url", &api_url]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let shop_token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let shop_token = storefront_token(data_dir, &api_url, "blue-bakery");
     let storefront = fuzz(&program, &storefront_url, &shop_token, "1", data_dir);
     let admin_token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_owned();
     let admin = fuzz(&program, &api_url, &admin_token, "1", data_dir);

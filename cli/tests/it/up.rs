@@ -72,9 +72,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     assert!(stdout.contains("plan=enterprise isolation=silo"), "{stdout}");
 
     // The storefront serves a demo tenant with a token minted by the CLI.
-    let output = cli(data_dir, &["storefront-token", "blue-bakery", "--api-url", &api_url]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let jwt = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let jwt = storefront_token(data_dir, &api_url, "blue-bakery");
     let http = reqwest::Client::new();
     let created = http
         .post(format!("{storefront_url}/v1/products"))
@@ -257,11 +255,7 @@ async fn a_data_plane_killed_by_hand_is_restored_by_the_reconciler() {
 
     // It serves its tenant, and no other.
     let http = reqwest::Client::new();
-    let token = |slug: &str| {
-        let output = cli(data_dir, &["storefront-token", slug, "--api-url", &api_url]);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    };
+    let token = |slug: &str| storefront_token(data_dir, &api_url, slug);
     let own = http.get(format!("{service}/v1/products")).bearer_auth(token("fjord-fashion")).send().await.unwrap();
     assert_eq!(own.status(), 200);
     let other = http.get(format!("{service}/v1/products")).bearer_auth(token("blue-bakery")).send().await.unwrap();
@@ -414,6 +408,13 @@ impl Platform {
     }
 }
 
+/// A storefront token (the owner's) for the tenant `slug` of the platform at `api_url`.
+pub(crate) fn storefront_token(data_dir: &std::path::Path, api_url: &str, slug: &str) -> String {
+    let output = cli(data_dir, &["storefront-token", slug, "--api-url", api_url]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
 /// The CLI against a platform under test, finding its token in `data_dir`.
 pub(crate) fn cli(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(INDIGO).args(args).arg("--data-dir").arg(data_dir).output().unwrap()
@@ -485,9 +486,7 @@ async fn usage_survives_a_killed_data_plane_under_load() {
     let (database, data_dir) = (&platform.database, &platform.data_dir);
     // Flushes far apart: what the kill takes is a few seconds of usage, not none.
     let (mut daemon, api_url, storefront) = platform.start_demo(&[("INDIGO_METERING_FLUSH_MS", "5000")]).await;
-    let output = cli(data_dir, &["storefront-token", "cobalt-coffee", "--api-url", &api_url]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let token = storefront_token(data_dir, &api_url, "cobalt-coffee");
 
     // Two clients for four seconds; the pool's replicas are killed after the first.
     const CLIENTS: usize = 2;
