@@ -65,6 +65,28 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
     let pool = http.get(format!("{storefront}/v1/products")).bearer_auth(token("blue-bakery")).send().await.unwrap();
     assert_eq!(pool.status(), 200);
 
+    // No secret's value is anywhere the control plane keeps or shows things:
+    // its database (tenants, events, audit log, workflow steps, …) or its API.
+    let identifier = endpoint.split('.').next().unwrap();
+    let secrets = secret_values(&moto, &format!("{ecs_cluster}/"), identifier).await;
+    assert!(secrets.len() >= 4, "the JWT secret, two services' tokens, the master login: {secrets:?}");
+    let dump = std::process::Command::new("pg_dump").args(["--data-only", &platform.database.url]).output().unwrap();
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    let admin = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_owned();
+    let mut shown = String::new();
+    for path in
+        ["/v1/tenants", "/v1/tenants/fjord-fashion", "/v1/workflows", "/v1/events", "/v1/reconciler", "/v1/routing"]
+    {
+        let answer = http.get(format!("{api_url}{path}")).bearer_auth(&admin).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "{path}");
+        shown += &answer.text().await.unwrap();
+    }
+    for (name, value) in &secrets {
+        assert!(!dump.contains(value.as_str()), "the secret {name} is in the control database");
+        assert!(!shown.contains(value.as_str()), "the secret {name} is in an admin API answer");
+    }
+
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "indigo up exited with {status} after SIGTERM");
     assert!(ours.running().is_empty(), "its tasks stopped with it");
@@ -72,4 +94,51 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
     let on_cluster = indigo_tenantdb::stand_in_database(&endpoint);
     indigo_e2e::TestDatabase { url: String::new(), name: on_cluster }.drop_now().await.unwrap();
     platform.remove().await;
+}
+
+/// The values of the secrets this platform's tasks and `cluster`'s master login
+/// live in, read from moto's Secrets Manager as any client would (moto takes
+/// unsigned requests): name → value. The services' tokens and the JWT secret
+/// are under `prefix`; the master login is RDS's secret for `cluster`.
+async fn secret_values(moto: &str, prefix: &str, cluster: &str) -> Vec<(String, String)> {
+    let http = reqwest::Client::new();
+    let call = async |target: &str, body: serde_json::Value| -> serde_json::Value {
+        http.post(format!("{moto}/"))
+            .header("X-Amz-Target", format!("secretsmanager.{target}"))
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header("Authorization", "AWS4-HMAC-SHA256 Credential=test/20261203/us-east-1/secretsmanager/aws4_request")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let mut values = Vec::new();
+    let listed = call("ListSecrets", serde_json::json!({ "MaxResults": 100 })).await;
+    let mut next = listed["NextToken"].as_str().map(str::to_owned);
+    let mut secrets: Vec<serde_json::Value> = listed["SecretList"].as_array().cloned().unwrap_or_default();
+    while let Some(token) = next.take() {
+        let page = call("ListSecrets", serde_json::json!({ "MaxResults": 100, "NextToken": token })).await;
+        next = page["NextToken"].as_str().map(str::to_owned);
+        secrets.extend(page["SecretList"].as_array().cloned().unwrap_or_default());
+    }
+    for secret in secrets {
+        let name = secret["Name"].as_str().unwrap_or_default().to_owned();
+        let ours = name.starts_with(prefix) && !name.ends_with("redis-url");
+        let master = secret["Description"].as_str().is_some_and(|d| d.ends_with(&format!(":cluster:{cluster}")));
+        if !(ours || master) {
+            continue;
+        }
+        let value = call("GetSecretValue", serde_json::json!({ "SecretId": secret["ARN"] })).await;
+        let text = value["SecretString"].as_str().unwrap_or_default().to_owned();
+        if master {
+            let login: serde_json::Value = serde_json::from_str(&text).unwrap();
+            values.push((format!("{name} (password)"), login["password"].as_str().unwrap().to_owned()));
+        } else {
+            values.push((name, text));
+        }
+    }
+    values
 }
