@@ -23,6 +23,14 @@ pub struct TenantDatabases {
     pub cluster_stand_in: Option<TenantServer>,
 }
 
+/// One tenant database and the server holding it, with the login the control
+/// plane reaches it by.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub server: TenantServer,
+    pub name: String,
+}
+
 /// Aurora's port, where every cluster endpoint listens.
 const CLUSTER_PORT: u16 = 5432;
 
@@ -33,14 +41,20 @@ impl TenantDatabases {
 
     /// The server and database holding a tenant placed in `database`, on
     /// the tenant server or on the cluster at `cluster` (an endpoint). The
-    /// server keeps the tenant server's login; connections as a tenant role
-    /// replace it.
-    pub fn locate(&self, cluster: Option<&str>, database: &str) -> (TenantServer, String) {
-        match (cluster, &self.cluster_stand_in) {
+    /// server keeps the tenant server's login, which a cluster's provider
+    /// replaces with the cluster's own.
+    pub fn locate(&self, cluster: Option<&str>, database: &str) -> Database {
+        let (server, name) = match (cluster, &self.cluster_stand_in) {
             (None, _) => (self.server.clone(), database.to_owned()),
             (Some(endpoint), Some(stand_in)) => (stand_in.clone(), stand_in_database(endpoint)),
             (Some(endpoint), None) => (self.server.at(endpoint, CLUSTER_PORT), database.to_owned()),
-        }
+        };
+        Database { server, name }
+    }
+
+    /// The pool's database.
+    pub fn pool(&self) -> Database {
+        self.locate(None, &self.pool_database)
     }
 }
 

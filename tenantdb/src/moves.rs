@@ -37,7 +37,8 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transaction};
 
-use crate::schema::{TENANT_TABLES, TenantServer};
+use crate::Database;
+use crate::schema::TENANT_TABLES;
 
 /// Changes applied to the target per transaction.
 pub const BATCH: i64 = 5_000;
@@ -73,7 +74,10 @@ impl MoveError {
     }
 }
 
-/// One database of a move, reached as the server's superuser.
+/// One database of a move, reached as the schema owner bound to the moving
+/// tenant: row-level security lets the mover read and write that tenant's
+/// rows alone, whatever a statement says, and no side needs a superuser (an
+/// Aurora cluster has none).
 struct Side {
     database: String,
     pool: PgPool,
@@ -81,15 +85,19 @@ struct Side {
 }
 
 impl Side {
-    fn new(server: &TenantServer, database: &str) -> Self {
+    fn new(database: &Database, tenant: TenantId) -> Self {
         // Checksums hash rows as text, and timestamps print in the session's zone.
         // The idempotent DROP ... IF EXISTS of clean-ups would otherwise log a notice each.
-        let options = server.admin_options(database).options([("TimeZone", "UTC"), ("client_min_messages", "warning")]);
+        let options = database.server.owner_options(&database.name).options([
+            ("TimeZone", "UTC".to_owned()),
+            ("client_min_messages", "warning".to_owned()),
+            ("app.current_tenant", tenant.to_string()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .idle_timeout(Duration::from_secs(30))
             .connect_lazy_with(options.clone());
-        Self { database: database.to_owned(), pool, options }
+        Self { database: database.name.clone(), pool, options }
     }
 
     fn fail(&self) -> impl Fn(sqlx::Error) -> MoveError + '_ {
@@ -290,14 +298,9 @@ pub struct Mover {
 }
 
 impl Mover {
-    pub async fn connect(
-        server: &TenantServer,
-        tenant: TenantId,
-        source_database: &str,
-        target_database: &str,
-    ) -> Result<Self, MoveError> {
-        let source = Side::new(server, source_database);
-        let target = Side::new(server, target_database);
+    pub async fn connect(tenant: TenantId, source: &Database, target: &Database) -> Result<Self, MoveError> {
+        let source = Side::new(source, tenant);
+        let target = Side::new(target, tenant);
         // The shapes come from the target: both carry the same schema, and a
         // move's last step runs after a silo source may already be dropped.
         let mut conn = target.pool.acquire().await.map_err(target.fail())?;
@@ -411,10 +414,18 @@ impl Mover {
             let out =
                 format!("COPY (SELECT {columns} FROM {} WHERE tenant_id = '{}') TO STDOUT", table.name, self.tenant);
             let mut rows = snapshot.copy_out_raw(&out).await.map_err(&source_fail)?;
-            let mut sink = target
-                .copy_in_raw(&format!("COPY {} ({columns}) FROM STDIN", table.name))
-                .await
-                .map_err(&target_fail)?;
+            // COPY FROM refuses a table under row-level security, so the rows
+            // land in a temporary table first and enter through the policy.
+            let stage = format!("indigo_move_stage_{}", table.name);
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {} WITH NO DATA",
+                table.name
+            )))
+            .execute(&mut *target)
+            .await
+            .map_err(&target_fail)?;
+            let mut sink =
+                target.copy_in_raw(&format!("COPY {stage} ({columns}) FROM STDIN")).await.map_err(&target_fail)?;
             while let Some(chunk) = rows.next().await {
                 let chunk = chunk.map_err(&source_fail)?;
                 // COPY's text format escapes newlines inside values: one per row.
@@ -423,6 +434,13 @@ impl Mover {
                 progress(copied);
             }
             sink.finish().await.map_err(&target_fail)?;
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "INSERT INTO {name} ({columns}) SELECT {columns} FROM {stage}; DROP TABLE {stage}",
+                name = table.name
+            )))
+            .execute(&mut *target)
+            .await
+            .map_err(&target_fail)?;
         }
         let mut checks = Vec::with_capacity(self.tables.len());
         for table in &self.tables {
@@ -640,14 +658,19 @@ impl Mover {
 
     /// After the grace period: deletes the tenant's rows from the source, then
     /// stops capture there. The rows go in batches, each its own transaction,
-    /// so that no lock is held long; in replica mode no trigger fires, so the
-    /// closed fence stays up meanwhile. Dropping the triggers takes a brief
-    /// exclusive lock on each table, so it comes last, alone: with the deletes
-    /// in the same transaction every tenant's writes would wait for them.
+    /// so that no lock is held long; the session says it is releasing the
+    /// tenant, so the capture trigger lets its deletes pass unlogged while the
+    /// closed fence stays up for everyone else. Dropping the triggers takes a
+    /// brief exclusive lock on each table, so it comes last, alone: with the
+    /// deletes in the same transaction every tenant's writes would wait for them.
     pub async fn release_source(&self) -> Result<u64, MoveError> {
         let fail = self.source.fail();
         let mut conn = PgConnection::connect_with(&self.source.options).await.map_err(&fail)?;
-        sqlx::query("SET session_replication_role = replica").execute(&mut conn).await.map_err(&fail)?;
+        sqlx::query("SELECT set_config('indigo.move_releasing', $1, false)")
+            .bind(self.tenant.to_string())
+            .execute(&mut conn)
+            .await
+            .map_err(&fail)?;
         let mut deleted = 0;
         for table in self.tables.iter().rev() {
             let sql = format!(
@@ -672,11 +695,6 @@ impl Mover {
         Ok(deleted)
     }
 
-    /// Forgets what the catch-up wrote on the target (the move is over).
-    pub async fn forget_touched(&self) -> Result<(), MoveError> {
-        self.target.execute_for("DELETE FROM move_touched WHERE tenant = $1", self.tenant).await
-    }
-
     /// Deletes the tenant's rows from the target (a move to the pool given up).
     pub async fn clear_target(&self) -> Result<u64, MoveError> {
         let fail = self.target.fail();
@@ -685,6 +703,12 @@ impl Mover {
         tx.commit().await.map_err(&fail)?;
         Ok(deleted)
     }
+}
+
+/// Forgets what the catch-up of `tenant`'s move wrote on `target` (the move is
+/// over). Needs only the target: the source may be gone by then.
+pub async fn forget_touched(target: &Database, tenant: TenantId) -> Result<(), MoveError> {
+    Side::new(target, tenant).execute_for("DELETE FROM move_touched WHERE tenant = $1", tenant).await
 }
 
 fn compare(table: &Table, source: (i64, String), target: (i64, String)) -> Result<(), MoveError> {

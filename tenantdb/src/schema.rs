@@ -35,53 +35,61 @@ pub enum SchemaError {
     Migrate { database: String, source: sqlx::migrate::MigrateError },
 }
 
-/// A server reached as a superuser, on which tenant databases are provisioned.
+/// A server on which tenant databases are provisioned, and the login that
+/// provisions them: a superuser on the tenant server, an Aurora cluster's
+/// master user (no superuser, but a member of the owner role) on a cluster.
 #[derive(Debug, Clone)]
 pub struct TenantServer {
-    superuser: PgConnectOptions,
+    login: PgConnectOptions,
 }
 
 impl TenantServer {
     pub fn new(superuser_url: &str) -> Result<Self, SchemaError> {
-        Ok(Self { superuser: PgConnectOptions::from_str(superuser_url).map_err(SchemaError::Url)? })
+        Ok(Self { login: PgConnectOptions::from_str(superuser_url).map_err(SchemaError::Url)? })
     }
 
     /// Connection options for `database` as `role` (same host, port and password source).
     pub fn options_as(&self, role: &str, database: &str) -> PgConnectOptions {
-        self.superuser.clone().username(role).database(database)
+        self.login.clone().username(role).database(database)
     }
 
-    /// Connection options for `database` as the server's superuser: the mover
-    /// copies with COPY, which row-level security would refuse.
+    /// Connection options for `database` as the server's login, which may
+    /// create roles and databases.
     pub fn admin_options(&self, database: &str) -> PgConnectOptions {
-        self.superuser.clone().database(database)
+        self.login.clone().database(database)
+    }
+
+    /// Connection options for `database` as the schema owner, whom row-level
+    /// security binds: the server's login, taking the owner role from the
+    /// start of the session. The owner role needs no password of its own, so
+    /// the control plane reaches an Aurora cluster with the one login RDS keeps.
+    pub fn owner_options(&self, database: &str) -> PgConnectOptions {
+        self.admin_options(database).options([("role", OWNER_ROLE)])
     }
 
     /// A URL for `database` as the app role, for the data plane's routing.
     pub fn app_url(&self, database: &str) -> String {
-        format!("postgres://{APP_ROLE}@{}:{}/{database}", self.superuser.get_host(), self.superuser.get_port())
+        format!("postgres://{APP_ROLE}@{}:{}/{database}", self.login.get_host(), self.login.get_port())
     }
 
     /// The same login on another server (a silo tenant's own cluster).
     pub fn at(&self, host: &str, port: u16) -> Self {
-        Self { superuser: self.superuser.clone().host(host).port(port) }
+        Self { login: self.login.clone().host(host).port(port) }
     }
 
     /// Another login on this server: an Aurora cluster's master user, who
     /// provisions it as a superuser would, though it is none.
     pub fn logged_in_as(&self, user: &str, password: &str) -> Self {
-        Self { superuser: self.superuser.clone().username(user).password(password) }
+        Self { login: self.login.clone().username(user).password(password) }
     }
 
     /// `host:port`, to tell servers apart.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.superuser.get_host(), self.superuser.get_port())
+        format!("{}:{}", self.login.get_host(), self.login.get_port())
     }
 
-    async fn superuser_conn(&self, database: &str) -> Result<PgConnection, SchemaError> {
-        self.superuser
-            .clone()
-            .database(database)
+    async fn admin_conn(&self, database: &str) -> Result<PgConnection, SchemaError> {
+        self.admin_options(database)
             .connect()
             .await
             .map_err(|source| SchemaError::Database { database: database.into(), source })
@@ -91,7 +99,7 @@ impl TenantServer {
     /// brings its schema and policies up to date. Safe to run again, and concurrently.
     pub async fn provision(&self, database: &str) -> Result<(), SchemaError> {
         let fail = |source| SchemaError::Database { database: database.into(), source };
-        let mut admin = self.superuser_conn("postgres").await?;
+        let mut admin = self.admin_conn("postgres").await?;
         // Roles and databases are cluster-wide; one provisioner at a time creates them.
         sqlx::query("SELECT pg_advisory_lock(hashtext('indigo:provision'))").execute(&mut admin).await.map_err(fail)?;
         for (role, inherit) in [(OWNER_ROLE, true), (APP_ROLE, false)] {
@@ -158,7 +166,7 @@ impl TenantServer {
 
     async fn migrate(&self, database: &str) -> Result<(), SchemaError> {
         let fail = |source| SchemaError::Database { database: database.into(), source };
-        let mut owner = self.options_as(OWNER_ROLE, database).connect().await.map_err(fail)?;
+        let mut owner = self.owner_options(database).connect().await.map_err(fail)?;
         // Only the owner may create objects in the tenant database.
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT USAGE ON SCHEMA public TO {APP_ROLE};"
@@ -178,7 +186,7 @@ impl TenantServer {
     /// Whether `database` exists and carries every tenant migration.
     pub async fn schema_ready(&self, database: &str) -> Result<bool, SchemaError> {
         let fail = |source| SchemaError::Database { database: database.into(), source };
-        let mut admin = self.superuser_conn("postgres").await?;
+        let mut admin = self.admin_conn("postgres").await?;
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(database)
             .fetch_one(&mut admin)
@@ -188,7 +196,7 @@ impl TenantServer {
         if !exists {
             return Ok(false);
         }
-        let mut conn = self.superuser_conn(database).await?;
+        let mut conn = self.admin_conn(database).await?;
         let current = schema_current(&mut conn).await.map_err(fail)?;
         let _ = conn.close().await;
         Ok(current)
@@ -199,7 +207,7 @@ impl TenantServer {
     /// another tenant's rows even by mistake.
     pub async fn delete_tenant_rows(&self, database: &str, tenant: TenantId) -> Result<u64, SchemaError> {
         let fail = |source| SchemaError::Database { database: database.into(), source };
-        let mut owner = self.options_as(OWNER_ROLE, database).connect().await.map_err(fail)?;
+        let mut owner = self.owner_options(database).connect().await.map_err(fail)?;
         let mut tx = owner.begin().await.map_err(fail)?;
         sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
             .bind(tenant.to_string())
@@ -222,7 +230,7 @@ impl TenantServer {
     /// Drops a tenant database (a silo being released).
     pub async fn drop_database(&self, database: &str) -> Result<(), SchemaError> {
         let fail = |source| SchemaError::Database { database: database.into(), source };
-        let mut admin = self.superuser_conn("postgres").await?;
+        let mut admin = self.admin_conn("postgres").await?;
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database));
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(fail)?;
         Ok(())

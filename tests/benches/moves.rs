@@ -91,7 +91,8 @@ async fn plain_copy(stack: &Stack, tenant: TenantId) -> anyhow::Result<Duration>
     let server = &stack.state.tenant_dbs.server;
     let scratch = format!("indigo_bench_copy_{}", Uuid::new_v4().simple());
     server.provision(&scratch).await?;
-    let mover = Mover::connect(server, tenant, stack.pool_database(), &scratch).await?;
+    let into = indigo_tenantdb::Database { server: server.clone(), name: scratch.clone() };
+    let mover = Mover::connect(tenant, &stack.state.tenant_dbs.pool(), &into).await?;
     let started = Instant::now();
     mover.copy(|_| {}).await?;
     let took = started.elapsed();

@@ -34,6 +34,28 @@ pub fn control_plane_settings(
     }
 }
 
+/// AWS settings for moto, where `.ci/run` starts it (`MOTO_URL`, default
+/// `http://127.0.0.1:5000`); fails with what to do when moto is not there.
+/// Explicit settings rather than the environment: a developer's own AWS
+/// settings stay out of the tests.
+pub async fn moto() -> aws_config::SdkConfig {
+    let url = moto_url();
+    reqwest::get(format!("{url}/moto-api/"))
+        .await
+        .unwrap_or_else(|e| panic!("moto is not reachable at {url} ({e}); .ci/run installs and starts it"));
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_rds::config::Credentials::new("test", "test", None, None, "moto"))
+        .load()
+        .await
+}
+
+/// Where moto listens: `MOTO_URL`, default `http://127.0.0.1:5000`.
+pub fn moto_url() -> String {
+    std::env::var("MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
+}
+
 /// The server tests create their databases on (`DATABASE_URL`, set in `.cargo/config.toml`).
 pub fn server_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())

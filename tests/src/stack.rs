@@ -170,6 +170,16 @@ impl Stack {
     /// built as `indigo serve` builds it: billing on the Stripe double, no
     /// grace before a moved tenant's source is released.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// The stack for AWS mode's tests: every Aurora cluster stands in as a
+    /// database on the test server (the engine's provider is the test's to give).
+    pub async fn with_cluster_stand_in() -> anyhow::Result<Self> {
+        Self::start_with(Some(crate::server_url())).await
+    }
+
+    async fn start_with(cluster_stand_in: Option<String>) -> anyhow::Result<Self> {
         let control_db = TestDatabase::unique("indigo_move_control");
         db::ensure_database(&control_db.url).await?;
         let stripe = StripeDouble::start().await?;
@@ -181,6 +191,7 @@ impl Stack {
                 stripe_api_base: Some(stripe.url.clone()),
                 stripe_secret_key: Some("sk_test_double".into()),
                 move_grace_seconds: Some(0),
+                aws_cluster_stand_in: cluster_stand_in,
                 ..crate::control_plane_settings(&control_db.url, &pool_database, ADMIN_TOKEN, data_dir.clone())
             },
         )?;
@@ -234,16 +245,18 @@ impl Stack {
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.tasks.drain(..).for_each(|t| t.abort());
-        let server = self.state.tenant_dbs.server.clone();
-        let silos: Vec<String> =
-            sqlx::query_scalar("SELECT placement->>'database' FROM tenants WHERE placement->>'isolation' = 'silo'")
-                .fetch_all(&self.state.db)
-                .await?;
+        let dbs = self.state.tenant_dbs.clone();
+        let silos: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT placement->>'database', placement->>'cluster' FROM tenants WHERE placement->>'isolation' = 'silo'",
+        )
+        .fetch_all(&self.state.db)
+        .await?;
         self.state.db.close().await;
-        for silo in silos {
-            server.drop_database(&silo).await?;
+        for (database, cluster) in silos {
+            let silo = dbs.locate(cluster.as_deref(), &database);
+            silo.server.drop_database(&silo.name).await?;
         }
-        server.drop_database(&self.state.tenant_dbs.pool_database).await?;
+        dbs.server.drop_database(&dbs.pool_database).await?;
         self.control_db.drop_now().await?;
         let _ = std::fs::remove_dir_all(&self.data_dir);
         Ok(())

@@ -49,8 +49,8 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
         let database_url = match (&placement, isolation) {
             // A silo on its own cluster (AWS) is reached at the cluster's endpoint.
             (Some(placement), _) => {
-                let (server, database) = dbs.locate(placement.cluster.as_deref(), &placement.database);
-                Some(server.app_url(&database))
+                let database = dbs.locate(placement.cluster.as_deref(), &placement.database);
+                Some(database.server.app_url(&database.name))
             }
             (None, Isolation::Pool) => Some(dbs.server.app_url(&dbs.pool_database)),
             (None, Isolation::Silo) => None,

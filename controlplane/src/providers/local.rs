@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use indigo_core::tenant::{Slug, TenantId};
-use indigo_tenantdb::TenantDatabases;
 use indigo_tenantdb::schema::{SchemaError, TenantServer};
+use indigo_tenantdb::{Database, TenantDatabases};
 
 use super::{DatabaseProvider, MetricsProvider, ProviderError, ProviderFuture, SiloState, SiloTenant, empty_series};
 
@@ -64,6 +64,10 @@ impl DatabaseProvider for LocalDatabases {
 
     async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
         self.server().delete_tenant_rows(&self.dbs.pool_database, tenant).await.map_err(classify)
+    }
+
+    async fn reach(&self, cluster: Option<&str>, database: &str) -> Result<Database, ProviderError> {
+        Ok(self.dbs.locate(cluster, database))
     }
 }
 

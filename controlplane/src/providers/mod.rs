@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use indigo_core::api::Tenant;
 use indigo_core::plan::{Plan, PlanCatalog, SiloSize};
 use indigo_core::tenant::{Slug, TenantId};
+use indigo_tenantdb::Database;
 
 /// A provider's failure, sorted by what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +106,15 @@ pub trait DatabaseProvider: Send + Sync + 'static {
 
     /// Deletes the tenant's rows from the pool database; returns how many.
     fn delete_pool_rows(&self, tenant: TenantId) -> impl Future<Output = Result<u64, ProviderError>> + Send;
+
+    /// The tenant database `database`, on the tenant server or on the cluster
+    /// at `cluster`, with the login the control plane reaches it by (a
+    /// cluster's is its master user's).
+    fn reach(
+        &self,
+        cluster: Option<&str>,
+        database: &str,
+    ) -> impl Future<Output = Result<Database, ProviderError>> + Send;
 }
 
 /// A shared provider is a provider (tests and replicas hold one behind an `Arc`).
@@ -126,6 +136,14 @@ impl<P: DatabaseProvider> DatabaseProvider for std::sync::Arc<P> {
 
     fn delete_pool_rows(&self, tenant: TenantId) -> impl Future<Output = Result<u64, ProviderError>> + Send {
         (**self).delete_pool_rows(tenant)
+    }
+
+    fn reach(
+        &self,
+        cluster: Option<&str>,
+        database: &str,
+    ) -> impl Future<Output = Result<Database, ProviderError>> + Send {
+        (**self).reach(cluster, database)
     }
 }
 

@@ -30,8 +30,7 @@ pub use self::store::{WorkflowError, active_for};
 use crate::billing::{BillingError, Stripe};
 pub use crate::failpoints::Failpoints;
 use crate::providers::{DatabaseProvider, ProviderError};
-use indigo_tenantdb::TenantDatabases;
-use indigo_tenantdb::schema::TenantServer;
+use indigo_tenantdb::{Database, TenantDatabases};
 
 /// The workflows there are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, utoipa::ToSchema)]
@@ -309,27 +308,27 @@ pub struct TenantPools {
 }
 
 impl TenantPools {
-    pub fn get(&self, server: &TenantServer, database: &str) -> sqlx::PgPool {
+    pub fn get(&self, database: &Database) -> sqlx::PgPool {
         let mut pools = self.pools.lock().expect("tenant pools lock");
         pools
-            .entry(Self::key(server, database))
+            .entry(Self::key(database))
             .or_insert_with(|| {
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(4)
                     .idle_timeout(Duration::from_secs(60))
-                    .connect_lazy_with(server.options_as(indigo_tenantdb::schema::OWNER_ROLE, database))
+                    .connect_lazy_with(database.server.owner_options(&database.name))
             })
             .clone()
     }
 
     /// Drops the pool of a database that is being dropped.
-    pub fn forget(&self, server: &TenantServer, database: &str) {
-        self.pools.lock().expect("tenant pools lock").remove(&Self::key(server, database));
+    pub fn forget(&self, database: &Database) {
+        self.pools.lock().expect("tenant pools lock").remove(&Self::key(database));
     }
 
     /// Databases of one name on two servers (two clusters) are two pools.
-    fn key(server: &TenantServer, database: &str) -> String {
-        format!("{}/{database}", server.address())
+    fn key(database: &Database) -> String {
+        format!("{}/{}", database.server.address(), database.name)
     }
 }
 
@@ -337,28 +336,27 @@ impl TenantPools {
 /// tenant: row-level security applies, as in the data plane. The database is
 /// on the tenant server, or on the tenant's own `cluster` (AWS), which the
 /// control plane reaches from inside the tenants' VPC.
-pub(crate) async fn tenant_transaction<P>(
+pub(crate) async fn tenant_transaction<P: DatabaseProvider>(
     cx: &StepContext<'_, P>,
     cluster: Option<&str>,
     database: &str,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StepError> {
-    let (server, database) = cx.services.tenant_dbs.locate(cluster, database);
-    let pool = cx.services.tenant_pools.get(&server, &database);
+    let pool = cx.services.tenant_pools.get(&cx.services.provider.reach(cluster, database).await?);
     // The id is a parsed UUID: safe to format in.
     let begin = format!("BEGIN; SELECT set_config('app.current_tenant', '{}', true)", cx.tenant_id);
     pool.begin_with(sqlx::AssertSqlSafe(begin)).await.map_err(transient)
 }
 
 /// Whether `database` exists, on the tenant server or on `cluster`.
-pub(crate) async fn database_exists<P>(
+pub(crate) async fn database_exists<P: DatabaseProvider>(
     cx: &StepContext<'_, P>,
     cluster: Option<&str>,
     database: &str,
 ) -> Result<bool, StepError> {
-    let (server, database) = cx.services.tenant_dbs.locate(cluster, database);
-    let pool = cx.services.tenant_pools.get(&server, "postgres");
+    let reached = cx.services.provider.reach(cluster, database).await?;
+    let pool = cx.services.tenant_pools.get(&Database { name: "postgres".into(), ..reached.clone() });
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(database)
+        .bind(&reached.name)
         .fetch_one(&pool)
         .await
         .map_err(transient)
@@ -366,8 +364,7 @@ pub(crate) async fn database_exists<P>(
 
 /// Drops the connections to a database that is being dropped.
 pub(crate) fn forget_database<P>(cx: &StepContext<'_, P>, cluster: Option<&str>, database: &str) {
-    let (server, database) = cx.services.tenant_dbs.locate(cluster, database);
-    cx.services.tenant_pools.forget(&server, &database);
+    cx.services.tenant_pools.forget(&cx.services.tenant_dbs.locate(cluster, database));
 }
 
 /// Why a workflow could not be started.

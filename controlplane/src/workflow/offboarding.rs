@@ -107,7 +107,7 @@ async fn bundle_dir<P>(cx: &StepContext<'_, P>) -> Result<std::path::PathBuf, St
     Ok(cx.services.export_dir.join(format!("{}-{}", tenant.slug, cx.workflow_id.simple())))
 }
 
-async fn export_bundle<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+async fn export_bundle<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let tenant = super::tenant(cx).await?;
     let dir = bundle_dir(cx).await?;
     let bundle = match &tenant.status.placement {

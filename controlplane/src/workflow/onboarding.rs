@@ -120,7 +120,7 @@ async fn database<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value,
     let placement = match tenant.spec.isolation {
         Isolation::Pool => {
             let dbs = &cx.services.tenant_dbs;
-            let pool = cx.services.tenant_pools.get(&dbs.server, &dbs.pool_database);
+            let pool = cx.services.tenant_pools.get(&dbs.pool());
             let mut conn = pool.acquire().await.map_err(super::transient)?;
             let ready = schema_current(&mut conn).await.map_err(super::transient)?;
             if !ready {
@@ -226,7 +226,7 @@ fn placed<'a, P>(cx: &'a StepContext<'_, P>) -> Result<(Option<&'a str>, &'a str
     Ok((placed.and_then(|p| p.get("cluster")).and_then(Value::as_str), database))
 }
 
-async fn search<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+async fn search<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let language = cx.input.get("search_language").and_then(Value::as_str).unwrap_or("english");
     let (cluster, database) = placed(cx)?;
     let mut tx = super::tenant_transaction(cx, cluster, database).await?;
@@ -245,7 +245,7 @@ fn sample_product_id(tenant: uuid::Uuid) -> uuid::Uuid {
     uuid::Uuid::from_u128(tenant.as_u128() ^ 0x5a5a_0000_0000_0000_0000_0000_0000_0001)
 }
 
-async fn seed<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+async fn seed<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let tenant = super::tenant(cx).await?;
     let plan = cx.services.plans.get(tenant.spec.plan.as_str()).map_err(|e| StepError::Permanent(e.to_string()))?;
     let id = sample_product_id(cx.tenant_id.0);
@@ -268,7 +268,10 @@ async fn seed<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
 }
 
 /// Deletes what a step wrote in the tenant's database (`$1`: the sample product's id).
-async fn delete_in_tenant_database<P>(cx: &StepContext<'_, P>, statement: &'static str) -> Result<(), StepError> {
+async fn delete_in_tenant_database<P: DatabaseProvider>(
+    cx: &StepContext<'_, P>,
+    statement: &'static str,
+) -> Result<(), StepError> {
     // No database recorded: nothing can have been written.
     let Ok((cluster, database)) = placed(cx) else { return Ok(()) };
     let mut tx = match super::tenant_transaction(cx, cluster, database).await {

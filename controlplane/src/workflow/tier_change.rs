@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use indigo_core::api::Placement;
 use indigo_core::tenant::{Condition, Isolation};
-use indigo_tenantdb::moves::{BATCH, CUTOVER_LAG, MoveError, Mover};
+use indigo_tenantdb::moves::{self, BATCH, CUTOVER_LAG, MoveError, Mover};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -123,18 +123,31 @@ impl From<MoveError> for StepError {
     }
 }
 
-/// A move between two databases, as `provision` recorded it.
+/// A move between two databases, as `provision` recorded it. Either may be on
+/// a cluster of its own (AWS), reached at the cluster's endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct PlannedMove {
     from: Isolation,
     to: Isolation,
     source: String,
     target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source_cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_cluster: Option<String>,
 }
 
 impl PlannedMove {
-    async fn mover<P>(&self, cx: &StepContext<'_, P>) -> Result<Mover, StepError> {
-        Ok(Mover::connect(&cx.services.tenant_dbs.server, cx.tenant_id, &self.source, &self.target).await?)
+    async fn mover<P: DatabaseProvider>(&self, cx: &StepContext<'_, P>) -> Result<Mover, StepError> {
+        let provider = &cx.services.provider;
+        let source = provider.reach(self.source_cluster.as_deref(), &self.source).await?;
+        let target = provider.reach(self.target_cluster.as_deref(), &self.target).await?;
+        Ok(Mover::connect(cx.tenant_id, &source, &target).await?)
+    }
+
+    /// Whether the tenant is served from the move's target already.
+    fn switched(&self, placement: Option<&Placement>) -> bool {
+        placement.is_some_and(|p| p.database == self.target && p.cluster == self.target_cluster)
     }
 }
 
@@ -236,65 +249,63 @@ async fn provision<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value
     .execute(&cx.services.db)
     .await?;
     let tenant = super::tenant(cx).await?;
-    on_tenant_server(&from.database, from.cluster.as_deref())?;
-    let target = match to {
+    let (target, target_cluster) = match to {
         Isolation::Silo => {
-            let target = SiloTenant::of(&tenant, &cx.services.plans)?;
-            let silo = cx.services.provider.ensure_silo(&target).await?;
-            match on_tenant_server(&silo.database, silo.cluster.as_deref()) {
-                Ok(database) => database.to_owned(),
-                Err(refused) => {
-                    // Nothing recorded it yet, so no compensation would release it.
-                    cx.services.provider.delete_silo(&target).await?;
-                    return Err(refused);
-                }
+            let silo = cx.services.provider.ensure_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
+            if let Some(why) = silo.unavailable {
+                // An Aurora cluster takes minutes to come up; the step is retried until it serves.
+                return Err(StepError::Transient(format!("waiting for the tenant's silo: {why}")));
             }
+            (silo.database, silo.cluster)
         }
-        Isolation::Pool => cx.services.tenant_dbs.pool_database.clone(),
+        Isolation::Pool => (cx.services.tenant_dbs.pool_database.clone(), None),
     };
-    let planned = PlannedMove { from: from.isolation, to, source: from.database.clone(), target };
+    let planned = PlannedMove {
+        from: from.isolation,
+        to,
+        source: from.database.clone(),
+        target,
+        source_cluster: from.cluster.clone(),
+        target_cluster,
+    };
     sqlx::query("UPDATE tenant_moves SET target_database = $2, updated_at = now() WHERE workflow_id = $1")
         .bind(cx.workflow_id)
         .bind(&planned.target)
         .execute(&cx.services.db)
         .await?;
     planned.mover(cx).await?.prepare_target().await?;
+    let target = planned.target_cluster.as_deref().unwrap_or(&planned.target);
     publish(
         cx,
         "MoveStarted",
-        &format!("moving {} from the {} to the {} ({})", tenant.slug, planned.from, planned.to, planned.target),
-        json!({ "from": planned.from, "to": planned.to, "target": planned.target }),
+        &format!("moving {} from the {} to the {} ({target})", tenant.slug, planned.from, planned.to),
+        json!({ "from": planned.from, "to": planned.to, "target": planned.target, "cluster": planned.target_cluster }),
     )
     .await?;
     Ok(json!({ "move": planned }))
 }
 
-/// The database a move copies from or into, which must be on the tenant
-/// server: the mover copies as the server's superuser (COPY into a table with
-/// forced row-level security needs one), and an Aurora cluster's master user is
-/// none. Moves into and out of a cluster of its own are refused until the
-/// mover runs without one.
-fn on_tenant_server<'a>(database: &'a str, cluster: Option<&str>) -> Result<&'a str, StepError> {
-    match cluster {
-        None => Ok(database),
-        Some(cluster) => Err(StepError::Permanent(format!(
-            "the tenant's data would move into or out of its own Aurora cluster {cluster}; \
-             moves there are not supported yet (the mover needs a superuser, which Aurora has not)"
-        ))),
-    }
-}
-
 /// Undoes `provision`: the target is released unless the tenant is served from it.
 async fn release_target<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
-    let Some(planned) = planned_move(cx)? else { return Ok(()) };
     let tenant = super::tenant(cx).await?;
-    if tenant.status.placement.as_ref().is_some_and(|p| p.database == planned.target) {
+    let Some(planned) = planned_move(cx)? else {
+        // `provision` failed before it recorded the move, perhaps after asking
+        // for a silo (an Aurora cluster that never served): it goes too, while
+        // the tenant is still served from the pool.
+        let recorded = cx.outputs.get("entitlements").cloned().unwrap_or_default();
+        let in_pool = tenant.status.placement.as_ref().is_some_and(|p| p.isolation == Isolation::Pool);
+        if recorded["moving"] == json!(true) && recorded["from"]["isolation"] == json!(Isolation::Pool) && in_pool {
+            cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
+        }
+        return Ok(());
+    };
+    if planned.switched(tenant.status.placement.as_ref()) {
         return Err(StepError::Permanent(format!("the tenant is served from {}; not releasing it", planned.target)));
     }
     match planned.to {
         Isolation::Silo => {
             cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
-            super::forget_database(cx, None, &planned.target);
+            super::forget_database(cx, planned.target_cluster.as_deref(), &planned.target);
         }
         Isolation::Pool => {
             planned.mover(cx).await?.clear_target().await?;
@@ -303,7 +314,7 @@ async fn release_target<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<
     Ok(())
 }
 
-async fn copy<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+async fn copy<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let Some(planned) = planned_move(cx)? else { return Ok(json!({ "skipped": "nothing moves" })) };
     let mover = planned.mover(cx).await?;
     mover.start_capture().await?;
@@ -337,7 +348,7 @@ async fn copy<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
 
 /// Applies the log until little is left: the cut-over then applies the rest
 /// with the tenant's writes held, so the pause stays short.
-async fn catch_up<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+async fn catch_up<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let Some(planned) = planned_move(cx)? else { return Ok(json!({ "skipped": "nothing moves" })) };
     let mover = planned.mover(cx).await?;
     let mut applied = 0;
@@ -351,11 +362,11 @@ async fn catch_up<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     }
 }
 
-async fn cutover<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+async fn cutover<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let Some(planned) = planned_move(cx)? else { return Ok(json!({ "skipped": "nothing moves" })) };
     let tenant = super::tenant(cx).await?;
     let mover = planned.mover(cx).await?;
-    if tenant.status.placement.as_ref().is_some_and(|p| p.database == planned.target) {
+    if planned.switched(tenant.status.placement.as_ref()) {
         // Switched before a crash: the target has taken writes since, so there is nothing to compare.
         mover.close_fence().await?;
         progress(cx, "switched", "", &[]).await?;
@@ -371,7 +382,12 @@ async fn cutover<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let checks = mover.verify_changed().await?;
     let verify = pause.held() - locked - drain;
     mover.close_fence().await?;
-    let placement = Placement { isolation: planned.to, database: planned.target.clone(), cluster: None, service: None };
+    let placement = Placement {
+        isolation: planned.to,
+        database: planned.target.clone(),
+        cluster: planned.target_cluster.clone(),
+        service: None,
+    };
     // The routing version grows with the placement: data planes pick the new database up.
     let mut conn = cx.services.db.acquire().await?;
     StatusWrite::new().placement(Some(placement)).apply(&mut conn, cx.tenant_id).await?;
@@ -395,10 +411,10 @@ async fn cutover<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
 }
 
 /// Undoes a cut-over that did not switch: the source takes writes again.
-async fn reopen_source<P>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
+async fn reopen_source<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
     let Some(planned) = planned_move(cx)? else { return Ok(()) };
     let tenant = super::tenant(cx).await?;
-    if tenant.status.placement.as_ref().is_some_and(|p| p.database == planned.target) {
+    if planned.switched(tenant.status.placement.as_ref()) {
         return Err(StepError::Permanent(
             "routing already switched to the target; a move back is a new tier change".into(),
         ));
@@ -450,14 +466,16 @@ async fn cleanup<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, 
                 tokio::time::sleep(wait).await;
             }
             progress(cx, "cleaning_up", "", &[]).await?;
-            let mover = planned.mover(cx).await?;
-            mover.forget_touched().await?;
+            // The source is not reached unless it is released here: a silo
+            // source may be gone already (a cleanup that ran before a crash).
+            let target = cx.services.provider.reach(planned.target_cluster.as_deref(), &planned.target).await?;
+            moves::forget_touched(&target, cx.tenant_id).await?;
             let released = match planned.from {
-                Isolation::Pool => json!({ "rows_deleted": mover.release_source().await? }),
+                Isolation::Pool => json!({ "rows_deleted": planned.mover(cx).await?.release_source().await? }),
                 Isolation::Silo => {
                     let tenant = super::tenant(cx).await?;
                     cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
-                    super::forget_database(cx, None, &planned.source);
+                    super::forget_database(cx, planned.source_cluster.as_deref(), &planned.source);
                     json!({ "database_dropped": planned.source })
                 }
             };

@@ -355,6 +355,9 @@ impl DatabaseProvider for Instrumented {
     async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
         self.guarded(tenant, self.inner.delete_pool_rows(tenant)).await
     }
+    async fn reach(&self, cluster: Option<&str>, database: &str) -> Result<indigo_tenantdb::Database, ProviderError> {
+        self.inner.reach(cluster, database).await
+    }
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]

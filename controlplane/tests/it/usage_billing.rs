@@ -449,7 +449,7 @@ async fn cost_report_flags_tenants_whose_plan_does_not_pay(pool: PgPool) {
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_same_totals(pool: PgPool) {
     use indigo_controlplane::metering::aws::AwsUsage;
-    let config = crate::support::moto().await;
+    let config = indigo_e2e::moto().await;
     let world = World::new(pool, chrono::Duration::hours(72)).await;
     let tenants = world.tenants(&["cloud-a", "cloud-b"]).await;
     let suffix = Uuid::new_v4().simple().to_string();

@@ -626,11 +626,10 @@ async fn the_welcome_email_is_delivered_once_through_smtp(pool: PgPool) {
 /// the stand-in server, the cluster's AWS side on moto): onboarding provisions
 /// the schema there and seeds it; the routing table sends the data plane
 /// there; offboarding exports from it, then deletes the cluster with its data.
-/// A tier change that would move rows into or out of a cluster is refused
-/// with the reason, and nothing is left half done.
+/// (Moves onto a cluster and back: tests/tests/it/moves.rs.)
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn an_enterprise_tenant_on_aws_lives_on_its_own_cluster_from_onboarding_to_offboarding(pool: PgPool) {
-    let moto = support::moto().await;
+    let moto = indigo_e2e::moto().await;
     let stand_in = Overrides { aws_cluster_stand_in: Some(indigo_e2e::server_url()), ..Overrides::default() };
     let world = World::with(pool, stand_in).await;
     let services = world.services("").with_provider(AwsDatabases::new(&moto, world.state.tenant_dbs.clone()));
@@ -648,18 +647,6 @@ async fn an_enterprise_tenant_on_aws_lives_on_its_own_cluster_from_onboarding_to
     let (_, routing) = world.call(Method::GET, "/v1/routing", None, None).await;
     let route = routing["routes"].as_array().unwrap().iter().find(|r| r["slug"] == "far-corp").unwrap().clone();
     assert_eq!(route["database_url"], format!("postgres://indigo_app@127.0.0.1:5432/{on_cluster}"));
-
-    // Down to a pool plan: the rows would leave the cluster, which the mover cannot do yet.
-    let (status, _) = world
-        .call(Method::PUT, "/v1/tenants/far-corp/plan", Some("down-far-corp"), Some(json!({ "plan": "pro" })))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    engine::run_until_idle(&services).await.unwrap();
-    let change = world.workflows("far-corp").await.into_iter().find(|w| w["kind"] == "tier_change").unwrap();
-    assert_eq!(change["state"], "failed", "{change}");
-    assert!(change["error"].as_str().unwrap().contains("not supported yet"), "{change}");
-    assert_eq!(world.tenant("far-corp").await["spec"]["plan"], "enterprise", "the plan change is undone");
-    assert_eq!(world.rows_in(&on_cluster, "products", &tenant).await, 1, "the data stays where it was");
 
     world.delete("far-corp").await;
     engine::run_until_idle(&services).await.unwrap();

@@ -14,6 +14,7 @@ use indigo_controlplane::failpoints::CRASH_EXIT_CODE;
 use indigo_controlplane::workflow::StepName;
 use indigo_controlplane::workflow::export;
 use indigo_controlplane::workflow::{Definition, offboarding::Offboarding, onboarding::Onboarding};
+use indigo_core::tenant::TenantId;
 use indigo_e2e::stripe_double::StripeDouble;
 use indigo_e2e::{Process, TestDatabase, free_port, wait_until_ok, workspace_binary};
 use serde_json::{Value, json};
@@ -27,6 +28,8 @@ struct Platform {
     stripe: StripeDouble,
     data_dir: tempdir::Dir,
     http: reqwest::Client,
+    /// On AWS (moto, clusters standing in on the test server): the test's own ECS cluster.
+    aws: Option<String>,
 }
 
 mod tempdir {
@@ -65,7 +68,14 @@ impl Platform {
             stripe: StripeDouble::start().await.unwrap(),
             data_dir: tempdir::Dir::new(),
             http: reqwest::Client::new(),
+            aws: None,
         }
+    }
+
+    async fn on_aws() -> Self {
+        indigo_e2e::moto().await;
+        let ecs_cluster = format!("indigo-crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Self { aws: Some(ecs_cluster), ..Self::new().await }
     }
 
     async fn daemon(&self, failpoints: &str) -> Daemon {
@@ -83,8 +93,19 @@ impl Platform {
             .env("INDIGO_STRIPE_SECRET_KEY", "sk_test_double")
             .env("INDIGO_FAILPOINTS", failpoints)
             .env("RUST_LOG", "warn");
-        let process = Process::spawn(command).unwrap();
         let url = format!("http://127.0.0.1:{port}");
+        if let Some(ecs_cluster) = &self.aws {
+            command
+                .env("INDIGO_PROVIDER", "aws")
+                .env("AWS_ENDPOINT_URL", indigo_e2e::moto_url())
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("AWS_REGION", "us-east-1")
+                .env("INDIGO_AWS_ECS_CLUSTER", ecs_cluster)
+                .env("INDIGO_AWS_CLUSTER_STAND_IN", indigo_e2e::server_url())
+                .env("INDIGO_AWS_CONTROL_PLANE_URL", &url);
+        }
+        let process = Process::spawn(command).unwrap();
         wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(30)).await.unwrap();
         Daemon { process, url }
     }
@@ -156,12 +177,44 @@ impl Platform {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onboarding_resumes_after_a_crash_at_every_step_and_acts_once() {
     let platform = Platform::new().await;
+    onboard_through_a_crash_at_every_step(&platform, "growth").await;
+    platform.cleanup().await;
+}
+
+/// The same on AWS for enterprise tenants, each on its own Aurora cluster:
+/// every crash still ends with one cluster, the one the tenant is placed on,
+/// with its writer and its seeded schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_aws_onboarding_resumes_after_a_crash_at_every_step_onto_one_cluster() {
+    let platform = Platform::on_aws().await;
+    let rds = aws_sdk_rds::Client::new(&indigo_e2e::moto().await);
+    let server = indigo_tenantdb::schema::TenantServer::new(&indigo_e2e::server_url()).unwrap();
+    for (failpoint, tenant) in onboard_through_a_crash_at_every_step(&platform, "enterprise").await {
+        let endpoint = tenant["status"]["placement"]["cluster"].as_str().expect("on its own cluster");
+        let identifier = endpoint.split('.').next().unwrap();
+        let clusters = rds.describe_db_clusters().db_cluster_identifier(identifier).send().await.unwrap();
+        let [cluster] = clusters.db_clusters() else { panic!("{failpoint}: one cluster, not {clusters:?}") };
+        assert_eq!(cluster.endpoint(), Some(endpoint), "{failpoint}");
+        assert_eq!(cluster.db_cluster_members().len(), 1, "{failpoint}: one writer");
+        let database = indigo_tenantdb::stand_in_database(endpoint);
+        let id: uuid::Uuid = tenant["id"].as_str().unwrap().parse().unwrap();
+        let products = indigo_e2e::stack::ids_in(&server, &database, "products", TenantId(id)).await.unwrap();
+        assert_eq!(products.len(), 1, "{failpoint}: the sample product, once");
+        server.drop_database(&database).await.unwrap();
+    }
+    platform.cleanup().await;
+}
+
+/// Onboards one tenant on `plan` per step and crash point, the daemon dying
+/// there; checks that a fresh daemon finished it with every effect once.
+/// Returns each failpoint with its tenant as finished.
+async fn onboard_through_a_crash_at_every_step(platform: &Platform, plan: &str) -> Vec<(String, Value)> {
     let steps: Vec<&str> = Onboarding::STAGES.iter().flat_map(|s| s.iter().map(|step| step.name())).collect();
+    let mut onboarded = Vec::new();
     for (n, step) in steps.iter().enumerate() {
         for (i, point) in POINTS.iter().enumerate() {
             let slug = format!("on-{n}-{i}");
-            let body =
-                json!({ "name": slug, "slug": slug, "owner_email": format!("o@{slug}.example"), "plan": "growth" });
+            let body = json!({ "name": slug, "slug": slug, "owner_email": format!("o@{slug}.example"), "plan": plan });
             let failpoint = format!("onboarding.{step}={point}");
             platform.crash_during(&failpoint, reqwest::Method::POST, "/v1/tenants", &slug, Some(body)).await;
 
@@ -192,9 +245,10 @@ async fn onboarding_resumes_after_a_crash_at_every_step_and_acts_once() {
             let expected_runs = if *point == "crash-after-run" { 2 } else { 1 };
             assert_eq!(crashed["attempts"], expected_runs, "{failpoint}: {crashed}");
             daemon.process.signal_and_wait("TERM", Duration::from_secs(10)).unwrap();
+            onboarded.push((failpoint, tenant));
         }
     }
-    platform.cleanup().await;
+    onboarded
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

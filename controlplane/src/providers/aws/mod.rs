@@ -18,13 +18,13 @@ use indigo_core::tenant::TenantId;
 
 use self::ecs::EcsServices;
 use self::rds::{AuroraClusters, TENANT_DATABASE};
-use self::secrets::MasterSecrets;
+use self::secrets::{MasterLogin, MasterSecrets};
 use super::local::LocalDatabases;
 use super::{
     ComputeProvider, DatabaseProvider, ProviderError, ProviderFuture, ServiceSpec, ServiceState, SiloState, SiloTenant,
 };
-use indigo_tenantdb::TenantDatabases;
-use indigo_tenantdb::schema::{SchemaError, TenantServer};
+use indigo_tenantdb::schema::SchemaError;
+use indigo_tenantdb::{Database, TenantDatabases};
 
 /// Silo databases on Aurora; the pool is the configured tenant server, which
 /// the control plane reaches as it does locally. The control plane runs in the
@@ -50,22 +50,27 @@ impl AwsDatabases {
 
     /// The cluster's database, reached as its master user; on the stand-in,
     /// first made as creating the cluster makes it on AWS.
-    async fn master_server(
-        &self,
-        cluster: &rds::ClusterState,
-        endpoint: &str,
-    ) -> Result<(TenantServer, String), ProviderError> {
+    async fn master_server(&self, cluster: &rds::ClusterState, endpoint: &str) -> Result<Database, ProviderError> {
+        let login = self.master_login(cluster).await?;
+        let database = self.dbs.locate(Some(endpoint), TENANT_DATABASE);
+        if let Some(stand_in) = &self.dbs.cluster_stand_in {
+            stand_in::create_cluster_database(stand_in, &database.name, &login).await?;
+        }
+        Ok(logged_in(database, &login))
+    }
+
+    /// The cluster's master login, read from the secret RDS keeps it in.
+    async fn master_login(&self, cluster: &rds::ClusterState) -> Result<MasterLogin, ProviderError> {
         let arn = cluster.master_secret_arn.as_deref().ok_or_else(|| ProviderError::Permanent {
             reason: "NoMasterSecret".into(),
             message: format!("cluster {} has no managed master secret", cluster.identifier),
         })?;
-        let login = self.secrets.login(arn).await?;
-        let (server, database) = self.dbs.locate(Some(endpoint), TENANT_DATABASE);
-        if let Some(stand_in) = &self.dbs.cluster_stand_in {
-            stand_in::create_cluster_database(stand_in, &database, &login).await?;
-        }
-        Ok((server.logged_in_as(&login.username, login.password.expose()), database))
+        self.secrets.login(arn).await
     }
+}
+
+fn logged_in(database: Database, login: &MasterLogin) -> Database {
+    Database { server: database.server.logged_in_as(&login.username, login.password.expose()), ..database }
 }
 
 impl DatabaseProvider for AwsDatabases {
@@ -76,8 +81,8 @@ impl DatabaseProvider for AwsDatabases {
         let state = silo_state(tenant, &cluster)?;
         let Some(endpoint) = cluster.endpoint.as_deref().filter(|_| cluster.writer.is_some()) else { return Ok(None) };
         if state.unavailable.is_none() {
-            let (server, database) = self.master_server(&cluster, endpoint).await?;
-            if !server.schema_ready(&database).await.map_err(schema_failed)? {
+            let database = self.master_server(&cluster, endpoint).await?;
+            if !database.server.schema_ready(&database.name).await.map_err(schema_failed)? {
                 return Ok(None);
             }
         }
@@ -90,8 +95,8 @@ impl DatabaseProvider for AwsDatabases {
         let cluster = self.clusters.ensure(tenant).await?;
         let state = silo_state(tenant, &cluster)?;
         if let (None, Some(endpoint)) = (&state.unavailable, cluster.endpoint.as_deref()) {
-            let (server, database) = self.master_server(&cluster, endpoint).await?;
-            server.provision(&database).await.map_err(schema_failed)?;
+            let database = self.master_server(&cluster, endpoint).await?;
+            database.server.provision(&database.name).await.map_err(schema_failed)?;
         }
         Ok(state)
     }
@@ -108,6 +113,18 @@ impl DatabaseProvider for AwsDatabases {
 
     async fn delete_pool_rows(&self, tenant: TenantId) -> Result<u64, ProviderError> {
         self.pool.delete_pool_rows(tenant).await
+    }
+
+    /// A cluster's endpoint starts with its identifier, which finds its master secret.
+    async fn reach(&self, cluster: Option<&str>, database: &str) -> Result<Database, ProviderError> {
+        let Some(endpoint) = cluster else { return self.pool.reach(None, database).await };
+        let identifier = endpoint.split('.').next().unwrap_or(endpoint);
+        let state = self.clusters.describe(identifier).await?.ok_or_else(|| ProviderError::Permanent {
+            reason: "DBClusterNotFoundFault".into(),
+            message: format!("the tenant's cluster {identifier} is gone"),
+        })?;
+        let login = self.master_login(&state).await?;
+        Ok(logged_in(self.dbs.locate(Some(endpoint), database), &login))
     }
 }
 

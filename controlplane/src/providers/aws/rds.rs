@@ -77,8 +77,12 @@ impl AuroraClusters {
 
     /// The tenant's cluster as AWS reports it, `None` when there is none.
     pub async fn observe(&self, tenant: &SiloTenant<'_>) -> Result<Option<ClusterState>, ProviderError> {
-        let identifier = cluster_identifier(tenant);
-        let described = match self.rds.describe_db_clusters().db_cluster_identifier(&identifier).send().await {
+        self.describe(&cluster_identifier(tenant)).await
+    }
+
+    /// The cluster `identifier` as AWS reports it, `None` when there is none.
+    pub async fn describe(&self, identifier: &str) -> Result<Option<ClusterState>, ProviderError> {
+        let described = match self.rds.describe_db_clusters().db_cluster_identifier(identifier).send().await {
             Ok(described) => described,
             Err(e) if is_code(&e, &["DBClusterNotFoundFault"]) => return Ok(None),
             Err(e) => return Err(classify(e)),
@@ -86,7 +90,7 @@ impl AuroraClusters {
         let Some(cluster) = described.db_clusters().first() else { return Ok(None) };
         let scaling = cluster.serverless_v2_scaling_configuration();
         Ok(Some(ClusterState {
-            identifier,
+            identifier: identifier.to_owned(),
             arn: cluster.db_cluster_arn().map(str::to_owned),
             status: cluster.status().unwrap_or("unknown").to_owned(),
             endpoint: cluster.endpoint().map(str::to_owned),
@@ -190,6 +194,9 @@ impl AuroraClusters {
     pub async fn delete(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
         let final_snapshot = tenant.final_snapshot();
         let Some(state) = self.observe(tenant).await? else { return Ok(()) };
+        if state.status == "deleting" {
+            return Ok(());
+        }
         if let Some(writer) = &state.writer {
             // An instance of a cluster has no snapshot of its own: the cluster's is the one.
             let deleted = self.rds.delete_db_instance().db_instance_identifier(writer).send().await;
@@ -207,7 +214,12 @@ impl AuroraClusters {
         }
         let mut delete = self.rds.delete_db_cluster().db_cluster_identifier(&state.identifier);
         delete = if final_snapshot {
-            delete.skip_final_snapshot(false).final_db_snapshot_identifier(format!("{}-final", state.identifier))
+            // Dated: a tenant that comes back to a cluster of its own and leaves
+            // it again (a second downgrade) leaves a second snapshot, not a clash.
+            let taken = chrono::Utc::now().format("%Y%m%d%H%M%S");
+            delete
+                .skip_final_snapshot(false)
+                .final_db_snapshot_identifier(format!("{}-final-{taken}", state.identifier))
         } else {
             delete.skip_final_snapshot(true)
         };
