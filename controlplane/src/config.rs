@@ -85,6 +85,7 @@ struct ConfigFile {
     aws_cluster_stand_in: Option<String>,
     aws_control_plane_url: Option<String>,
     aws_log_group: Option<String>,
+    aws_pool_target_group: Option<String>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -189,6 +190,9 @@ pub struct Overrides {
     /// CloudWatch Logs group of the data-plane tasks' output [env: INDIGO_AWS_LOG_GROUP] [default: /indigo/dataplane]
     #[arg(long, env = "INDIGO_AWS_LOG_GROUP", hide_env = true)]
     pub aws_log_group: Option<String>,
+    /// The load balancer's target group of the pool's data plane (`app/<lb>/<id>/targetgroup/<tg>/<id>`): autoscaling then also tracks requests per task [env: INDIGO_AWS_POOL_TARGET_GROUP]
+    #[arg(long, env = "INDIGO_AWS_POOL_TARGET_GROUP", hide_env = true)]
+    pub aws_pool_target_group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -238,6 +242,7 @@ pub struct Config {
     /// `Provider::Aws` (`indigo up` gives its own).
     pub aws_control_plane_url: Option<String>,
     pub aws_log_group: String,
+    pub aws_pool_target_group: Option<String>,
     /// The storefront's signing secret, when `indigo up` brings its own; on
     /// AWS it is otherwise made once in Secrets Manager. Not a setting.
     pub storefront_jwt_secret: Option<Secret>,
@@ -426,6 +431,7 @@ impl Config {
                 .aws_log_group
                 .or(from_file.aws_log_group)
                 .unwrap_or_else(|| "/indigo/dataplane".into()),
+            aws_pool_target_group: overrides.aws_pool_target_group.or(from_file.aws_pool_target_group),
             pool_database,
             dataplane_listen,
             resync_seconds: positive(

@@ -150,7 +150,8 @@ impl ControlPlane {
                     region: aws.region().map_or_else(|| "us-east-1".to_owned(), ToString::to_string),
                 };
                 let services =
-                    EcsServices::new(&aws, &config.aws_ecs_cluster, tasks, config.aws_subnets.clone(), db.clone());
+                    EcsServices::new(&aws, &config.aws_ecs_cluster, tasks, config.aws_subnets.clone(), db.clone())
+                        .with_pool_target_group(&aws, config.aws_pool_target_group.clone());
                 let compute: Arc<dyn ComputeProvider> = match dataplanes {
                     Some(processes) => Arc::new(StandInTasks::new(services, processes)),
                     None => Arc::new(services),

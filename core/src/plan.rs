@@ -148,8 +148,10 @@ pub struct SiloSize {
     pub acu_max: Acu,
     /// Days of automated backups kept, 1 to 35.
     pub backup_retention_days: u32,
-    /// Replicas of its dedicated data-plane service.
+    /// Replicas of its dedicated data-plane service, and the most that
+    /// autoscaling may run (where the provider scales: ECS).
     pub dataplane_replicas: u32,
+    pub dataplane_max_replicas: u32,
     /// Whether deleting its cluster keeps a final snapshot.
     pub final_snapshot: bool,
     /// CPU units (1024 = one vCPU) and memory (MiB) of each of its data-plane
@@ -195,14 +197,16 @@ pub struct PlanCatalog {
 /// The resources every pool tenant shares (`[pool]` in the plans file).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSize {
-    /// Replicas of the pool's data-plane service.
+    /// Replicas of the pool's data-plane service, and the most that
+    /// autoscaling may run (where the provider scales: ECS).
     pub dataplane_replicas: u32,
+    pub dataplane_max_replicas: u32,
 }
 
 impl Default for PoolSize {
     /// A file without `[pool]` runs one replica.
     fn default() -> Self {
-        Self { dataplane_replicas: 1 }
+        Self { dataplane_replicas: 1, dataplane_max_replicas: 1 }
     }
 }
 
@@ -250,8 +254,9 @@ impl PlanCatalog {
         let pool = match root.get("pool") {
             Some(_) => {
                 let section = top.table("pool")?;
-                section.only_keys(&["dataplane_replicas"])?;
-                PoolSize { dataplane_replicas: section.positive("dataplane_replicas")? }
+                section.only_keys(&["dataplane_replicas", "dataplane_max_replicas"])?;
+                let dataplane_replicas = section.positive("dataplane_replicas")?;
+                PoolSize { dataplane_replicas, dataplane_max_replicas: section.max_replicas(dataplane_replicas)? }
             }
             None => PoolSize::default(),
         };
@@ -382,6 +387,7 @@ fn parse_silo(s: &Section<'_>) -> Result<SiloSize, PlanError> {
         "acu_max",
         "backup_retention_days",
         "dataplane_replicas",
+        "dataplane_max_replicas",
         "final_snapshot",
         "dataplane_cpu",
         "dataplane_memory",
@@ -410,11 +416,13 @@ fn parse_silo(s: &Section<'_>) -> Result<SiloSize, PlanError> {
     if !(512..=122_880).contains(&dataplane_memory) {
         return Err(s.error(Some("dataplane_memory"), &format!("must be 512 to 122880 MiB, got {dataplane_memory}")));
     }
+    let dataplane_replicas = s.positive("dataplane_replicas")?;
     Ok(SiloSize {
         acu_min,
         acu_max,
         backup_retention_days,
-        dataplane_replicas: s.positive("dataplane_replicas")?,
+        dataplane_replicas,
+        dataplane_max_replicas: s.max_replicas(dataplane_replicas)?,
         final_snapshot: s.boolean("final_snapshot")?,
         dataplane_cpu,
         dataplane_memory,
@@ -431,6 +439,19 @@ struct Section<'a> {
 }
 
 impl<'a> Section<'a> {
+    /// `dataplane_max_replicas`: at least `replicas`, which it is when absent.
+    fn max_replicas(&self, replicas: u32) -> Result<u32, PlanError> {
+        const KEY: &str = "dataplane_max_replicas";
+        if !self.table.contains_key(KEY) {
+            return Ok(replicas);
+        }
+        let max = self.positive(KEY)?;
+        if max < replicas {
+            return Err(self.error(Some(KEY), &format!("must be at least dataplane_replicas ({replicas}), got {max}")));
+        }
+        Ok(max)
+    }
+
     fn full_key(&self, key: &str) -> String {
         if self.prefix.is_empty() { key.to_owned() } else { format!("{}.{key}", self.prefix) }
     }
@@ -626,7 +647,17 @@ silo = { acu_min = 0.5, acu_max = 16, backup_retention_days = 14, dataplane_repl
         let silo = catalog.get("enterprise").unwrap().silo.clone().unwrap();
         assert_eq!((silo.acu_min.get(), silo.acu_max.get(), silo.backup_retention_days), (0.5, 16.0, 14));
         assert_eq!((silo.dataplane_replicas, silo.final_snapshot), (2, true));
+        assert_eq!(silo.dataplane_max_replicas, 2, "no range unless the plan gives one");
         assert!(catalog.get("starter").unwrap().silo.is_none());
+        let ranged =
+            VALID.replacen("dataplane_replicas = 2,", "dataplane_replicas = 2, dataplane_max_replicas = 6,", 1);
+        let catalog = PlanCatalog::parse("plans.toml", &ranged).unwrap();
+        assert_eq!(catalog.get("enterprise").unwrap().silo.as_ref().unwrap().dataplane_max_replicas, 6);
+        assert_eq!(
+            broken("dataplane_replicas = 2,", "dataplane_replicas = 2, dataplane_max_replicas = 1,"),
+            "plans.toml: plan `enterprise`: key `silo.dataplane_max_replicas`: \
+             must be at least dataplane_replicas (2), got 1"
+        );
         assert_eq!(
             broken("acu_max = 16", "acu_max = 0.25"),
             "plans.toml: plan `enterprise`: key `silo.acu_max`: must be 0.5 to 256 in steps of 0.5, got 0.25"

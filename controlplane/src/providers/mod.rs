@@ -16,7 +16,7 @@ use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 use indigo_core::api::Tenant;
-use indigo_core::plan::{Plan, PlanCatalog, SiloSize};
+use indigo_core::plan::{Plan, PlanCatalog, PoolSize, SiloSize};
 use indigo_core::tenant::{Slug, TenantId};
 use indigo_tenantdb::Database;
 
@@ -159,6 +159,8 @@ pub struct ServiceSpec {
     /// The one tenant a dedicated service serves; `None` for the pool's.
     pub tenant: Option<TenantId>,
     pub replicas: u32,
+    /// The most replicas autoscaling may run, where the provider scales (ECS).
+    pub max_replicas: u32,
     /// Each replica's CPU units (1024 = one vCPU) and memory (MiB), where the
     /// provider reserves them (ECS).
     pub cpu: u32,
@@ -172,11 +174,12 @@ const POOL_TASK_CPU: u32 = 1024;
 const POOL_TASK_MEMORY: u32 = 2048;
 
 impl ServiceSpec {
-    pub fn pool(replicas: u32) -> Self {
+    pub fn pool(size: &PoolSize) -> Self {
         Self {
             name: POOL_SERVICE.into(),
             tenant: None,
-            replicas,
+            replicas: size.dataplane_replicas,
+            max_replicas: size.dataplane_max_replicas,
             cpu: POOL_TASK_CPU,
             memory: POOL_TASK_MEMORY,
             tags: vec![("tier".into(), "pool".into())],
@@ -185,7 +188,27 @@ impl ServiceSpec {
 
     /// A service that should run no replicas (its tenant is deleted).
     pub fn stopped(name: String, tenant: Option<TenantId>) -> Self {
-        Self { name, tenant, replicas: 0, cpu: 0, memory: 0, tags: vec![] }
+        Self { name, tenant, replicas: 0, max_replicas: 0, cpu: 0, memory: 0, tags: vec![] }
+    }
+
+    /// The most replicas the service may run.
+    pub fn max(&self) -> u32 {
+        self.max_replicas.max(self.replicas)
+    }
+
+    /// Whether `actual` runs as this spec wants: its replicas inside the
+    /// range autoscaling may move them in, and autoscaling (where the
+    /// provider does it) set to that range. A stopped service runs none.
+    pub fn satisfied_by(&self, actual: &ServiceState) -> bool {
+        if self.max() == 0 {
+            return actual.replicas == 0;
+        }
+        (self.replicas..=self.max()).contains(&actual.replicas)
+            && match actual.autoscaling {
+                Autoscaling::NotScaled => true,
+                Autoscaling::Range { min, max } => (min, max) == (self.replicas, self.max()),
+                Autoscaling::Broken => false,
+            }
     }
 
     /// The dedicated service of a silo tenant, sized by its plan.
@@ -195,6 +218,7 @@ impl ServiceSpec {
             name: silo_service_name(tenant.id, tenant.slug),
             tenant: Some(tenant.id),
             replicas: size.dataplane_replicas,
+            max_replicas: size.dataplane_max_replicas,
             cpu: size.dataplane_cpu,
             memory: size.dataplane_memory,
             tags: vec![("tenant_id".into(), tenant.id.to_string()), ("plan".into(), tenant.plan.name.to_string())],
@@ -210,6 +234,19 @@ pub struct ServiceState {
     pub replicas: u32,
     /// Where it serves, when the provider knows (locally, `http://host:port`).
     pub address: Option<String>,
+    pub autoscaling: Autoscaling,
+}
+
+/// How the service is set up to scale, where the provider scales services
+/// itself (Application Auto Scaling on ECS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Autoscaling {
+    /// The provider runs what it is told (local processes).
+    NotScaled,
+    /// Registered with this range of replicas, every policy as wanted.
+    Range { min: u32, max: u32 },
+    /// Not registered, or a policy missing or changed by hand: drift.
+    Broken,
 }
 
 pub type ProviderFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProviderError>> + Send + 'a>>;

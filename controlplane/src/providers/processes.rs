@@ -20,7 +20,7 @@ use indigo_core::tenant::TenantId;
 use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, broadcast, oneshot};
 
-use super::{ComputeProvider, POOL_SERVICE, ProviderError, ProviderFuture, ServiceSpec, ServiceState};
+use super::{Autoscaling, ComputeProvider, POOL_SERVICE, ProviderError, ProviderFuture, ServiceSpec, ServiceState};
 use crate::config::Secret;
 
 /// How a data-plane process is started.
@@ -118,7 +118,11 @@ impl Service {
     }
 
     fn state(&self) -> ServiceState {
-        ServiceState { replicas: self.running(), address: Some(format!("http://{}", self.address)) }
+        ServiceState {
+            replicas: self.running(),
+            address: Some(format!("http://{}", self.address)),
+            autoscaling: Autoscaling::NotScaled,
+        }
     }
 }
 
@@ -379,7 +383,7 @@ mod tests {
         // `false` ignores its arguments and exits at once, as a broken data plane would.
         let processes = LocalProcesses::new(launch("false"));
         let mut drift = processes.drift().unwrap();
-        let spec = ServiceSpec::pool(1);
+        let spec = ServiceSpec::pool(&indigo_core::plan::PoolSize { dataplane_replicas: 1, dataplane_max_replicas: 1 });
         processes.ensure_service(&spec).await.unwrap();
         assert_eq!(drift.recv().await.unwrap(), None, "its exit is reported as the pool's drift");
         // Restarted once after a short pause, then refused until a longer one has passed.

@@ -262,7 +262,7 @@ pub async fn reconcile<P: DatabaseProvider>(
             Action::CreateSilo | Action::RecreateSilo | Action::ResizeSilo => {
                 silo_state = Some(ctx.provider.ensure_silo(&SiloTenant::of(&tenant, &ctx.plans)?).await?);
             }
-            Action::CreateService { .. } | Action::ScaleService { .. } => {
+            Action::CreateService { .. } | Action::ScaleService { .. } | Action::SetAutoscaling { .. } => {
                 if let (Some(compute), Some(view)) = (&ctx.compute, &observed.service) {
                     service_state = Some(compute.ensure_service(&view.wanted).await?);
                 }
@@ -329,6 +329,9 @@ fn describe(action: &Action) -> String {
         Action::RecreateSilo => "the silo database had vanished and was recreated".into(),
         Action::ResizeSilo => "silo database resized to its plan".into(),
         Action::CreateService { service, replicas } => format!("service {service} started with {replicas} replica(s)"),
+        Action::SetAutoscaling { service, min, max } => {
+            format!("service {service} set to autoscale between {min} and {max} replica(s)")
+        }
         Action::ScaleService { service, running, replicas } => {
             format!("service {service} brought from {running} to {replicas} replica(s)")
         }
@@ -517,14 +520,17 @@ impl<P: DatabaseProvider> Controller<P> {
     /// One pass over the fleet's services; returns what it changed.
     pub async fn reconcile_services(&self, compute: &dyn ComputeProvider) -> Result<Vec<Action>, ReconcileError> {
         let mut changed = Vec::new();
-        let wanted = ServiceSpec::pool(self.ctx.plans.pool().dataplane_replicas);
+        let wanted = ServiceSpec::pool(self.ctx.plans.pool());
         let actual = compute.observe_service(POOL_SERVICE).await?;
         self.ctx.stats.saw_service(&wanted, actual.as_ref());
-        if actual.as_ref().map(|a| a.replicas) != Some(wanted.replicas) {
+        if !actual.as_ref().is_some_and(|a| wanted.satisfied_by(a)) {
             let now = compute.ensure_service(&wanted).await?;
             self.ctx.stats.saw_service(&wanted, Some(&now));
             let action = match &actual {
                 None => Action::CreateService { service: wanted.name.clone(), replicas: wanted.replicas },
+                Some(a) if (wanted.replicas..=wanted.max()).contains(&a.replicas) => {
+                    Action::SetAutoscaling { service: wanted.name.clone(), min: wanted.replicas, max: wanted.max() }
+                }
                 Some(a) => Action::ScaleService {
                     service: wanted.name.clone(),
                     running: a.replicas,

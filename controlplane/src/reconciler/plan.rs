@@ -43,6 +43,8 @@ pub enum Action {
     CreateService { service: String, replicas: u32 },
     /// Bring the service to its plan's replicas (from `running`).
     ScaleService { service: String, running: u32, replicas: u32 },
+    /// Set the service's autoscaling to its plan's range and policies again.
+    SetAutoscaling { service: String, min: u32, max: u32 },
     /// Offboarding: stop the dedicated data-plane service.
     DeleteService { service: String },
     /// Offboarding: release the dedicated database.
@@ -161,9 +163,14 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
                 drift |= converged_before && placement.is_some_and(|p| p.service.is_some());
                 actions.push(Action::CreateService { service: name, replicas });
             }
-            Some(actual) if actual.replicas != replicas => {
+            Some(actual) if !service.wanted.satisfied_by(actual) => {
                 drift |= converged_before;
-                actions.push(Action::ScaleService { service: name, running: actual.replicas, replicas });
+                let wanted = &service.wanted;
+                actions.push(if (wanted.replicas..=wanted.max()).contains(&actual.replicas) {
+                    Action::SetAutoscaling { service: name, min: wanted.replicas, max: wanted.max() }
+                } else {
+                    Action::ScaleService { service: name, running: actual.replicas, replicas }
+                });
             }
             Some(_) => {}
         }
@@ -246,6 +253,7 @@ mod tests {
     use indigo_core::tenant::{Slug, TenantId};
 
     use super::*;
+    use crate::providers::Autoscaling;
 
     fn tenant(isolation: Isolation, lifecycle: Lifecycle, placement: Option<Isolation>) -> Tenant {
         Tenant {
@@ -288,7 +296,11 @@ mod tests {
     fn with_service(mut observed: Observed, running: Option<u32>) -> Observed {
         observed.service = Some(ServiceView {
             wanted: ServiceSpec { replicas: 2, ..ServiceSpec::stopped("dp-shop".into(), None) },
-            actual: running.map(|replicas| ServiceState { replicas, address: None }),
+            actual: running.map(|replicas| ServiceState {
+                replicas,
+                address: None,
+                autoscaling: Autoscaling::NotScaled,
+            }),
         });
         observed
     }
@@ -399,6 +411,12 @@ mod tests {
         let d = decide(&t, &NOTHING);
         assert_eq!((d.actions, d.drift), (vec![Action::RecreateSilo], true));
         assert!(decide(&t, &with_service(present(), Some(2))).actions.is_empty());
+        // Autoscaling changed by hand, the replicas as wanted: only autoscaling is set again.
+        let mut observed = with_service(present(), Some(2));
+        observed.service.as_mut().unwrap().actual.as_mut().unwrap().autoscaling = Autoscaling::Broken;
+        let d = decide(&t, &observed);
+        assert_eq!(d.actions, [Action::SetAutoscaling { service: "dp-shop".into(), min: 2, max: 2 }]);
+        assert!(d.drift);
     }
 
     #[test]

@@ -16,17 +16,18 @@ use std::time::Duration;
 
 use indigo_controlplane::api::auth::Actor;
 
+use aws_sdk_applicationautoscaling::types::{ScalableDimension, ServiceNamespace as ScalingNamespace};
 use indigo_controlplane::config::Overrides;
 use indigo_controlplane::identity;
 use indigo_controlplane::providers::aws::AwsDatabases;
 use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE, TaskSettings};
 use indigo_controlplane::providers::aws::rds::{AuroraClusters, TENANT_DATABASE, cluster_identifier};
-use indigo_controlplane::providers::{ServiceSpec, SiloTenant, silo_service_name};
+use indigo_controlplane::providers::{Autoscaling, ComputeProvider, ServiceSpec, SiloTenant, silo_service_name};
 use indigo_controlplane::reconciler::plan::Action;
 use indigo_controlplane::reconciler::{self, Controller, Outcome, Settings};
 use indigo_controlplane::registry::{self, NewTenant, TenantRef};
 use indigo_controlplane::{db, policy};
-use indigo_core::plan::PlanCatalog;
+use indigo_core::plan::{PlanCatalog, PoolSize};
 use indigo_core::tenant::{Email, Lifecycle, Phase, Slug, TenantId, TenantName};
 use indigo_tenantdb::schema::{TenantServer, audit_isolation};
 use indigo_tenantdb::{TenantDatabases, stand_in_database};
@@ -130,7 +131,10 @@ async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant(d
     let enterprise = plans.get("enterprise").unwrap();
     let size = enterprise.silo.clone().unwrap();
 
-    let pool = services.ensure(&ServiceSpec::pool(3)).await.unwrap();
+    let pool = services
+        .ensure(&ServiceSpec::pool(&PoolSize { dataplane_replicas: 3, dataplane_max_replicas: 3 }))
+        .await
+        .unwrap();
     assert_eq!((pool.status.as_str(), pool.desired), ("ACTIVE", 3));
     // A silo service's identity is bound to its tenant, who is in the registry.
     let mut tx = db.begin().await.unwrap();
@@ -307,6 +311,7 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     assert_eq!(state.tags.get("plan").map(String::as_str), Some("enterprise"));
     let running = ecs.observe(&service).await.unwrap().expect("the tenant's service");
     assert_eq!(running.desired, 2);
+    assert_eq!(scaling_of(&config, &cluster, &service).await, Some((2, 6)), "autoscaling in the plan's range");
     assert_eq!(running.tags.get("tenant_id"), Some(&tenant.id.to_string()));
     let placed = get(tenant.id).await;
     let placement = placed.status.placement.clone().unwrap();
@@ -357,6 +362,24 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     assert_eq!((resized.acu_min, resized.acu_max, resized.backup_retention_days), (Some(2.0), Some(64.0), Some(30)));
     assert_eq!(resized.tags.get("plan").map(String::as_str), Some("enterprise_plus"));
     assert_eq!(ecs.observe(&service).await.unwrap().unwrap().desired, 3);
+    assert_eq!(scaling_of(&config, &cluster, &service).await, Some((3, 3)), "the new plan's range");
+
+    // Its CPU policy deleted by hand: put back, and reported as drift.
+    let autoscaling = aws_sdk_applicationautoscaling::Client::new(&config);
+    autoscaling
+        .delete_scaling_policy()
+        .policy_name("indigo-cpu")
+        .service_namespace(ScalingNamespace::Ecs)
+        .scalable_dimension(ScalableDimension::EcsServiceDesiredCount)
+        .resource_id(format!("service/{cluster}/{service}"))
+        .send()
+        .await
+        .unwrap();
+    let decision = reconcile(tenant.id).await;
+    assert_eq!(decision.actions, [Action::SetAutoscaling { service: service.clone(), min: 3, max: 3 }]);
+    assert!(decision.drift);
+    assert_eq!(policies_of(&config, &cluster, &service).await, ["indigo-cpu: ECSServiceAverageCPUUtilization 70"]);
+    assert!(reconcile(tenant.id).await.actions.is_empty(), "repaired");
 
     // Scaled to zero by hand: repaired, and reported as drift with the diff.
     let client = aws_sdk_ecs::Client::new(&config);
@@ -365,12 +388,14 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     assert_eq!(decision.actions, [Action::ScaleService { service: service.clone(), running: 0, replicas: 3 }]);
     assert!(decision.drift);
     assert_eq!(ecs.observe(&service).await.unwrap().unwrap().desired, 3);
-    let diff: serde_json::Value =
-        sqlx::query_scalar("SELECT data FROM events WHERE tenant_id = $1 AND kind = 'DriftRepaired'")
-            .bind(tenant.id.0)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let diff: serde_json::Value = sqlx::query_scalar(
+        "SELECT data FROM events WHERE tenant_id = $1 AND kind = 'DriftRepaired'
+             AND data->'actions'->0->>'action' = 'scale_service'",
+    )
+    .bind(tenant.id.0)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(diff["actions"][0]["running"], 0);
 
     // Deleted: the service first, then the writer and the cluster, with a final snapshot.
@@ -380,6 +405,8 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     let decision = reconcile(tenant.id).await;
     assert_eq!(decision.actions, [Action::DeleteService { service: service.clone() }, Action::DeleteSilo]);
     assert!(ecs.observe(&service).await.unwrap().is_none());
+    assert_eq!(scaling_of(&config, &cluster, &service).await, None, "its scalable target is deregistered");
+    assert!(policies_of(&config, &cluster, &service).await.is_empty());
     assert!(clusters.observe(&on("enterprise_plus")).await.unwrap().is_none());
     let identifier = cluster_identifier(&on("enterprise_plus"));
     let rds = aws_sdk_rds::Client::new(&config);
@@ -400,6 +427,119 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
 }
 
 /// The master login RDS keeps for `cluster`, read back as any AWS client would.
+/// The range `service` is registered with in Application Auto Scaling, if it is.
+async fn scaling_of(config: &aws_config::SdkConfig, cluster: &str, service: &str) -> Option<(i32, i32)> {
+    let described = aws_sdk_applicationautoscaling::Client::new(config)
+        .describe_scalable_targets()
+        .service_namespace(ScalingNamespace::Ecs)
+        .resource_ids(format!("service/{cluster}/{service}"))
+        .send()
+        .await
+        .unwrap();
+    described.scalable_targets().first().map(|t| (t.min_capacity(), t.max_capacity()))
+}
+
+/// `name: metric target [label]` of each scaling policy of `service`, sorted.
+async fn policies_of(config: &aws_config::SdkConfig, cluster: &str, service: &str) -> Vec<String> {
+    let described = aws_sdk_applicationautoscaling::Client::new(config)
+        .describe_scaling_policies()
+        .service_namespace(ScalingNamespace::Ecs)
+        .resource_id(format!("service/{cluster}/{service}"))
+        .send()
+        .await
+        .unwrap();
+    let mut policies: Vec<String> = described
+        .scaling_policies()
+        .iter()
+        .map(|p| {
+            let tracking = p.target_tracking_scaling_policy_configuration().unwrap();
+            let metric = tracking.predefined_metric_specification().unwrap();
+            let label = metric.resource_label().map(|l| format!(" {l}")).unwrap_or_default();
+            format!(
+                "{}: {} {}{label}",
+                p.policy_name(),
+                metric.predefined_metric_type().as_str(),
+                tracking.target_value()
+            )
+        })
+        .collect();
+    policies.sort();
+    policies
+}
+
+/// Autoscaling (reference design §1): the pool's service is a scalable target
+/// with its policy's range, tracked on CPU and, behind its target group, on
+/// requests per task. Autoscaling moving the count inside the range is no
+/// drift; a policy removed or the range changed by hand is; a bigger pool
+/// moves the range; deleting the service deregisters it.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn the_data_plane_autoscales_in_its_range_and_hand_changes_are_repaired(db: PgPool) {
+    let config = indigo_e2e::moto().await;
+    let cluster = format!("indigo-test-{}", uuid::Uuid::new_v4().simple());
+    let label = "app/indigo-lb/50dc6c495c0c9188/targetgroup/indigo-pool/73e2d6bc24d8a067";
+    let services = EcsServices::new(&config, &cluster, task_settings("ghcr.io/indigo/dataplane:1.0"), None, db)
+        .with_pool_target_group(&config, Some(label.into()));
+    let spec = ServiceSpec::pool(&PoolSize { dataplane_replicas: 2, dataplane_max_replicas: 8 });
+    let observe = async || services.observe_service(POOL_SERVICE).await.unwrap().unwrap();
+
+    services.ensure(&spec).await.unwrap();
+    assert_eq!(scaling_of(&config, &cluster, POOL_SERVICE).await, Some((2, 8)));
+    let wanted_policies = [
+        "indigo-cpu: ECSServiceAverageCPUUtilization 70".to_owned(),
+        format!("indigo-requests: ALBRequestCountPerTarget 1000 {label}"),
+    ];
+    assert_eq!(policies_of(&config, &cluster, POOL_SERVICE).await, wanted_policies);
+    assert_eq!(observe().await.autoscaling, Autoscaling::Range { min: 2, max: 8 });
+    assert!(spec.satisfied_by(&observe().await));
+
+    // Autoscaling took it to 5 tasks: inside the range, as wanted.
+    let ecs = aws_sdk_ecs::Client::new(&config);
+    ecs.update_service().cluster(&cluster).service(POOL_SERVICE).desired_count(5).send().await.unwrap();
+    assert!(spec.satisfied_by(&observe().await));
+
+    // By hand: a policy deleted, then the range narrowed. Each is drift; ensure puts it back.
+    let autoscaling = aws_sdk_applicationautoscaling::Client::new(&config);
+    let resource = format!("service/{cluster}/{POOL_SERVICE}");
+    autoscaling
+        .delete_scaling_policy()
+        .policy_name("indigo-requests")
+        .service_namespace(ScalingNamespace::Ecs)
+        .scalable_dimension(ScalableDimension::EcsServiceDesiredCount)
+        .resource_id(&resource)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(observe().await.autoscaling, Autoscaling::Broken);
+    assert!(!spec.satisfied_by(&observe().await));
+    services.ensure(&spec).await.unwrap();
+    assert_eq!(policies_of(&config, &cluster, POOL_SERVICE).await, wanted_policies);
+    autoscaling
+        .register_scalable_target()
+        .service_namespace(ScalingNamespace::Ecs)
+        .scalable_dimension(ScalableDimension::EcsServiceDesiredCount)
+        .resource_id(&resource)
+        .min_capacity(1)
+        .max_capacity(2)
+        .send()
+        .await
+        .unwrap();
+    assert!(!spec.satisfied_by(&observe().await));
+    services.ensure(&spec).await.unwrap();
+    assert_eq!(scaling_of(&config, &cluster, POOL_SERVICE).await, Some((2, 8)));
+    assert_eq!(observe().await.replicas, 5, "what autoscaling chose stays");
+
+    // A bigger pool: the range moves, and the count with its floor.
+    let bigger = ServiceSpec::pool(&PoolSize { dataplane_replicas: 6, dataplane_max_replicas: 10 });
+    services.ensure(&bigger).await.unwrap();
+    assert_eq!(scaling_of(&config, &cluster, POOL_SERVICE).await, Some((6, 10)));
+    assert_eq!(observe().await.replicas, 6);
+
+    // Deleted: deregistered, its policies with it.
+    services.delete(POOL_SERVICE).await.unwrap();
+    assert_eq!(scaling_of(&config, &cluster, POOL_SERVICE).await, None);
+    assert!(policies_of(&config, &cluster, POOL_SERVICE).await.is_empty());
+}
+
 async fn rds_secret(config: &aws_config::SdkConfig, cluster: &str) -> serde_json::Value {
     let described =
         aws_sdk_rds::Client::new(config).describe_db_clusters().db_cluster_identifier(cluster).send().await.unwrap();

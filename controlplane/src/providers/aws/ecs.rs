@@ -26,10 +26,11 @@ use aws_sdk_ecs::types::{
 };
 use indigo_core::tenant::TenantId;
 
+use super::scaling::{ServiceScaling, TaskRange};
 use super::secrets::TaskSecrets;
 use super::{classify, done_unless_refused, is_code};
 pub use crate::providers::POOL_SERVICE;
-use crate::providers::{ProviderError, ServiceSpec};
+use crate::providers::{Autoscaling, ProviderError, ServiceSpec};
 
 /// The task definition family of the pool's data plane; a silo tenant's is
 /// named after its service.
@@ -92,6 +93,7 @@ pub struct EcsServices {
     tasks: TaskSettings,
     subnets: Option<Subnets>,
     secrets: TaskSecrets,
+    scaling: ServiceScaling,
 }
 
 /// A task definition as a service wants it.
@@ -190,7 +192,20 @@ impl EcsServices {
             tasks,
             subnets,
             secrets: TaskSecrets::new(config, cluster, identities),
+            scaling: ServiceScaling::new(config, cluster, None),
         }
+    }
+
+    /// Scales the pool's service on requests per task too, behind the load
+    /// balancer's target group `label` (`app/<lb>/<id>/targetgroup/<tg>/<id>`).
+    pub fn with_pool_target_group(mut self, config: &aws_config::SdkConfig, label: Option<String>) -> Self {
+        self.scaling = ServiceScaling::new(config, &self.cluster, label);
+        self
+    }
+
+    /// How the service is set up to scale.
+    pub async fn autoscaling(&self, name: &str) -> Result<Autoscaling, ProviderError> {
+        self.scaling.state(name).await
     }
 
     /// The cluster, created if missing.
@@ -345,7 +360,9 @@ impl EcsServices {
         let name = spec.name.as_str();
         let (wanted, secrets_changed) = self.wanted_task(spec).await?;
         let task_definition = self.task_definition(&wanted).await?;
-        let desired = i32::try_from(spec.replicas).unwrap_or(i32::MAX);
+        let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        // Autoscaling moves the desired count inside the plan's range; outside it is drift.
+        let range = TaskRange { min: count(spec.replicas), max: count(spec.max_replicas.max(spec.replicas)) };
         let tags = &spec.tags;
         match self.observe(name).await? {
             None => {
@@ -357,7 +374,7 @@ impl EcsServices {
                     .cluster(&self.cluster)
                     .service_name(name)
                     .task_definition(&task_definition)
-                    .desired_count(desired)
+                    .desired_count(range.min)
                     .set_tags(Some(
                         tags.iter().map(|(key, value)| Tag::builder().key(key).value(value).build()).collect(),
                     ));
@@ -383,14 +400,14 @@ impl EcsServices {
             }
             Some(state)
                 if secrets_changed
-                    || state.desired != desired
+                    || !(range.min..=range.max).contains(&state.desired)
                     || state.task_definition.as_deref() != Some(&task_definition) =>
             {
                 self.ecs
                     .update_service()
                     .cluster(&self.cluster)
                     .service(name)
-                    .desired_count(desired)
+                    .desired_count(state.desired.clamp(range.min, range.max))
                     .task_definition(&task_definition)
                     // Tasks read their secrets at start: a new value needs new tasks.
                     .force_new_deployment(secrets_changed)
@@ -399,6 +416,14 @@ impl EcsServices {
                     .map_err(classify)?;
             }
             Some(_) => {}
+        }
+        if range.max == 0 {
+            self.scaling.remove(name).await?;
+        } else {
+            let repaired = self.scaling.ensure(name, range).await?;
+            if !repaired.is_empty() {
+                tracing::info!(service = name, ?repaired, "autoscaling set as the plan says");
+            }
         }
         self.observe(name).await?.ok_or_else(|| ProviderError::Transient(format!("service {name} not described yet")))
     }
@@ -422,6 +447,7 @@ impl EcsServices {
     /// Scales the service to zero and deletes it, then deregisters the task
     /// definitions of its own family (a silo tenant's). Gone already is done.
     pub async fn delete(&self, name: &str) -> Result<(), ProviderError> {
+        self.scaling.remove(name).await?;
         if self.observe(name).await?.is_some() {
             let deleted = self.ecs.delete_service().cluster(&self.cluster).service(name).force(true).send().await;
             done_unless_refused(deleted, &["ServiceNotFoundException"])?;

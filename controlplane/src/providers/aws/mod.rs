@@ -8,6 +8,7 @@
 
 pub mod ecs;
 pub mod rds;
+pub mod scaling;
 pub mod secrets;
 pub mod stand_in;
 
@@ -21,7 +22,8 @@ use self::rds::{AuroraClusters, TENANT_DATABASE};
 use self::secrets::{MasterLogin, MasterSecrets};
 use super::local::LocalDatabases;
 use super::{
-    ComputeProvider, DatabaseProvider, ProviderError, ProviderFuture, ServiceSpec, ServiceState, SiloState, SiloTenant,
+    Autoscaling, ComputeProvider, DatabaseProvider, ProviderError, ProviderFuture, ServiceSpec, ServiceState,
+    SiloState, SiloTenant,
 };
 use indigo_tenantdb::schema::SchemaError;
 use indigo_tenantdb::{Database, TenantDatabases};
@@ -155,11 +157,17 @@ fn schema_failed(error: SchemaError) -> ProviderError {
 
 impl ComputeProvider for EcsServices {
     fn observe_service<'a>(&'a self, name: &'a str) -> ProviderFuture<'a, Option<ServiceState>> {
-        Box::pin(async move { Ok(self.observe(name).await?.map(service_state)) })
+        Box::pin(async move {
+            let Some(service) = self.observe(name).await? else { return Ok(None) };
+            Ok(Some(service_state(service, self.autoscaling(name).await?)))
+        })
     }
 
     fn ensure_service<'a>(&'a self, spec: &'a ServiceSpec) -> ProviderFuture<'a, ServiceState> {
-        Box::pin(async move { Ok(service_state(self.ensure(spec).await?)) })
+        Box::pin(async move {
+            let service = self.ensure(spec).await?;
+            Ok(service_state(service, self.autoscaling(&spec.name).await?))
+        })
     }
 
     fn delete_service<'a>(&'a self, name: &'a str) -> ProviderFuture<'a, ()> {
@@ -172,8 +180,8 @@ impl ComputeProvider for EcsServices {
 }
 
 /// ECS starts and replaces tasks itself: what it is set to run is what counts.
-fn service_state(service: ecs::ServiceState) -> ServiceState {
-    ServiceState { replicas: u32::try_from(service.desired).unwrap_or(0), address: None }
+fn service_state(service: ecs::ServiceState, autoscaling: Autoscaling) -> ServiceState {
+    ServiceState { replicas: u32::try_from(service.desired).unwrap_or(0), address: None, autoscaling }
 }
 
 /// Throttling, AWS-side failures and transport trouble pass; the rest is permanent.

@@ -83,7 +83,8 @@ impl StandInTasks {
             .task_definition
             .ok_or_else(|| ProviderError::Transient(format!("ECS reports no task definition for {} yet", spec.name)))?;
         let environment = self.ecs.container_environment(&task_definition).await?;
-        self.processes.ensure_with(spec, Some(environment)).await
+        let running = self.processes.ensure_with(spec, Some(environment)).await?;
+        Ok(ServiceState { autoscaling: self.ecs.autoscaling(&spec.name).await?, ..running })
     }
 
     async fn observe(&self, name: &str) -> Result<Option<ServiceState>, ProviderError> {
@@ -92,7 +93,11 @@ impl StandInTasks {
         }
         // On ECS, but its tasks not running here (yet, or any more): none run.
         let running = self.processes.observe_service(name).await?;
-        Ok(Some(running.unwrap_or(ServiceState { replicas: 0, address: None })))
+        let autoscaling = self.ecs.autoscaling(name).await?;
+        Ok(Some(match running {
+            Some(state) => ServiceState { autoscaling, ..state },
+            None => ServiceState { replicas: 0, address: None, autoscaling },
+        }))
     }
 
     async fn delete(&self, name: &str) -> Result<(), ProviderError> {
