@@ -62,7 +62,7 @@ pub enum Command {
     /// Manage admin API tokens (admin role)
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Print a storefront JWT for a tenant, signed with the local platform's secret
+    /// Print a storefront JWT for a tenant, signed with its own key (derived from the local platform's secret)
     StorefrontToken(StorefrontTokenArgs),
     /// Run the data plane (the same server as `indigo-dataplane`); `indigo up` uses it
     Dataplane(indigo_dataplane::Cli),
@@ -95,6 +95,11 @@ pub struct StorefrontTokenArgs {
     /// Lifetime in seconds
     #[arg(long, default_value_t = 3600)]
     pub ttl: i64,
+    /// Print the tenant's own signing key (base64url) instead of a token: its
+    /// backend signs its shoppers' tokens with it (HS256, `kid` = the tenant id)
+    /// and cannot sign for any other tenant
+    #[arg(long)]
+    pub signing_key: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -440,6 +445,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let secret = std::fs::read_to_string(up::jwt_secret_file(&args.client.data_dir)).with_context(|| {
                 format!("no JWT secret in {}; is `indigo up` running here?", args.client.data_dir.display())
             })?;
+            if args.signing_key {
+                use base64::Engine;
+                let key = indigo_dataplane::auth::tenant_key(secret.trim().as_bytes(), tenant.id);
+                println!("{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key));
+                return Ok(());
+            }
             let role = serde_json::from_value(serde_json::Value::String(args.role.clone()))
                 .map_err(|_| anyhow::anyhow!("role must be owner, staff or customer, not `{}`", args.role))?;
             let claims = indigo_dataplane::auth::Claims {

@@ -62,7 +62,8 @@ pub enum AuthError {
 }
 
 enum Keys {
-    Shared(DecodingKey),
+    /// HS256: the shared secret, from which each tenant's own key is derived.
+    PerTenant(Vec<u8>),
     /// RS256 keys by `kid`, refreshed from the JWKS URL.
     Jwks(Jwks),
 }
@@ -112,7 +113,7 @@ impl Verifier {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(KeyError::ShortSecret);
         }
-        Ok(Self::with(Keys::Shared(DecodingKey::from_secret(secret)), Algorithm::HS256))
+        Ok(Self::with(Keys::PerTenant(secret.to_vec()), Algorithm::HS256))
     }
 
     pub fn jwks(url: &str) -> Result<Self, KeyError> {
@@ -164,7 +165,17 @@ impl Verifier {
             _ => AuthError::Invalid(e.to_string()),
         };
         let key = match &*self.keys {
-            Keys::Shared(key) => key.clone(),
+            Keys::PerTenant(secret) => {
+                let tenant = tenant_of_key(token)?;
+                let claims =
+                    decode::<Claims>(token, &DecodingKey::from_secret(&tenant_key(secret, tenant)), &self.validation)
+                        .map_err(classify)?
+                        .claims;
+                if claims.tenant_id != tenant {
+                    return Err(AuthError::Invalid("the token claims another tenant than its key's".into()));
+                }
+                return Ok(claims);
+            }
             Keys::Jwks(jwks) => {
                 let kid = decode_header(token)
                     .map_err(classify)?
@@ -211,8 +222,36 @@ impl Jwks {
     }
 }
 
-/// Makes a token (for tests, tools and the benchmark).
+/// The key a tenant's HS256 tokens are signed with: derived from the shared
+/// secret and the tenant (HMAC-SHA256), so that whoever holds one tenant's
+/// key (its own backend, minting its shoppers' tokens) can sign for that
+/// tenant only, and the data plane needs only the one secret to verify all.
+pub fn tenant_key(secret: &[u8], tenant: TenantId) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(b"indigo storefront signing key\0");
+    mac.update(tenant.0.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The tenant whose key signed `token`, as its header names it (`kid`).
+fn tenant_of_key(token: &str) -> Result<TenantId, AuthError> {
+    let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+    header
+        .kid
+        .and_then(|kid| kid.parse().ok())
+        .ok_or_else(|| AuthError::Invalid("the token names no tenant key (kid)".into()))
+}
+
+/// Makes a token with its tenant's key, derived from `secret` (for tools,
+/// tests and the benchmark; see [`tenant_key`]).
 pub fn sign_hs256(secret: &[u8], claims: &Claims) -> String {
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &jsonwebtoken::EncodingKey::from_secret(secret))
+    sign_with_tenant_key(&tenant_key(secret, claims.tenant_id), claims)
+}
+
+/// Makes a token with a tenant's own key, as the tenant's backend does.
+pub fn sign_with_tenant_key(key: &[u8], claims: &Claims) -> String {
+    let header = jsonwebtoken::Header { kid: Some(claims.tenant_id.to_string()), ..Default::default() };
+    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(key))
         .expect("HS256 signing of serializable claims cannot fail")
 }

@@ -56,6 +56,22 @@ pub fn moto_url() -> String {
     std::env::var("MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
 }
 
+/// Points an `indigo` command at AWS on moto, with every Aurora cluster
+/// standing in on the test server: provider `aws`, moto's endpoint and dummy
+/// credentials, `ecs_cluster` (each test its own on the shared moto), and
+/// where the data-plane tasks would reach the admin API.
+pub fn on_aws_stand_in(command: &mut Command, ecs_cluster: &str, control_plane_url: &str) {
+    command
+        .env("INDIGO_PROVIDER", "aws")
+        .env("AWS_ENDPOINT_URL", moto_url())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("INDIGO_AWS_ECS_CLUSTER", ecs_cluster)
+        .env("INDIGO_AWS_CLUSTER_STAND_IN", server_url())
+        .env("INDIGO_AWS_CONTROL_PLANE_URL", control_plane_url);
+}
+
 /// The server tests create their databases on (`DATABASE_URL`, set in `.cargo/config.toml`).
 pub fn server_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -127,6 +143,23 @@ impl Process {
             }
         });
         Ok(Self { child, lines, seen: Vec::new() })
+    }
+
+    /// Like [`Process::spawn`], but its log (stderr) goes to the file `log`,
+    /// for a test to search, instead of to the test's output.
+    pub fn spawn_logging_to(mut command: Command, log: &std::path::Path) -> anyhow::Result<Self> {
+        if let Some(directory) = log.parent() {
+            std::fs::create_dir_all(directory)?;
+        }
+        let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        command.stderr(file);
+        Self::spawn(command)
+    }
+
+    /// Every stdout line so far.
+    pub fn stdout_so_far(&mut self) -> Vec<String> {
+        self.seen.extend(self.lines.try_iter());
+        self.seen.clone()
     }
 
     /// Waits for a stdout line containing `needle` and returns it.

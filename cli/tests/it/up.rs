@@ -85,6 +85,34 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let listed: serde_json::Value =
         http.get(format!("{storefront_url}/v1/products")).bearer_auth(&jwt).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["items"][0]["name"], "Sourdough");
+    // The tenant's own signing key, for its backend to mint its shoppers'
+    // tokens: it signs for that tenant, and for no other.
+    let output = cli(data_dir, &["storefront-token", "blue-bakery", "--signing-key", "--api-url", &api_url]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let key = {
+        use base64::Engine;
+        let printed = String::from_utf8(output.stdout).unwrap();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(printed.trim()).unwrap()
+    };
+    let id_of = |slug: &str| {
+        let output = cli(data_dir, &["tenant", "get", slug, "--output", "json", "--api-url", &api_url]);
+        let tenant: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        indigo_core::tenant::TenantId(tenant["id"].as_str().unwrap().parse().unwrap())
+    };
+    let signed_for = |slug: &str| {
+        let claims = indigo_dataplane::auth::Claims {
+            tenant_id: id_of(slug),
+            sub: "shopper-of-the-backend".into(),
+            role: indigo_dataplane::auth::CallerRole::Customer,
+            exp: chrono::Utc::now().timestamp() + 600,
+        };
+        indigo_dataplane::auth::sign_with_tenant_key(&key, &claims)
+    };
+    let products = async |token: String| {
+        http.get(format!("{storefront_url}/v1/products")).bearer_auth(token).send().await.unwrap().status()
+    };
+    assert_eq!(products(signed_for("blue-bakery")).await, 200, "the bakery's key signs for the bakery");
+    assert_eq!(products(signed_for("cobalt-coffee")).await, 401, "and for no other tenant");
     // The data planes share the tenant's plan rate through Redis: its bucket is there.
     let output = cli(data_dir, &["tenant", "get", "blue-bakery", "--output", "json", "--api-url", &api_url]);
     let bakery: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -97,7 +125,8 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "indigo up exited with {status} after SIGTERM");
 
-    // The data plane flushed its usage before the platform stopped: both requests are counted.
+    // The data plane flushed its usage before the platform stopped: the three
+    // requests the bakery was served are counted (the refused one is not).
     let control = sqlx::PgPool::connect(&database.url).await.unwrap();
     let metered: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM usage_events u JOIN tenants t ON t.id = u.tenant_id WHERE t.slug = 'blue-bakery'",
@@ -105,7 +134,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     .fetch_one(&control)
     .await
     .unwrap();
-    assert_eq!(metered, 2);
+    assert_eq!(metered, 3);
     // It reported them as a data plane, not as an admin: each service has an
     // identity of its own, and a silo tenant's is bound to that tenant.
     let identities: Vec<(String, Option<uuid::Uuid>)> =
@@ -378,9 +407,21 @@ impl Platform {
     /// Starts `indigo up --demo` with `env`, and waits until both APIs are
     /// ready; the process, the admin API's URL and the storefront's.
     pub(crate) async fn start_demo(&self, env: &[(&str, &str)]) -> (Process, String, String) {
+        self.start_demo_logging(env, None).await
+    }
+
+    /// [`Platform::start_demo`], its log (stderr, the tasks' included) written to `log` if given.
+    pub(crate) async fn start_demo_logging(
+        &self,
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> (Process, String, String) {
         let mut command = local_platform(INDIGO.as_ref(), &self.database, &self.pool, &self.data_dir);
         command.arg("--demo").env("INDIGO_REDIS_URL", redis_url()).envs(env.iter().copied());
-        let mut daemon = Process::spawn(command).unwrap();
+        let mut daemon = match log {
+            Some(log) => Process::spawn_logging_to(command, log).unwrap(),
+            None => Process::spawn(command).unwrap(),
+        };
         let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
         let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
         let line = daemon.wait_for_line("storefront: ", Duration::from_secs(30)).unwrap();

@@ -1,12 +1,12 @@
 //! The storefront's behaviour against real PostgreSQL: catalogue, orders and
 //! stock, search, plan limits, and bad input answered with clear 4xx errors.
 
-use crate::support::{Store, plan, silo_route, token, token_expiring};
+use crate::support::{SECRET, Store, plan, silo_route, token, token_expiring};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use indigo_core::plan::Limit;
 use indigo_core::tenant::{Lifecycle, TenantId};
-use indigo_dataplane::auth::CallerRole;
+use indigo_dataplane::auth::{CallerRole, Claims, sign_with_tenant_key, tenant_key};
 use serde_json::json;
 
 #[tokio::test]
@@ -382,11 +382,39 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         &jsonwebtoken::EncodingKey::from_secret(b"not-the-secret"),
     )
     .unwrap();
+    // Each tenant's tokens are signed with a key of its own: the holder of
+    // another tenant's key cannot sign for this one, naming either tenant's key;
+    // nor does the shared secret itself sign tokens.
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let claims = |tenant_id| Claims { tenant_id, sub: "x".into(), role: CallerRole::Owner, exp };
+    let neighbours_key = tenant_key(SECRET, TenantId::new());
+    let as_neighbours_key = sign_with_tenant_key(&neighbours_key, &claims(tenant));
+    let naming_this_tenant = {
+        let header = jsonwebtoken::Header { kid: Some(tenant.to_string()), ..Default::default() };
+        jsonwebtoken::encode(&header, &claims(tenant), &jsonwebtoken::EncodingKey::from_secret(&neighbours_key))
+            .unwrap()
+    };
+    let with_the_shared_secret = {
+        let header = jsonwebtoken::Header { kid: Some(tenant.to_string()), ..Default::default() };
+        jsonwebtoken::encode(&header, &claims(tenant), &jsonwebtoken::EncodingKey::from_secret(SECRET)).unwrap()
+    };
+    let no_kid = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims(tenant),
+        &jsonwebtoken::EncodingKey::from_secret(&tenant_key(SECRET, tenant)),
+    )
+    .unwrap();
+    let own_key = sign_with_tenant_key(&tenant_key(SECRET, tenant), &claims(tenant));
+    assert_eq!(store.get(&own_key, "/v1/products").await.status, StatusCode::OK, "the tenant's own key signs for it");
     for (what, bad) in [
         ("expired", expired),
         ("forged", forged),
         ("alg none", unsigned),
         ("other secret", other_secret),
+        ("another tenant's key, claiming this tenant", as_neighbours_key),
+        ("another tenant's key, named as this tenant's", naming_this_tenant),
+        ("the shared secret itself", with_the_shared_secret),
+        ("no key named", no_kid),
         ("garbage", "abc".into()),
     ] {
         let reply = store.get(&bad, "/v1/products").await;

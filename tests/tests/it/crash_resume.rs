@@ -95,15 +95,7 @@ impl Platform {
             .env("RUST_LOG", "warn");
         let url = format!("http://127.0.0.1:{port}");
         if let Some(ecs_cluster) = &self.aws {
-            command
-                .env("INDIGO_PROVIDER", "aws")
-                .env("AWS_ENDPOINT_URL", indigo_e2e::moto_url())
-                .env("AWS_ACCESS_KEY_ID", "test")
-                .env("AWS_SECRET_ACCESS_KEY", "test")
-                .env("AWS_REGION", "us-east-1")
-                .env("INDIGO_AWS_ECS_CLUSTER", ecs_cluster)
-                .env("INDIGO_AWS_CLUSTER_STAND_IN", indigo_e2e::server_url())
-                .env("INDIGO_AWS_CONTROL_PLANE_URL", &url);
+            indigo_e2e::on_aws_stand_in(&mut command, ecs_cluster, &url);
         }
         let process = Process::spawn(command).unwrap();
         wait_until_ok(&format!("{url}/healthz"), Duration::from_secs(30)).await.unwrap();

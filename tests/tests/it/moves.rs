@@ -443,17 +443,11 @@ impl Daemons {
             .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"))
             .env("INDIGO_MOVE_GRACE_SECONDS", "0")
             .env("INDIGO_FAILPOINTS", failpoints)
-            .env("RUST_LOG", std::env::var("DEBUG_DAEMON_LOG").unwrap_or("warn".into()));
+            .env("RUST_LOG", "warn");
         if self.provider == Provider::Aws {
-            command
-                .env("INDIGO_PROVIDER", "aws")
-                .env("AWS_ENDPOINT_URL", indigo_e2e::moto_url())
-                .env("AWS_ACCESS_KEY_ID", "test")
-                .env("AWS_SECRET_ACCESS_KEY", "test")
-                .env("AWS_REGION", "us-east-1")
-                .env("INDIGO_AWS_ECS_CLUSTER", &self.ecs_cluster)
-                .env("INDIGO_AWS_CLUSTER_STAND_IN", indigo_e2e::server_url())
-                .env("INDIGO_AWS_CONTROL_PLANE_URL", self.url());
+            indigo_e2e::on_aws_stand_in(&mut command, &self.ecs_cluster, &self.url());
+            // The fleet's services are looked at every resync: a downgraded tenant's goes within seconds.
+            command.env("INDIGO_RESYNC_SECONDS", "5");
         }
         let process = Process::spawn(command).unwrap();
         wait_until_ok(&format!("{}/healthz", self.url()), Duration::from_secs(30)).await.unwrap();
@@ -549,6 +543,9 @@ async fn killed_in_every_phase_of_a_move(provider: Provider) {
             silos.push(database);
         }
     }
+    if provider == Provider::Aws {
+        assert_silo_service_gone(&daemons.ecs_cluster, shop.id).await;
+    }
     running.signal_and_wait("TERM", Duration::from_secs(20)).unwrap();
     drop(storefront);
     if let Some(rds) = rds {
@@ -567,6 +564,45 @@ async fn killed_in_every_phase_of_a_move(provider: Provider) {
     }
     daemons.control.drop_now().await.unwrap();
     let _ = std::fs::remove_dir_all(&daemons.data_dir);
+}
+
+/// Back in the pool, the tenant's own ECS service goes (the reconciler removes
+/// it), and with it everything made for it: task definitions, autoscaling,
+/// its admin-API token's secret. Checked through moto's APIs.
+async fn assert_silo_service_gone(ecs_cluster: &str, tenant: TenantId) {
+    let config = indigo_e2e::moto().await;
+    let slug = indigo_core::tenant::Slug::parse("crashy-shop").unwrap();
+    let service = indigo_controlplane::providers::silo_service_name(tenant, &slug);
+    let ecs = aws_sdk_ecs::Client::new(&config);
+    let mut status = None;
+    for _ in 0..300 {
+        let described = ecs.describe_services().cluster(ecs_cluster).services(&service).send().await.unwrap();
+        status = described.services().first().and_then(|s| s.status()).map(str::to_owned);
+        if status.as_deref() != Some("ACTIVE") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(status.as_deref(), Some("ACTIVE"), "the tenant's service {service} is still there");
+    let definitions = ecs
+        .list_task_definitions()
+        .family_prefix(&service)
+        .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+        .send()
+        .await
+        .unwrap();
+    assert!(definitions.task_definition_arns().is_empty(), "{:?}", definitions.task_definition_arns());
+    let scaling = aws_sdk_applicationautoscaling::Client::new(&config)
+        .describe_scalable_targets()
+        .service_namespace(aws_sdk_applicationautoscaling::types::ServiceNamespace::Ecs)
+        .resource_ids(format!("service/{ecs_cluster}/{service}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(scaling.scalable_targets().is_empty(), "{:?}", scaling.scalable_targets());
+    let token = format!("{ecs_cluster}/dataplane/{service}/control-plane-token");
+    let secret = aws_sdk_secretsmanager::Client::new(&config).get_secret_value().secret_id(&token).send().await;
+    assert!(secret.is_err(), "the service's token secret {token} is deleted");
 }
 
 /// moto names a cluster's automated snapshot to the minute and keeps it after

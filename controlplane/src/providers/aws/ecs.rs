@@ -59,6 +59,9 @@ pub struct Subnets {
     pub security_groups: Vec<String>,
 }
 
+/// Services ECS describes per request, at most.
+const DESCRIBE_BATCH: usize = 10;
+
 /// What ECS reports of a service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceState {
@@ -441,7 +444,27 @@ impl EcsServices {
             // ECS lists ARNs: `arn:aws:ecs:<region>:<account>:service/<cluster>/<name>`.
             names.extend(page.service_arns().iter().filter_map(|arn| arn.rsplit('/').next().map(str::to_owned)));
         }
-        Ok(names)
+        // A deleted service may still be listed for a while (INACTIVE; moto keeps
+        // listing it): only the active ones count.
+        let mut active = Vec::with_capacity(names.len());
+        for batch in names.chunks(DESCRIBE_BATCH) {
+            let described = self
+                .ecs
+                .describe_services()
+                .cluster(&self.cluster)
+                .set_services(Some(batch.to_vec()))
+                .send()
+                .await
+                .map_err(classify)?;
+            active.extend(
+                described
+                    .services()
+                    .iter()
+                    .filter(|s| s.status() == Some("ACTIVE"))
+                    .filter_map(|s| s.service_name().map(str::to_owned)),
+            );
+        }
+        Ok(active)
     }
 
     /// Scales the service to zero and deletes it, then deregisters the task

@@ -1,7 +1,12 @@
 //! The master login of each Aurora cluster, which RDS keeps in Secrets
 //! Manager (the cluster is created with `ManageMasterUserPassword`, so no one
-//! ever chose or saw the password). Read when the control plane provisions the
-//! cluster's tenant schema; never stored, logged or handed on.
+//! ever chose or saw the password). Read when the control plane works in the
+//! cluster's database (provisioning, seeding, exports, moves) and kept in
+//! memory for a minute; never stored, logged or handed on.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -17,23 +22,35 @@ struct SecretValue {
 }
 
 /// A cluster's master user and password.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MasterLogin {
     pub username: String,
     pub password: Secret,
 }
 
+/// How long a master login read is used before it is read again: a reconcile
+/// or a move reaches a cluster many times, and a rotated password is picked
+/// up within this.
+const LOGIN_REUSE: Duration = Duration::from_secs(60);
+
 pub struct MasterSecrets {
     client: aws_sdk_secretsmanager::Client,
+    /// Logins read recently, by secret ARN, in memory only.
+    recent: Mutex<HashMap<String, (Instant, MasterLogin)>>,
 }
 
 impl MasterSecrets {
     pub fn new(config: &aws_config::SdkConfig) -> Self {
-        Self { client: aws_sdk_secretsmanager::Client::new(config) }
+        Self { client: aws_sdk_secretsmanager::Client::new(config), recent: Mutex::default() }
     }
 
     /// The login kept in the secret `arn`.
     pub async fn login(&self, arn: &str) -> Result<MasterLogin, ProviderError> {
+        if let Some((read, login)) = self.recent.lock().expect("master logins lock").get(arn)
+            && read.elapsed() < LOGIN_REUSE
+        {
+            return Ok(login.clone());
+        }
         let value = self.client.get_secret_value().secret_id(arn).send().await.map_err(classify)?;
         let unreadable = |why: &str| ProviderError::Permanent {
             reason: "MasterSecretUnreadable".into(),
@@ -42,7 +59,9 @@ impl MasterSecrets {
         let text = value.secret_string().ok_or_else(|| unreadable("holds no text"))?;
         let parsed: SecretValue =
             serde_json::from_str(text).map_err(|_| unreadable("is not RDS's {\"username\", \"password\"}"))?;
-        Ok(MasterLogin { username: parsed.username, password: Secret::new(parsed.password) })
+        let login = MasterLogin { username: parsed.username, password: Secret::new(parsed.password) };
+        self.recent.lock().expect("master logins lock").insert(arn.to_owned(), (Instant::now(), login.clone()));
+        Ok(login)
     }
 }
 

@@ -44,9 +44,18 @@ pub(super) async fn create_cluster_database(
     let user = quote(&login.username);
     if !role_exists {
         // Aurora's master user: may create roles and databases, is no superuser.
-        let password = login.password.expose().replace('\'', "''");
-        let sql = format!("CREATE ROLE {user} LOGIN NOSUPERUSER CREATEDB CREATEROLE PASSWORD '{password}'");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(failed)?;
+        // The password travels as a parameter: statement text is logged, values are not.
+        sqlx::query(
+            "SELECT set_config('indigo.stand_in_user', $1, false), set_config('indigo.stand_in_password', $2, false)",
+        )
+        .bind(&login.username)
+        .bind(login.password.expose())
+        .execute(&mut admin)
+        .await
+        .map_err(failed)?;
+        let sql = "DO $$ BEGIN EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER CREATEDB CREATEROLE PASSWORD %L', \
+                   current_setting('indigo.stand_in_user'), current_setting('indigo.stand_in_password')); END $$";
+        sqlx::raw_sql(sql).execute(&mut admin).await.map_err(failed)?;
     }
     let database_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(database)
