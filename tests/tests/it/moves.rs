@@ -122,6 +122,34 @@ fn pause_window(record: &Value) -> (DateTime<Utc>, DateTime<Utc>) {
     (switched - pause, switched)
 }
 
+/// A tier change of `slug` to `plan` with storefront traffic on `shops` the
+/// whole time: the workflow succeeds, the move ends done towards `to`, and no
+/// shop sees a failed request. Returns the workflow, the move's record and
+/// each shop's traffic.
+async fn change_plan_under_load(
+    stack: &Stack,
+    slug: &str,
+    plan: &str,
+    to: &str,
+    shops: &[&Shop],
+) -> (Value, Value, HashMap<TenantId, LoadReport>) {
+    let (traffic, _) = Traffic::start(stack, shops).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = stack.admin.change_plan(slug, plan).await.unwrap();
+    assert_eq!(asked["spec"]["plan"], plan);
+    let workflow = stack.admin.wait_workflow(slug, "tier_change").await.unwrap();
+    assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    let record = latest_move(stack, slug).await;
+    assert_eq!((record["phase"].as_str(), record["to_isolation"].as_str()), (Some("done"), Some(to)), "{record}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reports = traffic.stop().await;
+    for shop in shops {
+        let report = &reports[&shop.id];
+        assert!(report.failures.is_empty(), "{} saw failed requests: {:#?}", shop.slug, report.failures);
+    }
+    (workflow, record, reports)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
     let mut stack = Stack::start().await.unwrap();
@@ -130,14 +158,10 @@ async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
     let mover = stack.onboard("moving-shop", "pro").await.unwrap();
     let left = stack.onboard("steady-left", "pro").await.unwrap();
     let right = stack.onboard("steady-right", "pro").await.unwrap();
-    let (traffic, _) = Traffic::start(&stack, &[&mover, &left, &right]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Upgrade: pool → silo.
-    let asked = stack.admin.change_plan("moving-shop", "enterprise").await.unwrap();
-    assert_eq!(asked["spec"]["plan"], "enterprise");
-    let workflow = stack.admin.wait_workflow("moving-shop", "tier_change").await.unwrap();
-    assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    let (workflow, upgrade, reports) =
+        change_plan_under_load(&stack, "moving-shop", "enterprise", "silo", &[&mover, &left, &right]).await;
     // Verified: the copy against its snapshot, table by table, and at the switch the rows written since.
     let output = |step: &str| {
         workflow["steps"].as_array().unwrap().iter().find(|s| s["name"] == step).unwrap()["output"].clone()
@@ -146,23 +170,14 @@ async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
     assert_eq!(copied["checks"].as_array().unwrap().len(), 5, "{copied}");
     assert!(copied["rows"].as_i64().unwrap() > 0);
     assert_eq!(output("cutover")["checks"].as_array().unwrap().len(), 5);
-    let upgrade = latest_move(&stack, "moving-shop").await;
-    assert_eq!(
-        (upgrade["phase"].as_str(), upgrade["to_isolation"].as_str()),
-        (Some("done"), Some("silo")),
-        "{upgrade}"
-    );
     assert!(upgrade["pause_ms"].as_i64().unwrap() >= HOLD_MS as i64, "{upgrade}");
     let silo = upgrade["target_database"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let reports = traffic.stop().await;
 
     let tenant = stack.admin.tenant("moving-shop").await.unwrap();
     assert_eq!(tenant["status"]["placement"]["isolation"], "silo");
     assert_eq!(tenant["status"]["placement"]["database"], silo.as_str());
     for shop in [&mover, &left, &right] {
         let report = &reports[&shop.id];
-        assert!(report.failures.is_empty(), "{} saw failed requests: {:#?}", shop.slug, report.failures);
         assert!(report.orders.len() > 10, "{} placed only {} orders", shop.slug, report.orders.len());
     }
     assert_writes_landed(&stack, &silo, &mover, &reports[&mover.id]).await;
@@ -176,19 +191,7 @@ async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
     }
 
     // Downgrade under load: silo → pool.
-    let (traffic, _) = Traffic::start(&stack, &[&mover, &left]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stack.admin.change_plan("moving-shop", "pro").await.unwrap();
-    let workflow = stack.admin.wait_workflow("moving-shop", "tier_change").await.unwrap();
-    assert_eq!(workflow["state"], "succeeded", "{workflow}");
-    let downgrade = latest_move(&stack, "moving-shop").await;
-    assert_eq!((downgrade["phase"].as_str(), downgrade["to_isolation"].as_str()), (Some("done"), Some("pool")));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let reports = traffic.stop().await;
-    for shop in [&mover, &left] {
-        let report = &reports[&shop.id];
-        assert!(report.failures.is_empty(), "{} saw failed requests: {:#?}", shop.slug, report.failures);
-    }
+    let (_, downgrade, reports) = change_plan_under_load(&stack, "moving-shop", "pro", "pool", &[&mover, &left]).await;
     let tenant = stack.admin.tenant("moving-shop").await.unwrap();
     assert_eq!(tenant["status"]["placement"]["isolation"], "pool");
     assert_writes_landed(&stack, stack.pool_database(), &mover, &reports[&mover.id]).await;
@@ -252,19 +255,11 @@ async fn on_aws_a_tenant_moves_onto_its_own_cluster_and_back_under_load() {
     let neighbour = stack.onboard("cloud-neighbour", "pro").await.unwrap();
 
     // Upgrade: pool → its own cluster.
-    let (traffic, _) = Traffic::start(&stack, &[&mover, &neighbour]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stack.admin.change_plan("cloud-mover", "enterprise").await.unwrap();
-    let workflow = stack.admin.wait_workflow("cloud-mover", "tier_change").await.unwrap();
-    assert_eq!(workflow["state"], "succeeded", "{workflow}");
-    let upgrade = latest_move(&stack, "cloud-mover").await;
-    assert_eq!((upgrade["phase"].as_str(), upgrade["to_isolation"].as_str()), (Some("done"), Some("silo")));
+    let (_, upgrade, reports) =
+        change_plan_under_load(&stack, "cloud-mover", "enterprise", "silo", &[&mover, &neighbour]).await;
     let pause_ms = upgrade["pause_ms"].as_i64().expect("the write pause is reported");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let reports = traffic.stop().await;
     for shop in [&mover, &neighbour] {
         let report = &reports[&shop.id];
-        assert!(report.failures.is_empty(), "{} saw failed requests: {:#?}", shop.slug, report.failures);
         assert!(report.orders.len() > 10, "{} placed only {} orders", shop.slug, report.orders.len());
     }
     let placement = stack.admin.tenant("cloud-mover").await.unwrap()["status"]["placement"].clone();
@@ -282,19 +277,10 @@ async fn on_aws_a_tenant_moves_onto_its_own_cluster_and_back_under_load() {
     println!("upgrade onto cluster {identifier}: writes held {pause_ms} ms");
 
     // Downgrade: its cluster → the pool; the cluster goes.
-    let (traffic, _) = Traffic::start(&stack, &[&mover, &neighbour]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stack.admin.change_plan("cloud-mover", "pro").await.unwrap();
-    let workflow = stack.admin.wait_workflow("cloud-mover", "tier_change").await.unwrap();
-    assert_eq!(workflow["state"], "succeeded", "{workflow}");
-    let downgrade = latest_move(&stack, "cloud-mover").await;
-    assert_eq!((downgrade["phase"].as_str(), downgrade["to_isolation"].as_str()), (Some("done"), Some("pool")));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let reports = traffic.stop().await;
+    let (_, downgrade, reports) =
+        change_plan_under_load(&stack, "cloud-mover", "pro", "pool", &[&mover, &neighbour]).await;
     for shop in [&mover, &neighbour] {
-        let report = &reports[&shop.id];
-        assert!(report.failures.is_empty(), "{} saw failed requests: {:#?}", shop.slug, report.failures);
-        assert_writes_landed(&stack, stack.pool_database(), shop, report).await;
+        assert_writes_landed(&stack, stack.pool_database(), shop, &reports[&shop.id]).await;
     }
     let placement = stack.admin.tenant("cloud-mover").await.unwrap()["status"]["placement"].clone();
     assert_eq!((placement["isolation"].as_str(), placement["cluster"].as_str()), (Some("pool"), None), "{placement}");
