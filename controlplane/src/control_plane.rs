@@ -151,7 +151,7 @@ impl ControlPlane {
                 };
                 let services =
                     EcsServices::new(&aws, &config.aws_ecs_cluster, tasks, config.aws_subnets.clone(), db.clone())
-                        .with_pool_target_group(&aws, config.aws_pool_target_group.clone());
+                        .with_pool_target_group(config.aws_pool_target_group.clone());
                 let compute: Arc<dyn ComputeProvider> = match dataplanes {
                     Some(processes) => Arc::new(StandInTasks::new(services, processes)),
                     None => Arc::new(services),

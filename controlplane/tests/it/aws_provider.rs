@@ -478,7 +478,7 @@ async fn the_data_plane_autoscales_in_its_range_and_hand_changes_are_repaired(db
     let cluster = format!("indigo-test-{}", uuid::Uuid::new_v4().simple());
     let label = "app/indigo-lb/50dc6c495c0c9188/targetgroup/indigo-pool/73e2d6bc24d8a067";
     let services = EcsServices::new(&config, &cluster, task_settings("ghcr.io/indigo/dataplane:1.0"), None, db)
-        .with_pool_target_group(&config, Some(label.into()));
+        .with_pool_target_group(Some(label.into()));
     let spec = ServiceSpec::pool(&PoolSize { dataplane_replicas: 2, dataplane_max_replicas: 8 });
     let observe = async || services.observe_service(POOL_SERVICE).await.unwrap().unwrap();
 

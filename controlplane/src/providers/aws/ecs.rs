@@ -195,15 +195,14 @@ impl EcsServices {
             tasks,
             subnets,
             secrets: TaskSecrets::new(config, cluster, identities),
-            scaling: ServiceScaling::new(config, cluster, None),
+            scaling: ServiceScaling::new(config, cluster),
         }
     }
 
     /// Scales the pool's service on requests per task too, behind the load
     /// balancer's target group `label` (`app/<lb>/<id>/targetgroup/<tg>/<id>`).
-    pub fn with_pool_target_group(mut self, config: &aws_config::SdkConfig, label: Option<String>) -> Self {
-        self.scaling = ServiceScaling::new(config, &self.cluster, label);
-        self
+    pub fn with_pool_target_group(self, label: Option<String>) -> Self {
+        Self { scaling: self.scaling.with_pool_target_group(label), ..self }
     }
 
     /// How the service is set up to scale.

@@ -71,12 +71,17 @@ pub struct ServiceScaling {
 }
 
 impl ServiceScaling {
-    pub fn new(config: &aws_config::SdkConfig, cluster: &str, pool_target_group: Option<String>) -> Self {
+    pub fn new(config: &aws_config::SdkConfig, cluster: &str) -> Self {
         Self {
             client: aws_sdk_applicationautoscaling::Client::new(config),
             cluster: cluster.to_owned(),
-            pool_target_group,
+            pool_target_group: None,
         }
+    }
+
+    /// Scales the pool's service on requests per task too, behind the load balancer's target group `label`.
+    pub fn with_pool_target_group(self, label: Option<String>) -> Self {
+        Self { pool_target_group: label, ..self }
     }
 
     fn resource_id(&self, service: &str) -> String {
@@ -104,7 +109,7 @@ impl ServiceScaling {
     }
 
     /// The range the service is registered with, if it is.
-    pub async fn observe(&self, service: &str) -> Result<Option<TaskRange>, ProviderError> {
+    async fn observe(&self, service: &str) -> Result<Option<TaskRange>, ProviderError> {
         let described = self
             .client
             .describe_scalable_targets()
