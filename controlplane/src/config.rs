@@ -72,7 +72,9 @@ struct ConfigFile {
     stripe_webhook_secret: Option<String>,
     payment_grace_hours: Option<u64>,
     move_grace_seconds: Option<u64>,
+    export_retention_hours: Option<u64>,
     api_query_timeout_ms: Option<u64>,
+    api_read_timeout_ms: Option<u64>,
     api_requests_per_second: Option<u32>,
     provider: Option<String>,
     aws_usage_table: Option<String>,
@@ -151,9 +153,15 @@ pub struct Overrides {
     /// Seconds a moved tenant's rows stay in the source database after the switch [env: INDIGO_MOVE_GRACE_SECONDS] [default: 300]
     #[arg(long, env = "INDIGO_MOVE_GRACE_SECONDS", hide_env = true)]
     pub move_grace_seconds: Option<u64>,
+    /// Hours an offboarded tenant's export bundle is kept for hand-over before it is removed [env: INDIGO_EXPORT_RETENTION_HOURS] [default: 168]
+    #[arg(long, env = "INDIGO_EXPORT_RETENTION_HOURS", hide_env = true)]
+    pub export_retention_hours: Option<u64>,
     /// Longest an admin API query may run, in milliseconds; longer is cancelled and answered 503 [env: INDIGO_API_QUERY_TIMEOUT_MS] [default: 10000]
     #[arg(long, env = "INDIGO_API_QUERY_TIMEOUT_MS", hide_env = true)]
     pub api_query_timeout_ms: Option<u64>,
+    /// Longest an admin API read (GET) may take as a whole, in milliseconds; longer is given up and answered 503 [env: INDIGO_API_READ_TIMEOUT_MS] [default: 15000]
+    #[arg(long, env = "INDIGO_API_READ_TIMEOUT_MS", hide_env = true)]
+    pub api_read_timeout_ms: Option<u64>,
     /// Admin API requests each token may make per second (bursts of twice that) [env: INDIGO_API_REQUESTS_PER_SECOND] [default: 100]
     #[arg(long, env = "INDIGO_API_REQUESTS_PER_SECOND", hide_env = true)]
     pub api_requests_per_second: Option<u32>,
@@ -224,8 +232,11 @@ pub struct Config {
     pub stripe_webhook_secret: Option<Secret>,
     pub payment_grace_hours: u64,
     pub move_grace_seconds: u64,
+    pub export_retention_hours: u64,
     /// The admin API's statement timeout.
     pub api_query_timeout: std::time::Duration,
+    /// The longest an admin API read may take as a whole.
+    pub api_read_timeout: std::time::Duration,
     /// The admin API's rate per token.
     pub api_requests_per_second: u32,
     pub provider: Provider,
@@ -409,6 +420,11 @@ impl Config {
             stripe_webhook_secret,
             payment_grace_hours: overrides.payment_grace_hours.or(from_file.payment_grace_hours).unwrap_or(72),
             move_grace_seconds: overrides.move_grace_seconds.or(from_file.move_grace_seconds).unwrap_or(300),
+            export_retention_hours: overrides
+                .export_retention_hours
+                .or(from_file.export_retention_hours)
+                .unwrap_or(168)
+                .min(24 * 365 * 100),
             api_requests_per_second: overrides
                 .api_requests_per_second
                 .or(from_file.api_requests_per_second)
@@ -416,6 +432,9 @@ impl Config {
                 .max(1),
             api_query_timeout: std::time::Duration::from_millis(
                 overrides.api_query_timeout_ms.or(from_file.api_query_timeout_ms).unwrap_or(10_000).max(1),
+            ),
+            api_read_timeout: std::time::Duration::from_millis(
+                overrides.api_read_timeout_ms.or(from_file.api_read_timeout_ms).unwrap_or(15_000).max(1),
             ),
             mail_from: overrides.mail_from.or(from_file.mail_from).unwrap_or_else(|| "noreply@indigo.local".into()),
             database_url,

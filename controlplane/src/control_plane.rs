@@ -127,6 +127,7 @@ impl ControlPlane {
             stripe: config.stripe.clone(),
             export_dir: config.data_dir.join("exports"),
             move_grace: Duration::from_secs(config.move_grace_seconds),
+            export_retention: Duration::from_secs(config.export_retention_hours * 3600),
             failpoints: failpoints.clone(),
         };
         let (loops, aws_usage) = match config.provider {
@@ -193,9 +194,11 @@ impl ControlPlane {
             tenant_metrics,
             time_zones: time_zones.into(),
             token_rates: Arc::new(api::auth::TokenRates::new(config.api_requests_per_second)),
+            read_timeout: config.api_read_timeout,
             plans,
-            // The admin API reads through a pool of its own whose statements time out.
-            db: db::bounded(&db, config.api_query_timeout),
+            // The admin API reads through a pool of its own whose statements time
+            // out, at the latest when a read would be given up anyway.
+            db: db::bounded(&db, config.api_query_timeout.min(config.api_read_timeout)),
         };
         Ok(Self { state, loops: loops.parts, jobs, mailer: Mailer::new(config), shared })
     }
@@ -252,6 +255,8 @@ struct Shared {
     export_dir: PathBuf,
     /// How long a moved tenant's source is kept before it is released.
     move_grace: Duration,
+    /// How long an export bundle is kept for hand-over.
+    export_retention: Duration,
     failpoints: Failpoints,
 }
 
@@ -271,6 +276,7 @@ impl Shared {
         .with_provider(databases);
         services.failpoints = self.failpoints.clone();
         services.settings.move_grace = self.move_grace;
+        services.settings.export_retention = self.export_retention;
         Ok(services)
     }
 

@@ -55,7 +55,7 @@ pub const JOBS: &[JobSpec] = &[
     JobSpec {
         name: HOUSEKEEPING,
         schedule: "0 40 * * * *",
-        description: "idempotency keys past their retention (24 h) pruned",
+        description: "idempotency keys past their retention (24 h) pruned; export bundles past theirs removed",
     },
 ];
 
@@ -126,10 +126,12 @@ impl Jobs {
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),
             },
-            HOUSEKEEPING => crate::idempotency::prune(&self.db)
-                .await
-                .map(|pruned| Some(json!({ "idempotency_keys_pruned": pruned })))
-                .map_err(|e| e.to_string()),
+            HOUSEKEEPING => match crate::idempotency::prune(&self.db).await {
+                Ok(pruned) => crate::workflow::export::remove_expired(&self.db).await.map(|removed| {
+                    Some(json!({ "idempotency_keys_pruned": pruned, "export_bundles_removed": removed }))
+                }),
+                Err(e) => Err(e.to_string()),
+            },
             _ => unreachable!("every job in JOBS is matched"),
         };
         let (outcome, detail, error) = match &result {

@@ -117,28 +117,22 @@ impl CostModel {
         a.1 + (b.1 - a.1) * (n - a.0) / (b.0 - a.0)
     }
 
-    /// What `tenant` costs per month, by service (and `silo_database`), in a
-    /// fleet of `fleet` tenants.
-    pub fn monthly_cost(&self, tenant: &Priced, fleet: &[Priced]) -> BTreeMap<String, f64> {
+    /// What `tenant` costs per month, by service (and `silo_database`), in
+    /// `fleet`.
+    pub fn monthly_cost(&self, tenant: &Priced, fleet: &Fleet) -> BTreeMap<String, f64> {
         let mut costs = BTreeMap::new();
+        let in_pool = tenant.isolation == Isolation::Pool;
         for (name, service) in &self.services {
-            let total = self.service_total(service, fleet.len());
-            let share = |measure: fn(&Priced) -> f64, members: &dyn Fn(&Priced) -> bool| {
-                if !members(tenant) {
-                    return 0.0;
-                }
-                let in_fleet: Vec<&Priced> = fleet.iter().filter(|t| members(t)).collect();
-                let sum: f64 = in_fleet.iter().map(|t| measure(t)).sum();
-                if sum > 0.0 { measure(tenant) / sum } else { 1.0 / in_fleet.len().max(1) as f64 }
-            };
-            let everyone = |_: &Priced| true;
-            let pool = |t: &Priced| t.isolation == Isolation::Pool;
+            let total = self.service_total(service, fleet.tenants);
             let fraction = match service.driver {
-                Driver::Tenants => 1.0 / fleet.len().max(1) as f64,
-                Driver::ApiCalls => share(|t| t.usage.api_calls, &everyone),
-                Driver::PoolApiCalls => share(|t| t.usage.api_calls, &pool),
-                Driver::SearchQueries => share(|t| t.usage.search_queries, &everyone),
-                Driver::AiRequests => share(|t| t.usage.ai_requests, &everyone),
+                Driver::Tenants => 1.0 / fleet.tenants.max(1) as f64,
+                Driver::ApiCalls => share(tenant.usage.api_calls, fleet.usage.api_calls, fleet.tenants),
+                Driver::PoolApiCalls if in_pool => {
+                    share(tenant.usage.api_calls, fleet.pool_api_calls, fleet.pool_tenants)
+                }
+                Driver::PoolApiCalls => 0.0,
+                Driver::SearchQueries => share(tenant.usage.search_queries, fleet.usage.search_queries, fleet.tenants),
+                Driver::AiRequests => share(tenant.usage.ai_requests, fleet.usage.ai_requests, fleet.tenants),
             };
             costs.insert(name.clone(), total * fraction);
         }
@@ -146,6 +140,38 @@ impl CostModel {
             costs.insert("silo_database".into(), self.silo.database_monthly);
         }
         costs
+    }
+}
+
+/// A member's share of a service: its part of the members' measure, or an
+/// equal part when none of them used any.
+fn share(measure: f64, members_total: f64, members: usize) -> f64 {
+    if members_total > 0.0 { measure / members_total } else { 1.0 / members.max(1) as f64 }
+}
+
+/// What sharing costs needs to know of the whole fleet, summed once: pricing
+/// each tenant against it is then constant work, not a pass over the fleet.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Fleet {
+    pub tenants: usize,
+    pub pool_tenants: usize,
+    pub usage: Usage,
+    pub pool_api_calls: f64,
+}
+
+impl Fleet {
+    pub fn of<'a>(members: impl IntoIterator<Item = &'a Priced>) -> Self {
+        members.into_iter().fold(Fleet::default(), |mut fleet, member| {
+            fleet.tenants += 1;
+            fleet.usage.api_calls += member.usage.api_calls;
+            fleet.usage.search_queries += member.usage.search_queries;
+            fleet.usage.ai_requests += member.usage.ai_requests;
+            if member.isolation == Isolation::Pool {
+                fleet.pool_tenants += 1;
+                fleet.pool_api_calls += member.usage.api_calls;
+            }
+            fleet
+        })
     }
 }
 
@@ -176,15 +202,16 @@ mod tests {
         let mut fleet: Vec<Priced> = (0..99).map(|_| pool(100.0)).collect();
         let heavy = pool(100.0 * 99.0);
         fleet.push(heavy);
-        let heavy_cost: f64 = model.monthly_cost(&heavy, &fleet).values().sum();
-        let light_cost: f64 = model.monthly_cost(&fleet[0], &fleet).values().sum();
+        let whole = Fleet::of(&fleet);
+        let heavy_cost: f64 = model.monthly_cost(&heavy, &whole).values().sum();
+        let light_cost: f64 = model.monthly_cost(&fleet[0], &whole).values().sum();
         assert!(heavy_cost > 20.0 * light_cost, "{heavy_cost} vs {light_cost}");
-        let all: f64 = fleet.iter().map(|t| model.monthly_cost(t, &fleet).values().sum::<f64>()).sum();
+        let all: f64 = fleet.iter().map(|t| model.monthly_cost(t, &whole).values().sum::<f64>()).sum();
         assert!((all - 600.0).abs() < 1e-6, "the shares add up to the fleet's cost: {all}");
 
         let silo = Priced { isolation: Isolation::Silo, usage: Usage { api_calls: 100.0, ..Usage::default() } };
         fleet[0] = silo;
-        let costs = model.monthly_cost(&silo, &fleet);
+        let costs = model.monthly_cost(&silo, &Fleet::of(&fleet));
         assert_eq!(costs["silo_database"], 90.0);
         assert_eq!(costs["aurora_serverless"], 0.0, "no share of the pool's database");
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use axum::Json;
 use axum::extract::State;
 use indigo_core::api::{ErrorBody, TenantBilling, TenantCost};
-use indigo_core::cost::{CostModel, Priced, Usage};
+use indigo_core::cost::{CostModel, Fleet, Priced, Usage};
 use indigo_core::http::{ApiPath, ApiQuery};
 use indigo_core::tenant::{Isolation, Slug, TenantId};
 use serde::Deserialize;
@@ -122,7 +122,7 @@ async fn fleet(state: &AppState) -> Result<Vec<Member>, ApiError> {
         .collect()
 }
 
-fn price(state: &AppState, model: &CostModel, member: &Member, fleet: &[Priced]) -> Result<TenantCost, ApiError> {
+fn price(state: &AppState, model: &CostModel, member: &Member, fleet: &Fleet) -> Result<TenantCost, ApiError> {
     let plan = state.plans.get(&member.plan).map_err(|e| ApiError::Internal(e.into()))?;
     let cost = model.monthly_cost(&member.priced(), fleet);
     let cost_total: f64 = cost.values().sum();
@@ -165,8 +165,8 @@ async fn fleet_cost(
 ) -> Result<Json<Vec<TenantCost>>, ApiError> {
     let model = model(&state)?;
     let members = fleet(&state).await?;
-    let priced: Vec<Priced> = members.iter().map(Member::priced).collect();
-    let mut report = members.iter().map(|m| price(&state, model, m, &priced)).collect::<Result<Vec<_>, _>>()?;
+    let whole = Fleet::of(&members.iter().map(Member::priced).collect::<Vec<_>>());
+    let mut report = members.iter().map(|m| price(&state, model, m, &whole)).collect::<Result<Vec<_>, _>>()?;
     report.retain(|c| !params.unprofitable.unwrap_or(false) || c.unprofitable);
     report.sort_by(|a, b| a.margin.total_cmp(&b.margin).then_with(|| a.slug.cmp(&b.slug)));
     Ok(Json(report))
@@ -191,6 +191,6 @@ async fn tenant_cost(
             TenantRef::Slug(slug) => m.slug == slug.as_str(),
         })
         .ok_or_else(|| ApiError::NotFound(format!("serving tenant `{raw}`")))?;
-    let priced: Vec<Priced> = members.iter().map(Member::priced).collect();
-    Ok(Json(price(&state, model, member, &priced)?))
+    let whole = Fleet::of(&members.iter().map(Member::priced).collect::<Vec<_>>());
+    Ok(Json(price(&state, model, member, &whole)?))
 }

@@ -19,11 +19,11 @@ pub mod webhooks;
 mod workflows;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use indigo_core::plan::PlanCatalog;
@@ -65,6 +65,8 @@ pub struct AppState {
     pub time_zones: Arc<[String]>,
     /// Each token's request rate.
     pub token_rates: Arc<auth::TokenRates>,
+    /// The longest a read may take as a whole (its statements have their own timeout).
+    pub read_timeout: Duration,
 }
 
 #[derive(OpenApi)]
@@ -130,6 +132,7 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this path",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), bound_reads))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(DefaultBodyLimit::max(indigo_core::http::MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
@@ -143,6 +146,25 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// A read past the read timeout is given up (its queries with it) and answered
+/// `503 request_timeout`: a viewer's heavy read cannot hold connections and a
+/// core for as long as it likes, however many statements it runs. Changes are
+/// not cut short midway; each of their statements is bounded by the query
+/// timeout instead.
+async fn bound_reads(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(state.read_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let limit = state.read_timeout.as_millis();
+            tracing::warn!(limit_ms = limit, "a read took too long and was given up");
+            indigo_core::http::retry_later("request_timeout", &format!("the read took longer than {limit} ms"))
+        }
+    }
 }
 
 async fn record_metrics(State(_): State<AppState>, req: Request, next: Next) -> Response {

@@ -53,11 +53,11 @@ macro_rules! local_days {
     };
 }
 
-/// A tenant's storefront calls since its local midnight.
+/// A tenant's storefront calls since its local midnight, mostly from the
+/// roll-ups (`storefront_calls`, in the control migrations).
 macro_rules! calls_today {
     () => {
-        "(SELECT count(*) FROM usage_events e WHERE e.tenant_id = b.id
-            AND e.event_type IN ('api_call', 'search_query') AND e.occurred_at >= b.day_start)"
+        "storefront_calls(b.id, b.day_start)"
     };
 }
 

@@ -108,6 +108,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// How long a moved tenant's rows stay in the source after the switch.
     pub move_grace: Duration,
+    /// How long an offboarded tenant's export bundle is kept for hand-over.
+    pub export_retention: Duration,
 }
 
 impl Default for Settings {
@@ -118,6 +120,7 @@ impl Default for Settings {
             backoff_cap: Duration::from_secs(60),
             concurrency: 16,
             move_grace: Duration::from_secs(300),
+            export_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

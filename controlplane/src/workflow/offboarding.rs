@@ -64,9 +64,10 @@ impl Definition for Offboarding {
             Step::Export => {
                 let dir = bundle_dir(cx).await?;
                 match tokio::fs::remove_dir_all(&dir).await {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(super::transient(e)),
-                    _ => Ok(()),
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(super::transient(e)),
+                    _ => {}
                 }
+                Ok(export::forget(&cx.services.db, cx.workflow_id).await?)
             }
             // Past the point of no return: never undone.
             Step::CancelBilling | Step::DeleteData | Step::Certificate | Step::Finish => Ok(()),
@@ -117,7 +118,12 @@ async fn export_bundle<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<V
         }
         None => export::write(None, &dir, &tenant, None).await?,
     };
-    Ok(json!(bundle))
+    let remove_after = chrono::Utc::now()
+        + chrono::Duration::from_std(cx.services.settings.export_retention).unwrap_or(chrono::Duration::MAX);
+    export::record(&cx.services.db, cx.workflow_id, tenant.id, &bundle, remove_after).await?;
+    let mut output = json!(bundle);
+    output["remove_after"] = json!(remove_after);
+    Ok(output)
 }
 
 async fn cancel_billing<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
@@ -200,6 +206,8 @@ async fn certificate<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
                     "path": export.and_then(|e| e.get("path")),
                     "manifest_sha256": export.and_then(|e| e.get("manifest_sha256")),
                     "tables": export.and_then(|e| e.pointer("/manifest/tables")),
+                    // Kept for hand-over until then; its removal is audited as `tenant.export_removed`.
+                    "remove_after": export.and_then(|e| e.get("remove_after")),
                 },
             })),
         }

@@ -899,34 +899,33 @@ async fn every_documented_operation_is_routed(pool: PgPool) {
     }
 }
 
-/// A heavy read is cancelled at the API's query timeout and answered `503
-/// query_timeout`: it cannot hold a connection and a core for as long as it
-/// likes. Light reads go on being answered.
+/// A read that takes too long is cancelled at the API's query timeout and
+/// answered `503 query_timeout`, or, when the whole read takes too long, given
+/// up at the read timeout and answered `503 request_timeout`: it cannot hold a
+/// connection and a core for as long as it likes. Light reads go on being
+/// answered.
 #[sqlx::test(migrator = "db::MIGRATOR")]
 async fn a_heavy_read_times_out_instead_of_stalling_the_daemon(pool: PgPool) {
-    let timeout = Overrides { api_query_timeout_ms: Some(50), ..Overrides::default() };
-    let app = TestApp::with(pool, timeout).await;
-    assert_eq!(app.create("acme", "starter").await.status, StatusCode::CREATED);
-    // Today's usage, too much to summarise in 50 ms.
-    sqlx::query(
-        "INSERT INTO usage_events (id, tenant_id, event_type, quantity, occurred_at)
-         SELECT gen_random_uuid(), t.id, 'api_call', 1, now() - n * interval '1 ms'
-         FROM tenants t, generate_series(1, 600000) AS n WHERE t.slug = 'acme'",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
-    let started = std::time::Instant::now();
-    let summary = app.get("/v1/usage/summary", ADMIN).await;
-    assert_eq!(
-        (summary.status, summary.code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "query_timeout"),
-        "{}",
-        summary.body
-    );
-    assert!(summary.headers.contains_key("retry-after"));
-    println!("the heavy read was refused after {:?}", started.elapsed());
-    assert_eq!(app.get("/v1/tenants/acme", ADMIN).await.status, StatusCode::OK, "light reads are answered");
+    let by_query = Overrides { api_query_timeout_ms: Some(50), ..Overrides::default() };
+    let by_request = Overrides { api_read_timeout_ms: Some(300), ..Overrides::default() };
+    let mut apps = Vec::new();
+    for (overrides, code) in [(by_query, "query_timeout"), (by_request, "request_timeout")] {
+        apps.push((TestApp::with(pool.clone(), overrides).await, code));
+    }
+    assert_eq!(apps[0].0.create("acme", "starter").await.status, StatusCode::CREATED);
+    for (app, code) in apps {
+        // The usage summary, kept waiting for as long as this transaction holds its table.
+        let mut blocker = pool.begin().await.unwrap();
+        sqlx::query("LOCK TABLE usage_events IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+        let started = std::time::Instant::now();
+        let summary = app.get("/v1/usage/summary", ADMIN).await;
+        assert_eq!((summary.status, summary.code()), (StatusCode::SERVICE_UNAVAILABLE, code), "{}", summary.body);
+        assert!(summary.headers.contains_key("retry-after"));
+        println!("the heavy read was refused ({code}) after {:?}", started.elapsed());
+        let light = app.get("/v1/tenants/acme", ADMIN).await;
+        assert_eq!(light.status, StatusCode::OK, "light reads are answered: {}", light.body);
+        blocker.rollback().await.unwrap();
+    }
 }
 
 /// The bootstrap token can be revoked, but not while it is the only admin:

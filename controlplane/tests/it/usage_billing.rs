@@ -693,3 +693,72 @@ async fn limits_count_the_tenants_own_day_and_notify_once_per_threshold(pool: Pg
     assert_eq!(notices("LimitApproaching").await.len(), 2, "each notice once");
     world.cleanup().await;
 }
+
+/// A tenant's calls since a time (its local midnight for the daily limit,
+/// UTC's for the fleet summary) are read from the hourly roll-ups for the hours
+/// the roll-up has closed and counted from the events for the rest: each call
+/// once, before and after a roll-up; a late call for a closed hour from the
+/// next roll-up on.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn calls_since_a_time_come_from_the_closed_rollups_and_the_events_since_each_once(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenant = world.tenants(&["counted"]).await[0];
+    let jobs = world.jobs();
+    // Half past an hour, 20 hours back: half an hour before the first whole one.
+    let hour = chrono::Duration::hours(1);
+    let since = Utc::now().duration_trunc(hour).unwrap() - hour * 20 + chrono::Duration::minutes(30);
+    let call = |at: DateTime<Utc>, kind: &str| json!({ "id": Uuid::now_v7(), "tenant_id": tenant, "event_type": kind, "quantity": 1, "occurred_at": at });
+    let minutes = chrono::Duration::minutes;
+    let mut stream: Vec<Value> = (1..=3).map(|n| call(since - minutes(n), "api_call")).collect();
+    stream.extend((5..12).map(|n| call(since + minutes(n), "api_call")));
+    stream.extend((1..=18).flat_map(|h| [call(since + hour * h, "api_call"), call(since + hour * h, "search_query")]));
+    stream.extend((0..5).map(|_| call(Utc::now(), "api_call")));
+    stream.push(call(since + hour * 2, "ai_request"));
+    world.ingest(&stream).await;
+    let expected = 7 + 36 + 5;
+    let counted = |db: &PgPool| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT storefront_calls($1, $2)")
+                .bind(tenant)
+                .bind(since)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(counted(&world.db).await, expected, "before any roll-up, from the events");
+    jobs.run("rollup").await.unwrap();
+    assert_eq!(counted(&world.db).await, expected, "after it, each call still once");
+
+    // The closed hours are read from the roll-ups: without their events the count stays.
+    let mut tx = world.db.begin().await.unwrap();
+    let removed = sqlx::query(
+        "DELETE FROM usage_events WHERE tenant_id = $1 AND occurred_at >= $2 + interval '30 minutes'
+           AND occurred_at < (SELECT date_trunc('hour', watermark - interval '5 minutes', 'UTC') FROM jobs WHERE name = 'rollup')",
+    )
+    .bind(tenant)
+    .bind(since)
+    .execute(&mut *tx)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert!(removed >= 30, "most of the hours are closed: {removed}");
+    let from_rollups: i64 = sqlx::query_scalar("SELECT storefront_calls($1, $2)")
+        .bind(tenant)
+        .bind(since)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(from_rollups, expected);
+    tx.rollback().await.unwrap();
+
+    // A late call for a closed hour and four fresh ones.
+    let mut more = vec![call(since + hour * 3, "api_call")];
+    more.extend((0..4).map(|_| call(Utc::now(), "search_query")));
+    world.ingest(&more).await;
+    assert_eq!(counted(&world.db).await, expected + 4, "the late call waits for the roll-up");
+    jobs.run("rollup").await.unwrap();
+    assert_eq!(counted(&world.db).await, expected + 5);
+    world.cleanup().await;
+}

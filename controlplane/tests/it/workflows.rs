@@ -451,6 +451,29 @@ async fn offboarding_exports_cancels_billing_deletes_and_certifies(pool: PgPool)
     assert_eq!(certificate["export"]["manifest_sha256"], sha.as_str());
     assert_eq!(certificate["deleted"]["rows_deleted"], 7, "4 products, 1 customer, 1 order, 1 search setting");
 
+    // Kept for hand-over until the time the certificate names, then removed, and that audited.
+    let remove_after: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(certificate["export"]["remove_after"].clone()).unwrap();
+    assert!(remove_after > chrono::Utc::now() + chrono::Duration::days(6), "a week by default: {remove_after}");
+    assert_eq!(export::remove_expired(&world.db).await.unwrap(), 0, "not before its time");
+    assert!(path.exists());
+    let workflow_id = uuid::Uuid::parse_str(workflow["id"].as_str().unwrap()).unwrap();
+    sqlx::query("UPDATE export_bundles SET remove_after = now() WHERE workflow_id = $1")
+        .bind(workflow_id)
+        .execute(&world.db)
+        .await
+        .unwrap();
+    assert_eq!(export::remove_expired(&world.db).await.unwrap(), 1);
+    assert!(!path.exists(), "the bundle is gone from disk");
+    let removal: Value =
+        sqlx::query_scalar("SELECT after FROM audit_log WHERE tenant_id = $1 AND action = 'tenant.export_removed'")
+            .bind(uuid::Uuid::parse_str(id).unwrap())
+            .fetch_one(&world.db)
+            .await
+            .unwrap();
+    assert_eq!((&removal["manifest_sha256"], &removal["found"]), (&json!(sha), &json!(true)), "{removal}");
+    assert_eq!(export::remove_expired(&world.db).await.unwrap(), 0, "removed once");
+
     // A second DELETE is a no-op.
     world.delete("leaving").await;
     assert_eq!(world.workflows("leaving").await.len(), 2, "onboarding and one offboarding");
@@ -471,6 +494,8 @@ async fn offboarding_fails_safe_on_both_sides_of_its_point_of_no_return(pool: Pg
     assert_eq!(workflow["state"], "failed");
     assert_eq!(world.tenant("keeper").await["spec"]["lifecycle"], "active");
     assert!(!world.exports.exists() || std::fs::read_dir(&world.exports).unwrap().next().is_none());
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM export_bundles").fetch_one(&world.db).await.unwrap();
+    assert_eq!(kept, 0, "an undone export is not on record either");
 
     // After: stopped where it stood, nothing undone; a retry finishes it.
     world.delete("goner").await;
