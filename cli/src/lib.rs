@@ -17,6 +17,7 @@ use serde::Serialize;
 use indigo_client::{AdminClient, EventQuery, MoveQuery, TenantQuery, WorkflowQuery};
 use indigo_controlplane::config::{self, Config, Overrides};
 use indigo_controlplane::control_plane::ControlPlane;
+use indigo_controlplane::providers::aws::secrets::resolve_config_arns;
 use indigo_controlplane::{db, policy, server, telemetry, up};
 
 #[derive(Debug, Parser)]
@@ -358,11 +359,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => {
             telemetry::init_logging();
-            up::run(load(args.overrides)?, args.demo).await
+            let mut config = load(args.overrides)?;
+            resolve_config_arns(&mut config).await?;
+            up::run(config, args.demo).await
         }
         Command::Serve(args) => {
             telemetry::init_logging();
-            let config = load(args.overrides)?;
+            let mut config = load(args.overrides)?;
+            resolve_config_arns(&mut config).await?;
             let control_plane = ControlPlane::build(&config, None).await?;
             let _background = control_plane.start().await?;
             server::serve(server::bind(&config).await?, control_plane.state, server::shutdown_signal()).await

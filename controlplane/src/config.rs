@@ -17,6 +17,9 @@ pub const DEFAULT_POOL_DATABASE: &str = "indigo_pool";
 /// Where `indigo up` looks for a PostgreSQL server when no database is configured.
 pub const DEFAULT_LOCAL_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/indigo";
 
+/// A secret setting that starts so is a Secrets Manager ARN, read at start.
+pub const SECRET_ARN_PREFIX: &str = "arn:aws:secretsmanager:";
+
 /// A value that must never reach a log line.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -57,6 +60,7 @@ struct ConfigFile {
     plans_file: Option<PathBuf>,
     costs_file: Option<PathBuf>,
     admin_token: Option<String>,
+    app_database_password: Option<String>,
     data_dir: Option<PathBuf>,
     tenant_server_url: Option<String>,
     pool_database: Option<String>,
@@ -108,6 +112,9 @@ pub struct Overrides {
     /// Bootstrap admin token accepted besides the tokens in the database [env: INDIGO_ADMIN_TOKEN]
     #[arg(long, env = "INDIGO_ADMIN_TOKEN", hide_env = true)]
     pub admin_token: Option<String>,
+    /// Password of the data plane's database role (`indigo_app`), set on every tenant database server it provisions; without it the role has none and the servers must trust the data planes [env: INDIGO_APP_DATABASE_PASSWORD]
+    #[arg(long, env = "INDIGO_APP_DATABASE_PASSWORD", hide_env = true)]
+    pub app_database_password: Option<String>,
     /// Local state: the private PostgreSQL of `indigo up`, the generated admin token [env: INDIGO_DATA_DIR] [default: .indigo]
     #[arg(long, env = "INDIGO_DATA_DIR", hide_env = true)]
     pub data_dir: Option<PathBuf>,
@@ -211,6 +218,8 @@ pub struct Config {
     pub plans_file: PathBuf,
     pub costs_file: PathBuf,
     pub admin_token: Option<Secret>,
+    /// The password of the data plane's database role; `None`: it has none.
+    pub app_database_password: Option<Secret>,
     pub data_dir: PathBuf,
     /// `None`: the control database's server.
     pub tenant_server_url: Option<String>,
@@ -313,23 +322,10 @@ impl Config {
             });
         }
         let admin_token = overrides.admin_token.or(from_file.admin_token).map(Secret::new);
-        if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
-            return Err(ConfigError::Invalid {
-                key: "admin_token",
-                env: "INDIGO_ADMIN_TOKEN",
-                message: "must be at least 16 characters".into(),
-            });
-        }
-        // An empty secret would accept any signature anyone can compute: a forged webhook.
+        let app_database_password =
+            overrides.app_database_password.or(from_file.app_database_password).map(Secret::new);
         let stripe_webhook_secret =
             overrides.stripe_webhook_secret.or(from_file.stripe_webhook_secret).map(Secret::new);
-        if stripe_webhook_secret.as_ref().is_some_and(|s| s.expose().trim().len() < 16) {
-            return Err(ConfigError::Invalid {
-                key: "stripe_webhook_secret",
-                env: "INDIGO_STRIPE_WEBHOOK_SECRET",
-                message: "must be at least 16 characters (Stripe's `whsec_...` signing secret)".into(),
-            });
-        }
         let stripe = match (
             overrides.stripe_api_base.or(from_file.stripe_api_base),
             overrides.stripe_secret_key.or(from_file.stripe_secret_key),
@@ -392,7 +388,7 @@ impl Config {
         };
         let subnets = list(overrides.aws_subnets.or(from_file.aws_subnets));
         let security_groups = list(overrides.aws_security_groups.or(from_file.aws_security_groups));
-        Ok(Self {
+        let config = Self {
             stripe,
             costs_file,
             provider,
@@ -441,6 +437,7 @@ impl Config {
             listen,
             plans_file,
             admin_token,
+            app_database_password,
             data_dir: overrides.data_dir.or(from_file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             tenant_server_url,
             aws_cluster_stand_in,
@@ -464,7 +461,50 @@ impl Config {
                 "INDIGO_RECONCILE_WORKERS",
             )?,
             local_database_url,
-        })
+        };
+        config.check_secrets()?;
+        Ok(config)
+    }
+
+    /// Secrets too short to resist guessing are refused; an empty webhook
+    /// secret would accept any signature anyone can compute (a forged webhook).
+    /// Checked again once secrets given as ARNs are read.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        let checks = [
+            ("admin_token", "INDIGO_ADMIN_TOKEN", &self.admin_token, "must be at least 16 characters"),
+            (
+                "app_database_password",
+                "INDIGO_APP_DATABASE_PASSWORD",
+                &self.app_database_password,
+                "must be at least 16 characters",
+            ),
+            (
+                "stripe_webhook_secret",
+                "INDIGO_STRIPE_WEBHOOK_SECRET",
+                &self.stripe_webhook_secret,
+                "must be at least 16 characters (Stripe's `whsec_...` signing secret)",
+            ),
+        ];
+        for (key, env, secret, message) in checks {
+            if secret.as_ref().is_some_and(|s| s.expose().trim().len() < 16) {
+                return Err(ConfigError::Invalid { key, env, message: message.into() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every secret setting given as a Secrets Manager ARN, and where it is kept.
+    pub fn secrets_by_arn(&mut self) -> Vec<(&'static str, &mut Secret)> {
+        let stripe_key = self.stripe.as_mut().map(|s| &mut s.secret_key);
+        [
+            ("admin_token", self.admin_token.as_mut()),
+            ("app_database_password", self.app_database_password.as_mut()),
+            ("stripe_webhook_secret", self.stripe_webhook_secret.as_mut()),
+            ("stripe_secret_key", stripe_key),
+        ]
+        .into_iter()
+        .filter_map(|(key, secret)| secret.filter(|s| s.expose().starts_with(SECRET_ARN_PREFIX)).map(|s| (key, s)))
+        .collect()
     }
 
     /// The configured database, or the conventional local one.

@@ -104,7 +104,14 @@ impl ControlPlane {
             sqlx::query_scalar("SELECT name FROM pg_timezone_names ORDER BY name").fetch_all(&db).await?;
         // The pool's schema and policies are brought up to date at every start.
         let database_url = config.database_url.as_deref().unwrap_or(&config.local_database_url);
-        let server = TenantServer::new(config.tenant_server_url.as_deref().unwrap_or(database_url))?;
+        let mut server = TenantServer::new(config.tenant_server_url.as_deref().unwrap_or(database_url))?;
+        match &config.app_database_password {
+            Some(password) => server = server.with_app_password(password.expose()),
+            None => tracing::warn!(
+                "no app_database_password configured: the data plane's role has no password, \
+                 so the tenant database servers must trust its connections"
+            ),
+        }
         server.provision(&config.pool_database).await?;
         if config.admin_token.is_none() {
             tracing::warn!("no admin_token configured: only tokens stored in the database are accepted");
@@ -145,6 +152,7 @@ impl ControlPlane {
                          the URL at which the data-plane tasks reach the admin API",
                     )?,
                     jwt_secret: config.storefront_jwt_secret.clone(),
+                    database_password: config.app_database_password.clone(),
                     redis_url: config.redis_url.clone(),
                     log_level: "info".into(),
                     log_group: config.aws_log_group.clone(),

@@ -32,6 +32,16 @@ pub fn jwt_secret_file(data_dir: &Path) -> PathBuf {
     data_dir.join("jwt.secret")
 }
 
+/// Where `indigo up` keeps the password of the data plane's database role.
+pub fn app_database_password_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("app-database.password")
+}
+
+/// Where `indigo up` keeps the password of its private PostgreSQL's superuser.
+pub fn private_postgres_password_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("postgres.password")
+}
+
 const DEMO_TENANTS: &[(&str, &str, &str)] = &[
     ("acme-shoes", "Acme Shoes", "starter"),
     ("blue-bakery", "Blue Bakery", "growth"),
@@ -70,6 +80,9 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
     if config.admin_token.is_none() {
         config.admin_token = Some(local_secret(&token_file(&config.data_dir))?);
     }
+    if config.app_database_password.is_none() {
+        config.app_database_password = Some(local_secret(&app_database_password_file(&config.data_dir))?);
+    }
     config.database_url = Some(database_url.to_owned());
     // Connected first: the data planes' identities are minted in it.
     let control_db = db::connect(database_url).await?;
@@ -93,6 +106,7 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         spool_dir: config.data_dir.join("usage-spool"),
         pool_listen: storefront,
         redis_url: config.redis_url.clone(),
+        database_password: config.app_database_password.clone(),
     }));
     let control_plane = ControlPlane::on_database(config, control_db, Some(dataplanes.clone())).await?;
     let _background = control_plane.start().await?;
@@ -271,6 +285,9 @@ struct PrivatePostgres {
     /// `indigo guard-postgres`, which stops the server should this process die
     /// first; killed once the server is stopped in order.
     guard: Option<tokio::process::Child>,
+    /// The superuser's password: every role logs in with a password
+    /// (SCRAM-SHA-256). `None` for a server made before passwords were.
+    password: Option<Secret>,
 }
 
 impl PrivatePostgres {
@@ -280,21 +297,31 @@ impl PrivatePostgres {
             pgdata: std::path::absolute(data_dir)?.join("pg"),
             as_postgres: running_as_root().await,
             guard: None,
+            password: None,
         })
     }
 
     async fn start(data_dir: &Path) -> anyhow::Result<Self> {
         let data_dir = std::path::absolute(data_dir)?;
         let mut server = Self::at(&data_dir).await?;
+        let password_file = private_postgres_password_file(&data_dir);
         if !server.pgdata.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&server.pgdata)?;
+            local_secret(&password_file)?;
             server.give_to_postgres(&data_dir).await?;
-            server
-                .pg(
-                    "initdb",
-                    &["-D", &server.pgdata.display().to_string(), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                )
-                .await?;
+            let pgdata = server.pgdata.display().to_string();
+            let pwfile = format!("--pwfile={}", password_file.display());
+            // Password authentication for every role, local sockets included.
+            let args = ["-D", &pgdata, "-U", "postgres", "--auth=scram-sha-256", &pwfile, "-E", "UTF8"];
+            server.pg("initdb", &args).await?;
+        }
+        if password_file.exists() {
+            server.password = Some(local_secret(&password_file)?);
+        } else {
+            println!(
+                "the private PostgreSQL under {} predates passwords: it trusts local connections",
+                data_dir.display()
+            );
         }
         let log = data_dir.join("postgres.log");
         server.give_to_postgres(&data_dir).await?;
@@ -337,7 +364,12 @@ impl PrivatePostgres {
     }
 
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{PRIVATE_POSTGRES_PORT}/indigo")
+        match &self.password {
+            Some(password) => {
+                format!("postgres://postgres:{}@127.0.0.1:{PRIVATE_POSTGRES_PORT}/indigo", password.expose())
+            }
+            None => format!("postgres://postgres@127.0.0.1:{PRIVATE_POSTGRES_PORT}/indigo"),
+        }
     }
 
     async fn stop(mut self) {

@@ -30,7 +30,7 @@ use indigo_dataplane::limits::Limiter;
 use indigo_dataplane::limits::fleet::FleetRates;
 use indigo_dataplane::metering::{Meter, UsageSink};
 use indigo_dataplane::routing::Routes;
-use indigo_tenantdb::schema::{OWNER_ROLE, TenantServer};
+use indigo_tenantdb::schema::TenantServer;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions, Connection, PgPool};
 use uuid::Uuid;
@@ -171,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
     let tenant = TenantId::new();
 
     // Rows: the tenant's catalogue plus other tenants' rows, as in a real pool.
-    let mut owner = server.options_as(OWNER_ROLE, &database).connect().await?;
+    let mut owner = server.owner_options(&database).connect().await?;
     let mut ids = Vec::with_capacity(PRODUCTS);
     for t in 0..4 {
         let this = if t == 0 { tenant } else { TenantId::new() };
@@ -199,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
 
     // (a) bare
     let superuser =
-        PgPoolOptions::new().max_connections(POOL_SIZE).connect_with(server.options_as("postgres", &database)).await?;
+        PgPoolOptions::new().max_connections(POOL_SIZE).connect_with(server.admin_options(&database)).await?;
     let bare = axum::Router::new().route("/products/{id}", get(bare_product)).with_state((superuser, tenant.0));
     let bare_url = serve(bare).await;
 

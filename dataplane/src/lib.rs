@@ -61,6 +61,9 @@ pub struct Cli {
     /// Where undeliverable usage batches wait for retry
     #[arg(long, env = "INDIGO_SPOOL_DIR", default_value = ".indigo/usage-spool")]
     pub spool_dir: PathBuf,
+    /// Password of the app role (`indigo_app`) on the tenant databases; the routing table carries none
+    #[arg(long, env = "INDIGO_DATABASE_PASSWORD", hide_env_values = true)]
+    pub database_password: Option<String>,
     /// Connections per tenant database
     #[arg(long, env = "INDIGO_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
@@ -89,10 +92,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         (Some(secret), None) => Verifier::hs256(secret.as_bytes()).context("jwt_secret (INDIGO_JWT_SECRET)")?,
         (None, None) => anyhow::bail!("set jwt_secret (INDIGO_JWT_SECRET) or jwks_url (INDIGO_JWKS_URL)"),
     };
-    let routes = Arc::new(match cli.tenant {
+    let routes = match cli.tenant {
         Some(tenant) => Routes::dedicated(tenant, cli.db_connections),
         None => Routes::new(cli.db_connections),
-    });
+    };
+    let routes = Arc::new(routes.with_database_password(cli.database_password.clone()));
     let source = ControlPlaneSource::new(&cli.control_plane_url, &cli.control_plane_token);
     let meter =
         Meter::new(Some(UsageSink::new(&cli.control_plane_url, &cli.control_plane_token)), cli.spool_dir.clone());

@@ -3,6 +3,7 @@
 //! when the control plane is unreachable the last known table keeps serving.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use indigo_core::api::{DailyCalls, Route, RoutingTable};
 use indigo_core::tenant::TenantId;
 use reqwest::StatusCode;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::Notify;
 
 /// The current table, indexed by tenant, with a connection pool per database.
@@ -25,6 +26,8 @@ pub struct Routes {
     refresh_now: Notify,
     /// A dedicated (silo) data plane routes its one tenant and no other.
     only: Option<TenantId>,
+    /// The app role's password, which the routing table never carries.
+    database_password: Option<String>,
 }
 
 #[derive(Default)]
@@ -42,6 +45,12 @@ impl Routes {
     /// Routes for a data plane dedicated to `tenant`: every other tenant is unknown here.
     pub fn dedicated(tenant: TenantId, max_connections: u32) -> Self {
         Self { max_connections, only: Some(tenant), ..Default::default() }
+    }
+
+    /// Logs in to every tenant database with `password` (the app role's).
+    pub fn with_database_password(mut self, password: Option<String>) -> Self {
+        self.database_password = password;
+        self
     }
 
     /// A table fixed once (tests and tools); no refreshing.
@@ -102,10 +111,14 @@ impl Routes {
         if let Some(pool) = pools.get(database_url) {
             return Ok(pool.clone());
         }
+        let mut options = PgConnectOptions::from_str(database_url)?;
+        if let Some(password) = &self.database_password {
+            options = options.password(password);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(database_url)?;
+            .connect_lazy_with(options);
         pools.insert(database_url.to_owned(), pool.clone());
         Ok(pool)
     }

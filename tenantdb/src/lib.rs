@@ -9,6 +9,7 @@ pub mod input;
 pub mod moves;
 pub mod retry;
 pub mod schema;
+pub mod scram;
 
 use schema::TenantServer;
 

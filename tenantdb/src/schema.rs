@@ -38,19 +38,47 @@ pub enum SchemaError {
 /// A server on which tenant databases are provisioned, and the login that
 /// provisions them: a superuser on the tenant server, an Aurora cluster's
 /// master user (no superuser, but a member of the owner role) on a cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TenantServer {
     login: PgConnectOptions,
+    /// The app role's password, given to it at every provisioning. `None`:
+    /// the role has none, and the server must trust the data plane's
+    /// connections.
+    app_password: Option<String>,
+}
+
+impl std::fmt::Debug for TenantServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantServer").field("address", &self.address()).finish_non_exhaustive()
+    }
 }
 
 impl TenantServer {
     pub fn new(superuser_url: &str) -> Result<Self, SchemaError> {
-        Ok(Self { login: PgConnectOptions::from_str(superuser_url).map_err(SchemaError::Url)? })
+        Ok(Self { login: PgConnectOptions::from_str(superuser_url).map_err(SchemaError::Url)?, app_password: None })
     }
 
-    /// Connection options for `database` as `role` (same host, port and password source).
-    pub fn options_as(&self, role: &str, database: &str) -> PgConnectOptions {
-        self.login.clone().username(role).database(database)
+    /// The same server, whose app role logs in with `password` (set on it at
+    /// every provisioning, as a SCRAM-SHA-256 verifier).
+    pub fn with_app_password(mut self, password: &str) -> Self {
+        self.app_password = Some(password.to_owned());
+        self
+    }
+
+    /// Connection options for `database` as the app role, whom the tenant's
+    /// row-level security binds, with its password when it has one.
+    pub fn app_options(&self, database: &str) -> PgConnectOptions {
+        // Built afresh rather than from the login, whose password it must not carry.
+        let options = PgConnectOptions::new_without_pgpass()
+            .host(self.login.get_host())
+            .port(self.login.get_port())
+            .ssl_mode(self.login.get_ssl_mode())
+            .username(APP_ROLE)
+            .database(database);
+        match &self.app_password {
+            Some(password) => options.password(password),
+            None => options,
+        }
     }
 
     /// Connection options for `database` as the server's login, which may
@@ -74,13 +102,13 @@ impl TenantServer {
 
     /// The same login on another server (a silo tenant's own cluster).
     pub fn at(&self, host: &str, port: u16) -> Self {
-        Self { login: self.login.clone().host(host).port(port) }
+        Self { login: self.login.clone().host(host).port(port), app_password: self.app_password.clone() }
     }
 
     /// Another login on this server: an Aurora cluster's master user, who
     /// provisions it as a superuser would, though it is none.
     pub fn logged_in_as(&self, user: &str, password: &str) -> Self {
-        Self { login: self.login.clone().username(user).password(password) }
+        Self { login: self.login.clone().username(user).password(password), app_password: self.app_password.clone() }
     }
 
     /// `host:port`, to tell servers apart.
@@ -120,6 +148,11 @@ impl TenantServer {
             };
             let inherit = if inherit { "INHERIT" } else { "NOINHERIT" };
             let sql = format!("{verb} ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE {inherit}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(fail)?;
+        }
+        if let Some(password) = &self.app_password {
+            // A verifier, not the password, crosses the wire and may reach a log.
+            let sql = format!("ALTER ROLE {APP_ROLE} PASSWORD '{}'", crate::scram::verifier(password));
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(fail)?;
         }
         // Giving a database to the owner role takes membership in it, which a

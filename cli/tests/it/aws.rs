@@ -17,7 +17,21 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
     let platform = Platform::new();
     let data_dir = &platform.data_dir;
     let ecs_cluster = format!("indigo-up-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    // A secret setting given as a Secrets Manager ARN: the daemon reads it at start.
+    let webhook_secret = format!("whsec_{}", uuid::Uuid::new_v4().simple());
+    let secrets_manager = aws_sdk_secretsmanager::Client::new(&indigo_e2e::moto().await);
+    let webhook_arn = secrets_manager
+        .create_secret()
+        .name(format!("{ecs_cluster}/daemon/stripe-webhook-secret"))
+        .secret_string(&webhook_secret)
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
     let aws = [
+        ("INDIGO_STRIPE_WEBHOOK_SECRET", webhook_arn.as_str()),
         ("INDIGO_PROVIDER", "aws"),
         ("AWS_ENDPOINT_URL", moto.as_str()),
         ("AWS_ACCESS_KEY_ID", "test"),
@@ -79,11 +93,34 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
     let pool = http.get(format!("{storefront}/v1/products")).bearer_auth(token("blue-bakery")).send().await.unwrap();
     assert_eq!(pool.status(), 200);
 
+    // The webhook secret is the ARN's value: a delivery signed with it is taken, one signed with the ARN is not.
+    let event =
+        serde_json::json!({ "id": "evt_arn", "object": "event", "type": "customer.created", "data": { "object": {} } });
+    let body = event.to_string();
+    let deliver = async |secret: &str| {
+        let signature =
+            indigo_controlplane::api::webhooks::sign(secret, chrono::Utc::now().timestamp(), body.as_bytes());
+        let answer = http
+            .post(format!("{api_url}/v1/webhooks/stripe"))
+            .header("stripe-signature", signature)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        answer.status()
+    };
+    assert_eq!(deliver(&webhook_arn).await, 400, "the ARN itself is not the secret");
+    assert_eq!(deliver(&webhook_secret).await, 200, "the secret read from Secrets Manager verifies");
+
     // No secret's value is anywhere the control plane keeps or shows things:
     // its database (tenants, events, audit log, workflow steps, …) or its API.
     let identifier = endpoint.split('.').next().unwrap();
     let secrets = secret_values(&moto, &format!("{ecs_cluster}/"), identifier).await;
-    assert!(secrets.len() >= 4, "the JWT secret, two services' tokens, the master login: {secrets:?}");
+    assert!(
+        secrets.len() >= 6,
+        "the JWT secret, two services' tokens, the app role's password, the master login, the webhook secret: {secrets:?}"
+    );
     let dump = std::process::Command::new("pg_dump").args(["--data-only", &platform.database.url]).output().unwrap();
     assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
     let dump = String::from_utf8_lossy(&dump.stdout).into_owned();

@@ -22,6 +22,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     assert_eq!(mode(data_dir.clone()), 0o700, "the data directory");
     assert_eq!(mode(data_dir.join("admin.token")), 0o600);
     assert_eq!(mode(data_dir.join("jwt.secret")), 0o600);
+    assert_eq!(mode(data_dir.join("app-database.password")), 0o600);
 
     // The CLI finds the token `indigo up` wrote into the data directory.
     let output = Command::new(INDIGO)
@@ -192,6 +193,10 @@ fn a_broken_plans_file_stops_the_daemon_with_file_plan_and_key() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Without a server of its own, `indigo up` starts a private PostgreSQL on
+/// which every role logs in with a password (SCRAM-SHA-256): its superuser's
+/// and the data plane's role's are secrets in the data directory, and the data
+/// plane serves with its own. The server does not outlive the platform.
 #[tokio::test]
 async fn up_starts_a_private_postgres_when_none_answers() {
     let data_dir = std::env::temp_dir().join(format!("indigo-private-{}", uuid::Uuid::new_v4().simple()));
@@ -201,6 +206,7 @@ async fn up_starts_a_private_postgres_when_none_answers() {
             .args(["up", "--demo"])
             .env_remove("INDIGO_DATABASE_URL")
             .env_remove("INDIGO_ADMIN_TOKEN")
+            .env_remove("INDIGO_APP_DATABASE_PASSWORD")
             // Nothing listens on port 1: `up` must fall back to a server of its own.
             .env("INDIGO_LOCAL_DATABASE_URL", "postgres://postgres@127.0.0.1:1/indigo")
             .env("INDIGO_LISTEN", "127.0.0.1:0")
@@ -214,26 +220,70 @@ async fn up_starts_a_private_postgres_when_none_answers() {
     daemon.wait_for_line("private PostgreSQL running on 127.0.0.1:54329", Duration::from_secs(120)).unwrap();
     let line = daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
     let api_url = line.split("admin API: ").nth(1).unwrap().trim().to_owned();
+    let line = daemon.wait_for_line("storefront: ", Duration::from_secs(30)).unwrap();
+    let storefront_url = line.split("storefront: ").nth(1).unwrap().trim().to_owned();
     wait_until_ok(&format!("{api_url}/readyz"), Duration::from_secs(30)).await.unwrap();
     let output = cli(&data_dir, &["tenant", "list", "--output", "json", "--api-url", &api_url]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let tenants: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(tenants.as_array().unwrap().len(), 6);
 
+    // No role gets in without its password; each gets in with its own.
+    let secret = |file: &str| std::fs::read_to_string(data_dir.join(file)).unwrap().trim().to_owned();
+    let (superuser, app) = (secret("postgres.password"), secret("app-database.password"));
+    let login = |user: &str, password: Option<&str>| {
+        let options = sqlx::postgres::PgConnectOptions::new_without_pgpass()
+            .host("127.0.0.1")
+            .port(54329)
+            .username(user)
+            .database("indigo_pool");
+        match password {
+            Some(password) => options.password(password),
+            None => options,
+        }
+    };
+    use sqlx::ConnectOptions;
+    for (user, password) in [("postgres", None), ("indigo_app", None), ("indigo_app", Some(superuser.as_str()))] {
+        let refused = login(user, password).connect().await.unwrap_err().to_string();
+        assert!(refused.contains("password"), "{user} without its password: {refused}");
+    }
+    let mut as_app = login("indigo_app", Some(&app)).connect().await.unwrap();
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&mut as_app).await.unwrap();
+    assert_eq!(visible, 0, "the app role logs in, and sees no tenant's rows without one");
+    let stored: String = sqlx::query_scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'indigo_app'")
+        .fetch_one(&mut login("postgres", Some(&superuser)).connect().await.unwrap())
+        .await
+        .unwrap();
+    assert!(stored.starts_with("SCRAM-SHA-256$"), "stored as a SCRAM verifier");
+    // The data plane logs in with its own password: a tenant's storefront serves.
+    let token = storefront_token(&data_dir, &api_url, "blue-bakery");
+    let products = eventually("the storefront serves from the private server", async || {
+        let reply = reqwest::Client::new()
+            .get(format!("{storefront_url}/v1/products"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?;
+        (reply.status() == 200).then_some(reply)
+    })
+    .await;
+    assert!(products.text().await.unwrap().contains("Sample product"));
+
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(60)).unwrap();
     assert!(status.success(), "indigo up exited with {status}");
     // The private server went down with the platform.
-    let private = "postgres://postgres@127.0.0.1:54329/postgres";
-    assert!(!indigo_controlplane::db::server_answers(private).await);
+    let private = format!("postgres://postgres:{superuser}@127.0.0.1:54329/postgres");
+    assert!(!indigo_controlplane::db::server_answers(&private).await);
 
     // Started again on the same directory, then SIGKILLed: the server, a
     // daemon of pg_ctl's, does not outlive it either.
     let mut daemon = Process::spawn(up()).unwrap();
     daemon.wait_for_line("private PostgreSQL running on 127.0.0.1:54329", Duration::from_secs(120)).unwrap();
     daemon.wait_for_line("admin API: ", Duration::from_secs(60)).unwrap();
+    assert!(indigo_controlplane::db::server_answers(&private).await, "the same password again");
     daemon.signal_and_wait("KILL", Duration::from_secs(10)).unwrap();
     eventually("the private PostgreSQL stops after its platform was killed", async || {
-        (!indigo_controlplane::db::server_answers(private).await).then_some(())
+        (!indigo_controlplane::db::server_answers(&private).await).then_some(())
     })
     .await;
     let _ = std::fs::remove_dir_all(&data_dir);

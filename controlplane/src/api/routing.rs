@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use indigo_core::api::{Placement, Route, RoutingTable};
-use indigo_core::tenant::{Isolation, Slug, TenantId};
+use indigo_core::tenant::{Isolation, Role, Slug, TenantId};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -72,9 +72,10 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
     Ok(RoutingTable { version, routes })
 }
 
-/// The routing table. Send the version you have as `If-None-Match` to get 304
-/// when nothing changed. A data plane bound to one tenant sees that tenant's
-/// route only.
+/// The routing table (operator, or a data plane). Send the version you have as
+/// `If-None-Match` to get 304 when nothing changed. A data plane bound to one
+/// tenant sees that tenant's route only. Where the databases are is for those
+/// who route to them: a viewer is refused.
 #[utoipa::path(get, path = "/v1/routing", tag = "tenants",
     responses((status = 200, body = RoutingTable), (status = 304, description = "Unchanged")))]
 async fn routing_table(
@@ -82,6 +83,9 @@ async fn routing_table(
     caller: Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    if let Caller::Person(actor) = &caller {
+        actor.require(Role::Operator)?;
+    }
     let current: i64 =
         sqlx::query_scalar("SELECT COALESCE(max(routing_version), 0) FROM tenants").fetch_one(&state.db).await?;
     let etag = format!("\"{current}\"");

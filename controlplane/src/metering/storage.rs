@@ -12,7 +12,7 @@ use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
 
 use indigo_tenantdb::TenantDatabases;
-use indigo_tenantdb::schema::{OWNER_ROLE, TENANT_TABLES};
+use indigo_tenantdb::schema::TENANT_TABLES;
 
 pub const JOB: &str = "storage";
 
@@ -37,7 +37,7 @@ async fn measure(
     tenant: Uuid,
     isolation: Isolation,
 ) -> Result<i64, sqlx::Error> {
-    let mut conn = dbs.server.options_as(OWNER_ROLE, database).connect().await?;
+    let mut conn = dbs.server.owner_options(database).connect().await?;
     if isolation == Isolation::Silo {
         return sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&mut conn).await;
     }

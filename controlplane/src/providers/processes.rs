@@ -38,6 +38,8 @@ pub struct Launch {
     pub pool_listen: SocketAddr,
     /// Redis through which the replicas share each tenant's plan rate.
     pub redis_url: Option<String>,
+    /// The app role's database password, when it has one.
+    pub database_password: Option<Secret>,
 }
 
 /// What a data plane authenticates to the admin API with.
@@ -159,6 +161,9 @@ impl LocalProcesses {
         }
         if let Some(url) = &launch.redis_url {
             environment.push(("INDIGO_REDIS_URL".to_owned(), url.clone()));
+        }
+        if let Some(password) = &launch.database_password {
+            environment.push(("INDIGO_DATABASE_PASSWORD".to_owned(), password.expose().to_owned()));
         }
         Ok(environment)
     }
@@ -375,6 +380,7 @@ mod tests {
             spool_dir: std::env::temp_dir(),
             pool_listen: "127.0.0.1:0".parse().unwrap(),
             redis_url: None,
+            database_password: None,
         }
     }
 

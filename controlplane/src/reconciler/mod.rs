@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use indigo_core::api::{ReconcilePlan, ReconcilerStatus, RlsAudit, ServiceReplicas, Tenant};
 use indigo_core::tenant::{Condition, Isolation, Lifecycle, Phase, Slug, TenantId};
-use indigo_tenantdb::schema::{APP_ROLE, audit_isolation};
+use indigo_tenantdb::schema::audit_isolation;
 use rand::Rng;
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -702,7 +702,7 @@ impl<P: DatabaseProvider> Controller<P> {
     /// Checks the pool as the data plane's own role sees it.
     pub async fn audit_pool(&self) -> Result<RlsAudit, sqlx::Error> {
         let database = &self.ctx.tenant_dbs.pool_database;
-        let mut conn = self.ctx.tenant_dbs.server.options_as(APP_ROLE, database).connect().await?;
+        let mut conn = self.ctx.tenant_dbs.server.app_options(database).connect().await?;
         let violations = audit_isolation(&mut conn).await?;
         Ok(RlsAudit {
             at: chrono::Utc::now(),

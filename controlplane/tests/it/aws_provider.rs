@@ -107,13 +107,15 @@ async fn a_silo_tenant_gets_its_cluster_sized_by_plan_resized_and_deleted_in_ord
     clusters.delete(&tenant).await.unwrap();
 }
 
-/// What the tests' data-plane tasks are given: `image`, and Redis with a password.
+/// What the tests' data-plane tasks are given: `image`, Redis with a password,
+/// and the app role's database password.
 fn task_settings(image: &str) -> TaskSettings {
     TaskSettings {
         image: image.into(),
         control_plane_url: "http://indigo.internal:8080".into(),
         redis_url: Some("redis://:redis-password-of-the-test@cache.internal:6379".into()),
         jwt_secret: None,
+        database_password: Some(indigo_controlplane::config::Secret::new("app-database-password-of-the-test")),
         log_level: "info".into(),
         log_group: "/indigo/dataplane".into(),
         region: "us-east-1".into(),
@@ -200,9 +202,10 @@ async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant(d
     let values = secret_values(&silo_definition).await;
     assert_eq!(
         values.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["INDIGO_CONTROL_PLANE_TOKEN", "INDIGO_JWT_SECRET", "INDIGO_REDIS_URL"]
+        ["INDIGO_CONTROL_PLANE_TOKEN", "INDIGO_DATABASE_PASSWORD", "INDIGO_JWT_SECRET", "INDIGO_REDIS_URL"]
     );
     assert_eq!(values["INDIGO_REDIS_URL"], "redis://:redis-password-of-the-test@cache.internal:6379");
+    assert_eq!(values["INDIGO_DATABASE_PASSWORD"], "app-database-password-of-the-test");
     // The token is the silo service's own identity, bound to its tenant.
     let bound: Option<uuid::Uuid> = sqlx::query_scalar(
         "SELECT tenant_id FROM api_tokens WHERE name = $1 AND role = 'dataplane' AND revoked_at IS NULL",

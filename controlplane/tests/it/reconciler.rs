@@ -95,7 +95,7 @@ impl World {
     /// Runs `work` in the pool as the owner, under `tenant`'s row-level security.
     async fn in_pool_as<T>(&self, tenant: TenantId, work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> T) -> T {
         use sqlx::{ConnectOptions, Connection};
-        let mut owner = self.dbs.server.options_as("indigo_owner", &self.dbs.pool_database).connect().await.unwrap();
+        let mut owner = self.dbs.server.owner_options(&self.dbs.pool_database).connect().await.unwrap();
         let mut tx = owner.begin().await.unwrap();
         sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
             .bind(tenant.to_string())

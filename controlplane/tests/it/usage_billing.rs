@@ -603,7 +603,7 @@ async fn storage_is_measured_once_a_day_from_the_tenants_own_rows(pool: PgPool) 
     let pool_database = &world.state.tenant_dbs.pool_database;
     let mut conn = {
         use sqlx::ConnectOptions;
-        world.state.tenant_dbs.server.options_as("indigo_owner", pool_database).connect().await.unwrap()
+        world.state.tenant_dbs.server.owner_options(pool_database).connect().await.unwrap()
     };
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "BEGIN; SELECT set_config('app.current_tenant', '{}', true);

@@ -126,7 +126,7 @@ impl World {
     /// Counts rows of `table` in `database` that `tenant` can see under RLS.
     async fn rows_in(&self, database: &str, table: &str, tenant: &Value) -> i64 {
         let server = &self.state.tenant_dbs.server;
-        let mut conn = server.options_as("indigo_owner", database).connect().await.unwrap();
+        let mut conn = server.owner_options(database).connect().await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "BEGIN; SELECT set_config('app.current_tenant', '{}', true)",
             tenant["id"].as_str().unwrap()
@@ -362,7 +362,7 @@ async fn cancel_undoes_and_retry_runs_again(pool: PgPool) {
 /// Writes a small catalogue and an order for `tenant` in `database`.
 async fn shop_data(world: &World, database: &str, tenant: &Value, products: usize) {
     let server = &world.state.tenant_dbs.server;
-    let mut conn = server.options_as("indigo_owner", database).connect().await.unwrap();
+    let mut conn = server.owner_options(database).connect().await.unwrap();
     let id = tenant["id"].as_str().unwrap();
     let mut script = format!("BEGIN; SELECT set_config('app.current_tenant', '{id}', true);");
     for n in 0..products {

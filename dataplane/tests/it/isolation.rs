@@ -36,7 +36,7 @@ async fn every_tenant_table_has_forced_rls_and_the_app_role_cannot_bypass_it() {
     // The audit notices a table whose RLS is switched off.
     let mut owner = {
         use sqlx::ConnectOptions;
-        store.server.options_as("indigo_owner", &store.database).connect().await.unwrap()
+        store.server.owner_options(&store.database).connect().await.unwrap()
     };
     sqlx::query("ALTER TABLE customers NO FORCE ROW LEVEL SECURITY").execute(&mut owner).await.unwrap();
     let violations = audit_isolation(&mut conn).await.unwrap();

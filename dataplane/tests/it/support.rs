@@ -16,7 +16,7 @@ use indigo_dataplane::api::{self, AppState};
 use indigo_dataplane::auth::{CallerRole, Claims, Verifier, sign_hs256};
 use indigo_dataplane::metering::Meter;
 use indigo_dataplane::routing::Routes;
-use indigo_tenantdb::schema::{APP_ROLE, TenantServer};
+use indigo_tenantdb::schema::TenantServer;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -150,7 +150,7 @@ impl Store {
     /// A connection as the data plane's own role, for checks at the SQL level.
     pub async fn app_connection(&self) -> sqlx::PgConnection {
         use sqlx::ConnectOptions;
-        self.server.options_as(APP_ROLE, &self.database).connect().await.unwrap()
+        self.server.app_options(&self.database).connect().await.unwrap()
     }
 }
 

@@ -83,6 +83,8 @@ pub struct TaskSettings {
     pub redis_url: Option<String>,
     /// The storefront's signing secret, when given; else made once.
     pub jwt_secret: Option<crate::config::Secret>,
+    /// The app role's database password, when it has one.
+    pub database_password: Option<crate::config::Secret>,
     /// The tasks' `RUST_LOG`.
     pub log_level: String,
     /// The CloudWatch Logs group of the tasks' output.
@@ -243,6 +245,11 @@ impl EcsServices {
             let redis = self.secrets.redis_url(url).await?;
             changed |= redis.changed;
             secrets.push(("INDIGO_REDIS_URL".to_owned(), redis.arn));
+        }
+        if let Some(password) = &settings.database_password {
+            let stored = self.secrets.database_password(password).await?;
+            changed |= stored.changed;
+            secrets.push(("INDIGO_DATABASE_PASSWORD".to_owned(), stored.arn));
         }
         secrets.sort();
         let family = family(&spec.name, spec.tenant);

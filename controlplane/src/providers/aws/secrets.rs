@@ -1,8 +1,10 @@
-//! The master login of each Aurora cluster, which RDS keeps in Secrets
-//! Manager (the cluster is created with `ManageMasterUserPassword`, so no one
-//! ever chose or saw the password). Read when the control plane works in the
-//! cluster's database (provisioning, seeding, exports, moves) and kept in
-//! memory for a minute; never stored, logged or handed on.
+//! Secrets Manager, for three things: the master login of each Aurora
+//! cluster, which RDS keeps there (the cluster is created with
+//! `ManageMasterUserPassword`, so no one ever chose or saw the password), read
+//! when the control plane works in the cluster's database (provisioning,
+//! seeding, exports, moves) and kept in memory for a minute, never stored,
+//! logged or handed on; the secrets of the data-plane tasks, handed to ECS by
+//! ARN; and the daemon's own secret settings, which may be given as ARNs.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,8 +13,33 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::classify;
-use crate::config::Secret;
+use crate::config::{Config, Secret};
 use crate::providers::ProviderError;
+
+/// Reads every secret setting given as a Secrets Manager ARN (the admin
+/// token, the app role's database password, Stripe's key and webhook secret)
+/// and puts its value in its place, so that configuration files and the
+/// daemon's task definition carry ARNs, not secrets. No AWS configuration is
+/// loaded when no setting is an ARN.
+pub async fn resolve_config_arns(config: &mut Config) -> anyhow::Result<()> {
+    let wanted = config.secrets_by_arn();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let client = aws_sdk_secretsmanager::Client::new(&aws_config::load_from_env().await);
+    for (key, secret) in wanted {
+        let arn = secret.expose().to_owned();
+        let read = client.get_secret_value().secret_id(&arn).send().await.map_err(|e| {
+            anyhow::anyhow!("config key `{key}`: cannot read {arn} from Secrets Manager: {}", classify(e))
+        })?;
+        let value = read
+            .secret_string()
+            .ok_or_else(|| anyhow::anyhow!("config key `{key}`: the secret {arn} holds no text"))?;
+        *secret = Secret::new(value);
+    }
+    config.check_secrets()?;
+    Ok(())
+}
 
 /// What RDS writes into a managed master secret.
 #[derive(Deserialize)]
@@ -76,7 +103,8 @@ pub struct Stored {
 /// The secrets data-plane tasks read at start, kept in Secrets Manager under
 /// `<prefix>/…` and handed to ECS by ARN (a container's `secrets`, never its
 /// environment): the storefront's JWT secret, each service's own token for the
-/// admin API, the Redis URL (which may carry a password).
+/// admin API, the Redis URL (which may carry a password), the app role's
+/// database password.
 pub struct TaskSecrets {
     client: aws_sdk_secretsmanager::Client,
     prefix: String,
@@ -129,10 +157,19 @@ impl TaskSecrets {
 
     /// The Redis URL the tasks share plan rates through, kept as configured.
     pub async fn redis_url(&self, url: &str) -> Result<Stored, ProviderError> {
-        let name = format!("{}/dataplane/redis-url", self.prefix);
-        match self.read(&name).await? {
-            Some((arn, current)) if current == url => Ok(Stored { arn, changed: false }),
-            _ => self.put(&name, url).await,
+        self.kept_as(&format!("{}/dataplane/redis-url", self.prefix), url).await
+    }
+
+    /// The app role's database password, kept as configured.
+    pub async fn database_password(&self, password: &Secret) -> Result<Stored, ProviderError> {
+        self.kept_as(&format!("{}/dataplane/database-password", self.prefix), password.expose()).await
+    }
+
+    /// The secret `name`, holding `value`: stored again only when it differs.
+    async fn kept_as(&self, name: &str, value: &str) -> Result<Stored, ProviderError> {
+        match self.read(name).await? {
+            Some((arn, current)) if current == value => Ok(Stored { arn, changed: false }),
+            _ => self.put(name, value).await,
         }
     }
 
