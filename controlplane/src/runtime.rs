@@ -1,6 +1,7 @@
 //! What the control plane's long-running loops share (the reconciler, the
-//! workflow engine): exponential backoff with jitter, a jittered period, and a
-//! LISTEN on a NOTIFY channel that reconnects by itself.
+//! workflow engine): exponential backoff with jitter, a jittered period, a
+//! LISTEN on a NOTIFY channel that reconnects by itself, and a singleton lock
+//! for work that one replica at a time should do.
 
 use std::time::Duration;
 
@@ -19,6 +20,20 @@ pub fn backoff(base: Duration, cap: Duration, failures: u32) -> Duration {
 /// `base` ± 10%: periodic work on several replicas spreads out.
 pub fn jittered(base: Duration) -> Duration {
     base.mul_f64(rand::rng().random_range(0.9..1.1))
+}
+
+/// Runs `work` unless another session (another replica) is running work of
+/// the same `name`: `Ok(None)` then, and `work` is not started. The lock is a
+/// session advisory lock, released when the work ends or its connection dies.
+pub async fn as_singleton<T, E: From<sqlx::Error>>(
+    db: &PgPool,
+    name: &str,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<Option<T>, E> {
+    let Some(lock) = crate::db::AdvisoryLock::try_acquire(db, name.to_owned()).await? else { return Ok(None) };
+    let result = work.await;
+    lock.release().await;
+    result.map(Some)
 }
 
 /// What [`Notifications::recv`] hands out.

@@ -6,6 +6,7 @@
 
 pub mod plan;
 pub mod queue;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indigo_core::api::{ReconcilePlan, ReconcilerStatus, RlsAudit, ServiceReplicas, Tenant};
-use indigo_core::tenant::{Condition, Isolation, Lifecycle, Phase, Slug, TenantId};
+use indigo_core::tenant::{Condition, Isolation, Lifecycle, Phase, TenantId};
 use indigo_tenantdb::schema::audit_isolation;
 use rand::Rng;
 use serde_json::json;
@@ -29,8 +30,7 @@ use self::queue::Queue;
 use crate::db::{self, AdvisoryLock};
 use crate::journal;
 use crate::providers::{
-    ComputeProvider, DatabaseProvider, POOL_SERVICE, ProviderError, SERVICE_PREFIX, ServiceSpec, ServiceState,
-    SiloTenant, silo_service_name,
+    ComputeProvider, DatabaseProvider, ProviderError, ServiceSpec, ServiceState, SiloTenant, silo_service_name,
 };
 use crate::registry::{self, RegistryError, TenantRef};
 use crate::runtime::{Notifications, Notified, jittered};
@@ -152,17 +152,27 @@ pub fn error_policy(tenant: TenantId, error: &ReconcileError, failures: u32) -> 
     wait
 }
 
-/// When a tenant is looked at again after a reconcile that did `outcome`
-/// (kube-runtime's `Action::requeue`).
-fn requeue(outcome: &Outcome, settings: &Settings) -> Duration {
-    match outcome {
-        // Finished tenants drop out until something changes them again.
-        Outcome::Finished => Duration::from_secs(24 * 3600),
-        // A silo being created is looked at again soon, not at the next resync.
-        Outcome::Applied(decision) if decision.phase == Phase::Provisioning => {
-            jittered(PROVISIONING_RECHECK.min(settings.resync))
+/// What the controller does with a tenant after a reconcile (kube-runtime's
+/// `Action`): look again after a while, or only when something changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    After(Duration),
+    /// Its spec changing (NOTIFY) or an operator asking brings it back.
+    AwaitChange,
+}
+
+impl Outcome {
+    /// When a tenant is looked at again after a pass that did this.
+    pub fn requeue(&self, settings: &Settings) -> Requeue {
+        match self {
+            // Finished tenants drop out until something changes them again.
+            Outcome::Finished => Requeue::AwaitChange,
+            // A silo being created is looked at again soon, not at the next resync.
+            Outcome::Applied(decision) if decision.phase == Phase::Provisioning => {
+                Requeue::After(jittered(PROVISIONING_RECHECK.min(settings.resync)))
+            }
+            Outcome::Paused | Outcome::InWorkflow | Outcome::Applied(_) => Requeue::After(jittered(settings.resync)),
         }
-        Outcome::Paused | Outcome::InWorkflow | Outcome::Applied(_) => jittered(settings.resync),
     }
 }
 
@@ -230,8 +240,19 @@ pub async fn dry_run<P: DatabaseProvider>(ctx: &Context<P>, id: TenantId) -> Res
     })
 }
 
-/// Brings one tenant to its spec, using one connection of the control database.
+/// Brings one tenant to its spec, using one connection of the control
+/// database, and says when to look at it again (kube-runtime's `reconcile`).
 pub async fn reconcile<P: DatabaseProvider>(
+    ctx: &Context<P>,
+    conn: &mut PgConnection,
+    id: TenantId,
+) -> Result<Requeue, ReconcileError> {
+    Ok(apply(ctx, conn, id).await?.requeue(&ctx.settings))
+}
+
+/// One pass of [`reconcile`]: what it did, for the controller's requeue and for
+/// callers that want to see the decision (tests, tools).
+pub async fn apply<P: DatabaseProvider>(
     ctx: &Context<P>,
     conn: &mut PgConnection,
     id: TenantId,
@@ -478,106 +499,16 @@ impl<P: DatabaseProvider> Controller<P> {
         tasks.push(tokio::spawn(self.clone().resync_forever()));
         tasks.push(tokio::spawn(self.clone().audit_forever()));
         if self.ctx.compute.is_some() {
-            tasks.push(tokio::spawn(self.clone().services_forever()));
+            tasks.push(tokio::spawn(services::FleetServices::new(self.ctx.clone(), self.queue.clone()).run_forever()));
         }
         tasks
-    }
-
-    /// The fleet's services: the pool's kept at its policy's replicas, services
-    /// no tenant owns any more removed; a replica that dies wakes this (or its
-    /// tenant's reconcile) at once instead of at the next resync.
-    async fn services_forever(self) {
-        let Some(compute) = self.ctx.compute.clone() else { return };
-        let mut drift = compute.drift();
-        loop {
-            let next = match self.reconcile_services(compute.as_ref()).await {
-                Ok(_) => jittered(self.ctx.settings.resync),
-                Err(error) => {
-                    tracing::warn!(%error, "reconciling the data-plane services failed; trying again shortly");
-                    jittered(Duration::from_secs(2)).min(self.ctx.settings.resync)
-                }
-            };
-            let resync = tokio::time::sleep(next);
-            tokio::pin!(resync);
-            loop {
-                let Some(receiver) = drift.as_mut() else {
-                    resync.as_mut().await;
-                    break;
-                };
-                tokio::select! {
-                    () = resync.as_mut() => break,
-                    dead = receiver.recv() => match dead {
-                        Ok(Some(tenant)) => self.queue.schedule_now(tenant),
-                        // The pool's, or so many that some were missed: look at everything.
-                        Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => drift = None,
-                    },
-                }
-            }
-        }
-    }
-
-    /// One pass over the fleet's services; returns what it changed.
-    pub async fn reconcile_services(&self, compute: &dyn ComputeProvider) -> Result<Vec<Action>, ReconcileError> {
-        let mut changed = Vec::new();
-        let wanted = ServiceSpec::pool(self.ctx.plans.pool());
-        let actual = compute.observe_service(POOL_SERVICE).await?;
-        self.ctx.stats.saw_service(&wanted, actual.as_ref());
-        if !actual.as_ref().is_some_and(|a| wanted.satisfied_by(a)) {
-            let now = compute.ensure_service(&wanted).await?;
-            self.ctx.stats.saw_service(&wanted, Some(&now));
-            let action = match &actual {
-                None => Action::CreateService { service: wanted.name.clone(), replicas: wanted.replicas },
-                Some(a) if (wanted.replicas..=wanted.max()).contains(&a.replicas) => {
-                    Action::SetAutoscaling { service: wanted.name.clone(), min: wanted.replicas, max: wanted.max() }
-                }
-                Some(a) => Action::ScaleService {
-                    service: wanted.name.clone(),
-                    running: a.replicas,
-                    replicas: wanted.replicas,
-                },
-            };
-            let kind = if actual.is_some() { "DriftRepaired" } else { "Reconciled" };
-            self.publish_fleet_change(kind, &action).await?;
-            changed.push(action);
-        }
-        let owned: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-            "SELECT id, slug FROM tenants
-             WHERE lifecycle <> 'deleted' AND (isolation = 'silo' OR placement->>'isolation' = 'silo')",
-        )
-        .fetch_all(&self.ctx.db)
-        .await?;
-        let owned: std::collections::HashSet<String> = owned
-            .into_iter()
-            .filter_map(|(id, slug)| Some(silo_service_name(TenantId(id), &Slug::parse(&slug).ok()?)))
-            .collect();
-        for name in compute.list_services().await? {
-            if name == POOL_SERVICE || !name.starts_with(SERVICE_PREFIX) || owned.contains(&name) {
-                continue;
-            }
-            compute.delete_service(&name).await?;
-            self.ctx.stats.services.lock().expect("stats lock").remove(&name);
-            let action = Action::DeleteService { service: name };
-            self.publish_fleet_change("OrphanRemoved", &action).await?;
-            changed.push(action);
-        }
-        Ok(changed)
-    }
-
-    async fn publish_fleet_change(&self, kind: &str, action: &Action) -> Result<(), ReconcileError> {
-        if kind == "DriftRepaired" {
-            self.ctx.stats.count_drift_repaired();
-        }
-        let mut conn = self.ctx.db.acquire().await?;
-        journal::publish(&mut conn, None, kind, &describe(action), json!({ "actions": [action] })).await?;
-        Ok(())
     }
 
     async fn work(self) {
         loop {
             let tenant = self.queue.next().await;
             match self.run_one(tenant).await {
-                Ok(after) => self.queue.finish(tenant, Ok(after)),
+                Ok(requeue) => self.queue.finish(tenant, Ok(requeue)),
                 Err(error) => self.queue.finish(tenant, Err(&|failures| error_policy(tenant, &error, failures))),
             };
         }
@@ -586,13 +517,13 @@ impl<P: DatabaseProvider> Controller<P> {
     /// One reconcile under a per-tenant advisory lock, so that replicas sharing
     /// the database never reconcile the same tenant at once. The connection that
     /// holds the lock does the reconcile's reads and writes too: one per worker.
-    async fn run_one(&self, tenant: TenantId) -> Result<Duration, ReconcileError> {
+    async fn run_one(&self, tenant: TenantId) -> Result<Requeue, ReconcileError> {
         let ctx = &self.ctx;
         let started = std::time::Instant::now();
         let mut lock = match AdvisoryLock::try_acquire(&ctx.db, db::tenant_lock_key(tenant)).await {
             Ok(Some(lock)) => lock,
             // Another replica (or a workflow) has it; look again a little later.
-            Ok(None) => return Ok(Duration::from_millis(rand::rng().random_range(500..1500))),
+            Ok(None) => return Ok(Requeue::After(Duration::from_millis(rand::rng().random_range(500..1500)))),
             Err(error) => return Err(error.into()),
         };
         let result = reconcile(ctx, lock.conn(), tenant).await;
@@ -605,9 +536,9 @@ impl<P: DatabaseProvider> Controller<P> {
         ctx.stats.reconciles.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("indigo_reconcile_duration_seconds").record(started.elapsed().as_secs_f64());
         match result {
-            Ok(outcome) => {
+            Ok(requeue) => {
                 metrics::counter!("indigo_reconciles_total", "outcome" => "ok").increment(1);
-                Ok(requeue(&outcome, &ctx.settings))
+                Ok(requeue)
             }
             Err(error) => {
                 let reason = error.reason();

@@ -14,6 +14,8 @@ use indigo_core::tenant::TenantId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::Requeue;
+
 #[derive(Default)]
 struct State {
     /// When each queued tenant is due; the heap may hold stale entries.
@@ -89,28 +91,34 @@ impl Queue {
         }
     }
 
-    /// Marks `tenant` done and queues its next look: `Ok(after)` after a
-    /// success (its failures forgotten); `Err(policy)` after a failure, waiting
-    /// what `policy` says for this many failures in a row. Returns the wait.
-    pub fn finish(&self, tenant: TenantId, outcome: Result<Duration, &dyn Fn(u32) -> Duration>) -> Duration {
+    /// Marks `tenant` done and queues its next look: `Ok(requeue)` after a
+    /// success (its failures forgotten), as the reconcile said; `Err(policy)`
+    /// after a failure, waiting what `policy` says for this many failures in a
+    /// row. Returns the wait, `None` when it waits for a change.
+    pub fn finish(&self, tenant: TenantId, outcome: Result<Requeue, &dyn Fn(u32) -> Duration>) -> Option<Duration> {
         let mut state = self.state.lock().expect("queue lock");
         state.running.remove(&tenant);
         let rerun = state.rerun.remove(&tenant);
         let delay = match outcome {
-            Ok(after) => {
+            Ok(requeue) => {
                 state.failures.remove(&tenant);
-                after
+                match requeue {
+                    // A change that arrived meanwhile is served now.
+                    _ if rerun => Some(Duration::ZERO),
+                    Requeue::After(after) => Some(after),
+                    Requeue::AwaitChange => None,
+                }
             }
             Err(policy) => {
                 let failures = state.failures.entry(tenant).or_insert(0);
                 *failures += 1;
-                policy(*failures)
+                Some(policy(*failures))
             }
         };
         drop(state);
-        // A change that arrived meanwhile is served now, unless we are backing off.
-        let delay = if rerun && outcome.is_ok() { Duration::ZERO } else { delay };
-        self.schedule(tenant, Instant::now() + delay);
+        if let Some(delay) = delay {
+            self.schedule(tenant, Instant::now() + delay);
+        }
         delay
     }
 
@@ -143,7 +151,12 @@ mod tests {
         // Asked again while running: remembered, not handed out.
         queue.schedule_now(a);
         assert_eq!(queue.depth(), 0);
-        assert_eq!(queue.finish(a, Ok(Duration::from_secs(60))), Duration::ZERO);
+        assert_eq!(queue.finish(a, Ok(Requeue::After(Duration::from_secs(60)))), Some(Duration::ZERO));
+        assert_eq!(queue.next().await, a);
+        // Finished for good: nothing queued until something asks again.
+        assert_eq!(queue.finish(a, Ok(Requeue::AwaitChange)), None);
+        assert_eq!(queue.depth(), 0);
+        queue.schedule_now(a);
         assert_eq!(queue.next().await, a);
     }
 
@@ -154,10 +167,10 @@ mod tests {
         queue.schedule_now(sick);
         assert_eq!(queue.next().await, sick);
         let policy = |failures| Duration::from_millis(100) * failures;
-        let first = queue.finish(sick, Err(&policy));
+        let first = queue.finish(sick, Err(&policy)).unwrap();
         assert_eq!(first, Duration::from_millis(100));
         assert_eq!(queue.next().await, sick);
-        let second = queue.finish(sick, Err(&policy));
+        let second = queue.finish(sick, Err(&policy)).unwrap();
         assert!(second > first, "{second:?} should exceed {first:?}");
         queue.schedule_now(healthy);
         assert_eq!(queue.next().await, healthy, "the healthy tenant is not held up by the sick one");

@@ -281,8 +281,7 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
             .with_compute(ecs.clone());
     let ctx = controller.context();
     let reconcile = async |id: TenantId| {
-        let Outcome::Applied(decision) =
-            reconciler::reconcile(&ctx, &mut pool.acquire().await.unwrap(), id).await.unwrap()
+        let Outcome::Applied(decision) = reconciler::apply(&ctx, &mut pool.acquire().await.unwrap(), id).await.unwrap()
         else {
             panic!("the tenant was not reconciled")
         };

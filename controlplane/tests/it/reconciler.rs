@@ -11,7 +11,7 @@ use std::time::Duration;
 use indigo_controlplane::api::auth::Actor;
 use indigo_controlplane::providers::local::{LocalDatabases, silo_database};
 use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState, SiloTenant};
-use indigo_controlplane::reconciler::{self, Controller, Outcome, Settings};
+use indigo_controlplane::reconciler::{self, Controller, Outcome, Requeue, Settings};
 use indigo_controlplane::registry::{self, NewTenant, TenantRef};
 use indigo_controlplane::{db, policy};
 use indigo_core::api::Tenant;
@@ -175,7 +175,7 @@ async fn reconcile_with<P: DatabaseProvider>(
     id: TenantId,
 ) -> Result<Outcome, reconciler::ReconcileError> {
     let mut conn = world.db.acquire().await.unwrap();
-    reconciler::reconcile(ctx, &mut conn, id).await
+    reconciler::apply(ctx, &mut conn, id).await
 }
 
 /// The reconciler's context, for calling `reconcile` directly.
@@ -249,6 +249,9 @@ async fn deletion_releases_resources_before_the_tenant_is_done(pool: PgPool) {
     assert_eq!(count(stays.id).await, 1, "other tenants' rows are untouched");
     // Done tenants need nothing more.
     assert!(matches!(reconcile_with(&world, &ctx, big.id).await.unwrap(), Outcome::Finished));
+    let mut conn = world.db.acquire().await.unwrap();
+    let requeue = reconciler::reconcile(&ctx, &mut conn, big.id).await.unwrap();
+    assert_eq!(requeue, Requeue::AwaitChange, "looked at again only when something changes it");
     world.cleanup().await;
 }
 
@@ -474,4 +477,40 @@ async fn spec_changes_are_picked_up_at_once_and_the_pool_is_audited(pool: PgPool
     assert!(audit.violations.is_empty(), "{:?}", audit.violations);
     tasks.iter().for_each(|t| t.abort());
     world.cleanup().await;
+}
+
+/// Work that one replica at a time should do (a pass over the fleet's
+/// services) runs in one: while a replica holds the singleton lock, another's
+/// attempt does not start its work; once released, the next one does.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn singleton_work_runs_in_one_replica_at_a_time(pool: PgPool) {
+    use indigo_controlplane::runtime::as_singleton;
+    const NAME: &str = "indigo:test-singleton";
+    let (entered, inside) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            as_singleton(&pool, NAME, async {
+                entered.send(()).unwrap();
+                released.await.unwrap();
+                Ok::<_, sqlx::Error>("first")
+            })
+            .await
+        }
+    });
+    inside.await.unwrap();
+    let started = std::sync::atomic::AtomicBool::new(false);
+    let second = as_singleton(&pool, NAME, async {
+        started.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, sqlx::Error>("second")
+    })
+    .await
+    .unwrap();
+    assert_eq!(second, None);
+    assert!(!started.load(std::sync::atomic::Ordering::SeqCst), "the second replica's work never started");
+    release.send(()).unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), Some("first"));
+    let third = as_singleton(&pool, NAME, async { Ok::<_, sqlx::Error>("third") }).await.unwrap();
+    assert_eq!(third, Some("third"), "free again once the first is done");
 }
