@@ -17,7 +17,7 @@ use indigo_controlplane::control_plane::ControlPlane;
 use indigo_controlplane::db;
 use indigo_controlplane::providers::local::LocalDatabases;
 use indigo_controlplane::workflow::Engine;
-use indigo_e2e::stripe_double::StripeDouble;
+use indigo_stripe_emulator::StripeEmulator;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let control_url = format!("{}/indigo_bench_control_{suffix}", server_url.rsplit_once('/').unwrap().0);
     db::ensure_database(&control_url).await?;
     let pool_database = format!("indigo_bench_pool_{suffix}");
-    let stripe = StripeDouble::start().await?;
+    let stripe = StripeEmulator::start().await?;
     let data_dir = std::env::temp_dir().join(format!("indigo-bench-{suffix}"));
     let config = Config::load(
         None,

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use indigo_core::tenant::{Email, Lifecycle, Slug, TenantName};
+use indigo_stripe_emulator::StripeEmulator;
 use tokio::process::Command;
 
 use crate::api::auth::{self, Actor};
-use crate::config::{Config, Provider, Secret};
+use crate::config::{Config, Provider, Secret, StripeConfig};
 use crate::control_plane::ControlPlane;
 use crate::providers::processes::{Credentials, Launch, LocalProcesses};
 use crate::registry::{NewTenant, RegistryError};
@@ -84,10 +85,27 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         config.app_database_password = Some(local_secret(&app_database_password_file(&config.data_dir))?);
     }
     config.database_url = Some(database_url.to_owned());
+    // Billing in the demo without a Stripe account: an emulator in this
+    // process, gone with it. `stripe_api_base` bills through Stripe instead.
+    let stripe_emulator = if demo && config.stripe.is_none() {
+        let emulator = StripeEmulator::start().await.context("cannot start the Stripe emulator")?;
+        let secret_key = Secret::new("sk_test_indigo_emulator");
+        config.stripe = Some(StripeConfig { api_base: emulator.url.clone(), secret_key });
+        if config.stripe_webhook_secret.is_none() {
+            config.stripe_webhook_secret = Some(local_secret(&config.data_dir.join("stripe-webhook.secret"))?);
+        }
+        Some(emulator)
+    } else {
+        None
+    };
     // Connected first: the data planes' identities are minted in it.
     let control_db = db::connect(database_url).await?;
     let listener = server::bind(config).await?;
     let address = listener.local_addr()?;
+    if let (Some(emulator), Some(secret)) = (&stripe_emulator, &config.stripe_webhook_secret) {
+        // As a Stripe account's webhook endpoint would: its events, signed, to the admin API.
+        emulator.deliver_webhooks_to(&format!("http://{address}/v1/webhooks/stripe"), secret.expose());
+    }
     let storefront = free_address(config.dataplane_listen)?;
     let jwt_secret = local_secret(&jwt_secret_file(&config.data_dir))?;
     let emulator = match config.provider {
@@ -128,6 +146,17 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
              each ECS task a process here",
             redact(database_url)
         );
+    }
+    match (&stripe_emulator, &config.stripe) {
+        (Some(emulator), _) => println!(
+            "  billing:     a Stripe emulator at {} (in this process; its webhooks to the admin API; \
+             POST {}{} ends a billing period; stripe_api_base bills through Stripe)",
+            emulator.url,
+            emulator.url.trim_end_matches('/'),
+            StripeEmulator::CLOSE_PERIOD
+        ),
+        (None, Some(stripe)) => println!("  billing:     Stripe at {}", stripe.api_base),
+        (None, None) => println!("  billing:     off (stripe_api_base is not set)"),
     }
     println!("  database:    {}", redact(database_url));
     println!("  token:       {} (the CLI reads it from there)", token_file(&config.data_dir).display());

@@ -26,6 +26,8 @@ const FORBIDDEN_LINKS: &[(&str, &[&str])] = &[
     ("indigo-tenantdb", &["indigo-controlplane", "indigo-dataplane", "axum"]),
     ("indigo-controlplane", &["indigo-dataplane", "indigo-cli"]),
     ("indigo-dataplane", &["indigo-controlplane", "indigo-cli", "aws-config", "async-stripe"]),
+    // The Stripe emulator stands alone: it knows Stripe's API, not Indigo.
+    ("indigo-stripe-emulator", &["indigo-core", "indigo-controlplane", "indigo-dataplane", "sqlx", "async-stripe"]),
 ];
 
 /// The only control-plane sources that may import the admin API (`crate::api`):

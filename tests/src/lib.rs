@@ -5,7 +5,6 @@
 #[cfg(test)]
 mod layers;
 pub mod stack;
-pub mod stripe_double;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

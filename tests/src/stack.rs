@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::TestDatabase;
-use crate::stripe_double::StripeDouble;
+use indigo_stripe_emulator::StripeEmulator;
 
 pub const ADMIN_TOKEN: &str = "stack-admin-token-0123456789";
 pub const JWT_SECRET: &[u8] = b"stack-jwt-secret-of-at-least-32-bytes";
@@ -159,7 +159,7 @@ pub struct Stack {
     pub state: AdminState,
     pub admin: AdminClient,
     pub storefront: Storefront,
-    pub stripe: StripeDouble,
+    pub stripe: StripeEmulator,
     pub http: reqwest::Client,
     data_dir: std::path::PathBuf,
     tasks: Vec<JoinHandle<()>>,
@@ -182,7 +182,7 @@ impl Stack {
     async fn start_with(cluster_stand_in: Option<String>) -> anyhow::Result<Self> {
         let control_db = TestDatabase::unique("indigo_move_control");
         db::ensure_database(&control_db.url).await?;
-        let stripe = StripeDouble::start().await?;
+        let stripe = StripeEmulator::start().await?;
         let data_dir = std::env::temp_dir().join(format!("indigo-stack-{}", Uuid::new_v4().simple()));
         let pool_database = format!("indigo_move_pool_{}", Uuid::new_v4().simple());
         let config = Config::load(

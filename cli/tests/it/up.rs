@@ -86,6 +86,60 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let listed: serde_json::Value =
         http.get(format!("{storefront_url}/v1/products")).bearer_auth(&jwt).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["items"][0]["name"], "Sourdough");
+    // Billing is on in the demo, through the Stripe emulator `indigo up` runs
+    // in its own process: each demo tenant becomes a customer with a subscription.
+    let printed = daemon.wait_for_line("billing: ", Duration::from_secs(10)).unwrap();
+    assert!(printed.contains("billing:     a Stripe emulator at http://127.0.0.1:"), "{printed}");
+    let admin = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_owned();
+    let bakery_billing = async || -> Option<serde_json::Value> {
+        let answer =
+            http.get(format!("{api_url}/v1/tenants/blue-bakery/billing")).bearer_auth(&admin).send().await.unwrap();
+        if answer.status() != 200 {
+            return None;
+        }
+        answer.json().await.ok()
+    };
+    let billing = eventually("blue-bakery has a billing account", async || bakery_billing().await).await;
+    assert!(billing["customer_id"].as_str().is_some_and(|c| c.starts_with("cus_")), "{billing}");
+    assert!(billing["subscription_id"].as_str().is_some_and(|s| s.starts_with("sub_")), "{billing}");
+    assert_eq!(billing["status"], "active");
+    // Its events reach the admin API as Stripe's webhooks would, signed (a
+    // subscription's may come before the tenant's billing step has recorded
+    // its customer, and is then taken and ignored, as with Stripe itself).
+    let control = sqlx::PgPool::connect(&database.url).await.unwrap();
+    let processed = async |kind: &str| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE type = $1")
+            .bind(kind)
+            .fetch_one(&control)
+            .await
+            .unwrap()
+    };
+    eventually("every demo tenant's subscription webhook is processed", async || {
+        (processed("customer.subscription.created").await == 6).then_some(())
+    })
+    .await;
+    // The end of a billing period: an invoice each, paid — but the bakery's payment fails.
+    let emulator = printed.split("a Stripe emulator at ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let customer = billing["customer_id"].as_str().unwrap().to_owned();
+    let closed: serde_json::Value = http
+        .post(format!("{}{}", emulator.trim_end_matches('/'), indigo_stripe_emulator::StripeEmulator::CLOSE_PERIOD))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("fail={customer}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(closed["data"].as_array().unwrap().len(), 6, "an invoice per subscription");
+    eventually("the invoices' webhooks are processed", async || {
+        (processed("invoice.paid").await == 5 && processed("invoice.payment_failed").await == 1).then_some(())
+    })
+    .await;
+    let billing = bakery_billing().await.unwrap();
+    assert_eq!(billing["payment_state"], "past_due", "a failed payment starts the grace period: {billing}");
+    control.close().await;
+
     // The tenant's own signing key, for its backend to mint its shoppers'
     // tokens: it signs for that tenant, and for no other.
     let output = cli(data_dir, &["storefront-token", "blue-bakery", "--signing-key", "--api-url", &api_url]);
@@ -257,17 +311,19 @@ async fn up_starts_a_private_postgres_when_none_answers() {
     assert!(stored.starts_with("SCRAM-SHA-256$"), "stored as a SCRAM verifier");
     // The data plane logs in with its own password: a tenant's storefront serves.
     let token = storefront_token(&data_dir, &api_url, "blue-bakery");
-    let products = eventually("the storefront serves from the private server", async || {
+    // Once its onboarding has seeded it: the sample product.
+    eventually("the storefront serves the seeded tenant from the private server", async || {
         let reply = reqwest::Client::new()
             .get(format!("{storefront_url}/v1/products"))
             .bearer_auth(&token)
             .send()
             .await
             .ok()?;
-        (reply.status() == 200).then_some(reply)
+        let status = reply.status();
+        let body = reply.text().await.ok()?;
+        (status == 200 && body.contains("Sample product")).then_some(())
     })
     .await;
-    assert!(products.text().await.unwrap().contains("Sample product"));
 
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(60)).unwrap();
     assert!(status.success(), "indigo up exited with {status}");

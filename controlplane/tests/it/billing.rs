@@ -5,7 +5,7 @@
 use indigo_controlplane::billing::{BillingError, Stripe};
 use indigo_controlplane::config::{Secret, StripeConfig};
 use indigo_core::tenant::TenantId;
-use indigo_e2e::stripe_double::StripeDouble;
+use indigo_stripe_emulator::StripeEmulator;
 
 /// Where `.ci/run` starts localstripe (`pip install localstripe; localstripe --port 8420`).
 fn localstripe_url() -> String {
@@ -37,7 +37,7 @@ async fn customers_against_localstripe() {
 
 #[tokio::test]
 async fn idempotency_keys_make_retries_safe() {
-    let double = StripeDouble::start().await.unwrap();
+    let double = StripeEmulator::start().await.unwrap();
     let stripe = stripe_at(&double.url);
     let tenant = TenantId::new();
     let first = stripe.create_customer(tenant, "Acme", "o@acme.example", "k-customer").await.unwrap();
@@ -55,7 +55,7 @@ async fn idempotency_keys_make_retries_safe() {
 
 #[tokio::test]
 async fn errors_are_sorted_into_retry_or_stop() {
-    let double = StripeDouble::start().await.unwrap();
+    let double = StripeEmulator::start().await.unwrap();
     let stripe = stripe_at(&double.url);
     let missing = stripe.create_subscription(TenantId::new(), "cus_nobody", "price_none", "k-sub").await.unwrap_err();
     assert!(matches!(missing, BillingError::Rejected { status: 400, .. }), "{missing}");

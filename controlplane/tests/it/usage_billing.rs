@@ -24,7 +24,7 @@ use indigo_controlplane::providers::local::{LocalDatabases, PostgresMetrics};
 use indigo_controlplane::reconciler::{self, Controller, Settings};
 use indigo_controlplane::workflow::{Failpoints, engine};
 use indigo_core::tenant::TenantId;
-use indigo_e2e::stripe_double::StripeDouble;
+use indigo_stripe_emulator::StripeEmulator;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -40,12 +40,12 @@ struct World {
     control_plane: ControlPlane,
     state: AppState,
     db: PgPool,
-    stripe: StripeDouble,
+    stripe: StripeEmulator,
 }
 
 impl World {
     async fn new(db: PgPool, grace: chrono::Duration) -> Self {
-        let stripe = StripeDouble::start().await.unwrap();
+        let stripe = StripeEmulator::start().await.unwrap();
         let overrides = Overrides {
             admin_token: Some(ADMIN.into()),
             pool_database: Some(format!("indigo_wf_pool_{}", Uuid::new_v4().simple())),

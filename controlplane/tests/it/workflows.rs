@@ -19,7 +19,7 @@ use indigo_controlplane::workflow::StepName;
 use indigo_controlplane::workflow::export;
 use indigo_controlplane::workflow::{Definition, Engine, Failpoints, Services, engine, onboarding::Onboarding};
 use indigo_core::tenant::{Slug, TenantId};
-use indigo_e2e::stripe_double::StripeDouble;
+use indigo_stripe_emulator::StripeEmulator;
 use indigo_tenantdb::stand_in_database;
 use serde_json::{Value, json};
 use sqlx::{ConnectOptions, PgPool};
@@ -34,7 +34,7 @@ struct World {
     control_plane: ControlPlane,
     state: AppState,
     db: PgPool,
-    stripe: StripeDouble,
+    stripe: StripeEmulator,
     data_dir: std::path::PathBuf,
     exports: std::path::PathBuf,
 }
@@ -46,7 +46,7 @@ impl World {
 
     /// A world whose configuration also has what `extra` sets.
     async fn with(db: PgPool, extra: Overrides) -> Self {
-        let stripe = StripeDouble::start().await.unwrap();
+        let stripe = StripeEmulator::start().await.unwrap();
         let data_dir = std::env::temp_dir().join(format!("indigo-wf-{}", uuid::Uuid::new_v4().simple()));
         let overrides = Overrides {
             admin_token: Some(ADMIN.into()),

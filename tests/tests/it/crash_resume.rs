@@ -15,8 +15,8 @@ use indigo_controlplane::workflow::StepName;
 use indigo_controlplane::workflow::export;
 use indigo_controlplane::workflow::{Definition, offboarding::Offboarding, onboarding::Onboarding};
 use indigo_core::tenant::TenantId;
-use indigo_e2e::stripe_double::StripeDouble;
 use indigo_e2e::{Process, TestDatabase, free_port, wait_until_ok, workspace_binary};
+use indigo_stripe_emulator::StripeEmulator;
 use serde_json::{Value, json};
 
 const ADMIN: &str = "crash-test-admin-token-0123456789";
@@ -25,7 +25,7 @@ const POINTS: [&str; 2] = ["crash-after-run", "crash-after-record"];
 struct Platform {
     control: TestDatabase,
     pool: TestDatabase,
-    stripe: StripeDouble,
+    stripe: StripeEmulator,
     data_dir: tempdir::Dir,
     http: reqwest::Client,
     /// On AWS (moto, clusters standing in on the test server): the test's own ECS cluster.
@@ -65,7 +65,7 @@ impl Platform {
         Self {
             control,
             pool,
-            stripe: StripeDouble::start().await.unwrap(),
+            stripe: StripeEmulator::start().await.unwrap(),
             data_dir: tempdir::Dir::new(),
             http: reqwest::Client::new(),
             aws: None,

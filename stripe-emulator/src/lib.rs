@@ -1,10 +1,13 @@
-//! A Stripe test double for what localstripe does not serve (prices, billing
-//! meters, meter events, current subscription shapes). It answers with Stripe's
-//! own published example objects (`tests/fixtures/stripe/fixtures.json`, from
-//! stripe/openapi's fixtures3.json, MIT) with the ids and fields of what was
-//! created, honours `Idempotency-Key` as Stripe does (same key and body: the
-//! first answer again; same key, other body: 400 `idempotency_error`), and
-//! records every request for tests to assert on.
+//! A small Stripe emulator: the part of Stripe's API the control plane uses
+//! (customers, products, prices, billing meters and meter events,
+//! subscriptions), kept in memory. `indigo up --demo` runs it so that billing
+//! works without a Stripe account, and the tests run it to see what Stripe
+//! would have been asked. It answers with Stripe's own published example
+//! objects (`fixtures/stripe/fixtures.json`, from stripe/openapi's
+//! fixtures3.json, MIT) with the ids and fields of what was created, honours
+//! `Idempotency-Key` as Stripe does (same key and body: the first answer
+//! again; same key, other body: 400 `idempotency_error`), and records every
+//! request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,9 +21,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+pub mod events;
+mod invoices;
+
 const FIXTURES: &str = include_str!("../fixtures/stripe/fixtures.json");
 
-/// One request the double received.
+/// One request the emulator received.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub method: String,
@@ -45,30 +51,45 @@ struct Objects {
     next_id: u64,
     /// Paths (prefix) answered with this status, for failure tests.
     failures: Vec<(String, u16)>,
+    invoices: Vec<Value>,
+    /// Each subscription's invoiced period so far ends here (Unix time).
+    invoiced_through: HashMap<String, i64>,
+    webhook: Option<events::Endpoint>,
+    deliveries: Vec<events::Delivery>,
 }
 
 #[derive(Clone)]
-struct Double {
+struct Emulator {
     fixtures: Arc<Value>,
     objects: Arc<Mutex<Objects>>,
+    http: reqwest::Client,
 }
 
-/// A running double; stops when dropped.
-pub struct StripeDouble {
+/// A running emulator; stops when dropped.
+pub struct StripeEmulator {
     pub url: String,
-    double: Double,
+    emulator: Emulator,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for StripeDouble {
+impl Drop for StripeEmulator {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl StripeDouble {
+impl StripeEmulator {
+    /// The emulator's own path (not Stripe's) that ends every active
+    /// subscription's billing period now: invoices, payments, their webhooks.
+    pub const CLOSE_PERIOD: &str = invoices::CLOSE_PERIOD;
+
+    /// Starts one on a free port of the loopback interface.
     pub async fn start() -> anyhow::Result<Self> {
-        let double = Double { fixtures: Arc::new(serde_json::from_str(FIXTURES)?), objects: Arc::default() };
+        let emulator = Emulator {
+            fixtures: Arc::new(serde_json::from_str(FIXTURES)?),
+            objects: Arc::default(),
+            http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?,
+        };
         let app = Router::new()
             .route("/v1/customers", post(create_customer))
             .route("/v1/customers/{id}", get(retrieve_customer).delete(delete_customer))
@@ -82,21 +103,23 @@ impl StripeDouble {
                 "/v1/subscriptions/{id}",
                 get(retrieve_subscription).post(update_subscription).delete(cancel_subscription),
             )
+            .route("/v1/invoices", get(invoices::list_invoices))
+            .route(invoices::CLOSE_PERIOD, post(invoices::close_period))
             .fallback(|uri: Uri| async move {
                 error(404, "invalid_request_error", &format!("Unrecognized request URL ({uri})"))
             })
-            .layer(axum::middleware::from_fn_with_state(double.clone(), idempotent))
-            .with_state(double.clone());
+            .layer(axum::middleware::from_fn_with_state(emulator.clone(), idempotent))
+            .with_state(emulator.clone());
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let url = format!("http://{}/", listener.local_addr()?);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { url, double, task })
+        Ok(Self { url, emulator, task })
     }
 
     fn with<T>(&self, f: impl FnOnce(&Objects) -> T) -> T {
-        f(&self.double.objects.lock().expect("double lock"))
+        f(&self.emulator.objects.lock().expect("emulator lock"))
     }
 
     /// Every request received so far.
@@ -153,9 +176,25 @@ impl StripeDouble {
         self.with(|o| o.meter_events.clone())
     }
 
+    /// Sends every event from now on to `url`, signed with `secret` as Stripe
+    /// signs webhooks (`Stripe-Signature: t=…,v1=…`).
+    pub fn deliver_webhooks_to(&self, url: &str, secret: &str) {
+        self.emulator.objects.lock().expect("emulator lock").webhook =
+            Some(events::Endpoint { url: url.to_owned(), secret: secret.to_owned() });
+    }
+
+    /// Every webhook delivery so far, with the status it was answered.
+    pub fn deliveries(&self) -> Vec<events::Delivery> {
+        self.with(|o| o.deliveries.clone())
+    }
+
+    pub fn invoices(&self) -> Vec<Value> {
+        self.with(|o| o.invoices.clone())
+    }
+
     /// Answers requests whose path starts with `prefix` with `status` from now on.
     pub fn fail(&self, prefix: &str, status: u16) {
-        self.double.objects.lock().expect("double lock").failures.push((prefix.to_owned(), status));
+        self.emulator.objects.lock().expect("emulator lock").failures.push((prefix.to_owned(), status));
     }
 }
 
@@ -183,7 +222,7 @@ fn metadata(params: &[(String, String)]) -> Value {
 
 /// Records the request, replays or refuses reused idempotency keys, injects failures.
 async fn idempotent(
-    State(double): State<Double>,
+    State(emulator): State<Emulator>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -198,7 +237,7 @@ async fn idempotent(
     params.sort();
     let fingerprint = format!("{} {} {params:?}", parts.method, path);
     {
-        let mut objects = double.objects.lock().expect("double lock");
+        let mut objects = emulator.objects.lock().expect("emulator lock");
         objects.received.push(Received {
             method: parts.method.to_string(),
             path: path.clone(),
@@ -232,25 +271,25 @@ async fn idempotent(
     let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
     if parts.status.is_success() || parts.status.is_client_error() {
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        double
+        emulator
             .objects
             .lock()
-            .expect("double lock")
+            .expect("emulator lock")
             .idempotency
             .insert(key, (fingerprint, parts.status.as_u16(), value));
     }
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
-impl Double {
+impl Emulator {
     fn fixture(&self, name: &str) -> Value {
         self.fixtures[name].clone()
     }
 
     fn next_id(&self, prefix: &str) -> String {
-        let mut objects = self.objects.lock().expect("double lock");
+        let mut objects = self.objects.lock().expect("emulator lock");
         objects.next_id += 1;
-        format!("{prefix}_double{:06}", objects.next_id)
+        format!("{prefix}_emu{:06}", objects.next_id)
     }
 }
 
@@ -258,50 +297,58 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-async fn create_customer(State(double): State<Double>, body: Bytes) -> Response {
+async fn create_customer(State(emulator): State<Emulator>, body: Bytes) -> Response {
     let params = parse_params(&body);
-    let mut customer = double.fixture("customer");
-    customer["id"] = json!(double.next_id("cus"));
+    let mut customer = emulator.fixture("customer");
+    customer["id"] = json!(emulator.next_id("cus"));
     customer["email"] = json!(param(&params, "email"));
     customer["name"] = json!(param(&params, "name"));
     customer["metadata"] = metadata(&params);
     customer["created"] = json!(now());
     customer["discount"] = Value::Null;
     let id = customer["id"].as_str().unwrap_or_default().to_owned();
-    double.objects.lock().expect("double lock").customers.insert(id, customer.clone());
+    emulator.objects.lock().expect("emulator lock").customers.insert(id, customer.clone());
     axum::Json(customer).into_response()
 }
 
-async fn retrieve_customer(State(double): State<Double>, Path(id): Path<String>) -> Response {
-    match double.objects.lock().expect("double lock").customers.get(&id) {
+async fn retrieve_customer(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
+    match emulator.objects.lock().expect("emulator lock").customers.get(&id) {
         Some(customer) => axum::Json(customer.clone()).into_response(),
         None => error(404, "invalid_request_error", &format!("No such customer: '{id}'")),
     }
 }
 
-async fn delete_customer(State(double): State<Double>, Path(id): Path<String>) -> Response {
-    let mut objects = double.objects.lock().expect("double lock");
+async fn delete_customer(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
+    let mut objects = emulator.objects.lock().expect("emulator lock");
     if objects.customers.remove(&id).is_none() {
         return error(404, "invalid_request_error", &format!("No such customer: '{id}'"));
     }
     objects.deleted_customers.push(id.clone());
     // As at Stripe: deleting a customer cancels its subscriptions.
+    let mut canceled = Vec::new();
     for subscription in objects.subscriptions.values_mut().filter(|s| s["customer"] == id.as_str()) {
-        subscription["status"] = json!("canceled");
+        if subscription["status"] != "canceled" {
+            subscription["status"] = json!("canceled");
+            canceled.push(subscription.clone());
+        }
     }
-    let mut deleted = double.fixture("deleted_customer");
+    drop(objects);
+    for subscription in &canceled {
+        emulator.emit("customer.subscription.deleted", subscription);
+    }
+    let mut deleted = emulator.fixture("deleted_customer");
     deleted["id"] = json!(id);
     axum::Json(deleted).into_response()
 }
 
-async fn create_product(State(double): State<Double>, body: Bytes) -> Response {
+async fn create_product(State(emulator): State<Emulator>, body: Bytes) -> Response {
     let params = parse_params(&body);
-    let id = param(&params, "id").map(str::to_owned).unwrap_or_else(|| double.next_id("prod"));
-    let mut objects = double.objects.lock().expect("double lock");
+    let id = param(&params, "id").map(str::to_owned).unwrap_or_else(|| emulator.next_id("prod"));
+    let mut objects = emulator.objects.lock().expect("emulator lock");
     if objects.products.contains_key(&id) {
         return error(400, "invalid_request_error", &format!("Product already exists: '{id}'"));
     }
-    let mut product = double.fixture("product");
+    let mut product = emulator.fixture("product");
     product["id"] = json!(id);
     product["name"] = json!(param(&params, "name"));
     product["metadata"] = metadata(&params);
@@ -309,20 +356,20 @@ async fn create_product(State(double): State<Double>, body: Bytes) -> Response {
     axum::Json(product).into_response()
 }
 
-async fn retrieve_product(State(double): State<Double>, Path(id): Path<String>) -> Response {
-    match double.objects.lock().expect("double lock").products.get(&id) {
+async fn retrieve_product(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
+    match emulator.objects.lock().expect("emulator lock").products.get(&id) {
         Some(product) => axum::Json(product.clone()).into_response(),
         None => error(404, "invalid_request_error", &format!("No such product: '{id}'")),
     }
 }
 
-async fn create_price(State(double): State<Double>, body: Bytes) -> Response {
+async fn create_price(State(emulator): State<Emulator>, body: Bytes) -> Response {
     let params = parse_params(&body);
     let Some(product) = param(&params, "product") else {
         return error(400, "invalid_request_error", "Missing required param: product.");
     };
-    let mut price = double.fixture("price");
-    price["id"] = json!(double.next_id("price"));
+    let mut price = emulator.fixture("price");
+    price["id"] = json!(emulator.next_id("price"));
     price["product"] = json!(product);
     price["currency"] = json!(param(&params, "currency"));
     price["unit_amount"] = json!(param(&params, "unit_amount").and_then(|a| a.parse::<i64>().ok()));
@@ -337,7 +384,7 @@ async fn create_price(State(double): State<Double>, body: Bytes) -> Response {
         "usage_type": param(&params, "recurring[usage_type]").unwrap_or("licensed"),
     });
     let id = price["id"].as_str().unwrap_or_default().to_owned();
-    double.objects.lock().expect("double lock").prices.insert(id, price.clone());
+    emulator.objects.lock().expect("emulator lock").prices.insert(id, price.clone());
     axum::Json(price).into_response()
 }
 
@@ -345,57 +392,57 @@ fn list(url: &str, data: Vec<Value>) -> Response {
     axum::Json(json!({ "object": "list", "url": url, "has_more": false, "data": data })).into_response()
 }
 
-async fn list_prices(State(double): State<Double>, RawQuery(query): RawQuery) -> Response {
+async fn list_prices(State(emulator): State<Emulator>, RawQuery(query): RawQuery) -> Response {
     let params = parse_params(query.unwrap_or_default().as_bytes());
     let keys: Vec<&str> =
         params.iter().filter(|(k, _)| k.starts_with("lookup_keys")).map(|(_, v)| v.as_str()).collect();
-    let prices = double.objects.lock().expect("double lock").prices.values().cloned().collect::<Vec<_>>();
+    let prices = emulator.objects.lock().expect("emulator lock").prices.values().cloned().collect::<Vec<_>>();
     let data = prices.into_iter().filter(|p| keys.is_empty() || keys.iter().any(|k| p["lookup_key"] == *k)).collect();
     list("/v1/prices", data)
 }
 
-async fn create_meter(State(double): State<Double>, body: Bytes) -> Response {
+async fn create_meter(State(emulator): State<Emulator>, body: Bytes) -> Response {
     let params = parse_params(&body);
-    let mut meter = double.fixture("billing.meter");
-    meter["id"] = json!(double.next_id("mtr"));
+    let mut meter = emulator.fixture("billing.meter");
+    meter["id"] = json!(emulator.next_id("mtr"));
     meter["event_name"] = json!(param(&params, "event_name"));
     meter["display_name"] = json!(param(&params, "display_name"));
     meter["default_aggregation"] = json!({ "formula": param(&params, "default_aggregation[formula]") });
     meter["livemode"] = json!(false);
     let id = meter["id"].as_str().unwrap_or_default().to_owned();
-    double.objects.lock().expect("double lock").meters.insert(id, meter.clone());
+    emulator.objects.lock().expect("emulator lock").meters.insert(id, meter.clone());
     axum::Json(meter).into_response()
 }
 
-async fn list_meters(State(double): State<Double>) -> Response {
-    let data = double.objects.lock().expect("double lock").meters.values().cloned().collect();
+async fn list_meters(State(emulator): State<Emulator>) -> Response {
+    let data = emulator.objects.lock().expect("emulator lock").meters.values().cloned().collect();
     list("/v1/billing/meters", data)
 }
 
-async fn create_meter_event(State(double): State<Double>, body: Bytes) -> Response {
+async fn create_meter_event(State(emulator): State<Emulator>, body: Bytes) -> Response {
     let params = parse_params(&body);
     let payload: serde_json::Map<String, Value> = params
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("payload[")?.strip_suffix(']')?.to_owned(), json!(v))))
         .collect();
-    let mut event = double.fixture("billing.meter_event");
+    let mut event = emulator.fixture("billing.meter_event");
     event["event_name"] = json!(param(&params, "event_name"));
     event["identifier"] = json!(param(&params, "identifier"));
     event["payload"] = Value::Object(payload);
     event["timestamp"] = json!(param(&params, "timestamp").and_then(|t| t.parse::<i64>().ok()).unwrap_or_else(now));
     event["livemode"] = json!(false);
-    double.objects.lock().expect("double lock").meter_events.push(event.clone());
+    emulator.objects.lock().expect("emulator lock").meter_events.push(event.clone());
     axum::Json(event).into_response()
 }
 
-async fn create_subscription(State(double): State<Double>, body: Bytes) -> Response {
+async fn create_subscription(State(emulator): State<Emulator>, body: Bytes) -> Response {
     let params = parse_params(&body);
     let Some(customer) = param(&params, "customer") else {
         return error(400, "invalid_request_error", "Missing required param: customer.");
     };
     let price_id = param(&params, "items[0][price]").unwrap_or_default().to_owned();
     let (customer_exists, price) = {
-        let objects = double.objects.lock().expect("double lock");
+        let objects = emulator.objects.lock().expect("emulator lock");
         (objects.customers.contains_key(customer), objects.prices.get(&price_id).cloned())
     };
     if !customer_exists {
@@ -404,25 +451,26 @@ async fn create_subscription(State(double): State<Double>, body: Bytes) -> Respo
     let Some(price) = price else {
         return error(400, "invalid_request_error", &format!("No such price: '{price_id}'"));
     };
-    let id = double.next_id("sub");
-    let mut subscription = double.fixture("subscription");
+    let id = emulator.next_id("sub");
+    let mut subscription = emulator.fixture("subscription");
     subscription["id"] = json!(id);
     subscription["customer"] = json!(customer);
     subscription["status"] = json!("active");
     subscription["metadata"] = metadata(&params);
     subscription["created"] = json!(now());
     let mut item = subscription["items"]["data"][0].clone();
-    item["id"] = json!(double.next_id("si"));
+    item["id"] = json!(emulator.next_id("si"));
     item["price"] = price;
     item["subscription"] = json!(id);
     subscription["items"]["data"] = json!([item]);
     subscription["items"]["url"] = json!(format!("/v1/subscription_items?subscription={id}"));
-    double.objects.lock().expect("double lock").subscriptions.insert(id, subscription.clone());
+    emulator.objects.lock().expect("emulator lock").subscriptions.insert(id, subscription.clone());
+    emulator.emit("customer.subscription.created", &subscription);
     axum::Json(subscription).into_response()
 }
 
-async fn retrieve_subscription(State(double): State<Double>, Path(id): Path<String>) -> Response {
-    match double.objects.lock().expect("double lock").subscriptions.get(&id) {
+async fn retrieve_subscription(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
+    match emulator.objects.lock().expect("emulator lock").subscriptions.get(&id) {
         Some(subscription) => axum::Json(subscription.clone()).into_response(),
         None => error(404, "invalid_request_error", &format!("No such subscription: '{id}'")),
     }
@@ -431,9 +479,9 @@ async fn retrieve_subscription(State(double): State<Double>, Path(id): Path<Stri
 /// A price change: the item named by `items[0][id]` moves to `items[0][price]`;
 /// the proration behaviour asked for is kept on the subscription's metadata
 /// for tests to see (Stripe itself would create proration invoice items).
-async fn update_subscription(State(double): State<Double>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn update_subscription(State(emulator): State<Emulator>, Path(id): Path<String>, body: Bytes) -> Response {
     let params = parse_params(&body);
-    let mut objects = double.objects.lock().expect("double lock");
+    let mut objects = emulator.objects.lock().expect("emulator lock");
     let price = match param(&params, "items[0][price]") {
         Some(price_id) => match objects.prices.get(price_id) {
             Some(price) => Some(price.clone()),
@@ -464,21 +512,27 @@ async fn update_subscription(State(double): State<Double>, Path(id): Path<String
     if let Some(behaviour) = param(&params, "proration_behavior") {
         subscription["metadata"]["indigo_test_proration_behavior"] = json!(behaviour);
     }
-    axum::Json(subscription.clone()).into_response()
+    let updated = subscription.clone();
+    drop(objects);
+    emulator.emit("customer.subscription.updated", &updated);
+    axum::Json(updated).into_response()
 }
 
 async fn cancel_subscription(
-    State(double): State<Double>,
+    State(emulator): State<Emulator>,
     Path(id): Path<String>,
     _headers: HeaderMap,
     _method: Method,
 ) -> Response {
-    let mut objects = double.objects.lock().expect("double lock");
+    let mut objects = emulator.objects.lock().expect("emulator lock");
     match objects.subscriptions.get_mut(&id) {
         Some(subscription) => {
             subscription["status"] = json!("canceled");
             subscription["canceled_at"] = json!(now());
-            axum::Json(subscription.clone()).into_response()
+            let canceled = subscription.clone();
+            drop(objects);
+            emulator.emit("customer.subscription.deleted", &canceled);
+            axum::Json(canceled).into_response()
         }
         None => error(404, "invalid_request_error", &format!("No such subscription: '{id}'")),
     }
