@@ -429,10 +429,58 @@ async fn create_meter_event(State(emulator): State<Emulator>, body: Bytes) -> Re
     event["event_name"] = json!(param(&params, "event_name"));
     event["identifier"] = json!(param(&params, "identifier"));
     event["payload"] = Value::Object(payload);
-    event["timestamp"] = json!(param(&params, "timestamp").and_then(|t| t.parse::<i64>().ok()).unwrap_or_else(now));
+    let timestamp = param(&params, "timestamp").and_then(|t| t.parse::<i64>().ok()).unwrap_or_else(now);
+    // As at Stripe: up to 35 days back, and at most 5 minutes ahead.
+    if !(now() - METER_EVENT_WINDOW_SECONDS..=now() + 300).contains(&timestamp) {
+        let message = "Timestamp must be within the past 35 days and no more than 5 minutes in the future.";
+        return error(400, "invalid_request_error", message);
+    }
+    event["timestamp"] = json!(timestamp);
     event["livemode"] = json!(false);
-    emulator.objects.lock().expect("emulator lock").meter_events.push(event.clone());
+    let mut objects = emulator.objects.lock().expect("emulator lock");
+    // An identifier already received is the same event: counted once.
+    let identifier = param(&params, "identifier");
+    if let Some(first) = identifier.and_then(|id| objects.meter_events.iter().find(|e| e["identifier"] == id)) {
+        return axum::Json(first.clone()).into_response();
+    }
+    objects.meter_events.push(event.clone());
     axum::Json(event).into_response()
+}
+
+/// How far back a meter event may be dated.
+const METER_EVENT_WINDOW_SECONDS: i64 = 35 * 24 * 3600;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn meter_event(url: &str, identifier: &str, timestamp: i64) -> reqwest::StatusCode {
+        let body = format!(
+            "event_name=api_calls&identifier={identifier}&timestamp={timestamp}&payload[stripe_customer_id]=cus_1&payload[value]=3"
+        );
+        reqwest::Client::new()
+            .post(format!("{url}v1/billing/meter_events"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// Meter events as Stripe takes them: an identifier counts once, and
+    /// events dated more than 35 days back or ahead of now are refused.
+    #[tokio::test]
+    async fn meter_events_count_once_within_their_window() {
+        let emulator = StripeEmulator::start().await.unwrap();
+        assert_eq!(meter_event(&emulator.url, "evt-a", now() - 3600).await, 200);
+        assert_eq!(meter_event(&emulator.url, "evt-a", now() - 3600).await, 200, "a resend is answered");
+        assert_eq!(meter_event(&emulator.url, "evt-b", now() - 36 * 24 * 3600).await, 400);
+        assert_eq!(meter_event(&emulator.url, "evt-c", now() + 3600).await, 400);
+        let events = emulator.meter_events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["payload"]["value"], "3");
+    }
 }
 
 async fn create_subscription(State(emulator): State<Emulator>, body: Bytes) -> Response {
