@@ -450,39 +450,6 @@ async fn create_meter_event(State(emulator): State<Emulator>, body: Bytes) -> Re
 /// How far back a meter event may be dated.
 const METER_EVENT_WINDOW_SECONDS: i64 = 35 * 24 * 3600;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn meter_event(url: &str, identifier: &str, timestamp: i64) -> reqwest::StatusCode {
-        let body = format!(
-            "event_name=api_calls&identifier={identifier}&timestamp={timestamp}&payload[stripe_customer_id]=cus_1&payload[value]=3"
-        );
-        reqwest::Client::new()
-            .post(format!("{url}v1/billing/meter_events"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    }
-
-    /// Meter events as Stripe takes them: an identifier counts once, and
-    /// events dated more than 35 days back or ahead of now are refused.
-    #[tokio::test]
-    async fn meter_events_count_once_within_their_window() {
-        let emulator = StripeEmulator::start().await.unwrap();
-        assert_eq!(meter_event(&emulator.url, "evt-a", now() - 3600).await, 200);
-        assert_eq!(meter_event(&emulator.url, "evt-a", now() - 3600).await, 200, "a resend is answered");
-        assert_eq!(meter_event(&emulator.url, "evt-b", now() - 36 * 24 * 3600).await, 400);
-        assert_eq!(meter_event(&emulator.url, "evt-c", now() + 3600).await, 400);
-        let events = emulator.meter_events();
-        assert_eq!(events.len(), 1, "{events:?}");
-        assert_eq!(events[0]["payload"]["value"], "3");
-    }
-}
-
 async fn create_subscription(State(emulator): State<Emulator>, body: Bytes) -> Response {
     let params = parse_params(&body);
     let Some(customer) = param(&params, "customer") else {
@@ -583,5 +550,38 @@ async fn cancel_subscription(
             axum::Json(canceled).into_response()
         }
         None => error(404, "invalid_request_error", &format!("No such subscription: '{id}'")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn meter_event(url: &str, identifier: &str, timestamp: i64) -> reqwest::StatusCode {
+        let body = format!(
+            "event_name=api_calls&identifier={identifier}&timestamp={timestamp}&payload[stripe_customer_id]=cus_1&payload[value]=3"
+        );
+        reqwest::Client::new()
+            .post(format!("{url}v1/billing/meter_events"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// Meter events as Stripe takes them: an identifier counts once, and
+    /// events dated more than 35 days back or ahead of now are refused.
+    #[tokio::test]
+    async fn meter_events_count_once_within_their_window() {
+        let emulator = StripeEmulator::start().await.unwrap();
+        assert_eq!(meter_event(&emulator.url, "evt-a", now() - 3600).await, 200);
+        assert_eq!(meter_event(&emulator.url, "evt-a", now() - 3600).await, 200, "a resend is answered");
+        assert_eq!(meter_event(&emulator.url, "evt-b", now() - 36 * 24 * 3600).await, 400);
+        assert_eq!(meter_event(&emulator.url, "evt-c", now() + 3600).await, 400);
+        let events = emulator.meter_events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["payload"]["value"], "3");
     }
 }
