@@ -38,6 +38,11 @@ pub fn app_database_password_file(data_dir: &Path) -> PathBuf {
     data_dir.join("app-database.password")
 }
 
+/// Where `indigo up --demo` keeps the webhook secret the Stripe emulator signs with.
+pub fn stripe_webhook_secret_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("stripe-webhook.secret")
+}
+
 /// Where `indigo up` keeps the password of its private PostgreSQL's superuser.
 pub fn private_postgres_password_file(data_dir: &Path) -> PathBuf {
     data_dir.join("postgres.password")
@@ -92,7 +97,7 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         let secret_key = Secret::new("sk_test_indigo_emulator");
         config.stripe = Some(StripeConfig { api_base: emulator.url.clone(), secret_key });
         if config.stripe_webhook_secret.is_none() {
-            config.stripe_webhook_secret = Some(local_secret(&config.data_dir.join("stripe-webhook.secret"))?);
+            config.stripe_webhook_secret = Some(local_secret(&stripe_webhook_secret_file(&config.data_dir))?);
         }
         Some(emulator)
     } else {

@@ -31,14 +31,10 @@ pub async fn close_period(State(emulator): State<Emulator>, body: Bytes) -> Resp
     for subscription in subscriptions {
         let id = subscription["id"].as_str().unwrap_or_default().to_owned();
         let customer = subscription["customer"].as_str().unwrap_or_default().to_owned();
-        let start = emulator
-            .objects
-            .lock()
-            .expect("emulator lock")
-            .invoiced_through
-            .get(&id)
-            .copied()
-            .unwrap_or_else(|| subscription["created"].as_i64().unwrap_or(end));
+        // The first period also takes usage dated before the subscription (the
+        // hour it was created in is reported from that hour's start).
+        let invoiced_through = emulator.objects.lock().expect("emulator lock").invoiced_through.get(&id).copied();
+        let start = invoiced_through.unwrap_or_else(|| subscription["created"].as_i64().unwrap_or(end));
         let lines: Vec<Value> = subscription["items"]["data"]
             .as_array()
             .into_iter()
@@ -58,7 +54,7 @@ pub async fn close_period(State(emulator): State<Emulator>, body: Bytes) -> Resp
             let sum: f64 = meter_events
                 .iter()
                 .filter(|e| e["event_name"] == name && e["payload"]["stripe_customer_id"] == customer.as_str())
-                .filter(|e| e["timestamp"].as_i64().is_some_and(|t| (start..end).contains(&t) || t < start))
+                .filter(|e| e["timestamp"].as_i64().is_some_and(|t| t < end && invoiced_through.is_none_or(|s| t >= s)))
                 .filter_map(|e| e["payload"]["value"].as_str().and_then(|v| v.parse::<f64>().ok()))
                 .sum();
             usage.insert(format!("meter_{name}"), json!(sum.to_string()));
