@@ -203,6 +203,7 @@ impl ControlPlane {
             time_zones: time_zones.into(),
             token_rates: Arc::new(api::auth::TokenRates::new(config.api_requests_per_second)),
             read_timeout: config.api_read_timeout,
+            routing_changes: api::routing::RoutingChanges::listen(db.clone()),
             plans,
             // The admin API reads through a pool of its own whose statements time
             // out, at the latest when a read would be given up anyway.

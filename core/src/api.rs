@@ -201,6 +201,10 @@ pub struct Route {
     /// The tenant database, as a URL for the data plane's role; `None` while it
     /// has no placement yet (the data plane then answers 503).
     pub database_url: Option<String>,
+    /// The database the tenant is moving to, while its move catches up and
+    /// cuts over: a data plane connects there ahead of the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_database_url: Option<String>,
     pub plan: crate::plan::Plan,
     /// Bumped by every change that affects routing (plan, lifecycle, placement).
     pub routing_version: i64,

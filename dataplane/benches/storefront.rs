@@ -215,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
         lifecycle: Lifecycle::Active,
         isolation: plan.isolation,
         database_url: Some(server.app_url(&database)),
+        next_database_url: None,
         plan,
         routing_version: 1,
     };

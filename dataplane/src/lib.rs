@@ -49,7 +49,8 @@ pub struct Cli {
     /// Verify RS256 tokens with the keys at this JWKS URL instead
     #[arg(long, env = "INDIGO_JWKS_URL", conflicts_with = "jwt_secret")]
     pub jwks_url: Option<String>,
-    /// How often to ask the control plane for a newer routing table
+    /// How soon to ask again for the routing table after a failed request
+    /// (otherwise the control plane answers when the table changes)
     #[arg(long, env = "INDIGO_ROUTING_REFRESH_MS", default_value_t = 500)]
     pub routing_refresh_ms: u64,
     /// How often to take in every tenant's calls today from the control plane (the shared daily limit)

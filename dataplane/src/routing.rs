@@ -1,6 +1,8 @@
 //! The routing table: which database serves each tenant, on which plan, in
-//! which lifecycle. Fetched from the control plane and refreshed by polling;
-//! when the control plane is unreachable the last known table keeps serving.
+//! which lifecycle. Fetched from the control plane, then kept current by
+//! asking it to answer when the table changes (a long poll), so a new route
+//! is here as soon as it commits; when the control plane is unreachable the
+//! last known table keeps serving.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -102,6 +104,27 @@ impl Routes {
         self.table.read().expect("routing lock").by_tenant.get(&tenant).cloned()
     }
 
+    /// Opens a connection to each database a tenant is about to move to, so
+    /// that its writes held through the switch find one ready.
+    pub fn warm_next_databases(&self) {
+        let table = self.table.read().expect("routing lock").clone();
+        for url in table.by_tenant.values().filter_map(|route| route.next_database_url.as_deref()) {
+            if self.pools.read().expect("pools lock").contains_key(url) {
+                continue;
+            }
+            match self.pool(url) {
+                Ok(pool) => {
+                    tokio::spawn(async move {
+                        if let Err(error) = pool.acquire().await {
+                            tracing::warn!(%error, "cannot connect ahead to a moving tenant's next database");
+                        }
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "a moving tenant's next database has a bad URL"),
+            }
+        }
+    }
+
     /// The pool for a tenant database, created on first use (lazily connecting).
     pub fn pool(&self, database_url: &str) -> Result<PgPool, sqlx::Error> {
         if let Some(pool) = self.pools.read().expect("pools lock").get(database_url) {
@@ -124,6 +147,12 @@ impl Routes {
     }
 }
 
+/// How long the control plane takes to answer, beyond any wait asked for.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long each request for a newer table may be held by the control plane.
+const LONG_POLL: Duration = Duration::from_secs(20);
+
 /// Where the routing table (and the shared daily call counts) come from.
 #[derive(Clone)]
 pub struct ControlPlaneSource {
@@ -136,7 +165,7 @@ pub struct ControlPlaneSource {
 impl ControlPlaneSource {
     pub fn new(control_plane_url: &str, token: &str) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
+            .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("a client with only a timeout set always builds");
         let base = control_plane_url.trim_end_matches('/');
@@ -157,43 +186,72 @@ impl ControlPlaneSource {
         }
     }
 
-    /// The table if it is newer than `known_version`, `None` when unchanged.
-    pub async fn fetch(&self, known_version: i64) -> anyhow::Result<Option<RoutingTable>> {
+    /// The table if it is newer than `known_version`. The control plane holds
+    /// its answer until the table changes, for up to `wait`.
+    pub async fn fetch(&self, known_version: i64, wait: Duration) -> anyhow::Result<Fetched> {
         let response = self
             .http
             .get(&self.url)
             .bearer_auth(&self.token)
             .header(reqwest::header::IF_NONE_MATCH, format!("\"{known_version}\""))
+            .header("prefer", format!("wait={}", wait.as_secs()))
+            .timeout(wait + REQUEST_TIMEOUT)
             .send()
             .await?;
         match response.status() {
-            StatusCode::NOT_MODIFIED => Ok(None),
-            status if status.is_success() => Ok(Some(response.json().await?)),
+            StatusCode::NOT_MODIFIED => {
+                Ok(Fetched::Unchanged { held: response.headers().contains_key("preference-applied") })
+            }
+            status if status.is_success() => Ok(Fetched::Newer(response.json().await?)),
             status => anyhow::bail!("control plane answered {status}: {}", response.text().await.unwrap_or_default()),
         }
     }
 }
 
-/// Keeps `routes` current: polls every `interval`, keeps the last table on errors.
+/// What asking for a newer routing table brought.
+pub enum Fetched {
+    Newer(RoutingTable),
+    /// `held`: the control plane waited for a change before saying so.
+    Unchanged {
+        held: bool,
+    },
+}
+
+/// Keeps `routes` current: asks for a newer table and is answered when there
+/// is one (or after [`LONG_POLL`] with none), then asks again. After a failure,
+/// or from a control plane that did not hold its answer, it asks again
+/// `interval` later. Keeps the last table on errors.
 pub async fn refresh_forever(routes: Arc<Routes>, source: ControlPlaneSource, interval: Duration) {
     let mut failing = false;
     loop {
         let known = if routes.loaded() { routes.version() } else { -1 };
-        match source.fetch(known).await {
-            Ok(Some(table)) => {
+        let fetched = tokio::select! {
+            fetched = source.fetch(known, LONG_POLL) => fetched,
+            // A request on a moved tenant wants the newest table: ask anew.
+            () = routes.refresh_now.notified() => continue,
+        };
+        let pause = match fetched {
+            Ok(Fetched::Newer(table)) => {
                 tracing::info!(version = table.version, tenants = table.routes.len(), "routing table updated");
                 routes.replace(table);
+                routes.warm_next_databases();
                 failing = false;
+                Duration::ZERO
             }
-            Ok(None) => failing = false,
-            Err(error) if !failing => {
-                tracing::warn!(%error, "routing refresh failed; serving the last known table");
+            Ok(Fetched::Unchanged { held }) => {
+                failing = false;
+                if held { Duration::ZERO } else { interval }
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "routing refresh failed; serving the last known table");
+                }
                 failing = true;
+                interval
             }
-            Err(_) => {}
-        }
+        };
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(pause) => {}
             () = routes.refresh_now.notified() => {}
         }
     }

@@ -48,7 +48,7 @@ const DELETE_BATCH: i64 = 5_000;
 
 /// The catch-up hands over to the cut-over once fewer changes than this wait:
 /// the cut-over applies them with the tenant's writes held.
-pub const CUTOVER_LAG: i64 = 500;
+pub const CUTOVER_LAG: i64 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {
@@ -93,8 +93,12 @@ impl Side {
             ("client_min_messages", "warning".to_owned()),
             ("app.current_tenant", tenant.to_string()),
         ]);
+        // One connection per side, which every step takes in turn. With two,
+        // a step right after another opens the second (sqlx hands a released
+        // connection back to its pool a moment later), and a new connection —
+        // TLS included — cost the write pause about 100 ms.
         let pool = PgPoolOptions::new()
-            .max_connections(2)
+            .max_connections(1)
             .idle_timeout(Duration::from_secs(30))
             .connect_lazy_with(options.clone());
         Self { database: database.name.clone(), pool, options }
@@ -204,6 +208,27 @@ impl Table {
             ),
         };
         sqlx::query_as(AssertSqlSafe(sql)).bind(tenant.0).bind(keys).fetch_one(conn).await
+    }
+
+    /// Per key in `keys` (a JSON array of key objects), in that order, a hash
+    /// of the tenant's row with that key, `None` where there is none.
+    async fn row_hashes(
+        &self,
+        conn: &mut PgConnection,
+        tenant: TenantId,
+        keys: &Value,
+    ) -> Result<Vec<Option<i64>>, sqlx::Error> {
+        let columns: Vec<String> = self.columns.iter().map(|c| format!("t.{}", quote_ident(c))).collect();
+        let sql = format!(
+            "SELECT (SELECT hashtextextended(ROW({columns})::text, 0) FROM {name} t WHERE t.tenant_id = $1 AND {matches})
+             FROM jsonb_array_elements($2) WITH ORDINALITY AS k(key, n)
+             CROSS JOIN LATERAL jsonb_populate_record(NULL::{name}, k.key) AS p
+             ORDER BY k.n",
+            columns = columns.join(", "),
+            name = self.name,
+            matches = self.key.iter().map(|c| format!("t.{0} = p.{0}", quote_ident(c))).collect::<Vec<_>>().join(" AND "),
+        );
+        sqlx::query_scalar(AssertSqlSafe(sql)).bind(tenant.0).bind(keys).fetch_all(conn).await
     }
 
     /// Deletes the rows whose keys are in `$1` (row images), of tenant `$2`.
@@ -555,7 +580,8 @@ impl Mover {
             if !touched.is_empty() {
                 sqlx::query(
                     "INSERT INTO move_touched (tenant, table_name, key)
-                     SELECT $1, $2, k FROM jsonb_array_elements($3) k ON CONFLICT DO NOTHING",
+                     SELECT $1, $2, k FROM jsonb_array_elements($3) k
+                     ON CONFLICT (tenant, table_name, key) DO UPDATE SET verified = false",
                 )
                 .bind(self.tenant.0)
                 .bind(table.name)
@@ -607,22 +633,67 @@ impl Mover {
         }
     }
 
-    /// The rows written since the copy, equal on both sides (with writes
-    /// paused, after [`Mover::drain`]): row counts and checksums per table of
-    /// the keys the catch-up wrote, or the first difference.
+    /// Marks verified the rows the catch-up wrote that are now equal on both
+    /// sides, while the tenant keeps writing; returns how many. A row still
+    /// different has a change waiting in the log, and stays unverified. A
+    /// verified row that changes again is logged, and applying that change
+    /// clears the mark, so every row is compared after its last change: the
+    /// pause's [`Mover::verify_changed`] is left with the rows changed since.
+    pub async fn verify_settled(&self) -> Result<u64, MoveError> {
+        let (source_fail, target_fail) = (self.source.fail(), self.target.fail());
+        let mut source = self.source.pool.acquire().await.map_err(&source_fail)?;
+        let mut target = self.target.pool.acquire().await.map_err(&target_fail)?;
+        let mut settled = 0;
+        for table in &self.tables {
+            let keys = self.unverified(&mut target, table).await?;
+            if keys.is_empty() {
+                continue;
+            }
+            let keys = Value::Array(keys);
+            let on_source = table.row_hashes(&mut source, self.tenant, &keys).await.map_err(&source_fail)?;
+            let on_target = table.row_hashes(&mut target, self.tenant, &keys).await.map_err(&target_fail)?;
+            let Value::Array(keys) = keys else { unreachable!("built as an array above") };
+            let equal: Vec<Value> = keys
+                .into_iter()
+                .zip(on_source.iter().zip(&on_target))
+                .filter(|(_, (source, target))| source == target)
+                .map(|(key, _)| key)
+                .collect();
+            settled += sqlx::query(
+                "UPDATE move_touched SET verified = true
+                 WHERE tenant = $1 AND table_name = $2 AND key IN (SELECT jsonb_array_elements($3))",
+            )
+            .bind(self.tenant.0)
+            .bind(table.name)
+            .bind(Value::Array(equal))
+            .execute(&mut *target)
+            .await
+            .map_err(&target_fail)?
+            .rows_affected();
+        }
+        Ok(settled)
+    }
+
+    /// The keys of `table` the catch-up wrote and no comparison has settled.
+    async fn unverified(&self, target: &mut PgConnection, table: &Table) -> Result<Vec<Value>, MoveError> {
+        sqlx::query_scalar("SELECT key FROM move_touched WHERE tenant = $1 AND table_name = $2 AND NOT verified")
+            .bind(self.tenant.0)
+            .bind(table.name)
+            .fetch_all(target)
+            .await
+            .map_err(self.target.fail())
+    }
+
+    /// The rows written since the copy and not yet verified, equal on both
+    /// sides (with writes paused, after [`Mover::drain`]): row counts and
+    /// checksums per table of those keys, or the first difference.
     pub async fn verify_changed(&self) -> Result<Vec<TableCheck>, MoveError> {
         let (source_fail, target_fail) = (self.source.fail(), self.target.fail());
         let mut source = self.source.pool.acquire().await.map_err(&source_fail)?;
         let mut target = self.target.pool.acquire().await.map_err(&target_fail)?;
         let mut checks = Vec::with_capacity(self.tables.len());
         for table in &self.tables {
-            let keys: Vec<Value> =
-                sqlx::query_scalar("SELECT key FROM move_touched WHERE tenant = $1 AND table_name = $2")
-                    .bind(self.tenant.0)
-                    .bind(table.name)
-                    .fetch_all(&mut *target)
-                    .await
-                    .map_err(&target_fail)?;
+            let keys = self.unverified(&mut target, table).await?;
             if keys.is_empty() {
                 checks.push(TableCheck { table: table.name.into(), rows: 0, checksum: "0".into() });
                 continue;

@@ -11,7 +11,7 @@ mod health;
 mod jobs;
 mod plans;
 mod reconciler;
-mod routing;
+pub mod routing;
 mod tenants;
 mod tokens;
 mod usage;
@@ -67,6 +67,8 @@ pub struct AppState {
     pub token_rates: Arc<auth::TokenRates>,
     /// The longest a read may take as a whole (its statements have their own timeout).
     pub read_timeout: Duration,
+    /// Wakes the data planes' requests waiting for a new routing table.
+    pub routing_changes: routing::RoutingChanges,
 }
 
 #[derive(OpenApi)]

@@ -1,5 +1,10 @@
 //! `/v1/routing`: the table the data plane routes by. It answers 304 when the
-//! caller already has the current version, so polling it is cheap.
+//! caller already has the current version, and a caller that says it will
+//! wait (`Prefer: wait=N`) is answered as soon as the table changes: data
+//! planes learn of a new route when its transaction commits, not at their
+//! next poll, which is what lets a moved tenant's held writes go on at once.
+
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -7,12 +12,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use indigo_core::api::{Placement, Route, RoutingTable};
 use indigo_core::tenant::{Isolation, Role, Slug, TenantId};
+use sqlx::PgPool;
+use tokio::sync::watch;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
+use crate::runtime::Notifications;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(routing_table))
@@ -27,18 +35,25 @@ struct RouteRow {
     plan: String,
     placement: Option<serde_json::Value>,
     routing_version: i64,
+    /// The target of a move catching up or cutting over.
+    next_database: Option<String>,
+    next_cluster: Option<String>,
 }
 
 pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
     let rows: Vec<RouteRow> = sqlx::query_as(
-        "SELECT id, slug, lifecycle, isolation, plan, placement, routing_version
-         FROM tenants WHERE lifecycle <> 'deleted' ORDER BY id",
+        "SELECT t.id, t.slug, t.lifecycle, t.isolation, t.plan, t.placement, t.routing_version,
+                m.target_database AS next_database, m.target_cluster AS next_cluster
+         FROM tenants t
+         LEFT JOIN LATERAL (SELECT target_database, target_cluster FROM tenant_moves
+                            WHERE tenant_id = t.id AND finished_at IS NULL AND phase IN ('catching_up', 'cutting_over')
+                            ORDER BY started_at DESC LIMIT 1) m ON true
+         WHERE t.lifecycle <> 'deleted' ORDER BY t.id",
     )
     .fetch_all(&state.db)
     .await?;
     // Deleted tenants drop out of the table, so its version must count them too.
-    let version: i64 =
-        sqlx::query_scalar("SELECT COALESCE(max(routing_version), 0) FROM tenants").fetch_one(&state.db).await?;
+    let version = current_version(&state.db).await?;
     let mut routes = Vec::with_capacity(rows.len());
     for row in rows {
         let corrupt = |what: &str| ApiError::Internal(anyhow::anyhow!("tenant {}: {what}", row.id));
@@ -65,6 +80,10 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
             lifecycle: row.lifecycle.parse().map_err(|_| corrupt("lifecycle"))?,
             isolation,
             database_url,
+            next_database_url: row.next_database.as_deref().map(|database| {
+                let database = dbs.locate(row.next_cluster.as_deref(), database);
+                database.server.app_url(&database.name)
+            }),
             plan: plan.clone(),
             routing_version: row.routing_version,
         });
@@ -72,12 +91,68 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
     Ok(RoutingTable { version, routes })
 }
 
+/// Where the tenants table's triggers announce each new routing version.
+const CHANNEL: &str = "indigo_routing";
+
+/// The longest a request waits for a change, whatever it asks: below the
+/// admin API's read timeout, which would otherwise answer 503 first.
+const MAX_WAIT: Duration = Duration::from_secs(25);
+
+/// Wakes the requests waiting for the routing table to change: a LISTEN on
+/// [`CHANNEL`] that lives as long as any clone of it (the API's state).
+#[derive(Clone)]
+pub struct RoutingChanges(watch::Receiver<u64>);
+
+impl RoutingChanges {
+    pub fn listen(db: PgPool) -> Self {
+        let (wake, changes) = watch::channel(0u64);
+        tokio::spawn(async move {
+            let mut notifications = Notifications::new(db, CHANNEL);
+            loop {
+                tokio::select! {
+                    () = wake.closed() => return,
+                    // A new version, or listening again after a lost
+                    // connection (a change may have been missed): look again.
+                    _ = notifications.recv() => wake.send_modify(|n| *n = n.wrapping_add(1)),
+                }
+            }
+        });
+        Self(changes)
+    }
+}
+
+/// The `wait` preference of RFC 7240 (`Prefer: wait=10`), in seconds;
+/// anything else in the header is ignored, as the RFC asks.
+fn preferred_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|preference| preference.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("wait"))
+        .and_then(|(_, seconds)| seconds.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+async fn current_version(db: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COALESCE(max(routing_version), 0) FROM tenants").fetch_one(db).await
+}
+
 /// The routing table (operator, or a data plane). Send the version you have as
-/// `If-None-Match` to get 304 when nothing changed. A data plane bound to one
-/// tenant sees that tenant's route only. Where the databases are is for those
-/// who route to them: a viewer is refused.
+/// `If-None-Match` to get 304 when nothing changed; add `Prefer: wait=N` to
+/// have the answer held until the table changes, for up to N seconds (at most
+/// 25, and less than the API's read timeout), then 304 if it did not. A data
+/// plane bound to one tenant sees that tenant's route only. Where the
+/// databases are is for those who route to them: a viewer is refused.
 #[utoipa::path(get, path = "/v1/routing", tag = "tenants",
-    responses((status = 200, body = RoutingTable), (status = 304, description = "Unchanged")))]
+    params(
+        ("If-None-Match" = Option<String>, Header, description = "The version you have, as the `ETag` gave it (`\"42\"`)"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`: hold a 304 up to N seconds for a change"),
+    ),
+    responses((status = 200, body = RoutingTable),
+        (status = 304, description = "Unchanged; after a wait, `Preference-Applied` says how long it was held",
+            headers(("Preference-Applied" = String, description = "`wait=N` when the answer was held N seconds")))))]
 async fn routing_table(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,11 +161,26 @@ async fn routing_table(
     if let Caller::Person(actor) = &caller {
         actor.require(Role::Operator)?;
     }
-    let current: i64 =
-        sqlx::query_scalar("SELECT COALESCE(max(routing_version), 0) FROM tenants").fetch_one(&state.db).await?;
-    let etag = format!("\"{current}\"");
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
-        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    let known = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+    let wait = preferred_wait(&headers).unwrap_or_default().min(MAX_WAIT.min(state.read_timeout.mul_f64(2.0 / 3.0)));
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before looking, so a change between the look and the wait still wakes it.
+    let mut changes = state.routing_changes.0.clone();
+    loop {
+        changes.borrow_and_update();
+        let current = current_version(&state.db).await?;
+        if known != Some(format!("\"{current}\"").as_str()) {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            // Held as long as it could be: the caller may ask again at once.
+            Ok(Err(_)) | Err(_) if wait.as_secs() > 0 => {
+                let applied = format!("wait={}", wait.as_secs());
+                return Ok((StatusCode::NOT_MODIFIED, [("preference-applied", applied)]).into_response());
+            }
+            Ok(Err(_)) | Err(_) => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+        }
     }
     let mut table = build(&state).await?;
     table.routes.retain(|route| caller.reaches(route.tenant_id));

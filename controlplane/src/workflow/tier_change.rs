@@ -268,11 +268,14 @@ async fn provision<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value
         source_cluster: from.cluster.clone(),
         target_cluster,
     };
-    sqlx::query("UPDATE tenant_moves SET target_database = $2, updated_at = now() WHERE workflow_id = $1")
-        .bind(cx.workflow_id)
-        .bind(&planned.target)
-        .execute(&cx.services.db)
-        .await?;
+    sqlx::query(
+        "UPDATE tenant_moves SET target_database = $2, target_cluster = $3, updated_at = now() WHERE workflow_id = $1",
+    )
+    .bind(cx.workflow_id)
+    .bind(&planned.target)
+    .bind(&planned.target_cluster)
+    .execute(&cx.services.db)
+    .await?;
     planned.mover(cx).await?.prepare_target().await?;
     let target = planned.target_cluster.as_deref().unwrap_or(&planned.target);
     publish(
@@ -343,6 +346,11 @@ async fn copy<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, Ste
     let rows: i64 = checks.iter().map(|c| c.rows).sum();
     let lag = mover.lag().await?;
     progress(cx, "catching_up", "rows_copied = $3, lag = $4", &[rows, lag]).await?;
+    // The routing table now names the target as the tenant's next database.
+    sqlx::query("UPDATE tenants SET routing_version = nextval('routing_version_seq') WHERE id = $1")
+        .bind(cx.tenant_id.0)
+        .execute(&cx.services.db)
+        .await?;
     Ok(json!({ "rows": rows, "checks": checks }))
 }
 
@@ -351,13 +359,14 @@ async fn copy<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, Ste
 async fn catch_up<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let Some(planned) = planned_move(cx)? else { return Ok(json!({ "skipped": "nothing moves" })) };
     let mover = planned.mover(cx).await?;
-    let mut applied = 0;
+    let (mut applied, mut verified) = (0, 0);
     loop {
         applied += mover.apply_batch(BATCH).await?;
+        verified += mover.verify_settled().await?;
         let lag = mover.lag().await?;
         progress(cx, "catching_up", "lag = $3", &[lag]).await?;
         if lag < CUTOVER_LAG {
-            return Ok(json!({ "applied": applied, "lag": lag }));
+            return Ok(json!({ "applied": applied, "verified": verified, "lag": lag }));
         }
     }
 }

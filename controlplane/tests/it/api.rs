@@ -998,3 +998,47 @@ async fn a_body_that_is_not_an_object_is_refused(pool: PgPool) {
     }
     assert_eq!(app.get("/v1/tenants/acme", ADMIN).await.body["spec"]["lifecycle"], "active", "nothing changed");
 }
+
+/// A data plane that has the current routing table and says it will wait is
+/// answered when the table changes — the one request it sent returns the new
+/// version — and, when nothing changes, with a 304 that says it was held.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn a_waiting_routing_request_is_answered_when_the_table_changes(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.create("acme", "starter").await;
+    let table = app.get("/v1/routing", ADMIN).await;
+    let etag = table.headers[header::ETAG].to_str().unwrap().to_owned();
+    let waiting = |wait: u64| {
+        let request = TestApp::builder(Method::GET, "/v1/routing", Some(ADMIN))
+            .header(header::IF_NONE_MATCH, &etag)
+            .header("prefer", format!("wait={wait}"))
+            .body(Body::empty())
+            .unwrap();
+        app.raw(request)
+    };
+
+    let quiet = waiting(1).await;
+    assert_eq!(quiet.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(quiet.headers["preference-applied"], "wait=1", "held for the second it asked");
+    let unasked = app
+        .raw(
+            TestApp::builder(Method::GET, "/v1/routing", Some(ADMIN))
+                .header(header::IF_NONE_MATCH, &etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(unasked.status, StatusCode::NOT_MODIFIED);
+    assert!(!unasked.headers.contains_key("preference-applied"), "not held unless asked");
+
+    // The change lands while the request waits; no second request is sent.
+    let (held, ()) = tokio::join!(waiting(20), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        app.create("bravo", "starter").await;
+    });
+    assert_eq!(held.status, StatusCode::OK, "{}", held.body);
+    let version = held.body["version"].as_i64().unwrap();
+    assert!(version > table.body["version"].as_i64().unwrap(), "{}", held.body);
+    let slugs: Vec<&str> = held.body["routes"].as_array().unwrap().iter().filter_map(|r| r["slug"].as_str()).collect();
+    assert!(slugs.contains(&"bravo"), "{slugs:?}");
+}

@@ -59,6 +59,7 @@ pub fn route(tenant: TenantId, slug: &str, plan: Plan, database_url: Option<Stri
         lifecycle: Lifecycle::Active,
         isolation: plan.isolation,
         database_url,
+        next_database_url: None,
         plan,
         routing_version: 1,
     }

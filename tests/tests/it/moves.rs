@@ -4,7 +4,7 @@
 //! tenant's new database, stock stays exact, the other tenants never pause,
 //! and billing keeps one customer and one subscription on the right price.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -159,9 +159,25 @@ async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
     let left = stack.onboard("steady-left", "pro").await.unwrap();
     let right = stack.onboard("steady-right", "pro").await.unwrap();
 
-    // Upgrade: pool → silo.
-    let (workflow, upgrade, reports) =
-        change_plan_under_load(&stack, "moving-shop", "enterprise", "silo", &[&mover, &left, &right]).await;
+    // Upgrade: pool → silo. Meanwhile the routing table is watched for the database it names next.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let watch_next = async {
+        let mut named = HashSet::new();
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let (_, table) = stack.admin.request(Method::GET, "/v1/routing", None).await.unwrap();
+            let route = table["routes"].as_array().unwrap().iter().find(|r| r["slug"] == "moving-shop").cloned();
+            named.extend(route.and_then(|r| r["next_database_url"].as_str().map(str::to_owned)));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        named
+    };
+    let change = async {
+        let changed =
+            change_plan_under_load(&stack, "moving-shop", "enterprise", "silo", &[&mover, &left, &right]).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        changed
+    };
+    let ((workflow, upgrade, reports), named_next) = tokio::join!(change, watch_next);
     // Verified: the copy against its snapshot, table by table, and at the switch the rows written since.
     let output = |step: &str| {
         workflow["steps"].as_array().unwrap().iter().find(|s| s["name"] == step).unwrap()["output"].clone()
@@ -172,6 +188,9 @@ async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
     assert_eq!(output("cutover")["checks"].as_array().unwrap().len(), 5);
     assert!(upgrade["pause_ms"].as_i64().unwrap() >= HOLD_MS as i64, "{upgrade}");
     let silo = upgrade["target_database"].as_str().unwrap().to_owned();
+    // Named ahead of the switch, so the data planes had a connection there when it came.
+    let silo_url = stack.state.tenant_dbs.server.app_url(&silo);
+    assert_eq!(named_next, HashSet::from([silo_url]), "the routing table named the silo as the next database");
 
     let tenant = stack.admin.tenant("moving-shop").await.unwrap();
     assert_eq!(tenant["status"]["placement"]["isolation"], "silo");
@@ -642,6 +661,62 @@ async fn capture_on_and_off_never_deadlocks_a_neighbour() {
     }
     neighbour.close().await.unwrap();
     drop(mover);
+    for database in [&source, &target] {
+        server.drop_database(database).await.unwrap();
+    }
+}
+
+/// The catch-up compares the rows it writes as it goes, so that the switch
+/// compares only the rows changed since: a row found equal is not compared
+/// again unless it changes again, and a difference is still caught at the switch.
+#[tokio::test]
+async fn rows_are_verified_as_the_catch_up_writes_them_and_again_when_they_change() {
+    use sqlx::ConnectOptions;
+    let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
+    let [source, target] =
+        ["source", "target"].map(|side| format!("indigo_verify_test_{side}_{}", Uuid::new_v4().simple()));
+    for database in [&source, &target] {
+        server.provision(database).await.unwrap();
+    }
+    let [from, into] = [&source, &target].map(|name| Database { server: server.clone(), name: name.clone() });
+    let tenant = TenantId::new();
+    let mut on_source = server.admin_options(&source).connect().await.unwrap();
+    let product = Uuid::new_v4();
+    sqlx::query("INSERT INTO products (tenant_id, id, name, price_minor, currency, stock) VALUES ($1, $2, 'Mug', 900, 'usd', 5)")
+        .bind(tenant.0)
+        .bind(product)
+        .execute(&mut on_source)
+        .await
+        .unwrap();
+    let mover = Mover::connect(tenant, &from, &into).await.unwrap();
+    mover.start_capture().await.unwrap();
+    mover.copy(|_| {}).await.unwrap();
+    let change_stock = async |conn: &mut sqlx::PgConnection| {
+        sqlx::query("UPDATE products SET stock = stock - 1 WHERE id = $1").bind(product).execute(conn).await.unwrap();
+    };
+    let changed_rows = |checks: Vec<indigo_tenantdb::moves::TableCheck>| -> i64 { checks.iter().map(|c| c.rows).sum() };
+
+    change_stock(&mut on_source).await;
+    assert_eq!(mover.apply_batch(100).await.unwrap(), 1);
+    assert_eq!(mover.verify_settled().await.unwrap(), 1, "the written row is equal on both sides");
+    assert_eq!(changed_rows(mover.verify_changed().await.unwrap()), 0, "nothing left for the switch");
+
+    change_stock(&mut on_source).await;
+    mover.drain().await.unwrap();
+    assert_eq!(changed_rows(mover.verify_changed().await.unwrap()), 1, "changed again: compared at the switch");
+
+    // A difference no change explains (the target edited behind the mover's back).
+    let mut on_target = server.admin_options(&target).connect().await.unwrap();
+    sqlx::query("UPDATE products SET name = 'Not a mug' WHERE id = $1")
+        .bind(product)
+        .execute(&mut on_target)
+        .await
+        .unwrap();
+    assert_eq!(mover.verify_settled().await.unwrap(), 0, "a row that differs is not settled");
+    let caught = mover.verify_changed().await.unwrap_err();
+    assert!(matches!(caught, indigo_tenantdb::moves::MoveError::Mismatch { .. }), "{caught}");
+
+    drop((on_source, on_target, mover));
     for database in [&source, &target] {
         server.drop_database(database).await.unwrap();
     }
