@@ -148,9 +148,14 @@ async fn main() -> anyhow::Result<()> {
          | measure | result | goal |\n|---|---:|---:|\n\
          | ingestion | {rate:.0} events/s ({ingest:.1} s) | ≥ 100,000 events/s |\n\
          | full roll-up of {stored} events | {full_s:.1} s ({hours} hourly buckets) | < 30 s |\n\
-         | incremental roll-up after {BATCH} new events | {inc_ms:.0} ms ({inc_hours} buckets changed) | |\n\n\
+         | incremental roll-up after {BATCH} new events | {inc_ms:.0} ms ({inc_hours} buckets changed) | < 2 s |\n\n\
          Metering's cost to a storefront request is measured by the data-plane benchmark, metering on against off in \
-         one run: see `benchmarks/dataplane.md` ((b) against (c)).\n",
+         one run: see `benchmarks/dataplane.md` ((b) against (c)).\n\n\
+         Reading the figures: the incremental roll-up is the worst case, all {stored} events having arrived \
+         moments before it; it recomputes only the buckets the new batch touched (each insert logs its buckets \
+         in `usage_touched`), so its time follows the batch, not the events received lately. Ingestion is \
+         bounded by the machine's two cores, shared by PostgreSQL, the server parsing 10,000-event JSON \
+         batches and the two senders building them.\n",
         cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         ingest = ingest.as_secs_f64(),
         full_s = full_time.as_secs_f64(),

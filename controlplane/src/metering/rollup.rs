@@ -2,9 +2,12 @@
 //!
 //! Each bucket is recomputed from its raw events (never incremented), so it
 //! always equals the sum of the distinct events it holds, whatever was
-//! delivered twice, late, or interrupted. A run recomputes the buckets touched
-//! by events received since the previous run, in one transaction with the new
-//! watermark: a run that dies changes nothing, the next one does its work.
+//! delivered twice, late, or interrupted. Every insert of events logs the
+//! buckets it touched (`usage_touched`, filled by a trigger in the inserting
+//! transaction); a run takes the committed log rows and recomputes those
+//! buckets, in one transaction with the new watermark: a run that dies changes
+//! nothing, the next one does its work. An insert that commits during a run
+//! leaves its log rows for the next one.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -14,10 +17,6 @@ use crate::failpoints::{Failpoints, Point};
 
 pub const JOB: &str = "rollup";
 
-/// Events are inserted by short transactions stamped at their start; looking
-/// this far back past the watermark catches those that committed after it.
-const IN_FLIGHT_MARGIN: &str = "5 minutes";
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rollup {
     /// Recomputed from every event (first run), or only the touched buckets.
@@ -26,6 +25,32 @@ pub struct Rollup {
     pub days_changed: u64,
     pub watermark: DateTime<Utc>,
 }
+
+/// Takes the buckets touched since the last run out of the log into the
+/// temporary table `touched`, each once. The log rows of inserts not yet
+/// committed are not seen, so they stay for the next run; the recomputation,
+/// a later statement, sees every event whose log row was taken.
+async fn take_touched(tx: &mut sqlx::PgConnection) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "CREATE TEMP TABLE touched (tenant_id uuid, event_type text, hour timestamptz, PRIMARY KEY (tenant_id, event_type, hour))
+         ON COMMIT DROP",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let buckets = sqlx::query(
+        "WITH taken AS (DELETE FROM usage_touched RETURNING tenant_ids, event_types, hours)
+         INSERT INTO touched
+         SELECT DISTINCT bucket.* FROM taken, unnest(tenant_ids, event_types, hours) AS bucket",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(buckets)
+}
+
+/// Up to this many touched buckets, each is summed from its own events through
+/// the events' index; beyond, one pass over the events costs less.
+const PROBED_BUCKETS: u64 = 50_000;
 
 /// The first run: every bucket from every event. Aggregated into a temporary
 /// table first, which PostgreSQL may compute with parallel workers (an
@@ -53,47 +78,45 @@ async fn recompute_all(tx: &mut sqlx::PgConnection) -> Result<(u64, u64), sqlx::
     Ok((hours, days))
 }
 
-/// Later runs: only the buckets that events received since the watermark touched.
-async fn recompute_touched(
-    tx: &mut sqlx::PgConnection,
-    watermark: Option<DateTime<Utc>>,
-) -> Result<(u64, u64), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE TEMP TABLE touched ON COMMIT DROP AS
-         SELECT DISTINCT tenant_id, event_type, date_trunc('hour', occurred_at, 'UTC') AS hour
-         FROM usage_events WHERE received_at >= $1 - interval '{IN_FLIGHT_MARGIN}'"
-    )))
-    .bind(watermark)
-    .execute(&mut *tx)
-    .await?;
-    // With its size known, the planner probes the index for a few touched
-    // buckets and hashes a scan of the events for many (the equality on the
-    // hour allows the hash; the range allows the index).
-    sqlx::query("ANALYZE touched").execute(&mut *tx).await?;
-    let hours = upsert(
-        tx,
-        "usage_hourly",
-        "hour",
-        "SELECT t.tenant_id, t.event_type, t.hour, sum(e.quantity), count(*)
-         FROM touched t JOIN usage_events e
-           ON e.tenant_id = t.tenant_id AND e.event_type = t.event_type
-          AND date_trunc('hour', e.occurred_at, 'UTC') = t.hour
-          AND e.occurred_at >= t.hour AND e.occurred_at < t.hour + interval '1 hour'
-         GROUP BY 1, 2, 3",
-    )
-    .await?;
-    let days = upsert(
-        tx,
-        "usage_daily",
-        "day",
-        "SELECT h.tenant_id, h.event_type, d.day, sum(h.quantity), sum(h.events)
-         FROM (SELECT DISTINCT tenant_id, event_type, (hour AT TIME ZONE 'UTC')::date AS day FROM touched) d
-         JOIN usage_hourly h
-           ON h.tenant_id = d.tenant_id AND h.event_type = d.event_type
-          AND h.hour >= d.day::timestamp AT TIME ZONE 'UTC' AND h.hour < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
-         GROUP BY 1, 2, 3",
-    )
-    .await?;
+/// Later runs: only the `buckets` buckets in `touched`.
+async fn recompute_touched(tx: &mut sqlx::PgConnection, buckets: u64) -> Result<(u64, u64), sqlx::Error> {
+    let (hourly, daily) = if buckets <= PROBED_BUCKETS {
+        // One index range scan per bucket, whatever the planner would estimate.
+        (
+            "SELECT t.tenant_id, t.event_type, t.hour, s.quantity, s.events
+             FROM touched t CROSS JOIN LATERAL (
+                 SELECT sum(e.quantity) AS quantity, count(*) AS events FROM usage_events e
+                 WHERE e.tenant_id = t.tenant_id AND e.event_type = t.event_type
+                   AND e.occurred_at >= t.hour AND e.occurred_at < t.hour + interval '1 hour') s
+             WHERE s.events > 0",
+            "SELECT d.tenant_id, d.event_type, d.day, s.quantity, s.events
+             FROM (SELECT DISTINCT tenant_id, event_type, (hour AT TIME ZONE 'UTC')::date AS day FROM touched) d
+             CROSS JOIN LATERAL (
+                 SELECT sum(h.quantity) AS quantity, sum(h.events) AS events FROM usage_hourly h
+                 WHERE h.tenant_id = d.tenant_id AND h.event_type = d.event_type
+                   AND h.hour >= d.day::timestamp AT TIME ZONE 'UTC'
+                   AND h.hour < (d.day + 1)::timestamp AT TIME ZONE 'UTC') s
+             WHERE s.events > 0",
+        )
+    } else {
+        sqlx::query("ANALYZE touched").execute(&mut *tx).await?;
+        (
+            "SELECT t.tenant_id, t.event_type, t.hour, sum(e.quantity), count(*)
+             FROM touched t JOIN usage_events e
+               ON e.tenant_id = t.tenant_id AND e.event_type = t.event_type
+              AND date_trunc('hour', e.occurred_at, 'UTC') = t.hour
+              AND e.occurred_at >= t.hour AND e.occurred_at < t.hour + interval '1 hour'
+             GROUP BY 1, 2, 3",
+            "SELECT h.tenant_id, h.event_type, d.day, sum(h.quantity), sum(h.events)
+             FROM (SELECT DISTINCT tenant_id, event_type, (hour AT TIME ZONE 'UTC')::date AS day FROM touched) d
+             JOIN usage_hourly h
+               ON h.tenant_id = d.tenant_id AND h.event_type = d.event_type
+              AND h.hour >= d.day::timestamp AT TIME ZONE 'UTC' AND h.hour < (d.day + 1)::timestamp AT TIME ZONE 'UTC'
+             GROUP BY 1, 2, 3",
+        )
+    };
+    let hours = upsert(tx, "usage_hourly", "hour", hourly).await?;
+    let days = upsert(tx, "usage_daily", "day", daily).await?;
     Ok((hours, days))
 }
 
@@ -127,8 +150,15 @@ pub async fn roll_up(db: &PgPool, failpoints: &Failpoints) -> Result<Option<Roll
     let full = watermark.is_none();
     // A month of a large fleet is a million buckets or more: aggregate in memory.
     sqlx::query("SET LOCAL work_mem = '512MB'").execute(&mut *tx).await?;
-    let (hours_changed, days_changed) =
-        if full { recompute_all(&mut tx).await? } else { recompute_touched(&mut tx, watermark).await? };
+    let (hours_changed, days_changed) = if full {
+        // The log is emptied first: the recomputation, a later statement,
+        // sees every event whose log rows went.
+        sqlx::query("DELETE FROM usage_touched").execute(&mut *tx).await?;
+        recompute_all(&mut tx).await?
+    } else {
+        let buckets = take_touched(&mut tx).await?;
+        recompute_touched(&mut tx, buckets).await?
+    };
     failpoints.crash_at("job", JOB, Point::AfterRun);
     sqlx::query("UPDATE jobs SET watermark = $2 WHERE name = $1").bind(JOB).bind(started).execute(&mut *tx).await?;
     tx.commit().await?;

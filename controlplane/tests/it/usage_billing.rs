@@ -303,6 +303,68 @@ async fn two_daemons_running_the_jobs_at_once_count_once(pool: PgPool) {
     world.cleanup().await;
 }
 
+/// A roll-up recomputes the buckets that new events touched and no other,
+/// however many events arrived lately; an insert still uncommitted while it
+/// runs is rolled up by the next run, not lost.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn a_rollup_recomputes_only_touched_buckets_and_misses_no_insert_committing_during_it(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenant = world.tenants(&["touched"]).await[0];
+    let jobs = world.jobs();
+    let stream: Vec<Value> =
+        (1..=3).flat_map(|hour| (0..4).map(move |_| event(Uuid::now_v7(), tenant, hour, "api_call"))).collect();
+    world.ingest(&stream).await;
+    jobs.run("rollup").await.unwrap();
+    let log: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_touched").fetch_one(&world.db).await.unwrap();
+    assert_eq!(log, 0, "the run took the log");
+
+    // A bucket nobody touched since is left as it is, even one that is wrong.
+    let three_hours_ago: DateTime<Utc> =
+        sqlx::query_scalar("SELECT date_trunc('hour', now() - interval '3 hours 1 minute', 'UTC')")
+            .fetch_one(&world.db)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE usage_hourly SET quantity = 1000 WHERE tenant_id = $1 AND hour = $2")
+        .bind(tenant)
+        .bind(three_hours_ago)
+        .execute(&world.db)
+        .await
+        .unwrap();
+    // An intake transaction that has stored its events but not committed when the roll-up runs.
+    let mut open = world.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO usage_events (id, tenant_id, event_type, quantity, occurred_at)
+         SELECT gen_random_uuid(), $1, 'api_call', 1, now() - interval '61 minutes' FROM generate_series(1, 5)",
+    )
+    .bind(tenant)
+    .execute(&mut *open)
+    .await
+    .unwrap();
+    world.ingest(&[event(Uuid::now_v7(), tenant, 2, "api_call")]).await;
+    jobs.run("rollup").await.unwrap();
+    open.commit().await.unwrap();
+    let hourly = |hours_back: i64| {
+        let db = world.db.clone();
+        async move {
+            sqlx::query_scalar::<_, f64>(
+                "SELECT quantity FROM usage_hourly WHERE tenant_id = $1 AND event_type = 'api_call'
+                   AND hour = date_trunc('hour', now() - make_interval(hours => $2::int, mins => 1), 'UTC')",
+            )
+            .bind(tenant)
+            .bind(hours_back)
+            .fetch_one(&db)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(hourly(2).await, 5.0, "the touched bucket is recomputed");
+    assert_eq!(hourly(3).await, 1000.0, "an untouched bucket is not");
+    assert_eq!(hourly(1).await, 4.0, "the insert that committed after the run waits for the next");
+    jobs.run("rollup").await.unwrap();
+    assert_eq!(hourly(1).await, 9.0, "and the next run has it");
+    world.cleanup().await;
+}
+
 fn signed(payload: &Value, secret: &str, at: i64) -> (Vec<(&'static str, String)>, Vec<u8>) {
     let body = payload.to_string().into_bytes();
     (vec![("stripe-signature", webhooks::sign(secret, at, &body))], body)
