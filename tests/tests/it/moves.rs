@@ -629,21 +629,32 @@ async fn forget_automated_snapshots(rds: &aws_sdk_rds::Client, cluster: &str) {
     }
 }
 
+/// A source and a target tenant database, provisioned on the test server,
+/// for the mover alone; [`drop_scratch`] removes them.
+async fn scratch_databases(purpose: &str) -> [Database; 2] {
+    let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
+    let names = ["source", "target"].map(|side| format!("indigo_{purpose}_test_{side}_{}", Uuid::new_v4().simple()));
+    for name in &names {
+        server.provision(name).await.unwrap();
+    }
+    names.map(|name| Database { server: server.clone(), name })
+}
+
+async fn drop_scratch(databases: [Database; 2]) {
+    for database in databases {
+        database.server.drop_database(&database.name).await.unwrap();
+    }
+}
+
 /// Adding and dropping a tenant's capture triggers locks the shared tables one
 /// at a time: a neighbour's transaction that reads one table and then writes
 /// another, as an order does, is never made a deadlock's victim.
 #[tokio::test]
 async fn capture_on_and_off_never_deadlocks_a_neighbour() {
     use sqlx::{ConnectOptions, Connection};
-    let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
-    let [source, target] =
-        ["source", "target"].map(|side| format!("indigo_capture_test_{side}_{}", Uuid::new_v4().simple()));
-    for database in [&source, &target] {
-        server.provision(database).await.unwrap();
-    }
-    let [from, into] = [&source, &target].map(|name| Database { server: server.clone(), name: name.clone() });
+    let [from, into] = scratch_databases("capture").await;
     let mover = Mover::connect(TenantId::new(), &from, &into).await.unwrap();
-    let mut neighbour = server.admin_options(&source).connect().await.unwrap();
+    let mut neighbour = from.server.admin_options(&from.name).connect().await.unwrap();
     for starting in [true, false] {
         // The neighbour has read customers and will write products; the
         // mover's DDL wants both tables.
@@ -661,9 +672,7 @@ async fn capture_on_and_off_never_deadlocks_a_neighbour() {
     }
     neighbour.close().await.unwrap();
     drop(mover);
-    for database in [&source, &target] {
-        server.drop_database(database).await.unwrap();
-    }
+    drop_scratch([from, into]).await;
 }
 
 /// The catch-up compares the rows it writes as it goes, so that the switch
@@ -672,15 +681,9 @@ async fn capture_on_and_off_never_deadlocks_a_neighbour() {
 #[tokio::test]
 async fn rows_are_verified_as_the_catch_up_writes_them_and_again_when_they_change() {
     use sqlx::ConnectOptions;
-    let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
-    let [source, target] =
-        ["source", "target"].map(|side| format!("indigo_verify_test_{side}_{}", Uuid::new_v4().simple()));
-    for database in [&source, &target] {
-        server.provision(database).await.unwrap();
-    }
-    let [from, into] = [&source, &target].map(|name| Database { server: server.clone(), name: name.clone() });
+    let [from, into] = scratch_databases("verify").await;
     let tenant = TenantId::new();
-    let mut on_source = server.admin_options(&source).connect().await.unwrap();
+    let mut on_source = from.server.admin_options(&from.name).connect().await.unwrap();
     let product = Uuid::new_v4();
     sqlx::query("INSERT INTO products (tenant_id, id, name, price_minor, currency, stock) VALUES ($1, $2, 'Mug', 900, 'usd', 5)")
         .bind(tenant.0)
@@ -706,7 +709,7 @@ async fn rows_are_verified_as_the_catch_up_writes_them_and_again_when_they_chang
     assert_eq!(changed_rows(mover.verify_changed().await.unwrap()), 1, "changed again: compared at the switch");
 
     // A difference no change explains (the target edited behind the mover's back).
-    let mut on_target = server.admin_options(&target).connect().await.unwrap();
+    let mut on_target = into.server.admin_options(&into.name).connect().await.unwrap();
     sqlx::query("UPDATE products SET name = 'Not a mug' WHERE id = $1")
         .bind(product)
         .execute(&mut on_target)
@@ -717,7 +720,5 @@ async fn rows_are_verified_as_the_catch_up_writes_them_and_again_when_they_chang
     assert!(matches!(caught, indigo_tenantdb::moves::MoveError::Mismatch { .. }), "{caught}");
 
     drop((on_source, on_target, mover));
-    for database in [&source, &target] {
-        server.drop_database(database).await.unwrap();
-    }
+    drop_scratch([from, into]).await;
 }
