@@ -20,6 +20,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, "admin API listening");
+    let routing = state.routing_changes.clone();
+    // Data planes' routing requests wait for changes; stopping answers them at once.
+    let shutdown = async move {
+        shutdown.await;
+        routing.close();
+    };
     axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown).await.context("admin API server failed")
 }
 

@@ -4,6 +4,7 @@
 //! planes learn of a new route when its transaction commits, not at their
 //! next poll, which is what lets a moved tenant's held writes go on at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -101,7 +102,12 @@ const MAX_WAIT: Duration = Duration::from_secs(25);
 /// Wakes the requests waiting for the routing table to change: a LISTEN on
 /// [`CHANNEL`] that lives as long as any clone of it (the API's state).
 #[derive(Clone)]
-pub struct RoutingChanges(watch::Receiver<u64>);
+pub struct RoutingChanges {
+    changes: watch::Receiver<u64>,
+    /// Set when the server stops: waiting requests answer at once, so that
+    /// draining them does not hold the shutdown for their whole wait.
+    closing: Arc<watch::Sender<bool>>,
+}
 
 impl RoutingChanges {
     pub fn listen(db: PgPool) -> Self {
@@ -117,7 +123,12 @@ impl RoutingChanges {
                 }
             }
         });
-        Self(changes)
+        Self { changes, closing: Arc::new(watch::channel(false).0) }
+    }
+
+    /// Answers every waiting request now, and every later one without waiting.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 }
 
@@ -165,21 +176,29 @@ async fn routing_table(
     let wait = preferred_wait(&headers).unwrap_or_default().min(MAX_WAIT.min(state.read_timeout.mul_f64(2.0 / 3.0)));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before looking, so a change between the look and the wait still wakes it.
-    let mut changes = state.routing_changes.0.clone();
+    let mut changes = state.routing_changes.changes.clone();
+    let mut closing = state.routing_changes.closing.subscribe();
     loop {
         changes.borrow_and_update();
         let current = current_version(&state.db).await?;
         if known != Some(format!("\"{current}\"").as_str()) {
             break;
         }
-        match tokio::time::timeout_at(deadline, changes.changed()).await {
-            Ok(Ok(())) => continue,
+        let changed = async {
+            tokio::select! {
+                changed = changes.changed() => changed.is_ok(),
+                _ = closing.wait_for(|closing| *closing) => false,
+            }
+        };
+        match tokio::time::timeout_at(deadline, changed).await {
+            Ok(true) => continue,
             // Held as long as it could be: the caller may ask again at once.
-            Ok(Err(_)) | Err(_) if wait.as_secs() > 0 => {
+            Err(_) if wait.as_secs() > 0 => {
                 let applied = format!("wait={}", wait.as_secs());
                 return Ok((StatusCode::NOT_MODIFIED, [("preference-applied", applied)]).into_response());
             }
-            Ok(Err(_)) | Err(_) => return Ok(StatusCode::NOT_MODIFIED.into_response()),
+            // Not held, or cut short by a stopping server: the caller asks again later.
+            Ok(false) | Err(_) => return Ok(StatusCode::NOT_MODIFIED.into_response()),
         }
     }
     let mut table = build(&state).await?;

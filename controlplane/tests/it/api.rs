@@ -22,6 +22,7 @@ struct TestApp {
     pool: PgPool,
     /// The pool the API reads through (its statements time out).
     api_pool: PgPool,
+    routing_changes: indigo_controlplane::api::routing::RoutingChanges,
     workflows: Services<LocalDatabases>,
 }
 
@@ -56,7 +57,13 @@ impl TestApp {
         let control_plane = support::control_plane(pool.clone(), overrides).await;
         let workflows =
             control_plane.workflow_services(LocalDatabases::new(control_plane.state.tenant_dbs.clone())).unwrap();
-        Self { router: control_plane.router(), api_pool: control_plane.state.db.clone(), pool, workflows }
+        Self {
+            router: control_plane.router(),
+            api_pool: control_plane.state.db.clone(),
+            routing_changes: control_plane.state.routing_changes.clone(),
+            pool,
+            workflows,
+        }
     }
 
     /// Runs the onboarding and offboarding workflows the calls so far started.
@@ -1041,4 +1048,19 @@ async fn a_waiting_routing_request_is_answered_when_the_table_changes(pool: PgPo
     assert!(version > table.body["version"].as_i64().unwrap(), "{}", held.body);
     let slugs: Vec<&str> = held.body["routes"].as_array().unwrap().iter().filter_map(|r| r["slug"].as_str()).collect();
     assert!(slugs.contains(&"bravo"), "{slugs:?}");
+
+    // A stopping server answers waiting requests at once, so that draining them does not hold it up.
+    let current = app.get("/v1/routing", ADMIN).await;
+    let etag = current.headers[header::ETAG].to_str().unwrap().to_owned();
+    let request = TestApp::builder(Method::GET, "/v1/routing", Some(ADMIN))
+        .header(header::IF_NONE_MATCH, &etag)
+        .header("prefer", "wait=20")
+        .body(Body::empty())
+        .unwrap();
+    let (stopped, ()) = tokio::join!(app.raw(request), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        app.routing_changes.close();
+    });
+    assert_eq!(stopped.status, StatusCode::NOT_MODIFIED);
+    assert!(!stopped.headers.contains_key("preference-applied"), "cut short, not held for its wait");
 }
