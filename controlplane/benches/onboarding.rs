@@ -101,14 +101,13 @@ async fn main() -> anyhow::Result<()> {
     .fetch_all(&pool)
     .await?;
 
-    let now = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
     let mut report = format!(
-        "# Onboarding benchmark\n\nRun {now} on {} cores: `POST /v1/tenants` until the onboarding workflow has \
+        "# Onboarding benchmark\n\n{}\n\n`POST /v1/tenants` until the onboarding workflow has \
          succeeded (tenant active, database, Stripe customer and subscription on the Stripe test double over HTTP, \
          search settings, sample product, welcome email, `TenantCreated`), one tenant at a time, the engine \
          woken by NOTIFY. Rerun: `cargo bench -p indigo-controlplane --bench onboarding`.\n\n\
          | tenants | count | median | p95 | max | goal |\n|---|---:|---:|---:|---:|---:|\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        indigo_e2e::bench::provenance()
     );
     for (label, times) in [("pool (growth)", &pool_times), ("silo (enterprise, own database)", &silo_times)] {
         report.push_str(&format!(

@@ -148,10 +148,9 @@ async fn main() -> anyhow::Result<()> {
     let mut report = String::new();
     report.push_str("# Reconciler benchmark\n\n");
     report.push_str(&format!(
-        "Run {} on {} cores: {tenants} pool tenants on the local provider, {workers} workers, the control database \
+        "{}\n\n{tenants} pool tenants on the local provider, {workers} workers, the control database \
          on the same machine. Rerun: `cargo bench -p indigo-controlplane --bench reconciler`.\n\n",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        indigo_e2e::bench::provenance(),
     ));
     report.push_str("| measure | result | goal |\n|---|---:|---:|\n");
     report.push_str(&format!("| initial convergence of {tenants} new tenants | {:.2} s | |\n", initial.as_secs_f64()));

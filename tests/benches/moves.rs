@@ -253,7 +253,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let report = format!(
-        "# Tier-change move benchmark\n\n\
+        "# Tier-change move benchmark\n\n{}\n\n\
          A tenant on the pool (`pro`) is upgraded to `enterprise` and moved to its own database on the same \
          PostgreSQL server while storefront traffic runs on it (customers created, orders placed that take stock, \
          catalogue pages read; one request at a time, every ~8 ms) and on a neighbour in the pool. Rows are a fifth \
@@ -277,9 +277,9 @@ async fn main() -> anyhow::Result<()> {
          in batches, each row passing the capture trigger that keeps the fence up for everyone else: at 1M rows \
          that takes most of the time from the switch to the end (the tenant is served from its new database \
          meanwhile), which brings the whole move to about 2× the COPY.\n\n\
-         Machine: {} cores; debug-free release build. Rerun: `cargo bench -p indigo-e2e --bench moves` \
+         Release build. Rerun: `cargo bench -p indigo-e2e --bench moves` \
          (`BENCH_SIZES=10000,100000` for a shorter run).\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        indigo_e2e::bench::provenance()
     );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../benchmarks/moves.md");
     std::fs::write(path, report)?;

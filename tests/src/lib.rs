@@ -2,6 +2,7 @@
 //! throwaway databases on the local PostgreSQL and child processes that are
 //! stopped however the test ends.
 
+pub mod bench;
 #[cfg(test)]
 mod layers;
 pub mod stack;
