@@ -5,10 +5,13 @@
 //!   (a) a bare axum + sqlx handler reading one product by primary key, with no
 //!       tenancy (a superuser connection; the tenant id is just a parameter);
 //!   (b) the real data plane `GET /v1/products/{id}`: JWT verification, routing,
-//!       limits, a tenant transaction with RLS, and metering;
+//!       limits, the read with the tenant context under RLS, and metering;
 //!   (c) the same as (b) with metering off, to price metering alone;
 //!   (d) the same as (b) with the tenant's rate shared through Redis, to price
-//!       fleet-wide limits (REDIS_URL, default redis://127.0.0.1:6379).
+//!       fleet-wide limits (REDIS_URL, default redis://127.0.0.1:6379);
+//!   (e) the same as (b) with usage kept in memory only, to price the journal;
+//! then PostgreSQL alone (`pgbench -S`, same clients and time), and the ways of
+//! carrying the tenant context at the SQL level, without HTTP;
 //! and writes `benchmarks/dataplane.md`.
 //!
 //! Run: `cargo bench -p indigo-dataplane --bench storefront` (PostgreSQL on
@@ -159,6 +162,120 @@ async fn serve(router: axum::Router) -> String {
     format!("http://{address}")
 }
 
+/// Why the data plane's hot reads carry the tenant context as they do.
+const CHOICE: &str = "
+Why one message. The tenant context must be set on the connection for the read and gone after it, since
+connections are shared between tenants; the transaction did that in three round trips. sqlx ends every
+statement with its own Sync and cannot pipeline, so several Bind/Execute under one Sync are out of reach
+without a second driver. A simple-query message of several statements is one implicit transaction in
+PostgreSQL: `SET LOCAL` covers the read and ends with it, whether the read succeeds or fails, so no context
+outlives its request. Writing the read itself into that message would make the server plan it every time;
+`EXECUTE` of a statement prepared once per connection keeps the cached plan. The values written into the
+message are literals of three shapes only (ids, integers, and text quoted as `quote_literal` does; a NUL is
+refused), and the tenant still comes only from the verified token. Writes keep the transaction: they are
+several statements with a decision between them (stock, limits), and a COMMIT they must wait for anyway.
+";
+
+/// How a read carries the tenant context to the database (the cases of the
+/// SQL-level table), each from its own connections, no HTTP.
+#[derive(Clone, Copy)]
+enum Context {
+    /// None: the superuser reads by tenant id and product id.
+    Bare,
+    /// `BEGIN` + `set_config`s in one message, the prepared read, a lazy
+    /// `ROLLBACK`: three round trips (the data plane until 2026-12-04).
+    Transaction,
+    /// `SET LOCAL`s and `EXECUTE` of the read prepared on the connection, one
+    /// message: one round trip (the data plane's hot reads now).
+    OneMessage,
+}
+
+const COLUMNS: &str =
+    "id, name, description, price_minor, currency, category, tags, status, stock, created_at, updated_at";
+
+/// Reads per second of one product by id, `concurrency` connections at once.
+async fn sql_reads(
+    pool: PgPool,
+    context: Context,
+    tenant: Uuid,
+    ids: Arc<Vec<Uuid>>,
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let by_tenant_and_id = format!("SELECT {COLUMNS} FROM products WHERE tenant_id = $1 AND id = $2");
+    let by_id = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let (pool, ids, by_tenant_and_id, by_id) = (pool.clone(), ids.clone(), by_tenant_and_id.clone(), by_id.clone());
+        workers.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            if let Context::OneMessage = context {
+                let prepare = format!("PREPARE bench_product_by_id(uuid) AS {by_id}");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await?;
+            }
+            let (mut n, mut reads) = (worker * 7919, 0u64);
+            while Instant::now() < until {
+                n = (n + 104_729) % ids.len();
+                let id = ids[n];
+                let rows = match context {
+                    Context::Bare => {
+                        let statement = sqlx::AssertSqlSafe(by_tenant_and_id.as_str());
+                        sqlx::query(statement).bind(tenant).bind(id).fetch_all(&mut *conn).await?
+                    }
+                    Context::Transaction => {
+                        let begin = format!(
+                            "BEGIN; SELECT set_config('app.current_tenant', '{tenant}', true), \
+                             set_config('app.current_role', 'customer', true), set_config('app.current_subject', 'bench', true)"
+                        );
+                        let mut tx = sqlx::Connection::begin_with(&mut *conn, sqlx::AssertSqlSafe(begin)).await?;
+                        sqlx::query(sqlx::AssertSqlSafe(by_id.as_str())).bind(id).fetch_all(&mut *tx).await?
+                    }
+                    Context::OneMessage => {
+                        let message = format!(
+                            "SET LOCAL app.current_tenant = '{tenant}'; SET LOCAL app.\"current_role\" = 'customer'; \
+                             SET LOCAL app.current_subject = 'bench'; EXECUTE bench_product_by_id('{id}')"
+                        );
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(message)).fetch_all(&mut *conn).await?
+                    }
+                };
+                anyhow::ensure!(rows.len() == 1, "product {id} read {} rows", rows.len());
+                reads += 1;
+            }
+            anyhow::Ok(reads)
+        }));
+    }
+    let mut reads = 0;
+    for worker in workers {
+        reads += worker.await??;
+    }
+    pool.close().await;
+    Ok(reads as f64 / started.elapsed().as_secs_f64())
+}
+
+/// PostgreSQL alone on the same server: pgbench's select-only case (`-S`,
+/// one primary-key read per transaction, prepared), with the same clients and
+/// time. Returns its transactions per second.
+fn pgbench_select_only(database_url: &str, seconds: u64, concurrency: usize) -> anyhow::Result<f64> {
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let output = std::process::Command::new("pgbench")
+            .args(args)
+            .arg(database_url)
+            .output()
+            .map_err(|e| anyhow::anyhow!("pgbench (PostgreSQL's client tools) could not run: {e}"))?;
+        anyhow::ensure!(output.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    run(&["-i", "-q", "-s", "10"])?;
+    let (seconds, clients) = (seconds.to_string(), concurrency.to_string());
+    let report = run(&["-n", "-S", "-M", "prepared", "-j", "2", "-c", &clients, "-T", &seconds])?;
+    report
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench's report:\n{report}"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
@@ -196,6 +313,24 @@ async fn main() -> anyhow::Result<()> {
     }
     sqlx::query("ANALYZE products").execute(&mut owner).await?;
     let ids = Arc::new(ids);
+
+    // PostgreSQL alone first, while no data plane holds connections.
+    let mut sql_cases = Vec::new();
+    for (name, context) in [
+        ("none (superuser, tenant id as a parameter)", Context::Bare),
+        ("transaction: `BEGIN` + `set_config`s, the read, `ROLLBACK` — 3 round trips", Context::Transaction),
+        ("one message: `SET LOCAL`s + `EXECUTE` of the prepared read — 1 round trip", Context::OneMessage),
+    ] {
+        let options = match context {
+            Context::Bare => server.admin_options(&database),
+            Context::Transaction | Context::OneMessage => server.app_options(&database),
+        };
+        let pool = PgPoolOptions::new().max_connections(concurrency as u32).connect_lazy_with(options);
+        sql_cases.push((name, sql_reads(pool, context, tenant.0, ids.clone(), seconds, concurrency).await?));
+    }
+    let database_url = format!("{}/{database}", server_url.rsplit_once('/').expect("a server URL").0);
+    let pgbench =
+        tokio::task::spawn_blocking(move || pgbench_select_only(&database_url, seconds, concurrency)).await??;
 
     // (a) bare
     let superuser =
@@ -294,10 +429,9 @@ async fn main() -> anyhow::Result<()> {
     let mut report = String::new();
     report.push_str("# Data-plane read benchmark\n\n");
     report.push_str(&format!(
-        "Run {} on {} cores; {concurrency} concurrent keep-alive clients, {seconds} s per case after a 2 s warm-up; \
+        "{}\n\n{concurrency} concurrent keep-alive clients, {seconds} s per case after a 2 s warm-up; \
          load generator, servers and PostgreSQL share the machine. Rerun: `cargo bench -p indigo-dataplane --bench storefront`.\n\n",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        indigo_e2e::bench::provenance(),
     ));
     report.push_str("| case | requests/s | p50 | p99 | failed | ratio to (a) |\n|---|---:|---:|---:|---:|---:|\n");
     for o in &outcomes {
@@ -320,10 +454,27 @@ async fn main() -> anyhow::Result<()> {
         (1.0 - outcomes[3].rps() / outcomes[1].rps()) * 100.0
     ));
     report.push_str(&format!(
+        "\nPostgreSQL alone, `pgbench -S -M prepared` on the same server with the same {concurrency} clients: \
+         {pgbench:.0} transactions/s. The data plane answers {:.2}× that over HTTP ((b) ÷ pgbench), the bare \
+         handler {:.2}× ((a) ÷ pgbench).\n",
+        outcomes[1].rps() / pgbench,
+        a / pgbench
+    ));
+    report.push_str(&format!(
         "The usage journal (one append per answered request, so that a killed replica loses no usage) \
          costs {:.1}% ((b) vs (e)).\n",
         (1.0 - outcomes[1].rps() / outcomes[4].rps()) * 100.0
     ));
+    report.push_str(&format!(
+        "\n## The tenant context at the SQL level\n\n\
+         One product by id through {concurrency} connections at once, {seconds} s each, no HTTP: what each way of \
+         carrying the tenant context costs the database and the driver.\n\n\
+         | how the context travels | reads/s | ratio to none |\n|---|---:|---:|\n"
+    ));
+    for (name, rate) in &sql_cases {
+        report.push_str(&format!("| {name} | {rate:.0} | {:.2} |\n", rate / sql_cases[0].1));
+    }
+    report.push_str(CHOICE);
     println!("{report}");
     let out = concat!(env!("CARGO_MANIFEST_DIR"), "/../benchmarks/dataplane.md");
     std::fs::write(out, &report)?;

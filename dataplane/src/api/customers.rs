@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{AppState, StoreError, TenantCtx, page_limit, parse_id};
+use super::{AppState, Literal, OneTripRead, StoreError, TenantCtx, page_limit, parse_id};
 
 /// The unique index that gives each shopper one record per store.
 const SHOPPER_RECORD: &str = "customers_by_subject";
@@ -102,17 +102,16 @@ async fn create_customer(
     responses((status = 200, body = Customer), (status = 404)))]
 async fn get_customer(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Json<Customer>, StoreError> {
     let id = parse_id(&id)?;
-    let mut tx = tenant.begin().await?;
-    let customer: Option<Customer> = sqlx::query_as(
-        "SELECT id, email, name, created_at FROM customers WHERE id = $1 AND ($2::text IS NULL OR subject = $2)",
-    )
-    .bind(id)
-    .bind(tenant.shopper())
-    .fetch_optional(&mut *tx)
-    .await?;
-    drop(tx);
+    let customer: Option<Customer> =
+        tenant.read(&CUSTOMER_BY_ID, &[Literal::Uuid(id), tenant.shopper().into()]).await?.pop();
     customer.map(Json).ok_or(StoreError::NotFound("customer"))
 }
+
+const CUSTOMER_BY_ID: OneTripRead = OneTripRead {
+    name: "indigo_customer_by_id",
+    parameters: "uuid, text",
+    sql: "SELECT id, email, name, created_at FROM customers WHERE id = $1 AND ($2::text IS NULL OR subject = $2)",
+};
 
 /// Customers, newest first (for a shopper, only its own record).
 #[utoipa::path(get, path = "/v1/customers", tag = "customers", params(ListParams), responses((status = 200, body = Page<Customer>)))]

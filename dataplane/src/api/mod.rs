@@ -1,14 +1,16 @@
 //! The storefront API. Every `/v1` request passes the tenant gate first: the
 //! bearer token is verified, the tenant is found in the routing table, its
 //! lifecycle and limits are checked, and the request is metered. Handlers then
-//! reach the tenant's rows only through [`TenantCtx::begin`], a transaction
-//! whose first act is to set `app.current_tenant`, which row-level security binds.
+//! reach the tenant's rows only through [`TenantCtx`]: a transaction, or a
+//! one-message read, whose first act is to set `app.current_tenant`, which
+//! row-level security binds.
 
 mod customers;
 pub mod error;
 mod orders;
 mod products;
 mod search;
+mod tenant;
 
 use indigo_core::openapi::{BearerAuth, Refusals};
 use std::net::SocketAddr;
@@ -16,30 +18,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use indigo_core::api::{Route, UsageEvent};
+use indigo_core::api::UsageEvent;
 use indigo_core::http::{MAX_BODY_BYTES, Rejection, error_response};
 use indigo_core::tenant::Lifecycle;
 use indigo_tenantdb::retry::RetryLater;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use sqlx::{PgPool, Postgres, Transaction};
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::auth::{AuthError, Claims, Verifier};
+use crate::auth::{AuthError, Verifier};
 use crate::limits::{Limiter, Refusal};
 use crate::metering::Meter;
 use crate::routing::Routes;
 pub use error::StoreError;
+pub use tenant::TenantCtx;
+use tenant::{Literal, OneTripRead};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -66,58 +68,6 @@ impl AppState {
             metering: true,
             trust_forwarded_for: false,
         }
-    }
-}
-
-/// The verified caller and where its tenant's rows live.
-#[derive(Clone)]
-pub struct TenantCtx {
-    pub claims: Arc<Claims>,
-    pub route: Arc<Route>,
-    pool: PgPool,
-}
-
-impl TenantCtx {
-    /// A transaction bound to this tenant and caller. BEGIN and the
-    /// `set_config`s travel in one message, so the context costs no extra round
-    /// trip. The tenant id is a parsed UUID and the role one of three names,
-    /// both safe to format in; the subject is whatever the token's issuer
-    /// chose, so it travels hex-encoded and is decoded by the server.
-    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        let subject: String = self.claims.sub.bytes().map(|b| format!("{b:02x}")).collect();
-        let statement = format!(
-            "BEGIN; SELECT set_config('app.current_tenant', '{}', true), set_config('app.current_role', '{}', true), \
-             set_config('app.current_subject', convert_from(decode('{subject}', 'hex'), 'UTF8'), true)",
-            self.claims.tenant_id,
-            self.claims.role.as_str(),
-        );
-        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
-    }
-
-    /// The shopper this request acts for: the token's subject when its role is
-    /// `customer`, none for the store's owner and staff, who see every
-    /// customer. The database's `shopper_scope` policies enforce the same
-    /// (policies/tenant_rls.sql); handlers filter on it as well, so that a
-    /// shopper's answer never depends on one guard alone.
-    pub fn shopper(&self) -> Option<&str> {
-        (!self.claims.role.manages_catalogue()).then_some(self.claims.sub.as_str())
-    }
-
-    pub fn require_catalogue_role(&self) -> Result<(), StoreError> {
-        if self.claims.role.manages_catalogue() {
-            Ok(())
-        } else {
-            Err(StoreError::Forbidden("this needs the owner or staff role"))
-        }
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
-    type Rejection = StoreError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        // Only the gate puts it there; a route outside the gate cannot have a tenant.
-        parts.extensions.get::<TenantCtx>().cloned().ok_or(StoreError::Unauthorized("no tenant context".into()))
     }
 }
 

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{AppState, StoreError, TenantCtx, page_limit, parse_id};
+use super::{AppState, Literal, OneTripRead, StoreError, TenantCtx, page_limit, parse_id};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_products, create_product)).routes(routes!(
@@ -198,8 +198,26 @@ async fn list_products(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<Product>>, StoreError> {
     let limit = page_limit(params.limit)?;
-    let mut tx = tenant.begin().await?;
-    let items: Vec<Product> = sqlx::query_as(concat!(
+    let status = params.status.map(ProductStatus::as_str);
+    let arguments = [
+        params.cursor.into(),
+        params.category.as_deref().into(),
+        status.into(),
+        params.tag.as_deref().into(),
+        params.min_price.into(),
+        params.max_price.into(),
+        Literal::Int(limit),
+    ];
+    let items: Vec<Product> = tenant.read(&PRODUCT_PAGE, &arguments).await?;
+    let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(|p| p.id.to_string())).flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// A page of the catalogue, a storefront's other hot read.
+const PRODUCT_PAGE: OneTripRead = OneTripRead {
+    name: "indigo_product_page",
+    parameters: "uuid, text, text, text, bigint, bigint, bigint",
+    sql: concat!(
         "SELECT ",
         product_columns!(),
         " FROM products
@@ -211,37 +229,24 @@ async fn list_products(
            AND ($6::bigint IS NULL OR price_minor <= $6)
          ORDER BY created_at DESC, id DESC
          LIMIT $7"
-    ))
-    .bind(params.cursor)
-    .bind(&params.category)
-    .bind(params.status.map(ProductStatus::as_str))
-    .bind(&params.tag)
-    .bind(params.min_price)
-    .bind(params.max_price)
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await?;
-    drop(tx);
-    let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(|p| p.id.to_string())).flatten();
-    Ok(Json(Page { items, next_cursor }))
-}
+    ),
+};
 
 /// One product.
 #[utoipa::path(get, path = "/v1/products/{id}", tag = "products", params(("id" = Uuid, Path)),
     responses((status = 200, body = Product), (status = 404)))]
 async fn get_product(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Json<Product>, StoreError> {
     let id = parse_id(&id)?;
-    let mut tx = tenant.begin().await?;
-    let product: Option<Product> =
-        sqlx::query_as(concat!("SELECT ", product_columns!(), " FROM products WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    // A read needs no COMMIT round trip: dropping the transaction rolls it back
-    // lazily, on the connection's next use.
-    drop(tx);
+    let product: Option<Product> = tenant.read(&PRODUCT_BY_ID, &[Literal::Uuid(id)]).await?.pop();
     product.map(Json).ok_or(StoreError::NotFound("product"))
 }
+
+/// The storefront's hottest read, in one round trip.
+const PRODUCT_BY_ID: OneTripRead = OneTripRead {
+    name: "indigo_product_by_id",
+    parameters: "uuid",
+    sql: concat!("SELECT ", product_columns!(), " FROM products WHERE id = $1"),
+};
 
 /// Add a product (owner, staff). Past the plan's product limit: 403 `plan_limit`.
 #[utoipa::path(post, path = "/v1/products", tag = "products", request_body = NewProduct,

@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use std::sync::Arc;
 
 #[tokio::test]
 async fn every_tenant_table_has_forced_rls_and_the_app_role_cannot_bypass_it() {
@@ -359,5 +360,130 @@ async fn shoppers_reach_only_their_own_customer_record_and_orders() {
     );
     tx.rollback().await.unwrap();
     drop(conn);
+    store.cleanup().await;
+}
+
+/// The hot reads travel as one message that sets the tenant context and runs
+/// the statement; the transactions set it too. Both share pooled connections
+/// between tenants: eight tenants through two connections, twenty-four callers
+/// at once, three thousand requests interleaved, and every answer belongs to
+/// its caller's tenant — a connection carries no context into the next request.
+#[tokio::test]
+async fn tenants_interleaved_through_two_connections_each_see_only_their_own_rows() {
+    let tenants: Vec<(String, _)> = (0..8).map(|i| (format!("pooled-{i}"), plan("pro"))).collect();
+    let specs: Vec<(&str, _)> = tenants.iter().map(|(s, p)| (s.as_str(), p.clone())).collect();
+    let (store, ids) = Store::start_with_connections(&specs, 2).await;
+    let mut products: Vec<(usize, String)> = Vec::new();
+    for (i, tenant) in ids.iter().enumerate() {
+        let owner = token(*tenant, CallerRole::Owner);
+        for n in 0..4 {
+            let product = store.product(&owner, &format!("tenant {i} item {n}"), 100 + n, 5).await;
+            products.push((i, product["id"].as_str().unwrap().to_owned()));
+        }
+    }
+    let (store, ids, products) = (Arc::new(store), Arc::new(ids), Arc::new(products));
+    let callers: Vec<_> = (0..24)
+        .map(|caller_seed| {
+            let (store, ids, products) = (store.clone(), ids.clone(), products.clone());
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(caller_seed);
+                for _ in 0..125 {
+                    let caller = rng.random_range(0..ids.len());
+                    let role = if rng.random_bool(0.5) { CallerRole::Owner } else { CallerRole::Customer };
+                    let t = token(ids[caller], role);
+                    let own = format!("tenant {caller} ");
+                    if rng.random_bool(0.8) {
+                        let (holder, id) = products.choose(&mut rng).unwrap();
+                        let reply = store.get(&t, &format!("/v1/products/{id}")).await;
+                        if *holder == caller {
+                            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+                            assert!(reply.body["name"].as_str().unwrap().starts_with(&own), "{caller}: {}", reply.body);
+                        } else {
+                            assert_eq!(
+                                reply.status,
+                                StatusCode::NOT_FOUND,
+                                "tenant {caller} read {id}: {}",
+                                reply.body
+                            );
+                        }
+                    } else {
+                        // A page (one message) or a search (a transaction).
+                        let path = if rng.random_bool(0.5) { "/v1/products?limit=100" } else { "/v1/search?q=item" };
+                        let reply = store.get(&t, path).await;
+                        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+                        let names: Vec<&str> = reply.body["items"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|p| p["name"].as_str().unwrap())
+                            .collect();
+                        assert_eq!(names.len(), 4, "tenant {caller}: {path} answers {names:?}");
+                        assert!(
+                            names.iter().all(|name| name.starts_with(&own)),
+                            "tenant {caller}: {path} answers {names:?}"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.expect("a caller's checks failed");
+    }
+    let pool = store.state.routes.pool(&store.app_url).unwrap();
+    assert_eq!(pool.size(), 2, "every request went through the same two connections");
+    Arc::into_inner(store).unwrap().cleanup().await;
+}
+
+/// A shopper's subject is whatever its identity provider chose, and a filter
+/// whatever the client sent; the hot reads write both into their message as
+/// literals. Quotes, backslashes and attempts to end the literal reach the
+/// database exactly: each shopper reads its own record (its subject matched by
+/// policy and filter alike) and no one else's, and each tag finds its product.
+#[tokio::test]
+async fn subjects_and_filters_reach_the_database_exactly() {
+    let (store, ids) = Store::start(&[("quoting", plan("pro"))]).await;
+    let owner = token(ids[0], CallerRole::Owner);
+    let texts = [
+        "o'brien",
+        "o'brien\\",
+        "back\\slash\\'",
+        // Tags are at most 50 characters.
+        "'; SET LOCAL app.current_tenant = ''; --",
+        "$$ dollar $$ ünïcødé",
+    ];
+    let mut tagged = Vec::new();
+    for tag in texts {
+        let body = json!({ "name": format!("tagged {tag}"), "price_minor": 100, "currency": "usd", "tags": [tag] });
+        let product = store.post(&owner, "/v1/products", body).await;
+        assert_eq!(product.status, StatusCode::CREATED, "{}", product.body);
+        tagged.push(product.body["id"].as_str().unwrap().to_owned());
+    }
+    for (tag, id) in texts.iter().zip(&tagged) {
+        let query: String = tag.bytes().map(|b| format!("%{b:02X}")).collect();
+        let found = store.get(&owner, &format!("/v1/products?tag={query}")).await;
+        assert_eq!(found.status, StatusCode::OK, "{}", found.body);
+        let ids: Vec<&str> =
+            found.body["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, [id.as_str()], "tag {tag:?}");
+    }
+    let subjects = texts;
+    let mut records = Vec::new();
+    for (n, subject) in subjects.iter().enumerate() {
+        let shopper = token_for(ids[0], CallerRole::Customer, subject);
+        let record = store.customer(&shopper, &format!("shopper{n}@quoting.example")).await;
+        records.push((shopper, record["id"].as_str().unwrap().to_owned()));
+    }
+    for (reader, (shopper, _)) in records.iter().enumerate() {
+        for (holder, (_, id)) in records.iter().enumerate() {
+            let reply = store.get(shopper, &format!("/v1/customers/{id}")).await;
+            let expected = if reader == holder { StatusCode::OK } else { StatusCode::NOT_FOUND };
+            assert_eq!(
+                reply.status, expected,
+                "{:?} reads the record of {:?}: {}",
+                subjects[reader], subjects[holder], reply.body
+            );
+        }
+    }
     store.cleanup().await;
 }

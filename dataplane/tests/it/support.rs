@@ -68,6 +68,11 @@ pub fn route(tenant: TenantId, slug: &str, plan: Plan, database_url: Option<Stri
 impl Store {
     /// A provisioned database and a storefront routing `tenants` (slug, plan) to it.
     pub async fn start(tenants: &[(&str, Plan)]) -> (Self, Vec<TenantId>) {
+        Self::start_with_connections(tenants, 8).await
+    }
+
+    /// As [`Store::start`], the database reached through at most `connections` at once.
+    pub async fn start_with_connections(tenants: &[(&str, Plan)], connections: u32) -> (Self, Vec<TenantId>) {
         let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
         let database = format!("indigo_store_test_{}", uuid::Uuid::new_v4().simple());
         server.provision(&database).await.expect("tenant database provisioned");
@@ -78,15 +83,25 @@ impl Store {
             .zip(&ids)
             .map(|((slug, plan), id)| route(*id, slug, plan.clone(), Some(app_url.clone())))
             .collect();
-        let store = Self::with_routes(server, database, app_url, routes);
+        let store = Self::with_pool(server, database, app_url, routes, connections);
         (store, ids)
     }
 
     pub fn with_routes(server: TenantServer, database: String, app_url: String, routes: Vec<Route>) -> Self {
+        Self::with_pool(server, database, app_url, routes, 8)
+    }
+
+    fn with_pool(
+        server: TenantServer,
+        database: String,
+        app_url: String,
+        routes: Vec<Route>,
+        connections: u32,
+    ) -> Self {
         let table = RoutingTable { version: 1, routes: routes.clone() };
         let spool = std::env::temp_dir().join(format!("indigo-spool-{database}"));
-        let state =
-            AppState::new(Arc::new(Routes::fixed(table, 8)), Verifier::hs256(SECRET).unwrap(), Meter::new(None, spool));
+        let routes_table = Arc::new(Routes::fixed(table, connections));
+        let state = AppState::new(routes_table, Verifier::hs256(SECRET).unwrap(), Meter::new(None, spool));
         Self { router: api::router(state.clone()), state, server, database, app_url, routes }
     }
 

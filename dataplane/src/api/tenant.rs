@@ -1,0 +1,192 @@
+//! The tenant context of a request, and the only two ways a handler reaches
+//! its rows: a transaction ([`TenantCtx::begin`]) or, for a hot read, one
+//! message ([`TenantCtx::read`]). Both set `app.current_tenant` (which
+//! row-level security binds), the caller's role and its subject for that one
+//! transaction only, so a pooled connection never carries a context from one
+//! request into the next.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use indigo_core::api::Route;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::auth::Claims;
+
+/// The verified caller and where its tenant's rows live.
+#[derive(Clone)]
+pub struct TenantCtx {
+    pub claims: Arc<Claims>,
+    pub route: Arc<Route>,
+    pub(super) pool: PgPool,
+}
+
+/// A read that runs in one round trip: prepared once on each connection under
+/// `name`, then executed by name in the same simple-query message that sets
+/// the tenant context. PostgreSQL runs a message of several statements as one
+/// implicit transaction, so `SET LOCAL` covers the read and ends with it —
+/// whether it succeeds or fails — and the plan is the cached one.
+pub struct OneTripRead {
+    /// Unique among the data plane's statements; `indigo_` keeps it apart
+    /// from the names sqlx gives its own.
+    pub name: &'static str,
+    /// The parameters' types, as `PREPARE` lists them: `uuid, text`.
+    pub parameters: &'static str,
+    pub sql: &'static str,
+}
+
+/// A parameter of a [`OneTripRead`], written into the message as a literal.
+/// Only these shapes can be written, each quoted so that no value can end its
+/// literal: ids and numbers print only digits, letters and dashes; text is
+/// quoted as PostgreSQL's `quote_literal` does.
+#[derive(Debug, Clone, Copy)]
+pub enum Literal<'a> {
+    Uuid(Uuid),
+    Int(i64),
+    Text(&'a str),
+    Null,
+}
+
+impl<'a> From<Option<&'a str>> for Literal<'a> {
+    fn from(text: Option<&'a str>) -> Self {
+        text.map_or(Literal::Null, Literal::Text)
+    }
+}
+
+impl From<Option<Uuid>> for Literal<'_> {
+    fn from(id: Option<Uuid>) -> Self {
+        id.map_or(Literal::Null, Literal::Uuid)
+    }
+}
+
+impl From<Option<i64>> for Literal<'_> {
+    fn from(n: Option<i64>) -> Self {
+        n.map_or(Literal::Null, Literal::Int)
+    }
+}
+
+impl Literal<'_> {
+    fn write_to(self, sql: &mut String) -> Result<(), StoreError> {
+        match self {
+            Literal::Uuid(id) => write!(sql, "'{id}'").expect("writing to a String"),
+            Literal::Int(n) => write!(sql, "{n}").expect("writing to a String"),
+            Literal::Null => sql.push_str("NULL"),
+            Literal::Text(text) => {
+                // A NUL would end the message's text early (the protocol's strings are C strings).
+                if text.contains('\0') {
+                    return Err(StoreError::invalid(
+                        "invalid_text",
+                        "text must not contain the NUL character (U+0000)",
+                    ));
+                }
+                // As quote_literal: right whatever `standard_conforming_strings` says.
+                if text.contains('\\') {
+                    sql.push('E');
+                }
+                sql.push('\'');
+                for c in text.chars() {
+                    if c == '\'' || c == '\\' {
+                        sql.push(c);
+                    }
+                    sql.push(c);
+                }
+                sql.push('\'');
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SQLSTATE of `EXECUTE` naming a statement this connection has not prepared.
+const NOT_PREPARED: &str = "26000";
+
+impl TenantCtx {
+    /// A transaction bound to this tenant and caller. BEGIN and the
+    /// `set_config`s travel in one message, so the context costs no extra round
+    /// trip. The tenant id is a parsed UUID and the role one of three names,
+    /// both safe to format in; the subject is whatever the token's issuer
+    /// chose, so it travels hex-encoded and is decoded by the server.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let subject: String = self.claims.sub.bytes().map(|b| format!("{b:02x}")).collect();
+        let statement = format!(
+            "BEGIN; SELECT set_config('app.current_tenant', '{}', true), set_config('app.current_role', '{}', true), \
+             set_config('app.current_subject', convert_from(decode('{subject}', 'hex'), 'UTF8'), true)",
+            self.claims.tenant_id,
+            self.claims.role.as_str(),
+        );
+        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
+    }
+
+    /// The rows of `read` for this tenant and caller, in one round trip (see
+    /// [`OneTripRead`]); the first use on a connection prepares it first.
+    pub async fn read<T>(&self, read: &OneTripRead, arguments: &[Literal<'_>]) -> Result<Vec<T>, StoreError>
+    where
+        T: for<'r> FromRow<'r, PgRow>,
+    {
+        let mut message = String::with_capacity(256);
+        write!(
+            message,
+            // `current_role` is a keyword, so that part of the name is quoted.
+            "SET LOCAL app.current_tenant = '{}'; SET LOCAL app.\"current_role\" = '{}'; SET LOCAL app.current_subject = ",
+            self.claims.tenant_id,
+            self.claims.role.as_str(),
+        )
+        .expect("writing to a String");
+        Literal::Text(&self.claims.sub).write_to(&mut message)?;
+        write!(message, "; EXECUTE {}(", read.name).expect("writing to a String");
+        for (n, argument) in arguments.iter().enumerate() {
+            if n > 0 {
+                message.push_str(", ");
+            }
+            argument.write_to(&mut message)?;
+        }
+        message.push(')');
+
+        let mut conn = self.pool.acquire().await?;
+        let rows = match run(&mut conn, &message).await {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(NOT_PREPARED) => {
+                let prepare = format!("PREPARE {}({}) AS {}", read.name, read.parameters, read.sql);
+                sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await?;
+                run(&mut conn, &message).await?
+            }
+            other => other?,
+        };
+        Ok(rows.iter().map(T::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The shopper this request acts for: the token's subject when its role is
+    /// `customer`, none for the store's owner and staff, who see every
+    /// customer. The database's `shopper_scope` policies enforce the same
+    /// (policies/tenant_rls.sql); handlers filter on it as well, so that a
+    /// shopper's answer never depends on one guard alone.
+    pub fn shopper(&self) -> Option<&str> {
+        (!self.claims.role.manages_catalogue()).then_some(self.claims.sub.as_str())
+    }
+
+    pub fn require_catalogue_role(&self) -> Result<(), StoreError> {
+        if self.claims.role.manages_catalogue() {
+            Ok(())
+        } else {
+            Err(StoreError::Forbidden("this needs the owner or staff role"))
+        }
+    }
+}
+
+async fn run(conn: &mut PoolConnection<Postgres>, message: &str) -> Result<Vec<PgRow>, sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(message.to_owned())).fetch_all(&mut **conn).await
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
+    type Rejection = StoreError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // Only the gate puts it there; a route outside the gate cannot have a tenant.
+        parts.extensions.get::<TenantCtx>().cloned().ok_or(StoreError::Unauthorized("no tenant context".into()))
+    }
+}
