@@ -72,30 +72,44 @@ async fn bare_product(State((pool, tenant)): State<(PgPool, Uuid)>, Path(id): Pa
 
 struct Outcome {
     name: &'static str,
-    requests: usize,
+    latencies: Vec<Duration>,
     failures: usize,
     seconds: f64,
-    p50: Duration,
-    p99: Duration,
 }
 
 impl Outcome {
     fn rps(&self) -> f64 {
-        self.requests as f64 / self.seconds
+        self.latencies.len() as f64 / self.seconds
+    }
+
+    /// The latency below which a share `q` of the requests were answered.
+    fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        sorted
+            .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
     }
 }
 
+/// Rounds each case's time is split into, the cases taking turns, so that
+/// the machine's drift over the run (other work on the host) falls on every
+/// case alike instead of on whichever ran at the time.
+const ROUNDS: u64 = 5;
+
 async fn load(
-    name: &'static str,
     base: String,
     token: Option<String>,
     ids: Arc<Vec<Uuid>>,
-    seconds: u64,
+    warm_up: Duration,
+    seconds: f64,
     concurrency: usize,
-) -> Outcome {
+    outcome: &mut Outcome,
+) {
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
     // Warm up the connection pools on both sides.
-    let warm_until = Instant::now() + Duration::from_secs(2);
+    let warm_until = Instant::now() + warm_up;
     let run = |until: Instant, record: bool| {
         let (client, base, token, ids) = (client.clone(), base.clone(), token.clone(), ids.clone());
         async move {
@@ -138,16 +152,10 @@ async fn load(
     };
     run(warm_until, false).await;
     let started = Instant::now();
-    let (mut latencies, failures) = run(started + Duration::from_secs(seconds), true).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Outcome { name, requests: latencies.len(), failures, seconds: elapsed, p50: pick(0.50), p99: pick(0.99) }
+    let (latencies, failures) = run(started + Duration::from_secs_f64(seconds), true).await;
+    outcome.seconds += started.elapsed().as_secs_f64();
+    outcome.latencies.extend(latencies);
+    outcome.failures += failures;
 }
 
 /// The usage store the metered data planes deliver to: takes every batch.
@@ -193,19 +201,20 @@ enum Context {
 const COLUMNS: &str =
     "id, name, description, price_minor, currency, category, tags, status, stock, created_at, updated_at";
 
-/// Reads per second of one product by id, `concurrency` connections at once.
+/// Reads of one product by id, `concurrency` connections at once, for
+/// `seconds`; returns the reads and the seconds they took.
 async fn sql_reads(
     pool: PgPool,
     context: Context,
     tenant: Uuid,
     ids: Arc<Vec<Uuid>>,
-    seconds: u64,
+    seconds: f64,
     concurrency: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(u64, f64)> {
     let by_tenant_and_id = format!("SELECT {COLUMNS} FROM products WHERE tenant_id = $1 AND id = $2");
     let by_id = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
     let started = Instant::now();
-    let until = started + Duration::from_secs(seconds);
+    let until = started + Duration::from_secs_f64(seconds);
     let mut workers = Vec::new();
     for worker in 0..concurrency {
         let (pool, ids, by_tenant_and_id, by_id) = (pool.clone(), ids.clone(), by_tenant_and_id.clone(), by_id.clone());
@@ -251,7 +260,7 @@ async fn sql_reads(
         reads += worker.await??;
     }
     pool.close().await;
-    Ok(reads as f64 / started.elapsed().as_secs_f64())
+    Ok((reads, started.elapsed().as_secs_f64()))
 }
 
 /// PostgreSQL alone on the same server: pgbench's select-only case (`-S`,
@@ -315,19 +324,27 @@ async fn main() -> anyhow::Result<()> {
     let ids = Arc::new(ids);
 
     // PostgreSQL alone first, while no data plane holds connections.
-    let mut sql_cases = Vec::new();
-    for (name, context) in [
+    let sql_cases = [
         ("none (superuser, tenant id as a parameter)", Context::Bare),
         ("transaction: `BEGIN` + `set_config`s, the read, `ROLLBACK` — 3 round trips", Context::Transaction),
         ("one message: `SET LOCAL`s + `EXECUTE` of the prepared read — 1 round trip", Context::OneMessage),
-    ] {
-        let options = match context {
-            Context::Bare => server.admin_options(&database),
-            Context::Transaction | Context::OneMessage => server.app_options(&database),
-        };
-        let pool = PgPoolOptions::new().max_connections(concurrency as u32).connect_lazy_with(options);
-        sql_cases.push((name, sql_reads(pool, context, tenant.0, ids.clone(), seconds, concurrency).await?));
+    ];
+    let mut sql_rates = [(0u64, 0f64); 3];
+    for _ in 0..ROUNDS {
+        for ((_, context), (reads, took)) in sql_cases.iter().zip(&mut sql_rates) {
+            let options = match context {
+                Context::Bare => server.admin_options(&database),
+                Context::Transaction | Context::OneMessage => server.app_options(&database),
+            };
+            let pool = PgPoolOptions::new().max_connections(concurrency as u32).connect_lazy_with(options);
+            let share = seconds as f64 / ROUNDS as f64;
+            let (more, seconds) = sql_reads(pool, *context, tenant.0, ids.clone(), share, concurrency).await?;
+            *reads += more;
+            *took += seconds;
+        }
     }
+    let sql_cases: Vec<(&str, f64)> =
+        sql_cases.iter().zip(sql_rates).map(|((name, _), (reads, took))| (*name, reads as f64 / took)).collect();
     let database_url = format!("{}/{database}", server_url.rsplit_once('/').expect("a server URL").0);
     let pgbench =
         tokio::task::spawn_blocking(move || pgbench_select_only(&database_url, seconds, concurrency)).await??;
@@ -416,9 +433,15 @@ async fn main() -> anyhow::Result<()> {
         ("(d) data plane, rate shared through Redis", format!("{shared_url}/v1/products/"), Some(token.clone())),
         ("(e) data plane, usage in memory only (no journal)", format!("{unjournaled_url}/v1/products/"), Some(token)),
     ];
-    let mut outcomes = Vec::new();
-    for (name, base, token) in cases {
-        outcomes.push(load(name, base, token, ids.clone(), seconds, concurrency).await);
+    let mut outcomes: Vec<Outcome> =
+        cases.iter().map(|(name, ..)| Outcome { name, latencies: Vec::new(), failures: 0, seconds: 0.0 }).collect();
+    for round in 0..ROUNDS {
+        // Each round opens its own client connections; the first also fills the servers' pools.
+        let warm_up = Duration::from_millis(if round == 0 { 2000 } else { 500 });
+        for ((_, base, token), outcome) in cases.iter().zip(&mut outcomes) {
+            let share = seconds as f64 / ROUNDS as f64;
+            load(base.clone(), token.clone(), ids.clone(), warm_up, share, concurrency, outcome).await;
+        }
     }
     anyhow::ensure!(
         shared_limiter.fleet().is_some_and(|f| f.is_shared()),
@@ -429,7 +452,8 @@ async fn main() -> anyhow::Result<()> {
     let mut report = String::new();
     report.push_str("# Data-plane read benchmark\n\n");
     report.push_str(&format!(
-        "{}\n\n{concurrency} concurrent keep-alive clients, {seconds} s per case after a 2 s warm-up; \
+        "{}\n\n{concurrency} concurrent keep-alive clients, {seconds} s per case in {ROUNDS} rounds, the cases taking \
+         turns (a 2 s warm-up first, 0.5 s in later rounds); \
          load generator, servers and PostgreSQL share the machine. Rerun: `cargo bench -p indigo-dataplane --bench storefront`.\n\n",
         indigo_e2e::bench::provenance(),
     ));
@@ -439,8 +463,8 @@ async fn main() -> anyhow::Result<()> {
             "| {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.2} |\n",
             o.name,
             o.rps(),
-            o.p50.as_secs_f64() * 1000.0,
-            o.p99.as_secs_f64() * 1000.0,
+            o.quantile(0.50).as_secs_f64() * 1000.0,
+            o.quantile(0.99).as_secs_f64() * 1000.0,
             o.failures,
             o.rps() / a
         ));
@@ -467,7 +491,8 @@ async fn main() -> anyhow::Result<()> {
     ));
     report.push_str(&format!(
         "\n## The tenant context at the SQL level\n\n\
-         One product by id through {concurrency} connections at once, {seconds} s each, no HTTP: what each way of \
+         One product by id through {concurrency} connections at once, {seconds} s each in {ROUNDS} rounds taking \
+         turns, no HTTP: what each way of \
          carrying the tenant context costs the database and the driver.\n\n\
          | how the context travels | reads/s | ratio to none |\n|---|---:|---:|\n"
     ));
