@@ -85,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
     let data_dir = std::env::temp_dir().join(format!("indigo-bench-{suffix}"));
     let config = Config::load(None, indigo_e2e::control_plane_settings(&control_url, &pool_database, ADMIN, data_dir))?;
     let control_plane = ControlPlane::build(&config, None).await?;
-    let pool = control_plane.state.db.clone();
+    // Unbounded, as the scheduler's jobs connect: the API's pool cancels
+    // statements after its query timeout, and a full roll-up of 10M events
+    // is no API query.
+    let pool = db::connect(&control_url).await?;
     let tenants: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO tenants (id, slug, name, owner_email, plan, isolation)
          SELECT gen_random_uuid(), 'bench-' || n, 'Bench ' || n, 'owner@bench.example', 'starter', 'pool'

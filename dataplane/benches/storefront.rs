@@ -213,17 +213,28 @@ async fn sql_reads(
 ) -> anyhow::Result<(u64, f64)> {
     let by_tenant_and_id = format!("SELECT {COLUMNS} FROM products WHERE tenant_id = $1 AND id = $2");
     let by_id = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
-    let started = Instant::now();
-    let until = started + Duration::from_secs_f64(seconds);
+    // The clock starts once every worker holds its connection (TLS handshake
+    // and PREPARE done): a round is short, and opening connections is not
+    // what is measured.
+    let ready = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
     let mut workers = Vec::new();
     for worker in 0..concurrency {
         let (pool, ids, by_tenant_and_id, by_id) = (pool.clone(), ids.clone(), by_tenant_and_id.clone(), by_id.clone());
+        let ready = ready.clone();
         workers.push(tokio::spawn(async move {
-            let mut conn = pool.acquire().await?;
-            if let Context::OneMessage = context {
-                let prepare = format!("PREPARE bench_product_by_id(uuid) AS {by_id}");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await?;
+            let connected = async {
+                let mut conn = pool.acquire().await?;
+                if let Context::OneMessage = context {
+                    let prepare = format!("PREPARE bench_product_by_id(uuid) AS {by_id}");
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await?;
+                }
+                anyhow::Ok(conn)
             }
+            .await;
+            // Also on failure, so that the others are not left waiting.
+            ready.wait().await;
+            let mut conn = connected?;
+            let until = Instant::now() + Duration::from_secs_f64(seconds);
             let (mut n, mut reads) = (worker * 7919, 0u64);
             while Instant::now() < until {
                 n = (n + 104_729) % ids.len();
@@ -255,6 +266,8 @@ async fn sql_reads(
             anyhow::Ok(reads)
         }));
     }
+    ready.wait().await;
+    let started = Instant::now();
     let mut reads = 0;
     for worker in workers {
         reads += worker.await??;
