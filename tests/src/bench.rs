@@ -17,7 +17,11 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn commit() -> String {
     match git(&["rev-parse", "--short=10", "HEAD"]) {
-        Some(head) if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) => {
+        // The reports themselves do not count: a run rewrites them one by one.
+        Some(head)
+            if git(&["status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/benchmarks"])
+                .is_some_and(|s| !s.is_empty()) =>
+        {
             format!("`{head}` with uncommitted changes")
         }
         Some(head) => format!("`{head}`"),
