@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use indigo_core::api::{UsageBatch, UsageBatchResult, UsageEvent};
@@ -53,16 +53,19 @@ impl UsageSink {
 /// segment they are written to.
 #[derive(Clone)]
 pub struct Meter {
-    state: Arc<Mutex<Recorded>>,
+    events: Arc<Mutex<Vec<UsageEvent>>>,
+    /// The open segment: `<spool>/<v7>.jsonl.open`, renamed to `.jsonl` when
+    /// closed. Requests append to it together, each holding the read side
+    /// until its event is also in `events`; a flush takes the write side to
+    /// close it, so the events it takes are exactly the lines of the segment.
+    journal: Arc<RwLock<Option<Segment>>>,
     sink: Option<UsageSink>,
     spool: PathBuf,
 }
 
-#[derive(Default)]
-struct Recorded {
-    events: Vec<UsageEvent>,
-    /// The open segment: `<spool>/<v7>.jsonl.open`, renamed to `.jsonl` when closed.
-    journal: Option<(PathBuf, File)>,
+struct Segment {
+    path: PathBuf,
+    file: File,
 }
 
 /// Largest batch sent at once.
@@ -82,41 +85,56 @@ impl Meter {
                 }
             }
         }
-        Self { state: Arc::default(), sink, spool }
+        Self { events: Arc::default(), journal: Arc::default(), sink, spool }
     }
 
     pub fn record(&self, event: UsageEvent) {
-        let mut state = self.state.lock().expect("meter lock");
-        if self.sink.is_some()
-            && let Err(error) = self.journal(&mut state, &event)
-        {
-            // The disk refusing costs the crash safety, not the event.
-            tracing::warn!(%error, "usage journal write failed; the event is kept in memory only");
-            state.journal = None;
+        if self.sink.is_none() {
+            self.events.lock().expect("meter lock").push(event);
+            return;
         }
-        state.events.push(event);
+        let mut line = serde_json::to_vec(&event).expect("a usage event serializes");
+        line.push(b'\n');
+        let journal = match self.append(&line) {
+            Ok(journal) => journal,
+            Err(error) => {
+                // The disk refusing costs the crash safety, not the event.
+                tracing::warn!(%error, "usage journal write failed; the event is kept in memory only");
+                let mut journal = self.journal.write().expect("journal lock");
+                *journal = None;
+                self.events.lock().expect("meter lock").push(event);
+                return;
+            }
+        };
+        self.events.lock().expect("meter lock").push(event);
+        drop(journal);
     }
 
-    /// Appends `event` to the open segment, opening one first if need be.
-    fn journal(&self, state: &mut Recorded, event: &UsageEvent) -> anyhow::Result<()> {
-        if state.journal.is_none() {
-            std::fs::create_dir_all(&self.spool)?;
-            let path = self.spool.join(format!("{}.jsonl.{OPEN}", uuid::Uuid::now_v7()));
-            let file = std::fs::OpenOptions::new().create_new(true).append(true).open(&path)?;
-            state.journal = Some((path, file));
+    /// Appends `line` to the open segment, opening one first if need be, and
+    /// returns the read side still held. One `write` of a line opened for
+    /// appending: the kernel puts it whole at the end, whoever else appends
+    /// at the same time; a line torn by machine loss is skipped when read back.
+    fn append(&self, line: &[u8]) -> anyhow::Result<std::sync::RwLockReadGuard<'_, Option<Segment>>> {
+        loop {
+            let journal = self.journal.read().expect("journal lock");
+            if let Some(segment) = journal.as_ref() {
+                (&segment.file).write_all(line)?;
+                return Ok(journal);
+            }
+            drop(journal);
+            let mut journal = self.journal.write().expect("journal lock");
+            if journal.is_none() {
+                std::fs::create_dir_all(&self.spool)?;
+                let path = self.spool.join(format!("{}.jsonl.{OPEN}", uuid::Uuid::now_v7()));
+                let file = std::fs::OpenOptions::new().create_new(true).append(true).open(&path)?;
+                *journal = Some(Segment { path, file });
+            }
         }
-        let (_, file) = state.journal.as_mut().expect("opened above");
-        let mut line = serde_json::to_vec(event)?;
-        line.push(b'\n');
-        // One write: a line is in the segment whole, or (a torn last line, on
-        // machine loss) skipped when the segment is read back.
-        file.write_all(&line)?;
-        Ok(())
     }
 
     /// How many events wait to be flushed.
     pub fn pending(&self) -> usize {
-        self.state.lock().expect("meter lock").events.len()
+        self.events.lock().expect("meter lock").len()
     }
 
     /// Sends everything recorded, spooled batches first. The segment holding
@@ -126,11 +144,12 @@ impl Meter {
         let Some(sink) = &self.sink else { return Ok(()) };
         self.retry_spooled(sink).await?;
         let (events, segment) = {
-            let mut state = self.state.lock().expect("meter lock");
-            let segment = state.journal.take().map(|(path, _)| close(&path)).transpose()?;
-            (std::mem::take(&mut state.events), segment)
+            // Waits out the requests appending now: each one's event is in `events` when it lets go.
+            let mut journal = self.journal.write().expect("journal lock");
+            let segment = journal.take().map(|segment| close(&segment.path)).transpose()?;
+            (std::mem::take(&mut *self.events.lock().expect("meter lock")), segment)
         };
-        let mut unsent = Unsent { state: &self.state, events, sent: 0 };
+        let mut unsent = Unsent { events_left: &self.events, events, sent: 0 };
         let mut delivered = true;
         while unsent.sent < unsent.events.len() {
             let chunk = &unsent.events[unsent.sent..unsent.events.len().min(unsent.sent + MAX_BATCH)];
@@ -172,7 +191,7 @@ impl Meter {
 /// the events still to flush: nothing is lost, and one delivered twice (it is
 /// also in the closed segment) is ignored by the store.
 struct Unsent<'a> {
-    state: &'a Mutex<Recorded>,
+    events_left: &'a Mutex<Vec<UsageEvent>>,
     events: Vec<UsageEvent>,
     sent: usize,
 }
@@ -181,8 +200,8 @@ impl Drop for Unsent<'_> {
     fn drop(&mut self) {
         if self.sent < self.events.len() {
             let rest = self.events.split_off(self.sent);
-            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            state.events.splice(0..0, rest);
+            let mut left = self.events_left.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            left.splice(0..0, rest);
         }
     }
 }
@@ -259,7 +278,7 @@ mod tests {
         let cancelled = tokio::time::timeout(Duration::from_millis(200), meter.flush()).await;
         assert!(cancelled.is_err(), "the store never answers, so the flush is still waiting");
         meter.record(event());
-        let kept: Vec<uuid::Uuid> = meter.state.lock().unwrap().events.iter().map(|e| e.id).collect();
+        let kept: Vec<uuid::Uuid> = meter.events.lock().unwrap().iter().map(|e| e.id).collect();
         assert_eq!(kept.len(), 4, "the three in flight and the one recorded since");
         assert_eq!(kept[..3], recorded.iter().map(|e| e.id).collect::<Vec<_>>()[..], "in their order, first");
         held.abort();
@@ -306,6 +325,61 @@ mod tests {
         let spooled = files("jsonl");
         assert_eq!(spooled.len(), 1);
         assert_eq!(read(&spooled[0]), ids, "a spool file for the next flush");
+        let _ = std::fs::remove_dir_all(spool);
+    }
+    /// Requests append to the journal together while flushes close its
+    /// segments: every event recorded reaches the store once, and no segment
+    /// is left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_recorded_while_flushes_close_segments_are_each_delivered_once() {
+        let delivered: Arc<Mutex<Vec<uuid::Uuid>>> = Arc::default();
+        let store = axum::Router::new().route(
+            "/v1/usage/events",
+            axum::routing::post({
+                let delivered = delivered.clone();
+                move |axum::Json(batch): axum::Json<UsageBatch>| async move {
+                    let accepted = batch.events.len() as u64;
+                    delivered.lock().unwrap().extend(batch.events.into_iter().map(|e| e.id));
+                    axum::Json(UsageBatchResult { accepted, duplicates: 0, rejected: vec![] })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, store).await });
+        let spool = std::env::temp_dir().join(format!("indigo-meter-test-{}", uuid::Uuid::new_v4().simple()));
+        let meter = Meter::new(Some(UsageSink::new(&url, "token")), spool.clone());
+
+        let recorders: Vec<_> = (0..4)
+            .map(|_| {
+                let meter = meter.clone();
+                std::thread::spawn(move || {
+                    (0..2_000)
+                        .map(|_| {
+                            let event = event();
+                            let id = event.id;
+                            meter.record(event);
+                            id
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut flushes = 0;
+        while !recorders.iter().all(|r| r.is_finished()) {
+            meter.flush().await.unwrap();
+            flushes += 1;
+        }
+        meter.flush().await.unwrap();
+        let mut recorded: Vec<uuid::Uuid> = recorders.into_iter().flat_map(|r| r.join().unwrap()).collect();
+        let mut delivered = delivered.lock().unwrap().clone();
+        recorded.sort();
+        delivered.sort();
+        assert!(flushes > 1, "the flushes ran while events were recorded");
+        assert_eq!(delivered.len(), recorded.len(), "each event delivered once");
+        assert_eq!(delivered, recorded);
+        let left: Vec<PathBuf> = std::fs::read_dir(&spool).unwrap().flatten().map(|e| e.path()).collect();
+        assert_eq!(left, Vec::<PathBuf>::new(), "every segment removed once delivered");
         let _ = std::fs::remove_dir_all(spool);
     }
 }
