@@ -184,7 +184,7 @@ fn spells_nul(bytes: &[u8]) -> bool {
 }
 
 /// Why text with a NUL is refused, wherever it arrives.
-const NUL_REFUSED: &str = "text must not contain the NUL character (U+0000)";
+pub const NUL_REFUSED: &str = "text must not contain the NUL character (U+0000)";
 
 fn holds_nul(value: &serde_json::Value) -> bool {
     use serde_json::Value;

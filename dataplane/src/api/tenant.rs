@@ -11,6 +11,7 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use indigo_core::api::Route;
+use indigo_core::http::NUL_REFUSED;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
@@ -80,10 +81,7 @@ impl Literal<'_> {
             Literal::Text(text) => {
                 // A NUL would end the message's text early (the protocol's strings are C strings).
                 if text.contains('\0') {
-                    return Err(StoreError::invalid(
-                        "invalid_text",
-                        "text must not contain the NUL character (U+0000)",
-                    ));
+                    return Err(StoreError::invalid("invalid_text", NUL_REFUSED));
                 }
                 // As quote_literal: right whatever `standard_conforming_strings` says.
                 if text.contains('\\') {
@@ -107,19 +105,26 @@ impl Literal<'_> {
 const NOT_PREPARED: &str = "26000";
 
 impl TenantCtx {
-    /// A transaction bound to this tenant and caller. BEGIN and the
-    /// `set_config`s travel in one message, so the context costs no extra round
-    /// trip. The tenant id is a parsed UUID and the role one of three names,
-    /// both safe to format in; the subject is whatever the token's issuer
-    /// chose, so it travels hex-encoded and is decoded by the server.
-    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        let subject: String = self.claims.sub.bytes().map(|b| format!("{b:02x}")).collect();
-        let statement = format!(
-            "BEGIN; SELECT set_config('app.current_tenant', '{}', true), set_config('app.current_role', '{}', true), \
-             set_config('app.current_subject', convert_from(decode('{subject}', 'hex'), 'UTF8'), true)",
+    /// The statements that set this caller's context for the current
+    /// transaction only: the tenant (a parsed UUID), the role (one of three
+    /// names) and the subject (whatever the token's issuer chose, quoted).
+    fn write_context(&self, message: &mut String) -> Result<(), StoreError> {
+        write!(
+            message,
+            // `current_role` is a keyword, so that part of the name is quoted.
+            "SET LOCAL app.current_tenant = '{}'; SET LOCAL app.\"current_role\" = '{}'; SET LOCAL app.current_subject = ",
             self.claims.tenant_id,
             self.claims.role.as_str(),
-        );
+        )
+        .expect("writing to a String");
+        Literal::Text(&self.claims.sub).write_to(message)
+    }
+
+    /// A transaction bound to this tenant and caller. BEGIN and the context
+    /// travel in one message, so the context costs no extra round trip.
+    pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut statement = String::from("BEGIN; ");
+        self.write_context(&mut statement)?;
         Ok(self.pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
     }
 
@@ -130,15 +135,7 @@ impl TenantCtx {
         T: for<'r> FromRow<'r, PgRow>,
     {
         let mut message = String::with_capacity(256);
-        write!(
-            message,
-            // `current_role` is a keyword, so that part of the name is quoted.
-            "SET LOCAL app.current_tenant = '{}'; SET LOCAL app.\"current_role\" = '{}'; SET LOCAL app.current_subject = ",
-            self.claims.tenant_id,
-            self.claims.role.as_str(),
-        )
-        .expect("writing to a String");
-        Literal::Text(&self.claims.sub).write_to(&mut message)?;
+        self.write_context(&mut message)?;
         write!(message, "; EXECUTE {}(", read.name).expect("writing to a String");
         for (n, argument) in arguments.iter().enumerate() {
             if n > 0 {
@@ -179,7 +176,7 @@ impl TenantCtx {
 }
 
 async fn run(conn: &mut PoolConnection<Postgres>, message: &str) -> Result<Vec<PgRow>, sqlx::Error> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(message.to_owned())).fetch_all(&mut **conn).await
+    sqlx::raw_sql(sqlx::AssertSqlSafe(message)).fetch_all(&mut **conn).await
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
