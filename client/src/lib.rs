@@ -1,9 +1,9 @@
 //! A typed client of the admin API, used by the CLI (and the console).
 
 use indigo_core::api::{
-    ApiToken, AuditEntry, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest, CreatedToken, ErrorBody, Event,
-    LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove,
-    TenantUsage, UsageSeries, WhoAmI, Workflow,
+    ApiToken, AuditEntry, CatalogueCacheStats, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest,
+    CreatedToken, ErrorBody, Event, LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling,
+    TenantCost, TenantMove, TenantUsage, UsageSeries, WhoAmI, Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -203,6 +203,11 @@ impl AdminClient {
     /// A tenant's usage per hour over the last `hours`.
     pub async fn usage_series(&self, tenant: &str, hours: i64) -> Result<UsageSeries, ClientError> {
         self.get(&format!("/v1/tenants/{}/usage", path_segment(tenant)), &[("hours", hours)]).await
+    }
+
+    /// How the tenant's catalogue reads fared in the data planes' cache over the last day.
+    pub async fn catalogue_cache(&self, tenant: &str) -> Result<CatalogueCacheStats, ClientError> {
+        self.get(&format!("/v1/tenants/{}/catalogue-cache", path_segment(tenant)), &()).await
     }
 
     /// The fleet's cost and margin per tenant, lowest margin first.

@@ -86,6 +86,7 @@ struct ConfigFile {
     aws_metrics_namespace: Option<String>,
     aws_ecs_cluster: Option<String>,
     aws_dataplane_image: Option<String>,
+    aws_bedrock_model_id: Option<String>,
     aws_subnets: Option<String>,
     aws_security_groups: Option<String>,
     aws_cluster_stand_in: Option<String>,
@@ -145,7 +146,7 @@ pub struct Overrides {
     /// SMTP relay (host:port, no auth) for the outbox's mail [env: INDIGO_SMTP_RELAY] [default: mail is logged, not sent]
     #[arg(long, env = "INDIGO_SMTP_RELAY", hide_env = true)]
     pub smtp_relay: Option<String>,
-    /// Redis through which the data planes that `indigo up` runs share each tenant's plan rate [env: INDIGO_REDIS_URL] [default: each replica limits alone]
+    /// Redis of the data planes: they share each tenant's plan rate and cache the catalogue there, and the admin API reads the cache's hit counts [env: INDIGO_REDIS_URL] [default: each replica limits alone, no cache]
     #[arg(long, env = "INDIGO_REDIS_URL", hide_env = true)]
     pub redis_url: Option<String>,
     /// Sender address of the outbox's mail [env: INDIGO_MAIL_FROM] [default: noreply@indigo.local]
@@ -190,6 +191,9 @@ pub struct Overrides {
     /// Container image of the data plane on ECS [env: INDIGO_AWS_DATAPLANE_IMAGE] [default: indigo-dataplane:latest]
     #[arg(long, env = "INDIGO_AWS_DATAPLANE_IMAGE", hide_env = true)]
     pub aws_dataplane_image: Option<String>,
+    /// Bedrock model the data-plane tasks write product descriptions with, e.g. amazon.nova-micro-v1:0 [env: INDIGO_AWS_BEDROCK_MODEL_ID] [default: the tasks' built-in writer]
+    #[arg(long, env = "INDIGO_AWS_BEDROCK_MODEL_ID", hide_env = true)]
+    pub aws_bedrock_model_id: Option<String>,
     /// Comma-separated subnets: the data plane runs on Fargate there (else on EC2 capacity) [env: INDIGO_AWS_SUBNETS]
     #[arg(long, env = "INDIGO_AWS_SUBNETS", hide_env = true)]
     pub aws_subnets: Option<String>,
@@ -234,7 +238,9 @@ pub struct Config {
     pub stripe: Option<StripeConfig>,
     /// `None`: the outbox's mail is logged instead of sent.
     pub smtp_relay: Option<String>,
-    /// Passed to the local data planes; `None`: each replica limits tenants' rates alone.
+    /// Passed to the data planes (shared plan rates, the catalogue cache) and
+    /// read for the cache's hit counts; `None`: each replica limits tenants'
+    /// rates alone and nothing is cached.
     pub redis_url: Option<String>,
     pub mail_from: String,
     /// `None`: Stripe webhooks are refused (503).
@@ -254,6 +260,8 @@ pub struct Config {
     pub aws_metrics_namespace: String,
     pub aws_ecs_cluster: String,
     pub aws_dataplane_image: String,
+    /// `None`: the data-plane tasks write descriptions with their built-in writer, not Bedrock.
+    pub aws_bedrock_model_id: Option<String>,
     /// `None`: EC2 capacity with bridge networking.
     pub aws_subnets: Option<crate::providers::aws::ecs::Subnets>,
     /// `None` (always, on AWS): clusters are reached at their endpoints.
@@ -397,6 +405,7 @@ impl Config {
                 .aws_dataplane_image
                 .or(from_file.aws_dataplane_image)
                 .unwrap_or_else(|| "indigo-dataplane:latest".into()),
+            aws_bedrock_model_id: overrides.aws_bedrock_model_id.or(from_file.aws_bedrock_model_id),
             aws_subnets: (!subnets.is_empty())
                 .then_some(crate::providers::aws::ecs::Subnets { subnets, security_groups }),
             aws_usage_table: overrides

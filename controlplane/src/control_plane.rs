@@ -154,6 +154,7 @@ impl ControlPlane {
                     jwt_secret: config.storefront_jwt_secret.clone(),
                     database_password: config.app_database_password.clone(),
                     redis_url: config.redis_url.clone(),
+                    bedrock_model_id: config.aws_bedrock_model_id.clone(),
                     log_level: "info".into(),
                     log_group: config.aws_log_group.clone(),
                     region: aws.region().map_or_else(|| "us-east-1".to_owned(), ToString::to_string),
@@ -204,6 +205,10 @@ impl ControlPlane {
             token_rates: Arc::new(api::auth::TokenRates::new(config.api_requests_per_second)),
             read_timeout: config.api_read_timeout,
             routing_changes: api::routing::RoutingChanges::listen(db.clone()),
+            data_plane_redis: match &config.redis_url {
+                Some(url) => Some(redis::Client::open(url.as_str()).context("invalid redis_url")?),
+                None => None,
+            },
             plans,
             // The admin API reads through a pool of its own whose statements time
             // out, at the latest when a read would be given up anyway.

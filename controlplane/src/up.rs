@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use indigo_core::tenant::{Email, Lifecycle, Slug, TenantName};
@@ -46,6 +47,18 @@ pub fn stripe_webhook_secret_file(data_dir: &Path) -> PathBuf {
 /// Where `indigo up` keeps the password of its private PostgreSQL's superuser.
 pub fn private_postgres_password_file(data_dir: &Path) -> PathBuf {
     data_dir.join("postgres.password")
+}
+
+/// The Redis `indigo up` uses when `redis_url` is unset and one answers here.
+const LOCAL_REDIS: &str = "redis://127.0.0.1:6379";
+
+async fn redis_answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else { return false };
+    let ping = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut connection).await
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(_)))
 }
 
 const DEMO_TENANTS: &[(&str, &str, &str)] = &[
@@ -90,6 +103,9 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         config.app_database_password = Some(local_secret(&app_database_password_file(&config.data_dir))?);
     }
     config.database_url = Some(database_url.to_owned());
+    if config.redis_url.is_none() && config.provider == Provider::Local && redis_answers(LOCAL_REDIS).await {
+        config.redis_url = Some(LOCAL_REDIS.to_owned());
+    }
     // Billing in the demo without a Stripe account: an emulator in this
     // process, gone with it. `stripe_api_base` bills through Stripe instead.
     let stripe_emulator = if demo && config.stripe.is_none() {
@@ -164,6 +180,12 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         (None, None) => println!("  billing:     off (stripe_api_base is not set)"),
     }
     println!("  database:    {}", redact(database_url));
+    match &config.redis_url {
+        Some(url) => {
+            println!("  redis:       {} (plan rates shared by the data planes, catalogue cached)", redact(url))
+        }
+        None => println!("  redis:       none (each data plane limits rates alone; no catalogue cache)"),
+    }
     println!("  token:       {} (the CLI reads it from there)", token_file(&config.data_dir).display());
     println!("  try:         indigo tenant list --api-url http://{address}");
     let shutdown = async move {

@@ -190,6 +190,11 @@ pub struct CreatedToken {
 pub struct RoutingTable {
     pub version: i64,
     pub routes: Vec<Route>,
+    /// AI credits per token of each AI service (`policies/costs.toml`), so that
+    /// a data plane prices its own AI calls against the plans' monthly credits
+    /// as the usage store will.
+    #[serde(default)]
+    pub ai_credit_rates: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -241,7 +246,7 @@ pub struct UsageEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AiUsage {
-    /// `bedrock`, `personalize`, `comprehend`, `rekognition` (the rates' keys).
+    /// `bedrock`, `personalize`, `comprehend`, `rekognition`, `embedded` (the rates' keys).
     pub service: String,
     #[serde(deserialize_with = "whole::required")]
     #[schema(format = Int64, maximum = 4_294_967_295_u64)]
@@ -337,7 +342,7 @@ pub struct WhoAmI {
     pub role: Role,
 }
 
-/// A tenant's recent traffic, from the raw usage events (until roll-ups exist).
+/// A tenant's recent traffic and this month's AI credits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TenantUsage {
     pub tenant_id: TenantId,
@@ -345,17 +350,23 @@ pub struct TenantUsage {
     pub api_calls_today: i64,
     /// Average over the last minute.
     pub requests_per_second: f64,
+    /// AI credits used since the start of the month (UTC), against the plan's `ai_credits`.
+    #[serde(default)]
+    pub ai_credits_this_month: f64,
 }
 
 /// A tenant's storefront calls so far in its own day (the time zone of its
 /// settings), which every data-plane replica counts its daily limit from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DailyCalls {
     pub tenant_id: TenantId,
     /// API calls and searches since the tenant's local midnight, as metered.
     pub calls: u64,
     /// The tenant's next local midnight, when the count starts again.
     pub resets_at: DateTime<Utc>,
+    /// AI credits used in the current billing month (UTC), as metered.
+    #[serde(default)]
+    pub ai_credits_this_month: f64,
 }
 
 /// Where a durable workflow stands.
@@ -510,6 +521,32 @@ pub struct UsageSeries {
     pub hours: Vec<DateTime<Utc>>,
     /// Per event type, one value per hour (0 where nothing happened).
     pub series: std::collections::BTreeMap<String, Vec<f64>>,
+}
+
+/// How a tenant's catalogue reads fared in the data planes' Redis cache over
+/// the last [`CatalogueCacheStats::WINDOW_HOURS`] hours.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CatalogueCacheStats {
+    pub tenant_id: Option<TenantId>,
+    /// Whether the control plane reaches the data planes' Redis (`redis_url`);
+    /// without it there is no cache and no counts.
+    pub enabled: bool,
+    pub hours: u32,
+    pub hits: u64,
+    pub misses: u64,
+    /// hits ÷ (hits + misses); none before the first read.
+    pub hit_rate: Option<f64>,
+}
+
+impl CatalogueCacheStats {
+    pub const WINDOW_HOURS: u32 = 24;
+
+    /// The Redis hash in which data planes add up `tenant`'s cache hits and
+    /// misses during the UTC hour that contains `at`.
+    pub fn counts_key(tenant: TenantId, at: DateTime<Utc>) -> String {
+        // `{tenant}` is a hash tag: all of a tenant's keys share a Redis cluster slot.
+        format!("indigo:catalogue:{{{tenant}}}:counts:{}", at.format("%Y%m%d%H"))
+    }
 }
 
 /// A tenant's account at the payment provider and how far its usage is reported.

@@ -38,6 +38,10 @@ pub struct Refusals {
 pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]+$";
 
+/// The description of a request body that may be left out (read with
+/// `OptionalJson`): `request_body(content = T, description = "Optional")`.
+pub const OPTIONAL_BODY: &str = "Optional";
+
 impl Refusals {
     /// Adds to every operation of `openapi` the refusals it can answer with,
     /// where the handler's own documentation does not already say them.
@@ -58,6 +62,10 @@ impl Refusals {
                 }
             }
             if let Some(RefOr::T(body)) = &mut operation.request_body {
+                // Documented as optional (an `OptionalJson` extractor): a request may leave it out.
+                if body.description.as_deref() == Some(OPTIONAL_BODY) {
+                    body.required = Some(Required::False);
+                }
                 for content in body.content.values_mut() {
                     if let RefOr::T(content) = content
                         && let Some(schema) = &mut content.schema

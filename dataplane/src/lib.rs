@@ -3,8 +3,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod catalogue_cache;
+pub mod descriptions;
 pub mod limits;
 pub mod metering;
+pub mod redis_link;
 pub mod routing;
 
 use std::net::SocketAddr;
@@ -17,9 +20,12 @@ use indigo_core::http::{parent_gone, shutdown_signal};
 
 use crate::api::AppState;
 use crate::auth::Verifier;
+use crate::catalogue_cache::CatalogueCache;
+use crate::descriptions::DescriptionWriter;
 use crate::limits::Limiter;
 use crate::limits::fleet::FleetRates;
 use crate::metering::{Meter, UsageSink};
+use crate::redis_link::RedisLink;
 use crate::routing::{ControlPlaneSource, Routes};
 
 #[derive(Debug, clap::Parser)]
@@ -72,6 +78,19 @@ pub struct Cli {
     /// without it each replica limits alone
     #[arg(long, env = "INDIGO_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// How long the catalogue's cached reads live in Redis, in seconds (at most 3600; 0 turns the
+    /// cache off). A write makes every earlier entry of its tenant unused at once; the TTL bounds
+    /// only what Redis holds, and staleness while Redis cannot be told of a write
+    #[arg(long, env = "INDIGO_CATALOGUE_CACHE_TTL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub catalogue_cache_ttl_secs: u64,
+    /// Who writes product descriptions: `embedded` (built in, no network) or `bedrock` (Amazon
+    /// Bedrock's InvokeModel, configured from the standard AWS chain)
+    #[arg(long, env = "INDIGO_DESCRIPTIONS", value_enum, default_value_t = Descriptions::Embedded)]
+    pub descriptions: Descriptions,
+    /// The Bedrock model that writes descriptions
+    #[arg(long, env = "INDIGO_BEDROCK_MODEL_ID", default_value = descriptions::DEFAULT_BEDROCK_MODEL)]
+    pub bedrock_model_id: String,
     /// Behind a load balancer: rate-limit clients by the last X-Forwarded-For hop, not the socket peer
     #[arg(long, env = "INDIGO_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
@@ -86,6 +105,16 @@ pub struct Cli {
     #[arg(long, hide = true, value_name = "PID")]
     pub exit_with_parent: Option<u32>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Descriptions {
+    Embedded,
+    Bedrock,
+}
+
+/// How often the catalogue cache's owed invalidations are retried and its
+/// hit counts added to Redis.
+const CACHE_SETTLE_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let verifier = match (&cli.jwt_secret, &cli.jwks_url) {
@@ -108,9 +137,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     let flusher = tokio::spawn(metering::flush_forever(meter.clone(), Duration::from_millis(cli.metering_flush_ms)));
     let mut state = AppState::new(routes, verifier, meter.clone());
+    if cli.descriptions == Descriptions::Bedrock {
+        state.descriptions = Arc::new(DescriptionWriter::bedrock(&cli.bedrock_model_id).await);
+    }
+    let mut settler = None;
     if let Some(url) = &cli.redis_url {
-        let fleet = FleetRates::new(url).with_context(|| format!("invalid redis_url {url}"))?;
-        state.limiter = Arc::new(Limiter::default().sharing_rates(fleet));
+        let redis = Arc::new(RedisLink::new(url).with_context(|| format!("invalid redis_url {url}"))?);
+        state.limiter = Arc::new(Limiter::default().sharing_rates(FleetRates::new(redis.clone())));
+        if cli.catalogue_cache_ttl_secs > 0 {
+            let cache = Arc::new(CatalogueCache::new(redis, Duration::from_secs(cli.catalogue_cache_ttl_secs)));
+            settler = Some(tokio::spawn(catalogue_cache::settle_forever(cache.clone(), CACHE_SETTLE_EVERY)));
+            state.catalogue_cache = Some(cache);
+        }
     }
     let sharer = tokio::spawn(limits::share_daily_forever(
         state.limiter.clone(),
@@ -133,6 +171,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     refresher.abort();
     sharer.abort();
     flusher.abort();
+    if let Some(settler) = settler {
+        settler.abort();
+    }
     // In-flight requests are drained; their usage is sent (or spooled) before exit.
     meter.flush().await.context("final usage flush")?;
     tracing::info!("data plane stopped; usage flushed");

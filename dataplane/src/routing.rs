@@ -37,6 +37,7 @@ struct Indexed {
     version: i64,
     loaded: bool,
     by_tenant: HashMap<TenantId, Arc<Route>>,
+    ai_credit_rates: std::collections::BTreeMap<String, f64>,
 }
 
 impl Routes {
@@ -69,8 +70,12 @@ impl Routes {
             .filter(|r| self.only.is_none_or(|only| only == r.tenant_id))
             .map(|r| (r.tenant_id, Arc::new(r)))
             .collect();
-        *self.table.write().expect("routing lock") =
-            Arc::new(Indexed { version: table.version, loaded: true, by_tenant });
+        *self.table.write().expect("routing lock") = Arc::new(Indexed {
+            version: table.version,
+            loaded: true,
+            by_tenant,
+            ai_credit_rates: table.ai_credit_rates,
+        });
         self.replaced.notify_waiters();
     }
 
@@ -102,6 +107,12 @@ impl Routes {
 
     pub fn route(&self, tenant: TenantId) -> Option<Arc<Route>> {
         self.table.read().expect("routing lock").by_tenant.get(&tenant).cloned()
+    }
+
+    /// The AI credits `tokens` of `service` cost, at the rates the control
+    /// plane prices them (none without a rate for the service).
+    pub fn ai_credits(&self, service: &str, tokens: u64) -> Option<f64> {
+        self.table.read().expect("routing lock").ai_credit_rates.get(service).map(|rate| tokens as f64 * rate)
     }
 
     /// Opens a connection to each database a tenant is about to move to, so

@@ -25,7 +25,22 @@ const FORBIDDEN_LINKS: &[(&str, &[&str])] = &[
     ),
     ("indigo-tenantdb", &["indigo-controlplane", "indigo-dataplane", "axum"]),
     ("indigo-controlplane", &["indigo-dataplane", "indigo-cli"]),
-    ("indigo-dataplane", &["indigo-controlplane", "indigo-cli", "aws-config", "async-stripe"]),
+    // The storefront calls the AI services it serves with (Bedrock), never the
+    // control plane's provisioning and billing APIs.
+    (
+        "indigo-dataplane",
+        &[
+            "indigo-controlplane",
+            "indigo-cli",
+            "async-stripe",
+            "aws-sdk-ecs",
+            "aws-sdk-rds",
+            "aws-sdk-secretsmanager",
+            "aws-sdk-dynamodb",
+            "aws-sdk-cloudwatch",
+            "aws-sdk-applicationautoscaling",
+        ],
+    ),
     // The Stripe emulator stands alone: it knows Stripe's API, not Indigo.
     ("indigo-stripe-emulator", &["indigo-core", "indigo-controlplane", "indigo-dataplane", "sqlx", "async-stripe"]),
 ];

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
-    AuditEntry, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage,
-    UsageSeries, Workflow,
+    AuditEntry, CatalogueCacheStats, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost,
+    TenantMove, TenantUsage, UsageSeries, Workflow,
 };
 use indigo_core::plan::Plan;
 use indigo_core::tenant::{Isolation, TenantId};
@@ -236,6 +236,8 @@ pub enum Loaded {
         usage: UsageSeries,
         /// Its Stripe account, when it is billed.
         billing: Option<TenantBilling>,
+        /// Its catalogue reads in the data planes' cache over the last day.
+        cache: Option<CatalogueCacheStats>,
     },
     Plan(ReconcilePlan),
     /// The API could not be reached, or refused the token.
@@ -282,6 +284,7 @@ pub struct Detail {
     /// Hourly usage over the last day.
     pub usage: UsageSeries,
     pub billing: Option<TenantBilling>,
+    pub cache: Option<CatalogueCacheStats>,
 }
 
 pub struct App {
@@ -427,9 +430,9 @@ impl App {
                 self.connection = Connection::Live;
                 self.clamp_selection();
             }
-            Loaded::Detail { slug, events, audit, usage, billing } => {
+            Loaded::Detail { slug, events, audit, usage, billing, cache } => {
                 if self.detail.slug.as_deref() == Some(slug.as_str()) {
-                    self.detail = Detail { slug: Some(slug), events, audit, usage, billing };
+                    self.detail = Detail { slug: Some(slug), events, audit, usage, billing, cache };
                 }
             }
             Loaded::Plan(plan) => {

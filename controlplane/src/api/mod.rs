@@ -69,6 +69,8 @@ pub struct AppState {
     pub read_timeout: Duration,
     /// Wakes the data planes' requests waiting for a new routing table.
     pub routing_changes: routing::RoutingChanges,
+    /// The data planes' Redis, where they count catalogue cache hits, when one is configured.
+    pub data_plane_redis: Option<redis::Client>,
 }
 
 #[derive(OpenApi)]

@@ -89,7 +89,8 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
             routing_version: row.routing_version,
         });
     }
-    Ok(RoutingTable { version, routes })
+    let ai_credit_rates = state.costs.as_ref().map(|costs| costs.credit_rates.clone()).unwrap_or_default();
+    Ok(RoutingTable { version, routes, ai_credit_rates })
 }
 
 /// Where the tenants table's triggers announce each new routing version.

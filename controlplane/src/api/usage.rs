@@ -10,7 +10,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use chrono::DurationRound;
 use chrono::{Duration, Utc};
 use indigo_core::api::{
-    DailyCalls, ErrorBody, RejectedEvent, TenantUsage, UsageBatch, UsageBatchResult, UsageEvent, UsageSeries,
+    CatalogueCacheStats, DailyCalls, ErrorBody, RejectedEvent, TenantUsage, UsageBatch, UsageBatchResult, UsageEvent,
+    UsageSeries,
 };
 use indigo_core::cost::CostModel;
 use indigo_core::http::ApiJson;
@@ -34,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(summary))
         .routes(routes!(daily_calls))
         .routes(routes!(tenant_series))
+        .routes(routes!(catalogue_cache))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -73,6 +75,50 @@ async fn tenant_series(
     Ok(Json(UsageSeries { tenant_id: Some(tenant.id), hours: axis, series }))
 }
 
+/// How the tenant's catalogue reads fared in the data planes' Redis cache over the last day.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/catalogue-cache", tag = "usage",
+    params(("tenant" = String, Path, description = "Slug or id")),
+    responses((status = 200, body = CatalogueCacheStats), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 502, description = "Redis did not answer", body = ErrorBody)))]
+async fn catalogue_cache(
+    State(state): State<AppState>,
+    _actor: Actor,
+    indigo_core::http::ApiPath(raw): indigo_core::http::ApiPath<String>,
+) -> Result<Json<CatalogueCacheStats>, ApiError> {
+    let reference = super::tenants::tenant_ref(&raw)?;
+    let mut conn = state.db.acquire().await?;
+    let tenant = crate::registry::get(&mut conn, &reference).await?;
+    drop(conn);
+    let hours = CatalogueCacheStats::WINDOW_HOURS;
+    let Some(redis) = &state.data_plane_redis else {
+        return Ok(Json(CatalogueCacheStats { tenant_id: Some(tenant.id), hours, ..Default::default() }));
+    };
+    let now = Utc::now();
+    let mut read = redis::pipe();
+    for hour in 0..hours {
+        let key = CatalogueCacheStats::counts_key(tenant.id, now - Duration::hours(i64::from(hour)));
+        read.cmd("HMGET").arg(key).arg("hits").arg("misses");
+    }
+    let counts: Vec<(Option<u64>, Option<u64>)> = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let mut connection = redis.get_multiplexed_async_connection().await?;
+        read.query_async(&mut connection).await
+    })
+    .await
+    .map_err(|_| ApiError::Upstream("Redis did not answer in time".into()))?
+    .map_err(|e| ApiError::Upstream(format!("Redis did not answer: {e}")))?;
+    let hits: u64 = counts.iter().filter_map(|(hits, _)| *hits).sum();
+    let misses: u64 = counts.iter().filter_map(|(_, misses)| *misses).sum();
+    let reads = hits + misses;
+    Ok(Json(CatalogueCacheStats {
+        tenant_id: Some(tenant.id),
+        enabled: true,
+        hours,
+        hits,
+        misses,
+        hit_rate: (reads > 0).then(|| hits as f64 / reads as f64),
+    }))
+}
+
 /// Every active tenant's storefront calls so far in its own day, and when that
 /// day ends: data-plane replicas count their daily limit from it, so that the
 /// limit holds across replicas.
@@ -83,46 +129,59 @@ async fn daily_calls(State(state): State<AppState>, caller: Caller) -> Result<Js
     Ok(Json(calls))
 }
 
-/// Each tenant's storefront calls today (UTC) and requests per second over the last minute.
+/// Each tenant's storefront calls today (UTC), requests per second over the last minute and AI
+/// credits this month (UTC).
 #[utoipa::path(get, path = "/v1/usage/summary", tag = "usage", responses((status = 200, body = Vec<TenantUsage>)))]
 async fn summary(State(state): State<AppState>, _actor: Actor) -> Result<Json<Vec<TenantUsage>>, ApiError> {
-    // Today's calls mostly from the roll-ups; the last minute from the events
-    // (the index on their time keeps that a minute's worth).
-    let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
-        "SELECT id, today, last_minute FROM (
+    // Today's calls and the month's credits mostly from the roll-ups; the last
+    // minute from the events (the tenant index keeps that a minute's worth).
+    let rows: Vec<(Uuid, i64, i64, f64)> = sqlx::query_as(
+        "SELECT id, today, last_minute, ai_credits FROM (
              SELECT t.id, storefront_calls(t.id, date_trunc('day', now(), 'UTC')) AS today,
                     (SELECT count(*) FROM usage_events e
                       WHERE e.tenant_id = t.id AND e.event_type IN ('api_call', 'search_query')
-                        AND e.occurred_at >= now() - interval '1 minute') AS last_minute
+                        AND e.occurred_at >= now() - interval '1 minute') AS last_minute,
+                    ai_credits_used(t.id, date_trunc('month', now(), 'UTC')) AS ai_credits
              FROM tenants t WHERE t.lifecycle <> 'deleted') usage
-         WHERE today > 0 OR last_minute > 0
+         WHERE today > 0 OR last_minute > 0 OR ai_credits > 0
          ORDER BY id",
     )
     .fetch_all(&state.db)
     .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|(tenant, today, last_minute)| TenantUsage {
+            .map(|(tenant, today, last_minute, ai_credits)| TenantUsage {
                 tenant_id: TenantId(tenant),
                 api_calls_today: today,
                 requests_per_second: last_minute as f64 / 60.0,
+                ai_credits_this_month: ai_credits,
             })
             .collect(),
     ))
 }
 
-/// What a data plane may report: one storefront call or search at a time, for
-/// a tenant it serves. A compromised data plane cannot inflate another
-/// tenant's bill, nor its own by more than the requests it really answers.
+/// What a data plane may report, for a tenant it serves: one storefront call
+/// or search at a time, and the AI calls it makes itself, priced here from
+/// their tokens. A compromised data plane cannot inflate another tenant's
+/// bill, nor its own by more than the requests it really answers.
 fn permitted(caller: &Caller, event: &UsageEvent) -> Result<(), (&'static str, String)> {
     let Caller::DataPlane { name, .. } = caller else { return Ok(()) };
     if !caller.reaches(event.tenant_id) {
         return Err(("tenant_not_served", format!("data plane `{name}` does not serve tenant {}", event.tenant_id)));
     }
-    if !DATAPLANE_EVENT_TYPES.contains(&event.event_type.as_str()) || event.quantity != 1.0 || event.ai.is_some() {
+    let storefront_call =
+        DATAPLANE_EVENT_TYPES.contains(&event.event_type.as_str()) && event.quantity == 1.0 && event.ai.is_none();
+    let own_ai_call = event.event_type == "ai_request"
+        && event.quantity == 0.0
+        && event.ai.as_ref().is_some_and(|ai| DATAPLANE_AI_SERVICES.contains(&ai.service.as_str()));
+    if !(storefront_call || own_ai_call) {
         return Err((
             "not_permitted",
-            format!("a data plane reports {} events of quantity 1 only", DATAPLANE_EVENT_TYPES.join(" and ")),
+            format!(
+                "a data plane reports {} events of quantity 1, and ai_request events of its own {} calls (quantity 0, priced from their tokens) only",
+                DATAPLANE_EVENT_TYPES.join(" and "),
+                DATAPLANE_AI_SERVICES.join(" and ")
+            ),
         ));
     }
     Ok(())
@@ -130,6 +189,8 @@ fn permitted(caller: &Caller, event: &UsageEvent) -> Result<(), (&'static str, S
 
 /// The events a data plane meters itself.
 const DATAPLANE_EVENT_TYPES: [&str; 2] = ["api_call", "search_query"];
+/// The AI services a data plane calls itself (product descriptions).
+const DATAPLANE_AI_SERVICES: [&str; 2] = ["bedrock", "embedded"];
 
 /// Checks one event; for an AI call, returns its quantity in credits.
 fn check(

@@ -61,18 +61,34 @@ macro_rules! calls_today {
     };
 }
 
-/// Every active tenant's calls so far in its local day, for the data plane's daily limit.
+/// A tenant's AI credits since the start of its billing month (UTC), mostly
+/// from the roll-ups (`ai_credits_used`, in the control migrations).
+macro_rules! ai_credits_this_month {
+    () => {
+        "ai_credits_used(b.id, b.month_start)"
+    };
+}
+
+/// Every active tenant's calls so far in its local day and AI credits this
+/// month, for the data plane's daily limit and AI credit limit.
 pub async fn daily_calls(db: &PgPool) -> Result<Vec<DailyCalls>, sqlx::Error> {
-    let rows: Vec<(Uuid, i64, DateTime<Utc>)> =
-        sqlx::query_as(concat!(local_days!(), " SELECT b.id, ", calls_today!(), ", b.day_end FROM b"))
-            .fetch_all(db)
-            .await?;
+    let rows: Vec<(Uuid, i64, DateTime<Utc>, f64)> = sqlx::query_as(concat!(
+        local_days!(),
+        " SELECT b.id, ",
+        calls_today!(),
+        ", b.day_end, ",
+        ai_credits_this_month!(),
+        " FROM b"
+    ))
+    .fetch_all(db)
+    .await?;
     Ok(rows
         .into_iter()
-        .map(|(tenant, calls, resets_at)| DailyCalls {
+        .map(|(tenant, calls, resets_at, ai_credits)| DailyCalls {
             tenant_id: TenantId(tenant),
             calls: u64::try_from(calls).unwrap_or(0),
             resets_at,
+            ai_credits_this_month: ai_credits,
         })
         .collect())
 }
@@ -84,8 +100,9 @@ pub async fn check_all(db: &PgPool, plans: &PlanCatalog) -> Result<LimitsReport,
                  to_char(now() AT TIME ZONE b.tz, 'YYYY-MM-DD') AS local_day, ",
         calls_today!(),
         " AS api_calls_today,
-                 (SELECT COALESCE(sum(quantity), 0) FROM usage_events e WHERE e.tenant_id = b.id
-                    AND e.event_type = 'ai_request' AND e.occurred_at >= b.month_start) AS ai_credits_this_month,
+                 ",
+        ai_credits_this_month!(),
+        " AS ai_credits_this_month,
                  to_char(b.month_start, 'YYYY-MM') AS month
           FROM b"
     ))

@@ -547,6 +547,22 @@ async fn a_data_plane_identity_reaches_only_what_a_data_plane_needs(pool: PgPool
     let codes: Vec<&str> =
         reply.body["rejected"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
     assert_eq!(codes, ["tenant_not_served", "not_permitted", "not_permitted"]);
+    // Its own AI calls, priced here from their tokens: not another service's,
+    // nor at a quantity of its own choosing.
+    let ai_call = |service: &str, quantity: f64| {
+        let mut event = event(acme, "ai_request", quantity);
+        event["ai"] = json!({ "service": service, "input_tokens": 120, "output_tokens": 80 });
+        event
+    };
+    let batch = json!({ "events": [ai_call("bedrock", 0.0), ai_call("personalize", 0.0), ai_call("bedrock", 5.0)] });
+    let reply = app.send(Method::POST, "/v1/usage/events", acme_plane.expose(), "u-ai", batch).await;
+    assert_eq!(reply.body["accepted"], 1, "{}", reply.body);
+    let calls = app.get("/v1/usage/daily-calls", acme_plane.expose()).await;
+    let credits = calls.body[0]["ai_credits_this_month"].as_f64().unwrap();
+    assert!((credits - 0.2).abs() < 1e-9, "200 tokens at 0.001 credits: {}", calls.body);
+    let summary = app.get("/v1/usage/summary", ADMIN).await;
+    let acme_usage = summary.body.as_array().unwrap().iter().find(|u| u["tenant_id"] == acme.to_string()).unwrap();
+    assert!((acme_usage["ai_credits_this_month"].as_f64().unwrap() - 0.2).abs() < 1e-9, "{}", summary.body);
     let reply = app
         .send(
             Method::POST,
@@ -1063,4 +1079,37 @@ async fn a_waiting_routing_request_is_answered_when_the_table_changes(pool: PgPo
     });
     assert_eq!(stopped.status, StatusCode::NOT_MODIFIED);
     assert!(!stopped.headers.contains_key("preference-applied"), "cut short, not held for its wait");
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn a_tenants_catalogue_cache_hit_rate_is_its_last_days_counts_in_redis(pool: PgPool) {
+    use indigo_core::api::CatalogueCacheStats;
+    let without = TestApp::new(pool.clone()).await;
+    let created = without.create("cache-shop", "growth").await;
+    let tenant: indigo_core::tenant::TenantId = serde_json::from_value(created.body["id"].clone()).unwrap();
+    let off = without.get("/v1/tenants/cache-shop/catalogue-cache", ADMIN).await;
+    assert_eq!(off.status, StatusCode::OK, "{}", off.body);
+    assert_eq!(off.body["enabled"], false, "no Redis configured: {}", off.body);
+
+    let url = indigo_e2e::redis_url();
+    let app = TestApp::with(pool, Overrides { redis_url: Some(url.clone()), ..Overrides::default() }).await;
+    let mut redis = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let now = chrono::Utc::now();
+    // Inside the day: this hour and five hours ago; outside: two days ago.
+    for (hours_ago, hits, misses) in [(0, 90, 10), (5, 60, 40), (48, 1000, 0)] {
+        let key = CatalogueCacheStats::counts_key(tenant, now - chrono::Duration::hours(hours_ago));
+        let _: () = redis::pipe()
+            .hset(&key, "hits", hits)
+            .hset(&key, "misses", misses)
+            .expire(&key, 600)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let stats = app.get(&format!("/v1/tenants/{tenant}/catalogue-cache"), ADMIN).await;
+    assert_eq!(stats.status, StatusCode::OK, "{}", stats.body);
+    let stats: CatalogueCacheStats = serde_json::from_value(stats.body).unwrap();
+    assert_eq!((stats.enabled, stats.hours, stats.hits, stats.misses), (true, 24, 150, 50));
+    assert_eq!(stats.hit_rate, Some(0.75));
+    assert_eq!(app.get("/v1/tenants/no-such-shop/catalogue-cache", ADMIN).await.status, StatusCode::NOT_FOUND);
 }

@@ -116,6 +116,7 @@ fn task_settings(image: &str) -> TaskSettings {
         redis_url: Some("redis://:redis-password-of-the-test@cache.internal:6379".into()),
         jwt_secret: None,
         database_password: Some(indigo_controlplane::config::Secret::new("app-database-password-of-the-test")),
+        bedrock_model_id: Some("amazon.nova-micro-v1:0".into()),
         log_level: "info".into(),
         log_group: "/indigo/dataplane".into(),
         region: "us-east-1".into(),
@@ -186,6 +187,11 @@ async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant(d
     assert_eq!(pool_env["INDIGO_CONTROL_PLANE_URL"], "http://indigo.internal:8080");
     assert_eq!(pool_env["INDIGO_DATAPLANE_LISTEN"], "0.0.0.0:8081");
     assert!(!pool_env.contains_key("INDIGO_DATAPLANE_TENANT"), "the pool's serves every pool tenant");
+    assert_eq!(
+        (pool_env["INDIGO_DESCRIPTIONS"].as_str(), pool_env["INDIGO_BEDROCK_MODEL_ID"].as_str()),
+        ("bedrock", "amazon.nova-micro-v1:0"),
+        "descriptions written by Bedrock"
+    );
     let silo_definition = described(silo.task_definition.clone()).await;
     assert_eq!(silo_definition.family(), Some(name.as_str()), "a family of its own");
     assert_eq!(environment(&silo_definition)["INDIGO_DATAPLANE_TENANT"], tenant_id);

@@ -22,6 +22,12 @@ pub enum StoreError {
     Forbidden(&'static str),
     #[error("the plan allows at most {limit} {what}")]
     PlanLimit { what: &'static str, limit: u64 },
+    /// 403: the tenant's plan does not include the feature.
+    #[error("the {plan} plan does not include {feature}")]
+    NotInPlan { plan: String, feature: &'static str },
+    /// 502: a service the request depends on (a model) failed.
+    #[error("{0}")]
+    Upstream(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{message}")]
@@ -64,6 +70,8 @@ impl IntoResponse for StoreError {
             Self::Suspended => (StatusCode::FORBIDDEN, "tenant_suspended"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::PlanLimit { .. } => (StatusCode::FORBIDDEN, "plan_limit"),
+            Self::NotInPlan { .. } => (StatusCode::FORBIDDEN, "feature_not_in_plan"),
+            Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, *code),

@@ -6,6 +6,7 @@
 //! row-level security binds.
 
 mod customers;
+mod descriptions;
 pub mod error;
 mod orders;
 mod products;
@@ -36,12 +37,14 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::{AuthError, Verifier};
+use crate::catalogue_cache::CatalogueCache;
+use crate::descriptions::DescriptionWriter;
 use crate::limits::{Limiter, Refusal};
 use crate::metering::Meter;
 use crate::routing::Routes;
 pub use error::StoreError;
 pub use tenant::TenantCtx;
-use tenant::{Literal, OneTripRead};
+use tenant::{JsonBody, Literal, OneTripRead};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -49,6 +52,10 @@ pub struct AppState {
     pub verifier: Verifier,
     pub limiter: Arc<Limiter>,
     pub meter: Meter,
+    /// Who writes product descriptions: Bedrock, or the built-in writer.
+    pub descriptions: Arc<DescriptionWriter>,
+    /// The catalogue's reads cached in Redis, when one is configured.
+    pub catalogue_cache: Option<Arc<CatalogueCache>>,
     pub metrics: PrometheusHandle,
     /// Whether to meter (on in production; the benchmark compares both).
     pub metering: bool,
@@ -64,6 +71,8 @@ impl AppState {
             verifier,
             limiter: Arc::default(),
             meter,
+            descriptions: Arc::new(DescriptionWriter::Embedded),
+            catalogue_cache: None,
             metrics: indigo_core::http::prometheus(),
             metering: true,
             trust_forwarded_for: false,
@@ -85,6 +94,7 @@ struct ApiDoc;
 pub fn router(state: AppState) -> Router {
     let (storefront, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(products::router())
+        .merge(descriptions::router())
         .merge(search::router())
         .merge(customers::router())
         .merge(orders::router())
@@ -182,7 +192,12 @@ async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) ->
     let response = loop {
         let pool = state.routes.pool(&database_url)?;
         let mut attempt = Request::from_parts(parts.clone(), Body::from(body.clone()));
-        attempt.extensions_mut().insert(TenantCtx { claims: claims.clone(), route: route.clone(), pool });
+        attempt.extensions_mut().insert(TenantCtx {
+            claims: claims.clone(),
+            route: route.clone(),
+            pool,
+            cache: state.catalogue_cache.clone(),
+        });
         let response = next.clone().run(attempt).await;
         match response.extensions().get::<RetryLater>() {
             Some(RetryLater::Moved) if moves < MOVE_REPLAYS => {

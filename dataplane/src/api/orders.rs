@@ -204,6 +204,8 @@ async fn create_order(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    // The products' stock changed.
+    tenant.catalogue_changed().await;
     Ok((StatusCode::CREATED, Json(order.with_items(lines))))
 }
 

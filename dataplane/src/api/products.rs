@@ -11,7 +11,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{AppState, Literal, OneTripRead, StoreError, TenantCtx, page_limit, parse_id};
+use super::{AppState, JsonBody, Literal, OneTripRead, StoreError, TenantCtx, page_limit, parse_id};
+use crate::catalogue_cache::Entry;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_products, create_product)).routes(routes!(
@@ -46,7 +47,7 @@ macro_rules! product_columns {
 pub(crate) use product_columns;
 
 /// Where a product stands: only `active` ones are sold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProductStatus {
     Draft,
@@ -173,7 +174,7 @@ impl From<NewProduct> for ProductChanges {
     }
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Deserialize, Serialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
@@ -193,24 +194,25 @@ pub struct ListParams {
 
 /// Products, newest first.
 #[utoipa::path(get, path = "/v1/products", tag = "products", params(ListParams), responses((status = 200, body = Page<Product>)))]
-async fn list_products(
-    tenant: TenantCtx,
-    ApiQuery(params): ApiQuery<ListParams>,
-) -> Result<Json<Page<Product>>, StoreError> {
+async fn list_products(tenant: TenantCtx, ApiQuery(params): ApiQuery<ListParams>) -> Result<JsonBody, StoreError> {
     let limit = page_limit(params.limit)?;
-    let status = params.status.map(ProductStatus::as_str);
-    let arguments = [
-        params.cursor.into(),
-        params.category.as_deref().into(),
-        status.into(),
-        params.tag.as_deref().into(),
-        params.min_price.into(),
-        params.max_price.into(),
-        Literal::Int(limit),
-    ];
-    let items: Vec<Product> = tenant.read(&PRODUCT_PAGE, &arguments).await?;
-    let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(|p| p.id.to_string())).flatten();
-    Ok(Json(Page { items, next_cursor }))
+    tenant
+        .cached(Entry::query("page", &params), async {
+            let status = params.status.map(ProductStatus::as_str);
+            let arguments = [
+                params.cursor.into(),
+                params.category.as_deref().into(),
+                status.into(),
+                params.tag.as_deref().into(),
+                params.min_price.into(),
+                params.max_price.into(),
+                Literal::Int(limit),
+            ];
+            let items: Vec<Product> = tenant.read(&PRODUCT_PAGE, &arguments).await?;
+            let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(|p| p.id.to_string())).flatten();
+            Ok(Page { items, next_cursor })
+        })
+        .await
 }
 
 /// A page of the catalogue, a storefront's other hot read.
@@ -235,14 +237,18 @@ const PRODUCT_PAGE: OneTripRead = OneTripRead {
 /// One product.
 #[utoipa::path(get, path = "/v1/products/{id}", tag = "products", params(("id" = Uuid, Path)),
     responses((status = 200, body = Product), (status = 404)))]
-async fn get_product(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<Json<Product>, StoreError> {
+async fn get_product(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<JsonBody, StoreError> {
     let id = parse_id(&id)?;
-    let product: Option<Product> = tenant.read(&PRODUCT_BY_ID, &[Literal::Uuid(id)]).await?.pop();
-    product.map(Json).ok_or(StoreError::NotFound("product"))
+    tenant
+        .cached(Entry::product(id), async {
+            let product: Option<Product> = tenant.read(&PRODUCT_BY_ID, &[Literal::Uuid(id)]).await?.pop();
+            product.ok_or(StoreError::NotFound("product"))
+        })
+        .await
 }
 
 /// The storefront's hottest read, in one round trip.
-const PRODUCT_BY_ID: OneTripRead = OneTripRead {
+pub(super) const PRODUCT_BY_ID: OneTripRead = OneTripRead {
     name: "indigo_product_by_id",
     parameters: "uuid",
     sql: concat!("SELECT ", product_columns!(), " FROM products WHERE id = $1"),
@@ -287,6 +293,7 @@ async fn create_product(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
+    tenant.catalogue_changed().await;
     Ok((StatusCode::CREATED, Json(product)))
 }
 
@@ -324,6 +331,7 @@ async fn update_product(
     .await?;
     let product = product.ok_or(StoreError::NotFound("product"))?;
     tx.commit().await?;
+    tenant.catalogue_changed().await;
     Ok(Json(product))
 }
 
@@ -348,5 +356,6 @@ async fn delete_product(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Resu
         return Err(StoreError::NotFound("product"));
     }
     tx.commit().await?;
+    tenant.catalogue_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }

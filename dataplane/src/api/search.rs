@@ -2,7 +2,6 @@
 //! products, ranked. Plans with the `ai_search` feature get the richer ranking
 //! (cover density, field weights, in-stock boost).
 
-use axum::Json;
 use indigo_core::http::{ApiQuery, Rejection};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -10,7 +9,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::products::{Product, product_columns};
-use super::{AppState, StoreError, TenantCtx, page_limit};
+use super::{AppState, JsonBody, StoreError, TenantCtx, page_limit};
+use crate::catalogue_cache::Entry;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(search))
@@ -49,34 +49,36 @@ pub struct SearchResults {
 
 /// Search the catalogue, best match first.
 #[utoipa::path(get, path = "/v1/search", tag = "search", params(SearchParams), responses((status = 200, body = SearchResults)))]
-async fn search(
-    tenant: TenantCtx,
-    ApiQuery(params): ApiQuery<SearchParams>,
-) -> Result<Json<SearchResults>, StoreError> {
+async fn search(tenant: TenantCtx, ApiQuery(params): ApiQuery<SearchParams>) -> Result<JsonBody, StoreError> {
     let query = params.q.trim();
     if query.is_empty() || query.chars().count() > 200 {
         return Err(StoreError::Rejected(Rejection::bad_request("invalid_query", "q must be 1 to 200 characters")));
     }
     let limit = page_limit(params.limit)?;
+    // The plan decides the ranking, so it is part of what is cached.
     let boosted = tenant.route.plan.has_feature("ai_search");
-    let mut tx = tenant.begin().await?;
-    let rows: Vec<HitRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        product_columns!(),
-        ", (CASE WHEN $3 THEN ts_rank_cd('{0.2, 0.4, 0.7, 1.0}', search, query) * (CASE WHEN stock > 0 THEN 1.2 ELSE 1.0 END)
-                 ELSE ts_rank(search, query) END)::real AS rank
-         FROM products, websearch_to_tsquery('simple', $1) AS query
-         WHERE search @@ query AND status = 'active'
-         ORDER BY rank DESC, id
-         LIMIT $2"
-    ))
-    .bind(query)
-    .bind(limit)
-    .bind(boosted)
-    .fetch_all(&mut *tx)
-    .await?;
-    drop(tx);
-    Ok(Json(SearchResults {
-        items: rows.into_iter().map(|r| SearchHit { product: r.product, rank: r.rank }).collect(),
-    }))
+    tenant
+        .cached(Entry::query("search", &(query, limit, boosted)), async {
+            let mut tx = tenant.begin().await?;
+            let rows: Vec<HitRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                product_columns!(),
+                ", (CASE WHEN $3 THEN ts_rank_cd('{0.2, 0.4, 0.7, 1.0}', search, query) * (CASE WHEN stock > 0 THEN 1.2 ELSE 1.0 END)
+                         ELSE ts_rank(search, query) END)::real AS rank
+                 FROM products, websearch_to_tsquery('simple', $1) AS query
+                 WHERE search @@ query AND status = 'active'
+                 ORDER BY rank DESC, id
+                 LIMIT $2"
+            ))
+            .bind(query)
+            .bind(limit)
+            .bind(boosted)
+            .fetch_all(&mut *tx)
+            .await?;
+            drop(tx);
+            Ok(SearchResults {
+                items: rows.into_iter().map(|r| SearchHit { product: r.product, rank: r.rank }).collect(),
+            })
+        })
+        .await
 }

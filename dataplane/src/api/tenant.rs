@@ -8,8 +8,11 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::FromRequestParts;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use indigo_core::api::Route;
 use indigo_core::http::NUL_REFUSED;
 use sqlx::pool::PoolConnection;
@@ -19,6 +22,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use crate::auth::Claims;
+use crate::catalogue_cache::{CatalogueCache, Entry, Lookup};
 
 /// The verified caller and where its tenant's rows live.
 #[derive(Clone)]
@@ -26,6 +30,16 @@ pub struct TenantCtx {
     pub claims: Arc<Claims>,
     pub route: Arc<Route>,
     pub(super) pool: PgPool,
+    pub(super) cache: Option<Arc<CatalogueCache>>,
+}
+
+/// A JSON answer already serialized: what the catalogue cache holds.
+pub struct JsonBody(Bytes);
+
+impl IntoResponse for JsonBody {
+    fn into_response(self) -> Response {
+        ([(CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
 }
 
 /// A read that runs in one round trip: prepared once on each connection under
@@ -155,6 +169,38 @@ impl TenantCtx {
             other => other?,
         };
         Ok(rows.iter().map(T::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The catalogue read `entry` from the cache, or else from `read` (and
+    /// then kept). Only for reads whose answer is the same for every caller of
+    /// the tenant: the key holds the tenant and `entry`, nothing of the caller.
+    pub async fn cached<T, F>(&self, entry: Entry, read: F) -> Result<JsonBody, StoreError>
+    where
+        T: serde::Serialize,
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let slot = match &self.cache {
+            Some(cache) => match cache.lookup(self.claims.tenant_id, self.route.routing_version, &entry).await {
+                Lookup::Hit(body) => return Ok(JsonBody(body)),
+                Lookup::Miss(slot) => Some((cache, slot)),
+                Lookup::Bypass => None,
+            },
+            None => None,
+        };
+        let answer = read.await?;
+        let body = Bytes::from(serde_json::to_vec(&answer).expect("catalogue answers serialize"));
+        if let Some((cache, slot)) = slot {
+            cache.store(slot, &body);
+        }
+        Ok(JsonBody(body))
+    }
+
+    /// A write to the tenant's catalogue committed: cached reads taken before
+    /// it are not served again, by any replica. Call before answering.
+    pub async fn catalogue_changed(&self) {
+        if let Some(cache) = &self.cache {
+            cache.changed(self.claims.tenant_id).await;
+        }
     }
 
     /// The shopper this request acts for: the token's subject when its role is

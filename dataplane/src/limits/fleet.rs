@@ -10,21 +10,20 @@
 //! (the caller's local bucket) rather than refuse or stall the storefront.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indigo_core::plan::Plan;
 use indigo_core::tenant::TenantId;
-use redis::aio::MultiplexedConnection;
+
+use crate::redis_link::{RedisLink, Unreachable};
 
 /// How long leased tokens stay spendable on this replica.
 pub const LEASE_TTL: Duration = Duration::from_millis(250);
 /// By default a request waits at most this long for Redis before the replica
 /// limits alone.
 const ANSWER_WITHIN: Duration = Duration::from_millis(50);
-/// While Redis is away, a reconnect is tried at most this often.
-const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
 /// A token bucket of `rate` per second and `burst` capacity, refilled from
 /// Redis's clock (so replicas' clocks do not matter). Takes up to `want`
@@ -57,12 +56,8 @@ struct Lease {
 pub struct FleetUnavailable;
 
 pub struct FleetRates {
-    client: redis::Client,
+    redis: Arc<RedisLink>,
     script: redis::Script,
-    connection: Mutex<Option<MultiplexedConnection>>,
-    /// When a reconnect may next be tried; held while one request reconnects,
-    /// and the others do not wait for it.
-    next_reconnect: tokio::sync::Mutex<Instant>,
     leases: Mutex<HashMap<TenantId, Lease>>,
     answer_within: Duration,
     /// [`UNKNOWN`], [`SHARED`] or [`ALONE`]: what the last answer was, so each
@@ -75,17 +70,15 @@ const SHARED: u8 = 1;
 const ALONE: u8 = 2;
 
 impl FleetRates {
-    /// Rates shared through the Redis at `url`; connects on first use.
-    pub fn new(url: &str) -> Result<Self, redis::RedisError> {
-        Ok(Self {
-            client: redis::Client::open(url)?,
+    /// Rates shared through `redis`.
+    pub fn new(redis: Arc<RedisLink>) -> Self {
+        Self {
+            redis,
             script: redis::Script::new(TAKE),
-            connection: Mutex::default(),
-            next_reconnect: tokio::sync::Mutex::new(Instant::now()),
             leases: Mutex::default(),
             answer_within: ANSWER_WITHIN,
             state: AtomicU8::new(UNKNOWN),
-        })
+        }
     }
 
     /// How long a request may wait for Redis before the replica limits alone.
@@ -133,8 +126,11 @@ impl FleetRates {
     }
 
     async fn ask(&self, tenant: TenantId, rate: u32, burst: u32, want: u32) -> Result<(u32, u64), FleetUnavailable> {
-        // None while Redis is away or another request is connecting.
-        let mut connection = self.connection().await.ok_or(FleetUnavailable)?;
+        let mut connection = match self.redis.connection().await {
+            Ok(connected) => connected.connection,
+            Err(Unreachable::Waiting) => return Err(FleetUnavailable),
+            Err(Unreachable::Failed(reason)) => return Err(self.unshared(&reason)),
+        };
         let mut call = self.script.key(format!("indigo:rate:{tenant}"));
         call.arg(rate).arg(burst).arg(want);
         match tokio::time::timeout(self.answer_within, call.invoke_async(&mut connection)).await {
@@ -147,7 +143,7 @@ impl FleetRates {
             }
             Ok(Err(error)) => {
                 // A broken connection is replaced on a later request.
-                self.connection.lock().expect("connection lock").take();
+                self.redis.forget();
                 Err(self.unshared(&error.to_string()))
             }
             Err(_) => Err(self.unshared("Redis did not answer in time")),
@@ -160,34 +156,6 @@ impl FleetRates {
             metrics::gauge!("indigo_dataplane_rate_limits_shared").set(0.0);
         }
         FleetUnavailable
-    }
-
-    async fn connection(&self) -> Option<MultiplexedConnection> {
-        if let Some(connection) = self.connection.lock().expect("connection lock").clone() {
-            return Some(connection);
-        }
-        let Ok(mut next_reconnect) = self.next_reconnect.try_lock() else {
-            return None;
-        };
-        let now = Instant::now();
-        if now < *next_reconnect {
-            return None;
-        }
-        *next_reconnect = now + RECONNECT_EVERY;
-        match tokio::time::timeout(RECONNECT_EVERY, self.client.get_multiplexed_async_connection()).await {
-            Ok(Ok(connection)) => {
-                *self.connection.lock().expect("connection lock") = Some(connection.clone());
-                Some(connection)
-            }
-            Ok(Err(error)) => {
-                self.unshared(&format!("cannot connect to Redis: {error}"));
-                None
-            }
-            Err(_) => {
-                self.unshared("cannot connect to Redis: timed out");
-                None
-            }
-        }
     }
 }
 

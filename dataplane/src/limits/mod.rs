@@ -6,6 +6,10 @@
 //! replica draws from one bucket per tenant, and falls back to its own bucket
 //! while Redis is away.
 //!
+//! The plan's monthly AI credits are checked before each AI call: credits the
+//! control plane metered this month (shared with the daily counts), raised by
+//! what this replica spent since.
+//!
 //! The daily counter is shared: every few seconds the control plane's metered
 //! count of the tenant's day ([`Limiter::share_daily`]) raises each replica's
 //! own, so the limit holds across replicas (short by at most what the others
@@ -16,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use indigo_core::api::DailyCalls;
 use indigo_core::plan::{Limit, Plan};
 use indigo_core::tenant::TenantId;
@@ -48,10 +52,17 @@ struct DailyCount {
     calls: u64,
 }
 
+/// AI credits a tenant used in one UTC month.
+struct MonthCredits {
+    month: (i32, u32),
+    used: f64,
+}
+
 pub struct Limiter {
     tenants: Mutex<HashMap<TenantId, Bucket>>,
     clients: Mutex<HashMap<IpAddr, Bucket>>,
     daily: Mutex<HashMap<TenantId, DailyCount>>,
+    ai_credits: Mutex<HashMap<TenantId, MonthCredits>>,
     ip_per_second: f64,
     ip_capacity: f64,
     fleet: Option<FleetRates>,
@@ -69,6 +80,7 @@ impl Limiter {
             tenants: Mutex::default(),
             clients: Mutex::default(),
             daily: Mutex::default(),
+            ai_credits: Mutex::default(),
             ip_per_second: f64::from(ip_requests) / ip_window.as_secs_f64(),
             ip_capacity: f64::from(ip_requests),
             fleet: None,
@@ -128,16 +140,54 @@ impl Limiter {
         Ok(())
     }
 
-    /// Takes in the control plane's count of each tenant's day: a replica's
-    /// count never falls below what all replicas were metered for.
+    /// Takes in the control plane's count of each tenant's day and AI credits
+    /// this month: a replica's count never falls below what all replicas were
+    /// metered for.
     pub fn share_daily(&self, shared: &[DailyCalls]) {
         let now = Utc::now();
-        let mut daily = self.daily.lock().expect("limiter lock");
-        for day in shared.iter().filter(|d| d.resets_at > now) {
-            let count = daily.entry(day.tenant_id).or_insert(DailyCount { resets_at: day.resets_at, calls: 0 });
-            let own = if count.resets_at > now { count.calls } else { 0 };
-            *count = DailyCount { resets_at: day.resets_at, calls: own.max(day.calls) };
+        {
+            let mut daily = self.daily.lock().expect("limiter lock");
+            for day in shared.iter().filter(|d| d.resets_at > now) {
+                let count = daily.entry(day.tenant_id).or_insert(DailyCount { resets_at: day.resets_at, calls: 0 });
+                let own = if count.resets_at > now { count.calls } else { 0 };
+                *count = DailyCount { resets_at: day.resets_at, calls: own.max(day.calls) };
+            }
         }
+        let mut credits = self.ai_credits.lock().expect("limiter lock");
+        for tenant in shared {
+            let month = self.month_credits(&mut credits, tenant.tenant_id, now);
+            month.used = month.used.max(tenant.ai_credits_this_month);
+        }
+    }
+
+    /// Whether `tenant` may make an AI call: not once its plan's monthly AI
+    /// credits are used up (`Err` with the plan's credits). Asked before the
+    /// call, so a refused tenant costs nothing.
+    pub fn admit_ai(&self, tenant: TenantId, plan: &Plan) -> Result<(), u64> {
+        let Limit::AtMost(limit) = plan.limits.ai_credits else { return Ok(()) };
+        let mut credits = self.ai_credits.lock().expect("limiter lock");
+        let month = self.month_credits(&mut credits, tenant, Utc::now());
+        if month.used >= limit as f64 { Err(limit) } else { Ok(()) }
+    }
+
+    /// Counts an AI call's credits against the tenant's month.
+    pub fn spend_ai(&self, tenant: TenantId, spent: f64) {
+        let mut credits = self.ai_credits.lock().expect("limiter lock");
+        self.month_credits(&mut credits, tenant, Utc::now()).used += spent;
+    }
+
+    fn month_credits<'a>(
+        &self,
+        credits: &'a mut HashMap<TenantId, MonthCredits>,
+        tenant: TenantId,
+        now: DateTime<Utc>,
+    ) -> &'a mut MonthCredits {
+        let month = (now.year(), now.month());
+        let entry = credits.entry(tenant).or_insert(MonthCredits { month, used: 0.0 });
+        if entry.month != month {
+            *entry = MonthCredits { month, used: 0.0 };
+        }
+        entry
     }
 }
 
@@ -213,7 +263,7 @@ mod tests {
         limiter.admit(tenant, &plan, None).await.unwrap();
         // The other replicas served 8 more: 9 in all, one call left.
         let resets_at = Utc::now() + chrono::Duration::hours(3);
-        limiter.share_daily(&[DailyCalls { tenant_id: tenant, calls: 9, resets_at }]);
+        limiter.share_daily(&[DailyCalls { tenant_id: tenant, calls: 9, resets_at, ai_credits_this_month: 0.0 }]);
         limiter.admit(tenant, &plan, None).await.unwrap();
         match limiter.admit(tenant, &plan, None).await {
             Err(Refusal::DailyCalls { limit: 10, retry_after }) => {
@@ -224,7 +274,7 @@ mod tests {
             other => panic!("expected the daily limit until the tenant's midnight, got {other:?}"),
         }
         // A lower shared count (lagging metering) never lowers the replica's own.
-        limiter.share_daily(&[DailyCalls { tenant_id: tenant, calls: 2, resets_at }]);
+        limiter.share_daily(&[DailyCalls { tenant_id: tenant, calls: 2, resets_at, ai_credits_this_month: 0.0 }]);
         assert!(matches!(limiter.admit(tenant, &plan, None).await, Err(Refusal::DailyCalls { .. })));
         // A day already over is ignored.
         let other = TenantId::new();
@@ -232,8 +282,29 @@ mod tests {
             tenant_id: other,
             calls: 100,
             resets_at: Utc::now() - chrono::Duration::seconds(1),
+            ai_credits_this_month: 0.0,
         }]);
         limiter.admit(other, &plan, None).await.unwrap();
+    }
+
+    #[test]
+    fn ai_calls_stop_once_the_months_credits_are_used_whichever_replica_spent_them() {
+        let limiter = Limiter::default();
+        let tenant = TenantId::new();
+        let mut plan = plan(1000, 1000, Limit::Unlimited);
+        plan.limits.ai_credits = Limit::AtMost(50);
+        limiter.admit_ai(tenant, &plan).unwrap();
+        // The fleet used 49.5 this month; this replica spends 0.4, then 0.2.
+        let resets_at = Utc::now() + chrono::Duration::hours(3);
+        limiter.share_daily(&[DailyCalls { tenant_id: tenant, calls: 0, resets_at, ai_credits_this_month: 49.5 }]);
+        limiter.spend_ai(tenant, 0.4);
+        limiter.admit_ai(tenant, &plan).unwrap();
+        limiter.spend_ai(tenant, 0.2);
+        assert_eq!(limiter.admit_ai(tenant, &plan), Err(50));
+        // Another tenant, and an unlimited plan, are not affected.
+        limiter.admit_ai(TenantId::new(), &plan).unwrap();
+        plan.limits.ai_credits = Limit::Unlimited;
+        limiter.admit_ai(tenant, &plan).unwrap();
     }
 
     #[tokio::test]

@@ -2,12 +2,14 @@
 //! two replicas together admit what one bucket allows, not twice that, and a
 //! replica whose Redis goes away limits alone until it is back.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indigo_core::plan::{Limit, Plan, PlanCatalog};
 use indigo_core::tenant::TenantId;
 use indigo_dataplane::limits::fleet::FleetRates;
 use indigo_dataplane::limits::{Limiter, Refusal};
+use indigo_dataplane::redis_link::RedisLink;
 use indigo_e2e::{Process, free_port, redis_url};
 
 const RATE: u32 = 10;
@@ -25,7 +27,8 @@ fn plan() -> Plan {
 /// A replica's limiter. It waits longer for Redis than in production, so that
 /// a busy test machine does not turn a slow answer into limiting alone.
 fn replica(url: &str) -> Limiter {
-    Limiter::default().sharing_rates(FleetRates::new(url).unwrap().answer_within(Duration::from_secs(2)))
+    Limiter::default()
+        .sharing_rates(FleetRates::new(Arc::new(RedisLink::new(url).unwrap())).answer_within(Duration::from_secs(2)))
 }
 
 /// Sends `requests` of one tenant, alternating between `replicas`, as fast as

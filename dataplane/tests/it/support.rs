@@ -27,6 +27,12 @@ pub fn catalog() -> PlanCatalog {
     PlanCatalog::parse("plans.toml", &text).unwrap()
 }
 
+/// The AI credit rates of `policies/costs.toml`, as the control plane routes them.
+pub fn credit_rates() -> std::collections::BTreeMap<String, f64> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/costs.toml")).unwrap();
+    indigo_core::cost::CostModel::parse("costs.toml", &text).unwrap().credit_rates
+}
+
 pub fn plan(name: &str) -> Plan {
     catalog().get(name).unwrap().clone()
 }
@@ -98,16 +104,31 @@ impl Store {
         routes: Vec<Route>,
         connections: u32,
     ) -> Self {
-        let table = RoutingTable { version: 1, routes: routes.clone() };
+        let table = RoutingTable { version: 1, routes: routes.clone(), ai_credit_rates: credit_rates() };
         let spool = std::env::temp_dir().join(format!("indigo-spool-{database}"));
         let routes_table = Arc::new(Routes::fixed(table, connections));
         let state = AppState::new(routes_table, Verifier::hs256(SECRET).unwrap(), Meter::new(None, spool));
         Self { router: api::router(state.clone()), state, server, database, app_url, routes }
     }
 
+    /// Another replica of this storefront (the same routes and database),
+    /// its state changed by `configure`.
+    pub fn replica(&self, configure: impl FnOnce(&mut AppState)) -> Self {
+        let mut state = self.state.clone();
+        configure(&mut state);
+        Self {
+            router: api::router(state.clone()),
+            state,
+            server: self.server.clone(),
+            database: self.database.clone(),
+            app_url: self.app_url.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+
     /// Replaces the routing table (e.g. to suspend a tenant).
     pub fn reroute(&self, routes: Vec<Route>) {
-        self.state.routes.replace(RoutingTable { version: 2, routes });
+        self.state.routes.replace(RoutingTable { version: 2, routes, ai_credit_rates: credit_rates() });
     }
 
     pub async fn cleanup(self) {

@@ -3,6 +3,7 @@
 //! action keys work here as in the table.
 
 use crossterm::event::{KeyCode, KeyEvent};
+use indigo_core::plan::Limit;
 use indigo_core::tenant::ConditionStatus;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -37,7 +38,7 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let placement = tenant.status.placement.as_ref();
     let placed = placement.map(|p| p.isolation);
     let mismatch = |differs: bool| if differs { theme.bad() } else { Style::default() };
-    let spec = vec![
+    let mut spec = vec![
         Line::from(format!("plan        {}", tenant.spec.plan)),
         Line::styled(
             format!("isolation   {}", tenant.spec.isolation),
@@ -48,6 +49,23 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Line::from(format!("owner       {}", tenant.owner_email)),
         Line::from(format!("id          {}", tenant.id)),
     ];
+    // What the tenant uses, under its spec: the status side keeps its room for conditions.
+    let credits = app.usage.get(&tenant.id).map_or(0.0, |u| u.ai_credits_this_month);
+    let allowed = match app.plan(tenant.spec.plan.as_str()).map(|p| p.limits.ai_credits) {
+        Some(Limit::AtMost(limit)) => format!("of {limit}"),
+        Some(Limit::Unlimited) => "(unlimited)".to_owned(),
+        None => String::new(),
+    };
+    spec.push(Line::from(""));
+    spec.push(Line::from(format!("AI credits  {credits:.2} {allowed} this month")));
+    if let Some(cache) = app.detail.cache.as_ref().filter(|c| c.enabled) {
+        spec.push(Line::from(match cache.hit_rate {
+            Some(rate) => {
+                format!("cache hits  {:.1}% of {} ({} h)", rate * 100.0, cache.hits + cache.misses, cache.hours)
+            }
+            None => format!("cache hits  no catalogue reads ({} h)", cache.hours),
+        }));
+    }
     frame.render_widget(
         Paragraph::new(spec)
             .wrap(Wrap { trim: false })

@@ -415,6 +415,7 @@ fn detail_shows_billing_and_a_days_usage_as_sparklines() {
         audit: vec![],
         usage,
         billing: Some(billing),
+        cache: None,
     });
     assert!(render(&app, 120, 30).contains("billing     cus_123 · sub_456 · past_due"));
     for (width, height) in [(100, 30), (80, 24)] {

@@ -104,7 +104,12 @@ pub fn reconciler() -> ReconcilerStatus {
 }
 
 pub fn usage(tenant: &Tenant, calls_today: i64, per_second: f64) -> TenantUsage {
-    TenantUsage { tenant_id: tenant.id, api_calls_today: calls_today, requests_per_second: per_second }
+    TenantUsage {
+        tenant_id: tenant.id,
+        api_calls_today: calls_today,
+        requests_per_second: per_second,
+        ai_credits_this_month: 12.5,
+    }
 }
 
 pub fn step(name: &str, state: &str, error: Option<&str>) -> WorkflowStep {

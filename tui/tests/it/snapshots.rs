@@ -4,7 +4,7 @@
 //! `INSTA_UPDATE=always` and read `git diff`).
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use indigo_core::api::{AuditEntry, TenantBilling, UsageSeries, WorkflowState};
+use indigo_core::api::{AuditEntry, CatalogueCacheStats, TenantBilling, UsageSeries, WorkflowState};
 use indigo_core::tenant::{Condition, ConditionStatus, Phase, Role};
 use indigo_tui::app::{App, Loaded};
 
@@ -106,6 +106,14 @@ fn detail(app: &mut App) {
             grace_until: None,
             usage_reported_through: Some(ago(3600)),
             last_usage_report_at: Some(ago(3000)),
+        }),
+        cache: Some(CatalogueCacheStats {
+            tenant_id: Some(app.tenants[0].id),
+            enabled: true,
+            hours: 24,
+            hits: 9_312,
+            misses: 688,
+            hit_rate: Some(0.9312),
         }),
     });
 }

@@ -85,6 +85,9 @@ pub struct TaskSettings {
     pub jwt_secret: Option<crate::config::Secret>,
     /// The app role's database password, when it has one.
     pub database_password: Option<crate::config::Secret>,
+    /// The Bedrock model the tasks write product descriptions with; `None`:
+    /// their built-in writer.
+    pub bedrock_model_id: Option<String>,
     /// The tasks' `RUST_LOG`.
     pub log_level: String,
     /// The CloudWatch Logs group of the tasks' output.
@@ -234,6 +237,10 @@ impl EcsServices {
         ];
         if let Some(tenant) = spec.tenant {
             environment.push((TENANT_ENV.to_owned(), tenant.to_string()));
+        }
+        if let Some(model) = &settings.bedrock_model_id {
+            environment.push(("INDIGO_DESCRIPTIONS".to_owned(), "bedrock".to_owned()));
+            environment.push(("INDIGO_BEDROCK_MODEL_ID".to_owned(), model.clone()));
         }
         environment.sort();
         let jwt = self.secrets.jwt_secret(settings.jwt_secret.as_ref()).await?;

@@ -1,0 +1,132 @@
+//! `POST /v1/products/{id}/description`: a description written by a model
+//! (Bedrock on AWS, the built-in writer locally), paid for in AI credits.
+
+use axum::Json;
+use axum::extract::State;
+use indigo_core::api::{AiUsage, UsageEvent};
+use indigo_core::http::{ApiPath, OptionalJson};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::products::{PRODUCT_BY_ID, Product};
+use super::{AppState, Literal, StoreError, TenantCtx, parse_id};
+use crate::descriptions::{ProductFacts, WriterError};
+
+/// The plan feature that gives a tenant generated descriptions.
+const FEATURE: &str = "ai_descriptions";
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(describe_product))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DescriptionRequest {
+    /// Also make it the product's description (default: only return it).
+    #[serde(default)]
+    store: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GeneratedDescription {
+    product_id: Uuid,
+    description: String,
+    /// `bedrock`, or `embedded`: the built-in writer, which puts the product's facts into
+    /// sentences without a model.
+    generator: String,
+    model: String,
+    input_tokens: u32,
+    output_tokens: u32,
+    /// Whether it is now the product's description.
+    stored: bool,
+}
+
+/// Write a description of a product (owner, staff; plans with `ai_descriptions`). Its tokens are
+/// metered as AI credits; past the plan's monthly AI credits: 403 `plan_limit`, before any model call.
+#[utoipa::path(post, path = "/v1/products/{id}/description", tag = "products", params(("id" = Uuid, Path)),
+    request_body(content = DescriptionRequest, description = "Optional"),
+    responses((status = 200, body = GeneratedDescription), (status = 403), (status = 404), (status = 422),
+              (status = 502, description = "The model failed")))]
+async fn describe_product(
+    State(state): State<AppState>,
+    tenant: TenantCtx,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(request): OptionalJson<DescriptionRequest>,
+) -> Result<Json<GeneratedDescription>, StoreError> {
+    tenant.require_catalogue_role()?;
+    let id = parse_id(&id)?;
+    let plan = &tenant.route.plan;
+    if !plan.has_feature(FEATURE) {
+        return Err(StoreError::NotInPlan { plan: plan.name.to_string(), feature: FEATURE });
+    }
+    let tenant_id = tenant.claims.tenant_id;
+    state.limiter.admit_ai(tenant_id, plan).map_err(|limit| StoreError::PlanLimit { what: "ai_credits", limit })?;
+    let product: Product =
+        tenant.read(&PRODUCT_BY_ID, &[Literal::Uuid(id)]).await?.pop().ok_or(StoreError::NotFound("product"))?;
+    let facts = ProductFacts {
+        name: product.name,
+        category: product.category,
+        tags: product.tags,
+        price_minor: product.price_minor,
+        currency: product.currency,
+    };
+    let written = state.descriptions.write(&facts).await.map_err(|error| match error {
+        WriterError::Throttled => StoreError::TooMany {
+            code: "ai_throttled",
+            message: error.to_string(),
+            retry_after: std::time::Duration::from_secs(1),
+        },
+        WriterError::Failed(_) => {
+            tracing::warn!(%error, "a product description could not be written");
+            StoreError::Upstream(error.to_string())
+        }
+    })?;
+    let tokens = u64::from(written.input_tokens) + u64::from(written.output_tokens);
+    match state.routes.ai_credits(written.service, tokens) {
+        Some(credits) => state.limiter.spend_ai(tenant_id, credits),
+        None => tracing::warn!(service = written.service, "no AI credit rate for this service in the routing table"),
+    }
+    if state.metering {
+        // Priced by the usage store from the tokens (quantity 0), as AI calls are.
+        state.meter.record(UsageEvent {
+            id: Uuid::now_v7(),
+            tenant_id,
+            event_type: "ai_request".into(),
+            quantity: 0.0,
+            route: Some("/v1/products/{id}/description".into()),
+            status: Some(200),
+            latency_ms: None,
+            occurred_at: chrono::Utc::now(),
+            ai: Some(AiUsage {
+                service: written.service.into(),
+                input_tokens: written.input_tokens,
+                output_tokens: written.output_tokens,
+            }),
+        });
+    }
+    if request.store {
+        let mut tx = tenant.begin().await?;
+        let updated = sqlx::query("UPDATE products SET description = $2, updated_at = now() WHERE id = $1")
+            .bind(id)
+            .bind(&written.text)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound("product"));
+        }
+        tx.commit().await?;
+        tenant.catalogue_changed().await;
+    }
+    Ok(Json(GeneratedDescription {
+        product_id: id,
+        description: written.text,
+        generator: written.service.into(),
+        model: written.model,
+        input_tokens: written.input_tokens,
+        output_tokens: written.output_tokens,
+        stored: request.store,
+    }))
+}
