@@ -17,7 +17,7 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use crate::billing::Stripe;
 use crate::failpoints::Failpoints;
 use crate::metering::aws::{self, AwsUsage};
-use crate::metering::{billing_sync, limits, rollup, storage};
+use crate::metering::{billing_sync, limits, recommender, rollup, storage};
 
 pub struct JobSpec {
     pub name: &'static str,
@@ -46,6 +46,11 @@ pub const JOBS: &[JobSpec] = &[
         name: storage::JOB,
         schedule: "0 15 0 * * *",
         description: "each tenant's stored bytes → one storage_gb usage event per day",
+    },
+    JobSpec {
+        name: recommender::JOB,
+        schedule: "0 20 * * * *",
+        description: "co-purchase counts of each tenant with `recommendations` recomputed from its orders",
     },
     JobSpec {
         name: aws::JOB,
@@ -81,7 +86,7 @@ pub struct Jobs {
     pub stripe: Option<Stripe>,
     /// `None`: the local provider, where PostgreSQL is the usage store.
     pub aws: Option<std::sync::Arc<AwsUsage>>,
-    /// Where tenants' data lives, for the storage job.
+    /// Where tenants' data lives, for the storage and recommender jobs.
     pub tenant_dbs: Arc<TenantDatabases>,
     /// The plans' limits, for the limits job.
     pub plans: Arc<PlanCatalog>,
@@ -115,6 +120,10 @@ impl Jobs {
                 limits::check_all(&self.db, &self.plans).await.map(|r| Some(json!(r))).map_err(|e| e.to_string())
             }
             storage::JOB => storage::measure_all(&self.db, &self.tenant_dbs)
+                .await
+                .map(|r| Some(json!(r)))
+                .map_err(|e| e.to_string()),
+            recommender::JOB => recommender::refresh_all(&self.db, &self.tenant_dbs, &self.plans)
                 .await
                 .map(|r| Some(json!(r)))
                 .map_err(|e| e.to_string()),

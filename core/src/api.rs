@@ -211,8 +211,13 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_database_url: Option<String>,
     pub plan: crate::plan::Plan,
-    /// Bumped by every change that affects routing (plan, lifecycle, placement).
+    /// Bumped by every change that affects routing (plan, lifecycle, placement,
+    /// the Personalize campaign).
     pub routing_version: i64,
+    /// The tenant's Amazon Personalize campaign, which recommends for it when
+    /// the data plane calls Personalize (its settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personalize_campaign_arn: Option<String>,
 }
 
 /// One metered unit of use, as the data plane reports it. `id` is unique per
@@ -511,6 +516,29 @@ pub struct TenantCost {
 pub struct TenantSettings {
     /// IANA time zone of the tenant's day (daily limits reset at its midnight), e.g. `Europe/Paris`.
     pub timezone: String,
+    /// The tenant's Amazon Personalize campaign, for its recommendations on AWS; left out: none
+    /// (the built-in recommender).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^arn:aws[a-z-]*:personalize:[a-z0-9-]+:[0-9]{12}:campaign/[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
+    pub personalize_campaign_arn: Option<String>,
+}
+
+/// Whether `arn` names a Personalize campaign, exactly as
+/// [`TenantSettings::personalize_campaign_arn`]'s pattern says.
+pub fn is_personalize_campaign_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [arn_prefix, partition, service, region, account, resource] = parts[..] else { return false };
+    let name = resource.strip_prefix("campaign/").unwrap_or_default();
+    arn_prefix == "arn"
+        && partition.strip_prefix("aws").is_some_and(|rest| rest.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        && service == "personalize"
+        && !region.is_empty()
+        && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && account.len() == 12
+        && account.chars().all(|c| c.is_ascii_digit())
+        && (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// A tenant's rolled-up usage per hour, oldest first (the current hour so far last).
@@ -606,6 +634,7 @@ pub mod whole {
 
     #[cfg(test)]
     mod tests {
+
         #[derive(serde::Deserialize)]
         struct Probe {
             #[serde(default, deserialize_with = "super::optional")]
@@ -625,6 +654,33 @@ pub mod whole {
             for refused in ["200.5", "-1", "65536", "1e300"] {
                 assert!(status(&format!(r#"{{"status": {refused}}}"#)).is_err(), "{refused} must be refused");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod campaign_arn_tests {
+    use super::is_personalize_campaign_arn;
+
+    #[test]
+    fn personalize_campaign_arns_are_told_apart_from_other_text() {
+        for good in [
+            "arn:aws:personalize:us-east-1:123456789012:campaign/recs",
+            "arn:aws-cn:personalize:cn-north-1:123456789012:campaign/A_b-9",
+        ] {
+            assert!(is_personalize_campaign_arn(good), "{good}");
+        }
+        for bad in [
+            "",
+            "arn:aws:personalize:us-east-1:123456789012:solution/recs",
+            "arn:aws:personalize:us-east-1:12345678901:campaign/recs",
+            "arn:aws:personalize::123456789012:campaign/recs",
+            "arn:aws:s3:::bucket",
+            "arn:aws:personalize:us-east-1:123456789012:campaign/-recs",
+            "arn:aws:personalize:us-east-1:123456789012:campaign/recs\n",
+            "arn:aws:personalize:US-EAST-1:123456789012:campaign/recs",
+        ] {
+            assert!(!is_personalize_campaign_arn(bad), "{bad}");
         }
     }
 }

@@ -429,6 +429,7 @@ async fn main() -> anyhow::Result<()> {
         next_database_url: None,
         plan,
         routing_version: 1,
+        personalize_campaign_arn: None,
     };
     let table = RoutingTable { version: 1, routes: vec![route], ai_credit_rates: Default::default() };
     let token = sign_hs256(

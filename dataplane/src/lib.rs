@@ -7,6 +7,7 @@ pub mod catalogue_cache;
 pub mod descriptions;
 pub mod limits;
 pub mod metering;
+pub mod personalize;
 pub mod redis_link;
 pub mod routing;
 
@@ -25,6 +26,7 @@ use crate::descriptions::DescriptionWriter;
 use crate::limits::Limiter;
 use crate::limits::fleet::FleetRates;
 use crate::metering::{Meter, UsageSink};
+use crate::personalize::Personalize;
 use crate::redis_link::RedisLink;
 use crate::routing::{ControlPlaneSource, Routes};
 
@@ -91,6 +93,11 @@ pub struct Cli {
     /// The Bedrock model that writes descriptions
     #[arg(long, env = "INDIGO_BEDROCK_MODEL_ID", default_value = descriptions::DEFAULT_BEDROCK_MODEL)]
     pub bedrock_model_id: String,
+    /// Who recommends for tenants whose settings name a Personalize campaign: `personalize`
+    /// (GetRecommendations, the standard AWS chain) or `embedded` (the built-in recommender, as for
+    /// every other tenant)
+    #[arg(long, env = "INDIGO_RECOMMENDATIONS", value_enum, default_value_t = Recommendations::Embedded)]
+    pub recommendations: Recommendations,
     /// Behind a load balancer: rate-limit clients by the last X-Forwarded-For hop, not the socket peer
     #[arg(long, env = "INDIGO_TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
@@ -110,6 +117,12 @@ pub struct Cli {
 pub enum Descriptions {
     Embedded,
     Bedrock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Recommendations {
+    Embedded,
+    Personalize,
 }
 
 /// How often the catalogue cache's owed invalidations are retried and its
@@ -137,6 +150,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     ));
     let flusher = tokio::spawn(metering::flush_forever(meter.clone(), Duration::from_millis(cli.metering_flush_ms)));
     let mut state = AppState::new(routes, verifier, meter.clone());
+    if cli.recommendations == Recommendations::Personalize {
+        state.personalize = Some(Arc::new(Personalize::from_env().await));
+    }
     if cli.descriptions == Descriptions::Bedrock {
         state.descriptions = Arc::new(DescriptionWriter::bedrock(&cli.bedrock_model_id).await);
     }

@@ -23,7 +23,8 @@ pub const APP_ROLE: &str = "indigo_app";
 pub const MOVED_SQLSTATE: &str = "IXM01";
 
 /// Every table holding tenant rows, parents before children (delete in reverse).
-pub const TENANT_TABLES: &[&str] = &["search_settings", "products", "customers", "orders", "order_items"];
+pub const TENANT_TABLES: &[&str] =
+    &["search_settings", "products", "customers", "orders", "order_items", "product_pairs", "recommender_state"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {

@@ -39,12 +39,14 @@ struct RouteRow {
     /// The target of a move catching up or cutting over.
     next_database: Option<String>,
     next_cluster: Option<String>,
+    personalize_campaign_arn: Option<String>,
 }
 
 pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
     let rows: Vec<RouteRow> = sqlx::query_as(
         "SELECT t.id, t.slug, t.lifecycle, t.isolation, t.plan, t.placement, t.routing_version,
-                m.target_database AS next_database, m.target_cluster AS next_cluster
+                m.target_database AS next_database, m.target_cluster AS next_cluster,
+                t.settings->>'personalize_campaign_arn' AS personalize_campaign_arn
          FROM tenants t
          LEFT JOIN LATERAL (SELECT target_database, target_cluster FROM tenant_moves
                             WHERE tenant_id = t.id AND finished_at IS NULL AND phase IN ('catching_up', 'cutting_over')
@@ -87,6 +89,7 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
             }),
             plan: plan.clone(),
             routing_version: row.routing_version,
+            personalize_campaign_arn: row.personalize_campaign_arn.clone(),
         });
     }
     let ai_credit_rates = state.costs.as_ref().map(|costs| costs.credit_rates.clone()).unwrap_or_default();

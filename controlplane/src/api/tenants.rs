@@ -246,14 +246,16 @@ async fn read_settings(
     tenant: &TenantRef,
 ) -> Result<(Tenant, TenantSettings), ApiError> {
     let current = registry::get(conn, tenant).await?;
-    let timezone: Option<String> = sqlx::query_scalar("SELECT settings->>'timezone' FROM tenants WHERE id = $1")
-        .bind(current.id.0)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok((current, TenantSettings { timezone: timezone.unwrap_or_else(|| "UTC".into()) }))
+    let (timezone, personalize_campaign_arn): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT settings->>'timezone', settings->>'personalize_campaign_arn' FROM tenants WHERE id = $1",
+    )
+    .bind(current.id.0)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((current, TenantSettings { timezone: timezone.unwrap_or_else(|| "UTC".into()), personalize_campaign_arn }))
 }
 
-/// A tenant's settings (its time zone).
+/// A tenant's settings (its time zone, its Personalize campaign).
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/settings", tag = "tenants",
     params(("tenant" = String, Path, description = "Slug or id")),
     responses((status = 200, body = TenantSettings), (status = 404, body = ErrorBody)))]
@@ -266,7 +268,8 @@ async fn get_settings(
     Ok(Json(read_settings(&mut *state.db.acquire().await?, &tenant).await?.1))
 }
 
-/// Change a tenant's settings (operator). The time zone must be one PostgreSQL knows.
+/// Change a tenant's settings (operator). The time zone must be one PostgreSQL knows; the
+/// Personalize campaign, an ARN of one (left out: none).
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/settings", tag = "tenants", request_body = TenantSettings,
     params(("tenant" = String, Path, description = "Slug or id"), ("Idempotency-Key" = String, Header)),
     responses((status = 200, body = TenantSettings), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -291,12 +294,24 @@ async fn put_settings(
                 format!("`{}` is not a time zone (IANA names such as Europe/Paris)", request.timezone),
             ));
         }
+        if let Some(arn) = &request.personalize_campaign_arn
+            && !indigo_core::api::is_personalize_campaign_arn(arn)
+        {
+            return Err(ApiError::invalid(
+                "invalid_campaign_arn",
+                format!("`{arn}` is not a Personalize campaign ARN (arn:aws:personalize:REGION:ACCOUNT:campaign/NAME)"),
+            ));
+        }
         let (current, before) = read_settings(tx, &tenant).await?;
-        sqlx::query("UPDATE tenants SET settings = settings || jsonb_build_object('timezone', $2::text) WHERE id = $1")
-            .bind(current.id.0)
-            .bind(&request.timezone)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE tenants SET settings = settings
+                 || jsonb_build_object('timezone', $2::text, 'personalize_campaign_arn', $3::text) WHERE id = $1",
+        )
+        .bind(current.id.0)
+        .bind(&request.timezone)
+        .bind(&request.personalize_campaign_arn)
+        .execute(&mut *tx)
+        .await?;
         crate::journal::Audit {
             actor: &actor,
             action: "tenant.settings",

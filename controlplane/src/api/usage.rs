@@ -189,8 +189,8 @@ fn permitted(caller: &Caller, event: &UsageEvent) -> Result<(), (&'static str, S
 
 /// The events a data plane meters itself.
 const DATAPLANE_EVENT_TYPES: [&str; 2] = ["api_call", "search_query"];
-/// The AI services a data plane calls itself (product descriptions).
-const DATAPLANE_AI_SERVICES: [&str; 2] = ["bedrock", "embedded"];
+/// The AI services a data plane calls itself (product descriptions, recommendations).
+const DATAPLANE_AI_SERVICES: [&str; 3] = ["bedrock", "embedded", "personalize"];
 
 /// Checks one event; for an AI call, returns its quantity in credits.
 fn check(

@@ -5,5 +5,6 @@
 pub mod aws;
 pub mod billing_sync;
 pub mod limits;
+pub mod recommender;
 pub mod rollup;
 pub mod storage;

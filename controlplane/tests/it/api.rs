@@ -272,6 +272,29 @@ async fn text_the_database_cannot_store_is_a_client_error(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
+async fn a_personalize_campaign_in_the_settings_is_routed_and_a_malformed_one_refused(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.create("acme", "pro").await;
+    let before = app.get("/v1/routing", ADMIN).await.body["version"].as_i64().unwrap();
+    let campaign = "arn:aws:personalize:eu-west-1:123456789012:campaign/acme-recs";
+    let bad = json!({ "timezone": "UTC", "personalize_campaign_arn": "arn:aws:s3:::bucket" });
+    let refused = app.send(Method::PUT, "/v1/tenants/acme/settings", ADMIN, "arn-bad", bad).await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_campaign_arn"));
+    let body = json!({ "timezone": "Europe/Paris", "personalize_campaign_arn": campaign });
+    let set = app.send(Method::PUT, "/v1/tenants/acme/settings", ADMIN, "arn-good", body.clone()).await;
+    assert_eq!((set.status, &set.body), (StatusCode::OK, &body));
+    assert_eq!(app.get("/v1/tenants/acme/settings", ADMIN).await.body, body);
+    let table = app.get("/v1/routing", ADMIN).await.body;
+    assert!(table["version"].as_i64().unwrap() > before, "a new routing version: {table}");
+    assert_eq!(table["routes"][0]["personalize_campaign_arn"], campaign);
+    // Left out: none again.
+    let cleared =
+        app.send(Method::PUT, "/v1/tenants/acme/settings", ADMIN, "arn-none", json!({ "timezone": "UTC" })).await;
+    assert_eq!(cleared.status, StatusCode::OK);
+    assert!(app.get("/v1/routing", ADMIN).await.body["routes"][0].get("personalize_campaign_arn").is_none());
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
 async fn duplicate_slug_is_a_conflict(pool: PgPool) {
     let app = TestApp::new(pool).await;
     assert_eq!(app.create("acme", "starter").await.status, StatusCode::CREATED);
@@ -554,7 +577,7 @@ async fn a_data_plane_identity_reaches_only_what_a_data_plane_needs(pool: PgPool
         event["ai"] = json!({ "service": service, "input_tokens": 120, "output_tokens": 80 });
         event
     };
-    let batch = json!({ "events": [ai_call("bedrock", 0.0), ai_call("personalize", 0.0), ai_call("bedrock", 5.0)] });
+    let batch = json!({ "events": [ai_call("bedrock", 0.0), ai_call("comprehend", 0.0), ai_call("bedrock", 5.0)] });
     let reply = app.send(Method::POST, "/v1/usage/events", acme_plane.expose(), "u-ai", batch).await;
     assert_eq!(reply.body["accepted"], 1, "{}", reply.body);
     let calls = app.get("/v1/usage/daily-calls", acme_plane.expose()).await;

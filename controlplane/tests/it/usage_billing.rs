@@ -694,6 +694,55 @@ async fn storage_is_measured_once_a_day_from_the_tenants_own_rows(pool: PgPool) 
 }
 
 #[sqlx::test(migrator = "db::MIGRATOR")]
+async fn the_recommender_job_recomputes_each_tenants_pairs_from_its_own_orders(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenants = world.tenants(&["pairs-one", "pairs-two"]).await;
+    let pool_database = &world.state.tenant_dbs.pool_database;
+    let mut conn = {
+        use sqlx::ConnectOptions;
+        world.state.tenant_dbs.server.owner_options(pool_database).connect().await.unwrap()
+    };
+    // The first tenant: two orders, each of its sample product and a second one.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SELECT set_config('app.current_tenant', '{t}', true);
+         INSERT INTO products (tenant_id, id, name, price_minor, currency) VALUES ('{t}', gen_random_uuid(), 'Second', 100, 'usd');
+         INSERT INTO customers (tenant_id, id, email, name) VALUES ('{t}', gen_random_uuid(), 'c@one.example', 'C');
+         INSERT INTO orders (tenant_id, id, customer_id, total_minor, currency)
+             SELECT '{t}', gen_random_uuid(), (SELECT id FROM customers), 200, 'usd' FROM generate_series(1, 2);
+         INSERT INTO order_items (tenant_id, order_id, line, product_id, quantity, unit_price_minor)
+             SELECT '{t}', o.id, row_number() OVER (PARTITION BY o.id ORDER BY p.id), p.id, 1, 100 FROM orders o, products p;
+         COMMIT;",
+        t = tenants[0]
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let report = world.jobs().run("recommender").await.unwrap();
+    assert_eq!(
+        (report["tenants_refreshed"].as_u64(), report["orders_counted"].as_i64(), report["tenants_failed"].as_u64()),
+        (Some(2), Some(2), Some(0)),
+        "{report}"
+    );
+    let pairs: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT tenant_id, count(*), max(orders) FROM product_pairs GROUP BY tenant_id ORDER BY tenant_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    // Owner connections see no rows without a tenant set (forced RLS): read each under its own.
+    assert!(pairs.is_empty(), "row-level security binds the owner too: {pairs:?}");
+    sqlx::query("SELECT set_config('app.current_tenant', $1, false)")
+        .bind(tenants[0].to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (count, most): (i64, Option<i64>) =
+        sqlx::query_as("SELECT count(*), max(orders) FROM product_pairs").fetch_one(&mut conn).await.unwrap();
+    assert_eq!((count, most), (4, Some(2)), "two products: two self pairs and two pairs, each in both orders");
+    world.cleanup().await;
+}
+
+#[sqlx::test(migrator = "db::MIGRATOR")]
 async fn limits_count_the_tenants_own_day_and_notify_once_per_threshold(pool: PgPool) {
     let world = World::new(pool, chrono::Duration::hours(72)).await;
     let tenant = world.tenants(&["far-east"]).await[0];

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use indigo_core::api::{AiUsage, UsageEvent};
+use indigo_core::api::AiUsage;
 use indigo_core::http::{ApiPath, OptionalJson};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::products::{PRODUCT_BY_ID, Product};
-use super::{AppState, Literal, StoreError, TenantCtx, parse_id};
+use super::{AppState, Literal, StoreError, TenantCtx, ai_call_made, parse_id};
 use crate::descriptions::{ProductFacts, WriterError};
 
 /// The plan feature that gives a tenant generated descriptions.
@@ -84,29 +84,12 @@ async fn describe_product(
             StoreError::Upstream(error.to_string())
         }
     })?;
-    let tokens = u64::from(written.input_tokens) + u64::from(written.output_tokens);
-    match state.routes.ai_credits(written.service, tokens) {
-        Some(credits) => state.limiter.spend_ai(tenant_id, credits),
-        None => tracing::warn!(service = written.service, "no AI credit rate for this service in the routing table"),
-    }
-    if state.metering {
-        // Priced by the usage store from the tokens (quantity 0), as AI calls are.
-        state.meter.record(UsageEvent {
-            id: Uuid::now_v7(),
-            tenant_id,
-            event_type: "ai_request".into(),
-            quantity: 0.0,
-            route: Some("/v1/products/{id}/description".into()),
-            status: Some(200),
-            latency_ms: None,
-            occurred_at: chrono::Utc::now(),
-            ai: Some(AiUsage {
-                service: written.service.into(),
-                input_tokens: written.input_tokens,
-                output_tokens: written.output_tokens,
-            }),
-        });
-    }
+    let usage = AiUsage {
+        service: written.service.into(),
+        input_tokens: written.input_tokens,
+        output_tokens: written.output_tokens,
+    };
+    ai_call_made(&state, tenant_id, "/v1/products/{id}/description", usage);
     if request.store {
         let mut tx = tenant.begin().await?;
         let updated = sqlx::query("UPDATE products SET description = $2, updated_at = now() WHERE id = $1")

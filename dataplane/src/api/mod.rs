@@ -10,6 +10,7 @@ mod descriptions;
 pub mod error;
 mod orders;
 mod products;
+mod recommendations;
 mod search;
 mod tenant;
 
@@ -26,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use indigo_core::api::UsageEvent;
+use indigo_core::api::{AiUsage, UsageEvent};
 use indigo_core::http::{MAX_BODY_BYTES, Rejection, error_response};
 use indigo_core::tenant::Lifecycle;
 use indigo_tenantdb::retry::RetryLater;
@@ -41,6 +42,7 @@ use crate::catalogue_cache::CatalogueCache;
 use crate::descriptions::DescriptionWriter;
 use crate::limits::{Limiter, Refusal};
 use crate::metering::Meter;
+use crate::personalize::Personalize;
 use crate::routing::Routes;
 pub use error::StoreError;
 pub use tenant::TenantCtx;
@@ -54,6 +56,8 @@ pub struct AppState {
     pub meter: Meter,
     /// Who writes product descriptions: Bedrock, or the built-in writer.
     pub descriptions: Arc<DescriptionWriter>,
+    /// Amazon Personalize, for tenants whose settings name a campaign; else the built-in recommender.
+    pub personalize: Option<Arc<Personalize>>,
     /// The catalogue's reads cached in Redis, when one is configured.
     pub catalogue_cache: Option<Arc<CatalogueCache>>,
     pub metrics: PrometheusHandle,
@@ -72,6 +76,7 @@ impl AppState {
             limiter: Arc::default(),
             meter,
             descriptions: Arc::new(DescriptionWriter::Embedded),
+            personalize: None,
             catalogue_cache: None,
             metrics: indigo_core::http::prometheus(),
             metering: true,
@@ -96,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .merge(products::router())
         .merge(descriptions::router())
         .merge(search::router())
+        .merge(recommendations::router())
         .merge(customers::router())
         .merge(orders::router())
         .split_for_parts();
@@ -247,6 +253,31 @@ fn client_address(req: &Request, trust_forwarded_for: bool) -> Option<std::net::
         return Some(last_hop);
     }
     req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// An AI call a handler made for `tenant` (a model, Personalize): its units
+/// count against the plan's monthly credits at once, at the routing table's
+/// rates, and go to the usage store as one `ai_request` event, which prices
+/// them (quantity 0).
+fn ai_call_made(state: &AppState, tenant: indigo_core::tenant::TenantId, route: &str, usage: AiUsage) {
+    let units = u64::from(usage.input_tokens) + u64::from(usage.output_tokens);
+    match state.routes.ai_credits(&usage.service, units) {
+        Some(credits) => state.limiter.spend_ai(tenant, credits),
+        None => tracing::warn!(service = usage.service, "no AI credit rate for this service in the routing table"),
+    }
+    if state.metering {
+        state.meter.record(UsageEvent {
+            id: uuid::Uuid::now_v7(),
+            tenant_id: tenant,
+            event_type: "ai_request".into(),
+            quantity: 0.0,
+            route: Some(route.into()),
+            status: Some(200),
+            latency_ms: None,
+            occurred_at: chrono::Utc::now(),
+            ai: Some(usage),
+        });
+    }
 }
 
 /// A UUID from a path, or 400 `invalid_id`.

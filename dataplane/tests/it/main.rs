@@ -5,5 +5,6 @@ mod descriptions;
 mod fleet_rates;
 mod isolation;
 mod jwks;
+mod recommendations;
 mod storefront;
 mod support;

@@ -68,6 +68,7 @@ pub fn route(tenant: TenantId, slug: &str, plan: Plan, database_url: Option<Stri
         next_database_url: None,
         plan,
         routing_version: 1,
+        personalize_campaign_arn: None,
     }
 }
 

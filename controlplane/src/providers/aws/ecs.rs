@@ -238,6 +238,8 @@ impl EcsServices {
         if let Some(tenant) = spec.tenant {
             environment.push((TENANT_ENV.to_owned(), tenant.to_string()));
         }
+        // Tenants whose settings name a Personalize campaign get its recommendations.
+        environment.push(("INDIGO_RECOMMENDATIONS".to_owned(), "personalize".to_owned()));
         if let Some(model) = &settings.bedrock_model_id {
             environment.push(("INDIGO_DESCRIPTIONS".to_owned(), "bedrock".to_owned()));
             environment.push(("INDIGO_BEDROCK_MODEL_ID".to_owned(), model.clone()));
