@@ -2,8 +2,8 @@
 
 use indigo_core::api::{
     ApiToken, AuditEntry, CatalogueCacheStats, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest,
-    CreatedToken, ErrorBody, Event, LifecycleRequest, Page, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling,
-    TenantCost, TenantMove, TenantUsage, UsageSeries, WhoAmI, Workflow,
+    CreatedToken, ErrorBody, Event, LifecycleRequest, Page, RecommenderStatus, ReconcilePlan, ReconcilerStatus, Tenant,
+    TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, WhoAmI, Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -208,6 +208,11 @@ impl AdminClient {
     /// How the tenant's catalogue reads fared in the data planes' cache over the last day.
     pub async fn catalogue_cache(&self, tenant: &str) -> Result<CatalogueCacheStats, ClientError> {
         self.get(&format!("/v1/tenants/{}/catalogue-cache", path_segment(tenant)), &()).await
+    }
+
+    /// Where the tenant's built-in recommender stands.
+    pub async fn recommender(&self, tenant: &str) -> Result<RecommenderStatus, ClientError> {
+        self.get(&format!("/v1/tenants/{}/recommender", path_segment(tenant)), &()).await
     }
 
     /// The fleet's cost and margin per tenant, lowest margin first.

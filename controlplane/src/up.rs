@@ -103,7 +103,8 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         config.app_database_password = Some(local_secret(&app_database_password_file(&config.data_dir))?);
     }
     config.database_url = Some(database_url.to_owned());
-    if config.redis_url.is_none() && config.provider == Provider::Local && redis_answers(LOCAL_REDIS).await {
+    // On the AWS stand-in too: the ECS tasks (local processes) get it from their task definitions.
+    if config.redis_url.is_none() && redis_answers(LOCAL_REDIS).await {
         config.redis_url = Some(LOCAL_REDIS.to_owned());
     }
     // Billing in the demo without a Stripe account: an emulator in this

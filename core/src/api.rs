@@ -577,6 +577,20 @@ impl CatalogueCacheStats {
     }
 }
 
+/// Where a tenant's built-in recommender stands (its co-purchase counts).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecommenderStatus {
+    pub tenant_id: Option<TenantId>,
+    /// Whether the tenant's plan has `recommendations`.
+    pub enabled: bool,
+    /// When the counts were last computed; none before the first refresh.
+    pub refreshed_at: Option<DateTime<Utc>>,
+    /// The orders they were computed from.
+    pub orders_counted: Option<i64>,
+    /// Pairs of products counted (a product with itself included).
+    pub pairs: i64,
+}
+
 /// A tenant's account at the payment provider and how far its usage is reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TenantBilling {

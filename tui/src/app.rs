@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
-    AuditEntry, CatalogueCacheStats, Event, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost,
-    TenantMove, TenantUsage, UsageSeries, Workflow,
+    AuditEntry, CatalogueCacheStats, Event, RecommenderStatus, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling,
+    TenantCost, TenantMove, TenantUsage, UsageSeries, Workflow,
 };
 use indigo_core::plan::Plan;
 use indigo_core::tenant::{Isolation, TenantId};
@@ -238,6 +238,8 @@ pub enum Loaded {
         billing: Option<TenantBilling>,
         /// Its catalogue reads in the data planes' cache over the last day.
         cache: Option<CatalogueCacheStats>,
+        /// Where its built-in recommender stands.
+        recommender: Option<RecommenderStatus>,
     },
     Plan(ReconcilePlan),
     /// The API could not be reached, or refused the token.
@@ -285,6 +287,7 @@ pub struct Detail {
     pub usage: UsageSeries,
     pub billing: Option<TenantBilling>,
     pub cache: Option<CatalogueCacheStats>,
+    pub recommender: Option<RecommenderStatus>,
 }
 
 pub struct App {
@@ -430,9 +433,9 @@ impl App {
                 self.connection = Connection::Live;
                 self.clamp_selection();
             }
-            Loaded::Detail { slug, events, audit, usage, billing, cache } => {
+            Loaded::Detail { slug, events, audit, usage, billing, cache, recommender } => {
                 if self.detail.slug.as_deref() == Some(slug.as_str()) {
-                    self.detail = Detail { slug: Some(slug), events, audit, usage, billing, cache };
+                    self.detail = Detail { slug: Some(slug), events, audit, usage, billing, cache, recommender };
                 }
             }
             Loaded::Plan(plan) => {

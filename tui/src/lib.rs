@@ -216,16 +216,24 @@ fn load_detail(client: &AdminClient, out: &mpsc::UnboundedSender<Loaded>, slug: 
     let (client, out) = (client.clone(), out.clone());
     tokio::spawn(async move {
         let query = EventQuery { tenant: Some(slug.clone()), limit: Some(200), ..Default::default() };
-        let (events, audit, usage, billing, cache) = tokio::join!(
+        let (events, audit, usage, billing, cache, recommender) = tokio::join!(
             client.events(&query),
             client.tenant_audit(&slug, 200),
             client.usage_series(&slug, 24),
             client.billing(&slug),
-            client.catalogue_cache(&slug)
+            client.catalogue_cache(&slug),
+            client.recommender(&slug)
         );
         if let (Ok(events), Ok(audit)) = (events, audit) {
-            let (usage, billing, cache) = (usage.unwrap_or_default(), billing.ok(), cache.ok());
-            let _ = out.send(Loaded::Detail { slug, events: events.items, audit: audit.items, usage, billing, cache });
+            let _ = out.send(Loaded::Detail {
+                slug,
+                events: events.items,
+                audit: audit.items,
+                usage: usage.unwrap_or_default(),
+                billing: billing.ok(),
+                cache: cache.ok(),
+                recommender: recommender.ok(),
+            });
         }
     });
 }

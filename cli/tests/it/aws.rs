@@ -93,6 +93,38 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
     let pool = http.get(format!("{storefront}/v1/products")).bearer_auth(token("blue-bakery")).send().await.unwrap();
     assert_eq!(pool.status(), 200);
 
+    // The tenant's tasks cache its catalogue in the Redis their task definitions name, and the
+    // admin API reads the counts there.
+    let admin_token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_owned();
+    let fjord = token("fjord-fashion");
+    let cache = eventually("the tasks' catalogue cache answers reads", async || {
+        http.get(format!("{service}/v1/products")).bearer_auth(&fjord).send().await.ok()?;
+        let stats: serde_json::Value = http
+            .get(format!("{api_url}/v1/tenants/fjord-fashion/catalogue-cache"))
+            .bearer_auth(&admin_token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (stats["hits"].as_u64() > Some(0)).then_some(stats)
+    })
+    .await;
+    assert_eq!(cache["enabled"], true, "{cache}");
+    // Descriptions and recommendations on its tasks: the built-in writer and recommender, since no
+    // Bedrock model is configured and the tenant names no Personalize campaign.
+    let listed: serde_json::Value =
+        http.get(format!("{service}/v1/products")).bearer_auth(&fjord).send().await.unwrap().json().await.unwrap();
+    let product = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    let described =
+        http.post(format!("{service}/v1/products/{product}/description")).bearer_auth(&fjord).send().await.unwrap();
+    assert_eq!(described.status(), 200);
+    assert_eq!(described.json::<serde_json::Value>().await.unwrap()["generator"], "embedded");
+    let recommended = http.get(format!("{service}/v1/recommendations")).bearer_auth(&fjord).send().await.unwrap();
+    assert_eq!(recommended.status(), 200);
+    assert_eq!(recommended.json::<serde_json::Value>().await.unwrap()["source"], "embedded");
+
     // The webhook secret is the ARN's value: a delivery signed with it is taken, one signed with the ARN is not.
     let event =
         serde_json::json!({ "id": "evt_arn", "object": "event", "type": "customer.created", "data": { "object": {} } });

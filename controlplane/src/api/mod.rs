@@ -12,6 +12,7 @@ mod jobs;
 mod plans;
 mod reconciler;
 pub mod routing;
+mod storefront;
 mod tenants;
 mod tokens;
 mod usage;
@@ -88,9 +89,10 @@ pub struct AppState {
         (name = "events", description = "Event stream and audit trail"),
         (name = "tokens", description = "API tokens (admin)"),
         (name = "usage", description = "The usage store's intake"),
+        (name = "storefront", description = "The storefront's catalogue cache and recommender, per tenant"),
         (name = "reconciler", description = "Desired against actual state"),
         (name = "workflows", description = "Durable onboarding and offboarding workflows"),
-        (name = "jobs", description = "Scheduled jobs: usage roll-up, billing sync"),
+        (name = "jobs", description = "Scheduled jobs: usage roll-up, billing sync, storage, limits, recommender"),
         (name = "cost", description = "Cost and margin per tenant"),
         (name = "webhooks", description = "Stripe's webhook deliveries"),
         (name = "health", description = "Probes and metrics"),
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(routing::router())
         .merge(usage::router())
+        .merge(storefront::router())
         .merge(reconciler::router())
         .merge(workflows::router())
         .merge(jobs::router())

@@ -10,8 +10,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use chrono::DurationRound;
 use chrono::{Duration, Utc};
 use indigo_core::api::{
-    CatalogueCacheStats, DailyCalls, ErrorBody, RejectedEvent, TenantUsage, UsageBatch, UsageBatchResult, UsageEvent,
-    UsageSeries,
+    DailyCalls, ErrorBody, RejectedEvent, TenantUsage, UsageBatch, UsageBatchResult, UsageEvent, UsageSeries,
 };
 use indigo_core::cost::CostModel;
 use indigo_core::http::ApiJson;
@@ -35,7 +34,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(summary))
         .routes(routes!(daily_calls))
         .routes(routes!(tenant_series))
-        .routes(routes!(catalogue_cache))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -73,50 +71,6 @@ async fn tenant_series(
         .await
         .map_err(|e| ApiError::Upstream(format!("the metrics store did not answer: {e}")))?;
     Ok(Json(UsageSeries { tenant_id: Some(tenant.id), hours: axis, series }))
-}
-
-/// How the tenant's catalogue reads fared in the data planes' Redis cache over the last day.
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/catalogue-cache", tag = "usage",
-    params(("tenant" = String, Path, description = "Slug or id")),
-    responses((status = 200, body = CatalogueCacheStats), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 502, description = "Redis did not answer", body = ErrorBody)))]
-async fn catalogue_cache(
-    State(state): State<AppState>,
-    _actor: Actor,
-    indigo_core::http::ApiPath(raw): indigo_core::http::ApiPath<String>,
-) -> Result<Json<CatalogueCacheStats>, ApiError> {
-    let reference = super::tenants::tenant_ref(&raw)?;
-    let mut conn = state.db.acquire().await?;
-    let tenant = crate::registry::get(&mut conn, &reference).await?;
-    drop(conn);
-    let hours = CatalogueCacheStats::WINDOW_HOURS;
-    let Some(redis) = &state.data_plane_redis else {
-        return Ok(Json(CatalogueCacheStats { tenant_id: Some(tenant.id), hours, ..Default::default() }));
-    };
-    let now = Utc::now();
-    let mut read = redis::pipe();
-    for hour in 0..hours {
-        let key = CatalogueCacheStats::counts_key(tenant.id, now - Duration::hours(i64::from(hour)));
-        read.cmd("HMGET").arg(key).arg("hits").arg("misses");
-    }
-    let counts: Vec<(Option<u64>, Option<u64>)> = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-        let mut connection = redis.get_multiplexed_async_connection().await?;
-        read.query_async(&mut connection).await
-    })
-    .await
-    .map_err(|_| ApiError::Upstream("Redis did not answer in time".into()))?
-    .map_err(|e| ApiError::Upstream(format!("Redis did not answer: {e}")))?;
-    let hits: u64 = counts.iter().filter_map(|(hits, _)| *hits).sum();
-    let misses: u64 = counts.iter().filter_map(|(_, misses)| *misses).sum();
-    let reads = hits + misses;
-    Ok(Json(CatalogueCacheStats {
-        tenant_id: Some(tenant.id),
-        enabled: true,
-        hours,
-        hits,
-        misses,
-        hit_rate: (reads > 0).then(|| hits as f64 / reads as f64),
-    }))
 }
 
 /// Every active tenant's storefront calls so far in its own day, and when that

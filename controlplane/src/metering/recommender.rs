@@ -21,6 +21,31 @@ pub struct RecommenderReport {
     pub tenants_failed: u64,
 }
 
+/// Where a tenant's built-in recommender stands, read where its rows live.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Standing {
+    pub refreshed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub orders_counted: Option<i64>,
+    pub pairs: i64,
+}
+
+pub async fn standing(
+    dbs: &TenantDatabases,
+    tenant: Uuid,
+    cluster: Option<&str>,
+    database: &str,
+) -> Result<Standing, sqlx::Error> {
+    let database = dbs.locate(cluster, database);
+    let mut conn = database.server.owner_options(&database.name).connect().await?;
+    let mut tx = sqlx::Connection::begin(&mut conn).await?;
+    sqlx::query("SELECT set_config('app.current_tenant', $1, true)").bind(tenant.to_string()).execute(&mut *tx).await?;
+    let state: Option<(chrono::DateTime<chrono::Utc>, i64)> =
+        sqlx::query_as("SELECT refreshed_at, orders_counted FROM recommender_state").fetch_optional(&mut *tx).await?;
+    let pairs: i64 = sqlx::query_scalar("SELECT count(*) FROM product_pairs").fetch_one(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(Standing { refreshed_at: state.map(|s| s.0), orders_counted: state.map(|s| s.1), pairs })
+}
+
 pub async fn refresh_all(
     db: &PgPool,
     dbs: &TenantDatabases,

@@ -739,6 +739,15 @@ async fn the_recommender_job_recomputes_each_tenants_pairs_from_its_own_orders(p
     let (count, most): (i64, Option<i64>) =
         sqlx::query_as("SELECT count(*), max(orders) FROM product_pairs").fetch_one(&mut conn).await.unwrap();
     assert_eq!((count, most), (4, Some(2)), "two products: two self pairs and two pairs, each in both orders");
+    // The admin API reads where each tenant's recommender stands.
+    let (status, standing) =
+        world.call(Method::GET, "/v1/tenants/pairs-one/recommender", &World::admin(), vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{standing}");
+    assert_eq!(
+        (&standing["enabled"], &standing["orders_counted"], &standing["pairs"]),
+        (&json!(true), &json!(2), &json!(4))
+    );
+    assert!(standing["refreshed_at"].is_string(), "{standing}");
     world.cleanup().await;
 }
 

@@ -66,6 +66,12 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             None => format!("cache hits  no catalogue reads ({} h)", cache.hours),
         }));
     }
+    if let Some(recommender) = app.detail.recommender.as_ref().filter(|r| r.enabled) {
+        spec.push(Line::from(match (recommender.refreshed_at, recommender.orders_counted) {
+            (Some(at), Some(orders)) => format!("recommender {} ago, {orders} orders", age(app.now, Some(at))),
+            _ => "recommender not computed yet".to_owned(),
+        }));
+    }
     frame.render_widget(
         Paragraph::new(spec)
             .wrap(Wrap { trim: false })

@@ -416,6 +416,7 @@ fn detail_shows_billing_and_a_days_usage_as_sparklines() {
         usage,
         billing: Some(billing),
         cache: None,
+        recommender: None,
     });
     assert!(render(&app, 120, 30).contains("billing     cus_123 · sub_456 · past_due"));
     for (width, height) in [(100, 30), (80, 24)] {

@@ -4,7 +4,7 @@
 //! `INSTA_UPDATE=always` and read `git diff`).
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use indigo_core::api::{AuditEntry, CatalogueCacheStats, TenantBilling, UsageSeries, WorkflowState};
+use indigo_core::api::{AuditEntry, CatalogueCacheStats, RecommenderStatus, TenantBilling, UsageSeries, WorkflowState};
 use indigo_core::tenant::{Condition, ConditionStatus, Phase, Role};
 use indigo_tui::app::{App, Loaded};
 
@@ -114,6 +114,13 @@ fn detail(app: &mut App) {
             hits: 9_312,
             misses: 688,
             hit_rate: Some(0.9312),
+        }),
+        recommender: Some(RecommenderStatus {
+            tenant_id: Some(app.tenants[0].id),
+            enabled: true,
+            refreshed_at: Some(ago(1500)),
+            orders_counted: Some(57),
+            pairs: 212,
         }),
     });
 }
