@@ -29,10 +29,7 @@ async fn catalogue_cache(
     _actor: Actor,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<CatalogueCacheStats>, ApiError> {
-    let reference = super::tenants::tenant_ref(&raw)?;
-    let mut conn = state.db.acquire().await?;
-    let tenant = crate::registry::get(&mut conn, &reference).await?;
-    drop(conn);
+    let tenant = super::tenants::find(&state, &raw).await?;
     let hours = CatalogueCacheStats::WINDOW_HOURS;
     let Some(redis) = &state.data_plane_redis else {
         return Ok(Json(CatalogueCacheStats { tenant_id: Some(tenant.id), hours, ..Default::default() }));
@@ -74,10 +71,7 @@ async fn recommender_status(
     _actor: Actor,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<Json<RecommenderStatus>, ApiError> {
-    let reference = super::tenants::tenant_ref(&raw)?;
-    let mut conn = state.db.acquire().await?;
-    let tenant = crate::registry::get(&mut conn, &reference).await?;
-    drop(conn);
+    let tenant = super::tenants::find(&state, &raw).await?;
     let enabled = state.plans.get(tenant.spec.plan.as_str()).is_ok_and(|plan| plan.has_feature("recommendations"));
     let mut status = RecommenderStatus { tenant_id: Some(tenant.id), enabled, ..Default::default() };
     let Some(placement) = &tenant.status.placement else { return Ok(Json(status)) };

@@ -49,6 +49,13 @@ pub(super) fn tenant_ref(raw: &str) -> Result<TenantRef, ApiError> {
     TenantRef::parse(raw).map_err(|_| ApiError::NotFound(format!("tenant `{raw}`")))
 }
 
+/// The tenant a path names by slug or id, or 404.
+pub(super) async fn find(state: &AppState, raw: &str) -> Result<Tenant, ApiError> {
+    let reference = tenant_ref(raw)?;
+    let mut conn = state.db.acquire().await?;
+    Ok(registry::get(&mut conn, &reference).await?)
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]

@@ -59,12 +59,9 @@ async fn tenant_series(
     if !(1..=720).contains(&hours) {
         return Err(ApiError::bad_request("invalid_query", "hours must be between 1 and 720"));
     }
-    let reference = super::tenants::tenant_ref(&raw)?;
-    let mut conn = state.db.acquire().await?;
-    let tenant = crate::registry::get(&mut conn, &reference).await?;
+    let tenant = super::tenants::find(&state, &raw).await?;
     let current = Utc::now().duration_trunc(Duration::hours(1)).map_err(|e| ApiError::Internal(e.into()))?;
     let axis: Vec<chrono::DateTime<Utc>> = (0..hours).rev().map(|n| current - Duration::hours(n)).collect();
-    drop(conn);
     let series = state
         .tenant_metrics
         .hourly(tenant.id, &EVENT_TYPES, &axis)

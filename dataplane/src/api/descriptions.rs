@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::products::{PRODUCT_BY_ID, Product};
-use super::{AppState, Literal, StoreError, TenantCtx, ai_call_made, parse_id};
+use super::{AppState, Literal, StoreError, TenantCtx, ai_call_allowed, ai_call_made, parse_id};
 use crate::descriptions::{ProductFacts, WriterError};
 
 /// The plan feature that gives a tenant generated descriptions.
@@ -58,12 +58,9 @@ async fn describe_product(
 ) -> Result<Json<GeneratedDescription>, StoreError> {
     tenant.require_catalogue_role()?;
     let id = parse_id(&id)?;
-    let plan = &tenant.route.plan;
-    if !plan.has_feature(FEATURE) {
-        return Err(StoreError::NotInPlan { plan: plan.name.to_string(), feature: FEATURE });
-    }
+    tenant.require_feature(FEATURE)?;
+    ai_call_allowed(&state, &tenant)?;
     let tenant_id = tenant.claims.tenant_id;
-    state.limiter.admit_ai(tenant_id, plan).map_err(|limit| StoreError::PlanLimit { what: "ai_credits", limit })?;
     let product: Product =
         tenant.read(&PRODUCT_BY_ID, &[Literal::Uuid(id)]).await?.pop().ok_or(StoreError::NotFound("product"))?;
     let facts = ProductFacts {

@@ -255,6 +255,15 @@ fn client_address(req: &Request, trust_forwarded_for: bool) -> Option<std::net::
     req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
 
+/// Whether the caller's tenant may make an AI call now: 403 `plan_limit` once
+/// its plan's monthly AI credits are used, so a refused call costs nothing.
+fn ai_call_allowed(state: &AppState, tenant: &TenantCtx) -> Result<(), StoreError> {
+    state
+        .limiter
+        .admit_ai(tenant.claims.tenant_id, &tenant.route.plan)
+        .map_err(|limit| StoreError::PlanLimit { what: "ai_credits", limit })
+}
+
 /// An AI call a handler made for `tenant` (a model, Personalize): its units
 /// count against the plan's monthly credits at once, at the routing table's
 /// rates, and go to the usage store as one `ai_request` event, which prices

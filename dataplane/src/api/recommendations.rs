@@ -18,7 +18,7 @@ use uuid::Uuid;
 use indigo_core::api::AiUsage;
 
 use super::products::{Product, product_columns};
-use super::{AppState, StoreError, TenantCtx, ai_call_made, page_limit};
+use super::{AppState, StoreError, TenantCtx, ai_call_allowed, ai_call_made, page_limit};
 use crate::personalize::Seeds;
 
 /// The plan feature that gives a tenant recommendations.
@@ -80,15 +80,6 @@ pub struct RecommenderRefresh {
     refreshed_at: DateTime<Utc>,
 }
 
-fn require_feature(tenant: &TenantCtx) -> Result<(), StoreError> {
-    let plan = &tenant.route.plan;
-    if plan.has_feature(FEATURE) {
-        Ok(())
-    } else {
-        Err(StoreError::NotInPlan { plan: plan.name.to_string(), feature: FEATURE })
-    }
-}
-
 /// Products to suggest (plans with `recommendations`): bought together with a product, or with a
 /// customer's past orders; the most bought ones otherwise. With the tenant's Personalize campaign,
 /// Personalize's (paid in AI credits: past the plan's, 403 `plan_limit`).
@@ -99,15 +90,14 @@ async fn recommend(
     tenant: TenantCtx,
     ApiQuery(params): ApiQuery<RecommendationParams>,
 ) -> Result<Json<Recommendations>, StoreError> {
-    require_feature(&tenant)?;
+    tenant.require_feature(FEATURE)?;
     let limit = page_limit(params.limit)?;
     let seeds = Seeds { customer: params.customer_id, product: params.product_id };
     if let (Some(personalize), Some(campaign)) = (&state.personalize, &tenant.route.personalize_campaign_arn)
         && (seeds.customer.is_some() || seeds.product.is_some())
     {
+        ai_call_allowed(&state, &tenant)?;
         let tenant_id = tenant.claims.tenant_id;
-        let plan = &tenant.route.plan;
-        state.limiter.admit_ai(tenant_id, plan).map_err(|limit| StoreError::PlanLimit { what: "ai_credits", limit })?;
         match personalize.recommend(campaign, seeds, limit).await {
             Ok(picks) => {
                 // One request is one unit of Personalize.
@@ -195,7 +185,7 @@ async fn from_personalize(tenant: &TenantCtx, picks: Vec<(Uuid, f64)>) -> Result
     responses((status = 200, body = RecommenderRefresh), (status = 403)))]
 async fn refresh(tenant: TenantCtx) -> Result<Json<RecommenderRefresh>, StoreError> {
     tenant.require_catalogue_role()?;
-    require_feature(&tenant)?;
+    tenant.require_feature(FEATURE)?;
     let mut tx = tenant.begin().await?;
     let orders_counted: i64 = sqlx::query_scalar("SELECT refresh_product_pairs()").fetch_one(&mut *tx).await?;
     let refreshed_at: DateTime<Utc> =

@@ -212,6 +212,16 @@ impl TenantCtx {
         (!self.claims.role.manages_catalogue()).then_some(self.claims.sub.as_str())
     }
 
+    /// 403 `feature_not_in_plan` unless the tenant's plan has `feature`.
+    pub fn require_feature(&self, feature: &'static str) -> Result<(), StoreError> {
+        let plan = &self.route.plan;
+        if plan.has_feature(feature) {
+            Ok(())
+        } else {
+            Err(StoreError::NotInPlan { plan: plan.name.to_string(), feature })
+        }
+    }
+
     pub fn require_catalogue_role(&self) -> Result<(), StoreError> {
         if self.claims.role.manages_catalogue() {
             Ok(())
