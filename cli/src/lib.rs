@@ -67,10 +67,19 @@ pub enum Command {
     StorefrontToken(StorefrontTokenArgs),
     /// Run the data plane (the same server as `indigo-dataplane`); `indigo up` uses it
     Dataplane(indigo_dataplane::Cli),
+    /// Exit 0 if the admin API on --listen answers ready, 1 if not: the container's health check
+    CheckReady(CheckReadyArgs),
     /// Stop the private PostgreSQL under a data directory once the `indigo up`
     /// that started it is gone; `indigo up` runs it
     #[command(hide = true)]
     GuardPostgres(GuardPostgresArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckReadyArgs {
+    /// Where the admin API listens
+    #[arg(long, env = "INDIGO_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -471,6 +480,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             indigo_dataplane::run(args).await
         }
         Command::GuardPostgres(args) => up::guard_private_postgres(args.parent, &args.data_dir).await,
+        Command::CheckReady(args) => {
+            indigo_core::http::check_ready(args.listen).await.map_err(|reason| anyhow::anyhow!("not ready: {reason}"))
+        }
     }
 }
 

@@ -86,6 +86,35 @@ pub async fn parent_gone(parent: Option<u32>) {
     }
 }
 
+/// Asks the server listening on `address` (the loopback address when it
+/// listens on every interface) whether it is ready: `GET /readyz` answered
+/// 200 within three seconds. The containers' health check, which has no shell
+/// or curl to run.
+pub async fn check_ready(address: std::net::SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let request = format!("GET /readyz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut status_line = [0u8; 12];
+        stream.read_exact(&mut status_line).await?;
+        Ok::<_, std::io::Error>(status_line)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), ask).await {
+        Err(_) => Err(format!("{address} did not answer /readyz within 3 s")),
+        Ok(Err(e)) => Err(format!("{address}: {e}")),
+        Ok(Ok(line)) if line.ends_with(b" 200") => Ok(()),
+        Ok(Ok(line)) => Err(format!("{address}/readyz answered {}", String::from_utf8_lossy(&line))),
+    }
+}
+
 /// Input that the extractors below refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]

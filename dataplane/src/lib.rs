@@ -111,6 +111,10 @@ pub struct Cli {
     /// parent; `indigo up` passes its own
     #[arg(long, hide = true, value_name = "PID")]
     pub exit_with_parent: Option<u32>,
+    /// Instead of serving, ask the data plane serving on --listen whether it is
+    /// ready (routed and serving): exit 0 if so, 1 if not. The container's health check
+    #[arg(long)]
+    pub check_ready: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -130,6 +134,11 @@ pub enum Recommendations {
 const CACHE_SETTLE_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.check_ready {
+        return indigo_core::http::check_ready(cli.listen)
+            .await
+            .map_err(|reason| anyhow::anyhow!("not ready: {reason}"));
+    }
     let verifier = match (&cli.jwt_secret, &cli.jwks_url) {
         (_, Some(url)) => Verifier::jwks(url).context("jwks_url (INDIGO_JWKS_URL)")?,
         (Some(secret), None) => Verifier::hs256(secret.as_bytes()).context("jwt_secret (INDIGO_JWT_SECRET)")?,

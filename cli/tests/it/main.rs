@@ -2,4 +2,5 @@
 
 mod aws;
 mod fuzz;
+mod images;
 mod up;

@@ -203,7 +203,10 @@ async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant(d
     let logs = container.log_configuration().unwrap();
     assert_eq!(logs.log_driver().as_str(), "awslogs");
     assert_eq!(logs.options().unwrap()["awslogs-group"], "/indigo/dataplane");
-    assert!(container.health_check().unwrap().command().iter().any(|c| c.contains("/readyz")));
+    assert_eq!(
+        container.health_check().unwrap().command(),
+        ["CMD", "/usr/local/bin/indigo-dataplane", "--check-ready"]
+    );
     assert_eq!(container.port_mappings()[0].container_port(), Some(8081));
     let values = secret_values(&silo_definition).await;
     assert_eq!(

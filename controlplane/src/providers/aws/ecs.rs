@@ -39,8 +39,9 @@ const CONTAINER: &str = "dataplane";
 const PORT: i32 = 8081;
 /// Where a task keeps the usage it has not delivered yet.
 const SPOOL_DIR: &str = "/var/lib/indigo/usage-spool";
-/// The container's health check: ready means routed and serving.
-const HEALTH_CHECK: &str = "curl -fsS http://127.0.0.1:8081/readyz || exit 1";
+/// The container's health check: ready means routed and serving. The image
+/// has no shell or curl; the data plane asks its own `/readyz`.
+const HEALTH_CHECK: [&str; 3] = ["CMD", "/usr/local/bin/indigo-dataplane", "--check-ready"];
 /// The data plane's setting that restricts it to one tenant.
 pub const TENANT_ENV: &str = "INDIGO_DATAPLANE_TENANT";
 
@@ -139,7 +140,7 @@ impl WantedTask {
             && container_environment(container) == self.environment
             && secrets == self.secrets
             && log_options == self.log_options
-            && container.health_check().is_some()
+            && container.health_check().is_some_and(|check| check.command() == HEALTH_CHECK)
     }
 
     fn container(&self) -> Result<ContainerDefinition, ProviderError> {
@@ -152,8 +153,7 @@ impl WantedTask {
             logs = logs.options(key, value);
         }
         let health = HealthCheck::builder()
-            .command("CMD-SHELL")
-            .command(HEALTH_CHECK)
+            .set_command(Some(HEALTH_CHECK.map(str::to_owned).to_vec()))
             .interval(10)
             .timeout(5)
             .retries(3)
