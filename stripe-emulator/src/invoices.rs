@@ -1,94 +1,186 @@
-//! Invoices at the end of a billing period. The emulator has no clock of its
-//! own: `POST /_emulator/close_period` ends the current period of every active
-//! subscription now, as the period's end would at Stripe. Each gets an invoice
-//! for its items' prices (Stripe bills metered usage only through a metered
-//! price on the subscription; the meters' totals are on the invoice's
-//! metadata, for a look), finalized and paid — or, for the customers named in
-//! `fail`, left open with a failed payment — each with its webhook events.
+//! Invoices and billing periods, as Stripe runs them for subscriptions with
+//! licensed prices: the first period is invoiced in advance when the
+//! subscription is created; at each period's end the next one is, with the
+//! prorations a price change left pending and (on the invoice's metadata, for
+//! a look: Stripe bills metered usage only through a metered price on the
+//! subscription) what the meters counted for the customer in the period that
+//! ended. Periods here are 30 days (Stripe's are calendar months).
+//!
+//! A period ends when a test clock its customer is on is advanced past it
+//! (Stripe's `/v1/test_helpers/test_clocks`), or for every active subscription
+//! at once with the emulator's own `POST /_emulator/close_period`
+//! (`fail=<customer>`: that customer's payment fails).
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Emulator, list, now, param, parse_params};
+use super::{Emulator, Objects, error, list, now, param, parse_params};
 
 /// Not one of Stripe's paths: the emulator's own, to end a period.
 pub const CLOSE_PERIOD: &str = "/_emulator/close_period";
+
+/// The length of a billing period.
+pub(crate) const PERIOD_SECONDS: i64 = 30 * 24 * 3600;
+
+/// The time on the customer's test clock, or now for a customer on none.
+pub(crate) fn customer_now(objects: &Objects, customer: &str) -> i64 {
+    objects
+        .customers
+        .get(customer)
+        .and_then(|c| c["test_clock"].as_str())
+        .and_then(|clock| objects.test_clocks.get(clock))
+        .and_then(|clock| clock["frozen_time"].as_i64())
+        .unwrap_or_else(now)
+}
+
+/// Sets every item of `subscription` to the period starting at `start`.
+pub(crate) fn start_period(subscription: &mut Value, start: i64) {
+    for item in subscription["items"]["data"].as_array_mut().into_iter().flatten() {
+        item["current_period_start"] = json!(start);
+        item["current_period_end"] = json!(start + PERIOD_SECONDS);
+    }
+}
+
+/// Each item's price for its current period, as invoice lines.
+pub(crate) fn price_lines(subscription: &Value) -> Vec<Value> {
+    subscription["items"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            json!({ "object": "line_item", "amount": item["price"]["unit_amount"].as_i64().unwrap_or(0),
+                    "currency": item["price"]["currency"], "proration": false, "quantity": 1,
+                    "pricing": { "price_details": { "price": item["price"]["id"] } },
+                    "period": { "start": item["current_period_start"], "end": item["current_period_end"] } })
+        })
+        .collect()
+}
+
+/// The prorations pending for `subscription`, taken off the pending list.
+fn take_pending(objects: &mut Objects, subscription: &str) -> Vec<Value> {
+    let (taken, kept) = std::mem::take(&mut objects.pending_invoice_items)
+        .into_iter()
+        .partition(|item| item["subscription"] == subscription);
+    objects.pending_invoice_items = kept;
+    taken
+}
+
+/// A price change from `old` to `new` at `at`, inside the item's period: a
+/// credit for the old price's unused time and a charge for the new one's,
+/// each in proportion to the time left (Stripe's `create_prorations`).
+pub(crate) fn prorations(objects: &mut Objects, item: &Value, new: &Value, at: i64) -> [Value; 2] {
+    let (start, end) =
+        (item["current_period_start"].as_i64().unwrap_or(at), item["current_period_end"].as_i64().unwrap_or(at));
+    let left = if end > start { (end - at).clamp(0, end - start) as f64 / (end - start) as f64 } else { 0.0 };
+    let mut line = |price: &Value, sign: f64, what: &str| {
+        let amount = (sign * price["unit_amount"].as_i64().unwrap_or(0) as f64 * left).round() as i64;
+        json!({ "object": "line_item", "id": objects.next_id("ii"), "amount": amount, "currency": price["currency"],
+                "description": format!("{what} time on {} after {at}", price["id"].as_str().unwrap_or_default()),
+                "proration": true, "quantity": 1, "pricing": { "price_details": { "price": price["id"] } },
+                "period": { "start": at, "end": end }, "subscription": item["subscription"] })
+    };
+    [line(&item["price"], -1.0, "Unused"), line(new, 1.0, "Remaining")]
+}
+
+/// Issues an invoice of `lines` for `subscription` at `created` — finalized,
+/// and paid unless `paid` is false — and sends its webhooks.
+pub(crate) fn issue(
+    emulator: &Emulator,
+    subscription: &Value,
+    (reason, created): (&str, i64),
+    lines: Vec<Value>,
+    paid: bool,
+) -> Value {
+    let customer = subscription["customer"].as_str().unwrap_or_default();
+    let total: i64 = lines.iter().filter_map(|l| l["amount"].as_i64()).sum();
+    let mut invoice = emulator.fixture("invoice");
+    invoice["id"] = json!(emulator.next_id("in"));
+    invoice["customer"] = json!(customer);
+    invoice["subscription"] = subscription["id"].clone();
+    invoice["billing_reason"] = json!(reason);
+    invoice["created"] = json!(created);
+    invoice["period_start"] = json!(created);
+    invoice["period_end"] = json!(created);
+    invoice["lines"] = json!({ "object": "list", "data": lines, "has_more": false, "url": "/v1/invoices/lines" });
+    invoice["total"] = json!(total);
+    invoice["subtotal"] = json!(total);
+    invoice["amount_due"] = json!(total);
+    invoice["amount_paid"] = json!(if paid { total } else { 0 });
+    invoice["amount_remaining"] = json!(if paid { 0 } else { total });
+    invoice["amount_overpaid"] = json!(0);
+    invoice["attempted"] = json!(true);
+    invoice["attempt_count"] = json!(1);
+    invoice["status"] = json!(if paid { "paid" } else { "open" });
+    invoice["metadata"] = json!({});
+    invoice["livemode"] = json!(false);
+    emulator.objects.lock().expect("emulator lock").invoices.push(invoice.clone());
+    emulator.emit("invoice.finalized", &invoice);
+    emulator.emit(if paid { "invoice.paid" } else { "invoice.payment_failed" }, &invoice);
+    invoice
+}
+
+/// Ends the current period of subscription `id` at `end`: invoices the next
+/// period in advance with the prorations pending, and the period that ended's
+/// metered usage on its metadata.
+fn renew(emulator: &Emulator, id: &str, end: i64, paid: bool) -> Option<Value> {
+    let (subscription, usage_since, pending, meters, events) = {
+        let mut objects = emulator.objects.lock().expect("emulator lock");
+        let subscription = objects.subscriptions.get_mut(id)?;
+        start_period(subscription, end);
+        let subscription = subscription.clone();
+        // The first period also takes usage dated before the subscription (the
+        // hour it was created in is reported from that hour's start).
+        let usage_since = objects.invoiced_through.insert(id.to_owned(), end);
+        let pending = take_pending(&mut objects, id);
+        let meters: Vec<Value> = objects.meters.values().cloned().collect();
+        (subscription, usage_since, pending, meters, objects.meter_events.clone())
+    };
+    let customer = subscription["customer"].as_str().unwrap_or_default();
+    let mut usage = serde_json::Map::new();
+    for meter in &meters {
+        let name = meter["event_name"].as_str().unwrap_or_default();
+        let sum: f64 = events
+            .iter()
+            .filter(|e| e["event_name"] == name && e["payload"]["stripe_customer_id"] == customer)
+            .filter(|e| e["timestamp"].as_i64().is_some_and(|t| t < end && usage_since.is_none_or(|s| t >= s)))
+            .filter_map(|e| e["payload"]["value"].as_str().and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        usage.insert(format!("meter_{name}"), json!(sum.to_string()));
+    }
+    let mut lines = price_lines(&subscription);
+    lines.extend(pending);
+    let mut invoice = issue(emulator, &subscription, ("subscription_cycle", end), lines, paid);
+    invoice["metadata"] = Value::Object(usage);
+    let mut objects = emulator.objects.lock().expect("emulator lock");
+    if let Some(kept) = objects.invoices.iter_mut().find(|i| i["id"] == invoice["id"]) {
+        kept["metadata"] = invoice["metadata"].clone();
+    }
+    Some(invoice)
+}
 
 /// `fail=<customer id>` (repeatable): their payment fails.
 pub async fn close_period(State(emulator): State<Emulator>, body: Bytes) -> Response {
     let params = parse_params(&body);
     let failing: Vec<&str> = params.iter().filter(|(k, _)| k == "fail").map(|(_, v)| v.as_str()).collect();
-    let end = now();
-    let (subscriptions, meters, meter_events) = {
+    let active: Vec<(String, String, i64)> = {
         let objects = emulator.objects.lock().expect("emulator lock");
-        let active: Vec<Value> = objects.subscriptions.values().filter(|s| s["status"] == "active").cloned().collect();
-        let meters: Vec<Value> = objects.meters.values().cloned().collect();
-        (active, meters, objects.meter_events.clone())
-    };
-    let mut issued = Vec::new();
-    for subscription in subscriptions {
-        let id = subscription["id"].as_str().unwrap_or_default().to_owned();
-        let customer = subscription["customer"].as_str().unwrap_or_default().to_owned();
-        // The first period also takes usage dated before the subscription (the
-        // hour it was created in is reported from that hour's start).
-        let invoiced_through = emulator.objects.lock().expect("emulator lock").invoiced_through.get(&id).copied();
-        let start = invoiced_through.unwrap_or_else(|| subscription["created"].as_i64().unwrap_or(end));
-        let lines: Vec<Value> = subscription["items"]["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|item| {
-                let amount = item["price"]["unit_amount"].as_i64().unwrap_or(0);
-                json!({ "object": "line_item", "amount": amount, "currency": item["price"]["currency"],
-                        "pricing": { "price_details": { "price": item["price"]["id"] } }, "quantity": 1,
-                        "period": { "start": start, "end": end } })
+        objects
+            .subscriptions
+            .values()
+            .filter(|s| s["status"] == "active")
+            .map(|s| {
+                let customer = s["customer"].as_str().unwrap_or_default().to_owned();
+                let end = customer_now(&objects, &customer);
+                (s["id"].as_str().unwrap_or_default().to_owned(), customer, end)
             })
-            .collect();
-        let total: i64 = lines.iter().filter_map(|l| l["amount"].as_i64()).sum();
-        // What the meters summed for this customer in the period.
-        let mut usage = serde_json::Map::new();
-        for meter in &meters {
-            let name = meter["event_name"].as_str().unwrap_or_default();
-            let sum: f64 = meter_events
-                .iter()
-                .filter(|e| e["event_name"] == name && e["payload"]["stripe_customer_id"] == customer.as_str())
-                .filter(|e| e["timestamp"].as_i64().is_some_and(|t| t < end && invoiced_through.is_none_or(|s| t >= s)))
-                .filter_map(|e| e["payload"]["value"].as_str().and_then(|v| v.parse::<f64>().ok()))
-                .sum();
-            usage.insert(format!("meter_{name}"), json!(sum.to_string()));
-        }
-        let paid = !failing.contains(&customer.as_str());
-        let mut invoice = emulator.fixture("invoice");
-        invoice["id"] = json!(emulator.next_id("in"));
-        invoice["customer"] = json!(customer);
-        invoice["subscription"] = json!(id);
-        invoice["billing_reason"] = json!("subscription_cycle");
-        invoice["period_start"] = json!(start);
-        invoice["period_end"] = json!(end);
-        invoice["created"] = json!(end);
-        invoice["lines"] = json!({ "object": "list", "data": lines, "has_more": false, "url": "/v1/invoices/lines" });
-        invoice["total"] = json!(total);
-        invoice["subtotal"] = json!(total);
-        invoice["amount_due"] = json!(total);
-        invoice["amount_paid"] = json!(if paid { total } else { 0 });
-        invoice["amount_remaining"] = json!(if paid { 0 } else { total });
-        invoice["amount_overpaid"] = json!(0);
-        invoice["attempted"] = json!(true);
-        invoice["attempt_count"] = json!(1);
-        invoice["status"] = json!(if paid { "paid" } else { "open" });
-        invoice["metadata"] = Value::Object(usage);
-        invoice["livemode"] = json!(false);
-        {
-            let mut objects = emulator.objects.lock().expect("emulator lock");
-            objects.invoiced_through.insert(id, end);
-            objects.invoices.push(invoice.clone());
-        }
-        emulator.emit("invoice.finalized", &invoice);
-        emulator.emit(if paid { "invoice.paid" } else { "invoice.payment_failed" }, &invoice);
-        issued.push(invoice);
-    }
+            .collect()
+    };
+    let issued = active
+        .into_iter()
+        .filter_map(|(id, customer, end)| renew(&emulator, &id, end, !failing.contains(&customer.as_str())))
+        .collect();
     list(CLOSE_PERIOD, issued)
 }
 
@@ -107,4 +199,67 @@ pub async fn list_invoices(State(emulator): State<Emulator>, RawQuery(query): Ra
         .collect();
     data.reverse();
     list("/v1/invoices", data).into_response()
+}
+
+/// `POST /v1/test_helpers/test_clocks` (`frozen_time`, `name`).
+pub async fn create_test_clock(State(emulator): State<Emulator>, body: Bytes) -> Response {
+    let params = parse_params(&body);
+    let Some(frozen_time) = param(&params, "frozen_time").and_then(|t| t.parse::<i64>().ok()) else {
+        return error(400, "invalid_request_error", "Missing required param: frozen_time.");
+    };
+    let id = emulator.next_id("clock");
+    let clock = json!({ "id": id, "object": "test_helpers.test_clock", "created": now(), "frozen_time": frozen_time,
+                        "name": param(&params, "name"), "status": "ready", "livemode": false,
+                        "deletes_after": now() + 30 * 24 * 3600 });
+    emulator.objects.lock().expect("emulator lock").test_clocks.insert(id, clock.clone());
+    axum::Json(clock).into_response()
+}
+
+pub async fn retrieve_test_clock(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
+    match emulator.objects.lock().expect("emulator lock").test_clocks.get(&id) {
+        Some(clock) => axum::Json(clock.clone()).into_response(),
+        None => error(404, "invalid_request_error", &format!("No such test clock: '{id}'")),
+    }
+}
+
+/// `POST /v1/test_helpers/test_clocks/{id}/advance` (`frozen_time`): moves the
+/// clock forward; every period of its customers' active subscriptions that
+/// ends by then is renewed, in order, before the answer.
+pub async fn advance_test_clock(State(emulator): State<Emulator>, Path(id): Path<String>, body: Bytes) -> Response {
+    let params = parse_params(&body);
+    let Some(to) = param(&params, "frozen_time").and_then(|t| t.parse::<i64>().ok()) else {
+        return error(400, "invalid_request_error", "Missing required param: frozen_time.");
+    };
+    let on_clock: Vec<String> = {
+        let mut objects = emulator.objects.lock().expect("emulator lock");
+        let Some(clock) = objects.test_clocks.get_mut(&id) else {
+            return error(404, "invalid_request_error", &format!("No such test clock: '{id}'"));
+        };
+        if clock["frozen_time"].as_i64().is_some_and(|at| to <= at) {
+            return error(400, "invalid_request_error", "The test clock can only be advanced forward in time.");
+        }
+        clock["frozen_time"] = json!(to);
+        let customers: Vec<&String> =
+            objects.customers.iter().filter(|(_, c)| c["test_clock"] == id.as_str()).map(|(k, _)| k).collect();
+        objects
+            .subscriptions
+            .values()
+            .filter(|s| s["status"] == "active" && customers.iter().any(|c| s["customer"] == c.as_str()))
+            .filter_map(|s| s["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    for subscription in on_clock {
+        loop {
+            let end = emulator.objects.lock().expect("emulator lock").subscriptions[&subscription]["items"]["data"][0]
+                ["current_period_end"]
+                .as_i64();
+            match end {
+                Some(end) if end <= to => {
+                    renew(&emulator, &subscription, end, true);
+                }
+                _ => break,
+            }
+        }
+    }
+    retrieve_test_clock(State(emulator), Path(id)).await
 }

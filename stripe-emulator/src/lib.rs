@@ -1,6 +1,6 @@
 //! A small Stripe emulator: the part of Stripe's API the control plane uses
 //! (customers, products, prices, billing meters and meter events,
-//! subscriptions), kept in memory. `indigo up --demo` runs it so that billing
+//! subscriptions, their invoices and prorations, test clocks), kept in memory. `indigo up --demo` runs it so that billing
 //! works without a Stripe account, and the tests run it to see what Stripe
 //! would have been asked. It answers with Stripe's own published example
 //! objects (`fixtures/stripe/fixtures.json`, from stripe/openapi's
@@ -52,8 +52,11 @@ struct Objects {
     /// Paths (prefix) answered with this status, for failure tests.
     failures: Vec<(String, u16)>,
     invoices: Vec<Value>,
-    /// Each subscription's invoiced period so far ends here (Unix time).
+    /// Each subscription's metered usage is invoiced up to here (Unix time).
     invoiced_through: HashMap<String, i64>,
+    /// Prorations waiting for their subscription's next invoice.
+    pending_invoice_items: Vec<Value>,
+    test_clocks: HashMap<String, Value>,
     webhook: Option<events::Endpoint>,
     deliveries: Vec<events::Delivery>,
 }
@@ -105,6 +108,9 @@ impl StripeEmulator {
             )
             .route("/v1/invoices", get(invoices::list_invoices))
             .route(invoices::CLOSE_PERIOD, post(invoices::close_period))
+            .route("/v1/test_helpers/test_clocks", post(invoices::create_test_clock))
+            .route("/v1/test_helpers/test_clocks/{id}", get(invoices::retrieve_test_clock))
+            .route("/v1/test_helpers/test_clocks/{id}/advance", post(invoices::advance_test_clock))
             .fallback(|uri: Uri| async move {
                 error(404, "invalid_request_error", &format!("Unrecognized request URL ({uri})"))
             })
@@ -190,6 +196,11 @@ impl StripeEmulator {
 
     pub fn invoices(&self) -> Vec<Value> {
         self.with(|o| o.invoices.clone())
+    }
+
+    /// The prorations waiting for `subscription`'s next invoice, oldest first.
+    pub fn pending_invoice_items(&self, subscription: &str) -> Vec<Value> {
+        self.with(|o| o.pending_invoice_items.iter().filter(|i| i["subscription"] == subscription).cloned().collect())
     }
 
     /// Answers requests whose path starts with `prefix` with `status` from now on.
@@ -287,9 +298,14 @@ impl Emulator {
     }
 
     fn next_id(&self, prefix: &str) -> String {
-        let mut objects = self.objects.lock().expect("emulator lock");
-        objects.next_id += 1;
-        format!("{prefix}_emu{:06}", objects.next_id)
+        self.objects.lock().expect("emulator lock").next_id(prefix)
+    }
+}
+
+impl Objects {
+    fn next_id(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        format!("{prefix}_emu{:06}", self.next_id)
     }
 }
 
@@ -307,7 +323,14 @@ async fn create_customer(State(emulator): State<Emulator>, body: Bytes) -> Respo
     customer["created"] = json!(now());
     customer["discount"] = Value::Null;
     let id = customer["id"].as_str().unwrap_or_default().to_owned();
-    emulator.objects.lock().expect("emulator lock").customers.insert(id, customer.clone());
+    let mut objects = emulator.objects.lock().expect("emulator lock");
+    if let Some(clock) = param(&params, "test_clock") {
+        if !objects.test_clocks.contains_key(clock) {
+            return error(400, "invalid_request_error", &format!("No such test clock: '{clock}'"));
+        }
+        customer["test_clock"] = json!(clock);
+    }
+    objects.customers.insert(id, customer.clone());
     axum::Json(customer).into_response()
 }
 
@@ -429,9 +452,14 @@ async fn create_meter_event(State(emulator): State<Emulator>, body: Bytes) -> Re
     event["event_name"] = json!(param(&params, "event_name"));
     event["identifier"] = json!(param(&params, "identifier"));
     event["payload"] = Value::Object(payload);
-    let timestamp = param(&params, "timestamp").and_then(|t| t.parse::<i64>().ok()).unwrap_or_else(now);
+    // Now is the customer's test clock's time, for a customer on one.
+    let now = invoices::customer_now(
+        &emulator.objects.lock().expect("emulator lock"),
+        param(&params, "payload[stripe_customer_id]").unwrap_or_default(),
+    );
+    let timestamp = param(&params, "timestamp").and_then(|t| t.parse::<i64>().ok()).unwrap_or(now);
     // As at Stripe: up to 35 days back, and at most 5 minutes ahead.
-    if !(now() - METER_EVENT_WINDOW_SECONDS..=now() + 300).contains(&timestamp) {
+    if !(now - METER_EVENT_WINDOW_SECONDS..=now + 300).contains(&timestamp) {
         let message = "Timestamp must be within the past 35 days and no more than 5 minutes in the future.";
         return error(400, "invalid_request_error", message);
     }
@@ -456,9 +484,11 @@ async fn create_subscription(State(emulator): State<Emulator>, body: Bytes) -> R
         return error(400, "invalid_request_error", "Missing required param: customer.");
     };
     let price_id = param(&params, "items[0][price]").unwrap_or_default().to_owned();
-    let (customer_exists, price) = {
+    let (customer_exists, price, at, clock) = {
         let objects = emulator.objects.lock().expect("emulator lock");
-        (objects.customers.contains_key(customer), objects.prices.get(&price_id).cloned())
+        let clock = objects.customers.get(customer).map(|c| c["test_clock"].clone()).unwrap_or_default();
+        let at = invoices::customer_now(&objects, customer);
+        (objects.customers.contains_key(customer), objects.prices.get(&price_id).cloned(), at, clock)
     };
     if !customer_exists {
         return error(400, "invalid_request_error", &format!("No such customer: '{customer}'"));
@@ -472,15 +502,21 @@ async fn create_subscription(State(emulator): State<Emulator>, body: Bytes) -> R
     subscription["customer"] = json!(customer);
     subscription["status"] = json!("active");
     subscription["metadata"] = metadata(&params);
-    subscription["created"] = json!(now());
+    subscription["created"] = json!(at);
+    subscription["billing_cycle_anchor"] = json!(at);
+    subscription["test_clock"] = clock;
+    subscription["cancel_at_period_end"] = json!(false);
     let mut item = subscription["items"]["data"][0].clone();
     item["id"] = json!(emulator.next_id("si"));
     item["price"] = price;
     item["subscription"] = json!(id);
     subscription["items"]["data"] = json!([item]);
     subscription["items"]["url"] = json!(format!("/v1/subscription_items?subscription={id}"));
+    invoices::start_period(&mut subscription, at);
     emulator.objects.lock().expect("emulator lock").subscriptions.insert(id, subscription.clone());
     emulator.emit("customer.subscription.created", &subscription);
+    // As at Stripe: the first period is invoiced (and here paid) at once.
+    invoices::issue(&emulator, &subscription, ("subscription_create", at), invoices::price_lines(&subscription), true);
     axum::Json(subscription).into_response()
 }
 
@@ -491,11 +527,16 @@ async fn retrieve_subscription(State(emulator): State<Emulator>, Path(id): Path<
     }
 }
 
-/// A price change: the item named by `items[0][id]` moves to `items[0][price]`;
-/// the proration behaviour asked for is kept on the subscription's metadata
-/// for tests to see (Stripe itself would create proration invoice items).
+/// A price change: the item named by `items[0][id]` moves to `items[0][price]`,
+/// prorated as `proration_behavior` asks (Stripe's default
+/// `create_prorations`: a credit and a charge for the rest of the period,
+/// pending for the next invoice; `always_invoice`: invoiced at once; `none`).
 async fn update_subscription(State(emulator): State<Emulator>, Path(id): Path<String>, body: Bytes) -> Response {
     let params = parse_params(&body);
+    let behaviour = param(&params, "proration_behavior").unwrap_or("create_prorations");
+    if !["create_prorations", "always_invoice", "none"].contains(&behaviour) {
+        return error(400, "invalid_request_error", &format!("Invalid proration_behavior: '{behaviour}'"));
+    }
     let mut objects = emulator.objects.lock().expect("emulator lock");
     let price = match param(&params, "items[0][price]") {
         Some(price_id) => match objects.prices.get(price_id) {
@@ -504,32 +545,39 @@ async fn update_subscription(State(emulator): State<Emulator>, Path(id): Path<St
         },
         None => None,
     };
-    let Some(subscription) = objects.subscriptions.get_mut(&id) else {
-        return error(404, "invalid_request_error", &format!("No such subscription: '{id}'"));
+    let at = match objects.subscriptions.get(&id) {
+        Some(subscription) => invoices::customer_now(&objects, subscription["customer"].as_str().unwrap_or_default()),
+        None => return error(404, "invalid_request_error", &format!("No such subscription: '{id}'")),
     };
-    if subscription["status"] == "canceled" {
+    if objects.subscriptions[&id]["status"] == "canceled" {
         return error(
             400,
             "invalid_request_error",
             "A canceled subscription can only update its cancellation_details and metadata.",
         );
     }
+    let mut prorations = Vec::new();
     if let Some(price) = price {
         let item_id = param(&params, "items[0][id]").unwrap_or_default();
-        let Some(item) = subscription["items"]["data"]
-            .as_array_mut()
-            .and_then(|items| items.iter_mut().find(|i| i["id"] == item_id))
-        else {
+        let items = objects.subscriptions[&id]["items"]["data"].as_array().cloned().unwrap_or_default();
+        let Some(index) = items.iter().position(|i| i["id"] == item_id) else {
             return error(400, "invalid_request_error", &format!("No such subscription item: '{item_id}'"));
         };
-        item["price"] = price;
+        if behaviour != "none" && items[index]["price"]["id"] != price["id"] {
+            prorations.extend(invoices::prorations(&mut objects, &items[index], &price, at));
+        }
+        let subscription = objects.subscriptions.get_mut(&id).expect("looked up above");
+        subscription["items"]["data"][index]["price"] = price;
     }
-    if let Some(behaviour) = param(&params, "proration_behavior") {
-        subscription["metadata"]["indigo_test_proration_behavior"] = json!(behaviour);
+    let updated = objects.subscriptions[&id].clone();
+    if behaviour == "create_prorations" {
+        objects.pending_invoice_items.append(&mut prorations);
     }
-    let updated = subscription.clone();
     drop(objects);
     emulator.emit("customer.subscription.updated", &updated);
+    if behaviour == "always_invoice" && !prorations.is_empty() {
+        invoices::issue(&emulator, &updated, ("subscription_update", at), prorations, true);
+    }
     axum::Json(updated).into_response()
 }
 
@@ -569,6 +617,77 @@ mod tests {
             .await
             .unwrap()
             .status()
+    }
+
+    async fn form(url: &str, path: &str, body: &str) -> Value {
+        let response = reqwest::Client::new()
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// A subscription on a test clock: its first period invoiced at once; a
+    /// price change a third into the period prorated (a credit for the old
+    /// price's two thirds left, a charge for the new one's) onto the next
+    /// invoice, which the clock's crossing the period's end issues with the new
+    /// price for the next period; two periods crossed, two invoices.
+    #[tokio::test]
+    async fn a_price_change_is_prorated_onto_the_invoice_the_test_clock_brings() {
+        let emulator = StripeEmulator::start().await.unwrap();
+        let url = &emulator.url;
+        let start = 1_800_000_000;
+        let clock = form(url, "v1/test_helpers/test_clocks", &format!("frozen_time={start}")).await;
+        let clock = clock["id"].as_str().unwrap();
+        let customer = form(url, "v1/customers", &format!("email=a@b.example&test_clock={clock}")).await;
+        let customer = customer["id"].as_str().unwrap();
+        let product = form(url, "v1/products", "name=Plan").await;
+        let product = product["id"].as_str().unwrap();
+        let price =
+            |amount: u32| format!("product={product}&unit_amount={amount}&currency=usd&recurring[interval]=month");
+        let growth = form(url, "v1/prices", &price(3000)).await;
+        let pro = form(url, "v1/prices", &price(9000)).await;
+        let body = format!("customer={customer}&items[0][price]={}", growth["id"].as_str().unwrap());
+        let subscription = form(url, "v1/subscriptions", &body).await;
+        let (id, item) =
+            (subscription["id"].as_str().unwrap(), subscription["items"]["data"][0]["id"].as_str().unwrap());
+        assert_eq!(subscription["items"]["data"][0]["current_period_end"], start + invoices::PERIOD_SECONDS);
+        let first = emulator.invoices();
+        assert_eq!(
+            (first.len(), &first[0]["billing_reason"], &first[0]["total"]),
+            (1, &json!("subscription_create"), &json!(3000))
+        );
+
+        let third = start + invoices::PERIOD_SECONDS / 3;
+        form(url, &format!("v1/test_helpers/test_clocks/{clock}/advance"), &format!("frozen_time={third}")).await;
+        assert_eq!(emulator.invoices().len(), 1, "nothing is due inside the period");
+        let body = format!(
+            "items[0][id]={item}&items[0][price]={}&proration_behavior=create_prorations",
+            pro["id"].as_str().unwrap()
+        );
+        form(url, &format!("v1/subscriptions/{id}"), &body).await;
+
+        let later = start + 2 * invoices::PERIOD_SECONDS + 60;
+        form(url, &format!("v1/test_helpers/test_clocks/{clock}/advance"), &format!("frozen_time={later}")).await;
+        let invoices = emulator.invoices();
+        assert_eq!(invoices.len(), 3, "{invoices:?}");
+        let renewal = &invoices[1];
+        assert_eq!(renewal["billing_reason"], "subscription_cycle");
+        assert_eq!(renewal["created"], start + invoices::PERIOD_SECONDS);
+        let amounts: Vec<(i64, bool)> = renewal["lines"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["amount"].as_i64().unwrap(), l["proration"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(amounts, [(9000, false), (-2000, true), (6000, true)]);
+        assert_eq!(renewal["total"], 13000);
+        assert_eq!(invoices[2]["lines"]["data"].as_array().unwrap().len(), 1, "prorations are invoiced once");
+        assert_eq!(invoices[2]["total"], 9000);
     }
 
     /// Meter events as Stripe takes them: an identifier counts once, and

@@ -114,8 +114,9 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
             .await
             .unwrap()
     };
-    eventually("every demo tenant's subscription webhook is processed", async || {
-        (processed("customer.subscription.created").await == 6).then_some(())
+    // Each subscription's first period is invoiced (and paid) as it starts.
+    eventually("every demo tenant's subscription and first invoice webhooks are processed", async || {
+        (processed("customer.subscription.created").await == 6 && processed("invoice.paid").await == 6).then_some(())
     })
     .await;
     // The end of a billing period: an invoice each, paid — but the bakery's payment fails.
@@ -133,7 +134,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(closed["data"].as_array().unwrap().len(), 6, "an invoice per subscription");
     eventually("the invoices' webhooks are processed", async || {
-        (processed("invoice.paid").await == 5 && processed("invoice.payment_failed").await == 1).then_some(())
+        (processed("invoice.paid").await == 6 + 5 && processed("invoice.payment_failed").await == 1).then_some(())
     })
     .await;
     let billing = bakery_billing().await.unwrap();

@@ -229,7 +229,13 @@ async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
     let live: Vec<&Value> = subscriptions.iter().filter(|s| s["status"] != "canceled").collect();
     assert_eq!(live.len(), 1, "{subscriptions:#?}");
     assert_eq!(live[0]["items"]["data"][0]["price"]["lookup_key"], "indigo_pro_29900_usd");
-    assert_eq!(live[0]["metadata"]["indigo_test_proration_behavior"], "create_prorations");
+    // Each price change left a credit and a charge for the period's rest, the last one the pro price's.
+    let prorations = stack.stripe.pending_invoice_items(live[0]["id"].as_str().unwrap());
+    assert!(!prorations.is_empty() && prorations.len() % 2 == 0, "{prorations:#?}");
+    assert!(prorations.iter().all(|p| p["proration"] == true), "{prorations:#?}");
+    let charge = prorations.last().unwrap();
+    assert!(charge["amount"].as_i64().unwrap() > 0, "{charge}");
+    assert_eq!(charge["pricing"]["price_details"]["price"], live[0]["items"]["data"][0]["price"]["id"]);
     assert_eq!(stack.stripe.customers_created(&mover.id.to_string()), 1);
 
     // A change within the pool moves nothing: only the limits and the price change.
