@@ -367,18 +367,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let load = |overrides: Overrides| Config::load(config_file.as_deref(), overrides);
     match cli.command {
         Command::Up(args) => {
-            telemetry::init_logging();
             let mut config = load(args.overrides)?;
+            let telemetry = telemetry::init(&config)?;
             resolve_config_arns(&mut config).await?;
-            up::run(config, args.demo).await
+            let ended = up::run(config, args.demo).await;
+            telemetry.shutdown();
+            ended
         }
         Command::Serve(args) => {
-            telemetry::init_logging();
-            let mut config = load(args.overrides)?;
-            resolve_config_arns(&mut config).await?;
-            let control_plane = ControlPlane::build(&config, None).await?;
-            let _background = control_plane.start().await?;
-            server::serve(server::bind(&config).await?, control_plane.state, server::shutdown_signal()).await
+            let config = load(args.overrides)?;
+            let telemetry = telemetry::init(&config)?;
+            let ended = serve(config).await;
+            telemetry.shutdown();
+            ended
         }
         Command::Migrate(args) => {
             let config = load(args.overrides)?;
@@ -475,15 +476,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", indigo_dataplane::auth::sign_hs256(secret.trim().as_bytes(), &claims));
             Ok(())
         }
-        Command::Dataplane(args) => {
-            telemetry::init_logging();
-            indigo_dataplane::run(args).await
-        }
+        Command::Dataplane(args) => indigo_dataplane::run(args).await,
         Command::GuardPostgres(args) => up::guard_private_postgres(args.parent, &args.data_dir).await,
         Command::CheckReady(args) => {
             indigo_core::http::check_ready(args.listen).await.map_err(|reason| anyhow::anyhow!("not ready: {reason}"))
         }
     }
+}
+
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    resolve_config_arns(&mut config).await?;
+    let control_plane = ControlPlane::build(&config, None).await?;
+    let _background = control_plane.start().await?;
+    server::serve(server::bind(&config).await?, control_plane.state, server::shutdown_signal()).await
 }
 
 async fn run_tenant(command: TenantCommand) -> anyhow::Result<()> {

@@ -72,6 +72,8 @@ struct ConfigFile {
     stripe_secret_key: Option<String>,
     smtp_relay: Option<String>,
     redis_url: Option<String>,
+    otlp_endpoint: Option<String>,
+    trace_propagation: Option<String>,
     mail_from: Option<String>,
     stripe_webhook_secret: Option<String>,
     payment_grace_hours: Option<u64>,
@@ -149,6 +151,12 @@ pub struct Overrides {
     /// Redis of the data planes: they share each tenant's plan rate and cache the catalogue there, and the admin API reads the cache's hit counts [env: INDIGO_REDIS_URL] [default: each replica limits alone, no cache]
     #[arg(long, env = "INDIGO_REDIS_URL", hide_env = true)]
     pub redis_url: Option<String>,
+    /// OTLP/HTTP collector (base URL, e.g. http://127.0.0.1:4318) the daemon and the data planes it runs export traces to [env: INDIGO_OTLP_ENDPOINT] [default: no traces leave the process]
+    #[arg(long, env = "INDIGO_OTLP_ENDPOINT", hide_env = true)]
+    pub otlp_endpoint: Option<String>,
+    /// How a trace's context travels between services: w3c (traceparent) or xray (X-Amzn-Trace-Id) [env: INDIGO_TRACE_PROPAGATION] [default: w3c]
+    #[arg(long, env = "INDIGO_TRACE_PROPAGATION", hide_env = true)]
+    pub trace_propagation: Option<String>,
     /// Sender address of the outbox's mail [env: INDIGO_MAIL_FROM] [default: noreply@indigo.local]
     #[arg(long, env = "INDIGO_MAIL_FROM", hide_env = true)]
     pub mail_from: Option<String>,
@@ -242,6 +250,8 @@ pub struct Config {
     /// read for the cache's hit counts; `None`: each replica limits tenants'
     /// rates alone and nothing is cached.
     pub redis_url: Option<String>,
+    /// Where traces are exported and how their context travels; passed to the data planes too.
+    pub traces: indigo_core::traces::TraceExport,
     pub mail_from: String,
     /// `None`: Stripe webhooks are refused (503).
     pub stripe_webhook_secret: Option<Secret>,
@@ -329,6 +339,14 @@ impl Config {
                 message: "must be 1 to 63 lowercase letters, digits and `_`".into(),
             });
         }
+        let trace_propagation = match overrides.trace_propagation.or(from_file.trace_propagation) {
+            Some(raw) => raw.parse().map_err(|message| ConfigError::Invalid {
+                key: "trace_propagation",
+                env: "INDIGO_TRACE_PROPAGATION",
+                message,
+            })?,
+            None => indigo_core::traces::Propagation::default(),
+        };
         let admin_token = overrides.admin_token.or(from_file.admin_token).map(Secret::new);
         let app_database_password =
             overrides.app_database_password.or(from_file.app_database_password).map(Secret::new);
@@ -422,6 +440,10 @@ impl Config {
                 .unwrap_or_else(|| "Indigo/Usage".into()),
             smtp_relay: overrides.smtp_relay.or(from_file.smtp_relay),
             redis_url: overrides.redis_url.or(from_file.redis_url),
+            traces: indigo_core::traces::TraceExport {
+                otlp_endpoint: overrides.otlp_endpoint.or(from_file.otlp_endpoint),
+                propagation: trace_propagation,
+            },
             stripe_webhook_secret,
             payment_grace_hours: overrides.payment_grace_hours.or(from_file.payment_grace_hours).unwrap_or(72),
             move_grace_seconds: overrides.move_grace_seconds.or(from_file.move_grace_seconds).unwrap_or(300),

@@ -156,6 +156,7 @@ impl ControlPlane {
                     redis_url: config.redis_url.clone(),
                     bedrock_model_id: config.aws_bedrock_model_id.clone(),
                     log_level: "info".into(),
+                    traces: config.traces.clone(),
                     log_group: config.aws_log_group.clone(),
                     region: aws.region().map_or_else(|| "us-east-1".to_owned(), ToString::to_string),
                 };

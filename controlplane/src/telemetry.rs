@@ -1,10 +1,10 @@
-//! Logging.
+//! Logs and traces of the control plane (see `indigo_core::traces`).
 
-use tracing_subscriber::EnvFilter;
+use indigo_core::traces::Telemetry;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`; expected database
-/// notices kept quiet).
-pub fn init_logging() {
-    let filter = EnvFilter::try_new(indigo_core::http::log_filter()).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+use crate::config::Config;
+
+/// Logs to stderr; traces to `otlp_endpoint` when the configuration sets one.
+pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
+    indigo_core::traces::init("indigo", &config.traces).map_err(anyhow::Error::msg)
 }

@@ -147,6 +147,7 @@ async fn serve(config: &mut Config, database_url: &str, demo: bool) -> anyhow::R
         pool_listen: storefront,
         redis_url: config.redis_url.clone(),
         database_password: config.app_database_password.clone(),
+        traces: config.traces.clone(),
     }));
     let control_plane = ControlPlane::on_database(config, control_db, Some(dataplanes.clone())).await?;
     let _background = control_plane.start().await?;

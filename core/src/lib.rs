@@ -10,3 +10,5 @@ pub mod openapi;
 pub mod plan;
 pub mod rate;
 pub mod tenant;
+#[cfg(feature = "server")]
+pub mod traces;

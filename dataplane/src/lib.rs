@@ -27,6 +27,8 @@ use crate::limits::Limiter;
 use crate::limits::fleet::FleetRates;
 use crate::metering::{Meter, UsageSink};
 use crate::personalize::Personalize;
+use indigo_core::traces::TraceExport;
+
 use crate::redis_link::RedisLink;
 use crate::routing::{ControlPlaneSource, Routes};
 
@@ -111,6 +113,12 @@ pub struct Cli {
     /// parent; `indigo up` passes its own
     #[arg(long, hide = true, value_name = "PID")]
     pub exit_with_parent: Option<u32>,
+    /// OTLP/HTTP collector (base URL, e.g. http://127.0.0.1:4318) to export traces to; none: no traces leave the process
+    #[arg(long, env = "INDIGO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// How a trace's context travels between services: w3c (traceparent) or xray (X-Amzn-Trace-Id)
+    #[arg(long, env = "INDIGO_TRACE_PROPAGATION", default_value = "w3c")]
+    pub trace_propagation: indigo_core::traces::Propagation,
     /// Instead of serving, ask the data plane serving on --listen whether it is
     /// ready (routed and serving): exit 0 if so, 1 if not. The container's health check
     #[arg(long)]
@@ -133,12 +141,22 @@ pub enum Recommendations {
 /// hit counts added to Redis.
 const CACHE_SETTLE_EVERY: Duration = Duration::from_secs(2);
 
+/// Serves until SIGTERM (or `--check-ready`: asks the one serving), logging
+/// to stderr and exporting traces when `--otlp-endpoint` is set.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.check_ready {
         return indigo_core::http::check_ready(cli.listen)
             .await
             .map_err(|reason| anyhow::anyhow!("not ready: {reason}"));
     }
+    let export = TraceExport { otlp_endpoint: cli.otlp_endpoint.clone(), propagation: cli.trace_propagation };
+    let telemetry = indigo_core::traces::init("indigo-dataplane", &export).map_err(anyhow::Error::msg)?;
+    let ended = serve(cli).await;
+    telemetry.shutdown();
+    ended
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let verifier = match (&cli.jwt_secret, &cli.jwks_url) {
         (_, Some(url)) => Verifier::jwks(url).context("jwks_url (INDIGO_JWKS_URL)")?,
         (Some(secret), None) => Verifier::hs256(secret.as_bytes()).context("jwt_secret (INDIGO_JWT_SECRET)")?,

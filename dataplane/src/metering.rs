@@ -38,9 +38,11 @@ impl UsageSink {
         }
     }
 
+    #[tracing::instrument(name = "usage.deliver", skip_all, fields(otel.kind = "client", events = events.len()))]
     async fn deliver(&self, events: &[UsageEvent]) -> anyhow::Result<UsageBatchResult> {
         let batch = UsageBatch { events: events.to_vec() };
-        let response = self.http.post(&self.url).bearer_auth(&self.token).json(&batch).send().await?;
+        let request = self.http.post(&self.url).headers(indigo_core::traces::context_headers());
+        let response = request.bearer_auth(&self.token).json(&batch).send().await?;
         let status = response.status();
         if !status.is_success() {
             anyhow::bail!("usage store answered {status}: {}", response.text().await.unwrap_or_default());

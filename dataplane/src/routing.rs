@@ -189,8 +189,10 @@ impl ControlPlaneSource {
     }
 
     /// Every tenant's calls so far in its own day, as the control plane metered them.
+    #[tracing::instrument(name = "usage.daily_calls", skip_all, fields(otel.kind = "client"))]
     pub async fn daily_calls(&self) -> anyhow::Result<Vec<DailyCalls>> {
-        let response = self.http.get(&self.daily_calls_url).bearer_auth(&self.token).send().await?;
+        let request = self.http.get(&self.daily_calls_url).headers(indigo_core::traces::context_headers());
+        let response = request.bearer_auth(&self.token).send().await?;
         match response.status() {
             status if status.is_success() => Ok(response.json().await?),
             status => anyhow::bail!("control plane answered {status}: {}", response.text().await.unwrap_or_default()),
@@ -199,10 +201,12 @@ impl ControlPlaneSource {
 
     /// The table if it is newer than `known_version`. The control plane holds
     /// its answer until the table changes, for up to `wait`.
+    #[tracing::instrument(name = "routing.fetch", skip_all, fields(otel.kind = "client", known_version))]
     pub async fn fetch(&self, known_version: i64, wait: Duration) -> anyhow::Result<Fetched> {
         let response = self
             .http
             .get(&self.url)
+            .headers(indigo_core::traces::context_headers())
             .bearer_auth(&self.token)
             .header(reqwest::header::IF_NONE_MATCH, format!("\"{known_version}\""))
             .header("prefer", format!("wait={}", wait.as_secs()))

@@ -3,4 +3,5 @@
 mod aws;
 mod fuzz;
 mod images;
+mod traces;
 mod up;

@@ -53,7 +53,9 @@ pub(super) fn tenant_ref(raw: &str) -> Result<TenantRef, ApiError> {
 pub(super) async fn find(state: &AppState, raw: &str) -> Result<Tenant, ApiError> {
     let reference = tenant_ref(raw)?;
     let mut conn = state.db.acquire().await?;
-    Ok(registry::get(&mut conn, &reference).await?)
+    let tenant = registry::get(&mut conn, &reference).await?;
+    indigo_core::traces::record_tenant(tenant.id);
+    Ok(tenant)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -40,6 +40,8 @@ pub struct Launch {
     pub redis_url: Option<String>,
     /// The app role's database password, when it has one.
     pub database_password: Option<Secret>,
+    /// Where the replicas export their traces.
+    pub traces: indigo_core::traces::TraceExport,
 }
 
 /// What a data plane authenticates to the admin API with.
@@ -165,6 +167,7 @@ impl LocalProcesses {
         if let Some(password) = &launch.database_password {
             environment.push(("INDIGO_DATABASE_PASSWORD".to_owned(), password.expose().to_owned()));
         }
+        environment.extend(launch.traces.environment());
         Ok(environment)
     }
 
@@ -381,6 +384,7 @@ mod tests {
             pool_listen: "127.0.0.1:0".parse().unwrap(),
             redis_url: None,
             database_password: None,
+            traces: Default::default(),
         }
     }
 

@@ -242,6 +242,7 @@ pub async fn dry_run<P: DatabaseProvider>(ctx: &Context<P>, id: TenantId) -> Res
 
 /// Brings one tenant to its spec, using one connection of the control
 /// database, and says when to look at it again (kube-runtime's `reconcile`).
+#[tracing::instrument(name = "reconcile", skip_all, fields(tenant_id = %id))]
 pub async fn reconcile<P: DatabaseProvider>(
     ctx: &Context<P>,
     conn: &mut PgConnection,

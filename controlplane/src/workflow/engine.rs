@@ -289,6 +289,9 @@ async fn advance<P: DatabaseProvider, D: Definition>(
     Ok(Progress::Done)
 }
 
+/// One span per step run (an attempt), named after the step, in the tenant's name.
+#[tracing::instrument(name = "workflow.step", skip_all,
+    fields(otel.name = typed.name(), workflow = %row.id, kind = %row.kind, tenant_id = %row.tenant_id))]
 async fn run_step<P: DatabaseProvider, D: Definition>(
     services: &Services<P>,
     row: &WorkflowRow,

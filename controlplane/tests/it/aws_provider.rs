@@ -118,6 +118,10 @@ fn task_settings(image: &str) -> TaskSettings {
         database_password: Some(indigo_controlplane::config::Secret::new("app-database-password-of-the-test")),
         bedrock_model_id: Some("amazon.nova-micro-v1:0".into()),
         log_level: "info".into(),
+        traces: indigo_core::traces::TraceExport {
+            otlp_endpoint: Some("http://127.0.0.1:4318".into()),
+            propagation: indigo_core::traces::Propagation::Xray,
+        },
         log_group: "/indigo/dataplane".into(),
         region: "us-east-1".into(),
     }
@@ -187,6 +191,11 @@ async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant(d
     assert_eq!(pool_env["INDIGO_CONTROL_PLANE_URL"], "http://indigo.internal:8080");
     assert_eq!(pool_env["INDIGO_DATAPLANE_LISTEN"], "0.0.0.0:8081");
     assert!(!pool_env.contains_key("INDIGO_DATAPLANE_TENANT"), "the pool's serves every pool tenant");
+    // Traces go where the control plane's go, their context in the configured headers.
+    assert_eq!(
+        (pool_env["INDIGO_OTLP_ENDPOINT"].as_str(), pool_env["INDIGO_TRACE_PROPAGATION"].as_str()),
+        ("http://127.0.0.1:4318", "xray"),
+    );
     assert_eq!(
         (pool_env["INDIGO_DESCRIPTIONS"].as_str(), pool_env["INDIGO_BEDROCK_MODEL_ID"].as_str()),
         ("bedrock", "amazon.nova-micro-v1:0"),

@@ -121,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
         }))
+        .layer(middleware::from_fn(indigo_core::traces::request_span))
         .with_state(state)
 }
 
@@ -153,6 +154,7 @@ async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) ->
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| StoreError::Unauthorized(AuthError::Missing.to_string()))?;
     let claims = state.verifier.verify(token.trim()).await.map_err(|e| StoreError::Unauthorized(e.to_string()))?;
+    indigo_core::traces::record_tenant(claims.tenant_id);
     if !state.routes.loaded() {
         return Err(StoreError::NotReady);
     }

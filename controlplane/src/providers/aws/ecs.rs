@@ -91,6 +91,8 @@ pub struct TaskSettings {
     pub bedrock_model_id: Option<String>,
     /// The tasks' `RUST_LOG`.
     pub log_level: String,
+    /// Where the tasks export their traces (an ADOT collector, say).
+    pub traces: indigo_core::traces::TraceExport,
     /// The CloudWatch Logs group of the tasks' output.
     pub log_group: String,
     pub region: String,
@@ -244,6 +246,7 @@ impl EcsServices {
             environment.push(("INDIGO_DESCRIPTIONS".to_owned(), "bedrock".to_owned()));
             environment.push(("INDIGO_BEDROCK_MODEL_ID".to_owned(), model.clone()));
         }
+        environment.extend(settings.traces.environment());
         environment.sort();
         let jwt = self.secrets.jwt_secret(settings.jwt_secret.as_ref()).await?;
         let token = self.secrets.control_plane_token(&spec.name, spec.tenant).await?;
