@@ -95,6 +95,8 @@ struct ConfigFile {
     aws_control_plane_url: Option<String>,
     aws_log_group: Option<String>,
     aws_pool_target_group: Option<String>,
+    aws_storefront_listener: Option<String>,
+    aws_storefront_domain: Option<String>,
 }
 
 /// Values given on the command line (clap also reads their `INDIGO_*` variables).
@@ -220,6 +222,12 @@ pub struct Overrides {
     /// The load balancer's target group of the pool's data plane (`app/<lb>/<id>/targetgroup/<tg>/<id>`): autoscaling then also tracks requests per task [env: INDIGO_AWS_POOL_TARGET_GROUP]
     #[arg(long, env = "INDIGO_AWS_POOL_TARGET_GROUP", hide_env = true)]
     pub aws_pool_target_group: Option<String>,
+    /// ARN of the storefront load balancer's listener: each silo tenant's data plane gets a target group there, reached at <slug>.<aws_storefront_domain>, and scales on requests per task too [env: INDIGO_AWS_STOREFRONT_LISTENER]
+    #[arg(long, env = "INDIGO_AWS_STOREFRONT_LISTENER", hide_env = true)]
+    pub aws_storefront_listener: Option<String>,
+    /// The domain under which silo tenants' storefronts answer on that listener [env: INDIGO_AWS_STOREFRONT_DOMAIN]
+    #[arg(long, env = "INDIGO_AWS_STOREFRONT_DOMAIN", hide_env = true)]
+    pub aws_storefront_domain: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +289,10 @@ pub struct Config {
     pub aws_control_plane_url: Option<String>,
     pub aws_log_group: String,
     pub aws_pool_target_group: Option<String>,
+    /// The storefront load balancer's listener and the domain silo tenants'
+    /// hosts are under; `None`: silo services are behind no load balancer the
+    /// control plane manages.
+    pub aws_storefront: Option<(String, String)>,
     /// The storefront's signing secret, when `indigo up` brings its own; on
     /// AWS it is otherwise made once in Secrets Manager. Not a setting.
     pub storefront_jwt_secret: Option<Secret>,
@@ -339,6 +351,21 @@ impl Config {
                 message: "must be 1 to 63 lowercase letters, digits and `_`".into(),
             });
         }
+        let aws_storefront = match (
+            overrides.aws_storefront_listener.or(from_file.aws_storefront_listener),
+            overrides.aws_storefront_domain.or(from_file.aws_storefront_domain),
+        ) {
+            (Some(listener), Some(domain)) => Some((listener, domain)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "aws_storefront_listener",
+                    env: "INDIGO_AWS_STOREFRONT_LISTENER",
+                    message: "is set together with aws_storefront_domain (INDIGO_AWS_STOREFRONT_DOMAIN), or neither is"
+                        .into(),
+                });
+            }
+        };
         let trace_propagation = match overrides.trace_propagation.or(from_file.trace_propagation) {
             Some(raw) => raw.parse().map_err(|message| ConfigError::Invalid {
                 key: "trace_propagation",
@@ -479,6 +506,7 @@ impl Config {
                 .or(from_file.aws_log_group)
                 .unwrap_or_else(|| "/indigo/dataplane".into()),
             aws_pool_target_group: overrides.aws_pool_target_group.or(from_file.aws_pool_target_group),
+            aws_storefront,
             pool_database,
             dataplane_listen,
             resync_seconds: positive(

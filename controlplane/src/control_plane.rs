@@ -162,7 +162,10 @@ impl ControlPlane {
                 };
                 let services =
                     EcsServices::new(&aws, &config.aws_ecs_cluster, tasks, config.aws_subnets.clone(), db.clone())
-                        .with_pool_target_group(config.aws_pool_target_group.clone());
+                        .with_pool_target_group(config.aws_pool_target_group.clone())
+                        .with_storefront_balancer(config.aws_storefront.as_ref().map(|(listener, domain)| {
+                            crate::providers::aws::balancer::StorefrontBalancer::new(&aws, listener, domain)
+                        }));
                 let compute: Arc<dyn ComputeProvider> = match dataplanes {
                     Some(processes) => Arc::new(StandInTasks::new(services, processes)),
                     None => Arc::new(services),

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -101,12 +102,9 @@ pub fn init(service: &'static str, export: &TraceExport) -> Result<Telemetry, St
         .with_writer(std::io::stderr)
         .with_filter(EnvFilter::try_new(crate::http::log_filter()).unwrap_or_else(|_| EnvFilter::new("info")));
     let provider = otlp_endpoint.as_deref().map(|endpoint| exporting_provider(service, endpoint)).transpose()?;
-    let spans = provider.as_ref().map(|p| {
-        let traced = AWS_OPERATIONS.iter().map(|sdk| format!(",{sdk}::operation=debug")).collect::<String>();
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer(service))
-            .with_filter(EnvFilter::new(format!("info{traced}")))
-    });
+    let spans = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)).with_filter(filter_fn(exported)));
     match propagation {
         Propagation::W3c => {
             opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new())
@@ -119,19 +117,18 @@ pub fn init(service: &'static str, export: &TraceExport) -> Result<Telemetry, St
     Ok(Telemetry { provider })
 }
 
-/// The AWS SDKs whose calls are spans of their own in the exported traces:
-/// each operation's span (`ECS.CreateService`, with `rpc.service` and
-/// `rpc.method`) is at debug level, below what the logs show.
-const AWS_OPERATIONS: [&str; 8] = [
-    "aws_sdk_applicationautoscaling",
-    "aws_sdk_bedrockruntime",
-    "aws_sdk_cloudwatch",
-    "aws_sdk_dynamodb",
-    "aws_sdk_ecs",
-    "aws_sdk_personalizeruntime",
-    "aws_sdk_rds",
-    "aws_sdk_secretsmanager",
-];
+/// What the exported traces hold: everything at info and above, and the
+/// debug-level spans that exist for them — each request's and database read's
+/// (debug, so that a daemon exporting nothing does not pay for them on its
+/// hot path) and each AWS SDK operation's (`ECS.CreateService`, with
+/// `rpc.service` and `rpc.method`).
+fn exported(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    *meta.level() <= tracing::Level::INFO
+        || (meta.is_span()
+            && *meta.level() <= tracing::Level::DEBUG
+            && (target.starts_with("indigo_") || (target.starts_with("aws_sdk_") && target.contains("::operation::"))))
+}
 
 fn exporting_provider(service: &'static str, endpoint: &str) -> Result<SdkTracerProvider, String> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -147,12 +144,13 @@ fn exporting_provider(service: &'static str, endpoint: &str) -> Result<SdkTracer
 
 /// Middleware: each request in a span of its own (`METHOD /route`), the child
 /// of the caller's span when the request's headers carry one. Handlers record
-/// the tenant on it (`tenant_id`), once they know it.
+/// the tenant on it (`tenant_id`), once they know it. Debug level: exported,
+/// not logged (see [`exported`]).
 pub async fn request_span(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
     let method = request.method().clone();
     let caller = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(request.headers())));
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "request",
         otel.name = format!("{method} {route}"),
         otel.kind = "server",

@@ -30,7 +30,9 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
         .arn()
         .unwrap()
         .to_owned();
+    let (otlp, spans) = crate::traces::receiver().await;
     let aws = [
+        ("INDIGO_OTLP_ENDPOINT", otlp.as_str()),
         ("INDIGO_STRIPE_WEBHOOK_SECRET", webhook_arn.as_str()),
         ("INDIGO_PROVIDER", "aws"),
         ("AWS_ENDPOINT_URL", moto.as_str()),
@@ -59,6 +61,19 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
     .await;
     assert!(endpoint.contains(".cluster-"), "an Aurora endpoint: {endpoint}");
     indigo_e2e::wait_until_ok(&format!("{service}/readyz"), Duration::from_secs(30)).await.unwrap();
+
+    // Its cluster was made by an AWS call traced in the tenant's name.
+    let create = crate::traces::wait_for(&spans, "RDS.CreateDBCluster in fjord-fashion's name", |spans| {
+        let create = spans.iter().find(|s| s.name == "RDS.CreateDBCluster")?;
+        let mut parent = spans.iter().find(|s| s.span_id == create.parent_span_id)?;
+        while parent.attribute("tenant_id").is_none() {
+            parent = spans.iter().find(|s| s.span_id == parent.parent_span_id)?;
+        }
+        Some((create.clone(), parent.attribute("tenant_id")?.to_owned()))
+    })
+    .await;
+    assert_eq!(create.1, tenant.to_string(), "{create:?}");
+    assert_eq!(create.0.attribute("rpc.service"), Some("RDS"));
 
     // Its tasks run with what the task definition says, secrets resolved.
     let ours = DataPlanes { control_plane: api_url.clone() };

@@ -21,17 +21,17 @@ use crate::up::{Platform, cli, storefront_token};
 
 /// One exported span, with the service that exported it.
 #[derive(Debug, Clone)]
-struct Span {
-    service: String,
-    name: String,
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent_span_id: Vec<u8>,
-    attributes: Vec<(String, String)>,
+pub(crate) struct Span {
+    pub(crate) service: String,
+    pub(crate) name: String,
+    pub(crate) trace_id: Vec<u8>,
+    pub(crate) span_id: Vec<u8>,
+    pub(crate) parent_span_id: Vec<u8>,
+    pub(crate) attributes: Vec<(String, String)>,
 }
 
 impl Span {
-    fn attribute(&self, key: &str) -> Option<&str> {
+    pub(crate) fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
@@ -47,7 +47,7 @@ fn text(attributes: &[KeyValue]) -> Vec<(String, String)> {
 }
 
 /// An OTLP/HTTP receiver on a port of its own: every span it was sent.
-async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
+pub(crate) async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
     let spans = Arc::new(Mutex::new(Vec::new()));
     let kept = spans.clone();
     let app = axum::Router::new().route(
@@ -78,7 +78,7 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
 }
 
 /// Waits (batches are exported every few seconds) until `found` finds what it looks for.
-async fn wait_for<T>(spans: &Mutex<Vec<Span>>, what: &str, found: impl Fn(&[Span]) -> Option<T>) -> T {
+pub(crate) async fn wait_for<T>(spans: &Mutex<Vec<Span>>, what: &str, found: impl Fn(&[Span]) -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(result) = found(&spans.lock().unwrap()) {
@@ -116,13 +116,34 @@ async fn a_trace_crosses_from_the_data_plane_into_the_control_plane() {
 
     // The data plane continued it, as a child of the caller's span, for that tenant.
     let request = wait_for(&spans, "storefront request in the caller's trace", |spans| {
-        spans.iter().find(|s| s.service == "indigo-dataplane" && hex(&s.trace_id) == trace_id).cloned()
+        spans
+            .iter()
+            .find(|s| s.service == "indigo-dataplane" && hex(&s.trace_id) == trace_id && s.name == "GET /v1/products")
+            .cloned()
     })
     .await;
-    assert_eq!(request.name, "GET /v1/products");
     assert_eq!(hex(&request.parent_span_id), "00f067aa0ba902b7");
     assert_eq!(request.attribute("tenant_id"), Some(tenant_id.as_str()));
     assert_eq!(request.attribute("http.response.status_code"), Some("200"));
+
+    // A write's transaction is a span inside its request.
+    let write_trace = uuid::Uuid::new_v4().simple().to_string();
+    let created = reqwest::Client::new()
+        .post(format!("{storefront_url}/v1/products"))
+        .bearer_auth(storefront_token(data_dir, &api_url, "blue-bakery"))
+        .header("traceparent", format!("00-{write_trace}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({ "name": "Rye", "price_minor": 500, "currency": "usd", "stock": 4 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let (write, begin) = wait_for(&spans, "transaction inside the write's request", |spans| {
+        let write = spans.iter().find(|s| hex(&s.trace_id) == write_trace && s.name == "POST /v1/products")?;
+        let begin = spans.iter().find(|s| s.name == "db.begin" && s.parent_span_id == write.span_id)?;
+        Some((write.clone(), begin.clone()))
+    })
+    .await;
+    assert_eq!(begin.attribute("db.system"), Some("postgresql"), "{write:?} → {begin:?}");
 
     // The usage it caused went to the control plane in one trace across both daemons.
     let (delivery, ingest) = wait_for(&spans, "usage delivery continued by the control plane", |spans| {

@@ -167,6 +167,9 @@ pub struct ServiceSpec {
     pub memory: u32,
     /// `tenant_id` and `plan` for a silo tenant's service.
     pub tags: Vec<(String, String)>,
+    /// A silo tenant's slug: its storefront's host on the load balancer
+    /// (`<slug>.<aws_storefront_domain>`), where the provider puts it behind one.
+    pub slug: Option<String>,
 }
 
 /// The pool's data-plane tasks: one vCPU and 2 GiB each, for every pool tenant at once.
@@ -183,12 +186,13 @@ impl ServiceSpec {
             cpu: POOL_TASK_CPU,
             memory: POOL_TASK_MEMORY,
             tags: vec![("tier".into(), "pool".into())],
+            slug: None,
         }
     }
 
     /// A service that should run no replicas (its tenant is deleted).
     pub fn stopped(name: String, tenant: Option<TenantId>) -> Self {
-        Self { name, tenant, replicas: 0, max_replicas: 0, cpu: 0, memory: 0, tags: vec![] }
+        Self { name, tenant, replicas: 0, max_replicas: 0, cpu: 0, memory: 0, tags: vec![], slug: None }
     }
 
     /// The most replicas the service may run.
@@ -222,6 +226,7 @@ impl ServiceSpec {
             cpu: size.dataplane_cpu,
             memory: size.dataplane_memory,
             tags: vec![("tenant_id".into(), tenant.id.to_string()), ("plan".into(), tenant.plan.name.to_string())],
+            slug: Some(tenant.slug.to_string()),
         })
     }
 }

@@ -587,3 +587,147 @@ async fn routing_table(pool: &PgPool) -> serde_json::Value {
     assert_eq!(response.status(), 200);
     serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap()
 }
+
+/// Two subnets of moto's default VPC, asked of its EC2 API directly (the
+/// product has no EC2 client: its load balancer and subnets are the deployment's).
+async fn default_subnets() -> Vec<String> {
+    let answer = reqwest::Client::new()
+        .post(indigo_e2e::moto_url())
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20261204/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("Action=DescribeSubnets&Version=2016-11-15")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let subnets: Vec<String> = answer
+        .split("<subnetId>")
+        .skip(1)
+        .filter_map(|rest| rest.split("</subnetId>").next().map(str::to_owned))
+        .take(2)
+        .collect();
+    assert_eq!(subnets.len(), 2, "moto's default VPC has a subnet per zone: {answer}");
+    subnets
+}
+
+/// With the storefront's load balancer configured, a silo tenant's service
+/// gets a target group of its own (port 8081, health check `/readyz`), a rule
+/// sending `<slug>.<domain>` to it, its tasks registered there, and
+/// autoscaling on requests per task besides CPU (the policy naming that
+/// target group). A rule or policy removed by hand is put back; deleting the
+/// service removes its rule and target group.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn silo_services_sit_behind_the_storefront_load_balancer_and_scale_on_requests(db: PgPool) {
+    use aws_sdk_elasticloadbalancingv2::types::{Action, ActionTypeEnum, FixedResponseActionConfig, ProtocolEnum};
+    use indigo_controlplane::providers::aws::balancer::StorefrontBalancer;
+
+    let config = indigo_e2e::moto().await;
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&config);
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let balancer = elb
+        .create_load_balancer()
+        .name(format!("storefront-{suffix}"))
+        .set_subnets(Some(default_subnets().await))
+        .send()
+        .await
+        .unwrap();
+    let balancer_arn = balancer.load_balancers()[0].load_balancer_arn().unwrap().to_owned();
+    let not_found = FixedResponseActionConfig::builder().status_code("404").build();
+    let listener = elb
+        .create_listener()
+        .load_balancer_arn(&balancer_arn)
+        .protocol(ProtocolEnum::Http)
+        .port(80)
+        .default_actions(
+            Action::builder().r#type(ActionTypeEnum::FixedResponse).fixed_response_config(not_found).build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let listener_arn = listener.listeners()[0].listener_arn().unwrap().to_owned();
+
+    let cluster = format!("indigo-test-{suffix}");
+    let services = EcsServices::new(&config, &cluster, task_settings("ghcr.io/indigo/dataplane:1.0"), None, db.clone())
+        .with_storefront_balancer(Some(StorefrontBalancer::new(&config, &listener_arn, "shop.example.com")));
+    let plans = plans();
+    let enterprise = plans.get("enterprise").unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let new = NewTenant {
+        slug: Slug::parse("far-corp").unwrap(),
+        name: TenantName::parse("Far Corp").unwrap(),
+        owner_email: Email::parse("o@far.example").unwrap(),
+        plan: enterprise,
+        lifecycle: Lifecycle::Active,
+    };
+    let registered = registry::create(&mut tx, &Actor::system("test"), None, new).await.unwrap();
+    tx.commit().await.unwrap();
+    let spec = ServiceSpec::silo(&SiloTenant { id: registered.id, slug: &registered.slug, plan: enterprise }).unwrap();
+    let name = spec.name.clone();
+    services.ensure(&spec).await.unwrap();
+
+    // Its target group, and the rule that sends its host there.
+    let groups = elb.describe_target_groups().load_balancer_arn(&balancer_arn).send().await.unwrap();
+    let ours: Vec<_> =
+        groups.target_groups().iter().filter(|g| g.target_group_name().unwrap().starts_with("indigo-")).collect();
+    assert_eq!(ours.len(), 1, "{groups:?}");
+    let group = ours[0];
+    let group_arn = group.target_group_arn().unwrap().to_owned();
+    assert_eq!((group.port(), group.health_check_path()), (Some(8081), Some("/readyz")));
+    let rule_to_us = async || {
+        let rules = elb.describe_rules().listener_arn(&listener_arn).send().await.unwrap();
+        rules
+            .rules()
+            .iter()
+            .find(|r| r.actions().iter().any(|a| a.target_group_arn() == Some(&group_arn)))
+            .map(|r| (r.rule_arn().unwrap().to_owned(), r.conditions()[0].values().to_vec()))
+    };
+    let (rule, hosts) = rule_to_us().await.expect("a rule forwards to the tenant's target group");
+    assert_eq!(hosts, ["far-corp.shop.example.com"]);
+    // Its tasks are registered there, and scale on requests per task too.
+    let ecs = aws_sdk_ecs::Client::new(&config);
+    let described = ecs.describe_services().cluster(&cluster).services(&name).send().await.unwrap();
+    let registered_in: Vec<_> =
+        described.services()[0].load_balancers().iter().filter_map(|b| b.target_group_arn()).collect();
+    assert_eq!(registered_in, [group_arn.as_str()]);
+    let balancer_label = balancer_arn.split_once(":loadbalancer/").unwrap().1;
+    let group_label = group_arn.split_once(":targetgroup/").unwrap().1;
+    let wanted_policies = [
+        "indigo-cpu: ECSServiceAverageCPUUtilization 70".to_owned(),
+        format!("indigo-requests: ALBRequestCountPerTarget 1000 {balancer_label}/targetgroup/{group_label}"),
+    ];
+    assert_eq!(policies_of(&config, &cluster, &name).await, wanted_policies);
+    let observe = async || services.observe_service(&name).await.unwrap().unwrap();
+    assert!(spec.satisfied_by(&observe().await));
+
+    // By hand: the rule deleted, the requests policy deleted. Both put back.
+    elb.delete_rule().rule_arn(&rule).send().await.unwrap();
+    aws_sdk_applicationautoscaling::Client::new(&config)
+        .delete_scaling_policy()
+        .policy_name("indigo-requests")
+        .service_namespace(ScalingNamespace::Ecs)
+        .scalable_dimension(ScalableDimension::EcsServiceDesiredCount)
+        .resource_id(format!("service/{cluster}/{name}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(observe().await.autoscaling, Autoscaling::Broken);
+    services.ensure(&spec).await.unwrap();
+    assert_eq!(rule_to_us().await.map(|(_, hosts)| hosts), Some(vec!["far-corp.shop.example.com".to_owned()]));
+    assert_eq!(policies_of(&config, &cluster, &name).await, wanted_policies);
+    services.ensure(&spec).await.unwrap();
+    let rules = elb.describe_rules().listener_arn(&listener_arn).send().await.unwrap();
+    assert_eq!(rules.rules().iter().filter(|r| !r.is_default().unwrap_or(false)).count(), 1, "ensure is idempotent");
+
+    // Deleted: its rule and target group go with it.
+    services.delete(&name).await.unwrap();
+    assert_eq!(rule_to_us().await, None);
+    let left = elb.describe_target_groups().target_group_arns(&group_arn).send().await;
+    assert!(left.map(|l| l.target_groups().is_empty()).unwrap_or(true), "the target group is deleted");
+    elb.delete_listener().listener_arn(&listener_arn).send().await.unwrap();
+    elb.delete_load_balancer().load_balancer_arn(&balancer_arn).send().await.unwrap();
+}

@@ -136,6 +136,8 @@ impl TenantCtx {
 
     /// A transaction bound to this tenant and caller. BEGIN and the context
     /// travel in one message, so the context costs no extra round trip.
+    #[tracing::instrument(level = "debug", name = "db.begin", skip_all,
+        fields(otel.kind = "client", db.system = "postgresql"))]
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         let mut statement = String::from("BEGIN; ");
         self.write_context(&mut statement)?;
@@ -144,6 +146,8 @@ impl TenantCtx {
 
     /// The rows of `read` for this tenant and caller, in one round trip (see
     /// [`OneTripRead`]); the first use on a connection prepares it first.
+    #[tracing::instrument(level = "debug", name = "db.read", skip_all,
+        fields(otel.kind = "client", db.system = "postgresql", db.statement = read.name))]
     pub async fn read<T>(&self, read: &OneTripRead, arguments: &[Literal<'_>]) -> Result<Vec<T>, StoreError>
     where
         T: for<'r> FromRow<'r, PgRow>,

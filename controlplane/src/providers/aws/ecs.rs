@@ -21,11 +21,13 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, Compatibility, ContainerDefinition, HealthCheck, KeyValuePair, LaunchType,
-    LogConfiguration, LogDriver, NetworkConfiguration, NetworkMode, PortMapping, Secret as TaskSecret, Tag,
-    TaskDefinition, TaskDefinitionStatus,
+    LoadBalancer, LogConfiguration, LogDriver, NetworkConfiguration, NetworkMode, PortMapping, Secret as TaskSecret,
+    Tag, TaskDefinition, TaskDefinitionStatus,
 };
+use aws_sdk_elasticloadbalancingv2::types::TargetTypeEnum;
 use indigo_core::tenant::TenantId;
 
+use super::balancer::StorefrontBalancer;
 use super::scaling::{ServiceScaling, TaskRange};
 use super::secrets::TaskSecrets;
 use super::{classify, done_unless_refused, is_code};
@@ -72,6 +74,8 @@ pub struct ServiceState {
     pub running: i32,
     pub task_definition: Option<String>,
     pub tags: BTreeMap<String, String>,
+    /// The load balancer target groups its tasks are registered in.
+    pub target_groups: Vec<String>,
 }
 
 /// What every data-plane task is given besides its service's own settings.
@@ -105,6 +109,10 @@ pub struct EcsServices {
     subnets: Option<Subnets>,
     secrets: TaskSecrets,
     scaling: ServiceScaling,
+    /// The pool service's target group on the load balancer (its resource label), if it has one.
+    pool_target_group: Option<String>,
+    /// Where silo services are put behind the storefront's load balancer, if anywhere.
+    balancer: Option<StorefrontBalancer>,
 }
 
 /// A task definition as a service wants it.
@@ -203,18 +211,36 @@ impl EcsServices {
             subnets,
             secrets: TaskSecrets::new(config, cluster, identities),
             scaling: ServiceScaling::new(config, cluster),
+            pool_target_group: None,
+            balancer: None,
         }
     }
 
     /// Scales the pool's service on requests per task too, behind the load
     /// balancer's target group `label` (`app/<lb>/<id>/targetgroup/<tg>/<id>`).
     pub fn with_pool_target_group(self, label: Option<String>) -> Self {
-        Self { scaling: self.scaling.with_pool_target_group(label), ..self }
+        Self { pool_target_group: label, ..self }
+    }
+
+    /// Puts each silo service behind the storefront's load balancer (a target
+    /// group of its own, scaled on requests per task too).
+    pub fn with_storefront_balancer(self, balancer: Option<StorefrontBalancer>) -> Self {
+        Self { balancer, ..self }
     }
 
     /// How the service is set up to scale.
     pub async fn autoscaling(&self, name: &str) -> Result<Autoscaling, ProviderError> {
-        self.scaling.state(name).await
+        let behind = self.behind(name).await?;
+        self.scaling.state(name, behind.as_deref()).await
+    }
+
+    /// The resource label of the target group `name`'s tasks are behind, if any.
+    async fn behind(&self, name: &str) -> Result<Option<String>, ProviderError> {
+        match &self.balancer {
+            _ if name == POOL_SERVICE => Ok(self.pool_target_group.clone()),
+            Some(balancer) => Ok(balancer.routed(name).await?.map(|routed| routed.resource_label)),
+            None => Ok(None),
+        }
     }
 
     /// The cluster, created if missing.
@@ -371,6 +397,11 @@ impl EcsServices {
                 .iter()
                 .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
                 .collect(),
+            target_groups: service
+                .load_balancers()
+                .iter()
+                .filter_map(|b| b.target_group_arn().map(str::to_owned))
+                .collect(),
         }))
     }
 
@@ -385,6 +416,23 @@ impl EcsServices {
         // Autoscaling moves the desired count inside the plan's range; outside it is drift.
         let range = TaskRange { min: count(spec.replicas), max: count(spec.max_replicas.max(spec.replicas)) };
         let tags = &spec.tags;
+        // A silo service behind the load balancer: its target group and host rule first.
+        let routed = match (&self.balancer, &spec.slug) {
+            (Some(balancer), Some(slug)) if range.max > 0 => {
+                let targets = if self.subnets.is_some() { TargetTypeEnum::Ip } else { TargetTypeEnum::Instance };
+                Some(balancer.ensure(name, slug, targets).await?)
+            }
+            _ => None,
+        };
+        let registration = routed.as_ref().map(|routed| {
+            vec![
+                LoadBalancer::builder()
+                    .target_group_arn(&routed.target_group_arn)
+                    .container_name(CONTAINER)
+                    .container_port(PORT)
+                    .build(),
+            ]
+        });
         match self.observe(name).await? {
             None => {
                 // Only a new service may need the cluster it runs on.
@@ -395,6 +443,7 @@ impl EcsServices {
                     .cluster(&self.cluster)
                     .service_name(name)
                     .task_definition(&task_definition)
+                    .set_load_balancers(registration)
                     .desired_count(range.min)
                     .set_tags(Some(
                         tags.iter().map(|(key, value)| Tag::builder().key(key).value(value).build()).collect(),
@@ -422,12 +471,14 @@ impl EcsServices {
             Some(state)
                 if secrets_changed
                     || !(range.min..=range.max).contains(&state.desired)
-                    || state.task_definition.as_deref() != Some(&task_definition) =>
+                    || state.task_definition.as_deref() != Some(&task_definition)
+                    || routed.as_ref().is_some_and(|r| !state.target_groups.contains(&r.target_group_arn)) =>
             {
                 self.ecs
                     .update_service()
                     .cluster(&self.cluster)
                     .service(name)
+                    .set_load_balancers(registration)
                     .desired_count(state.desired.clamp(range.min, range.max))
                     .task_definition(&task_definition)
                     // Tasks read their secrets at start: a new value needs new tasks.
@@ -441,7 +492,12 @@ impl EcsServices {
         if range.max == 0 {
             self.scaling.remove(name).await?;
         } else {
-            let repaired = self.scaling.ensure(name, range).await?;
+            let behind = match routed {
+                Some(routed) => Some(routed.resource_label),
+                None if name == POOL_SERVICE => self.pool_target_group.clone(),
+                None => None,
+            };
+            let repaired = self.scaling.ensure(name, range, behind.as_deref()).await?;
             if !repaired.is_empty() {
                 tracing::info!(service = name, ?repaired, "autoscaling set as the plan says");
             }
@@ -497,6 +553,10 @@ impl EcsServices {
         self.secrets.forget_service(name).await?;
         if name == POOL_SERVICE {
             return Ok(());
+        }
+        // Its place on the load balancer, once no task is registered there.
+        if let Some(balancer) = &self.balancer {
+            balancer.remove(name).await?;
         }
         for arn in self.revisions(name).await? {
             let deregistered = self.ecs.deregister_task_definition().task_definition(&arn).send().await;

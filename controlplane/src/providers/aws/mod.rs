@@ -6,6 +6,7 @@
 //! failures are transient (retried with backoff); anything else is permanent
 //! and carries AWS's code and message into the tenant's conditions.
 
+pub mod balancer;
 pub mod ecs;
 pub mod rds;
 pub mod scaling;

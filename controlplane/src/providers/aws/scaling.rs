@@ -66,46 +66,33 @@ const REQUESTS_TARGET: f64 = 1000.0;
 pub struct ServiceScaling {
     client: aws_sdk_applicationautoscaling::Client,
     cluster: String,
-    /// The pool service's target group on the load balancer, if it has one.
-    pool_target_group: Option<String>,
 }
 
 impl ServiceScaling {
     pub fn new(config: &aws_config::SdkConfig, cluster: &str) -> Self {
-        Self {
-            client: aws_sdk_applicationautoscaling::Client::new(config),
-            cluster: cluster.to_owned(),
-            pool_target_group: None,
-        }
-    }
-
-    /// Scales the pool's service on requests per task too, behind the load balancer's target group `label`.
-    pub fn with_pool_target_group(self, label: Option<String>) -> Self {
-        Self { pool_target_group: label, ..self }
+        Self { client: aws_sdk_applicationautoscaling::Client::new(config), cluster: cluster.to_owned() }
     }
 
     fn resource_id(&self, service: &str) -> String {
         format!("service/{}/{service}", self.cluster)
     }
 
-    fn policies(&self, service: &str) -> Vec<Tracking> {
-        let mut policies = vec![Tracking {
+    /// CPU for every service; requests per task too for one behind the load
+    /// balancer in the target group `behind` (its resource label).
+    fn policies(behind: Option<&str>) -> Vec<Tracking> {
+        let cpu = Tracking {
             name: "indigo-cpu",
             metric: MetricType::EcsServiceAverageCpuUtilization,
             target: CPU_TARGET,
             label: None,
-        }];
-        if service == crate::providers::POOL_SERVICE
-            && let Some(label) = &self.pool_target_group
-        {
-            policies.push(Tracking {
-                name: "indigo-requests",
-                metric: MetricType::AlbRequestCountPerTarget,
-                target: REQUESTS_TARGET,
-                label: Some(label.clone()),
-            });
-        }
-        policies
+        };
+        let requests = behind.map(|label| Tracking {
+            name: "indigo-requests",
+            metric: MetricType::AlbRequestCountPerTarget,
+            target: REQUESTS_TARGET,
+            label: Some(label.to_owned()),
+        });
+        std::iter::once(cpu).chain(requests).collect()
     }
 
     /// The range the service is registered with, if it is.
@@ -137,12 +124,11 @@ impl ServiceScaling {
     }
 
     /// The range the service is registered with, if every policy it should
-    /// carry is there as wanted.
-    pub async fn state(&self, service: &str) -> Result<Autoscaling, ProviderError> {
+    /// carry (behind the target group `behind`, if any) is there as wanted.
+    pub async fn state(&self, service: &str, behind: Option<&str>) -> Result<Autoscaling, ProviderError> {
         let Some(range) = self.observe(service).await? else { return Ok(Autoscaling::Broken) };
         let registered = self.registered_policies(service).await?;
-        let intact = self
-            .policies(service)
+        let intact = Self::policies(behind)
             .iter()
             .all(|wanted| registered.iter().any(|p| p.policy_name() == wanted.name && wanted.is(p)));
         let count = |n: i32| u32::try_from(n).unwrap_or(0);
@@ -153,9 +139,15 @@ impl ServiceScaling {
         })
     }
 
-    /// Registers the service with `range` and puts its policies, where they
-    /// are not as wanted already. Returns what it repaired, for the record.
-    pub async fn ensure(&self, service: &str, range: TaskRange) -> Result<Vec<String>, ProviderError> {
+    /// Registers the service with `range` and puts its policies (behind the
+    /// target group `behind`, if any), where they are not as wanted already.
+    /// Returns what it repaired, for the record.
+    pub async fn ensure(
+        &self,
+        service: &str,
+        range: TaskRange,
+        behind: Option<&str>,
+    ) -> Result<Vec<String>, ProviderError> {
         let resource = self.resource_id(service);
         let mut repaired = Vec::new();
         if self.observe(service).await? != Some(range) {
@@ -172,7 +164,7 @@ impl ServiceScaling {
             repaired.push(format!("task range {}..={}", range.min, range.max));
         }
         let registered = self.registered_policies(service).await?;
-        for wanted in self.policies(service) {
+        for wanted in Self::policies(behind) {
             let current = registered.iter().find(|p| p.policy_name() == wanted.name);
             if current.is_some_and(|p| wanted.is(p)) {
                 continue;
