@@ -220,6 +220,9 @@ pub enum TenantCommand {
     Plan {
         tenant: String,
         plan: String,
+        /// Show what the change would do (rows to move, copy time, write pause, prices, refusals) and change nothing
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         mutation: Mutation,
         #[command(flatten)]
@@ -516,7 +519,11 @@ async fn run_tenant(command: TenantCommand) -> anyhow::Result<()> {
             let created = client.client()?.create_tenant(&request, &mutation.key()).await?;
             (client, created)
         }
-        TenantCommand::Plan { tenant, plan, mutation, client } => {
+        TenantCommand::Plan { tenant, plan, dry_run: true, client, .. } => {
+            let preview = client.client()?.preview_plan_change(&tenant, &plan).await?;
+            return print(client.output, &preview, || preview_table(&preview));
+        }
+        TenantCommand::Plan { tenant, plan, mutation, client, .. } => {
             let changed = client.client()?.change_plan(&tenant, &plan, &mutation.key()).await?;
             (client, changed)
         }
@@ -650,6 +657,46 @@ async fn run_token(command: TokenCommand) -> anyhow::Result<()> {
             print(client.output, &token, || format!("token {} ({}) revoked", token.name, token.id))
         }
     }
+}
+
+/// A plan change's preview, for people.
+fn preview_table(preview: &indigo_core::api::PlanChangePreview) -> String {
+    let money = |minor: u64| format!("{}.{:02} {}", minor / 100, minor % 100, preview.currency);
+    let mut out = format!(
+        "{} → {}: {}\n",
+        preview.from_plan,
+        preview.to_plan,
+        if preview.moves {
+            format!("moves from the {:?} to a {:?}", preview.from_isolation, preview.to_isolation).to_lowercase()
+        } else {
+            "limits and price only; nothing moves".into()
+        }
+    );
+    for table in &preview.tables {
+        out += &format!("  {:<16} {:>10} rows {:>12} bytes\n", table.table, table.rows, table.bytes);
+    }
+    if preview.moves {
+        let basis = match preview.moves_measured {
+            0 => "the default rate: no move measured here yet".to_owned(),
+            n => format!("the median of the last {n} moves here"),
+        };
+        out += &format!(
+            "copy: {} rows in about {:.1} s at {:.0} rows/s ({basis})\n",
+            preview.rows_total, preview.estimated_copy_seconds, preview.copy_rows_per_second
+        );
+        out += &match preview.expected_pause_ms {
+            Some(ms) => format!("write pause: up to {ms} ms, as past moves had; writes are held, not refused\n"),
+            None => "write pause: not measured here yet; writes are held, not refused\n".to_owned(),
+        };
+    }
+    out += &format!("price: {} → {} a month\n", money(preview.price_per_month_from), money(preview.price_per_month_to));
+    if preview.refusals.is_empty() {
+        out += "nothing stops it\n";
+    }
+    for refusal in &preview.refusals {
+        out += &format!("refused ({}): {}\n", refusal.code, refusal.message);
+    }
+    out
 }
 
 fn print<T: Serialize>(output: Output, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {

@@ -2,8 +2,8 @@
 
 use indigo_core::api::{
     ApiToken, AuditEntry, CatalogueCacheStats, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest,
-    CreatedToken, ErrorBody, Event, LifecycleRequest, Page, RecommenderStatus, ReconcilePlan, ReconcilerStatus, Tenant,
-    TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, WhoAmI, Workflow,
+    CreatedToken, ErrorBody, Event, LifecycleRequest, Page, PlanChangePreview, RecommenderStatus, ReconcilePlan,
+    ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, WhoAmI, Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -208,6 +208,11 @@ impl AdminClient {
     /// How the tenant's catalogue reads fared in the data planes' cache over the last day.
     pub async fn catalogue_cache(&self, tenant: &str) -> Result<CatalogueCacheStats, ClientError> {
         self.get(&format!("/v1/tenants/{}/catalogue-cache", path_segment(tenant)), &()).await
+    }
+
+    /// What changing the tenant's plan to `plan` would do; nothing changes.
+    pub async fn preview_plan_change(&self, tenant: &str, plan: &str) -> Result<PlanChangePreview, ClientError> {
+        self.get(&format!("/v1/tenants/{}/plan-change", path_segment(tenant)), &[("to", plan)]).await
     }
 
     /// Where the tenant's built-in recommender stands.

@@ -577,6 +577,55 @@ impl CatalogueCacheStats {
     }
 }
 
+/// What changing a tenant's plan would do, worked out without changing anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanChangePreview {
+    pub tenant_id: TenantId,
+    pub from_plan: String,
+    pub to_plan: String,
+    /// Whether the change moves the tenant's rows (its isolation changes).
+    pub moves: bool,
+    pub from_isolation: Isolation,
+    pub to_isolation: Isolation,
+    /// The tenant's rows and their size, per table, as they are now.
+    pub tables: Vec<TableFootprint>,
+    pub rows_total: i64,
+    pub bytes_total: i64,
+    /// How long copying them would take at `copy_rows_per_second` (0 when nothing moves).
+    pub estimated_copy_seconds: f64,
+    /// The copy rate this installation's past moves reached (their median), or a default until there is one.
+    pub copy_rows_per_second: f64,
+    /// How many past moves the rate comes from; 0: the default.
+    pub moves_measured: i64,
+    /// The longest write pause of the past moves, the pause to expect; none until a move has been measured.
+    pub expected_pause_ms: Option<i64>,
+    /// What the tenant would run on: its own cluster's size and data-plane service for a silo plan, none for the pool.
+    pub target_silo: Option<crate::plan::SiloSize>,
+    /// List prices per month in `currency`'s minor units.
+    pub price_per_month_from: u64,
+    pub price_per_month_to: u64,
+    pub currency: String,
+    /// What would stop the change; empty when it can go ahead.
+    pub refusals: Vec<PlanChangeRefusal>,
+}
+
+/// One table's share of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TableFootprint {
+    pub table: String,
+    pub rows: i64,
+    /// The rows' size as stored (`pg_column_size`), indexes not counted.
+    pub bytes: i64,
+}
+
+/// A reason a plan change would not go ahead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlanChangeRefusal {
+    /// `same_plan`, `workflow_in_progress` or `over_limit`.
+    pub code: String,
+    pub message: String,
+}
+
 /// Where a tenant's built-in recommender stands (its co-purchase counts).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RecommenderStatus {

@@ -314,6 +314,28 @@ impl WritePause {
     }
 }
 
+/// What a move of `tenant` out of `database` would copy: its rows and their
+/// stored size per tenant table, counted in one snapshot as the schema owner
+/// bound to the tenant (row-level security confines the count to its rows).
+pub async fn footprint(
+    database: &Database,
+    tenant: TenantId,
+) -> Result<Vec<indigo_core::api::TableFootprint>, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    let mut conn = database.server.owner_options(&database.name).connect().await?;
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    sqlx::query("SELECT set_config('app.current_tenant', $1, true)").bind(tenant.to_string()).execute(&mut *tx).await?;
+    let mut tables = Vec::with_capacity(TENANT_TABLES.len());
+    for &table in TENANT_TABLES {
+        let sql = format!("SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0)::bigint FROM {table} t");
+        let (rows, bytes): (i64, i64) = sqlx::query_as(AssertSqlSafe(sql)).fetch_one(&mut *tx).await?;
+        tables.push(indigo_core::api::TableFootprint { table: table.to_owned(), rows, bytes });
+    }
+    tx.commit().await?;
+    let _ = conn.close().await;
+    Ok(tables)
+}
+
 /// Moves one tenant's rows from `source` to `target`.
 pub struct Mover {
     tenant: TenantId,

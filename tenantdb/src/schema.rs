@@ -230,7 +230,16 @@ impl TenantServer {
         if !exists {
             return Ok(false);
         }
-        let mut conn = self.admin_conn(database).await?;
+        let mut conn = match self.admin_conn(database).await {
+            Ok(conn) => conn,
+            // Dropped since it was looked up (its tenant offboarded meanwhile): not there.
+            Err(SchemaError::Database { source: sqlx::Error::Database(e), .. })
+                if e.code().as_deref() == Some("3D000") =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
         let current = schema_current(&mut conn).await.map_err(fail)?;
         let _ = conn.close().await;
         Ok(current)

@@ -124,6 +124,8 @@ pub fn router(state: AppState) -> Router {
     for place in [ParameterIn::Path, ParameterIn::Query] {
         openapi::enumerate_parameter(&mut openapi, place, "plan", &plans);
     }
+    // The plan a change is previewed to (`/v1/tenants/{tenant}/plan-change?to=`).
+    openapi::enumerate_parameter(&mut openapi, ParameterIn::Query, "to", &plans);
     openapi::enumerate_property(&mut openapi, "TenantSettings", "timezone", &state.time_zones);
     // Data-plane identities are the control plane's to make, not the API's.
     let person_roles: Vec<&str> = Role::ALL.iter().filter(|r| **r != Role::DataPlane).map(|r| r.as_str()).collect();

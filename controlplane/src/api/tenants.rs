@@ -5,7 +5,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use indigo_core::api::{
-    ChangePlanRequest, CreateTenantRequest, ErrorBody, LifecycleRequest, Page, Tenant, TenantSettings,
+    ChangePlanRequest, CreateTenantRequest, ErrorBody, LifecycleRequest, Page, PlanChangePreview, Tenant,
+    TenantSettings,
 };
 use indigo_core::http::{ApiJson, ApiPath, ApiQuery, OptionalJson, RequestId};
 use indigo_core::tenant::{Email, Isolation, Lifecycle, Phase, Role, Slug, TenantName};
@@ -26,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_tenants, create_tenant))
         .routes(routes!(get_tenant, delete_tenant))
         .routes(routes!(change_plan))
+        .routes(routes!(plan_change_preview))
         .routes(routes!(suspend_tenant))
         .routes(routes!(resume_tenant))
         .routes(routes!(get_settings, put_settings))
@@ -167,6 +169,44 @@ async fn change_plan(
         Ok(workflow::change_plan(tx, &actor, request_id.as_deref(), &tenant, plan).await?)
     })
     .await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct PreviewParams {
+    /// The plan to change to
+    to: String,
+}
+
+/// What changing the tenant's plan to `to` would do, without changing anything: the rows that
+/// would move and how long copying them should take at the rate this installation's moves have
+/// reached, the write pause they had, what the tenant would run on, the prices, and what would
+/// stop the change.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/plan-change", tag = "tenants",
+    params(("tenant" = String, Path, description = "Slug or id"), PreviewParams),
+    responses((status = 200, body = PlanChangePreview), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "The tenant's plan is no longer sold", body = ErrorBody),
+              (status = 422, body = ErrorBody),
+              (status = 502, description = "The tenant's database did not answer", body = ErrorBody)))]
+async fn plan_change_preview(
+    State(state): State<AppState>,
+    _actor: Actor,
+    ApiPath(raw): ApiPath<String>,
+    ApiQuery(params): ApiQuery<PreviewParams>,
+) -> Result<Json<PlanChangePreview>, ApiError> {
+    let to = state.plans.get(&params.to).map_err(|e| ApiError::invalid("unknown_plan", e))?;
+    let tenant = find(&state, &raw).await?;
+    let from = state.plans.get(tenant.spec.plan.as_str()).map_err(|e| ApiError::Conflict {
+        code: "plan_retired",
+        message: format!("the tenant's plan is no longer in the catalogue: {e}"),
+    })?;
+    let preview =
+        workflow::preview::preview(&state.db, &state.tenant_dbs, &tenant, from, to).await.map_err(|e| match e {
+            workflow::preview::PreviewError::Control(e) => ApiError::Database(e),
+            e @ workflow::preview::PreviewError::TenantDatabase(_) => ApiError::Upstream(e.to_string()),
+        })?;
+    Ok(Json(preview))
 }
 
 fn check_reason(request: &LifecycleRequest) -> Result<(), ApiError> {

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod export;
 pub mod offboarding;
 pub mod onboarding;
+pub mod preview;
 pub mod store;
 pub mod tier_change;
 

@@ -729,3 +729,85 @@ async fn rows_are_verified_as_the_catch_up_writes_them_and_again_when_they_chang
     drop((on_source, on_target, mover));
     drop_scratch([from, into]).await;
 }
+
+/// A tier change previewed before it runs: the rows that would move, per
+/// table, counted as they are; the copy time at the default rate until a move
+/// has been measured, then at the measured one, with the pause that move had;
+/// the target's size and the prices from the plans; a downgrade below the
+/// tenant's catalogue refused, and the current plan named as such. Nothing
+/// changes: the tenant stays on its plan and no workflow starts.
+#[tokio::test]
+async fn a_tier_change_is_previewed_before_it_runs() {
+    let mut stack = Stack::start().await.unwrap();
+    let services = stack.services("").unwrap();
+    stack.start_engine(services);
+    let shop = stack.onboard("preview-shop", "pro").await.unwrap();
+    let http = reqwest::Client::new();
+    shop.seed(&http, &stack.storefront.url, 120, 3, 5).await.unwrap();
+    let preview = async |to: &str| {
+        let (status, body) = stack
+            .admin
+            .request(Method::GET, &format!("/v1/tenants/preview-shop/plan-change?to={to}"), None)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    };
+
+    let upgrade = preview("enterprise").await;
+    assert_eq!(
+        (upgrade["moves"].as_bool(), &upgrade["from_isolation"], &upgrade["to_isolation"]),
+        (Some(true), &json!("pool"), &json!("silo"))
+    );
+    let rows = |preview: &Value, table: &str| {
+        preview["tables"].as_array().unwrap().iter().find(|t| t["table"] == table).unwrap()["rows"].as_i64().unwrap()
+    };
+    // The 120 seeded, and what onboarding put in the catalogue.
+    let products =
+        i64::try_from(stack.ids_in(stack.pool_database(), "products", shop.id).await.unwrap().len()).unwrap();
+    assert!(products >= 120);
+    assert_eq!((rows(&upgrade, "products"), rows(&upgrade, "customers")), (products, 3), "{upgrade}");
+    assert_eq!(upgrade["tables"].as_array().unwrap().len(), TENANT_TABLES.len());
+    assert!(upgrade["bytes_total"].as_i64().unwrap() > 0);
+    assert_eq!((upgrade["moves_measured"].as_i64(), upgrade["copy_rows_per_second"].as_f64()), (Some(0), Some(5000.0)));
+    let rows_total = upgrade["rows_total"].as_f64().unwrap();
+    assert_eq!(upgrade["estimated_copy_seconds"].as_f64(), Some(rows_total / 5000.0));
+    assert_eq!(upgrade["expected_pause_ms"], Value::Null, "no move measured yet");
+    let plans = &stack.state.plans;
+    assert_eq!(upgrade["price_per_month_to"].as_u64(), Some(plans.get("enterprise").unwrap().price_per_month));
+    assert!(upgrade["target_silo"]["dataplane_replicas"].as_u64().is_some(), "{upgrade}");
+    assert_eq!(upgrade["refusals"], json!([]));
+
+    // Below the catalogue: refused, before anything starts.
+    let downgrade = preview("starter").await;
+    assert_eq!(downgrade["moves"], false);
+    let codes: Vec<&str> =
+        downgrade["refusals"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["over_limit"], "{downgrade}");
+    assert_eq!(preview("pro").await["refusals"][0]["code"], "same_plan");
+    let tenant = stack.admin.tenant("preview-shop").await.unwrap();
+    assert_eq!(tenant["spec"]["plan"], "pro", "a preview changes nothing");
+    let (_, workflows) =
+        stack.admin.request(Method::GET, "/v1/workflows?tenant=preview-shop&kind=tier_change", None).await.unwrap();
+    assert_eq!(workflows, json!([]), "and starts nothing");
+
+    // After a move, the way back is estimated at the rate that move reached, with its pause.
+    stack.admin.change_plan("preview-shop", "enterprise").await.unwrap();
+    let workflow = stack.admin.wait_workflow("preview-shop", "tier_change").await.unwrap();
+    assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    let back = preview("pro").await;
+    assert_eq!((back["moves"].as_bool(), back["moves_measured"].as_i64()), (Some(true), Some(1)), "{back}");
+    assert!(back["copy_rows_per_second"].as_f64().unwrap() != 5000.0, "{back}");
+    assert!(back["expected_pause_ms"].as_i64().is_some(), "{back}");
+    assert_eq!(rows(&back, "products"), products, "counted on the silo now");
+
+    // What is wrong with the question is said so.
+    for (path, status) in [
+        ("/v1/tenants/preview-shop/plan-change?to=gold", StatusCode::UNPROCESSABLE_ENTITY),
+        ("/v1/tenants/no-such-shop/plan-change?to=pro", StatusCode::NOT_FOUND),
+        ("/v1/tenants/preview-shop/plan-change", StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(stack.admin.request(Method::GET, path, None).await.unwrap().0, status, "{path}");
+    }
+    stack.stop().await.unwrap();
+}

@@ -1,0 +1,102 @@
+//! A tier change worked out before it runs: what would move and how long the
+//! copy should take at the rate this installation's moves have reached, the
+//! write pause they had, what the tenant would run on, the price, and what
+//! would stop the change. Nothing is changed.
+
+use indigo_core::api::{PlanChangePreview, PlanChangeRefusal, Tenant};
+use indigo_core::plan::{Limit, Plan};
+use indigo_tenantdb::TenantDatabases;
+use sqlx::PgPool;
+
+use super::store::active_for;
+
+/// The copy rate assumed until a move has been measured here: a cautious
+/// figure below what the moves benchmark reaches (benchmarks/moves.md).
+pub const DEFAULT_COPY_ROWS_PER_SECOND: f64 = 5_000.0;
+
+/// How many recent moves the measured rate and pause come from.
+const RECENT_MOVES: i64 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreviewError {
+    #[error(transparent)]
+    Control(#[from] sqlx::Error),
+    /// The tenant's database could not be read.
+    #[error("the tenant's database did not answer: {0}")]
+    TenantDatabase(sqlx::Error),
+}
+
+/// What changing `tenant` from its plan (`from`) to `to` would do.
+pub async fn preview(
+    db: &PgPool,
+    dbs: &TenantDatabases,
+    tenant: &Tenant,
+    from: &Plan,
+    to: &Plan,
+) -> Result<PlanChangePreview, PreviewError> {
+    let from_isolation = tenant.status.placement.as_ref().map_or(from.isolation, |p| p.isolation);
+    let moves = from_isolation != to.isolation;
+    let tables = match &tenant.status.placement {
+        Some(placement) => {
+            let database = dbs.locate(placement.cluster.as_deref(), &placement.database);
+            indigo_tenantdb::moves::footprint(&database, tenant.id).await.map_err(PreviewError::TenantDatabase)?
+        }
+        None => Vec::new(),
+    };
+    let rows_total = tables.iter().map(|t| t.rows).sum();
+    let bytes_total = tables.iter().map(|t| t.bytes).sum();
+
+    // The median copy rate and the longest pause of the recent moves that finished.
+    let (moves_measured, median_rate, longest_pause): (i64, Option<f64>, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY rate), max(pause_ms)
+         FROM (SELECT rows_total / GREATEST(EXTRACT(EPOCH FROM switched_at - started_at)::float8, 0.001) AS rate,
+                      pause_ms
+               FROM tenant_moves
+               WHERE phase = 'done' AND switched_at IS NOT NULL AND rows_total > 0
+               ORDER BY finished_at DESC LIMIT $1) recent",
+    )
+    .bind(RECENT_MOVES)
+    .fetch_one(db)
+    .await?;
+    let copy_rows_per_second = median_rate.unwrap_or(DEFAULT_COPY_ROWS_PER_SECOND);
+
+    let mut refusals = Vec::new();
+    if from.name == to.name {
+        refusals.push(refusal("same_plan", format!("the tenant is on {} already", to.name)));
+    }
+    let mut conn = db.acquire().await?;
+    if let Some((id, kind)) = active_for(&mut conn, tenant.id).await? {
+        refusals.push(refusal("workflow_in_progress", format!("its {kind} workflow {id} is still running")));
+    }
+    let products = tables.iter().find(|t| t.table == "products").map_or(0, |t| t.rows);
+    if let Limit::AtMost(max) = to.limits.products
+        && u64::try_from(products).unwrap_or(0) > max
+    {
+        refusals.push(refusal("over_limit", format!("it has {products} products and {} allows {max}", to.name)));
+    }
+
+    Ok(PlanChangePreview {
+        tenant_id: tenant.id,
+        from_plan: from.name.to_string(),
+        to_plan: to.name.to_string(),
+        moves,
+        from_isolation,
+        to_isolation: to.isolation,
+        estimated_copy_seconds: if moves { rows_total as f64 / copy_rows_per_second } else { 0.0 },
+        tables,
+        rows_total,
+        bytes_total,
+        copy_rows_per_second,
+        moves_measured,
+        expected_pause_ms: if moves { longest_pause } else { None },
+        target_silo: to.silo.clone(),
+        price_per_month_from: from.price_per_month,
+        price_per_month_to: to.price_per_month,
+        currency: to.currency.clone(),
+        refusals,
+    })
+}
+
+fn refusal(code: &str, message: String) -> PlanChangeRefusal {
+    PlanChangeRefusal { code: code.to_owned(), message }
+}
