@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
-    AuditEntry, CatalogueCacheStats, Event, RecommenderStatus, ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling,
-    TenantCost, TenantMove, TenantUsage, UsageSeries, Workflow,
+    AuditEntry, CatalogueCacheStats, Event, PlanChangePreview, RecommenderStatus, ReconcilePlan, ReconcilerStatus,
+    Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, Workflow,
 };
 use indigo_core::plan::Plan;
 use indigo_core::tenant::{Isolation, TenantId};
@@ -205,6 +205,11 @@ pub enum Effect {
     Run(Command),
     LoadDetail(String),
     DryRun(String),
+    /// Work out what changing `slug` to `plan` would do, for its confirmation.
+    PreviewPlanChange {
+        slug: String,
+        plan: String,
+    },
     Quit,
 }
 
@@ -242,6 +247,8 @@ pub enum Loaded {
         recommender: Option<RecommenderStatus>,
     },
     Plan(ReconcilePlan),
+    /// What a plan change being confirmed would do.
+    PlanChange(PlanChangePreview),
     /// The API could not be reached, or refused the token.
     Failed {
         unauthorized: bool,
@@ -316,6 +323,8 @@ pub struct App {
     pub connection: Connection,
     pub detail: Detail,
     pub plan_preview: Option<ReconcilePlan>,
+    /// What the plan change awaiting confirmation would do, once the control plane has said.
+    pub change_preview: Option<PlanChangePreview>,
     pub read_only: bool,
     pub status: String,
     pub api_url: String,
@@ -349,6 +358,7 @@ impl App {
             connection: Connection::Loading,
             detail: Detail::default(),
             plan_preview: None,
+            change_preview: None,
             read_only,
             status: String::new(),
             api_url: api_url.to_owned(),
@@ -436,6 +446,13 @@ impl App {
             Loaded::Detail { slug, events, audit, usage, billing, cache, recommender } => {
                 if self.detail.slug.as_deref() == Some(slug.as_str()) {
                     self.detail = Detail { slug: Some(slug), events, audit, usage, billing, cache, recommender };
+                }
+            }
+            Loaded::PlanChange(preview) => {
+                if let Mode::Confirm { command: Command::ChangePlan { plan, .. } } = &self.mode
+                    && *plan == preview.to_plan
+                {
+                    self.change_preview = Some(preview);
                 }
             }
             Loaded::Plan(plan) => {
@@ -551,7 +568,10 @@ impl App {
                         Some(_) if plan == from => self.status = format!("{slug} is already on {plan}"),
                         Some(target) => {
                             let moves_to = (target.isolation != isolation).then_some(target.isolation);
+                            self.change_preview = None;
+                            let preview = Effect::PreviewPlanChange { slug: slug.clone(), plan: plan.clone() };
                             self.mode = Mode::Confirm { command: Command::ChangePlan { slug, from, plan, moves_to } };
+                            return vec![preview];
                         }
                     }
                     vec![]
@@ -583,6 +603,7 @@ impl App {
                 };
                 self.input.clear();
                 self.mode = Mode::Normal;
+                self.change_preview = None;
                 if confirmed {
                     self.status = format!("{}…", command.describe());
                     vec![Effect::Run(command)]
@@ -597,6 +618,7 @@ impl App {
     fn cancel(&mut self) {
         self.input.clear();
         self.mode = Mode::Normal;
+        self.change_preview = None;
         self.status = "cancelled".into();
     }
 

@@ -284,6 +284,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                                 });
                             }
                             Effect::LoadDetail(slug) => load_detail(&client, &loaded_tx, slug),
+                            Effect::PreviewPlanChange { slug, plan } => {
+                                let (client, out) = (client.clone(), loaded_tx.clone());
+                                tokio::spawn(async move {
+                                    let loaded = match client.preview_plan_change(&slug, &plan).await {
+                                        Ok(preview) => Loaded::PlanChange(preview),
+                                        Err(error) => Loaded::Done(Err(format!("preview: {error}"))),
+                                    };
+                                    let _ = out.send(loaded);
+                                });
+                            }
                             Effect::DryRun(slug) => {
                                 let (client, out) = (client.clone(), loaded_tx.clone());
                                 tokio::spawn(async move {

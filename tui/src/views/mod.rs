@@ -13,12 +13,13 @@ mod widgets;
 mod workflows;
 
 use crossterm::event::KeyEvent;
+use indigo_core::api::PlanChangePreview;
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Wrap};
 
-use crate::app::{App, Connection, Effect, Mode, View};
+use crate::app::{App, Command, Connection, Effect, Mode, View};
 use crate::theme::Theme;
 
 /// Draws the whole screen: a pure function of the snapshot.
@@ -37,7 +38,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: Theme) {
     }
     draw_footer(frame, footer, app, theme);
     if let Mode::Confirm { command } = &app.mode {
-        draw_confirm(frame, app, command.describe(), command.dangerous().then(|| command.slug().to_owned()), theme);
+        draw_confirm(frame, app, command, theme);
     }
 }
 
@@ -107,19 +108,61 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     frame.render_widget(Paragraph::new(line), area);
 }
 
-fn draw_confirm(frame: &mut Frame, app: &App, what: String, type_back: Option<String>, theme: Theme) {
+fn draw_confirm(frame: &mut Frame, app: &App, command: &Command, theme: Theme) {
+    let mut lines = vec![Line::from(command.describe())];
+    if let Command::ChangePlan { .. } = command {
+        lines.extend(preview_lines(app.change_preview.as_ref(), theme));
+    }
+    let prompt = match command.dangerous() {
+        true => format!("Type {} and Enter to confirm, Esc to cancel: {}", command.slug(), app.input),
+        false => "y to confirm, any other key to cancel".into(),
+    };
+    lines.extend([Line::from(""), Line::styled(prompt, theme.warn())]);
     let area = frame.area();
     let width = area.width.saturating_sub(4).min(90);
-    let popup = Rect { x: area.x + (area.width - width) / 2, y: area.y + area.height / 3, width, height: 6 };
-    let prompt = match &type_back {
-        Some(slug) => format!("Type {slug} and Enter to confirm, Esc to cancel: {}", app.input),
-        None => "y to confirm, any other key to cancel".into(),
-    };
+    // Room for the lines as they wrap inside the borders.
+    let inner = usize::from(width.saturating_sub(2)).max(1);
+    let rows: usize = lines.iter().map(|l| l.width().max(1).div_ceil(inner)).sum();
+    let height = u16::try_from(rows + 2).unwrap_or(u16::MAX).min(area.height.saturating_sub(area.height / 3));
+    let popup = Rect { x: area.x + (area.width - width) / 2, y: area.y + area.height / 3, width, height };
     frame.render_widget(Clear, popup);
     frame.render_widget(
-        Paragraph::new(vec![Line::from(what), Line::from(""), Line::styled(prompt, theme.warn())])
+        Paragraph::new(lines)
             .wrap(Wrap { trim: true })
             .block(Block::default().borders(Borders::ALL).title(" confirm ")),
         popup,
     );
+}
+
+/// What a plan change would do, from the control plane's preview.
+fn preview_lines(preview: Option<&PlanChangePreview>, theme: Theme) -> Vec<Line<'static>> {
+    let Some(preview) = preview else { return vec![Line::from("Working out what it would do…")] };
+    let money = |minor: u64| format!("{}.{:02}", minor / 100, minor % 100);
+    let mut lines = vec![];
+    if preview.moves {
+        let basis = match preview.moves_measured {
+            0 => "default rate".to_owned(),
+            n => format!("rate of the last {n} moves"),
+        };
+        let pause = match preview.expected_pause_ms {
+            Some(ms) => format!("writes held up to {ms} ms"),
+            None => "writes held, not refused".to_owned(),
+        };
+        lines.push(Line::from(format!(
+            "Copies {} rows ({:.1} MB) in about {:.1} s ({basis}); {pause}.",
+            preview.rows_total,
+            preview.bytes_total as f64 / 1_000_000.0,
+            preview.estimated_copy_seconds
+        )));
+    }
+    lines.push(Line::from(format!(
+        "Price: {} → {} {} a month.",
+        money(preview.price_per_month_from),
+        money(preview.price_per_month_to),
+        preview.currency
+    )));
+    for refusal in &preview.refusals {
+        lines.push(Line::styled(format!("Refused: {}.", refusal.message), theme.warn()));
+    }
+    lines
 }

@@ -3,7 +3,7 @@
 //! each view's whole screen.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use indigo_core::api::{Tenant, TenantBilling, UsageSeries, WorkflowState};
+use indigo_core::api::{PlanChangePreview, PlanChangeRefusal, Tenant, TenantBilling, UsageSeries, WorkflowState};
 use indigo_core::tenant::{Isolation, Phase};
 use indigo_tui::app::{App, Column, Command, Connection, Effect, Loaded, Mode, View};
 use indigo_tui::theme::Theme;
@@ -178,9 +178,45 @@ fn each_action_confirms_and_can_be_cancelled() {
     assert!(app.status.contains("unknown plan `gold`"));
     key(&mut app, KeyCode::Char('p'));
     type_text(&mut app, "enterprise");
-    key(&mut app, KeyCode::Enter);
+    assert_eq!(
+        key(&mut app, KeyCode::Enter),
+        [Effect::PreviewPlanChange { slug: "acme-shoes".into(), plan: "enterprise".into() }],
+        "what it would do is asked for as the confirmation opens"
+    );
     let screen = render(&app, 100, 24);
     assert!(screen.contains("moves to its own database"), "{screen}");
+    assert!(screen.contains("Working out what it would do"), "{screen}");
+    let tenant_id = app.tenants[0].id;
+    let preview = |to: &str, refusals: Vec<PlanChangeRefusal>| PlanChangePreview {
+        tenant_id,
+        from_plan: "starter".into(),
+        to_plan: to.into(),
+        moves: true,
+        from_isolation: Isolation::Pool,
+        to_isolation: Isolation::Silo,
+        tables: vec![],
+        rows_total: 5_000,
+        bytes_total: 2_000_000,
+        estimated_copy_seconds: 1.0,
+        copy_rows_per_second: 5_000.0,
+        moves_measured: 0,
+        expected_pause_ms: None,
+        target_silo: None,
+        price_per_month_from: 2_900,
+        price_per_month_to: 99_900,
+        currency: "usd".into(),
+        refusals,
+    };
+    // A preview of another change (an earlier dialog's) is not shown here.
+    app.apply(Loaded::PlanChange(preview("pro", vec![])));
+    assert!(render(&app, 100, 24).contains("Working out"));
+    let busy =
+        PlanChangeRefusal { code: "workflow_in_progress".into(), message: "its onboarding is still running".into() };
+    app.apply(Loaded::PlanChange(preview("enterprise", vec![busy])));
+    let screen = render(&app, 100, 24);
+    assert!(screen.contains("Copies 5000 rows (2.0 MB) in about 1.0 s"), "{screen}");
+    assert!(screen.contains("Price: 29.00 → 999.00 usd a month."), "{screen}");
+    assert!(screen.contains("Refused: its onboarding is still running."), "{screen}");
     type_text(&mut app, "acme-shoes");
     assert_eq!(
         key(&mut app, KeyCode::Enter),

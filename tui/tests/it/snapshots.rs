@@ -4,8 +4,11 @@
 //! `INSTA_UPDATE=always` and read `git diff`).
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use indigo_core::api::{AuditEntry, CatalogueCacheStats, RecommenderStatus, TenantBilling, UsageSeries, WorkflowState};
-use indigo_core::tenant::{Condition, ConditionStatus, Phase, Role};
+use indigo_core::api::{
+    AuditEntry, CatalogueCacheStats, PlanChangePreview, RecommenderStatus, TableFootprint, TenantBilling, UsageSeries,
+    WorkflowState,
+};
+use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Phase, Role};
 use indigo_tui::app::{App, Loaded};
 
 use crate::fixture::{
@@ -125,6 +128,31 @@ fn detail(app: &mut App) {
     });
 }
 
+/// What the control plane says blue-bakery's upgrade would do.
+fn upgrade_preview(app: &App) -> PlanChangePreview {
+    let tenant = app.tenants.iter().find(|t| t.slug.as_str() == "blue-bakery").unwrap();
+    PlanChangePreview {
+        tenant_id: tenant.id,
+        from_plan: "growth".into(),
+        to_plan: "enterprise".into(),
+        moves: true,
+        from_isolation: Isolation::Pool,
+        to_isolation: Isolation::Silo,
+        tables: vec![TableFootprint { table: "products".into(), rows: 12_480, bytes: 3_412_000 }],
+        rows_total: 12_480,
+        bytes_total: 3_412_000,
+        estimated_copy_seconds: 2.1,
+        copy_rows_per_second: 5_943.0,
+        moves_measured: 3,
+        expected_pause_ms: Some(24),
+        target_silo: None,
+        price_per_month_from: 9_900,
+        price_per_month_to: 99_900,
+        currency: "usd".into(),
+        refusals: vec![],
+    }
+}
+
 /// The keys that bring an operator from the fleet to a view.
 type Reach = fn(&mut App);
 
@@ -137,8 +165,11 @@ const VIEWS: &[(&str, Reach)] = &[
     ("workflows", |app| press(app, ":workflows\n")),
     ("cost", |app| press(app, ":cost\n")),
     ("help", |app| press(app, "?")),
-    // blue-bakery, on growth in the pool, upgraded to the silo plan.
-    ("upgrade_confirmation", |app| press(app, "jpenterprise\nblue")),
+    // blue-bakery, on growth in the pool, upgraded to the silo plan, with what it would do.
+    ("upgrade_confirmation", |app| {
+        press(app, "jpenterprise\nblue");
+        app.apply(Loaded::PlanChange(upgrade_preview(app)));
+    }),
 ];
 
 #[test]
