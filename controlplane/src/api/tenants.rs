@@ -149,11 +149,13 @@ async fn get_tenant(
 
 /// Change a tenant's plan: the new plan's limits apply at once, and a tier-change workflow
 /// moves the tenant between the pool and a silo when the isolation changes, online.
-/// Asking for the current plan changes nothing.
+/// Asking for the current plan changes nothing; a plan whose limits the tenant's rows already
+/// exceed is refused (`409 over_limit`).
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/plan", tag = "tenants", request_body = ChangePlanRequest,
     params(("tenant" = String, Path, description = "Slug or id"), ("Idempotency-Key" = String, Header)),
     responses((status = 202, description = "Spec recorded; status follows", body = Tenant),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 502, description = "The tenant's database did not answer", body = ErrorBody)))]
 async fn change_plan(
     State(state): State<AppState>,
     actor: Actor,
@@ -166,9 +168,24 @@ async fn change_plan(
     let tenant = tenant_ref(&raw)?;
     let plan = state.plans.get(&request.plan).map_err(|e| ApiError::invalid("unknown_plan", e))?;
     idempotency::run_once(&state, &key, &actor, &request, StatusCode::ACCEPTED, async |tx| {
+        // A plan the tenant's rows already exceed is refused before anything changes.
+        let current = registry::get(tx, &tenant).await?;
+        if current.spec.plan.as_str() != plan.name.as_str() {
+            let tables = workflow::preview::footprint(&state.tenant_dbs, &current).await.map_err(preview_failed)?;
+            if let Some(refusal) = workflow::preview::over_limits(&tables, plan).pop() {
+                return Err(ApiError::Conflict { code: "over_limit", message: refusal.message });
+            }
+        }
         Ok(workflow::change_plan(tx, &actor, request_id.as_deref(), &tenant, plan).await?)
     })
     .await
+}
+
+fn preview_failed(error: workflow::preview::PreviewError) -> ApiError {
+    match error {
+        workflow::preview::PreviewError::Control(e) => ApiError::Database(e),
+        e @ workflow::preview::PreviewError::TenantDatabase(_) => ApiError::Upstream(e.to_string()),
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -202,10 +219,7 @@ async fn plan_change_preview(
         message: format!("the tenant's plan is no longer in the catalogue: {e}"),
     })?;
     let preview =
-        workflow::preview::preview(&state.db, &state.tenant_dbs, &tenant, from, to).await.map_err(|e| match e {
-            workflow::preview::PreviewError::Control(e) => ApiError::Database(e),
-            e @ workflow::preview::PreviewError::TenantDatabase(_) => ApiError::Upstream(e.to_string()),
-        })?;
+        workflow::preview::preview(&state.db, &state.tenant_dbs, &tenant, from, to).await.map_err(preview_failed)?;
     Ok(Json(preview))
 }
 

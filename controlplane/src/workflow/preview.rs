@@ -3,7 +3,7 @@
 //! write pause they had, what the tenant would run on, the price, and what
 //! would stop the change. Nothing is changed.
 
-use indigo_core::api::{PlanChangePreview, PlanChangeRefusal, Tenant};
+use indigo_core::api::{PlanChangePreview, PlanChangeRefusal, TableFootprint, Tenant};
 use indigo_core::plan::{Limit, Plan};
 use indigo_tenantdb::TenantDatabases;
 use sqlx::PgPool;
@@ -36,13 +36,7 @@ pub async fn preview(
 ) -> Result<PlanChangePreview, PreviewError> {
     let from_isolation = tenant.status.placement.as_ref().map_or(from.isolation, |p| p.isolation);
     let moves = from_isolation != to.isolation;
-    let tables = match &tenant.status.placement {
-        Some(placement) => {
-            let database = dbs.locate(placement.cluster.as_deref(), &placement.database);
-            indigo_tenantdb::moves::footprint(&database, tenant.id).await.map_err(PreviewError::TenantDatabase)?
-        }
-        None => Vec::new(),
-    };
+    let tables = footprint(dbs, tenant).await?;
     let rows_total = tables.iter().map(|t| t.rows).sum();
     let bytes_total = tables.iter().map(|t| t.bytes).sum();
 
@@ -68,12 +62,7 @@ pub async fn preview(
     if let Some((id, kind)) = active_for(&mut conn, tenant.id).await? {
         refusals.push(refusal("workflow_in_progress", format!("its {kind} workflow {id} is still running")));
     }
-    let products = tables.iter().find(|t| t.table == "products").map_or(0, |t| t.rows);
-    if let Limit::AtMost(max) = to.limits.products
-        && u64::try_from(products).unwrap_or(0) > max
-    {
-        refusals.push(refusal("over_limit", format!("it has {products} products and {} allows {max}", to.name)));
-    }
+    refusals.extend(over_limits(&tables, to));
 
     Ok(PlanChangePreview {
         tenant_id: tenant.id,
@@ -95,6 +84,25 @@ pub async fn preview(
         currency: to.currency.clone(),
         refusals,
     })
+}
+
+/// The tenant's rows per table where they are now; none before it is placed.
+pub async fn footprint(dbs: &TenantDatabases, tenant: &Tenant) -> Result<Vec<TableFootprint>, PreviewError> {
+    let Some(placement) = &tenant.status.placement else { return Ok(Vec::new()) };
+    let database = dbs.locate(placement.cluster.as_deref(), &placement.database);
+    indigo_tenantdb::moves::footprint(&database, tenant.id).await.map_err(PreviewError::TenantDatabase)
+}
+
+/// The limits of `to` that a tenant with `tables` already exceeds: a change
+/// to it would leave the tenant over them, so it is refused (`over_limit`).
+pub fn over_limits(tables: &[TableFootprint], to: &Plan) -> Vec<PlanChangeRefusal> {
+    let products = tables.iter().find(|t| t.table == "products").map_or(0, |t| t.rows);
+    match to.limits.products {
+        Limit::AtMost(max) if u64::try_from(products).unwrap_or(0) > max => {
+            vec![refusal("over_limit", format!("it has {products} products and {} allows {max}", to.name))]
+        }
+        _ => Vec::new(),
+    }
 }
 
 fn refusal(code: &str, message: String) -> PlanChangeRefusal {

@@ -785,6 +785,13 @@ async fn a_tier_change_is_previewed_before_it_runs() {
         downgrade["refusals"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
     assert_eq!(codes, ["over_limit"], "{downgrade}");
     assert_eq!(preview("pro").await["refusals"][0]["code"], "same_plan");
+    // And the change itself is refused the same way.
+    let (status, refused) = stack
+        .admin
+        .request(Method::PUT, "/v1/tenants/preview-shop/plan", Some(json!({ "plan": "starter" })))
+        .await
+        .unwrap();
+    assert_eq!((status, &refused["code"]), (StatusCode::CONFLICT, &json!("over_limit")), "{refused}");
     let tenant = stack.admin.tenant("preview-shop").await.unwrap();
     assert_eq!(tenant["spec"]["plan"], "pro", "a preview changes nothing");
     let (_, workflows) =
