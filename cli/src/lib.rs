@@ -561,15 +561,26 @@ fn workflow_table(workflows: &[Workflow]) -> String {
 }
 
 fn move_table(moves: &[TenantMove]) -> String {
-    let mut table = table(&["TENANT", "MOVE", "PHASE", "ROWS COPIED", "LAG", "PAUSE", "STARTED", "ERROR"]);
+    let mut table =
+        table(&["TENANT", "MOVE", "PHASE", "ROWS COPIED", "LAG", "COPY (EST.)", "PAUSE (EST.)", "STARTED", "ERROR"]);
+    // What happened beside what the preview said when the move started.
+    let beside = |actual: Option<String>, estimate: Option<String>| match (actual, estimate) {
+        (Some(actual), Some(estimate)) => format!("{actual} ({estimate})"),
+        (Some(actual), None) => actual,
+        (None, Some(estimate)) => format!("- ({estimate})"),
+        (None, None) => String::new(),
+    };
     for m in moves {
+        let seconds = |s: f64| format!("{s:.1} s");
+        let ms = |ms: i64| format!("{ms} ms");
         table.add_row(vec![
             m.slug.clone(),
             format!("{}→{}", m.from_isolation, m.to_isolation),
             m.phase.clone(),
             format!("{}/{}", m.rows_copied, m.rows_total),
             m.lag.to_string(),
-            m.pause_ms.map(|ms| format!("{ms} ms")).unwrap_or_default(),
+            beside(m.copy_seconds.map(seconds), m.estimated_copy_seconds.map(seconds)),
+            beside(m.pause_ms.map(ms), m.estimated_pause_ms.map(ms)),
             m.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             m.error.clone().unwrap_or_default(),
         ]);

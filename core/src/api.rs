@@ -457,6 +457,12 @@ pub struct TenantMove {
     pub lag: i64,
     /// How long the tenant's writes were held at the switch.
     pub pause_ms: Option<i64>,
+    /// What its preview said when it started: the copy time for its rows at the rate earlier
+    /// moves reached, and their longest pause (none before any was measured).
+    pub estimated_copy_seconds: Option<f64>,
+    pub estimated_pause_ms: Option<i64>,
+    /// How long the copy took: from the start to the switch.
+    pub copy_seconds: Option<f64>,
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

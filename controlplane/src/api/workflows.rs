@@ -203,6 +203,8 @@ struct MoveRow {
     rows_copied: i64,
     lag: i64,
     pause_ms: Option<i64>,
+    estimated_rows_per_second: Option<f64>,
+    estimated_pause_ms: Option<i64>,
     error: Option<String>,
     started_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
@@ -230,6 +232,12 @@ impl TryFrom<MoveRow> for TenantMove {
             rows_copied: row.rows_copied,
             lag: row.lag,
             pause_ms: row.pause_ms,
+            estimated_copy_seconds: row
+                .estimated_rows_per_second
+                .filter(|rate| *rate > 0.0 && row.rows_total > 0)
+                .map(|rate| row.rows_total as f64 / rate),
+            estimated_pause_ms: row.estimated_pause_ms,
+            copy_seconds: row.switched_at.map(|at| (at - row.started_at).num_milliseconds() as f64 / 1000.0),
             error: row.error,
             started_at: row.started_at,
             updated_at: row.updated_at,
@@ -253,7 +261,8 @@ async fn list_moves(
     let tenant = tenant_of(&mut conn, params.tenant.as_deref()).await?.map(|t| t.0);
     let rows: Vec<MoveRow> = sqlx::query_as(
         "SELECT m.workflow_id, m.tenant_id, t.slug, m.from_isolation, m.to_isolation, m.source_database,
-                m.target_database, m.phase, m.rows_total, m.rows_copied, m.lag, m.pause_ms, m.error,
+                m.target_database, m.phase, m.rows_total, m.rows_copied, m.lag, m.pause_ms,
+                m.estimated_rows_per_second, m.estimated_pause_ms, m.error,
                 m.started_at, m.updated_at, m.switched_at, m.finished_at
          FROM tenant_moves m JOIN tenants t ON t.id = m.tenant_id
          WHERE ($1::uuid IS NULL OR m.tenant_id = $1) AND (NOT $2 OR m.finished_at IS NULL)

@@ -40,19 +40,7 @@ pub async fn preview(
     let rows_total = tables.iter().map(|t| t.rows).sum();
     let bytes_total = tables.iter().map(|t| t.bytes).sum();
 
-    // The median copy rate and the longest pause of the recent moves that finished.
-    let (moves_measured, median_rate, longest_pause): (i64, Option<f64>, Option<i64>) = sqlx::query_as(
-        "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY rate), max(pause_ms)
-         FROM (SELECT rows_total / GREATEST(EXTRACT(EPOCH FROM switched_at - started_at)::float8, 0.001) AS rate,
-                      pause_ms
-               FROM tenant_moves
-               WHERE phase = 'done' AND switched_at IS NOT NULL AND rows_total > 0
-               ORDER BY finished_at DESC LIMIT $1) recent",
-    )
-    .bind(RECENT_MOVES)
-    .fetch_one(db)
-    .await?;
-    let copy_rows_per_second = median_rate.unwrap_or(DEFAULT_COPY_ROWS_PER_SECOND);
+    let measured = measured(db).await?;
 
     let mut refusals = Vec::new();
     if from.name == to.name {
@@ -71,19 +59,46 @@ pub async fn preview(
         moves,
         from_isolation,
         to_isolation: to.isolation,
-        estimated_copy_seconds: if moves { rows_total as f64 / copy_rows_per_second } else { 0.0 },
+        estimated_copy_seconds: if moves { rows_total as f64 / measured.rows_per_second } else { 0.0 },
         tables,
         rows_total,
         bytes_total,
-        copy_rows_per_second,
-        moves_measured,
-        expected_pause_ms: if moves { longest_pause } else { None },
+        copy_rows_per_second: measured.rows_per_second,
+        moves_measured: measured.moves,
+        expected_pause_ms: if moves { measured.longest_pause_ms } else { None },
         target_silo: to.silo.clone(),
         price_per_month_from: from.price_per_month,
         price_per_month_to: to.price_per_month,
         currency: to.currency.clone(),
         refusals,
     })
+}
+
+/// What this installation's recent moves reached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    /// How many finished moves the figures come from; 0: none, the rate is the default.
+    pub moves: i64,
+    /// Their median copy rate: rows over the time from start to switch.
+    pub rows_per_second: f64,
+    /// The longest write pause they had.
+    pub longest_pause_ms: Option<i64>,
+}
+
+/// The copy rate and pause of the recent moves that finished.
+pub async fn measured(db: &PgPool) -> Result<Measured, sqlx::Error> {
+    let (moves, median_rate, longest_pause_ms): (i64, Option<f64>, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY rate), max(pause_ms)
+         FROM (SELECT rows_total / GREATEST(EXTRACT(EPOCH FROM switched_at - started_at)::float8, 0.001) AS rate,
+                      pause_ms
+               FROM tenant_moves
+               WHERE phase = 'done' AND switched_at IS NOT NULL AND rows_total > 0
+               ORDER BY finished_at DESC LIMIT $1) recent",
+    )
+    .bind(RECENT_MOVES)
+    .fetch_one(db)
+    .await?;
+    Ok(Measured { moves, rows_per_second: median_rate.unwrap_or(DEFAULT_COPY_ROWS_PER_SECOND), longest_pause_ms })
 }
 
 /// The tenant's rows per table where they are now; none before it is placed.

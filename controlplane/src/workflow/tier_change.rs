@@ -236,16 +236,21 @@ async fn provision<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value
         Isolation::Pool => Isolation::Silo,
         Isolation::Silo => Isolation::Pool,
     };
-    // Recorded before the provider is asked, so that its failure shows on the move too.
+    // Recorded before the provider is asked, so that its failure shows on the move too; with what
+    // a preview would have said, to be seen beside what happens.
+    let estimate = super::preview::measured(&cx.services.db).await?;
     sqlx::query(
-        "INSERT INTO tenant_moves (workflow_id, tenant_id, from_isolation, to_isolation, source_database, phase)
-         VALUES ($1, $2, $3, $4, $5, 'provisioning') ON CONFLICT (workflow_id) DO NOTHING",
+        "INSERT INTO tenant_moves (workflow_id, tenant_id, from_isolation, to_isolation, source_database, phase,
+                                   estimated_rows_per_second, estimated_pause_ms)
+         VALUES ($1, $2, $3, $4, $5, 'provisioning', $6, $7) ON CONFLICT (workflow_id) DO NOTHING",
     )
     .bind(cx.workflow_id)
     .bind(cx.tenant_id.0)
     .bind(from.isolation.as_str())
     .bind(to.as_str())
     .bind(&from.database)
+    .bind(estimate.rows_per_second)
+    .bind(estimate.longest_pause_ms)
     .execute(&cx.services.db)
     .await?;
     let tenant = super::tenant(cx).await?;

@@ -802,6 +802,13 @@ async fn a_tier_change_is_previewed_before_it_runs() {
     stack.admin.change_plan("preview-shop", "enterprise").await.unwrap();
     let workflow = stack.admin.wait_workflow("preview-shop", "tier_change").await.unwrap();
     assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    // The move keeps what its preview said beside what it did.
+    let (_, moves) = stack.admin.request(Method::GET, "/v1/moves?tenant=preview-shop", None).await.unwrap();
+    let moved = &moves[0];
+    let rows_moved = moved["rows_total"].as_f64().unwrap();
+    assert_eq!(moved["estimated_copy_seconds"].as_f64(), Some(rows_moved / 5000.0), "{moved}");
+    assert_eq!(moved["estimated_pause_ms"], Value::Null, "no earlier move to go by");
+    assert!(moved["copy_seconds"].as_f64().unwrap() > 0.0, "{moved}");
     let back = preview("pro").await;
     assert_eq!((back["moves"].as_bool(), back["moves_measured"].as_i64()), (Some(true), Some(1)), "{back}");
     assert!(back["copy_rows_per_second"].as_f64().unwrap() != 5000.0, "{back}");

@@ -129,6 +129,16 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
 /// One move in a line: direction, phase, rows copied, lag and write pause.
 fn move_summary(moving: &TenantMove) -> String {
     let pause = moving.pause_ms.map(|ms| format!(" · writes held {ms} ms")).unwrap_or_default();
+    // Beside what its preview said when it started.
+    let estimate = match (moving.estimated_copy_seconds, moving.estimated_pause_ms) {
+        (Some(copy), Some(pause)) => format!(" · est. copy {copy:.1} s, pause {pause} ms"),
+        (Some(copy), None) => format!(" · est. copy {copy:.1} s"),
+        _ => String::new(),
+    };
+    let pause = match moving.copy_seconds {
+        Some(copy) => format!(" · copied in {copy:.1} s{pause}{estimate}"),
+        None => format!("{pause}{estimate}"),
+    };
     let error = moving.error.as_deref().map(|e| format!(" · {e}")).unwrap_or_default();
     format!(
         "move {}→{} · {} · {} rows of {} copied · lag {}{pause}{error}",
