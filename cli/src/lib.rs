@@ -701,6 +701,10 @@ fn preview_table(preview: &indigo_core::api::PlanChangePreview) -> String {
         };
     }
     out += &format!("price: {} → {} a month\n", money(preview.price_per_month_from), money(preview.price_per_month_to));
+    if let Some(minor) = preview.proration {
+        let sign = if minor < 0 { "-" } else { "+" };
+        out += &format!("prorated for the rest of this period: {sign}{}\n", money(minor.unsigned_abs()));
+    }
     if preview.refusals.is_empty() {
         out += "nothing stops it\n";
     }

@@ -16,6 +16,10 @@ use stripe_billing::billing_meter::{
     ListBillingMeter,
 };
 use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
+use stripe_billing::invoice::{
+    CreatePreviewInvoice, CreatePreviewInvoiceSubscriptionDetails, CreatePreviewInvoiceSubscriptionDetailsItems,
+    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior,
+};
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, RetrieveSubscription, UpdateSubscription,
     UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
@@ -264,6 +268,41 @@ impl Stripe {
             .send(&self.client)
             .await?;
         Ok(())
+    }
+
+    /// What moving a subscription to `price_id` now would invoice in
+    /// prorations (minor units; a credit is negative), as Stripe's invoice
+    /// preview for that change says. Nothing changes.
+    pub async fn preview_price_change(&self, subscription_id: &str, price_id: &str) -> Result<i64, BillingError> {
+        let subscription = RetrieveSubscription::new(subscription_id).send(&self.client).await?;
+        let item = subscription
+            .items
+            .data
+            .first()
+            .ok_or_else(|| BillingError::Unexpected(format!("subscription {subscription_id} has no item")))?;
+        if item.price.id.as_str() == price_id {
+            return Ok(0);
+        }
+        let mut change = CreatePreviewInvoiceSubscriptionDetailsItems::new();
+        change.id = Some(item.id.to_string());
+        change.price = Some(price_id.to_owned());
+        let mut details = CreatePreviewInvoiceSubscriptionDetails::new();
+        details.items = Some(vec![change]);
+        details.proration_behavior = Some(CreatePreviewInvoiceSubscriptionDetailsProrationBehavior::CreateProrations);
+        let invoice = CreatePreviewInvoice::new()
+            .subscription(subscription_id)
+            .subscription_details(details)
+            .send(&self.client)
+            .await?;
+        Ok(invoice
+            .lines
+            .data
+            .iter()
+            .filter(|line| {
+                line.parent.as_ref().and_then(|p| p.subscription_item_details.as_ref()).is_some_and(|s| s.proration)
+            })
+            .map(|line| line.amount)
+            .sum())
     }
 
     /// The tenant a live customer belongs to (its `tenant_id` metadata);

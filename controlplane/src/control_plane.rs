@@ -209,6 +209,7 @@ impl ControlPlane {
             token_rates: Arc::new(api::auth::TokenRates::new(config.api_requests_per_second)),
             read_timeout: config.api_read_timeout,
             routing_changes: api::routing::RoutingChanges::listen(db.clone()),
+            stripe: shared.stripe()?.map(Arc::new),
             data_plane_redis: match &config.redis_url {
                 Some(url) => Some(redis::Client::open(url.as_str()).context("invalid redis_url")?),
                 None => None,

@@ -611,6 +611,10 @@ pub struct PlanChangePreview {
     pub price_per_month_from: u64,
     pub price_per_month_to: u64,
     pub currency: String,
+    /// What the change would invoice in prorations for the rest of the billing period, in minor
+    /// units (a credit is negative), from the payment provider's invoice preview; none when the
+    /// tenant is not billed or the provider did not answer.
+    pub proration: Option<i64>,
     /// What would stop the change; empty when it can go ahead.
     pub refusals: Vec<PlanChangeRefusal>,
 }

@@ -43,17 +43,54 @@ pub(crate) fn start_period(subscription: &mut Value, start: i64) {
     }
 }
 
+/// An invoice line in Stripe's shape (the published example's, with what
+/// this line is): `amount` of `price` for `period`, from the subscription
+/// item, a proration or not.
+fn line(
+    template: &Value,
+    id: String,
+    amount: i64,
+    price: &Value,
+    period: (i64, i64),
+    item: &Value,
+    proration: bool,
+) -> Value {
+    let mut line = template.clone();
+    line["id"] = json!(id);
+    line["amount"] = json!(amount);
+    line["subtotal"] = json!(amount);
+    line["currency"] = price["currency"].clone();
+    line["description"] = json!(format!("{} × {}", 1, price["id"].as_str().unwrap_or_default()));
+    line["discount_amounts"] = json!([]);
+    line["invoice"] = Value::Null;
+    line["period"] = json!({ "start": period.0, "end": period.1 });
+    line["pricing"] = json!({ "type": "price_details", "price_details": { "price": price["id"], "product": price["product"] },
+                              "unit_amount_decimal": price["unit_amount"].as_i64().map(|a| a.to_string()) });
+    line["parent"] = json!({ "type": "subscription_item_details", "invoice_item_details": null,
+                             "subscription_item_details": { "invoice_item": null, "proration": proration,
+                                 "proration_details": { "credited_items": null },
+                                 "subscription": item["subscription"], "subscription_item": item["id"] } });
+    line["quantity"] = json!(1);
+    line
+}
+
+/// Whether an invoice line is a proration.
+#[cfg(test)]
+pub(crate) fn is_proration(line: &Value) -> bool {
+    line["parent"]["subscription_item_details"]["proration"] == true
+}
+
 /// Each item's price for its current period, as invoice lines.
-pub(crate) fn price_lines(subscription: &Value) -> Vec<Value> {
+pub(crate) fn price_lines(objects: &mut Objects, template: &Value, subscription: &Value) -> Vec<Value> {
     subscription["items"]["data"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|item| {
-            json!({ "object": "line_item", "amount": item["price"]["unit_amount"].as_i64().unwrap_or(0),
-                    "currency": item["price"]["currency"], "proration": false, "quantity": 1,
-                    "pricing": { "price_details": { "price": item["price"]["id"] } },
-                    "period": { "start": item["current_period_start"], "end": item["current_period_end"] } })
+            let period =
+                (item["current_period_start"].as_i64().unwrap_or(0), item["current_period_end"].as_i64().unwrap_or(0));
+            let amount = item["price"]["unit_amount"].as_i64().unwrap_or(0);
+            line(template, objects.next_id("il"), amount, &item["price"], period, item, false)
         })
         .collect()
 }
@@ -62,7 +99,7 @@ pub(crate) fn price_lines(subscription: &Value) -> Vec<Value> {
 fn take_pending(objects: &mut Objects, subscription: &str) -> Vec<Value> {
     let (taken, kept) = std::mem::take(&mut objects.pending_invoice_items)
         .into_iter()
-        .partition(|item| item["subscription"] == subscription);
+        .partition(|item| item["parent"]["subscription_item_details"]["subscription"] == subscription);
     objects.pending_invoice_items = kept;
     taken
 }
@@ -70,18 +107,15 @@ fn take_pending(objects: &mut Objects, subscription: &str) -> Vec<Value> {
 /// A price change from `old` to `new` at `at`, inside the item's period: a
 /// credit for the old price's unused time and a charge for the new one's,
 /// each in proportion to the time left (Stripe's `create_prorations`).
-pub(crate) fn prorations(objects: &mut Objects, item: &Value, new: &Value, at: i64) -> [Value; 2] {
+pub(crate) fn prorations(objects: &mut Objects, template: &Value, item: &Value, new: &Value, at: i64) -> [Value; 2] {
     let (start, end) =
         (item["current_period_start"].as_i64().unwrap_or(at), item["current_period_end"].as_i64().unwrap_or(at));
     let left = if end > start { (end - at).clamp(0, end - start) as f64 / (end - start) as f64 } else { 0.0 };
-    let mut line = |price: &Value, sign: f64, what: &str| {
+    let mut prorated = |price: &Value, sign: f64| {
         let amount = (sign * price["unit_amount"].as_i64().unwrap_or(0) as f64 * left).round() as i64;
-        json!({ "object": "line_item", "id": objects.next_id("ii"), "amount": amount, "currency": price["currency"],
-                "description": format!("{what} time on {} after {at}", price["id"].as_str().unwrap_or_default()),
-                "proration": true, "quantity": 1, "pricing": { "price_details": { "price": price["id"] } },
-                "period": { "start": at, "end": end }, "subscription": item["subscription"] })
+        line(template, objects.next_id("il"), amount, price, (at, end), item, true)
     };
-    [line(&item["price"], -1.0, "Unused"), line(new, 1.0, "Remaining")]
+    [prorated(&item["price"], -1.0), prorated(new, 1.0)]
 }
 
 /// Issues an invoice of `lines` for `subscription` at `created` — finalized,
@@ -149,7 +183,8 @@ fn renew(emulator: &Emulator, id: &str, end: i64, paid: bool) -> Option<Value> {
             .sum();
         usage.insert(format!("meter_{name}"), json!(sum.to_string()));
     }
-    let mut lines = price_lines(&subscription);
+    let template = emulator.fixture("invoice")["lines"]["data"][0].clone();
+    let mut lines = price_lines(&mut emulator.objects.lock().expect("emulator lock"), &template, &subscription);
     lines.extend(pending);
     let mut invoice = issue(emulator, &subscription, ("subscription_cycle", end), lines, paid);
     invoice["metadata"] = Value::Object(usage);
@@ -262,4 +297,74 @@ pub async fn advance_test_clock(State(emulator): State<Emulator>, Path(id): Path
         }
     }
     retrieve_test_clock(State(emulator), Path(id)).await
+}
+
+/// `POST /v1/invoices/create_preview` for a subscription's price change
+/// (`subscription`, `subscription_details[items][0][id|price]`,
+/// `subscription_details[proration_date]`): the invoice its next renewal
+/// would be — the prorations pending and those this change would add, then
+/// the next period at the new price. Nothing is kept.
+pub async fn create_preview(State(emulator): State<Emulator>, body: Bytes) -> Response {
+    let params = parse_params(&body);
+    let Some(id) = param(&params, "subscription") else {
+        return error(400, "invalid_request_error", "Missing required param: subscription.");
+    };
+    let template = emulator.fixture("invoice")["lines"]["data"][0].clone();
+    let mut objects = emulator.objects.lock().expect("emulator lock");
+    let Some(subscription) = objects.subscriptions.get(id).cloned() else {
+        return error(404, "invalid_request_error", &format!("No such subscription: '{id}'"));
+    };
+    let customer = subscription["customer"].as_str().unwrap_or_default().to_owned();
+    let at = param(&params, "subscription_details[proration_date]")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| customer_now(&objects, &customer));
+    let mut next = subscription.clone();
+    let mut lines: Vec<Value> = objects
+        .pending_invoice_items
+        .iter()
+        .filter(|l| l["parent"]["subscription_item_details"]["subscription"] == id)
+        .cloned()
+        .collect();
+    if let Some(price_id) = param(&params, "subscription_details[items][0][price]") {
+        let Some(price) = objects.prices.get(price_id).cloned() else {
+            return error(400, "invalid_request_error", &format!("No such price: '{price_id}'"));
+        };
+        let item_id = param(&params, "subscription_details[items][0][id]").unwrap_or_default();
+        let Some(index) =
+            subscription["items"]["data"].as_array().and_then(|i| i.iter().position(|i| i["id"] == item_id))
+        else {
+            return error(400, "invalid_request_error", &format!("No such subscription item: '{item_id}'"));
+        };
+        let item = &subscription["items"]["data"][index];
+        if param(&params, "subscription_details[proration_behavior]") != Some("none")
+            && item["price"]["id"] != price["id"]
+        {
+            lines.extend(prorations(&mut objects, &template, item, &price, at));
+        }
+        next["items"]["data"][index]["price"] = price;
+    }
+    let end = next["items"]["data"][0]["current_period_end"].as_i64().unwrap_or(at);
+    start_period(&mut next, end);
+    lines.extend(price_lines(&mut objects, &template, &next));
+    drop(objects);
+    let total: i64 = lines.iter().filter_map(|l| l["amount"].as_i64()).sum();
+    let mut invoice = emulator.fixture("invoice");
+    invoice["id"] = Value::Null;
+    invoice["object"] = json!("invoice");
+    invoice["customer"] = json!(customer);
+    invoice["subscription"] = json!(id);
+    invoice["status"] = json!("draft");
+    invoice["billing_reason"] = json!("upcoming");
+    invoice["created"] = json!(at);
+    invoice["period_start"] = json!(at);
+    invoice["period_end"] = json!(end);
+    invoice["lines"] =
+        json!({ "object": "list", "data": lines, "has_more": false, "url": "/v1/invoices/create_preview/lines" });
+    invoice["total"] = json!(total);
+    invoice["subtotal"] = json!(total);
+    invoice["amount_due"] = json!(total);
+    invoice["amount_paid"] = json!(0);
+    invoice["amount_remaining"] = json!(total);
+    invoice["livemode"] = json!(false);
+    axum::Json(invoice).into_response()
 }

@@ -107,6 +107,7 @@ impl StripeEmulator {
                 get(retrieve_subscription).post(update_subscription).delete(cancel_subscription),
             )
             .route("/v1/invoices", get(invoices::list_invoices))
+            .route("/v1/invoices/create_preview", post(invoices::create_preview))
             .route(invoices::CLOSE_PERIOD, post(invoices::close_period))
             .route("/v1/test_helpers/test_clocks", post(invoices::create_test_clock))
             .route("/v1/test_helpers/test_clocks/{id}", get(invoices::retrieve_test_clock))
@@ -200,7 +201,13 @@ impl StripeEmulator {
 
     /// The prorations waiting for `subscription`'s next invoice, oldest first.
     pub fn pending_invoice_items(&self, subscription: &str) -> Vec<Value> {
-        self.with(|o| o.pending_invoice_items.iter().filter(|i| i["subscription"] == subscription).cloned().collect())
+        self.with(|o| {
+            o.pending_invoice_items
+                .iter()
+                .filter(|i| i["parent"]["subscription_item_details"]["subscription"] == subscription)
+                .cloned()
+                .collect()
+        })
     }
 
     /// Answers requests whose path starts with `prefix` with `status` from now on.
@@ -516,7 +523,9 @@ async fn create_subscription(State(emulator): State<Emulator>, body: Bytes) -> R
     emulator.objects.lock().expect("emulator lock").subscriptions.insert(id, subscription.clone());
     emulator.emit("customer.subscription.created", &subscription);
     // As at Stripe: the first period is invoiced (and here paid) at once.
-    invoices::issue(&emulator, &subscription, ("subscription_create", at), invoices::price_lines(&subscription), true);
+    let template = emulator.fixture("invoice")["lines"]["data"][0].clone();
+    let lines = invoices::price_lines(&mut emulator.objects.lock().expect("emulator lock"), &template, &subscription);
+    invoices::issue(&emulator, &subscription, ("subscription_create", at), lines, true);
     axum::Json(subscription).into_response()
 }
 
@@ -564,7 +573,8 @@ async fn update_subscription(State(emulator): State<Emulator>, Path(id): Path<St
             return error(400, "invalid_request_error", &format!("No such subscription item: '{item_id}'"));
         };
         if behaviour != "none" && items[index]["price"]["id"] != price["id"] {
-            prorations.extend(invoices::prorations(&mut objects, &items[index], &price, at));
+            let template = emulator.fixture("invoice")["lines"]["data"][0].clone();
+            prorations.extend(invoices::prorations(&mut objects, &template, &items[index], &price, at));
         }
         let subscription = objects.subscriptions.get_mut(&id).expect("looked up above");
         subscription["items"]["data"][index]["price"] = price;
@@ -665,6 +675,21 @@ mod tests {
         let third = start + invoices::PERIOD_SECONDS / 3;
         form(url, &format!("v1/test_helpers/test_clocks/{clock}/advance"), &format!("frozen_time={third}")).await;
         assert_eq!(emulator.invoices().len(), 1, "nothing is due inside the period");
+        // Previewed first: the renewal it would bring, and nothing kept.
+        let body = format!(
+            "subscription={id}&subscription_details[items][0][id]={item}&subscription_details[items][0][price]={}",
+            pro["id"].as_str().unwrap()
+        );
+        let preview = form(url, "v1/invoices/create_preview", &body).await;
+        let prorated: i64 = preview["lines"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| invoices::is_proration(l))
+            .map(|l| l["amount"].as_i64().unwrap())
+            .sum();
+        assert_eq!((prorated, &preview["total"]), (4000, &json!(13000)), "{preview}");
+        assert!(emulator.pending_invoice_items(id).is_empty(), "a preview keeps nothing");
         let body = format!(
             "items[0][id]={item}&items[0][price]={}&proration_behavior=create_prorations",
             pro["id"].as_str().unwrap()
@@ -682,7 +707,7 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|l| (l["amount"].as_i64().unwrap(), l["proration"].as_bool().unwrap()))
+            .map(|l| (l["amount"].as_i64().unwrap(), invoices::is_proration(l)))
             .collect();
         assert_eq!(amounts, [(9000, false), (-2000, true), (6000, true)]);
         assert_eq!(renewal["total"], 13000);

@@ -71,6 +71,8 @@ pub struct AppState {
     pub routing_changes: routing::RoutingChanges,
     /// The data planes' Redis, where they count catalogue cache hits, when one is configured.
     pub data_plane_redis: Option<redis::Client>,
+    /// Stripe, when billing is on: plan-change previews ask it for the proration.
+    pub stripe: Option<Arc<crate::billing::Stripe>>,
 }
 
 #[derive(OpenApi)]

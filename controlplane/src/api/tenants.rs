@@ -218,8 +218,13 @@ async fn plan_change_preview(
         code: "plan_retired",
         message: format!("the tenant's plan is no longer in the catalogue: {e}"),
     })?;
-    let preview =
+    let mut preview =
         workflow::preview::preview(&state.db, &state.tenant_dbs, &tenant, from, to).await.map_err(preview_failed)?;
+    if let Some(stripe) = &state.stripe
+        && from.name != to.name
+    {
+        preview.proration = workflow::preview::proration(&state.db, stripe, &tenant, to).await;
+    }
     Ok(Json(preview))
 }
 

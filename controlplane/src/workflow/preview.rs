@@ -9,6 +9,7 @@ use indigo_tenantdb::TenantDatabases;
 use sqlx::PgPool;
 
 use super::store::active_for;
+use crate::billing::Stripe;
 
 /// The copy rate assumed until a move has been measured here: a cautious
 /// figure below what the moves benchmark reaches (benchmarks/moves.md).
@@ -70,8 +71,38 @@ pub async fn preview(
         price_per_month_from: from.price_per_month,
         price_per_month_to: to.price_per_month,
         currency: to.currency.clone(),
+        proration: None,
         refusals,
     })
+}
+
+/// What changing `tenant` to `to` would invoice in prorations, as Stripe's
+/// invoice preview says; `None` when it is not billed, or Stripe did not
+/// answer within a few seconds (the preview goes on without it).
+pub async fn proration(db: &PgPool, stripe: &Stripe, tenant: &Tenant, to: &Plan) -> Option<i64> {
+    let subscription: Option<String> =
+        sqlx::query_scalar("SELECT subscription_id FROM tenant_billing WHERE tenant_id = $1 AND status = 'active'")
+            .bind(tenant.id.0)
+            .fetch_optional(db)
+            .await
+            .ok()
+            .flatten();
+    let subscription = subscription?;
+    let asked = async {
+        let price = stripe.ensure_price(to).await?;
+        stripe.preview_price_change(&subscription, &price).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
+        Ok(Ok(amount)) => Some(amount),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, tenant = %tenant.id, "no proration for the plan-change preview");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(tenant = %tenant.id, "Stripe did not answer the plan-change preview in time");
+            None
+        }
+    }
 }
 
 /// What this installation's recent moves reached.

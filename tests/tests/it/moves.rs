@@ -232,7 +232,10 @@ async fn upgrade_and_downgrade_move_a_tenant_online_under_load() {
     // Each price change left a credit and a charge for the period's rest, the last one the pro price's.
     let prorations = stack.stripe.pending_invoice_items(live[0]["id"].as_str().unwrap());
     assert!(!prorations.is_empty() && prorations.len() % 2 == 0, "{prorations:#?}");
-    assert!(prorations.iter().all(|p| p["proration"] == true), "{prorations:#?}");
+    assert!(
+        prorations.iter().all(|p| p["parent"]["subscription_item_details"]["proration"] == true),
+        "{prorations:#?}"
+    );
     let charge = prorations.last().unwrap();
     assert!(charge["amount"].as_i64().unwrap() > 0, "{charge}");
     assert_eq!(charge["pricing"]["price_details"]["price"], live[0]["items"]["data"][0]["price"]["id"]);
@@ -798,10 +801,19 @@ async fn a_tier_change_is_previewed_before_it_runs() {
         stack.admin.request(Method::GET, "/v1/workflows?tenant=preview-shop&kind=tier_change", None).await.unwrap();
     assert_eq!(workflows, json!([]), "and starts nothing");
 
+    // The proration Stripe (the emulator) previewed is what the change then prorates, to the
+    // second it is made at.
+    let previewed = upgrade["proration"].as_i64().expect("a billed tenant's preview has its proration");
+    assert!(previewed > 0, "an upgrade early in the period costs more: {upgrade}");
     // After a move, the way back is estimated at the rate that move reached, with its pause.
     stack.admin.change_plan("preview-shop", "enterprise").await.unwrap();
     let workflow = stack.admin.wait_workflow("preview-shop", "tier_change").await.unwrap();
     assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    let customer = stack.stripe.live_customers(Some(&shop.id.to_string()))[0]["id"].as_str().unwrap().to_owned();
+    let subscription = stack.stripe.subscriptions_of(&customer)[0]["id"].as_str().unwrap().to_owned();
+    let prorated: i64 =
+        stack.stripe.pending_invoice_items(&subscription).iter().map(|i| i["amount"].as_i64().unwrap()).sum();
+    assert!((prorated - previewed).abs() <= 5, "previewed {previewed}, prorated {prorated}");
     // The move keeps what its preview said beside what it did.
     let (_, moves) = stack.admin.request(Method::GET, "/v1/moves?tenant=preview-shop", None).await.unwrap();
     let moved = &moves[0];

@@ -155,11 +155,16 @@ fn preview_lines(preview: Option<&PlanChangePreview>, theme: Theme) -> Vec<Line<
             preview.estimated_copy_seconds
         )));
     }
+    let proration = preview.proration.map(|minor| {
+        let sign = if minor < 0 { "-" } else { "+" };
+        format!(" Prorated now: {sign}{}.", money(minor.unsigned_abs()))
+    });
     lines.push(Line::from(format!(
-        "Price: {} → {} {} a month.",
+        "Price: {} → {} {} a month.{}",
         money(preview.price_per_month_from),
         money(preview.price_per_month_to),
-        preview.currency
+        preview.currency,
+        proration.unwrap_or_default()
     )));
     for refusal in &preview.refusals {
         lines.push(Line::styled(format!("Refused: {}.", refusal.message), theme.warn()));

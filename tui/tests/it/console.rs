@@ -205,6 +205,7 @@ fn each_action_confirms_and_can_be_cancelled() {
         price_per_month_from: 2_900,
         price_per_month_to: 99_900,
         currency: "usd".into(),
+        proration: None,
         refusals,
     };
     // A preview of another change (an earlier dialog's) is not shown here.

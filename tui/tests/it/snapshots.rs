@@ -149,6 +149,7 @@ fn upgrade_preview(app: &App) -> PlanChangePreview {
         price_per_month_from: 9_900,
         price_per_month_to: 99_900,
         currency: "usd".into(),
+        proration: Some(60_020),
         refusals: vec![],
     }
 }
