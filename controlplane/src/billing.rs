@@ -245,20 +245,23 @@ impl Stripe {
         Ok(subscription.id.to_string())
     }
 
-    /// Moves a subscription to `price_id` with prorations (a plan change): the
-    /// same subscription and customer, its one item on the new price.
-    pub async fn change_price(&self, subscription_id: &str, price_id: &str, key: &str) -> Result<(), BillingError> {
+    /// The subscription's one item, unless it is on `price_id` already.
+    async fn item_to_move(&self, subscription_id: &str, price_id: &str) -> Result<Option<String>, BillingError> {
         let subscription = RetrieveSubscription::new(subscription_id).send(&self.client).await?;
         let item = subscription
             .items
             .data
             .first()
             .ok_or_else(|| BillingError::Unexpected(format!("subscription {subscription_id} has no item")))?;
-        if item.price.id.as_str() == price_id {
-            return Ok(());
-        }
+        Ok((item.price.id.as_str() != price_id).then(|| item.id.to_string()))
+    }
+
+    /// Moves a subscription to `price_id` with prorations (a plan change): the
+    /// same subscription and customer, its one item on the new price.
+    pub async fn change_price(&self, subscription_id: &str, price_id: &str, key: &str) -> Result<(), BillingError> {
+        let Some(item) = self.item_to_move(subscription_id, price_id).await? else { return Ok(()) };
         let mut change = UpdateSubscriptionItems::new();
-        change.id = Some(item.id.to_string());
+        change.id = Some(item);
         change.price = Some(price_id.to_owned());
         UpdateSubscription::new(subscription_id)
             .items(vec![change])
@@ -274,17 +277,9 @@ impl Stripe {
     /// prorations (minor units; a credit is negative), as Stripe's invoice
     /// preview for that change says. Nothing changes.
     pub async fn preview_price_change(&self, subscription_id: &str, price_id: &str) -> Result<i64, BillingError> {
-        let subscription = RetrieveSubscription::new(subscription_id).send(&self.client).await?;
-        let item = subscription
-            .items
-            .data
-            .first()
-            .ok_or_else(|| BillingError::Unexpected(format!("subscription {subscription_id} has no item")))?;
-        if item.price.id.as_str() == price_id {
-            return Ok(0);
-        }
+        let Some(item) = self.item_to_move(subscription_id, price_id).await? else { return Ok(0) };
         let mut change = CreatePreviewInvoiceSubscriptionDetailsItems::new();
-        change.id = Some(item.id.to_string());
+        change.id = Some(item);
         change.price = Some(price_id.to_owned());
         let mut details = CreatePreviewInvoiceSubscriptionDetails::new();
         details.items = Some(vec![change]);
