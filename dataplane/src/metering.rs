@@ -9,6 +9,7 @@
 //! flush of whichever replica takes this spool directory. Nothing is dropped;
 //! something delivered twice is counted once.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use indigo_core::api::{UsageBatch, UsageBatchResult, UsageEvent};
+use uuid::Uuid;
 
 /// Where batches go.
 #[derive(Clone)]
@@ -61,8 +63,14 @@ pub struct Meter {
     /// until its event is also in `events`; a flush takes the write side to
     /// close it, so the events it takes are exactly the lines of the segment.
     journal: Arc<RwLock<Option<Segment>>>,
+    /// Events the journal could not take (the disk refused): until they are
+    /// delivered, a failed delivery spools them, as the journal would have.
+    unjournaled: Arc<Mutex<HashSet<Uuid>>>,
     sink: Option<UsageSink>,
     spool: PathBuf,
+    /// Tests make the journal refuse writes, as a full disk would.
+    #[cfg(test)]
+    journal_refuses: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Segment {
@@ -87,7 +95,15 @@ impl Meter {
                 }
             }
         }
-        Self { events: Arc::default(), journal: Arc::default(), sink, spool }
+        Self {
+            events: Arc::default(),
+            journal: Arc::default(),
+            unjournaled: Arc::default(),
+            sink,
+            spool,
+            #[cfg(test)]
+            journal_refuses: Arc::default(),
+        }
     }
 
     pub fn record(&self, event: UsageEvent) {
@@ -100,10 +116,10 @@ impl Meter {
         let journal = match self.append(&line) {
             Ok(journal) => journal,
             Err(error) => {
-                // The disk refusing costs the crash safety, not the event.
-                tracing::warn!(%error, "usage journal write failed; the event is kept in memory only");
-                let mut journal = self.journal.write().expect("journal lock");
-                *journal = None;
+                // The disk refusing costs the crash safety until the next flush, not the event. The
+                // segment stays as it is: what other requests wrote there is theirs.
+                tracing::warn!(%error, "usage journal write failed; the event is kept in memory until delivered");
+                self.unjournaled.lock().expect("meter lock").insert(event.id);
                 self.events.lock().expect("meter lock").push(event);
                 return;
             }
@@ -117,6 +133,10 @@ impl Meter {
     /// appending: the kernel puts it whole at the end, whoever else appends
     /// at the same time; a line torn by machine loss is skipped when read back.
     fn append(&self, line: &[u8]) -> anyhow::Result<std::sync::RwLockReadGuard<'_, Option<Segment>>> {
+        #[cfg(test)]
+        if self.journal_refuses.load(std::sync::atomic::Ordering::Relaxed) {
+            anyhow::bail!("the journal refuses writes (test)");
+        }
         loop {
             let journal = self.journal.read().expect("journal lock");
             if let Some(segment) = journal.as_ref() {
@@ -157,12 +177,20 @@ impl Meter {
             let chunk = &unsent.events[unsent.sent..unsent.events.len().min(unsent.sent + MAX_BATCH)];
             if let Err(error) = sink.deliver(chunk).await {
                 tracing::warn!(%error, events = chunk.len(), "usage delivery failed; the events stay spooled");
-                if segment.is_none() {
-                    // Never journaled (the disk refused): spool them now.
-                    spool_batch(&self.spool, chunk)?;
+                // The journaled ones are in the closed segment; the others are spooled now.
+                let unjournaled = self.unjournaled.lock().expect("meter lock").clone();
+                let loose: Vec<UsageEvent> = chunk.iter().filter(|e| unjournaled.contains(&e.id)).cloned().collect();
+                if !loose.is_empty() {
+                    spool_batch(&self.spool, &loose)?;
                 }
                 delivered = false;
             }
+            // Delivered or on disk now.
+            let mut unjournaled = self.unjournaled.lock().expect("meter lock");
+            chunk.iter().for_each(|e| {
+                unjournaled.remove(&e.id);
+            });
+            drop(unjournaled);
             unsent.sent += chunk.len();
         }
         if delivered && let Some(segment) = segment {
@@ -284,6 +312,41 @@ mod tests {
         assert_eq!(kept.len(), 4, "the three in flight and the one recorded since");
         assert_eq!(kept[..3], recorded.iter().map(|e| e.id).collect::<Vec<_>>()[..], "in their order, first");
         held.abort();
+        let _ = std::fs::remove_dir_all(spool);
+    }
+
+    /// The journal refusing a write (a full disk) loses nothing: an event it
+    /// did not take is kept, and spooled when its delivery fails, beside the
+    /// segment of those it took; the segment other requests wrote to stays.
+    #[tokio::test]
+    async fn an_event_the_journal_refused_is_spooled_when_its_delivery_fails() {
+        let spool = std::env::temp_dir().join(format!("indigo-meter-test-{}", uuid::Uuid::new_v4().simple()));
+        // Nothing listens there: every delivery fails.
+        let meter = Meter::new(Some(UsageSink::new("http://127.0.0.1:9", "token")), spool.clone());
+        let journaled = event();
+        meter.record(journaled.clone());
+        meter.journal_refuses.store(true, std::sync::atomic::Ordering::Relaxed);
+        let refused = event();
+        meter.record(refused.clone());
+        meter.journal_refuses.store(false, std::sync::atomic::Ordering::Relaxed);
+        let later = event();
+        meter.record(later.clone());
+        meter.flush().await.unwrap();
+
+        let mut on_disk: Vec<uuid::Uuid> = std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .inspect(|path| assert_eq!(path.extension().unwrap(), "jsonl", "closed files only: {path:?}"))
+            .flat_map(|path| {
+                let text = std::fs::read_to_string(path).unwrap();
+                text.lines().map(|l| serde_json::from_str::<UsageEvent>(l).unwrap().id).collect::<Vec<_>>()
+            })
+            .collect();
+        on_disk.sort();
+        let mut recorded = vec![journaled.id, refused.id, later.id];
+        recorded.sort();
+        assert_eq!(on_disk, recorded, "each event on disk once, for the next flush");
         let _ = std::fs::remove_dir_all(spool);
     }
 
