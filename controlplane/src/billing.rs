@@ -16,6 +16,9 @@ use stripe_billing::billing_meter::{
     ListBillingMeter,
 };
 use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
+use stripe_billing::billing_meter_event_summary::{
+    ListIdBillingMeterEventSummary, ListIdBillingMeterEventSummaryValueGroupingWindow,
+};
 use stripe_billing::invoice::{
     CreatePreviewInvoice, CreatePreviewInvoiceSubscriptionDetails, CreatePreviewInvoiceSubscriptionDetailsItems,
     CreatePreviewInvoiceSubscriptionDetailsProrationBehavior,
@@ -271,6 +274,41 @@ impl Stripe {
             .send(&self.client)
             .await?;
         Ok(())
+    }
+
+    /// What Stripe's meter `event_name` summed for `customer`, per hour from
+    /// `start` to `end` (Unix seconds): each hour's start and its total.
+    pub async fn received_hourly(
+        &self,
+        event_name: &str,
+        customer: &str,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(i64, f64)>, BillingError> {
+        self.ensure_meters().await?;
+        let meter = self
+            .meters
+            .lock()
+            .await
+            .get(event_name)
+            .cloned()
+            .ok_or_else(|| BillingError::Unexpected(format!("no meter for {event_name}")))?;
+        let mut hours = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut ask = ListIdBillingMeterEventSummary::new(meter.as_str(), customer, end, start)
+                .value_grouping_window(ListIdBillingMeterEventSummaryValueGroupingWindow::Hour)
+                .limit(100);
+            if let Some(after) = &after {
+                ask = ask.starting_after(after.as_str());
+            }
+            let page = ask.send(&self.client).await?;
+            hours.extend(page.data.iter().map(|s| (s.start_time, s.aggregated_value)));
+            match (page.has_more, page.data.last()) {
+                (true, Some(last)) => after = Some(last.id.to_string()),
+                _ => return Ok(hours),
+            }
+        }
     }
 
     /// What moving a subscription to `price_id` now would invoice in

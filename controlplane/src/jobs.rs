@@ -17,7 +17,7 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use crate::billing::Stripe;
 use crate::failpoints::Failpoints;
 use crate::metering::aws::{self, AwsUsage};
-use crate::metering::{billing_sync, limits, recommender, rollup, storage};
+use crate::metering::{billing_sync, limits, parity, recommender, rollup, storage};
 
 pub struct JobSpec {
     pub name: &'static str,
@@ -36,6 +36,11 @@ pub const JOBS: &[JobSpec] = &[
         name: billing_sync::JOB,
         schedule: "0 5 * * * *",
         description: "closed hours of billable usage → Stripe meter events",
+    },
+    JobSpec {
+        name: parity::JOB,
+        schedule: "0 50 * * * *",
+        description: "usage Indigo reported to Stripe, per tenant, meter and hour → compared with what Stripe received",
     },
     JobSpec {
         name: limits::JOB,
@@ -115,6 +120,12 @@ impl Jobs {
                     .await
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),
+            },
+            parity::JOB => match &self.stripe {
+                None => Ok(Some(json!({ "billing": "off" }))),
+                Some(stripe) => {
+                    parity::check(&self.db, stripe).await.map(|r| Some(json!(r))).map_err(|e| e.to_string())
+                }
             },
             limits::JOB => {
                 limits::check_all(&self.db, &self.plans).await.map(|r| Some(json!(r))).map_err(|e| e.to_string())

@@ -619,6 +619,27 @@ pub struct PlanChangePreview {
     pub refusals: Vec<PlanChangeRefusal>,
 }
 
+/// A tenant's usage as Stripe received it, against what Indigo reported: the last check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BillingParity {
+    pub tenant_id: TenantId,
+    pub slug: String,
+    pub checked_at: DateTime<Utc>,
+    pub in_parity: bool,
+    /// Each meter and hour where the two differ.
+    pub mismatches: Vec<ParityMismatch>,
+}
+
+/// One meter's hour where what Indigo reported and what Stripe received differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ParityMismatch {
+    /// The Stripe meter's event name.
+    pub meter: String,
+    pub window_start: DateTime<Utc>,
+    pub reported: f64,
+    pub received: f64,
+}
+
 /// One table's share of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TableFootprint {

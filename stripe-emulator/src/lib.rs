@@ -101,6 +101,7 @@ impl StripeEmulator {
             .route("/v1/prices", post(create_price).get(list_prices))
             .route("/v1/billing/meters", post(create_meter).get(list_meters))
             .route("/v1/billing/meter_events", post(create_meter_event))
+            .route("/v1/billing/meters/{id}/event_summaries", get(meter_event_summaries))
             .route("/v1/subscriptions", post(create_subscription))
             .route(
                 "/v1/subscriptions/{id}",
@@ -181,6 +182,22 @@ impl StripeEmulator {
 
     pub fn meter_events(&self) -> Vec<Value> {
         self.with(|o| o.meter_events.clone())
+    }
+
+    /// Loses the meter event `identifier`, as if Stripe never received it.
+    pub fn drop_meter_event(&self, identifier: &str) {
+        self.emulator.objects.lock().expect("emulator lock").meter_events.retain(|e| e["identifier"] != identifier);
+    }
+
+    /// Counts the meter event `identifier` a second time, as a second event
+    /// under another identifier would be.
+    pub fn duplicate_meter_event(&self, identifier: &str) {
+        let mut objects = self.emulator.objects.lock().expect("emulator lock");
+        let Some(mut copy) = objects.meter_events.iter().find(|e| e["identifier"] == identifier).cloned() else {
+            return;
+        };
+        copy["identifier"] = json!(format!("{identifier}-again"));
+        objects.meter_events.push(copy);
     }
 
     /// Sends every event from now on to `url`, signed with `secret` as Stripe
@@ -447,6 +464,45 @@ async fn create_meter(State(emulator): State<Emulator>, body: Bytes) -> Response
 async fn list_meters(State(emulator): State<Emulator>) -> Response {
     let data = emulator.objects.lock().expect("emulator lock").meters.values().cloned().collect();
     list("/v1/billing/meters", data)
+}
+
+/// `GET /v1/billing/meters/{id}/event_summaries?customer=&start_time=&end_time=&value_grouping_window=hour`:
+/// what the meter summed for the customer, per hour (or over the whole range without a window).
+async fn meter_event_summaries(
+    State(emulator): State<Emulator>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let params = parse_params(query.unwrap_or_default().as_bytes());
+    let number = |key: &str| param(&params, key).and_then(|v| v.parse::<i64>().ok());
+    let (Some(customer), Some(start), Some(end)) =
+        (param(&params, "customer"), number("start_time"), number("end_time"))
+    else {
+        return error(400, "invalid_request_error", "customer, start_time and end_time are required.");
+    };
+    let hourly = param(&params, "value_grouping_window") == Some("hour");
+    let objects = emulator.objects.lock().expect("emulator lock");
+    let Some(meter) = objects.meters.get(&id) else {
+        return error(404, "invalid_request_error", &format!("No such billing meter: '{id}'"));
+    };
+    let mut sums = std::collections::BTreeMap::<i64, f64>::new();
+    for event in objects.meter_events.iter().filter(|e| e["event_name"] == meter["event_name"]) {
+        let Some(at) = event["timestamp"].as_i64().filter(|t| (start..end).contains(t)) else { continue };
+        if event["payload"]["stripe_customer_id"] != customer {
+            continue;
+        }
+        let value = event["payload"]["value"].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *sums.entry(if hourly { at - at.rem_euclid(3600) } else { start }).or_default() += value;
+    }
+    let data = sums
+        .into_iter()
+        .map(|(from, value)| {
+            let to = if hourly { from + 3600 } else { end };
+            json!({ "id": format!("mtrusg_{id}_{from}"), "object": "billing.meter_event_summary", "aggregated_value": value,
+                    "start_time": from, "end_time": to, "meter": id, "livemode": false })
+        })
+        .collect();
+    list(&format!("/v1/billing/meters/{id}/event_summaries"), data)
 }
 
 async fn create_meter_event(State(emulator): State<Emulator>, body: Bytes) -> Response {

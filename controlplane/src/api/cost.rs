@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::State;
-use indigo_core::api::{ErrorBody, TenantBilling, TenantCost};
+use indigo_core::api::{BillingParity, ErrorBody, TenantBilling, TenantCost};
 use indigo_core::cost::{CostModel, Fleet, Priced, Usage};
 use indigo_core::http::{ApiPath, ApiQuery};
 use indigo_core::tenant::{Isolation, Slug, TenantId};
@@ -21,7 +21,32 @@ use super::error::ApiError;
 use crate::registry::TenantRef;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(fleet_cost)).routes(routes!(tenant_cost)).routes(routes!(tenant_billing))
+    OpenApiRouter::new()
+        .routes(routes!(fleet_cost))
+        .routes(routes!(tenant_cost))
+        .routes(routes!(tenant_billing))
+        .routes(routes!(billing_parity))
+}
+
+/// Each billed tenant's usage as Stripe received it against what Indigo reported, from the last
+/// `billing_parity` check: in parity, or the meters and hours that differ with both numbers.
+/// Tenants out of parity first.
+#[utoipa::path(get, path = "/v1/billing/parity", tag = "cost", responses((status = 200, body = [BillingParity])))]
+async fn billing_parity(State(state): State<AppState>, _actor: Actor) -> Result<Json<Vec<BillingParity>>, ApiError> {
+    let rows: Vec<(Uuid, String, chrono::DateTime<chrono::Utc>, bool, serde_json::Value)> = sqlx::query_as(
+        "SELECT p.tenant_id, t.slug, p.checked_at, p.in_parity, p.mismatches
+         FROM billing_parity p JOIN tenants t ON t.id = p.tenant_id ORDER BY p.in_parity, t.slug",
+    )
+    .fetch_all(&state.db)
+    .await?;
+    rows.into_iter()
+        .map(|(tenant, slug, checked_at, in_parity, mismatches)| {
+            let mismatches = serde_json::from_value(mismatches)
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("billing_parity.mismatches of {tenant}: {e}")))?;
+            Ok(BillingParity { tenant_id: TenantId(tenant), slug, checked_at, in_parity, mismatches })
+        })
+        .collect::<Result<_, _>>()
+        .map(Json)
 }
 
 #[derive(sqlx::FromRow)]

@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod billing_sync;
 pub mod limits;
+pub mod parity;
 pub mod recommender;
 pub mod rollup;
 pub mod storage;

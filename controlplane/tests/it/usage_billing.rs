@@ -882,3 +882,83 @@ async fn calls_since_a_time_come_from_the_closed_rollups_and_the_events_since_ea
     assert_eq!(counted(&world.db).await, expected + 5);
     world.cleanup().await;
 }
+
+/// Usage proven against Stripe: after the sync, every billed tenant's reported
+/// hours equal what Stripe's meters received. A meter event Stripe lost and
+/// one it counted twice are each found, in their tenant, hour and meter, with
+/// both numbers, and announced once however often the check runs; when
+/// Stripe's count is right again, so is the tenant's parity.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn usage_is_proven_against_stripe_and_each_discrepancy_is_found_once(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenants = world.tenants(&["parity-a", "parity-b"]).await;
+    let jobs = world.jobs();
+    let mut stream = Vec::new();
+    for (n, tenant) in tenants.iter().enumerate() {
+        for hour in 2..=4 {
+            for _ in 0..(hour + n as i64) {
+                stream.push(event(Uuid::now_v7(), *tenant, hour, "api_call"));
+            }
+        }
+    }
+    world.ingest(&stream).await;
+    jobs.run("rollup").await.unwrap();
+    jobs.run("billing_sync").await.unwrap();
+    let parity = async || {
+        jobs.run("billing_parity").await.unwrap();
+        let (status, parity) = world.call(Method::GET, "/v1/billing/parity", &World::admin(), vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{parity}");
+        parity
+    };
+    let clean = parity().await;
+    assert_eq!(clean.as_array().unwrap().len(), 2, "{clean}");
+    assert!(
+        clean.as_array().unwrap().iter().all(|t| t["in_parity"] == true && t["mismatches"] == json!([])),
+        "{clean}"
+    );
+
+    // Stripe loses parity-a's report of one hour, and counts one of parity-b's twice.
+    let report = async |tenant: Uuid| {
+        let (window, quantity, identifier): (DateTime<Utc>, f64, String) = sqlx::query_as(
+            "SELECT window_start, reported_quantity, last_identifier FROM billing_reports
+             WHERE tenant_id = $1 AND meter = 'indigo_api_calls' ORDER BY window_start LIMIT 1",
+        )
+        .bind(tenant)
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+        (window, quantity, identifier)
+    };
+    let (lost_window, lost_quantity, lost) = report(tenants[0]).await;
+    let (twice_window, twice_quantity, twice) = report(tenants[1]).await;
+    world.stripe.drop_meter_event(&lost);
+    world.stripe.duplicate_meter_event(&twice);
+    for _ in 0..2 {
+        let found = parity().await;
+        let of = |slug: &str| found.as_array().unwrap().iter().find(|t| t["slug"] == slug).unwrap().clone();
+        let (a, b) = (of("parity-a"), of("parity-b"));
+        assert_eq!(a["in_parity"], false);
+        let mismatch = |meter: &str, window: DateTime<Utc>, reported: f64, received: f64| json!([{ "meter": meter, "window_start": window, "reported": reported, "received": received }]);
+        assert_eq!(a["mismatches"], mismatch("indigo_api_calls", lost_window, lost_quantity, 0.0), "{a}");
+        assert_eq!(b["mismatches"], mismatch("indigo_api_calls", twice_window, twice_quantity, 2.0 * twice_quantity));
+    }
+    let announced = async |kind: &str, tenant: Uuid| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE kind = $1 AND tenant_id = $2")
+            .bind(kind)
+            .bind(tenant)
+            .fetch_one(&world.db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(announced("BillingParityLost", tenants[0]).await, 1, "announced once, though checked twice");
+    assert_eq!(announced("BillingParityLost", tenants[1]).await, 1);
+
+    // Stripe's count put right: parity-b is in parity again, and says so.
+    world.stripe.drop_meter_event(&format!("{twice}-again"));
+    let restored = parity().await;
+    let b = restored.as_array().unwrap().iter().find(|t| t["slug"] == "parity-b").unwrap();
+    assert_eq!((b["in_parity"].as_bool(), &b["mismatches"]), (Some(true), &json!([])), "{b}");
+    assert_eq!(announced("BillingParityRestored", tenants[1]).await, 1);
+    assert_eq!(restored[0]["slug"], "parity-a", "tenants out of parity first: {restored}");
+    world.cleanup().await;
+}
