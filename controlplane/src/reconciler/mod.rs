@@ -191,9 +191,15 @@ fn serves_from_silo(tenant: &Tenant) -> bool {
     tenant.status.placement.as_ref().map_or(tenant.spec.isolation, |p| p.isolation) == Isolation::Silo
 }
 
-async fn observe<P: DatabaseProvider>(ctx: &Context<P>, tenant: &Tenant) -> Result<Observed, ReconcileError> {
+async fn observe<P: DatabaseProvider>(
+    ctx: &Context<P>,
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+) -> Result<Observed, ReconcileError> {
+    // On the reconcile's own connection: a second one per reconcile could drain the pool.
+    let billing_parity = billing_parity(conn, tenant.id).await?;
     if !serves_from_silo(tenant) {
-        return Ok(Observed::default());
+        return Ok(Observed { billing_parity, ..Observed::default() });
     }
     let deleted = tenant.spec.lifecycle == Lifecycle::Deleted;
     let silo = SiloTenant::of(tenant, &ctx.plans)?;
@@ -212,7 +218,30 @@ async fn observe<P: DatabaseProvider>(ctx: &Context<P>, tenant: &Tenant) -> Resu
         }
         _ => None,
     };
-    Ok(Observed { silo: silo_state, service })
+    Ok(Observed { silo: silo_state, service, billing_parity })
+}
+
+/// The tenant's last parity check against Stripe, as its condition will say it.
+async fn billing_parity(conn: &mut PgConnection, tenant: TenantId) -> Result<Option<plan::Parity>, sqlx::Error> {
+    let checked: Option<(bool, sqlx::types::Json<Vec<indigo_core::api::ParityMismatch>>)> =
+        sqlx::query_as("SELECT in_parity, mismatches FROM billing_parity WHERE tenant_id = $1")
+            .bind(tenant.0)
+            .fetch_optional(conn)
+            .await?;
+    Ok(checked.map(|(in_parity, mismatches)| {
+        let message = match mismatches.0.first() {
+            None => "the usage Stripe received matches what was reported".to_owned(),
+            Some(first) => format!(
+                "{} hour(s) differ; {} at {}: reported {}, Stripe received {}",
+                mismatches.0.len(),
+                first.meter,
+                first.window_start.format("%Y-%m-%d %H:00 UTC"),
+                first.reported,
+                first.received
+            ),
+        };
+        plan::Parity { in_parity, message }
+    }))
 }
 
 async fn read(conn: &mut PgConnection, id: TenantId) -> Result<(Tenant, bool), ReconcileError> {
@@ -226,8 +255,9 @@ async fn read(conn: &mut PgConnection, id: TenantId) -> Result<(Tenant, bool), R
 
 /// What a reconcile of `id` would do now, without doing it.
 pub async fn dry_run<P: DatabaseProvider>(ctx: &Context<P>, id: TenantId) -> Result<ReconcilePlan, ReconcileError> {
-    let (tenant, paused) = read(&mut *ctx.db.acquire().await?, id).await?;
-    let observed = observe(ctx, &tenant).await?;
+    let mut conn = ctx.db.acquire().await?;
+    let (tenant, paused) = read(&mut conn, id).await?;
+    let observed = observe(ctx, &mut conn, &tenant).await?;
     let mut decision = plan::decide(&tenant, &observed);
     plan::settle(&mut decision, observed.silo.as_ref());
     Ok(ReconcilePlan {
@@ -274,7 +304,7 @@ pub async fn apply<P: DatabaseProvider>(
     {
         return Ok(Outcome::Finished);
     }
-    let observed = observe(ctx, &tenant).await?;
+    let observed = observe(ctx, conn, &tenant).await?;
     let mut decision = plan::decide(&tenant, &observed);
     let mut silo_state = observed.silo.clone();
     let mut service_state = observed.service.as_ref().and_then(|s| s.actual.clone());

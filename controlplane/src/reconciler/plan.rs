@@ -18,6 +18,16 @@ pub struct Observed {
     /// A silo tenant's dedicated data-plane service, when this control plane
     /// runs the compute (`None` otherwise).
     pub service: Option<ServiceView>,
+    /// The last check of its usage against Stripe, when it is billed and was checked.
+    pub billing_parity: Option<Parity>,
+}
+
+/// A tenant's usage at Stripe against what Indigo reported (`metering/parity.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parity {
+    pub in_parity: bool,
+    /// The numbers, for the condition.
+    pub message: String,
 }
 
 /// A dedicated service: what the plan asks and what runs.
@@ -178,6 +188,10 @@ pub fn decide(tenant: &Tenant, observed: &Observed) -> Decision {
     if healthy {
         conditions.push(Condition::new("PlacementMatchesSpec", true, "Placed", "the data is where the spec says"));
     }
+    if let Some(parity) = &observed.billing_parity {
+        let reason = if parity.in_parity { "InParity" } else { "UsageMismatch" };
+        conditions.push(Condition::new("BillingParity", parity.in_parity, reason, parity.message.clone()));
+    }
     let phase = match (tenant.spec.lifecycle, healthy) {
         (Lifecycle::Suspended, _) => Phase::Suspended,
         (_, true) => Phase::Ready,
@@ -284,12 +298,13 @@ mod tests {
         }
     }
 
-    const NOTHING: Observed = Observed { silo: None, service: None };
+    const NOTHING: Observed = Observed { silo: None, service: None, billing_parity: None };
 
     fn present() -> Observed {
         Observed {
             silo: Some(SiloState { database: "silo_shop".into(), cluster: None, sized: true, unavailable: None }),
             service: None,
+            billing_parity: None,
         }
     }
 

@@ -952,6 +952,24 @@ async fn usage_is_proven_against_stripe_and_each_discrepancy_is_found_once(pool:
     };
     assert_eq!(announced("BillingParityLost", tenants[0]).await, 1, "announced once, though checked twice");
     assert_eq!(announced("BillingParityLost", tenants[1]).await, 1);
+    // The tenant's condition says so too, with the numbers.
+    let controller = Controller::new(
+        world.db.clone(),
+        LocalDatabases::new(world.state.tenant_dbs.clone()),
+        world.state.tenant_dbs.clone(),
+        world.state.plans.clone(),
+        Settings::default(),
+    );
+    let mut conn = world.db.acquire().await.unwrap();
+    reconciler::reconcile(&controller.context(), &mut conn, TenantId(tenants[0])).await.unwrap();
+    drop(conn);
+    let (_, tenant) = world.call(Method::GET, "/v1/tenants/parity-a", &World::admin(), vec![]).await;
+    let condition =
+        tenant["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "BillingParity").cloned();
+    let condition = condition.unwrap_or_else(|| panic!("no BillingParity condition: {tenant}"));
+    assert_eq!((&condition["status"], &condition["reason"]), (&json!("false"), &json!("UsageMismatch")), "{condition}");
+    let numbers = format!("reported {lost_quantity}, Stripe received 0");
+    assert!(condition["message"].as_str().unwrap().contains(&numbers), "{condition}");
 
     // Stripe's count put right: parity-b is in parity again, and says so.
     world.stripe.drop_meter_event(&format!("{twice}-again"));
