@@ -1,9 +1,10 @@
 //! A typed client of the admin API, used by the CLI (and the console).
 
 use indigo_core::api::{
-    ApiToken, AuditEntry, CatalogueCacheStats, ChangePlanRequest, CreateTenantRequest, CreateTokenRequest,
-    CreatedToken, ErrorBody, Event, LifecycleRequest, Page, PlanChangePreview, RecommenderStatus, ReconcilePlan,
-    ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, WhoAmI, Workflow,
+    ApiToken, AuditEntry, BillingParity, CatalogueCacheStats, ChangePlanRequest, CreateTenantRequest,
+    CreateTokenRequest, CreatedToken, ErrorBody, Event, LifecycleRequest, Page, PlanChangePreview, RecommenderStatus,
+    ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, WhoAmI,
+    Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -223,6 +224,11 @@ impl AdminClient {
     /// The fleet's cost and margin per tenant, lowest margin first.
     pub async fn costs(&self) -> Result<Vec<TenantCost>, ClientError> {
         self.get("/v1/cost", &()).await
+    }
+
+    /// Each billed tenant's usage at Stripe against what was reported, from the last check.
+    pub async fn billing_parity(&self) -> Result<Vec<BillingParity>, ClientError> {
+        self.get("/v1/billing/parity", &()).await
     }
 
     pub async fn plans(&self) -> Result<Vec<Plan>, ClientError> {

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
-    AuditEntry, CatalogueCacheStats, Event, PlanChangePreview, RecommenderStatus, ReconcilePlan, ReconcilerStatus,
-    Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, Workflow,
+    AuditEntry, BillingParity, CatalogueCacheStats, Event, PlanChangePreview, RecommenderStatus, ReconcilePlan,
+    ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, Workflow,
 };
 use indigo_core::plan::Plan;
 use indigo_core::tenant::{Isolation, TenantId};
@@ -229,6 +229,8 @@ pub enum Loaded {
         moves: Vec<TenantMove>,
         /// Cost and margin per tenant, lowest margin first (empty without a cost model).
         costs: Vec<TenantCost>,
+        /// Each billed tenant's usage at Stripe against what was reported.
+        parity: Vec<BillingParity>,
         /// The plan catalogue, lowest tier first.
         plans: Vec<Plan>,
         at: DateTime<Utc>,
@@ -319,6 +321,8 @@ pub struct App {
     /// The cost view's order: by API calls (busiest first) instead of by margin.
     pub cost_by_usage: bool,
     pub costs: Vec<TenantCost>,
+    /// Tenants whose usage at Stripe differs from what was reported (the last parity check).
+    pub out_of_parity: std::collections::HashSet<TenantId>,
     pub fetched_at: Option<DateTime<Utc>>,
     pub connection: Connection,
     pub detail: Detail,
@@ -354,6 +358,7 @@ impl App {
             slugs: HashMap::new(),
             cost_by_usage: false,
             costs: Vec::new(),
+            out_of_parity: Default::default(),
             fetched_at: None,
             connection: Connection::Loading,
             detail: Detail::default(),
@@ -426,13 +431,14 @@ impl App {
 
     pub fn apply(&mut self, loaded: Loaded) {
         match loaded {
-            Loaded::Fleet { tenants, events, reconciler, usage, workflows, moves, costs, plans, at } => {
+            Loaded::Fleet { tenants, events, reconciler, usage, workflows, moves, costs, parity, plans, at } => {
                 self.slugs = tenants.iter().map(|t| (t.id, t.slug.to_string())).collect();
                 self.tenants = tenants;
                 self.workflows = workflows;
                 self.moves = moves;
                 self.costs = costs;
                 self.sort_costs();
+                self.out_of_parity = parity.into_iter().filter(|p| !p.in_parity).map(|p| p.tenant_id).collect();
                 self.usage = usage.into_iter().map(|u| (u.tenant_id, u)).collect();
                 self.events = events;
                 self.reconciler = reconciler;

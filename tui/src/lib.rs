@@ -131,6 +131,8 @@ async fn fetch_fleet(client: &AdminClient) -> Result<Loaded, ClientError> {
     let moves = client.moves(&MoveQuery { limit: Some(50), ..Default::default() }).await.unwrap_or_default();
     // A control plane without a cost model answers 503: the view says so.
     let costs = client.costs().await.unwrap_or_default();
+    // Without billing there is nothing to compare: none.
+    let parity = client.billing_parity().await.unwrap_or_default();
     let plans = client.plans().await?;
     Ok(Loaded::Fleet {
         tenants,
@@ -140,6 +142,7 @@ async fn fetch_fleet(client: &AdminClient) -> Result<Loaded, ClientError> {
         workflows,
         moves,
         costs,
+        parity,
         plans,
         at: chrono::Utc::now(),
     })

@@ -30,6 +30,11 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let height = area.height.saturating_sub(3) as usize;
     let first = app.selected.saturating_sub(height.saturating_sub(1));
     let unprofitable = app.costs.iter().filter(|c| c.unprofitable).count();
+    // Usage Stripe received differently from what was reported (BILL): said above a wide table too.
+    let parity = match app.out_of_parity.len() {
+        n if n > 0 && !narrow => format!("; {n} out of billing parity (BILL)"),
+        _ => String::new(),
+    };
     let rows: Vec<Row> = app
         .costs
         .iter()
@@ -51,7 +56,12 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 let biggest = c.cost.iter().max_by(|a, b| a.1.total_cmp(b.1)).map(|(k, v)| format!("{k} {v:.2}"));
                 cells.push(Cell::from(biggest.unwrap_or_default()));
             }
-            cells.push(Cell::from(if c.unprofitable { "LOSS" } else { "" }));
+            let parity = app.out_of_parity.contains(&c.tenant_id);
+            let flags: Vec<&str> = [(c.unprofitable, "LOSS"), (parity, "BILL")]
+                .into_iter()
+                .filter_map(|(set, flag)| set.then_some(flag))
+                .collect();
+            cells.push(Cell::from(flags.join(" ")).style(if flags.is_empty() { theme.good() } else { theme.bad() }));
             let row = Row::new(cells);
             if n == app.selected { row.style(theme.selected()) } else { row }
         })
@@ -76,7 +86,7 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     frame.render_widget(
         Table::new(rows, widths).header(Row::new(header).style(theme.heading())).block(
             Block::default().borders(Borders::ALL).title(format!(
-                " usage & cost ({currency}/month; {unprofitable} unprofitable first, then {}) ",
+                " usage & cost ({currency}/month; {unprofitable} unprofitable first, then {}{parity}) ",
                 if app.cost_by_usage { "busiest" } else { "lowest margin" },
             )),
         ),

@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use indigo_core::api::{
-    Event, Placement, ReconcilerStatus, RlsAudit, ServiceReplicas, Tenant, TenantCost, TenantMove, TenantSpec,
-    TenantStatus, TenantUsage, Workflow, WorkflowState, WorkflowStep,
+    BillingParity, Event, Placement, ReconcilerStatus, RlsAudit, ServiceReplicas, Tenant, TenantCost, TenantMove,
+    TenantSpec, TenantStatus, TenantUsage, Workflow, WorkflowState, WorkflowStep,
 };
 use indigo_core::plan::{Plan, PlanCatalog};
 use indigo_core::tenant::{Isolation, Lifecycle, Phase, Slug, TenantId};
@@ -203,6 +203,7 @@ pub struct Fleet {
     pub workflows: Vec<Workflow>,
     pub moves: Vec<TenantMove>,
     pub costs: Vec<TenantCost>,
+    pub parity: Vec<BillingParity>,
     /// The plan catalogue; the repository's own when left out.
     pub plans: Option<Vec<Plan>>,
 }
@@ -217,6 +218,7 @@ impl Fleet {
             workflows: self.workflows,
             moves: self.moves,
             costs: self.costs,
+            parity: self.parity,
             plans: self.plans.unwrap_or_else(plans),
             at: ago(1),
         }

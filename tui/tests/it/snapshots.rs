@@ -5,8 +5,8 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
-    AuditEntry, CatalogueCacheStats, PlanChangePreview, RecommenderStatus, TableFootprint, TenantBilling, UsageSeries,
-    WorkflowState,
+    AuditEntry, BillingParity, CatalogueCacheStats, ParityMismatch, PlanChangePreview, RecommenderStatus,
+    TableFootprint, TenantBilling, UsageSeries, WorkflowState,
 };
 use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Phase, Role};
 use indigo_tui::app::{App, Loaded};
@@ -57,6 +57,19 @@ fn busy_console() -> App {
                 cost(&tenants[0], 41.5, 29.0, 120_000.0),
                 cost(&tenants[1], 3.2, 99.0, 900_000.0),
             ],
+            // Stripe counted one of blue-bakery's hours twice.
+            parity: vec![BillingParity {
+                tenant_id: tenants[1].id,
+                slug: tenants[1].slug.to_string(),
+                checked_at: ago(600),
+                in_parity: false,
+                mismatches: vec![ParityMismatch {
+                    meter: "indigo_api_calls".into(),
+                    window_start: ago(7200),
+                    reported: 412.0,
+                    received: 824.0,
+                }],
+            }],
             reconciler: Some(reconciler()),
             events,
             tenants,
