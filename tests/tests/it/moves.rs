@@ -747,6 +747,18 @@ async fn a_tier_change_is_previewed_before_it_runs() {
     let shop = stack.onboard("preview-shop", "pro").await.unwrap();
     let http = reqwest::Client::new();
     shop.seed(&http, &stack.storefront.url, 120, 3, 5).await.unwrap();
+    // And ten thousand customers more, written straight into the pool, for a tenant of some size.
+    let pool = stack.state.tenant_dbs.pool();
+    let mut conn = sqlx::ConnectOptions::connect(&pool.server.admin_options(&pool.name)).await.unwrap();
+    sqlx::query(
+        "INSERT INTO customers (tenant_id, id, email, name)
+         SELECT $1, gen_random_uuid(), 'bulk-' || n || '@preview.example', 'Bulk ' || n FROM generate_series(1, 10000) n",
+    )
+    .bind(shop.id.0)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
     let preview = async |to: &str| {
         let (status, body) = stack
             .admin
@@ -769,7 +781,7 @@ async fn a_tier_change_is_previewed_before_it_runs() {
     let products =
         i64::try_from(stack.ids_in(stack.pool_database(), "products", shop.id).await.unwrap().len()).unwrap();
     assert!(products >= 120);
-    assert_eq!((rows(&upgrade, "products"), rows(&upgrade, "customers")), (products, 3), "{upgrade}");
+    assert_eq!((rows(&upgrade, "products"), rows(&upgrade, "customers")), (products, 10_003), "{upgrade}");
     assert_eq!(upgrade["tables"].as_array().unwrap().len(), TENANT_TABLES.len());
     assert!(upgrade["bytes_total"].as_i64().unwrap() > 0);
     assert_eq!((upgrade["moves_measured"].as_i64(), upgrade["copy_rows_per_second"].as_f64()), (Some(0), Some(5000.0)));
@@ -818,6 +830,7 @@ async fn a_tier_change_is_previewed_before_it_runs() {
     let (_, moves) = stack.admin.request(Method::GET, "/v1/moves?tenant=preview-shop", None).await.unwrap();
     let moved = &moves[0];
     let rows_moved = moved["rows_total"].as_f64().unwrap();
+    assert_eq!(moved["rows_total"], upgrade["rows_total"], "the preview counted what the move copied: {moved}");
     assert_eq!(moved["estimated_copy_seconds"].as_f64(), Some(rows_moved / 5000.0), "{moved}");
     assert_eq!(moved["estimated_pause_ms"], Value::Null, "no earlier move to go by");
     assert!(moved["copy_seconds"].as_f64().unwrap() > 0.0, "{moved}");
