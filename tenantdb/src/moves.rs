@@ -321,19 +321,28 @@ pub async fn footprint(
     database: &Database,
     tenant: TenantId,
 ) -> Result<Vec<indigo_core::api::TableFootprint>, sqlx::Error> {
+    footprint_of(database, tenant, TENANT_TABLES).await
+}
+
+/// [`footprint`] of some tenant tables only.
+pub async fn footprint_of(
+    database: &Database,
+    tenant: TenantId,
+    tables: &[&str],
+) -> Result<Vec<indigo_core::api::TableFootprint>, sqlx::Error> {
     use sqlx::ConnectOptions;
     let mut conn = database.server.owner_options(&database.name).connect().await?;
     let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
     sqlx::query("SELECT set_config('app.current_tenant', $1, true)").bind(tenant.to_string()).execute(&mut *tx).await?;
-    let mut tables = Vec::with_capacity(TENANT_TABLES.len());
-    for &table in TENANT_TABLES {
+    let mut counted = Vec::with_capacity(tables.len());
+    for &table in tables.iter().filter(|t| TENANT_TABLES.contains(t)) {
         let sql = format!("SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0)::bigint FROM {table} t");
         let (rows, bytes): (i64, i64) = sqlx::query_as(AssertSqlSafe(sql)).fetch_one(&mut *tx).await?;
-        tables.push(indigo_core::api::TableFootprint { table: table.to_owned(), rows, bytes });
+        counted.push(indigo_core::api::TableFootprint { table: table.to_owned(), rows, bytes });
     }
     tx.commit().await?;
     let _ = conn.close().await;
-    Ok(tables)
+    Ok(counted)
 }
 
 /// Moves one tenant's rows from `source` to `target`.

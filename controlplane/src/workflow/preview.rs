@@ -134,9 +134,21 @@ pub async fn measured(db: &PgPool) -> Result<Measured, sqlx::Error> {
 
 /// The tenant's rows per table where they are now; none before it is placed.
 pub async fn footprint(dbs: &TenantDatabases, tenant: &Tenant) -> Result<Vec<TableFootprint>, PreviewError> {
+    footprint_of(dbs, tenant, indigo_tenantdb::schema::TENANT_TABLES).await
+}
+
+/// The tables whose rows the plans limit (see [`over_limits`]).
+pub const LIMITED_TABLES: &[&str] = &["products"];
+
+/// [`footprint`] of `tables` only.
+pub async fn footprint_of(
+    dbs: &TenantDatabases,
+    tenant: &Tenant,
+    tables: &[&str],
+) -> Result<Vec<TableFootprint>, PreviewError> {
     let Some(placement) = &tenant.status.placement else { return Ok(Vec::new()) };
     let database = dbs.locate(placement.cluster.as_deref(), &placement.database);
-    indigo_tenantdb::moves::footprint(&database, tenant.id).await.map_err(PreviewError::TenantDatabase)
+    indigo_tenantdb::moves::footprint_of(&database, tenant.id, tables).await.map_err(PreviewError::TenantDatabase)
 }
 
 /// The limits of `to` that a tenant with `tables` already exceeds: a change

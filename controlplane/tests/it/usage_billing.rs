@@ -170,6 +170,13 @@ impl World {
         totals
     }
 
+    /// The pool database as the schema owner, to write a tenant's rows directly.
+    async fn pool_owner(&self) -> sqlx::PgConnection {
+        use sqlx::ConnectOptions;
+        let dbs = &self.state.tenant_dbs;
+        dbs.server.owner_options(&dbs.pool_database).connect().await.unwrap()
+    }
+
     async fn cleanup(self) {
         self.state.tenant_dbs.server.drop_database(&self.state.tenant_dbs.pool_database).await.unwrap();
     }
@@ -662,11 +669,7 @@ async fn storage_is_measured_once_a_day_from_the_tenants_own_rows(pool: PgPool) 
     let world = World::new(pool, chrono::Duration::hours(72)).await;
     let tenants = world.tenants(&["small-shop", "big-shop"]).await;
     // The big shop gets a large catalogue; the small one keeps its sample product.
-    let pool_database = &world.state.tenant_dbs.pool_database;
-    let mut conn = {
-        use sqlx::ConnectOptions;
-        world.state.tenant_dbs.server.owner_options(pool_database).connect().await.unwrap()
-    };
+    let mut conn = world.pool_owner().await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "BEGIN; SELECT set_config('app.current_tenant', '{}', true);
          INSERT INTO products (tenant_id, id, name, description, price_minor, currency)
@@ -697,11 +700,7 @@ async fn storage_is_measured_once_a_day_from_the_tenants_own_rows(pool: PgPool) 
 async fn the_recommender_job_recomputes_each_tenants_pairs_from_its_own_orders(pool: PgPool) {
     let world = World::new(pool, chrono::Duration::hours(72)).await;
     let tenants = world.tenants(&["pairs-one", "pairs-two"]).await;
-    let pool_database = &world.state.tenant_dbs.pool_database;
-    let mut conn = {
-        use sqlx::ConnectOptions;
-        world.state.tenant_dbs.server.owner_options(pool_database).connect().await.unwrap()
-    };
+    let mut conn = world.pool_owner().await;
     // The first tenant: two orders, each of its sample product and a second one.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "BEGIN; SELECT set_config('app.current_tenant', '{t}', true);
