@@ -94,6 +94,8 @@ struct ConfigFile {
     aws_cluster_stand_in: Option<String>,
     aws_control_plane_url: Option<String>,
     aws_log_group: Option<String>,
+    aws_task_execution_role: Option<String>,
+    aws_task_role: Option<String>,
     aws_pool_target_group: Option<String>,
     aws_storefront_listener: Option<String>,
     aws_storefront_domain: Option<String>,
@@ -219,6 +221,12 @@ pub struct Overrides {
     /// CloudWatch Logs group of the data-plane tasks' output [env: INDIGO_AWS_LOG_GROUP] [default: /indigo/dataplane]
     #[arg(long, env = "INDIGO_AWS_LOG_GROUP", hide_env = true)]
     pub aws_log_group: Option<String>,
+    /// ARN of the IAM role ECS starts the data-plane tasks with: it reads their `secrets` from Secrets Manager and writes their logs [env: INDIGO_AWS_TASK_EXECUTION_ROLE]
+    #[arg(long, env = "INDIGO_AWS_TASK_EXECUTION_ROLE", hide_env = true)]
+    pub aws_task_execution_role: Option<String>,
+    /// ARN of the IAM role the data-plane tasks act as: it reads the tenants' cluster-login secrets and calls Bedrock and Personalize [env: INDIGO_AWS_TASK_ROLE]
+    #[arg(long, env = "INDIGO_AWS_TASK_ROLE", hide_env = true)]
+    pub aws_task_role: Option<String>,
     /// The load balancer's target group of the pool's data plane (`app/<lb>/<id>/targetgroup/<tg>/<id>`): autoscaling then also tracks requests per task [env: INDIGO_AWS_POOL_TARGET_GROUP]
     #[arg(long, env = "INDIGO_AWS_POOL_TARGET_GROUP", hide_env = true)]
     pub aws_pool_target_group: Option<String>,
@@ -288,6 +296,10 @@ pub struct Config {
     /// `Provider::Aws` (`indigo up` gives its own).
     pub aws_control_plane_url: Option<String>,
     pub aws_log_group: String,
+    /// The IAM roles of the data-plane tasks: ECS's (`executionRoleArn`) and
+    /// their own (`taskRoleArn`). Both are needed on AWS; the stand-in
+    /// ignores them.
+    pub aws_task_roles: crate::providers::aws::ecs::TaskRoles,
     pub aws_pool_target_group: Option<String>,
     /// The storefront load balancer's listener and the domain silo tenants'
     /// hosts are under; `None`: silo services are behind no load balancer the
@@ -351,6 +363,22 @@ impl Config {
                 message: "must be 1 to 63 lowercase letters, digits and `_`".into(),
             });
         }
+        let role = |key: &'static str, env: &'static str, value: Option<String>| match value {
+            Some(arn) if !arn.starts_with("arn:") => Err(ConfigError::Invalid {
+                key,
+                env,
+                message: format!("is an IAM role's ARN (arn:aws:iam::…), not {arn:?}"),
+            }),
+            value => Ok(value),
+        };
+        let aws_task_roles = crate::providers::aws::ecs::TaskRoles {
+            execution: role(
+                "aws_task_execution_role",
+                "INDIGO_AWS_TASK_EXECUTION_ROLE",
+                overrides.aws_task_execution_role.or(from_file.aws_task_execution_role),
+            )?,
+            task: role("aws_task_role", "INDIGO_AWS_TASK_ROLE", overrides.aws_task_role.or(from_file.aws_task_role))?,
+        };
         let aws_storefront = match (
             overrides.aws_storefront_listener.or(from_file.aws_storefront_listener),
             overrides.aws_storefront_domain.or(from_file.aws_storefront_domain),
@@ -505,6 +533,7 @@ impl Config {
                 .aws_log_group
                 .or(from_file.aws_log_group)
                 .unwrap_or_else(|| "/indigo/dataplane".into()),
+            aws_task_roles,
             aws_pool_target_group: overrides.aws_pool_target_group.or(from_file.aws_pool_target_group),
             aws_storefront,
             pool_database,
@@ -658,6 +687,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("config key `database_url` (env INDIGO_DATABASE_URL)"), "{err}");
+
+        let err =
+            Config::load(None, Overrides { aws_task_role: Some("indigo-dataplane".into()), ..Default::default() })
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.starts_with("config key `aws_task_role` (env INDIGO_AWS_TASK_ROLE): is an IAM role's ARN"),
+            "{err}"
+        );
     }
 
     #[test]

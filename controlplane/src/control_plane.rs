@@ -125,6 +125,9 @@ impl ControlPlane {
             tracing::warn!("aws_cluster_stand_in is set: every Aurora cluster is reached on {}", stand_in.address());
             tenant_dbs.cluster_stand_in = Some(stand_in);
         }
+        // Beside the data-plane tasks' secrets, under the ECS cluster's name;
+        // used only for tenants on a cluster of their own (AWS).
+        tenant_dbs.cluster_logins = Some(config.aws_ecs_cluster.clone());
         let tenant_dbs = Arc::new(tenant_dbs);
         let failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
         let shared = Shared {
@@ -159,6 +162,7 @@ impl ControlPlane {
                     traces: config.traces.clone(),
                     log_group: config.aws_log_group.clone(),
                     region: aws.region().map_or_else(|| "us-east-1".to_owned(), ToString::to_string),
+                    roles: config.aws_task_roles.clone(),
                 };
                 let services =
                     EcsServices::new(&aws, &config.aws_ecs_cluster, tasks, config.aws_subnets.clone(), db.clone())

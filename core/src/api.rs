@@ -210,6 +210,14 @@ pub struct Route {
     /// cuts over: a data plane connects there ahead of the switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_database_url: Option<String>,
+    /// The Secrets Manager secret holding the password of `database_url`'s
+    /// login, when that is a tenant's own (on its own cluster); otherwise the
+    /// data plane logs in with the app role's password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_login_secret: Option<String>,
+    /// The same for `next_database_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_database_login_secret: Option<String>,
     pub plan: crate::plan::Plan,
     /// Bumped by every change that affects routing (plan, lifecycle, placement,
     /// the Personalize campaign).

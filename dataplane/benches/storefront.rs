@@ -427,6 +427,8 @@ async fn main() -> anyhow::Result<()> {
         isolation: plan.isolation,
         database_url: Some(server.app_url(&database)),
         next_database_url: None,
+        database_login_secret: None,
+        next_database_login_secret: None,
         plan,
         routing_version: 1,
         personalize_campaign_arn: None,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catalogue_cache;
 pub mod descriptions;
 pub mod limits;
+pub mod logins;
 pub mod metering;
 pub mod personalize;
 pub mod redis_link;

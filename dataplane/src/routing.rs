@@ -30,6 +30,10 @@ pub struct Routes {
     only: Option<TenantId>,
     /// The app role's password, which the routing table never carries.
     database_password: Option<String>,
+    /// Passwords of the databases whose routes name a login of the tenant's
+    /// own, by URL, as read from the secrets the routes name.
+    login_passwords: RwLock<HashMap<String, String>>,
+    login_secrets: crate::logins::LoginSecrets,
 }
 
 #[derive(Default)]
@@ -37,6 +41,9 @@ struct Indexed {
     version: i64,
     loaded: bool,
     by_tenant: HashMap<TenantId, Arc<Route>>,
+    /// The databases reached only as a tenant's own login, never with the
+    /// app role's password.
+    login_urls: std::collections::HashSet<String>,
     ai_credit_rates: std::collections::BTreeMap<String, f64>,
 }
 
@@ -56,6 +63,12 @@ impl Routes {
         self
     }
 
+    /// Reads the tenants' cluster logins through `secrets`.
+    pub fn with_login_secrets(mut self, secrets: crate::logins::LoginSecrets) -> Self {
+        self.login_secrets = secrets;
+        self
+    }
+
     /// A table fixed once (tests and tools); no refreshing.
     pub fn fixed(table: RoutingTable, max_connections: u32) -> Self {
         let routes = Self::new(max_connections);
@@ -63,17 +76,50 @@ impl Routes {
         routes
     }
 
+    /// Reads the password of each tenant login `table` names that is not
+    /// known yet, and forgets those of databases it no longer routes to (with
+    /// their connections: a tenant that comes back to a cluster gets a new
+    /// login). Run before the table replaces the current one, so a route is
+    /// never used before its login is known; a secret that cannot be read
+    /// leaves its database failing to connect, and is tried again with the
+    /// next table.
+    pub async fn read_logins(&self, table: &RoutingTable) {
+        let wanted: HashMap<&str, &str> = table
+            .routes
+            .iter()
+            .filter(|r| self.only.is_none_or(|only| only == r.tenant_id))
+            .flat_map(login_databases)
+            .collect();
+        let known: Vec<String> = self.login_passwords.read().expect("logins lock").keys().cloned().collect();
+        for url in known.iter().filter(|url| !wanted.contains_key(url.as_str())) {
+            self.login_passwords.write().expect("logins lock").remove(url);
+            self.pools.write().expect("pools lock").remove(url);
+        }
+        for (url, secret) in wanted.into_iter().filter(|(url, _)| !known.iter().any(|k| k == url)) {
+            match self.login_secrets.read(secret).await {
+                Ok(password) => {
+                    self.login_passwords.write().expect("logins lock").insert(url.to_owned(), password);
+                    // A pool made before the password was known cannot log in.
+                    self.pools.write().expect("pools lock").remove(url);
+                }
+                Err(error) => tracing::warn!(%error, "a tenant's database login is unreadable; its requests fail"),
+            }
+        }
+    }
+
     pub fn replace(&self, table: RoutingTable) {
-        let by_tenant = table
+        let by_tenant: HashMap<TenantId, Arc<Route>> = table
             .routes
             .into_iter()
             .filter(|r| self.only.is_none_or(|only| only == r.tenant_id))
             .map(|r| (r.tenant_id, Arc::new(r)))
             .collect();
+        let login_urls = by_tenant.values().flat_map(|r| login_databases(r)).map(|(url, _)| url.to_owned()).collect();
         *self.table.write().expect("routing lock") = Arc::new(Indexed {
             version: table.version,
             loaded: true,
             by_tenant,
+            login_urls,
             ai_credit_rates: table.ai_credit_rates,
         });
         self.replaced.notify_waiters();
@@ -146,7 +192,20 @@ impl Routes {
             return Ok(pool.clone());
         }
         let mut options = PgConnectOptions::from_str(database_url)?;
-        if let Some(password) = &self.database_password {
+        let login_password = self.login_passwords.read().expect("logins lock").get(database_url).cloned();
+        let needs_login = self.table.read().expect("routing lock").login_urls.contains(database_url);
+        let password = match login_password {
+            Some(password) => Some(password),
+            // Its secret could not be read: unreachable until it is (503, retry).
+            None if needs_login => {
+                return Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the tenant's database login is not known: its secret could not be read",
+                )));
+            }
+            None => self.database_password.clone(),
+        };
+        if let Some(password) = &password {
             options = options.password(password);
         }
         let pool = PgPoolOptions::new()
@@ -156,6 +215,17 @@ impl Routes {
         pools.insert(database_url.to_owned(), pool.clone());
         Ok(pool)
     }
+}
+
+/// The databases `route` reaches as a tenant's own login, with the secrets
+/// holding its password.
+fn login_databases(route: &Route) -> impl Iterator<Item = (&str, &str)> {
+    [
+        (route.database_url.as_deref(), route.database_login_secret.as_deref()),
+        (route.next_database_url.as_deref(), route.next_database_login_secret.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(url, secret)| Some((url?, secret?)))
 }
 
 /// How long the control plane takes to answer, beyond any wait asked for.
@@ -248,6 +318,7 @@ pub async fn refresh_forever(routes: Arc<Routes>, source: ControlPlaneSource, in
         let pause = match fetched {
             Ok(Fetched::Newer(table)) => {
                 tracing::info!(version = table.version, tenants = table.routes.len(), "routing table updated");
+                routes.read_logins(&table).await;
                 routes.replace(table);
                 routes.warm_next_databases();
                 failing = false;

@@ -22,6 +22,24 @@ pub struct TenantDatabases {
     /// trying the AWS mode on an emulator: each cluster's database is the one
     /// named after the cluster there. A real deployment never sets it.
     pub cluster_stand_in: Option<TenantServer>,
+    /// Where the passwords of the tenants' own cluster logins are kept (a
+    /// Secrets Manager prefix); `None`: no tenant has a cluster of its own.
+    pub cluster_logins: Option<String>,
+}
+
+/// How a data plane logs in to a tenant's own cluster: the tenant's login
+/// ([`schema::tenant_login`]), whose password is kept in the secret named
+/// here and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLogin {
+    pub role: String,
+    pub secret: String,
+}
+
+impl ClusterLogin {
+    pub fn of(tenant: indigo_core::tenant::TenantId, secrets_prefix: &str) -> Self {
+        Self { role: schema::tenant_login(tenant), secret: format!("{secrets_prefix}/tenants/{tenant}/database-login") }
+    }
 }
 
 /// One tenant database and the server holding it, with the login the control
@@ -37,7 +55,29 @@ const CLUSTER_PORT: u16 = 5432;
 
 impl TenantDatabases {
     pub fn new(server: TenantServer, pool_database: impl Into<String>) -> Self {
-        Self { server, pool_database: pool_database.into(), cluster_stand_in: None }
+        Self { server, pool_database: pool_database.into(), cluster_stand_in: None, cluster_logins: None }
+    }
+
+    /// The login `tenant`'s database on `cluster` is served through, if it
+    /// is on a cluster of its own.
+    pub fn cluster_login(&self, tenant: indigo_core::tenant::TenantId, cluster: Option<&str>) -> Option<ClusterLogin> {
+        cluster.and(self.cluster_logins.as_deref()).map(|prefix| ClusterLogin::of(tenant, prefix))
+    }
+
+    /// Where the data plane reaches `tenant` placed in `database` (on
+    /// `cluster`, if on one of its own): a URL without password, and the
+    /// secret holding the password when it is not the app role's.
+    pub fn data_plane_login(
+        &self,
+        tenant: indigo_core::tenant::TenantId,
+        cluster: Option<&str>,
+        database: &str,
+    ) -> (String, Option<String>) {
+        let located = self.locate(cluster, database);
+        match self.cluster_login(tenant, cluster) {
+            Some(login) => (located.server.login_url(&login.role, &located.name), Some(login.secret)),
+            None => (located.server.app_url(&located.name), None),
+        }
     }
 
     /// The server and database holding a tenant placed in `database`, on

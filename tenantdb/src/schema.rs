@@ -18,6 +18,13 @@ pub const RLS_POLICIES: &str = include_str!("../../policies/tenant_rls.sql");
 pub const OWNER_ROLE: &str = "indigo_owner";
 pub const APP_ROLE: &str = "indigo_app";
 
+/// The login a tenant's own cluster is served through: a member of the app
+/// role (its grants and policies, nothing more) with a password of its own, so
+/// that no credential opens two tenants' clusters.
+pub fn tenant_login(tenant: TenantId) -> String {
+    format!("{APP_ROLE}_{}", tenant.0.simple())
+}
+
 /// The SQLSTATE of a write to a database the tenant has moved away from
 /// (raised by the move fence, `migrations/tenant/*_moves.sql`).
 pub const MOVED_SQLSTATE: &str = "IXM01";
@@ -98,12 +105,19 @@ impl TenantServer {
 
     /// A URL for `database` as the app role, for the data plane's routing.
     pub fn app_url(&self, database: &str) -> String {
-        format!("postgres://{APP_ROLE}@{}:{}/{database}", self.login.get_host(), self.login.get_port())
+        self.login_url(APP_ROLE, database)
     }
 
-    /// The same login on another server (a silo tenant's own cluster).
+    /// A URL for `database` as `login` (the app role, or a tenant's own login).
+    pub fn login_url(&self, login: &str, database: &str) -> String {
+        format!("postgres://{login}@{}:{}/{database}", self.login.get_host(), self.login.get_port())
+    }
+
+    /// The same login on another server (a silo tenant's own cluster). The app
+    /// role gets no password there: a cluster is served through its tenant's
+    /// own login ([`Self::provision_login`]), never the pool's credentials.
     pub fn at(&self, host: &str, port: u16) -> Self {
-        Self { login: self.login.clone().host(host).port(port), app_password: self.app_password.clone() }
+        Self { login: self.login.clone().host(host).port(port), app_password: None }
     }
 
     /// Another login on this server: an Aurora cluster's master user, who
@@ -214,6 +228,80 @@ impl TenantServer {
             .map_err(|source| SchemaError::Migrate { database: database.into(), source })?;
         sqlx::raw_sql(RLS_POLICIES).execute(&mut owner).await.map_err(fail)?;
         let _ = owner.close().await;
+        Ok(())
+    }
+
+    /// Makes `login` the one login that serves `database` (a tenant's own
+    /// cluster): a member of the app role, neither superuser nor `BYPASSRLS`,
+    /// with `password`; the database is closed to every other login but its
+    /// owner's. Safe to run again; sets the password each time.
+    pub async fn provision_login(&self, database: &str, login: &str, password: &str) -> Result<(), SchemaError> {
+        let fail = |source| SchemaError::Database { database: database.into(), source };
+        let mut admin = self.admin_conn("postgres").await?;
+        sqlx::query("SELECT pg_advisory_lock(hashtext('indigo:provision'))").execute(&mut admin).await.map_err(fail)?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(login)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(fail)?;
+        // Only a superuser may name SUPERUSER or BYPASSRLS in ALTER ROLE, and
+        // an Aurora master user is none: a login found with either stays
+        // flagged ([`Self::login_ready`], [`audit_isolation`]) for an operator.
+        let attributes = if exists { "" } else { " NOSUPERUSER NOBYPASSRLS" };
+        let verb = if exists { "ALTER" } else { "CREATE" };
+        let (login, database_ident) = (quote_ident(login), quote_ident(database));
+        // A verifier, not the password, crosses the wire and may reach a log.
+        let statements = [
+            format!(
+                "{verb} ROLE {login} LOGIN{attributes} NOCREATEDB NOCREATEROLE INHERIT PASSWORD '{}'",
+                crate::scram::verifier(password)
+            ),
+            format!("GRANT {APP_ROLE} TO {login}"),
+            format!("REVOKE CONNECT ON DATABASE {database_ident} FROM PUBLIC, {APP_ROLE}"),
+            format!("GRANT CONNECT ON DATABASE {database_ident} TO {login}, {OWNER_ROLE}"),
+        ];
+        for sql in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(fail)?;
+        }
+        let _ = admin.close().await;
+        Ok(())
+    }
+
+    /// Whether `login` exists as [`Self::provision_login`] made it.
+    pub async fn login_ready(&self, login: &str) -> Result<bool, SchemaError> {
+        let fail = |source| SchemaError::Database { database: "postgres".into(), source };
+        let mut admin = self.admin_conn("postgres").await?;
+        let ready: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles r
+                            WHERE r.rolname = $1 AND r.rolcanlogin AND NOT r.rolsuper AND NOT r.rolbypassrls
+                              AND pg_has_role(r.oid, $2, 'MEMBER'))",
+        )
+        .bind(login)
+        .bind(APP_ROLE)
+        .fetch_one(&mut admin)
+        .await
+        .map_err(fail)?;
+        let _ = admin.close().await;
+        Ok(ready)
+    }
+
+    /// Drops `login` (its tenant's cluster is gone; on a shared server, its
+    /// database with it).
+    pub async fn drop_login(&self, login: &str) -> Result<(), SchemaError> {
+        let fail = |source| SchemaError::Database { database: "postgres".into(), source };
+        let mut admin = self.admin_conn("postgres").await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(login)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(fail)?;
+        if exists {
+            // Its grants on databases (shared objects) go first, wherever they are.
+            let login = quote_ident(login);
+            let sql = format!("DROP OWNED BY {login}; DROP ROLE {login}");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(fail)?;
+        }
+        let _ = admin.close().await;
         Ok(())
     }
 
@@ -348,6 +436,20 @@ pub async fn audit_isolation(conn: &mut PgConnection) -> Result<Vec<IsolationVio
             if bypass {
                 violations.push(IsolationViolation { subject: APP_ROLE.into(), problem: "has BYPASSRLS".into() });
             }
+        }
+    }
+    // A tenant's own login serves as the app role does, and is bound as it is.
+    let logins: Vec<(String, bool, bool)> = sqlx::query_as(
+        "SELECT r.rolname::text, r.rolsuper, r.rolbypassrls FROM pg_roles r
+         WHERE r.rolname <> $1 AND pg_has_role(r.oid, $1, 'MEMBER')
+           AND r.rolname LIKE $1 || '\\_%'",
+    )
+    .bind(APP_ROLE)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (login, superuser, bypass) in logins {
+        if superuser || bypass {
+            violations.push(IsolationViolation { subject: login, problem: "is a superuser or has BYPASSRLS".into() });
         }
     }
     Ok(violations)

@@ -25,8 +25,9 @@ const FORBIDDEN_LINKS: &[(&str, &[&str])] = &[
     ),
     ("indigo-tenantdb", &["indigo-controlplane", "indigo-dataplane", "axum"]),
     ("indigo-controlplane", &["indigo-dataplane", "indigo-cli"]),
-    // The storefront calls the AI services it serves with (Bedrock), never the
-    // control plane's provisioning and billing APIs.
+    // The storefront calls the AI services it serves with (Bedrock) and reads
+    // its tenants' cluster logins (Secrets Manager), never the control plane's
+    // provisioning and billing APIs.
     (
         "indigo-dataplane",
         &[
@@ -35,7 +36,6 @@ const FORBIDDEN_LINKS: &[(&str, &[&str])] = &[
             "async-stripe",
             "aws-sdk-ecs",
             "aws-sdk-rds",
-            "aws-sdk-secretsmanager",
             "aws-sdk-dynamodb",
             "aws-sdk-cloudwatch",
             "aws-sdk-applicationautoscaling",

@@ -3,6 +3,7 @@
 //! stopped however the test ends.
 
 pub mod bench;
+pub mod cluster_logins;
 #[cfg(test)]
 mod layers;
 pub mod stack;

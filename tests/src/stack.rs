@@ -19,6 +19,7 @@ use indigo_controlplane::workflow::{Engine, Failpoints, Services};
 use indigo_core::tenant::TenantId;
 use indigo_dataplane::api::{self as store, AppState as StoreState};
 use indigo_dataplane::auth::{CallerRole, Claims, Verifier, sign_hs256};
+use indigo_dataplane::logins::LoginSecrets;
 use indigo_dataplane::metering::Meter;
 use indigo_dataplane::routing::{self, ControlPlaneSource, Routes};
 use indigo_tenantdb::schema::TenantServer;
@@ -43,7 +44,17 @@ pub struct Storefront {
 
 impl Storefront {
     pub async fn start(control_plane_url: &str) -> anyhow::Result<Self> {
-        let routes = Arc::new(Routes::new(16));
+        Self::start_with(control_plane_url, LoginSecrets::default()).await
+    }
+
+    /// A storefront that reads its tenants' cluster logins from moto's Secrets Manager.
+    pub async fn start_on_aws(control_plane_url: &str) -> anyhow::Result<Self> {
+        let secrets = aws_sdk_secretsmanager::Client::new(&crate::moto().await);
+        Self::start_with(control_plane_url, LoginSecrets::with_client(secrets)).await
+    }
+
+    async fn start_with(control_plane_url: &str, logins: LoginSecrets) -> anyhow::Result<Self> {
+        let routes = Arc::new(Routes::new(16).with_login_secrets(logins));
         let refresher = tokio::spawn(routing::refresh_forever(
             routes.clone(),
             ControlPlaneSource::new(control_plane_url, ADMIN_TOKEN),
@@ -180,6 +191,7 @@ impl Stack {
     }
 
     async fn start_with(cluster_stand_in: Option<String>) -> anyhow::Result<Self> {
+        let on_aws = cluster_stand_in.is_some();
         let control_db = TestDatabase::unique("indigo_move_control");
         db::ensure_database(&control_db.url).await?;
         let stripe = StripeEmulator::start().await?;
@@ -203,7 +215,8 @@ impl Stack {
         let api = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        let storefront = Storefront::start(&admin_url).await?;
+        let storefront =
+            if on_aws { Storefront::start_on_aws(&admin_url).await? } else { Storefront::start(&admin_url).await? };
         Ok(Self {
             control_db,
             control_plane,

@@ -82,7 +82,10 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
     let environment = DataPlanes::environment(tasks[0]);
     assert_eq!(environment.get("RUST_LOG").map(String::as_str), Some("info"), "set by the task definition alone");
     assert!(environment["INDIGO_CONTROL_PLANE_TOKEN"].starts_with("indigo_"), "read from Secrets Manager");
-    assert!(!environment.contains_key("AWS_ENDPOINT_URL"), "nothing from the control plane's own environment");
+    // Nothing from the control plane's own environment but what ECS gives every
+    // task: its region and task role (the emulator's, here).
+    assert!(!environment.contains_key("INDIGO_PROVIDER"), "nothing from the control plane's own settings");
+    assert_eq!(environment.get("AWS_ENDPOINT_URL"), Some(&moto), "the task role's stand-in");
 
     // It serves its own rows, from its cluster; another tenant is refused there.
     let http = reqwest::Client::new();
@@ -104,6 +107,21 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
     assert!(body.contains("Sample product"), "the product seeded on its cluster: {body}");
     let (status, body) = products("blue-bakery").await;
     assert_eq!(status, 401, "a dedicated data plane serves its tenant only: {body}");
+    // Its tasks are in its cluster's database as its own login, read from its secret.
+    let on_cluster = indigo_tenantdb::stand_in_database(&endpoint);
+    let tenant_id = indigo_core::tenant::TenantId(tenant);
+    let login =
+        indigo_e2e::cluster_logins::assert_serving(&indigo_e2e::moto().await, &ecs_cluster, tenant_id, &on_cluster)
+            .await;
+    let users: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+    )
+    .bind(&on_cluster)
+    .fetch_all(&control)
+    .await
+    .unwrap();
+    assert!(users.contains(&login.role), "the tasks log in as {}: {users:?}", login.role);
+    assert!(!users.iter().any(|u| u == "indigo_app"), "the pool's credentials never reach the cluster: {users:?}");
     // The storefront `indigo up` printed is the pool's, and answers.
     let pool = http.get(format!("{storefront}/v1/products")).bearer_auth(token("blue-bakery")).send().await.unwrap();
     assert_eq!(pool.status(), 200);
@@ -165,8 +183,9 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
     let identifier = endpoint.split('.').next().unwrap();
     let secrets = secret_values(&moto, &format!("{ecs_cluster}/"), identifier).await;
     assert!(
-        secrets.len() >= 6,
-        "the JWT secret, two services' tokens, the app role's password, the master login, the webhook secret: {secrets:?}"
+        secrets.len() >= 7,
+        "the JWT secret, two services' tokens, the app role's password, the tenant's login, the master login, \
+         the webhook secret: {secrets:?}"
     );
     let dump = std::process::Command::new("pg_dump").args(["--data-only", &platform.database.url]).output().unwrap();
     assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
@@ -192,8 +211,9 @@ async fn on_aws_the_enterprise_tenant_is_served_from_its_own_cluster_by_its_own_
     }
     assert!(ours.running().is_empty(), "its tasks stopped with it");
     control.close().await;
-    let on_cluster = indigo_tenantdb::stand_in_database(&endpoint);
     indigo_e2e::TestDatabase { url: String::new(), name: on_cluster }.drop_now().await.unwrap();
+    let server = indigo_tenantdb::schema::TenantServer::new(&indigo_e2e::server_url()).unwrap();
+    server.drop_login(&login.role).await.unwrap();
     platform.remove().await;
 }
 

@@ -64,29 +64,36 @@ pub async fn build(state: &AppState) -> Result<RoutingTable, ApiError> {
         let placement: Option<Placement> =
             row.placement.clone().map(serde_json::from_value).transpose().map_err(|_| corrupt("placement"))?;
         let dbs = &state.tenant_dbs;
-        let database_url = match (&placement, isolation) {
+        let tenant_id = TenantId(row.id);
+        let (database_url, database_login_secret) = match (&placement, isolation) {
             // A silo on its own cluster (AWS) is reached at the cluster's endpoint.
             (Some(placement), _) => {
-                let database = dbs.locate(placement.cluster.as_deref(), &placement.database);
-                Some(database.server.app_url(&database.name))
+                let (url, secret) = dbs.data_plane_login(tenant_id, placement.cluster.as_deref(), &placement.database);
+                (Some(url), secret)
             }
-            (None, Isolation::Pool) => Some(dbs.server.app_url(&dbs.pool_database)),
-            (None, Isolation::Silo) => None,
+            (None, Isolation::Pool) => (Some(dbs.server.app_url(&dbs.pool_database)), None),
+            (None, Isolation::Silo) => (None, None),
+        };
+        let (next_database_url, next_database_login_secret) = match row.next_database.as_deref() {
+            Some(database) => {
+                let (url, secret) = dbs.data_plane_login(tenant_id, row.next_cluster.as_deref(), database);
+                (Some(url), secret)
+            }
+            None => (None, None),
         };
         let Ok(plan) = state.plans.get(&row.plan) else {
             tracing::error!(tenant = %row.id, plan = %row.plan, "tenant's plan is not in the catalogue; not routed");
             continue;
         };
         routes.push(Route {
-            tenant_id: TenantId(row.id),
+            tenant_id,
             slug: Slug::parse(&row.slug).map_err(|_| corrupt("slug"))?,
             lifecycle: row.lifecycle.parse().map_err(|_| corrupt("lifecycle"))?,
             isolation,
             database_url,
-            next_database_url: row.next_database.as_deref().map(|database| {
-                let database = dbs.locate(row.next_cluster.as_deref(), database);
-                database.server.app_url(&database.name)
-            }),
+            next_database_url,
+            database_login_secret,
+            next_database_login_secret,
             plan: plan.clone(),
             routing_version: row.routing_version,
             personalize_campaign_arn: row.personalize_campaign_arn.clone(),

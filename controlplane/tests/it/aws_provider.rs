@@ -20,7 +20,7 @@ use aws_sdk_applicationautoscaling::types::{ScalableDimension, ServiceNamespace 
 use indigo_controlplane::config::Overrides;
 use indigo_controlplane::identity;
 use indigo_controlplane::providers::aws::AwsDatabases;
-use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE, TaskSettings};
+use indigo_controlplane::providers::aws::ecs::{EcsServices, POOL_SERVICE, TaskRoles, TaskSettings};
 use indigo_controlplane::providers::aws::rds::{AuroraClusters, TENANT_DATABASE, cluster_identifier};
 use indigo_controlplane::providers::{Autoscaling, ComputeProvider, ServiceSpec, SiloTenant, silo_service_name};
 use indigo_controlplane::reconciler::plan::Action;
@@ -124,6 +124,10 @@ fn task_settings(image: &str) -> TaskSettings {
         },
         log_group: "/indigo/dataplane".into(),
         region: "us-east-1".into(),
+        roles: TaskRoles {
+            execution: Some("arn:aws:iam::123456789012:role/indigo-dataplane-execution".into()),
+            task: Some("arn:aws:iam::123456789012:role/indigo-dataplane".into()),
+        },
     }
 }
 
@@ -217,6 +221,15 @@ async fn the_data_plane_runs_as_a_pool_service_and_one_service_per_silo_tenant(d
         ["CMD", "/usr/local/bin/indigo-dataplane", "--check-ready"]
     );
     assert_eq!(container.port_mappings()[0].container_port(), Some(8081));
+    // ECS reads the secrets and writes the logs as one role; the tasks act as
+    // another (their tenants' cluster logins, Bedrock).
+    assert_eq!(
+        (silo_definition.execution_role_arn(), silo_definition.task_role_arn()),
+        (
+            Some("arn:aws:iam::123456789012:role/indigo-dataplane-execution"),
+            Some("arn:aws:iam::123456789012:role/indigo-dataplane")
+        )
+    );
     let values = secret_values(&silo_definition).await;
     assert_eq!(
         values.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -282,10 +295,11 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     let plans = Arc::new(plans());
     // Silo tenants never touch the pool; its database is only named.
     let server = TenantServer::new(&indigo_e2e::server_url()).unwrap();
+    let cluster = format!("indigo-test-{}", uuid::Uuid::new_v4().simple());
     let mut dbs = TenantDatabases::new(server.clone(), "indigo_aws_pool_unused");
     dbs.cluster_stand_in = Some(server.clone());
+    dbs.cluster_logins = Some(cluster.clone());
     let dbs = Arc::new(dbs);
-    let cluster = format!("indigo-test-{}", uuid::Uuid::new_v4().simple());
     let ecs = Arc::new(EcsServices::new(
         &config,
         &cluster,
@@ -361,9 +375,22 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
         .unwrap();
     assert_eq!(master, (false, true), "the master user from the cluster's secret, as Aurora makes it");
     conn.close().await.unwrap();
-    let routes = routing_table(&pool).await;
+    let routes = routing_table(&pool, &cluster).await;
     let route = routes["routes"].as_array().unwrap().iter().find(|r| r["slug"] == "big-corp").unwrap().clone();
-    assert_eq!(route["database_url"], format!("postgres://indigo_app@127.0.0.1:5432/{on_cluster}"));
+    // The data planes log in there as the tenant's own login, whose password
+    // the route names a secret for and does not carry.
+    let login = indigo_e2e::cluster_logins::assert_serving(&config, &cluster, tenant.id, &on_cluster).await;
+    assert_eq!(route["database_url"], format!("postgres://{}@127.0.0.1:5432/{on_cluster}", login.role));
+    assert_eq!(route["database_login_secret"], login.secret.as_str());
+    // Its role dropped by hand: made again.
+    let mut admin = server.admin_options("postgres").connect().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP OWNED BY {0}; DROP ROLE {0}", login.role)))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    assert_eq!(reconcile(tenant.id).await.actions, [Action::RecreateSilo], "a silo without its login is not ready");
+    indigo_e2e::cluster_logins::assert_serving(&config, &cluster, tenant.id, &on_cluster).await;
 
     // A plan change resizes the cluster and scales the service, in place.
     let mut tx = pool.begin().await.unwrap();
@@ -444,6 +471,7 @@ async fn the_reconciler_builds_resizes_repairs_and_deletes_a_silo_tenant_on_aws(
     let gone = get(tenant.id).await;
     assert_eq!((gone.status.phase, gone.status.placement), (Phase::Deleted, None));
     assert!(!server.schema_ready(&on_cluster).await.unwrap(), "the cluster's data went with it");
+    indigo_e2e::cluster_logins::assert_gone(&config, &login).await;
 }
 
 /// The master login RDS keeps for `cluster`, read back as any AWS client would.
@@ -569,13 +597,14 @@ async fn rds_secret(config: &aws_config::SdkConfig, cluster: &str) -> serde_json
 }
 
 /// `GET /v1/routing` as the data plane asks for it.
-async fn routing_table(pool: &PgPool) -> serde_json::Value {
+async fn routing_table(pool: &PgPool, ecs_cluster: &str) -> serde_json::Value {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
     let overrides = Overrides {
         admin_token: Some("routing-test-token".into()),
         pool_database: Some("indigo_aws_routing_pool".into()),
         aws_cluster_stand_in: Some(indigo_e2e::server_url()),
+        aws_ecs_cluster: Some(ecs_cluster.into()),
         ..Overrides::default()
     };
     let router = crate::support::control_plane(pool.clone(), overrides).await.router();

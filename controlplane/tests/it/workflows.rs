@@ -671,7 +671,10 @@ async fn an_enterprise_tenant_on_aws_lives_on_its_own_cluster_from_onboarding_to
     assert!(!world.database_exists(&World::silo_of(&tenant)).await, "no local silo database");
     let (_, routing) = world.call(Method::GET, "/v1/routing", None, None).await;
     let route = routing["routes"].as_array().unwrap().iter().find(|r| r["slug"] == "far-corp").unwrap().clone();
-    assert_eq!(route["database_url"], format!("postgres://indigo_app@127.0.0.1:5432/{on_cluster}"));
+    let tenant_id = TenantId(tenant["id"].as_str().unwrap().parse().unwrap());
+    let prefix = world.state.tenant_dbs.cluster_logins.clone().unwrap();
+    let login = indigo_e2e::cluster_logins::assert_serving(&moto, &prefix, tenant_id, &on_cluster).await;
+    assert_eq!(route["database_url"], format!("postgres://{}@127.0.0.1:5432/{on_cluster}", login.role));
 
     world.delete("far-corp").await;
     engine::run_until_idle(&services).await.unwrap();
@@ -685,5 +688,6 @@ async fn an_enterprise_tenant_on_aws_lives_on_its_own_cluster_from_onboarding_to
     let clusters = aws_sdk_rds::Client::new(&moto);
     let identifier = endpoint.split('.').next().unwrap();
     assert!(clusters.describe_db_clusters().db_cluster_identifier(identifier).send().await.is_err(), "cluster deleted");
+    indigo_e2e::cluster_logins::assert_gone(&moto, &login).await;
     world.cleanup().await;
 }

@@ -5,6 +5,7 @@ mod descriptions;
 mod fleet_rates;
 mod isolation;
 mod jwks;
+mod logins;
 mod recommendations;
 mod storefront;
 mod support;

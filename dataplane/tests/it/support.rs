@@ -66,6 +66,8 @@ pub fn route(tenant: TenantId, slug: &str, plan: Plan, database_url: Option<Stri
         isolation: plan.isolation,
         database_url,
         next_database_url: None,
+        database_login_secret: None,
+        next_database_login_secret: None,
         plan,
         routing_version: 1,
         personalize_campaign_arn: None,

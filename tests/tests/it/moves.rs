@@ -304,6 +304,9 @@ async fn on_aws_a_tenant_moves_onto_its_own_cluster_and_back_under_load() {
     assert!(stack.ids_in(stack.pool_database(), "orders", mover.id).await.unwrap().is_empty(), "pool rows released");
     assert!(stack.ids_in(&on_cluster, "orders", neighbour.id).await.unwrap().is_empty(), "no neighbour on the cluster");
     println!("upgrade onto cluster {identifier}: writes held {pause_ms} ms");
+    // The pool's data plane served it there, and serves it now, as its own login.
+    let logins = stack.state.tenant_dbs.cluster_logins.clone().unwrap();
+    let login = indigo_e2e::cluster_logins::assert_serving(&moto, &logins, mover.id, &on_cluster).await;
 
     // Downgrade: its cluster → the pool; the cluster goes.
     let (_, downgrade, reports) =
@@ -321,6 +324,7 @@ async fn on_aws_a_tenant_moves_onto_its_own_cluster_and_back_under_load() {
         .await
         .unwrap();
     assert!(!left, "the cluster's data went with it");
+    indigo_e2e::cluster_logins::assert_gone(&moto, &login).await;
     println!("downgrade from cluster {identifier}: writes held {} ms", downgrade["pause_ms"]);
     stack.stop().await.unwrap();
 }
@@ -496,7 +500,10 @@ async fn killed_in_every_phase_of_a_move(provider: Provider) {
     indigo_controlplane::db::ensure_database(&daemons.control.url).await.unwrap();
     let mut running = daemons.start("").await;
     let admin = AdminClient { url: daemons.url(), http: reqwest::Client::new() };
-    let storefront = Storefront::start(&daemons.url()).await.unwrap();
+    let storefront = match provider {
+        Provider::Aws => Storefront::start_on_aws(&daemons.url()).await.unwrap(),
+        Provider::Local => Storefront::start(&daemons.url()).await.unwrap(),
+    };
     let shop = admin.onboard(&storefront, "crashy-shop", "pro").await.unwrap();
     let server = indigo_tenantdb::schema::TenantServer::new(&indigo_e2e::server_url()).unwrap();
 
@@ -560,6 +567,8 @@ async fn killed_in_every_phase_of_a_move(provider: Provider) {
     }
     if provider == Provider::Aws {
         assert_silo_service_gone(&daemons.ecs_cluster, shop.id).await;
+        let login = indigo_tenantdb::ClusterLogin::of(shop.id, &daemons.ecs_cluster);
+        indigo_e2e::cluster_logins::assert_gone(&indigo_e2e::moto().await, &login).await;
     }
     running.signal_and_wait("TERM", Duration::from_secs(20)).unwrap();
     drop(storefront);

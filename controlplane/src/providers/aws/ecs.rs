@@ -78,6 +78,15 @@ pub struct ServiceState {
     pub target_groups: Vec<String>,
 }
 
+/// The IAM roles of a data-plane task (ARNs): `execution`, ECS's, reads the
+/// task's `secrets` and writes its logs; `task`, the task's own, reads its
+/// tenants' cluster-login secrets and calls Bedrock and Personalize.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskRoles {
+    pub execution: Option<String>,
+    pub task: Option<String>,
+}
+
 /// What every data-plane task is given besides its service's own settings.
 #[derive(Debug, Clone)]
 pub struct TaskSettings {
@@ -100,6 +109,7 @@ pub struct TaskSettings {
     /// The CloudWatch Logs group of the tasks' output.
     pub log_group: String,
     pub region: String,
+    pub roles: TaskRoles,
 }
 
 pub struct EcsServices {
@@ -126,6 +136,7 @@ struct WantedTask {
     /// Variable names and the ARNs of the secrets they are read from.
     secrets: Vec<(String, String)>,
     log_options: Vec<(String, String)>,
+    roles: TaskRoles,
 }
 
 impl WantedTask {
@@ -150,6 +161,8 @@ impl WantedTask {
             && container_environment(container) == self.environment
             && secrets == self.secrets
             && log_options == self.log_options
+            && definition.execution_role_arn() == self.roles.execution.as_deref()
+            && definition.task_role_arn() == self.roles.task.as_deref()
             && container.health_check().is_some_and(|check| check.command() == HEALTH_CHECK)
     }
 
@@ -306,6 +319,7 @@ impl EcsServices {
             environment,
             secrets,
             log_options,
+            roles: settings.roles.clone(),
         };
         Ok((wanted, changed))
     }
@@ -337,6 +351,8 @@ impl EcsServices {
             .requires_compatibilities(compatibility)
             .cpu(&wanted.cpu)
             .memory(&wanted.memory)
+            .set_execution_role_arn(wanted.roles.execution.clone())
+            .set_task_role_arn(wanted.roles.task.clone())
             .container_definitions(wanted.container()?)
             .send()
             .await

@@ -20,23 +20,25 @@ use indigo_core::tenant::TenantId;
 
 use self::ecs::EcsServices;
 use self::rds::{AuroraClusters, TENANT_DATABASE};
-use self::secrets::{MasterLogin, MasterSecrets};
+use self::secrets::{MasterLogin, MasterSecrets, TenantLogins};
 use super::local::LocalDatabases;
 use super::{
     Autoscaling, ComputeProvider, DatabaseProvider, ProviderError, ProviderFuture, ServiceSpec, ServiceState,
     SiloState, SiloTenant,
 };
 use indigo_tenantdb::schema::SchemaError;
-use indigo_tenantdb::{Database, TenantDatabases};
+use indigo_tenantdb::{ClusterLogin, Database, TenantDatabases};
 
 /// Silo databases on Aurora; the pool is the configured tenant server, which
 /// the control plane reaches as it does locally. The control plane runs in the
 /// tenants' VPC and reaches each cluster's endpoint: it provisions the tenant
 /// schema there as the cluster's master user, whose login RDS keeps in
-/// Secrets Manager.
+/// Secrets Manager. The data planes log in to a cluster as its tenant's own
+/// login, whose password is kept there too.
 pub struct AwsDatabases {
     clusters: AuroraClusters,
     secrets: MasterSecrets,
+    logins: TenantLogins,
     pool: LocalDatabases,
     dbs: Arc<TenantDatabases>,
 }
@@ -46,6 +48,7 @@ impl AwsDatabases {
         Self {
             clusters: AuroraClusters::new(config),
             secrets: MasterSecrets::new(config),
+            logins: TenantLogins::new(config),
             pool: LocalDatabases::new(tenant_dbs.clone()),
             dbs: tenant_dbs,
         }
@@ -70,6 +73,14 @@ impl AwsDatabases {
         })?;
         self.secrets.login(arn).await
     }
+
+    /// The login the data planes serve `tenant`'s cluster at `endpoint` through.
+    fn tenant_login(&self, tenant: TenantId, endpoint: &str) -> Result<ClusterLogin, ProviderError> {
+        self.dbs.cluster_login(tenant, Some(endpoint)).ok_or_else(|| ProviderError::Permanent {
+            reason: "NoClusterLogins".into(),
+            message: "the tenant databases keep no cluster logins: the control plane is not set up for AWS".into(),
+        })
+    }
 }
 
 fn logged_in(database: Database, login: &MasterLogin) -> Database {
@@ -85,7 +96,10 @@ impl DatabaseProvider for AwsDatabases {
         let Some(endpoint) = cluster.endpoint.as_deref().filter(|_| cluster.writer.is_some()) else { return Ok(None) };
         if state.unavailable.is_none() {
             let database = self.master_server(&cluster, endpoint).await?;
-            if !database.server.schema_ready(&database.name).await.map_err(schema_failed)? {
+            let login = self.tenant_login(tenant.id, endpoint)?;
+            if !database.server.schema_ready(&database.name).await.map_err(schema_failed)?
+                || !database.server.login_ready(&login.role).await.map_err(schema_failed)?
+            {
                 return Ok(None);
             }
         }
@@ -93,23 +107,41 @@ impl DatabaseProvider for AwsDatabases {
     }
 
     /// The cluster and its writer as the plan says, then (once it serves)
-    /// the tenant schema in its database.
+    /// the tenant schema in its database and the tenant's login to it.
     async fn ensure_silo(&self, tenant: &SiloTenant<'_>) -> Result<SiloState, ProviderError> {
         let cluster = self.clusters.ensure(tenant).await?;
         let state = silo_state(tenant, &cluster)?;
         if let (None, Some(endpoint)) = (&state.unavailable, cluster.endpoint.as_deref()) {
             let database = self.master_server(&cluster, endpoint).await?;
             database.server.provision(&database.name).await.map_err(schema_failed)?;
+            let login = self.tenant_login(tenant.id, endpoint)?;
+            let password = self.logins.password(tenant.id, &login).await?;
+            database
+                .server
+                .provision_login(&database.name, &login.role, password.expose())
+                .await
+                .map_err(schema_failed)?;
         }
         Ok(state)
     }
 
+    /// The cluster, then its login's secret (a cluster still deleting is
+    /// out of reach already); on the stand-in also its database and login.
     async fn delete_silo(&self, tenant: &SiloTenant<'_>) -> Result<(), ProviderError> {
         let endpoint = self.clusters.observe(tenant).await?.and_then(|c| c.endpoint);
         self.clusters.delete(tenant).await?;
-        // On AWS the data goes with the cluster; on the stand-in, with its database.
-        if let (Some(stand_in), Some(endpoint)) = (&self.dbs.cluster_stand_in, endpoint) {
-            stand_in.drop_database(&indigo_tenantdb::stand_in_database(&endpoint)).await.map_err(schema_failed)?;
+        let login = self.dbs.cluster_logins.as_deref().map(|prefix| ClusterLogin::of(tenant.id, prefix));
+        if let Some(login) = &login {
+            self.logins.forget(login).await?;
+        }
+        // On AWS the data and the login go with the cluster; on the stand-in, with its database.
+        if let Some(stand_in) = &self.dbs.cluster_stand_in {
+            if let Some(endpoint) = endpoint {
+                stand_in.drop_database(&indigo_tenantdb::stand_in_database(&endpoint)).await.map_err(schema_failed)?;
+            }
+            if let Some(login) = &login {
+                stand_in.drop_login(&login.role).await.map_err(schema_failed)?;
+            }
         }
         Ok(())
     }

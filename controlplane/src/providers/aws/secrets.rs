@@ -1,16 +1,20 @@
-//! Secrets Manager, for three things: the master login of each Aurora
+//! Secrets Manager, for four things: the master login of each Aurora
 //! cluster, which RDS keeps there (the cluster is created with
 //! `ManageMasterUserPassword`, so no one ever chose or saw the password), read
 //! when the control plane works in the cluster's database (provisioning,
 //! seeding, exports, moves) and kept in memory for a minute, never stored,
 //! logged or handed on; the secrets of the data-plane tasks, handed to ECS by
-//! ARN; and the daemon's own secret settings, which may be given as ARNs.
+//! ARN; the daemon's own secret settings, which may be given as ARNs; and
+//! the passwords of the tenants' own cluster logins ([`TenantLogins`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+
+use indigo_core::tenant::TenantId;
+use indigo_tenantdb::ClusterLogin;
 
 use super::classify;
 use crate::config::{Config, Secret};
@@ -232,5 +236,58 @@ impl TaskSecrets {
         let arn =
             arn.ok_or_else(|| ProviderError::Transient(format!("Secrets Manager stored {name} without an ARN")))?;
         Ok(Stored { arn, changed: true })
+    }
+}
+
+/// The passwords of the tenants' own cluster logins, one secret each
+/// ([`ClusterLogin::secret`]), made at random when the tenant's cluster is
+/// first provisioned, tagged with the tenant and deleted with its cluster. The
+/// data planes that serve the tenant read it themselves; no one else holds it.
+pub struct TenantLogins {
+    client: aws_sdk_secretsmanager::Client,
+}
+
+impl TenantLogins {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        Self { client: aws_sdk_secretsmanager::Client::new(config) }
+    }
+
+    /// The password of `tenant`'s `login`: the one kept, or else a new one, kept.
+    pub async fn password(&self, tenant: TenantId, login: &ClusterLogin) -> Result<Secret, ProviderError> {
+        let name = &login.secret;
+        loop {
+            match self.client.get_secret_value().secret_id(name).send().await {
+                Ok(value) => {
+                    let password =
+                        value.secret_string().filter(|p| !p.is_empty()).ok_or_else(|| ProviderError::Permanent {
+                            reason: "LoginSecretUnreadable".into(),
+                            message: format!("the secret {name} holds no password"),
+                        })?;
+                    return Ok(Secret::new(password));
+                }
+                Err(e) if super::is_code(&e, &["ResourceNotFoundException"]) => {}
+                Err(e) => return Err(classify(e)),
+            }
+            let tag =
+                |key: &str, value: &str| aws_sdk_secretsmanager::types::Tag::builder().key(key).value(value).build();
+            let created = self
+                .client
+                .create_secret()
+                .name(name)
+                .secret_string(crate::identity::generate_token())
+                .tags(tag("tenant_id", &tenant.to_string()))
+                .tags(tag("managed-by", "indigo"))
+                .send()
+                .await;
+            // Made by a concurrent reconcile of the tenant: read that one.
+            super::done_unless_refused(created, &["ResourceExistsException"])?;
+        }
+    }
+
+    /// Deletes `login`'s secret at once (its cluster is gone). Gone already is done.
+    pub async fn forget(&self, login: &ClusterLogin) -> Result<(), ProviderError> {
+        let deleted =
+            self.client.delete_secret().secret_id(&login.secret).force_delete_without_recovery(true).send().await;
+        super::done_unless_refused(deleted, &["ResourceNotFoundException"])
     }
 }

@@ -10,8 +10,8 @@
 //!   processes started from the task definition registered for the service —
 //!   its environment, and its secrets read from Secrets Manager, nothing added
 //!   but a local port and spool directory (a container's port and volume
-//!   mappings) — so a task definition that lacks a setting fails here as it
-//!   would on AWS.
+//!   mappings) and what ECS gives every task (region, task role credentials)
+//!   — so a task definition that lacks a setting fails here as it would on AWS.
 
 use std::sync::Arc;
 
@@ -91,7 +91,8 @@ impl StandInTasks {
         let task_definition = service
             .task_definition
             .ok_or_else(|| ProviderError::Transient(format!("ECS reports no task definition for {} yet", spec.name)))?;
-        let environment = self.ecs.container_environment(&task_definition).await?;
+        let mut environment = self.ecs.container_environment(&task_definition).await?;
+        environment.extend(task_role_environment());
         let running = self.processes.ensure_with(spec, Some(environment)).await?;
         Ok(ServiceState { autoscaling: self.ecs.autoscaling(&spec.name).await?, ..running })
     }
@@ -113,6 +114,24 @@ impl StandInTasks {
         self.processes.delete_service(name).await?;
         self.ecs.delete(name).await
     }
+}
+
+/// What ECS gives every task besides its definition: its region and its task
+/// role's credentials (with which a task reads its tenants' login secrets).
+/// Here those are the control plane's own AWS settings, the emulator's
+/// endpoint among them.
+fn task_role_environment() -> Vec<(String, String)> {
+    [
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ]
+    .into_iter()
+    .filter_map(|name| Some((name.to_owned(), std::env::var(name).ok()?)))
+    .collect()
 }
 
 impl ComputeProvider for StandInTasks {
