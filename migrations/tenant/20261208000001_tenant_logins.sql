@@ -1,15 +1,18 @@
 -- A tenant's own cluster is served through a login of its own, a member of
--- indigo_app (tenant_login() in tenantdb/src/schema.rs). It is the data
--- plane as much as indigo_app is, so a releasing session may not be it either.
+-- indigo_app (tenant_login() in tenantdb/src/schema.rs). It is the data plane
+-- as much as indigo_app is, so the releasing session is now recognised by
+-- what the data plane never has instead: membership in the owner role (the
+-- control plane's login; a superuser on a local server, RDS's master user on
+-- a cluster). pg_has_role answers from the backend's membership cache; a
+-- query of pg_auth_members here ran for every deleted row and grew with the
+-- number of tenant logins on the server.
 CREATE OR REPLACE FUNCTION move_capture() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     moving uuid := CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END;
 BEGIN
     IF current_setting('indigo.move_releasing', true) = moving::text
-       AND session_user <> 'indigo_app'
-       AND NOT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member
-                       WHERE m.roleid = 'indigo_app'::regrole AND r.rolname = session_user) THEN
+       AND pg_has_role(session_user, 'indigo_owner', 'MEMBER') THEN
         RETURN NULL;
     END IF;
     PERFORM pg_advisory_xact_lock_shared(hashtextextended('indigo:move:' || moving::text, 0));

@@ -742,6 +742,65 @@ async fn rows_are_verified_as_the_catch_up_writes_them_and_again_when_they_chang
     drop_scratch([from, into]).await;
 }
 
+/// After a move the source's rows go past the closed fence and unlogged
+/// because the mover's session names the tenant in `indigo.move_releasing`.
+/// The data plane's logins may set that too, but for them it changes
+/// nothing: `indigo_app` and a tenant's own login still meet the fence.
+#[tokio::test]
+async fn only_the_control_plane_releases_a_moved_tenants_rows() {
+    use sqlx::{ConnectOptions, Connection};
+    let [from, into] = scratch_databases("release").await;
+    let tenant = TenantId::new();
+    let product = Uuid::new_v4();
+    let mut owner = from.server.owner_options(&from.name).connect().await.unwrap();
+    sqlx::query("SELECT set_config('app.current_tenant', $1, false)")
+        .bind(tenant.to_string())
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO products (tenant_id, id, name, price_minor, currency) VALUES ($1, $2, 'Mug', 900, 'usd')")
+        .bind(tenant.0)
+        .bind(product)
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    owner.close().await.unwrap();
+    let mover = Mover::connect(tenant, &from, &into).await.unwrap();
+    mover.start_capture().await.unwrap();
+    mover.close_fence().await.unwrap();
+
+    let delete_as = async |url: &str| {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        for setting in ["app.current_tenant", "indigo.move_releasing"] {
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(setting)
+                .bind(tenant.to_string())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let deleted = sqlx::query("DELETE FROM products WHERE id = $1").bind(product).execute(&mut conn).await;
+        let _ = conn.close().await;
+        deleted.map(|done| done.rows_affected())
+    };
+    let fenced = |result: Result<u64, sqlx::Error>, who: &str| match result {
+        Err(sqlx::Error::Database(e)) => {
+            assert_eq!(e.code().as_deref(), Some(indigo_tenantdb::schema::MOVED_SQLSTATE), "{who}: {e}")
+        }
+        other => panic!("{who} passed the closed fence: {other:?}"),
+    };
+    fenced(delete_as(&from.server.app_url(&from.name)).await, "indigo_app");
+    // Provisioning the login closes the database to indigo_app itself.
+    let login = indigo_tenantdb::schema::tenant_login(tenant);
+    from.server.provision_login(&from.name, &login, "a-test-password").await.unwrap();
+    fenced(delete_as(&from.server.login_url(&login, &from.name)).await, "the tenant's login");
+
+    assert_eq!(mover.release_source().await.unwrap(), 1, "the mover's session releases the row");
+    drop(mover);
+    from.server.drop_login(&login).await.unwrap();
+    drop_scratch([from, into]).await;
+}
+
 /// A tier change previewed before it runs: the rows that would move, per
 /// table, counted as they are; the copy time at the default rate until a move
 /// has been measured, then at the measured one, with the pause that move had;
