@@ -228,6 +228,12 @@ pub enum TenantCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// A tenant's own backups, newest first, against its plan's RPO
+    Backups {
+        tenant: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Stop a tenant's storefront from serving
     Suspend {
         tenant: String,
@@ -510,6 +516,10 @@ async fn run_tenant(command: TenantCommand) -> anyhow::Result<()> {
             }
             return print(client.output, &tenants, || tenant_table(&tenants));
         }
+        TenantCommand::Backups { tenant, client } => {
+            let backups = client.client()?.backups(&tenant).await?;
+            return print(client.output, &backups, || backups_table(&backups));
+        }
         TenantCommand::Get { tenant, client } => {
             let found = client.client()?.get_tenant(&tenant).await?;
             (client, found)
@@ -671,6 +681,29 @@ async fn run_token(command: TokenCommand) -> anyhow::Result<()> {
 }
 
 /// A plan change's preview, for people.
+fn backups_table(backups: &indigo_core::api::TenantBackups) -> String {
+    let standing = match (backups.newest_age_seconds, backups.behind) {
+        (Some(age), false) => format!("newest {age} s old, within"),
+        (Some(age), true) => format!("BEHIND: newest {age} s old, past"),
+        (None, false) => "none yet, within".to_owned(),
+        (None, true) => "BEHIND: none taken, past".to_owned(),
+    };
+    let out = format!(
+        "{}: {standing} its RPO of {} min (restores within {} min)\n",
+        backups.slug, backups.rpo_minutes, backups.rto_minutes
+    );
+    let mut rows = table(&["taken at", "rows", "manifest sha256", "path"]);
+    for backup in &backups.backups {
+        rows.add_row(vec![
+            backup.taken_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            backup.rows.to_string(),
+            backup.manifest_sha256.chars().take(12).collect(),
+            backup.path.clone(),
+        ]);
+    }
+    out + &rows.to_string()
+}
+
 fn preview_table(preview: &indigo_core::api::PlanChangePreview) -> String {
     let money = |minor: u64| format!("{}.{:02} {}", minor / 100, minor % 100, preview.currency);
     let mut out = format!(

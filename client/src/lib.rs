@@ -3,8 +3,8 @@
 use indigo_core::api::{
     ApiToken, AuditEntry, BillingParity, CatalogueCacheStats, ChangePlanRequest, CreateTenantRequest,
     CreateTokenRequest, CreatedToken, ErrorBody, Event, LifecycleRequest, Page, PlanChangePreview, RecommenderStatus,
-    ReconcilePlan, ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, WhoAmI,
-    Workflow,
+    ReconcilePlan, ReconcilerStatus, Tenant, TenantBackups, TenantBilling, TenantCost, TenantMove, TenantUsage,
+    UsageSeries, WhoAmI, Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -195,6 +195,10 @@ impl AdminClient {
 
     pub async fn cancel_workflow(&self, id: &str, key: &str) -> Result<Workflow, ClientError> {
         self.mutate(Method::POST, &format!("/v1/workflows/{}/cancel", path_segment(id)), &(), key).await
+    }
+
+    pub async fn backups(&self, tenant: &str) -> Result<TenantBackups, ClientError> {
+        self.get(&format!("/v1/tenants/{}/backups", path_segment(tenant)), &()).await
     }
 
     pub async fn billing(&self, tenant: &str) -> Result<TenantBilling, ClientError> {

@@ -191,6 +191,7 @@ impl ControlPlane {
             tenant_dbs: tenant_dbs.clone(),
             plans: plans.clone(),
             failpoints,
+            backups_dir: crate::backups::directory(&config.data_dir),
         });
         let state = AppState {
             bootstrap_admin_hash: config.admin_token.as_ref().map(|t| crate::identity::hash_token(t.expose()).into()),

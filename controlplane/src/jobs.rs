@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
+use crate::backups;
 use crate::billing::Stripe;
 use crate::failpoints::Failpoints;
 use crate::metering::aws::{self, AwsUsage};
@@ -63,6 +64,11 @@ pub const JOBS: &[JobSpec] = &[
         description: "rolled-up usage → DynamoDB usage table and CloudWatch metrics (AWS provider)",
     },
     JobSpec {
+        name: backups::JOB,
+        schedule: "45 * * * * *",
+        description: "each serving tenant backed up on its own when its newest backup is as old as its plan's RPO",
+    },
+    JobSpec {
         name: HOUSEKEEPING,
         schedule: "0 40 * * * *",
         description: "idempotency keys past their retention (24 h) pruned; export bundles past theirs removed",
@@ -96,6 +102,8 @@ pub struct Jobs {
     /// The plans' limits, for the limits job.
     pub plans: Arc<PlanCatalog>,
     pub failpoints: Failpoints,
+    /// Where the backups job writes tenants' backups.
+    pub backups_dir: std::path::PathBuf,
 }
 
 fn spec(name: &str) -> Result<&'static JobSpec, JobError> {
@@ -146,6 +154,10 @@ impl Jobs {
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),
             },
+            backups::JOB => backups::run(&self.db, &self.tenant_dbs, &self.plans, &self.backups_dir)
+                .await
+                .map(|r| r.map(|r| json!(r)))
+                .map_err(|e| e.to_string()),
             HOUSEKEEPING => match crate::idempotency::prune(&self.db).await {
                 Ok(pruned) => crate::workflow::export::remove_expired(&self.db).await.map(|removed| {
                     Some(json!({ "idempotency_keys_pruned": pruned, "export_bundles_removed": removed }))

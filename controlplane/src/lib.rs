@@ -2,6 +2,7 @@
 //! `indigo-cli`) is a thin shell over it, and tests drive it in-process.
 
 pub mod api;
+pub mod backups;
 pub mod billing;
 pub mod config;
 pub mod control_plane;

@@ -627,6 +627,38 @@ pub struct PlanChangePreview {
     pub refusals: Vec<PlanChangeRefusal>,
 }
 
+/// A tenant's backups and where they stand against its plan's recovery targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantBackups {
+    pub tenant_id: TenantId,
+    pub slug: String,
+    /// The plan's recovery point objective: the oldest its newest backup may be.
+    pub rpo_minutes: u32,
+    /// The plan's recovery time objective: the longest a restore may take.
+    pub rto_minutes: u32,
+    /// Seconds since the newest backup was taken; `None` before the first.
+    pub newest_age_seconds: Option<i64>,
+    /// The newest backup is older than the RPO (or there is none, and the
+    /// tenant is older than its RPO).
+    pub behind: bool,
+    /// Newest first.
+    pub backups: Vec<TenantBackup>,
+}
+
+/// One consistent snapshot of a tenant's rows: an export bundle with a
+/// manifest of each table's rows and SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TenantBackup {
+    pub id: Uuid,
+    pub taken_at: DateTime<Utc>,
+    /// Rows in all its tables.
+    pub rows: u64,
+    /// SHA-256 of its manifest.
+    pub manifest_sha256: String,
+    /// Where the bundle is (a directory on the control plane's host).
+    pub path: String,
+}
+
 /// A tenant's usage as Stripe received it, against what Indigo reported: the last check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BillingParity {

@@ -179,6 +179,20 @@ pub struct Plan {
     /// The dedicated resources, for a silo plan (`None` for a pool plan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silo: Option<SiloSize>,
+    pub recovery: Recovery,
+}
+
+/// What a tenant on this plan may lose and wait for when its data is
+/// restored (reference design §11): the control plane backs each tenant up
+/// on its own at least every `rpo_minutes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Recovery {
+    /// Recovery point objective: the oldest a tenant's newest backup may be.
+    pub rpo_minutes: u32,
+    /// Recovery time objective: the longest a restore may take.
+    pub rto_minutes: u32,
+    /// The tenant's backups kept; older ones are removed.
+    pub backups_kept: u32,
 }
 
 impl Plan {
@@ -328,6 +342,7 @@ fn parse_plan(name: PlanName, s: &Section<'_>) -> Result<Plan, PlanError> {
         "limits",
         "rate_limit",
         "silo",
+        "recovery",
     ])?;
     let isolation_raw = s.string("isolation")?;
     let isolation = isolation_raw
@@ -378,6 +393,16 @@ fn parse_plan(name: PlanName, s: &Section<'_>) -> Result<Plan, PlanError> {
             burst: rate.positive("burst")?,
         },
         silo,
+        recovery: parse_recovery(&s.table("recovery")?)?,
+    })
+}
+
+fn parse_recovery(s: &Section<'_>) -> Result<Recovery, PlanError> {
+    s.only_keys(&["rpo_minutes", "rto_minutes", "backups_kept"])?;
+    Ok(Recovery {
+        rpo_minutes: s.positive("rpo_minutes")?,
+        rto_minutes: s.positive("rto_minutes")?,
+        backups_kept: s.positive("backups_kept")?,
     })
 }
 
@@ -575,6 +600,7 @@ currency = "usd"
 features = ["basic_store"]
 limits = { products = 100, ai_credits = 50, storage_gb = 1, team_members = 1, api_calls_per_day = 1000 }
 rate_limit = { requests_per_second = 10, burst = 20 }
+recovery = { rpo_minutes = 60, rto_minutes = 240, backups_kept = 24 }
 
 [plans.enterprise]
 display_name = "Enterprise"
@@ -585,6 +611,7 @@ currency = "usd"
 features = ["basic_store", "sso"]
 limits = { products = -1, ai_credits = -1, storage_gb = -1, team_members = -1, api_calls_per_day = -1 }
 rate_limit = { requests_per_second = 500, burst = 1000 }
+recovery = { rpo_minutes = 1, rto_minutes = 15, backups_kept = 60 }
 silo = { acu_min = 0.5, acu_max = 16, backup_retention_days = 14, dataplane_replicas = 2, final_snapshot = true }
 "#;
 
@@ -679,6 +706,8 @@ silo = { acu_min = 0.5, acu_max = 16, backup_retention_days = 14, dataplane_repl
             ),
             "plans.toml: plan `starter`: key `silo`: only a plan with isolation `silo` has silo sizes"
         );
+        let zero = broken("rpo_minutes = 60", "rpo_minutes = 0");
+        assert!(zero.starts_with("plans.toml: plan `starter`: key `recovery.rpo_minutes`"), "{zero}");
         let missing = VALID.replacen("silo = {", "# silo = {", 1);
         assert!(
             PlanCatalog::parse("plans.toml", &missing).unwrap_err().to_string().ends_with("key `silo`: is missing")

@@ -72,6 +72,26 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("plan=enterprise isolation=silo"), "{stdout}");
 
+    // Backed up on its own at its plan's RPO (the job run now rather than at its minute).
+    let admin = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_owned();
+    let ran = reqwest::Client::new()
+        .post(format!("{api_url}/v1/jobs/backups/run"))
+        .bearer_auth(&admin)
+        .header("idempotency-key", "backups-now")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ran.status(), 200, "{}", ran.text().await.unwrap());
+    let output = cli(data_dir, &["tenant", "backups", "fjord-fashion", "--api-url", &api_url]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("within its RPO of 1 min (restores within 15 min)"), "{stdout}");
+    let output = cli(data_dir, &["tenant", "backups", "fjord-fashion", "--output", "json", "--api-url", &api_url]);
+    let backups: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let taken = &backups["backups"][0];
+    let manifest = indigo_controlplane::workflow::export::verify(std::path::Path::new(taken["path"].as_str().unwrap()))
+        .expect("the bundle verifies");
+    assert!(manifest.tables.iter().any(|t| t.table == "products" && t.rows >= 1), "{manifest:?}");
+
     // The storefront serves a demo tenant with a token minted by the CLI.
     let jwt = storefront_token(data_dir, &api_url, "blue-bakery");
     let http = reqwest::Client::new();

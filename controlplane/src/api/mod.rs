@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod idempotency;
 
+mod backups;
 mod cost;
 mod events;
 mod health;
@@ -95,6 +96,7 @@ pub struct AppState {
         (name = "workflows", description = "Durable onboarding and offboarding workflows"),
         (name = "jobs", description = "Scheduled jobs: usage roll-up, billing sync, storage, limits, recommender"),
         (name = "cost", description = "Cost and margin per tenant"),
+        (name = "backups", description = "Each tenant's own backups against its plan's RPO"),
         (name = "webhooks", description = "Stripe's webhook deliveries"),
         (name = "health", description = "Probes and metrics"),
     )
@@ -115,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .merge(workflows::router())
         .merge(jobs::router())
         .merge(cost::router())
+        .merge(backups::router())
         .merge(webhooks::router())
         .merge(health::router())
         .split_for_parts();

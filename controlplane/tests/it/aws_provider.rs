@@ -47,6 +47,7 @@ currency = "usd"
 features = ["basic_store", "sla"]
 limits = { products = -1, ai_credits = -1, storage_gb = -1, team_members = -1, api_calls_per_day = -1 }
 rate_limit = { requests_per_second = 2000, burst = 4000 }
+recovery = { rpo_minutes = 1, rto_minutes = 15, backups_kept = 60 }
 silo = { acu_min = 2, acu_max = 64, backup_retention_days = 30, dataplane_replicas = 3, final_snapshot = true }
 "#;
     PlanCatalog::parse(path, &text).unwrap()

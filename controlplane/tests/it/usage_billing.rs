@@ -79,6 +79,7 @@ impl World {
             tenant_dbs: self.state.tenant_dbs.clone(),
             plans: self.state.plans.clone(),
             failpoints: Failpoints::default(),
+            backups_dir: std::env::temp_dir().join("indigo-usage-test").join("backups"),
         }
     }
 
@@ -532,6 +533,7 @@ async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_sam
         tenant_dbs: world.state.tenant_dbs.clone(),
         plans: world.state.plans.clone(),
         failpoints: Failpoints::default(),
+        backups_dir: world.jobs().backups_dir,
     };
 
     let stream: Vec<Value> =
@@ -977,5 +979,137 @@ async fn usage_is_proven_against_stripe_and_each_discrepancy_is_found_once(pool:
     assert_eq!((b["in_parity"].as_bool(), &b["mismatches"]), (Some(true), &json!([])), "{b}");
     assert_eq!(announced("BillingParityRestored", tenants[1]).await, 1);
     assert_eq!(restored[0]["slug"], "parity-a", "tenants out of parity first: {restored}");
+    world.cleanup().await;
+}
+
+/// Each tenant is backed up on its own at its plan's RPO: a bundle whose
+/// manifest verifies and counts that tenant's rows alone; none again within
+/// the RPO; one cut short is never listed and is removed; the plan's
+/// `backups_kept` newest are kept; a tenant left behind its RPO is an event,
+/// once, and so is its catching up.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn each_tenant_is_backed_up_on_its_own_at_its_plans_rpo(pool: PgPool) {
+    let world = World::new(pool, chrono::Duration::hours(72)).await;
+    let tenants = world.tenants(&["kept-one", "kept-two"]).await;
+    let mut conn = world.pool_owner().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SELECT set_config('app.current_tenant', '{t}', true);
+         INSERT INTO products (tenant_id, id, name, price_minor, currency)
+             SELECT '{t}', gen_random_uuid(), 'Extra ' || n, 100, 'usd' FROM generate_series(1, 3) n;
+         COMMIT;",
+        t = tenants[1]
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let backups = async |slug: &str| {
+        let (status, backups) =
+            world.call(Method::GET, &format!("/v1/tenants/{slug}/backups"), &World::admin(), vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{backups}");
+        backups
+    };
+    let run = async || world.jobs().run("backups").await.unwrap();
+
+    let report = run().await;
+    assert_eq!((&report["taken"], &report["failed"], &report["behind"]), (&json!(2), &json!(0), &json!(0)), "{report}");
+    let two = backups("kept-two").await;
+    assert_eq!((&two["rpo_minutes"], &two["rto_minutes"], &two["behind"]), (&json!(60), &json!(240), &json!(false)));
+    assert_eq!(two["backups"].as_array().unwrap().len(), 1, "{two}");
+    let newest = &two["backups"][0];
+    let manifest =
+        indigo_controlplane::workflow::export::verify(std::path::Path::new(newest["path"].as_str().unwrap()))
+            .expect("the bundle verifies against its checksums");
+    let products = manifest.tables.iter().find(|t| t.table == "products").unwrap().rows;
+    assert_eq!(products, 4, "its sample product and its three, none of kept-one's");
+    assert_eq!(newest["rows"], manifest.tables.iter().map(|t| t.rows).sum::<u64>());
+    assert_eq!(run().await["taken"], 0, "within the RPO, no second backup");
+
+    // A backup cut short (a crash mid-write): never listed, removed by the next run.
+    let partial = std::env::temp_dir().join(format!("indigo-cut-short-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(partial.with_extension("partial")).unwrap();
+    std::fs::write(partial.with_extension("partial").join("products.jsonl"), "{}\n").unwrap();
+    sqlx::query("INSERT INTO tenant_backups (id, tenant_id, path) VALUES ($1, $2, $3)")
+        .bind(Uuid::now_v7())
+        .bind(tenants[1])
+        .bind(partial.to_string_lossy().as_ref())
+        .execute(&world.db)
+        .await
+        .unwrap();
+    assert_eq!(backups("kept-two").await["backups"].as_array().unwrap().len(), 1, "not a backup");
+    assert_eq!(run().await["abandoned"], 1);
+    assert!(!partial.with_extension("partial").exists(), "what it left is removed");
+
+    // Its newest older than the RPO: behind, then backed up again.
+    let age = |slug: &'static str, by: &'static str| {
+        let db = world.db.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE tenant_backups SET taken_at = taken_at - interval '{by}'
+                 WHERE tenant_id = (SELECT id FROM tenants WHERE slug = '{slug}')"
+            )))
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    };
+    age("kept-one", "61 minutes").await;
+    assert_eq!(backups("kept-one").await["behind"], true);
+    let report = run().await;
+    assert_eq!((&report["taken"], &report["behind"]), (&json!(1), &json!(0)), "{report}");
+    assert_eq!(backups("kept-one").await["backups"].as_array().unwrap().len(), 2);
+
+    // It cannot be backed up (its database gone from under it): behind, one
+    // event however many runs, then one when it catches up.
+    let placement = |database: &str| {
+        sqlx::query(
+            "UPDATE tenants SET placement = jsonb_set(placement, '{database}', to_jsonb($2::text)) WHERE id = $1",
+        )
+        .bind(tenants[0])
+        .bind(database.to_owned())
+    };
+    let pool_database = world.state.tenant_dbs.pool_database.clone();
+    placement("indigo_no_such_database").execute(&world.db).await.unwrap();
+    age("kept-one", "2 hours").await;
+    for _ in 0..2 {
+        let report = run().await;
+        assert_eq!((&report["failed"], &report["behind"]), (&json!(1), &json!(1)), "{report}");
+    }
+    let events = |kind: &'static str| {
+        sqlx::query_scalar::<_, String>("SELECT message FROM events WHERE tenant_id = $1 AND kind = $2")
+            .bind(tenants[0])
+            .bind(kind)
+            .fetch_all(&world.db)
+    };
+    let behind = events("BackupBehind").await.unwrap();
+    assert_eq!(behind.len(), 1, "{behind:?}");
+    assert!(behind[0].contains("RPO of 60 min"), "{behind:?}");
+    placement(&pool_database).execute(&world.db).await.unwrap();
+    assert_eq!(run().await["behind"], 0);
+    assert_eq!(events("BackupCaughtUp").await.unwrap().len(), 1);
+
+    // The plan keeps 24: older ones go, with their bundles.
+    let mut old = Vec::new();
+    for minutes in 10..35 {
+        let path = std::env::temp_dir().join(format!("indigo-old-backup-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).unwrap();
+        sqlx::query(
+            "INSERT INTO tenant_backups (id, tenant_id, path, taken_at, manifest_sha256, rows)
+             VALUES ($1, $2, $3, now() - make_interval(mins => $4), 'x', 0)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(tenants[1])
+        .bind(path.to_string_lossy().as_ref())
+        .bind(minutes)
+        .execute(&world.db)
+        .await
+        .unwrap();
+        old.push(path);
+    }
+    assert_eq!(run().await["pruned"], 2, "26 backups, 24 kept");
+    assert_eq!(backups("kept-two").await["backups"].as_array().unwrap().len(), 24);
+    assert!(!old[24].exists() && !old[23].exists() && old[22].exists(), "the two oldest bundles removed");
+    for path in old {
+        let _ = std::fs::remove_dir_all(path);
+    }
     world.cleanup().await;
 }

@@ -1,0 +1,286 @@
+//! Per-tenant backups (reference design §11). Cluster backups cannot give one
+//! pool tenant its rows back without rewinding every other tenant, so each
+//! tenant is also backed up on its own: a consistent snapshot of its rows (one
+//! repeatable-read transaction under its row-level security), written as an
+//! export bundle — one file per table with its row count and SHA-256, and a
+//! manifest — under `<data_dir>/backups/<tenant>/<backup>`. The `backups` job
+//! takes one for every serving tenant whose newest is as old as its plan's RPO,
+//! keeps the plan's `backups_kept` newest, and turns a tenant whose newest
+//! backup is older than its RPO into an event (`BackupBehind`, then
+//! `BackupCaughtUp`).
+//!
+//! A backup is recorded before it is written and marked taken only once its
+//! bundle is complete and in place; one cut short (a crash, a failure) is
+//! never listed or used, and the next run removes what it left.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use indigo_core::api::TenantBackup;
+use indigo_core::plan::PlanCatalog;
+use indigo_core::tenant::TenantId;
+use indigo_tenantdb::TenantDatabases;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{ConnectOptions, Connection, PgPool};
+use uuid::Uuid;
+
+use crate::journal;
+use crate::registry::{self, TenantRef};
+use crate::workflow::export;
+
+pub const JOB: &str = "backups";
+
+/// How often the job runs (its schedule in `jobs.rs`: every minute).
+const RUN_EVERY: chrono::Duration = chrono::Duration::minutes(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("tenant {tenant}: {message}")]
+    Tenant { tenant: Uuid, message: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BackupReport {
+    pub taken: u64,
+    pub failed: u64,
+    /// Backups cut short by an earlier run, removed.
+    pub abandoned: u64,
+    /// Backups past the plan's `backups_kept`, removed.
+    pub pruned: u64,
+    /// Serving tenants whose newest backup is older than their RPO after this run.
+    pub behind: u64,
+}
+
+/// Where tenant backups are written under the daemon's data directory.
+pub fn directory(data_dir: &Path) -> PathBuf {
+    data_dir.join("backups")
+}
+
+/// A serving tenant, where its rows are and when it was last backed up.
+#[derive(sqlx::FromRow)]
+struct Serving {
+    id: Uuid,
+    plan: String,
+    database: String,
+    cluster: Option<String>,
+    created_at: DateTime<Utc>,
+    newest: Option<DateTime<Utc>>,
+}
+
+/// One run of the job; `None` when another daemon is running it.
+pub async fn run(
+    db: &PgPool,
+    dbs: &TenantDatabases,
+    plans: &PlanCatalog,
+    dir: &Path,
+) -> Result<Option<BackupReport>, BackupError> {
+    // One run at a time across daemons. The lock is this connection's, out of
+    // the pool: closed when the run ends however it ends, it lets go.
+    let mut lock = db.acquire().await?.detach();
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('indigo:job:backups'))").fetch_one(&mut lock).await?;
+    if !locked {
+        return Ok(None);
+    }
+    let report = run_locked(db, dbs, plans, dir).await?;
+    let _ = lock.close().await;
+    Ok(Some(report))
+}
+
+async fn run_locked(
+    db: &PgPool,
+    dbs: &TenantDatabases,
+    plans: &PlanCatalog,
+    dir: &Path,
+) -> Result<BackupReport, BackupError> {
+    let mut report = BackupReport::default();
+    // Whatever an earlier run left unfinished is no backup: remove it.
+    let abandoned: Vec<String> = sqlx::query_scalar(
+        "UPDATE tenant_backups SET removed_at = now() WHERE taken_at IS NULL AND removed_at IS NULL RETURNING path",
+    )
+    .fetch_all(db)
+    .await?;
+    for path in &abandoned {
+        remove_bundle(Path::new(path)).await;
+    }
+    report.abandoned = abandoned.len() as u64;
+
+    let serving: Vec<Serving> = sqlx::query_as(
+        "SELECT t.id, t.plan, t.placement->>'database' AS database, t.placement->>'cluster' AS cluster, t.created_at,
+                (SELECT max(b.taken_at) FROM tenant_backups b
+                 WHERE b.tenant_id = t.id AND b.removed_at IS NULL) AS newest
+         FROM tenants t WHERE t.lifecycle = 'active' AND t.placement IS NOT NULL ORDER BY t.id",
+    )
+    .fetch_all(db)
+    .await?;
+    for Serving { id: tenant, plan, database, cluster, created_at, newest } in serving {
+        let Ok(plan) = plans.get(&plan) else { continue };
+        // Taken a run early rather than a run late: the next run may be too late.
+        let due_at = chrono::Duration::minutes(i64::from(plan.recovery.rpo_minutes)) - RUN_EVERY;
+        let mut newest = newest;
+        if newest.is_none_or(|taken| Utc::now() - taken >= due_at) {
+            match take(db, dbs, dir, tenant, cluster.as_deref(), &database).await {
+                Ok(backup) => {
+                    report.taken += 1;
+                    newest = Some(backup.taken_at);
+                }
+                Err(error) => {
+                    tracing::warn!(%tenant, %error, "cannot back the tenant up");
+                    report.failed += 1;
+                }
+            }
+        }
+        report.pruned += prune(db, tenant, plan.recovery.backups_kept).await?;
+        let behind = behind(newest, created_at, plan.recovery.rpo_minutes, Utc::now());
+        report.behind += u64::from(behind);
+        record_standing(db, TenantId(tenant), behind, plan.recovery.rpo_minutes).await?;
+    }
+    Ok(report)
+}
+
+/// Takes a backup of `tenant` now, whatever its age.
+pub async fn take(
+    db: &PgPool,
+    dbs: &TenantDatabases,
+    dir: &Path,
+    tenant: Uuid,
+    cluster: Option<&str>,
+    database: &str,
+) -> Result<TenantBackup, BackupError> {
+    let failed = |message: String| BackupError::Tenant { tenant, message };
+    let record = registry::get(&mut *db.acquire().await?, &TenantRef::Id(TenantId(tenant)))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let id = Uuid::now_v7();
+    let path = dir.join(tenant.to_string()).join(id.to_string());
+    sqlx::query("INSERT INTO tenant_backups (id, tenant_id, path) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(tenant)
+        .bind(path.to_string_lossy().as_ref())
+        .execute(db)
+        .await?;
+    let located = dbs.locate(cluster, database);
+    let mut conn = located.server.owner_options(&located.name).connect().await?;
+    // One snapshot for every table: the rows as they were at one instant.
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    sqlx::query("SELECT set_config('app.current_tenant', $1, true)").bind(tenant.to_string()).execute(&mut *tx).await?;
+    let bundle =
+        export::write(Some(&mut *tx), &path, &record, Some(&located.name)).await.map_err(|e| failed(e.to_string()))?;
+    tx.commit().await?;
+    let rows: u64 = bundle.manifest.tables.iter().map(|t| t.rows).sum();
+    let taken_at: DateTime<Utc> = sqlx::query_scalar(
+        "UPDATE tenant_backups SET taken_at = now(), manifest_sha256 = $2, rows = $3 WHERE id = $1 RETURNING taken_at",
+    )
+    .bind(id)
+    .bind(&bundle.manifest_sha256)
+    .bind(i64::try_from(rows).unwrap_or(i64::MAX))
+    .fetch_one(db)
+    .await?;
+    Ok(TenantBackup {
+        id,
+        taken_at,
+        rows,
+        manifest_sha256: bundle.manifest_sha256,
+        path: path.to_string_lossy().into(),
+    })
+}
+
+/// Removes `tenant`'s taken backups beyond the `kept` newest.
+async fn prune(db: &PgPool, tenant: Uuid, kept: u32) -> Result<u64, sqlx::Error> {
+    let old: Vec<String> = sqlx::query_scalar(
+        "UPDATE tenant_backups SET removed_at = now()
+         WHERE id IN (SELECT id FROM tenant_backups WHERE tenant_id = $1 AND taken_at IS NOT NULL AND removed_at IS NULL
+                      ORDER BY taken_at DESC OFFSET $2)
+         RETURNING path",
+    )
+    .bind(tenant)
+    .bind(i64::from(kept))
+    .fetch_all(db)
+    .await?;
+    for path in &old {
+        remove_bundle(Path::new(path)).await;
+    }
+    Ok(old.len() as u64)
+}
+
+/// Removes a bundle and whatever half of one a crash left beside it.
+async fn remove_bundle(path: &Path) {
+    for dir in [path.to_owned(), path.with_extension("partial")] {
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(path = %dir.display(), %error, "cannot remove a tenant backup"),
+        }
+    }
+}
+
+/// Keeps whether `tenant`'s newest backup is older than its RPO; an event when that changes.
+async fn record_standing(db: &PgPool, tenant: TenantId, behind: bool, rpo_minutes: u32) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let was: Option<bool> = sqlx::query_scalar("SELECT behind FROM backup_standing WHERE tenant_id = $1 FOR UPDATE")
+        .bind(tenant.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO backup_standing (tenant_id, behind, checked_at) VALUES ($1, $2, now())
+         ON CONFLICT (tenant_id) DO UPDATE SET behind = $2, checked_at = now()",
+    )
+    .bind(tenant.0)
+    .bind(behind)
+    .execute(&mut *tx)
+    .await?;
+    match (was, behind) {
+        (Some(false) | None, true) => {
+            let message = format!("the tenant's newest backup is older than its plan's RPO of {rpo_minutes} min");
+            journal::publish(&mut tx, Some(tenant), "BackupBehind", &message, json!({ "rpo_minutes": rpo_minutes }))
+                .await?;
+        }
+        (Some(true), false) => {
+            let message = format!("the tenant is backed up within its plan's RPO of {rpo_minutes} min again");
+            journal::publish(&mut tx, Some(tenant), "BackupCaughtUp", &message, json!({ "rpo_minutes": rpo_minutes }))
+                .await?;
+        }
+        _ => {}
+    }
+    tx.commit().await
+}
+
+/// Whether a tenant created at `created_at`, whose newest backup was taken
+/// at `newest`, is behind an RPO of `rpo_minutes` at `now`: its newest backup
+/// is older than that, or it has none and is older than that itself.
+pub fn behind(newest: Option<DateTime<Utc>>, created_at: DateTime<Utc>, rpo_minutes: u32, now: DateTime<Utc>) -> bool {
+    now - newest.unwrap_or(created_at) > chrono::Duration::minutes(i64::from(rpo_minutes))
+}
+
+#[derive(sqlx::FromRow)]
+struct Taken {
+    id: Uuid,
+    taken_at: DateTime<Utc>,
+    rows: Option<i64>,
+    manifest_sha256: Option<String>,
+    path: String,
+}
+
+/// `tenant`'s taken backups, newest first.
+pub async fn list(db: &PgPool, tenant: TenantId) -> Result<Vec<TenantBackup>, sqlx::Error> {
+    let rows: Vec<Taken> = sqlx::query_as(
+        "SELECT id, taken_at, rows, manifest_sha256, path FROM tenant_backups
+         WHERE tenant_id = $1 AND taken_at IS NOT NULL AND removed_at IS NULL ORDER BY taken_at DESC",
+    )
+    .bind(tenant.0)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| TenantBackup {
+            id: row.id,
+            taken_at: row.taken_at,
+            rows: row.rows.and_then(|n| u64::try_from(n).ok()).unwrap_or_default(),
+            manifest_sha256: row.manifest_sha256.unwrap_or_default(),
+            path: row.path,
+        })
+        .collect())
+}
