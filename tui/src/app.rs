@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
     AuditEntry, BillingParity, CatalogueCacheStats, Event, PlanChangePreview, RecommenderStatus, ReconcilePlan,
-    ReconcilerStatus, Tenant, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, Workflow,
+    ReconcilerStatus, Tenant, TenantBackups, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, Workflow,
 };
 use indigo_core::plan::Plan;
 use indigo_core::tenant::{Isolation, TenantId};
@@ -247,6 +247,8 @@ pub enum Loaded {
         cache: Option<CatalogueCacheStats>,
         /// Where its built-in recommender stands.
         recommender: Option<RecommenderStatus>,
+        /// Its own backups against its plan's RPO.
+        backups: Option<TenantBackups>,
     },
     Plan(ReconcilePlan),
     /// What a plan change being confirmed would do.
@@ -297,6 +299,7 @@ pub struct Detail {
     pub billing: Option<TenantBilling>,
     pub cache: Option<CatalogueCacheStats>,
     pub recommender: Option<RecommenderStatus>,
+    pub backups: Option<TenantBackups>,
 }
 
 pub struct App {
@@ -449,9 +452,10 @@ impl App {
                 self.connection = Connection::Live;
                 self.clamp_selection();
             }
-            Loaded::Detail { slug, events, audit, usage, billing, cache, recommender } => {
+            Loaded::Detail { slug, events, audit, usage, billing, cache, recommender, backups } => {
                 if self.detail.slug.as_deref() == Some(slug.as_str()) {
-                    self.detail = Detail { slug: Some(slug), events, audit, usage, billing, cache, recommender };
+                    self.detail =
+                        Detail { slug: Some(slug), events, audit, usage, billing, cache, recommender, backups };
                 }
             }
             Loaded::PlanChange(preview) => {

@@ -219,13 +219,14 @@ fn load_detail(client: &AdminClient, out: &mpsc::UnboundedSender<Loaded>, slug: 
     let (client, out) = (client.clone(), out.clone());
     tokio::spawn(async move {
         let query = EventQuery { tenant: Some(slug.clone()), limit: Some(200), ..Default::default() };
-        let (events, audit, usage, billing, cache, recommender) = tokio::join!(
+        let (events, audit, usage, billing, cache, recommender, backups) = tokio::join!(
             client.events(&query),
             client.tenant_audit(&slug, 200),
             client.usage_series(&slug, 24),
             client.billing(&slug),
             client.catalogue_cache(&slug),
-            client.recommender(&slug)
+            client.recommender(&slug),
+            client.backups(&slug)
         );
         if let (Ok(events), Ok(audit)) = (events, audit) {
             let _ = out.send(Loaded::Detail {
@@ -236,6 +237,7 @@ fn load_detail(client: &AdminClient, out: &mpsc::UnboundedSender<Loaded>, slug: 
                 billing: billing.ok(),
                 cache: cache.ok(),
                 recommender: recommender.ok(),
+                backups: backups.ok(),
             });
         }
     });

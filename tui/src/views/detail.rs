@@ -72,6 +72,15 @@ pub(super) fn draw(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             _ => "recommender not computed yet".to_owned(),
         }));
     }
+    if let Some(backups) = &app.detail.backups {
+        let newest = backups.backups.first().map(|b| b.taken_at);
+        let taken = match newest {
+            Some(at) => format!("newest {} ago", age(app.now, Some(at))),
+            None => "none yet".to_owned(),
+        };
+        let line = format!("backups     {taken}, RPO {} min", backups.rpo_minutes);
+        spec.push(if backups.behind { Line::styled(line + " BEHIND", theme.bad()) } else { Line::from(line) });
+    }
     frame.render_widget(
         Paragraph::new(spec)
             .wrap(Wrap { trim: false })

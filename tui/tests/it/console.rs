@@ -454,8 +454,18 @@ fn detail_shows_billing_and_a_days_usage_as_sparklines() {
         billing: Some(billing),
         cache: None,
         recommender: None,
+        backups: Some(indigo_core::api::TenantBackups {
+            tenant_id: app.tenants[0].id,
+            slug: "acme-shoes".into(),
+            rpo_minutes: 15,
+            rto_minutes: 60,
+            newest_age_seconds: None,
+            behind: true,
+            backups: vec![],
+        }),
     });
     assert!(render(&app, 120, 30).contains("billing     cus_123 · sub_456 · past_due"));
+    assert!(render(&app, 120, 30).contains("backups     none yet, RPO 15 min BEHIND"));
     for (width, height) in [(100, 30), (80, 24)] {
         let screen = render(&app, width, height);
         for needle in ["calls/h: 42 (max 30)", "search/h: 3 (max 2)", "AI cr/h: 0"] {

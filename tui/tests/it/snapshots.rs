@@ -6,7 +6,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
     AuditEntry, BillingParity, CatalogueCacheStats, ParityMismatch, PlanChangePreview, RecommenderStatus,
-    TableFootprint, TenantBilling, UsageSeries, WorkflowState,
+    TableFootprint, TenantBackup, TenantBackups, TenantBilling, UsageSeries, WorkflowState,
 };
 use indigo_core::tenant::{Condition, ConditionStatus, Isolation, Phase, Role};
 use indigo_tui::app::{App, Loaded};
@@ -137,6 +137,21 @@ fn detail(app: &mut App) {
             refreshed_at: Some(ago(1500)),
             orders_counted: Some(57),
             pairs: 212,
+        }),
+        backups: Some(TenantBackups {
+            tenant_id: app.tenants[0].id,
+            slug: app.tenants[0].slug.to_string(),
+            rpo_minutes: 60,
+            rto_minutes: 240,
+            newest_age_seconds: Some(1200),
+            behind: false,
+            backups: vec![TenantBackup {
+                id: uuid::Uuid::nil(),
+                taken_at: ago(1200),
+                rows: 412,
+                manifest_sha256: "9f2c".into(),
+                path: "/var/lib/indigo/backups/acme/1".into(),
+            }],
         }),
     });
 }
