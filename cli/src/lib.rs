@@ -692,12 +692,18 @@ fn backups_table(backups: &indigo_core::api::TenantBackups) -> String {
         "{}: {standing} its RPO of {} min (restores within {} min)\n",
         backups.slug, backups.rpo_minutes, backups.rto_minutes
     );
-    let mut rows = table(&["taken at", "rows", "manifest sha256", "path"]);
+    let mut rows = table(&["taken at", "rows", "manifest sha256", "restore drill", "path"]);
     for backup in &backups.backups {
+        let drill = match (&backup.drilled_at, &backup.drill_problem) {
+            (None, _) => "not yet".to_owned(),
+            (Some(at), None) => format!("intact at {}", at.format("%H:%M")),
+            (Some(_), Some(problem)) => format!("FAILED: {problem}"),
+        };
         rows.add_row(vec![
             backup.taken_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             backup.rows.to_string(),
             backup.manifest_sha256.chars().take(12).collect(),
+            drill,
             backup.path.clone(),
         ]);
     }

@@ -4,10 +4,11 @@
 //! repeatable-read transaction under its row-level security), written as an
 //! export bundle — one file per table with its row count and SHA-256, and a
 //! manifest — under `<data_dir>/backups/<tenant>/<backup>`. The `backups` job
-//! takes one for every serving tenant whose newest is as old as its plan's RPO,
-//! keeps the plan's `backups_kept` newest, and turns a tenant whose newest
-//! backup is older than its RPO into an event (`BackupBehind`, then
-//! `BackupCaughtUp`).
+//! takes one for every serving tenant whose newest would be older than its
+//! plan's RPO by the next run, keeps the plan's `backups_kept` newest, and
+//! turns a tenant whose newest backup is older than its RPO into an event
+//! (`BackupBehind`, then `BackupCaughtUp`). The `backup_drill` job restores
+//! each tenant's newest backup into a scratch database and checks it there.
 //!
 //! A backup is recorded before it is written and marked taken only once its
 //! bundle is complete and in place; one cut short (a crash, a failure) is
@@ -185,6 +186,8 @@ pub async fn take(
         rows,
         manifest_sha256: bundle.manifest_sha256,
         path: path.to_string_lossy().into(),
+        drilled_at: None,
+        drill_problem: None,
     })
 }
 
@@ -262,12 +265,14 @@ struct Taken {
     rows: Option<i64>,
     manifest_sha256: Option<String>,
     path: String,
+    drilled_at: Option<DateTime<Utc>>,
+    drill_problem: Option<String>,
 }
 
 /// `tenant`'s taken backups, newest first.
 pub async fn list(db: &PgPool, tenant: TenantId) -> Result<Vec<TenantBackup>, sqlx::Error> {
     let rows: Vec<Taken> = sqlx::query_as(
-        "SELECT id, taken_at, rows, manifest_sha256, path FROM tenant_backups
+        "SELECT id, taken_at, rows, manifest_sha256, path, drilled_at, drill_problem FROM tenant_backups
          WHERE tenant_id = $1 AND taken_at IS NOT NULL AND removed_at IS NULL ORDER BY taken_at DESC",
     )
     .bind(tenant.0)
@@ -281,6 +286,161 @@ pub async fn list(db: &PgPool, tenant: TenantId) -> Result<Vec<TenantBackup>, sq
             rows: row.rows.and_then(|n| u64::try_from(n).ok()).unwrap_or_default(),
             manifest_sha256: row.manifest_sha256.unwrap_or_default(),
             path: row.path,
+            drilled_at: row.drilled_at,
+            drill_problem: row.drill_problem,
         })
         .collect())
+}
+
+/// The restore drill's job: each serving tenant's newest backup restored into
+/// a scratch database and checked, hourly.
+pub const DRILL_JOB: &str = "backup_drill";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DrillReport {
+    pub drilled: u64,
+    /// Backups that did not restore intact (each also a `BackupDrillFailed` event).
+    pub failed: u64,
+}
+
+/// Rows restored per statement.
+const RESTORE_BATCH: usize = 500;
+
+/// Drills the newest backup of every serving tenant; `None` when another daemon is at it.
+pub async fn drill_all(db: &PgPool, dbs: &TenantDatabases) -> Result<Option<DrillReport>, BackupError> {
+    let mut lock = db.acquire().await?.detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('indigo:job:backup_drill'))")
+        .fetch_one(&mut lock)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    let newest: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (b.tenant_id) b.id, b.tenant_id, b.path FROM tenant_backups b
+         JOIN tenants t ON t.id = b.tenant_id AND t.lifecycle = 'active'
+         WHERE b.taken_at IS NOT NULL AND b.removed_at IS NULL ORDER BY b.tenant_id, b.taken_at DESC",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut report = DrillReport::default();
+    for (backup, tenant, path) in newest {
+        let problem = drill(dbs, Path::new(&path)).await.err();
+        report.drilled += 1;
+        report.failed += u64::from(problem.is_some());
+        let mut tx = db.begin().await?;
+        sqlx::query("UPDATE tenant_backups SET drilled_at = now(), drill_problem = $2 WHERE id = $1")
+            .bind(backup)
+            .bind(&problem)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(problem) = &problem {
+            let message = format!("the tenant's newest backup does not restore intact: {problem}");
+            let data = json!({ "backup_id": backup, "problem": problem });
+            journal::publish(&mut tx, Some(TenantId(tenant)), "BackupDrillFailed", &message, data).await?;
+        }
+        tx.commit().await?;
+    }
+    let _ = lock.close().await;
+    Ok(Some(report))
+}
+
+/// Restores the bundle at `path` into a scratch database of its own on the
+/// tenant server, under its tenant's RLS, and checks every table's rows and
+/// checksum there against the bundle's manifest; the scratch database is
+/// dropped afterwards. `Err` says what is wrong: a file that does not match
+/// its manifest, a row that does not load, or a table that reads back
+/// otherwise than it was written.
+pub async fn drill(dbs: &TenantDatabases, path: &Path) -> Result<(), String> {
+    let manifest = export::verify(path)?;
+    let scratch = format!("indigo_drill_{}", Uuid::new_v4().simple());
+    let server = &dbs.server;
+    let restored = async {
+        server.provision(&scratch).await.map_err(|e| e.to_string())?;
+        restore_and_compare(server, &scratch, path, &manifest).await
+    }
+    .await;
+    if let Err(error) = server.drop_database(&scratch).await {
+        tracing::warn!(%error, database = %scratch, "cannot drop a restore drill's scratch database");
+    }
+    restored
+}
+
+async fn restore_and_compare(
+    server: &indigo_tenantdb::schema::TenantServer,
+    scratch: &str,
+    path: &Path,
+    manifest: &export::Manifest,
+) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt;
+    fn failed(what: &str) -> impl FnOnce(sqlx::Error) -> String + '_ {
+        move |e| format!("{what}: {e}")
+    }
+    let mut conn = server.owner_options(scratch).connect().await.map_err(failed("the scratch database"))?;
+    let mut tx = conn.begin().await.map_err(failed("the scratch database"))?;
+    sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
+        .bind(&manifest.tenant_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed("the tenant's context"))?;
+    // Parents first, as the bundle lists them.
+    for table in &manifest.tables {
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT quote_ident(attname) FROM pg_attribute
+             WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+             ORDER BY attnum",
+        )
+        .bind(&table.table)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(failed(&table.table))?;
+        let columns = columns.join(", ");
+        let insert = format!(
+            "INSERT INTO {t} ({columns}) SELECT {columns} FROM json_populate_recordset(NULL::{t}, $1::json)",
+            t = table.table
+        );
+        let file = tokio::fs::File::open(path.join(&table.file)).await.map_err(|e| format!("{}: {e}", table.file))?;
+        let mut lines = tokio::io::BufReader::new(file).lines();
+        let mut batch = Vec::with_capacity(RESTORE_BATCH);
+        loop {
+            let line = lines.next_line().await.map_err(|e| format!("{}: {e}", table.file))?;
+            let done = line.is_none();
+            batch.extend(line);
+            if batch.len() == RESTORE_BATCH || (done && !batch.is_empty()) {
+                sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                    .bind(format!("[{}]", batch.join(",")))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed(&table.table))?;
+                batch.clear();
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    // Read back as the backup was written: the same rows give the same checksum.
+    let readback = path.with_extension("drill");
+    tokio::fs::create_dir_all(&readback).await.map_err(|e| format!("{}: {e}", readback.display()))?;
+    let mut outcome = Ok(());
+    for table in &manifest.tables {
+        let written = export::write_table(&mut tx, &table.table, &readback.join(&table.file)).await;
+        match written {
+            Ok((rows, sha256)) if rows == table.rows && sha256 == table.sha256 => {}
+            Ok((rows, _)) => {
+                outcome = Err(format!(
+                    "{} reads back as {rows} rows with another checksum than the backup's {} rows",
+                    table.table, table.rows
+                ));
+                break;
+            }
+            Err(error) => {
+                outcome = Err(format!("{}: {error}", table.table));
+                break;
+            }
+        }
+    }
+    let _ = tokio::fs::remove_dir_all(&readback).await;
+    // Nothing of the drill is kept: the scratch database is dropped after.
+    let _ = tx.rollback().await;
+    outcome
 }

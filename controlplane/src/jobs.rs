@@ -69,6 +69,11 @@ pub const JOBS: &[JobSpec] = &[
         description: "each serving tenant backed up on its own when its newest backup is as old as its plan's RPO",
     },
     JobSpec {
+        name: backups::DRILL_JOB,
+        schedule: "0 55 * * * *",
+        description: "each serving tenant's newest backup restored into a scratch database and checked against its checksums",
+    },
+    JobSpec {
         name: HOUSEKEEPING,
         schedule: "0 40 * * * *",
         description: "idempotency keys past their retention (24 h) pruned; export bundles past theirs removed",
@@ -155,6 +160,10 @@ impl Jobs {
                     .map_err(|e| e.to_string()),
             },
             backups::JOB => backups::run(&self.db, &self.tenant_dbs, &self.plans, &self.backups_dir)
+                .await
+                .map(|r| r.map(|r| json!(r)))
+                .map_err(|e| e.to_string()),
+            backups::DRILL_JOB => backups::drill_all(&self.db, &self.tenant_dbs)
                 .await
                 .map(|r| r.map(|r| json!(r)))
                 .map_err(|e| e.to_string()),

@@ -657,6 +657,11 @@ pub struct TenantBackup {
     pub manifest_sha256: String,
     /// Where the bundle is (a directory on the control plane's host).
     pub path: String,
+    /// When the restore drill last restored it into a scratch database and
+    /// checked every table against its checksums.
+    pub drilled_at: Option<DateTime<Utc>>,
+    /// What that drill found wrong; `None` when it restored intact.
+    pub drill_problem: Option<String>,
 }
 
 /// A tenant's usage as Stripe received it, against what Indigo reported: the last check.

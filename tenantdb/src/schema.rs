@@ -239,11 +239,7 @@ impl TenantServer {
         let fail = |source| SchemaError::Database { database: database.into(), source };
         let mut admin = self.admin_conn("postgres").await?;
         sqlx::query("SELECT pg_advisory_lock(hashtext('indigo:provision'))").execute(&mut admin).await.map_err(fail)?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(login)
-            .fetch_one(&mut admin)
-            .await
-            .map_err(fail)?;
+        let exists = role_exists(&mut admin, login).await.map_err(fail)?;
         // Only a superuser may name SUPERUSER or BYPASSRLS in ALTER ROLE, and
         // an Aurora master user is none: a login found with either stays
         // flagged ([`Self::login_ready`], [`audit_isolation`]) for an operator.
@@ -290,11 +286,7 @@ impl TenantServer {
     pub async fn drop_login(&self, login: &str) -> Result<(), SchemaError> {
         let fail = |source| SchemaError::Database { database: "postgres".into(), source };
         let mut admin = self.admin_conn("postgres").await?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(login)
-            .fetch_one(&mut admin)
-            .await
-            .map_err(fail)?;
+        let exists = role_exists(&mut admin, login).await.map_err(fail)?;
         if exists {
             // Its grants on databases (shared objects) go first, wherever they are.
             let login = quote_ident(login);
@@ -366,6 +358,10 @@ impl TenantServer {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map_err(fail)?;
         Ok(())
     }
+}
+
+async fn role_exists(conn: &mut PgConnection, role: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)").bind(role).fetch_one(conn).await
 }
 
 fn quote_ident(name: &str) -> String {

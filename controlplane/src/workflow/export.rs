@@ -98,7 +98,7 @@ pub async fn write(
 
 /// Streams `table` into `path` as JSON Lines, one row at a time; returns the
 /// rows written and the file's SHA-256.
-async fn write_table(conn: &mut PgConnection, table: &str, path: &Path) -> Result<(u64, String), StepError> {
+pub(crate) async fn write_table(conn: &mut PgConnection, table: &str, path: &Path) -> Result<(u64, String), StepError> {
     use futures_util::TryStreamExt;
     use tokio::io::AsyncWriteExt;
     let mut file = tokio::io::BufWriter::new(create_private(path).await?);

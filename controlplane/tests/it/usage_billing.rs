@@ -1024,6 +1024,31 @@ async fn each_tenant_is_backed_up_on_its_own_at_its_plans_rpo(pool: PgPool) {
     assert_eq!(newest["rows"], manifest.tables.iter().map(|t| t.rows).sum::<u64>());
     assert_eq!(run().await["taken"], 0, "within the RPO, no second backup");
 
+    // The drill restores each newest backup into a scratch database and reads it back intact.
+    let drill = async || world.jobs().run("backup_drill").await.unwrap();
+    let report = drill().await;
+    assert_eq!((&report["drilled"], &report["failed"]), (&json!(2), &json!(0)), "{report}");
+    let drilled = &backups("kept-two").await["backups"][0];
+    assert!(drilled["drilled_at"].is_string() && drilled["drill_problem"].is_null(), "{drilled}");
+    // A bundle changed after it was written: found, and said where.
+    let products = std::path::Path::new(newest["path"].as_str().unwrap()).join("products.jsonl");
+    let written = std::fs::read_to_string(&products).unwrap();
+    assert!(written.contains("Extra 1"), "{written}");
+    std::fs::write(&products, written.replacen("Extra 1", "Extra X", 1)).unwrap();
+    let report = drill().await;
+    assert_eq!((&report["drilled"], &report["failed"]), (&json!(2), &json!(1)), "{report}");
+    let drilled = &backups("kept-two").await["backups"][0];
+    assert!(drilled["drill_problem"].as_str().unwrap().starts_with("products.jsonl: checksum"), "{drilled}");
+    let failures: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE tenant_id = $1 AND kind = 'BackupDrillFailed'")
+            .bind(tenants[1])
+            .fetch_one(&world.db)
+            .await
+            .unwrap();
+    assert_eq!(failures, 1);
+    std::fs::write(&products, written).unwrap();
+    assert_eq!(drill().await["failed"], 0, "put back, it restores intact again");
+
     // A backup cut short (a crash mid-write): never listed, removed by the next run.
     let partial = std::env::temp_dir().join(format!("indigo-cut-short-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(partial.with_extension("partial")).unwrap();

@@ -151,6 +151,8 @@ fn detail(app: &mut App) {
                 rows: 412,
                 manifest_sha256: "9f2c".into(),
                 path: "/var/lib/indigo/backups/acme/1".into(),
+                drilled_at: Some(ago(600)),
+                drill_problem: None,
             }],
         }),
     });
