@@ -290,7 +290,30 @@ pub struct TableCheck {
     pub checksum: String,
 }
 
-/// The tenant's writes held on the source: new ones wait, none is in flight.
+/// The statement that takes `tenant`'s write lock shared until its
+/// transaction ends. Every write of the tenant holds it: the data plane takes
+/// it as each of its transactions begins, and the capture trigger as a moving
+/// tenant's rows change. [`hold_writes`] takes it exclusively.
+pub fn write_lock_statement(tenant: TenantId) -> String {
+    // The id is a parsed UUID: safe to format in. Keyed as move_capture() keys it.
+    format!("SELECT pg_advisory_xact_lock_shared(hashtextextended('indigo:move:{tenant}', 0))")
+}
+
+/// Holds `tenant`'s writes in the database `options` reach: waits for its
+/// write transactions in flight to end, then makes new ones wait (held, not
+/// refused) until the pause is released. Other tenants never wait. A
+/// connection of its own: if the holder dies, the server ends the pause.
+pub async fn hold_writes(options: &PgConnectOptions, tenant: TenantId) -> Result<WritePause, sqlx::Error> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    let started = Instant::now();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('indigo:move:' || $1::text, 0))")
+        .bind(tenant.0)
+        .execute(&mut conn)
+        .await?;
+    Ok(WritePause { conn, started })
+}
+
+/// A tenant's writes held: new ones wait, none is in flight.
 /// Dropping it closes its connection, which releases the lock.
 pub struct WritePause {
     conn: PgConnection,
@@ -639,18 +662,10 @@ impl Mover {
     /// makes new ones wait. Other tenants are not touched.
     pub async fn pause_writes(&self) -> Result<WritePause, MoveError> {
         let fail = self.source.fail();
-        // A connection of its own: if the mover dies, the server ends the pause.
-        let mut conn = PgConnection::connect_with(&self.source.options).await.map_err(&fail)?;
         // Every connection the switch uses is opened before writes are held, not during.
         sqlx::query("SELECT 1").execute(&self.source.pool).await.map_err(&fail)?;
         sqlx::query("SELECT 1").execute(&self.target.pool).await.map_err(self.target.fail())?;
-        let started = Instant::now();
-        sqlx::query("SELECT pg_advisory_lock(hashtextextended('indigo:move:' || $1::text, 0))")
-            .bind(self.tenant.0)
-            .execute(&mut conn)
-            .await
-            .map_err(&fail)?;
-        Ok(WritePause { conn, started })
+        hold_writes(&self.source.options, self.tenant).await.map_err(&fail)
     }
 
     /// Applies the whole log (writes must be paused for it to stay empty).

@@ -65,7 +65,7 @@ async fn create_customer(
     if name.is_empty() || name.chars().count() > 200 {
         return Err(StoreError::invalid("invalid_name", "name must be 1 to 200 characters"));
     }
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_write().await?;
     let inserted = sqlx::query_as(
         "INSERT INTO customers (tenant_id, id, email, name, subject)
          VALUES (current_setting('app.current_tenant')::uuid, $1, $2, $3, $4)

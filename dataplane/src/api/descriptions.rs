@@ -88,7 +88,7 @@ async fn describe_product(
     };
     ai_call_made(&state, tenant_id, "/v1/products/{id}/description", usage);
     if request.store {
-        let mut tx = tenant.begin().await?;
+        let mut tx = tenant.begin_write().await?;
         let updated = sqlx::query("UPDATE products SET description = $2, updated_at = now() WHERE id = $1")
             .bind(id)
             .bind(&written.text)

@@ -112,7 +112,7 @@ async fn create_order(
         *wanted.entry(item.product_id).or_default() += i64::from(item.quantity);
     }
     let ids: Vec<Uuid> = wanted.keys().copied().collect();
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_write().await?;
     let customer_known: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM customers WHERE id = $1 AND ($2::text IS NULL OR subject = $2))",
     )

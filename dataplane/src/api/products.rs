@@ -264,7 +264,7 @@ async fn create_product(
     tenant.require_catalogue_role()?;
     let changes = ProductChanges::from(new);
     changes.validate()?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_write().await?;
     if let Limit::AtMost(limit) = tenant.route.plan.limits.products {
         // Creates of one tenant queue here, so two cannot both take the last slot.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(current_setting('app.current_tenant'), 0))")
@@ -308,7 +308,7 @@ async fn update_product(
     tenant.require_catalogue_role()?;
     let id = parse_id(&id)?;
     changes.validate()?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_write().await?;
     let product: Option<Product> = sqlx::query_as(concat!(
         "UPDATE products SET
             name = COALESCE($2, name), description = COALESCE($3, description),
@@ -341,7 +341,7 @@ async fn update_product(
 async fn delete_product(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<StatusCode, StoreError> {
     tenant.require_catalogue_role()?;
     let id = parse_id(&id)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_write().await?;
     let deleted = match sqlx::query("DELETE FROM products WHERE id = $1").bind(id).execute(&mut *tx).await {
         Ok(result) => result.rows_affected(),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23503") => {

@@ -186,7 +186,7 @@ async fn from_personalize(tenant: &TenantCtx, picks: Vec<(Uuid, f64)>) -> Result
 async fn refresh(tenant: TenantCtx) -> Result<Json<RecommenderRefresh>, StoreError> {
     tenant.require_catalogue_role()?;
     tenant.require_feature(FEATURE)?;
-    let mut tx = tenant.begin().await?;
+    let mut tx = tenant.begin_write().await?;
     let orders_counted: i64 = sqlx::query_scalar("SELECT refresh_product_pairs()").fetch_one(&mut *tx).await?;
     let refreshed_at: DateTime<Utc> =
         sqlx::query_scalar("SELECT refreshed_at FROM recommender_state").fetch_one(&mut *tx).await?;

@@ -134,13 +134,27 @@ impl TenantCtx {
         Literal::Text(&self.claims.sub).write_to(message)
     }
 
-    /// A transaction bound to this tenant and caller. BEGIN and the context
-    /// travel in one message, so the context costs no extra round trip.
+    /// A transaction bound to this tenant and caller, for reading. BEGIN and
+    /// the context travel in one message, so the context costs no extra round trip.
     #[tracing::instrument(level = "debug", name = "db.begin", skip_all,
         fields(otel.kind = "client", db.system = "postgresql"))]
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         let mut statement = String::from("BEGIN; ");
         self.write_context(&mut statement)?;
+        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
+    }
+
+    /// A transaction bound to this tenant and caller that writes: it holds the
+    /// tenant's write lock shared, so while a move's cut-over or a restore
+    /// holds the tenant's writes it waits here, before it has read or locked
+    /// a row (reads go on). The lock travels in the same message as BEGIN.
+    #[tracing::instrument(level = "debug", name = "db.begin", skip_all,
+        fields(otel.kind = "client", db.system = "postgresql"))]
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut statement = String::from("BEGIN; ");
+        self.write_context(&mut statement)?;
+        statement.push_str("; ");
+        statement.push_str(&indigo_tenantdb::moves::write_lock_statement(self.claims.tenant_id));
         Ok(self.pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
     }
 
