@@ -234,6 +234,27 @@ pub enum TenantCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Back a tenant up now (kept and pruned like the scheduled backups)
+    Backup {
+        tenant: String,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Restore a tenant's rows in place from one of its backups (admin role; what it wrote since is lost)
+    Restore {
+        tenant: String,
+        /// The backup's id (`indigo tenant backups SLUG`)
+        backup: uuid::Uuid,
+        /// Show what the restore would do (rows per table now and in the backup, whether it is intact, refusals) and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        mutation: Mutation,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Stop a tenant's storefront from serving
     Suspend {
         tenant: String,
@@ -290,7 +311,7 @@ pub enum WorkflowCommand {
         /// Only this tenant's (slug or id)
         #[arg(long)]
         tenant: Option<String>,
-        /// onboarding, offboarding or tier_change
+        /// onboarding, offboarding, tier_change or restore
         #[arg(long)]
         kind: Option<String>,
         /// running, compensating, succeeded, failed or cancelled
@@ -520,6 +541,25 @@ async fn run_tenant(command: TenantCommand) -> anyhow::Result<()> {
             let backups = client.client()?.backups(&tenant).await?;
             return print(client.output, &backups, || backups_table(&backups));
         }
+        TenantCommand::Backup { tenant, mutation, client } => {
+            let backup = client.client()?.take_backup(&tenant, &mutation.key()).await?;
+            return print(client.output, &backup, || {
+                format!("backup {} taken at {}: {} rows in {}", backup.id, backup.taken_at, backup.rows, backup.path)
+            });
+        }
+        TenantCommand::Restore { tenant, backup, dry_run: true, client, .. } => {
+            let preview = client.client()?.preview_restore(&tenant, backup).await?;
+            return print(client.output, &preview, || restore_preview_table(&preview));
+        }
+        TenantCommand::Restore { tenant, backup, mutation, client, .. } => {
+            let started = client.client()?.restore(&tenant, backup, &mutation.key()).await?;
+            return print(client.output, &started, || {
+                format!(
+                    "restoring {tenant} from backup {backup}: workflow {id}\nfollow it with `indigo workflow get {id}`",
+                    id = started.workflow_id
+                )
+            });
+        }
         TenantCommand::Get { tenant, client } => {
             let found = client.client()?.get_tenant(&tenant).await?;
             (client, found)
@@ -681,6 +721,27 @@ async fn run_token(command: TokenCommand) -> anyhow::Result<()> {
 }
 
 /// A plan change's preview, for people.
+fn restore_preview_table(preview: &indigo_core::api::RestorePreview) -> String {
+    let mut rows = table(&["TABLE", "ROWS NOW", "ROWS AFTER"]);
+    for t in &preview.tables {
+        rows.add_row(vec![t.table.clone(), t.rows_now.to_string(), t.rows_in_backup.to_string()]);
+    }
+    let verdict = if preview.refusals.is_empty() {
+        "It would go ahead; the rows as they are now are backed up first.".to_owned()
+    } else {
+        let reasons: Vec<&str> = preview.refusals.iter().map(|r| r.message.as_str()).collect();
+        format!("Refused: {}.", reasons.join("; "))
+    };
+    format!(
+        "Restore from backup {} taken {}: {} rows now, {} after; the backup is {}.\n{rows}\n{verdict}",
+        preview.backup_id,
+        preview.taken_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        preview.rows_now,
+        preview.rows_in_backup,
+        if preview.intact { "intact" } else { "NOT intact" },
+    )
+}
+
 fn backups_table(backups: &indigo_core::api::TenantBackups) -> String {
     let standing = match (backups.newest_age_seconds, backups.behind) {
         (Some(age), false) => format!("newest {age} s old, within"),

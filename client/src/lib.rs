@@ -3,8 +3,8 @@
 use indigo_core::api::{
     ApiToken, AuditEntry, BillingParity, CatalogueCacheStats, ChangePlanRequest, CreateTenantRequest,
     CreateTokenRequest, CreatedToken, ErrorBody, Event, LifecycleRequest, Page, PlanChangePreview, RecommenderStatus,
-    ReconcilePlan, ReconcilerStatus, Tenant, TenantBackups, TenantBilling, TenantCost, TenantMove, TenantUsage,
-    UsageSeries, WhoAmI, Workflow,
+    ReconcilePlan, ReconcilerStatus, RestorePreview, RestoreRequest, RestoreStarted, Tenant, TenantBackup,
+    TenantBackups, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, WhoAmI, Workflow,
 };
 use indigo_core::plan::Plan;
 use reqwest::{Method, StatusCode};
@@ -199,6 +199,24 @@ impl AdminClient {
 
     pub async fn backups(&self, tenant: &str) -> Result<TenantBackups, ClientError> {
         self.get(&format!("/v1/tenants/{}/backups", path_segment(tenant)), &()).await
+    }
+
+    /// Backs `tenant` up now; answers once the backup is taken.
+    pub async fn take_backup(&self, tenant: &str, key: &str) -> Result<TenantBackup, ClientError> {
+        let path = format!("/v1/tenants/{}/backups", path_segment(tenant));
+        self.call(Method::POST, &path, None::<&()>, None::<&()>, Some(key)).await
+    }
+
+    /// What restoring `tenant` from its backup `backup` would do; changes nothing.
+    pub async fn preview_restore(&self, tenant: &str, backup: uuid::Uuid) -> Result<RestorePreview, ClientError> {
+        let path = format!("/v1/tenants/{}/restores/preview", path_segment(tenant));
+        self.get(&path, &[("backup_id", backup.to_string())]).await
+    }
+
+    /// Starts restoring `tenant` in place from its backup `backup`.
+    pub async fn restore(&self, tenant: &str, backup: uuid::Uuid, key: &str) -> Result<RestoreStarted, ClientError> {
+        let body = RestoreRequest { backup_id: backup };
+        self.mutate(Method::POST, &format!("/v1/tenants/{}/restores", path_segment(tenant)), &body, key).await
     }
 
     pub async fn billing(&self, tenant: &str) -> Result<TenantBilling, ClientError> {

@@ -23,9 +23,10 @@ use indigo_core::tenant::TenantId;
 use indigo_tenantdb::TenantDatabases;
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::failpoints::{Failpoints, Point};
 use crate::journal;
 use crate::registry::{self, TenantRef};
 use crate::workflow::export;
@@ -77,6 +78,7 @@ pub async fn run(
     dbs: &TenantDatabases,
     plans: &PlanCatalog,
     dir: &Path,
+    failpoints: &Failpoints,
 ) -> Result<Option<BackupReport>, BackupError> {
     // One run at a time across daemons. The lock is this connection's, out of
     // the pool: closed when the run ends however it ends, it lets go.
@@ -86,7 +88,7 @@ pub async fn run(
     if !locked {
         return Ok(None);
     }
-    let report = run_locked(db, dbs, plans, dir).await?;
+    let report = run_locked(db, dbs, plans, dir, failpoints).await?;
     let _ = lock.close().await;
     Ok(Some(report))
 }
@@ -96,18 +98,9 @@ async fn run_locked(
     dbs: &TenantDatabases,
     plans: &PlanCatalog,
     dir: &Path,
+    failpoints: &Failpoints,
 ) -> Result<BackupReport, BackupError> {
-    let mut report = BackupReport::default();
-    // Whatever an earlier run left unfinished is no backup: remove it.
-    let abandoned: Vec<String> = sqlx::query_scalar(
-        "UPDATE tenant_backups SET removed_at = now() WHERE taken_at IS NULL AND removed_at IS NULL RETURNING path",
-    )
-    .fetch_all(db)
-    .await?;
-    for path in &abandoned {
-        remove_bundle(Path::new(path)).await;
-    }
-    report.abandoned = abandoned.len() as u64;
+    let mut report = BackupReport { abandoned: remove_abandoned(db).await?, ..BackupReport::default() };
 
     let serving: Vec<Serving> = sqlx::query_as(
         "SELECT t.id, t.plan, t.placement->>'database' AS database, t.placement->>'cluster' AS cluster, t.created_at,
@@ -123,7 +116,7 @@ async fn run_locked(
         let due_at = chrono::Duration::minutes(i64::from(plan.recovery.rpo_minutes)) - RUN_EVERY;
         let mut newest = newest;
         if newest.is_none_or(|taken| Utc::now() - taken >= due_at) {
-            match take(db, dbs, dir, tenant, cluster.as_deref(), &database).await {
+            match take(db, dbs, dir, tenant, cluster.as_deref(), &database, failpoints).await {
                 Ok(backup) => {
                     report.taken += 1;
                     newest = Some(backup.taken_at);
@@ -142,7 +135,40 @@ async fn run_locked(
     Ok(report)
 }
 
-/// Takes a backup of `tenant` now, whatever its age.
+/// The lock a backup being written is held under, by the session writing it.
+fn writing_lock(backup: Uuid) -> i64 {
+    i64::from_be_bytes(backup.as_bytes()[8..].try_into().expect("8 bytes"))
+}
+
+/// Removes the backups whose writer is gone (a crash, a failure): recorded,
+/// never taken, and no session holds their writing lock. A backup being
+/// written by another daemon or request is left alone.
+async fn remove_abandoned(db: &PgPool) -> Result<u64, sqlx::Error> {
+    let unfinished: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, path FROM tenant_backups WHERE taken_at IS NULL AND removed_at IS NULL")
+            .fetch_all(db)
+            .await?;
+    let mut removed = 0;
+    for (id, path) in unfinished {
+        let mut conn = db.acquire().await?;
+        let free: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(writing_lock(id)).fetch_one(&mut *conn).await?;
+        if free {
+            sqlx::query("UPDATE tenant_backups SET removed_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            remove_bundle(Path::new(&path)).await;
+            sqlx::query("SELECT pg_advisory_unlock($1)").bind(writing_lock(id)).execute(&mut *conn).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Takes a backup of `tenant` now, whatever its age. The failpoint
+/// `backup.write=crash-after-run` ends the process once the bundle is written
+/// and before it is marked taken (the crash tests).
 pub async fn take(
     db: &PgPool,
     dbs: &TenantDatabases,
@@ -150,6 +176,7 @@ pub async fn take(
     tenant: Uuid,
     cluster: Option<&str>,
     database: &str,
+    failpoints: &Failpoints,
 ) -> Result<TenantBackup, BackupError> {
     let failed = |message: String| BackupError::Tenant { tenant, message };
     let record = registry::get(&mut *db.acquire().await?, &TenantRef::Id(TenantId(tenant)))
@@ -157,6 +184,10 @@ pub async fn take(
         .map_err(|e| failed(e.to_string()))?;
     let id = Uuid::now_v7();
     let path = dir.join(tenant.to_string()).join(id.to_string());
+    // Held while the bundle is written, on a connection of its own that ends
+    // with this function however it ends: the sweep leaves this backup alone.
+    let mut writing = db.acquire().await?.detach();
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(writing_lock(id)).execute(&mut writing).await?;
     sqlx::query("INSERT INTO tenant_backups (id, tenant_id, path) VALUES ($1, $2, $3)")
         .bind(id)
         .bind(tenant)
@@ -164,13 +195,20 @@ pub async fn take(
         .execute(db)
         .await?;
     let located = dbs.locate(cluster, database);
-    let mut conn = located.server.owner_options(&located.name).connect().await?;
+    // The tenant's database failing is the tenant's backup failing, not the control plane's.
+    let in_tenant_db = |e: sqlx::Error| failed(format!("its database {}: {e}", located.name));
+    let mut conn = located.server.owner_options(&located.name).connect().await.map_err(in_tenant_db)?;
     // One snapshot for every table: the rows as they were at one instant.
-    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-    sqlx::query("SELECT set_config('app.current_tenant', $1, true)").bind(tenant.to_string()).execute(&mut *tx).await?;
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(in_tenant_db)?;
+    sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
+        .bind(tenant.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(in_tenant_db)?;
     let bundle =
         export::write(Some(&mut *tx), &path, &record, Some(&located.name)).await.map_err(|e| failed(e.to_string()))?;
-    tx.commit().await?;
+    tx.commit().await.map_err(in_tenant_db)?;
+    failpoints.crash_at("backup", "write", Point::AfterRun);
     let rows: u64 = bundle.manifest.tables.iter().map(|t| t.rows).sum();
     let taken_at: DateTime<Utc> = sqlx::query_scalar(
         "UPDATE tenant_backups SET taken_at = now(), manifest_sha256 = $2, rows = $3 WHERE id = $1 RETURNING taken_at",
@@ -180,6 +218,7 @@ pub async fn take(
     .bind(i64::try_from(rows).unwrap_or(i64::MAX))
     .fetch_one(db)
     .await?;
+    let _ = writing.close().await;
     Ok(TenantBackup {
         id,
         taken_at,
@@ -269,18 +308,9 @@ struct Taken {
     drill_problem: Option<String>,
 }
 
-/// `tenant`'s taken backups, newest first.
-pub async fn list(db: &PgPool, tenant: TenantId) -> Result<Vec<TenantBackup>, sqlx::Error> {
-    let rows: Vec<Taken> = sqlx::query_as(
-        "SELECT id, taken_at, rows, manifest_sha256, path, drilled_at, drill_problem FROM tenant_backups
-         WHERE tenant_id = $1 AND taken_at IS NOT NULL AND removed_at IS NULL ORDER BY taken_at DESC",
-    )
-    .bind(tenant.0)
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| TenantBackup {
+impl From<Taken> for TenantBackup {
+    fn from(row: Taken) -> Self {
+        Self {
             id: row.id,
             taken_at: row.taken_at,
             rows: row.rows.and_then(|n| u64::try_from(n).ok()).unwrap_or_default(),
@@ -288,8 +318,30 @@ pub async fn list(db: &PgPool, tenant: TenantId) -> Result<Vec<TenantBackup>, sq
             path: row.path,
             drilled_at: row.drilled_at,
             drill_problem: row.drill_problem,
-        })
-        .collect())
+        }
+    }
+}
+
+const TAKEN: &str = "SELECT id, taken_at, rows, manifest_sha256, path, drilled_at, drill_problem FROM tenant_backups
+                     WHERE tenant_id = $1 AND taken_at IS NOT NULL AND removed_at IS NULL";
+
+/// `tenant`'s taken backups, newest first.
+pub async fn list(db: &PgPool, tenant: TenantId) -> Result<Vec<TenantBackup>, sqlx::Error> {
+    let rows: Vec<Taken> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{TAKEN} ORDER BY taken_at DESC")))
+        .bind(tenant.0)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(TenantBackup::from).collect())
+}
+
+/// `tenant`'s backup `backup`, if it was taken and is still kept.
+pub async fn find(db: &PgPool, tenant: TenantId, backup: Uuid) -> Result<Option<TenantBackup>, sqlx::Error> {
+    let row: Option<Taken> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{TAKEN} AND id = $2")))
+        .bind(tenant.0)
+        .bind(backup)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.map(TenantBackup::from))
 }
 
 /// The restore drill's job: each serving tenant's newest backup restored into
@@ -371,10 +423,6 @@ async fn restore_and_compare(
     path: &Path,
     manifest: &export::Manifest,
 ) -> Result<(), String> {
-    use tokio::io::AsyncBufReadExt;
-    fn failed(what: &str) -> impl FnOnce(sqlx::Error) -> String + '_ {
-        move |e| format!("{what}: {e}")
-    }
     let mut conn = server.owner_options(scratch).connect().await.map_err(failed("the scratch database"))?;
     let mut tx = conn.begin().await.map_err(failed("the scratch database"))?;
     sqlx::query("SELECT set_config('app.current_tenant', $1, true)")
@@ -382,7 +430,23 @@ async fn restore_and_compare(
         .execute(&mut *tx)
         .await
         .map_err(failed("the tenant's context"))?;
-    // Parents first, as the bundle lists them.
+    load(&mut tx, path, manifest).await?;
+    let outcome = compare(&mut tx, path, manifest).await;
+    // Nothing of the drill is kept: the scratch database is dropped after.
+    let _ = tx.rollback().await;
+    outcome
+}
+
+fn failed(what: &str) -> impl FnOnce(sqlx::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Inserts the rows of the bundle at `path` through `conn`, a transaction
+/// bound to the bundle's tenant, parents first as the bundle lists them;
+/// returns how many.
+pub(crate) async fn load(conn: &mut PgConnection, path: &Path, manifest: &export::Manifest) -> Result<u64, String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut loaded = 0;
     for table in &manifest.tables {
         let columns: Vec<String> = sqlx::query_scalar(
             "SELECT quote_ident(attname) FROM pg_attribute
@@ -390,7 +454,7 @@ async fn restore_and_compare(
              ORDER BY attnum",
         )
         .bind(&table.table)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await
         .map_err(failed(&table.table))?;
         let columns = columns.join(", ");
@@ -406,11 +470,12 @@ async fn restore_and_compare(
             let done = line.is_none();
             batch.extend(line);
             if batch.len() == RESTORE_BATCH || (done && !batch.is_empty()) {
-                sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                loaded += sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
                     .bind(format!("[{}]", batch.join(",")))
-                    .execute(&mut *tx)
+                    .execute(&mut *conn)
                     .await
-                    .map_err(failed(&table.table))?;
+                    .map_err(failed(&table.table))?
+                    .rows_affected();
                 batch.clear();
             }
             if done {
@@ -418,13 +483,19 @@ async fn restore_and_compare(
             }
         }
     }
-    // Read back as the backup was written: the same rows give the same checksum.
-    let readback = path.with_extension("drill");
+    Ok(loaded)
+}
+
+/// Reads every table of the bundle's tenant back through `conn` as a backup
+/// writes it, and compares rows and checksum with the manifest: the same rows
+/// give the same checksum.
+pub(crate) async fn compare(conn: &mut PgConnection, path: &Path, manifest: &export::Manifest) -> Result<(), String> {
+    // Beside the bundle (its rows are the tenant's), one per reader.
+    let readback = path.with_extension(format!("readback-{}", Uuid::new_v4().simple()));
     tokio::fs::create_dir_all(&readback).await.map_err(|e| format!("{}: {e}", readback.display()))?;
     let mut outcome = Ok(());
     for table in &manifest.tables {
-        let written = export::write_table(&mut tx, &table.table, &readback.join(&table.file)).await;
-        match written {
+        match export::write_table(conn, &table.table, &readback.join(&table.file)).await {
             Ok((rows, sha256)) if rows == table.rows && sha256 == table.sha256 => {}
             Ok((rows, _)) => {
                 outcome = Err(format!(
@@ -440,7 +511,5 @@ async fn restore_and_compare(
         }
     }
     let _ = tokio::fs::remove_dir_all(&readback).await;
-    // Nothing of the drill is kept: the scratch database is dropped after.
-    let _ = tx.rollback().await;
     outcome
 }

@@ -135,7 +135,7 @@ impl ControlPlane {
             tenant_dbs: tenant_dbs.clone(),
             plans: plans.clone(),
             stripe: config.stripe.clone(),
-            export_dir: config.data_dir.join("exports"),
+            data_dir: config.data_dir.clone(),
             move_grace: Duration::from_secs(config.move_grace_seconds),
             export_retention: Duration::from_secs(config.export_retention_hours * 3600),
             failpoints: failpoints.clone(),
@@ -194,6 +194,7 @@ impl ControlPlane {
             backups_dir: crate::backups::directory(&config.data_dir),
         });
         let state = AppState {
+            backups_dir: crate::backups::directory(&config.data_dir),
             bootstrap_admin_hash: config.admin_token.as_ref().map(|t| crate::identity::hash_token(t.expose()).into()),
             metrics: indigo_core::http::prometheus(),
             tenant_dbs,
@@ -275,8 +276,8 @@ struct Shared {
     plans: Arc<PlanCatalog>,
     /// `None`: billing is off.
     stripe: Option<StripeConfig>,
-    /// Where offboarding writes export bundles.
-    export_dir: PathBuf,
+    /// Where offboarding's export bundles and tenants' backups are written.
+    data_dir: PathBuf,
     /// How long a moved tenant's source is kept before it is released.
     move_grace: Duration,
     /// How long an export bundle is kept for hand-over.
@@ -295,7 +296,7 @@ impl Shared {
             self.tenant_dbs.clone(),
             self.plans.clone(),
             self.stripe()?,
-            self.export_dir.clone(),
+            &self.data_dir,
         )
         .with_provider(databases);
         services.failpoints = self.failpoints.clone();

@@ -159,7 +159,7 @@ impl Jobs {
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),
             },
-            backups::JOB => backups::run(&self.db, &self.tenant_dbs, &self.plans, &self.backups_dir)
+            backups::JOB => backups::run(&self.db, &self.tenant_dbs, &self.plans, &self.backups_dir, &self.failpoints)
                 .await
                 .map(|r| r.map(|r| json!(r)))
                 .map_err(|e| e.to_string()),

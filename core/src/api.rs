@@ -429,7 +429,7 @@ pub struct WorkflowStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Workflow {
     pub id: Uuid,
-    /// `onboarding` or `offboarding`.
+    /// `onboarding`, `offboarding`, `tier_change` or `restore`.
     pub kind: String,
     pub tenant_id: TenantId,
     pub state: WorkflowState,
@@ -664,6 +664,46 @@ pub struct TenantBackup {
     pub drill_problem: Option<String>,
 }
 
+/// Restore a tenant's rows from one of its backups, in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// One of the tenant's backups (`GET /v1/tenants/{tenant}/backups`).
+    pub backup_id: Uuid,
+}
+
+/// What restoring a tenant from one of its backups would do, changing nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RestorePreview {
+    pub tenant_id: TenantId,
+    pub backup_id: Uuid,
+    pub taken_at: DateTime<Utc>,
+    /// Per tenant table: its rows now, and in the backup (what it would have after).
+    pub tables: Vec<RestoreTable>,
+    pub rows_now: u64,
+    pub rows_in_backup: u64,
+    /// Every file of the backup matches its manifest, and the manifest is the one written when it was taken.
+    pub intact: bool,
+    /// What would stop it (`not_intact`, `workflow_in_progress`); none: it would go ahead.
+    pub refusals: Vec<PlanChangeRefusal>,
+}
+
+/// One table of a [`RestorePreview`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RestoreTable {
+    pub table: String,
+    pub rows_now: u64,
+    pub rows_in_backup: u64,
+}
+
+/// A restore under way: follow it as a workflow of kind `restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RestoreStarted {
+    pub tenant_id: TenantId,
+    pub backup_id: Uuid,
+    pub workflow_id: Uuid,
+}
+
 /// A tenant's usage as Stripe received it, against what Indigo reported: the last check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BillingParity {
@@ -694,10 +734,10 @@ pub struct TableFootprint {
     pub bytes: i64,
 }
 
-/// A reason a plan change would not go ahead.
+/// A reason a plan change (or a restore) would not go ahead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PlanChangeRefusal {
-    /// `same_plan`, `workflow_in_progress` or `over_limit`.
+    /// A plan change's `same_plan`, `workflow_in_progress` or `over_limit`; a restore's `not_intact` or `workflow_in_progress`.
     pub code: String,
     pub message: String,
 }

@@ -346,6 +346,12 @@ impl TenantServer {
                 .map_err(fail)?
                 .rows_affected();
         }
+        // What its restores left here goes too (no row-level security on it: named by tenant).
+        sqlx::query("DELETE FROM restore_marks WHERE tenant = $1")
+            .bind(tenant.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(deleted)
     }

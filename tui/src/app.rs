@@ -139,6 +139,15 @@ pub enum Command {
     Offboard {
         slug: String,
     },
+    TakeBackup {
+        slug: String,
+    },
+    /// Put the tenant's rows back as its backup `backup` holds them.
+    Restore {
+        slug: String,
+        backup: uuid::Uuid,
+        taken_at: chrono::DateTime<chrono::Utc>,
+    },
     RetryWorkflow {
         id: String,
         kind: String,
@@ -160,6 +169,8 @@ impl Command {
             | Command::ReconcileNow { slug }
             | Command::SetReconcilePaused { slug, .. }
             | Command::Offboard { slug }
+            | Command::TakeBackup { slug }
+            | Command::Restore { slug, .. }
             | Command::RetryWorkflow { slug, .. }
             | Command::CancelWorkflow { slug, .. } => slug,
         }
@@ -181,6 +192,11 @@ impl Command {
             Command::SetReconcilePaused { slug, paused: true } => format!("Pause reconciliation of {slug}."),
             Command::SetReconcilePaused { slug, paused: false } => format!("Resume reconciliation of {slug}."),
             Command::Offboard { slug } => format!("Offboard {slug}: its data is deleted."),
+            Command::TakeBackup { slug } => format!("Back {slug} up now."),
+            Command::Restore { slug, taken_at, .. } => format!(
+                "Restore {slug} from its backup of {}: what it wrote since is lost (its rows as they are now are backed up first).",
+                taken_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
             Command::RetryWorkflow { kind, slug, .. } => format!("Retry the {kind} of {slug} from where it stopped."),
             Command::CancelWorkflow { kind, slug, .. } => {
                 format!("Cancel the {kind} of {slug}: its completed steps are undone.")
@@ -189,11 +205,14 @@ impl Command {
     }
 
     /// Dangerous commands need the slug typed back, not just `y`: those that
-    /// stop a storefront, delete data or move it.
+    /// stop a storefront, delete or replace data, or move it.
     pub fn dangerous(&self) -> bool {
         matches!(
             self,
-            Command::Suspend { .. } | Command::Offboard { .. } | Command::ChangePlan { moves_to: Some(_), .. }
+            Command::Suspend { .. }
+                | Command::Offboard { .. }
+                | Command::Restore { .. }
+                | Command::ChangePlan { moves_to: Some(_), .. }
         )
     }
 }

@@ -205,6 +205,12 @@ async fn execute(client: &AdminClient, command: &Command) -> Result<String, Clie
         Command::Offboard { slug } => {
             client.delete(slug, Some("from the console".into()), &key).await.map(|_| format!("{slug} offboarding"))
         }
+        Command::TakeBackup { slug } => {
+            client.take_backup(slug, &key).await.map(|backup| format!("{slug} backed up: {} rows", backup.rows))
+        }
+        Command::Restore { slug, backup, .. } => {
+            client.restore(slug, *backup, &key).await.map(|_| format!("{slug}: restore from its backup started"))
+        }
         Command::RetryWorkflow { id, kind, slug } => {
             client.retry_workflow(id, &key).await.map(|w| format!("{kind} of {slug} retried (attempt {})", w.attempt))
         }

@@ -74,6 +74,8 @@ pub struct AppState {
     pub data_plane_redis: Option<redis::Client>,
     /// Stripe, when billing is on: plan-change previews ask it for the proration.
     pub stripe: Option<Arc<crate::billing::Stripe>>,
+    /// Where tenants' backups are written.
+    pub backups_dir: std::path::PathBuf,
 }
 
 #[derive(OpenApi)]

@@ -183,7 +183,7 @@ async fn change_plan(
     .await
 }
 
-fn preview_failed(error: workflow::preview::PreviewError) -> ApiError {
+pub(super) fn preview_failed(error: workflow::preview::PreviewError) -> ApiError {
     match error {
         workflow::preview::PreviewError::Control(e) => ApiError::Database(e),
         e @ workflow::preview::PreviewError::TenantDatabase(_) => ApiError::Upstream(e.to_string()),

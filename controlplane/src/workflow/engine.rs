@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::offboarding::Offboarding;
 use super::onboarding::Onboarding;
+use super::restore::Restore;
 use super::store::{self, StepRow, WorkflowError, WorkflowRow};
 use super::tier_change::TierChange;
 use super::{Definition, Kind, NO_STEP, Services, StepContext, StepError, StepName, compensable, step_order};
@@ -153,6 +154,7 @@ async fn drive_locked<P: DatabaseProvider>(services: &Services<P>, id: Uuid) -> 
         Kind::Onboarding => drive_definition::<P, Onboarding>(services, row).await,
         Kind::Offboarding => drive_definition::<P, Offboarding>(services, row).await,
         Kind::TierChange => drive_definition::<P, TierChange>(services, row).await,
+        Kind::Restore => drive_definition::<P, Restore>(services, row).await,
     }
 }
 

@@ -4,13 +4,14 @@
 //! so a daemon that dies mid-way is resumed by whichever daemon looks next; a
 //! step that fails for good has the completed steps undone in reverse order.
 //!
-//! [`onboarding`], [`offboarding`] and [`tier_change`] are the workflows; [`engine`] drives them.
+//! [`onboarding`], [`offboarding`], [`tier_change`] and [`restore`] are the workflows; [`engine`] drives them.
 
 pub mod engine;
 pub mod export;
 pub mod offboarding;
 pub mod onboarding;
 pub mod preview;
+pub mod restore;
 pub mod store;
 pub mod tier_change;
 
@@ -40,8 +41,14 @@ pub enum Kind {
     Onboarding,
     Offboarding,
     TierChange,
+    Restore,
 }
-indigo_core::wire_enum!(Kind { Onboarding => "onboarding", Offboarding => "offboarding", TierChange => "tier_change" });
+indigo_core::wire_enum!(Kind {
+    Onboarding => "onboarding",
+    Offboarding => "offboarding",
+    TierChange => "tier_change",
+    Restore => "restore",
+});
 
 impl Kind {
     /// The role that starts a workflow of this kind, and so the role that may
@@ -49,7 +56,8 @@ impl Kind {
     pub fn required_role(self) -> indigo_core::tenant::Role {
         match self {
             Self::Onboarding | Self::TierChange => indigo_core::tenant::Role::Operator,
-            Self::Offboarding => indigo_core::tenant::Role::Admin,
+            // Both destroy rows: offboarding all of them, a restore those written since its backup.
+            Self::Offboarding | Self::Restore => indigo_core::tenant::Role::Admin,
         }
     }
 }
@@ -143,19 +151,22 @@ pub struct Services<P> {
     pub stripe: Option<Stripe>,
     /// Where offboarding writes export bundles.
     pub export_dir: PathBuf,
+    /// Where tenants' backups are written (a restore's safeguard among them).
+    pub backups_dir: PathBuf,
     pub failpoints: Failpoints,
     pub settings: Settings,
     pub tenant_pools: TenantPools,
 }
 
 impl Services<crate::providers::local::LocalDatabases> {
-    /// Services on the local provider, for the daemon and tests.
+    /// Services on the local provider, for the daemon and tests, writing
+    /// export bundles and backups under `data_dir`.
     pub fn local(
         db: PgPool,
         tenant_dbs: Arc<TenantDatabases>,
         plans: Arc<PlanCatalog>,
         stripe: Option<Stripe>,
-        export_dir: PathBuf,
+        data_dir: &std::path::Path,
     ) -> Self {
         Self {
             db,
@@ -163,7 +174,8 @@ impl Services<crate::providers::local::LocalDatabases> {
             tenant_dbs,
             plans,
             stripe,
-            export_dir,
+            export_dir: data_dir.join("exports"),
+            backups_dir: crate::backups::directory(data_dir),
             failpoints: Failpoints::default(),
             settings: Settings::default(),
             tenant_pools: TenantPools::default(),
@@ -181,6 +193,7 @@ impl<P> Services<P> {
             plans: self.plans,
             stripe: self.stripe,
             export_dir: self.export_dir,
+            backups_dir: self.backups_dir,
             failpoints: self.failpoints,
             settings: self.settings,
             tenant_pools: self.tenant_pools,
@@ -457,4 +470,31 @@ pub async fn offboard(
     .append(conn)
     .await?;
     Ok(current)
+}
+
+/// Starts restoring `tenant` from its backup `backup`, in the caller's
+/// transaction; refused while another workflow acts on the tenant.
+pub async fn restore(
+    conn: &mut sqlx::PgConnection,
+    actor: &crate::journal::Actor,
+    request_id: Option<&str>,
+    tenant: &crate::registry::TenantRef,
+    backup: Uuid,
+) -> Result<(indigo_core::api::Tenant, Uuid), StartError> {
+    let current = crate::registry::get(conn, tenant).await?;
+    // Serializes concurrent requests for this tenant until the caller commits.
+    sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(current.id.0).execute(&mut *conn).await?;
+    let input = restore::Input { backup_id: backup };
+    let workflow = store::start(conn, Kind::Restore, current.id, serde_json::json!(input)).await?;
+    crate::journal::Audit {
+        actor,
+        action: "tenant.restore",
+        tenant_id: Some(current.id),
+        request_id,
+        before: None,
+        after: Some(serde_json::json!({ "workflow_id": workflow, "backup_id": backup })),
+    }
+    .append(conn)
+    .await?;
+    Ok((current, workflow))
 }

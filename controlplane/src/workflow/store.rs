@@ -131,6 +131,7 @@ fn order_of(kind: Kind) -> Vec<&'static str> {
         Kind::Onboarding => super::step_order::<super::onboarding::Onboarding>().map(StepName::name).collect(),
         Kind::Offboarding => super::step_order::<super::offboarding::Offboarding>().map(StepName::name).collect(),
         Kind::TierChange => super::step_order::<super::tier_change::TierChange>().map(StepName::name).collect(),
+        Kind::Restore => super::step_order::<super::restore::Restore>().map(StepName::name).collect(),
     }
 }
 
@@ -293,5 +294,6 @@ fn pivot_of(kind: Kind) -> Option<&'static str> {
         Kind::Onboarding => super::onboarding::Onboarding::POINT_OF_NO_RETURN.map(StepName::name),
         Kind::Offboarding => super::offboarding::Offboarding::POINT_OF_NO_RETURN.map(StepName::name),
         Kind::TierChange => super::tier_change::TierChange::POINT_OF_NO_RETURN.map(StepName::name),
+        Kind::Restore => super::restore::Restore::POINT_OF_NO_RETURN.map(StepName::name),
     }
 }

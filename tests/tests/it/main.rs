@@ -2,5 +2,7 @@
 //! moves and metering.
 
 mod crash_resume;
+mod daemons;
 mod metering;
 mod moves;
+mod restores;

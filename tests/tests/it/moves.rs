@@ -15,8 +15,7 @@ use indigo_controlplane::providers::{DatabaseProvider, ProviderError, SiloState,
 use indigo_controlplane::workflow::StepName;
 use indigo_controlplane::workflow::tier_change::TierChange;
 use indigo_core::tenant::TenantId;
-use indigo_e2e::stack::{ADMIN_TOKEN, AdminClient, LoadReport, Shop, Stack, Storefront, ids_in, start_load};
-use indigo_e2e::{Process, TestDatabase, free_port, wait_until_ok, workspace_binary};
+use indigo_e2e::stack::{AdminClient, LoadReport, Shop, Stack, Storefront, ids_in, start_load};
 use indigo_tenantdb::Database;
 use indigo_tenantdb::moves::Mover;
 use indigo_tenantdb::schema::TENANT_TABLES;
@@ -25,6 +24,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use uuid::Uuid;
+
+use crate::daemons::{Daemons, Provider};
 
 /// How long the cut-over holds the moving tenant's writes in these tests,
 /// so that "the others did not pause" has a window to be checked in.
@@ -415,65 +416,6 @@ async fn a_provider_failure_leaves_the_tenant_serving_from_the_pool_on_its_old_p
 
 /// Where the crash test's daemons put silos: local databases, or (AWS) Aurora
 /// clusters on moto, each standing in as a database on the test server.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Provider {
-    Local,
-    Aws,
-}
-
-/// `indigo serve` on the crash test's databases, started again and again.
-struct Daemons {
-    provider: Provider,
-    control: TestDatabase,
-    pool: TestDatabase,
-    port: u16,
-    data_dir: std::path::PathBuf,
-    /// AWS mode's ECS cluster, the test's own on the shared moto.
-    ecs_cluster: String,
-}
-
-impl Daemons {
-    fn new(provider: Provider) -> Self {
-        let id = Uuid::new_v4().simple().to_string();
-        Self {
-            provider,
-            control: TestDatabase::unique("indigo_move_control"),
-            pool: TestDatabase::unique("indigo_move_pool"),
-            port: free_port().unwrap(),
-            data_dir: std::env::temp_dir().join(format!("indigo-move-crash-{id}")),
-            ecs_cluster: format!("indigo-crash-{}", &id[..12]),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// A daemon armed with `failpoints`, answering once it is up.
-    async fn start(&self, failpoints: &str) -> Process {
-        let mut command = std::process::Command::new(workspace_binary("indigo").unwrap());
-        command
-            .arg("serve")
-            .env("INDIGO_DATABASE_URL", &self.control.url)
-            .env("INDIGO_POOL_DATABASE", &self.pool.name)
-            .env("INDIGO_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("INDIGO_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("INDIGO_DATA_DIR", &self.data_dir)
-            .env("INDIGO_PLANS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml"))
-            .env("INDIGO_MOVE_GRACE_SECONDS", "0")
-            .env("INDIGO_FAILPOINTS", failpoints)
-            .env("RUST_LOG", "warn");
-        if self.provider == Provider::Aws {
-            indigo_e2e::on_aws_stand_in(&mut command, &self.ecs_cluster, &self.url());
-            // The fleet's services are looked at every resync: a downgraded tenant's goes within seconds.
-            command.env("INDIGO_RESYNC_SECONDS", "5");
-        }
-        let process = Process::spawn(command).unwrap();
-        wait_until_ok(&format!("{}/healthz", self.url()), Duration::from_secs(30)).await.unwrap();
-        process
-    }
-}
-
 /// kill -9 of the control plane in every phase of a move (right after a step
 /// acted, and right after its result was recorded), upgrades and downgrades
 /// in turn, with storefront traffic on the tenant throughout: a fresh daemon

@@ -65,6 +65,18 @@ pub(super) fn act(app: &mut App, key: char) -> Vec<Effect> {
         'R' => Command::ReconcileNow { slug },
         'P' => Command::SetReconcilePaused { slug, paused: !paused },
         'X' => Command::Offboard { slug },
+        'b' => Command::TakeBackup { slug },
+        'B' => {
+            // The backups are those the tenant's detail loaded.
+            let newest = app.detail.backups.as_ref().filter(|_| app.detail.slug.as_deref() == Some(slug.as_str()));
+            match newest.and_then(|b| b.backups.first()) {
+                Some(backup) => Command::Restore { slug, backup: backup.id, taken_at: backup.taken_at },
+                None => {
+                    app.status = format!("{slug} has no backup to restore from (open its detail to see its backups)");
+                    return vec![];
+                }
+            }
+        }
         _ => return vec![],
     };
     app.ask_to_confirm(command)

@@ -283,7 +283,7 @@ fn plan_changes_follow_the_catalogue_the_control_plane_serves() {
 fn read_only_mode_disables_every_action() {
     let mut app = console(true);
     load(&mut app, fleet());
-    for k in ['p', 's', 'R', 'P', 'X'] {
+    for k in ['p', 's', 'R', 'P', 'X', 'b'] {
         assert!(key(&mut app, KeyCode::Char(k)).is_empty());
         assert_eq!(app.mode, Mode::Normal, "{k} must not open a prompt");
         assert_eq!(app.status, "read-only: actions are disabled");
@@ -535,4 +535,58 @@ fn events_filter_by_tenant_or_type() {
     let screen = render(&app, 100, 24);
     assert!(screen.contains("PlanChanged") && screen.contains("TenantSuspended"), "{screen}");
     assert!(!screen.contains("MoveSwitched"), "{screen}");
+}
+
+#[test]
+fn a_tenant_is_backed_up_and_restored_from_its_newest_backup_in_its_detail() {
+    let mut app = console(false);
+    load(&mut app, fleet());
+    // From the list, without its detail loaded, there is no backup to pick.
+    assert!(key(&mut app, KeyCode::Char('B')).is_empty());
+    assert!(app.status.contains("acme-shoes has no backup to restore from"), "{}", app.status);
+    key(&mut app, KeyCode::Char('b'));
+    assert_eq!(key(&mut app, KeyCode::Char('y')), [Effect::Run(Command::TakeBackup { slug: "acme-shoes".into() })]);
+
+    key(&mut app, KeyCode::Enter);
+    let backup = |id: u128, minutes_ago: i64| indigo_core::api::TenantBackup {
+        id: uuid::Uuid::from_u128(id),
+        taken_at: chrono::Utc::now() - chrono::Duration::minutes(minutes_ago),
+        rows: 120,
+        manifest_sha256: "ab".repeat(32),
+        path: format!("/var/lib/indigo/backups/acme/{id}"),
+        drilled_at: None,
+        drill_problem: None,
+    };
+    let (newest, older) = (backup(2, 5), backup(1, 65));
+    app.apply(Loaded::Detail {
+        slug: "acme-shoes".into(),
+        events: vec![],
+        audit: vec![],
+        usage: UsageSeries::default(),
+        billing: None,
+        cache: None,
+        recommender: None,
+        backups: Some(indigo_core::api::TenantBackups {
+            tenant_id: app.tenants[0].id,
+            slug: "acme-shoes".into(),
+            rpo_minutes: 15,
+            rto_minutes: 60,
+            newest_age_seconds: Some(300),
+            behind: false,
+            backups: vec![newest.clone(), older],
+        }),
+    });
+    // Restoring replaces rows: the slug is typed back, and the newest backup is the one.
+    key(&mut app, KeyCode::Char('B'));
+    let screen = render(&app, 120, 30);
+    assert!(screen.contains("Restore acme-shoes from its backup of"), "{screen}");
+    assert!(screen.contains("Type acme-shoes and Enter to confirm"), "{screen}");
+    assert!(key(&mut app, KeyCode::Char('y')).is_empty(), "y is not enough");
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('B'));
+    type_text(&mut app, "acme-shoes");
+    assert_eq!(
+        key(&mut app, KeyCode::Enter),
+        [Effect::Run(Command::Restore { slug: "acme-shoes".into(), backup: newest.id, taken_at: newest.taken_at })]
+    );
 }
