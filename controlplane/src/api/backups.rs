@@ -5,7 +5,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use indigo_core::api::{ErrorBody, RestorePreview, RestoreRequest, RestoreStarted, TenantBackup, TenantBackups};
+use indigo_core::api::{
+    ErrorBody, Placement, RestorePreview, RestoreRequest, RestoreStarted, Tenant, TenantBackup, TenantBackups,
+};
 use indigo_core::http::{ApiJson, ApiPath, ApiQuery, RequestId};
 use indigo_core::tenant::Role;
 use serde::Deserialize;
@@ -76,10 +78,7 @@ async fn take_backup(
     let reference = super::tenants::tenant_ref(&raw)?;
     idempotency::run_once(&state, &key, &actor, &(), StatusCode::CREATED, async |tx| {
         let tenant = registry::get(tx, &reference).await?;
-        let placement = tenant.status.placement.ok_or_else(|| ApiError::Conflict {
-            code: "not_placed",
-            message: "the tenant has no rows anywhere yet; nothing to back up".into(),
-        })?;
+        let placement = placed(&tenant, "back up")?;
         // The daemon's failpoints, which its jobs carry (the crash tests arm them).
         let none = crate::failpoints::Failpoints::default();
         let failpoints = state.jobs.as_ref().map_or(&none, |jobs| &jobs.failpoints);
@@ -126,12 +125,7 @@ async fn restore(
     let reference = super::tenants::tenant_ref(&raw)?;
     idempotency::run_once(&state, &key, &actor, &request, StatusCode::ACCEPTED, async |tx| {
         let tenant = registry::get(tx, &reference).await?;
-        if tenant.status.placement.is_none() {
-            return Err(ApiError::Conflict {
-                code: "not_placed",
-                message: "the tenant has no rows anywhere yet; nothing to restore".into(),
-            });
-        }
+        placed(&tenant, "restore")?;
         if backups::find(&state.db, tenant.id, request.backup_id).await?.is_none() {
             return Err(ApiError::NotFound(format!("backup {} of tenant {}", request.backup_id, tenant.slug)));
         }
@@ -166,12 +160,7 @@ async fn restore_preview(
 ) -> Result<Json<RestorePreview>, ApiError> {
     let reference = super::tenants::tenant_ref(&raw)?;
     let tenant = registry::get(&mut *state.db.acquire().await?, &reference).await?;
-    if tenant.status.placement.is_none() {
-        return Err(ApiError::Conflict {
-            code: "not_placed",
-            message: "the tenant has no rows anywhere yet; nothing to restore".into(),
-        });
-    }
+    placed(&tenant, "restore")?;
     let backup = backups::find(&state.db, tenant.id, params.backup_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("backup {} of tenant {}", params.backup_id, tenant.slug)))?;
@@ -179,4 +168,13 @@ async fn restore_preview(
         .await
         .map_err(super::tenants::preview_failed)?;
     Ok(Json(preview))
+}
+
+/// Where the tenant's rows are; `409 not_placed` before they are anywhere
+/// (there is nothing to `act` on: back up, restore).
+fn placed(tenant: &Tenant, act: &str) -> Result<Placement, ApiError> {
+    tenant.status.placement.clone().ok_or_else(|| ApiError::Conflict {
+        code: "not_placed",
+        message: format!("the tenant has no rows anywhere yet; nothing to {act}"),
+    })
 }

@@ -171,10 +171,9 @@ async fn change_plan(
         // A plan the tenant's rows already exceed is refused before anything changes.
         let current = registry::get(tx, &tenant).await?;
         if current.spec.plan.as_str() != plan.name.as_str() {
-            let limited = workflow::preview::LIMITED_TABLES;
-            let tables =
-                workflow::preview::footprint_of(&state.tenant_dbs, &current, limited).await.map_err(preview_failed)?;
-            if let Some(refusal) = workflow::preview::over_limits(&tables, plan).pop() {
+            let usage =
+                workflow::preview::Usage::of(&state.db, &state.tenant_dbs, &current).await.map_err(preview_failed)?;
+            if let Some(refusal) = workflow::preview::over_limits(&usage, plan).into_iter().next() {
                 return Err(ApiError::Conflict { code: "over_limit", message: refusal.message });
             }
         }

@@ -42,6 +42,7 @@ pub async fn preview(
     let bytes_total = tables.iter().map(|t| t.bytes).sum();
 
     let measured = measured(db).await?;
+    let usage = Usage::of_tables(&tables, ai_credits_this_month(db, tenant.id).await?);
 
     let mut refusals = Vec::new();
     if from.name == to.name {
@@ -51,7 +52,7 @@ pub async fn preview(
     if let Some((id, kind)) = active_for(&mut conn, tenant.id).await? {
         refusals.push(refusal("workflow_in_progress", format!("its {kind} workflow {id} is still running")));
     }
-    refusals.extend(over_limits(&tables, to));
+    refusals.extend(over_limits(&usage, to));
 
     Ok(PlanChangePreview {
         tenant_id: tenant.id,
@@ -134,35 +135,99 @@ pub async fn measured(db: &PgPool) -> Result<Measured, sqlx::Error> {
 
 /// The tenant's rows per table where they are now; none before it is placed.
 pub async fn footprint(dbs: &TenantDatabases, tenant: &Tenant) -> Result<Vec<TableFootprint>, PreviewError> {
-    footprint_of(dbs, tenant, indigo_tenantdb::schema::TENANT_TABLES).await
-}
-
-/// The tables whose rows the plans limit (see [`over_limits`]).
-pub const LIMITED_TABLES: &[&str] = &["products"];
-
-/// [`footprint`] of `tables` only.
-pub async fn footprint_of(
-    dbs: &TenantDatabases,
-    tenant: &Tenant,
-    tables: &[&str],
-) -> Result<Vec<TableFootprint>, PreviewError> {
     let Some(placement) = &tenant.status.placement else { return Ok(Vec::new()) };
     let database = dbs.locate(placement.cluster.as_deref(), &placement.database);
+    let tables = indigo_tenantdb::schema::TENANT_TABLES;
     indigo_tenantdb::moves::footprint_of(&database, tenant.id, tables).await.map_err(PreviewError::TenantDatabase)
 }
 
-/// The limits of `to` that a tenant with `tables` already exceeds: a change
-/// to it would leave the tenant over them, so it is refused (`over_limit`).
-pub fn over_limits(tables: &[TableFootprint], to: &Plan) -> Vec<PlanChangeRefusal> {
-    let products = tables.iter().find(|t| t.table == "products").map_or(0, |t| t.rows);
-    match to.limits.products {
-        Limit::AtMost(max) if u64::try_from(products).unwrap_or(0) > max => {
-            vec![refusal("over_limit", format!("it has {products} products and {} allows {max}", to.name))]
-        }
-        _ => Vec::new(),
+/// What a tenant uses of the limits a plan change is checked against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub products: u64,
+    /// Its rows' stored size (as the storage job measures a pool tenant).
+    pub storage_bytes: u64,
+    pub ai_credits_this_month: f64,
+}
+
+impl Usage {
+    /// Measured now: its rows where they are, and its AI credits this month.
+    pub async fn of(db: &PgPool, dbs: &TenantDatabases, tenant: &Tenant) -> Result<Self, PreviewError> {
+        let tables = footprint(dbs, tenant).await?;
+        Ok(Self::of_tables(&tables, ai_credits_this_month(db, tenant.id).await?))
     }
+
+    fn of_tables(tables: &[TableFootprint], ai_credits_this_month: f64) -> Self {
+        let products = tables.iter().find(|t| t.table == "products").map_or(0, |t| t.rows);
+        Self {
+            products: u64::try_from(products).unwrap_or(0),
+            storage_bytes: tables.iter().map(|t| u64::try_from(t.bytes).unwrap_or(0)).sum(),
+            ai_credits_this_month,
+        }
+    }
+}
+
+/// The AI credits `tenant` has used since the start of this month (UTC), as its limit counts them.
+async fn ai_credits_this_month(db: &PgPool, tenant: indigo_core::tenant::TenantId) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar("SELECT ai_credits_used($1, date_trunc('month', now(), 'UTC'))")
+        .bind(tenant.0)
+        .fetch_one(db)
+        .await
+}
+
+const BYTES_PER_GB: u64 = 1_000_000_000;
+
+/// The limits of `to` that a tenant using `usage` already exceeds: a change
+/// to it would leave the tenant over them, so it is refused (`over_limit`).
+pub fn over_limits(usage: &Usage, to: &Plan) -> Vec<PlanChangeRefusal> {
+    let mut refusals = Vec::new();
+    if let Limit::AtMost(max) = to.limits.products
+        && usage.products > max
+    {
+        refusals
+            .push(refusal("over_limit", format!("it has {} products and {} allows {max}", usage.products, to.name)));
+    }
+    if let Limit::AtMost(max) = to.limits.ai_credits
+        && usage.ai_credits_this_month > max as f64
+    {
+        let used = usage.ai_credits_this_month;
+        let message = format!("it has used {used:.0} AI credits this month and {} allows {max} a month", to.name);
+        refusals.push(refusal("over_limit", message));
+    }
+    if let Limit::AtMost(max) = to.limits.storage_gb
+        && usage.storage_bytes > max.saturating_mul(BYTES_PER_GB)
+    {
+        let gb = usage.storage_bytes as f64 / BYTES_PER_GB as f64;
+        refusals.push(refusal("over_limit", format!("it stores {gb:.1} GB and {} allows {max} GB", to.name)));
+    }
+    refusals
 }
 
 fn refusal(code: &str, message: String) -> PlanChangeRefusal {
     PlanChangeRefusal { code: code.to_owned(), message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indigo_core::plan::PlanCatalog;
+
+    #[test]
+    fn a_plan_is_refused_for_each_limit_the_tenant_already_exceeds() {
+        let plans = PlanCatalog::parse("plans.toml", include_str!("../../../policies/plans.toml")).unwrap();
+        let growth = plans.get("growth").unwrap();
+        let within = Usage { products: 1_000, storage_bytes: 10 * BYTES_PER_GB, ai_credits_this_month: 500.0 };
+        assert_eq!(over_limits(&within, growth), [], "at the limits is within them");
+        let over = Usage { products: 1_001, storage_bytes: 10 * BYTES_PER_GB + 1, ai_credits_this_month: 512.0 };
+        let messages: Vec<String> = over_limits(&over, growth).into_iter().map(|r| r.message).collect();
+        assert_eq!(
+            messages,
+            [
+                "it has 1001 products and growth allows 1000",
+                "it has used 512 AI credits this month and growth allows 500 a month",
+                "it stores 10.0 GB and growth allows 10 GB",
+            ]
+        );
+        assert_eq!(over_limits(&over, plans.get("enterprise").unwrap()), [], "unlimited");
+    }
 }

@@ -817,6 +817,25 @@ async fn a_tier_change_is_previewed_before_it_runs() {
         .await
         .unwrap();
     assert_eq!((status, &refused["code"]), (StatusCode::CONFLICT, &json!("over_limit")), "{refused}");
+    // AI credits used this month count too: 600 is more than growth's 500 a month.
+    sqlx::query(
+        "INSERT INTO usage_events (id, tenant_id, event_type, quantity, occurred_at)
+         VALUES (gen_random_uuid(), $1, 'ai_request', 600, now())",
+    )
+    .bind(shop.id.0)
+    .execute(&stack.state.db)
+    .await
+    .unwrap();
+    let to_growth = preview("growth").await;
+    let refusals = to_growth["refusals"].as_array().unwrap();
+    assert_eq!(refusals.len(), 1, "{to_growth}");
+    assert!(refusals[0]["message"].as_str().unwrap().contains("600 AI credits"), "{to_growth}");
+    let (status, refused) = stack
+        .admin
+        .request(Method::PUT, "/v1/tenants/preview-shop/plan", Some(json!({ "plan": "growth" })))
+        .await
+        .unwrap();
+    assert_eq!((status, &refused["code"]), (StatusCode::CONFLICT, &json!("over_limit")), "{refused}");
     let tenant = stack.admin.tenant("preview-shop").await.unwrap();
     assert_eq!(tenant["spec"]["plan"], "pro", "a preview changes nothing");
     let (_, workflows) =

@@ -3,7 +3,10 @@
 //! each view's whole screen.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use indigo_core::api::{PlanChangePreview, PlanChangeRefusal, Tenant, TenantBilling, UsageSeries, WorkflowState};
+use indigo_core::api::{
+    PlanChangePreview, PlanChangeRefusal, Tenant, TenantBackup, TenantBackups, TenantBilling, UsageSeries,
+    WorkflowState,
+};
 use indigo_core::tenant::{Isolation, Phase};
 use indigo_tui::app::{App, Column, Command, Connection, Effect, Loaded, Mode, View};
 use indigo_tui::theme::Theme;
@@ -446,24 +449,8 @@ fn detail_shows_billing_and_a_days_usage_as_sparklines() {
         usage_reported_through: None,
         last_usage_report_at: None,
     };
-    app.apply(Loaded::Detail {
-        slug: "acme-shoes".into(),
-        events: vec![],
-        audit: vec![],
-        usage,
-        billing: Some(billing),
-        cache: None,
-        recommender: None,
-        backups: Some(indigo_core::api::TenantBackups {
-            tenant_id: app.tenants[0].id,
-            slug: "acme-shoes".into(),
-            rpo_minutes: 15,
-            rto_minutes: 60,
-            newest_age_seconds: None,
-            behind: true,
-            backups: vec![],
-        }),
-    });
+    let tenant_id = app.tenants[0].id;
+    app.apply(acme_detail(usage, Some(billing), pro_backups(tenant_id, vec![])));
     assert!(render(&app, 120, 30).contains("billing     cus_123 · sub_456 · past_due"));
     assert!(render(&app, 120, 30).contains("backups     none yet, RPO 15 min BEHIND"));
     for (width, height) in [(100, 30), (80, 24)] {
@@ -548,7 +535,7 @@ fn a_tenant_is_backed_up_and_restored_from_its_newest_backup_in_its_detail() {
     assert_eq!(key(&mut app, KeyCode::Char('y')), [Effect::Run(Command::TakeBackup { slug: "acme-shoes".into() })]);
 
     key(&mut app, KeyCode::Enter);
-    let backup = |id: u128, minutes_ago: i64| indigo_core::api::TenantBackup {
+    let backup = |id: u128, minutes_ago: i64| TenantBackup {
         id: uuid::Uuid::from_u128(id),
         taken_at: chrono::Utc::now() - chrono::Duration::minutes(minutes_ago),
         rows: 120,
@@ -558,24 +545,8 @@ fn a_tenant_is_backed_up_and_restored_from_its_newest_backup_in_its_detail() {
         drill_problem: None,
     };
     let (newest, older) = (backup(2, 5), backup(1, 65));
-    app.apply(Loaded::Detail {
-        slug: "acme-shoes".into(),
-        events: vec![],
-        audit: vec![],
-        usage: UsageSeries::default(),
-        billing: None,
-        cache: None,
-        recommender: None,
-        backups: Some(indigo_core::api::TenantBackups {
-            tenant_id: app.tenants[0].id,
-            slug: "acme-shoes".into(),
-            rpo_minutes: 15,
-            rto_minutes: 60,
-            newest_age_seconds: Some(300),
-            behind: false,
-            backups: vec![newest.clone(), older],
-        }),
-    });
+    let tenant_id = app.tenants[0].id;
+    app.apply(acme_detail(UsageSeries::default(), None, pro_backups(tenant_id, vec![newest.clone(), older])));
     // Restoring replaces rows: the slug is typed back, and the newest backup is the one.
     key(&mut app, KeyCode::Char('B'));
     let screen = render(&app, 120, 30);
@@ -589,4 +560,31 @@ fn a_tenant_is_backed_up_and_restored_from_its_newest_backup_in_its_detail() {
         key(&mut app, KeyCode::Enter),
         [Effect::Run(Command::Restore { slug: "acme-shoes".into(), backup: newest.id, taken_at: newest.taken_at })]
     );
+}
+
+/// acme-shoes' detail as the runtime loads it, with nothing but `usage`, `billing` and `backups`.
+fn acme_detail(usage: UsageSeries, billing: Option<TenantBilling>, backups: TenantBackups) -> Loaded {
+    Loaded::Detail {
+        slug: "acme-shoes".into(),
+        events: vec![],
+        audit: vec![],
+        usage,
+        billing,
+        cache: None,
+        recommender: None,
+        backups: Some(backups),
+    }
+}
+
+/// `backups` of a tenant on `pro` (RPO 15 min), behind it when there are none.
+fn pro_backups(tenant_id: indigo_core::tenant::TenantId, backups: Vec<TenantBackup>) -> TenantBackups {
+    TenantBackups {
+        tenant_id,
+        slug: "acme-shoes".into(),
+        rpo_minutes: 15,
+        rto_minutes: 60,
+        newest_age_seconds: backups.first().map(|b| (chrono::Utc::now() - b.taken_at).num_seconds()),
+        behind: backups.is_empty(),
+        backups,
+    }
 }
