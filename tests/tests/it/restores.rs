@@ -71,6 +71,34 @@ fn order_traffic(
     })
 }
 
+/// The tenant's orders listed again and again (a read in a transaction of its
+/// own), beside its writes: reads are never held.
+fn read_traffic(
+    stack: &Stack,
+    shop: &Shop,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(Vec<Sample>, Vec<String>)> {
+    let (http, url, shop) = (stack.http.clone(), stack.storefront.url.clone(), shop.clone());
+    tokio::spawn(async move {
+        let (mut samples, mut failures) = (Vec::new(), Vec::new());
+        while !*stop.borrow_and_update() {
+            let started = Utc::now();
+            match shop.call(&http, &url, Method::GET, "/v1/orders?limit=20", None).await {
+                Ok((status, _)) if status.is_success() => {
+                    samples.push(Sample { started, finished: Utc::now(), write: false })
+                }
+                Ok((status, answer)) => failures.push(format!("GET /v1/orders: {status} {answer}")),
+                Err(error) => failures.push(format!("GET /v1/orders: {error}")),
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(8)) => {}
+            }
+        }
+        (samples, failures)
+    })
+}
+
 async fn place_orders(stack: &Stack, shop: &Shop, product: Uuid, customer: Uuid, n: usize) -> Vec<Uuid> {
     let mut ids = Vec::new();
     for _ in 0..n {
@@ -142,6 +170,7 @@ async fn a_tenant_is_restored_in_place_under_load_and_its_neighbour_never_waits(
 
     let (stop, watching) = watch::channel(false);
     let traffic = order_traffic(&stack, &shop, products.clone(), customers.clone(), watching.clone());
+    let reads = read_traffic(&stack, &shop, watching.clone());
     let (neighbour_products, neighbour_customers) =
         neighbour.seed(&stack.http, &stack.storefront.url, 4, 3, STOCK).await.unwrap();
     let neighbour_load = start_load(
@@ -164,7 +193,9 @@ async fn a_tenant_is_restored_in_place_under_load_and_its_neighbour_never_waits(
     assert_eq!(workflow["id"], started["workflow_id"], "{workflow}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.send(true).unwrap();
-    let (placed, failures) = traffic.await.unwrap();
+    let (placed, mut failures) = traffic.await.unwrap();
+    let (read, read_failures) = reads.await.unwrap();
+    failures.extend(read_failures);
     let neighbour_report: LoadReport = neighbour_load.await.unwrap();
     assert!(failures.is_empty(), "the restored tenant's failed requests: {failures:#?}");
     assert!(neighbour_report.failures.is_empty(), "the neighbour's failed requests: {:#?}", neighbour_report.failures);
@@ -187,6 +218,8 @@ async fn a_tenant_is_restored_in_place_under_load_and_its_neighbour_never_waits(
         .filter(|s| s.write && s.started >= held_from && s.finished <= held_until)
         .count();
     assert!(neighbour_served > 0, "the neighbour wrote nothing while the tenant's writes were held");
+    let read_during = read.iter().filter(|s| s.started >= held_from && s.finished <= held_until).count();
+    assert!(read_during > 0, "the tenant's reads waited for its writes' pause");
 
     let pool = stack.pool_database().to_owned();
     let orders = stack.ids_in(&pool, "orders", shop.id).await.unwrap();
@@ -248,10 +281,17 @@ async fn a_control_plane_killed_in_a_backup_or_any_step_of_a_restore_leaves_no_p
     let cut_short = admin.request(Method::POST, "/v1/tenants/restore-crash/backups", None).await;
     assert!(cut_short.is_err(), "the daemon died while writing the backup: {cut_short:?}");
     assert_eq!(armed.wait_exit(Duration::from_secs(60)).unwrap().code(), Some(CRASH_EXIT_CODE));
+    // Recorded, never taken (the scheduled job may have taken others meanwhile).
+    let control = sqlx::PgPool::connect(&daemons.control.url).await.unwrap();
+    let cut_short_id: Uuid =
+        sqlx::query_scalar("SELECT id FROM tenant_backups WHERE tenant_id = $1 AND taken_at IS NULL")
+            .bind(shop.id.0)
+            .fetch_one(&control)
+            .await
+            .unwrap();
+    control.close().await;
     let written = daemons.data_dir.join("backups").join(shop.id.to_string());
-    let left: Vec<_> = std::fs::read_dir(&written).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left.len(), 1, "the cut-short backup's bundle is on disk: {left:?}");
-    let cut_short_id: Uuid = left[0].to_str().unwrap().parse().unwrap();
+    assert!(written.join(cut_short_id.to_string()).exists(), "its bundle was written before the crash");
     running = daemons.start("").await;
     let (_, listed) = admin.request(Method::GET, "/v1/tenants/restore-crash/backups", None).await.unwrap();
     let cut_short_listed = listed["backups"].as_array().unwrap().iter().any(|b| b["id"] == json!(cut_short_id));
