@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
     AuditEntry, BillingParity, CatalogueCacheStats, Event, PlanChangePreview, RecommenderStatus, ReconcilePlan,
-    ReconcilerStatus, Tenant, TenantBackups, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, Workflow,
+    ReconcilerStatus, RestorePreview, Tenant, TenantBackups, TenantBilling, TenantCost, TenantMove, TenantUsage,
+    UsageSeries, Workflow,
 };
 use indigo_core::plan::Plan;
 use indigo_core::tenant::{Isolation, TenantId};
@@ -229,6 +230,11 @@ pub enum Effect {
         slug: String,
         plan: String,
     },
+    /// Work out what restoring `slug` from `backup` would do, for its confirmation.
+    PreviewRestore {
+        slug: String,
+        backup: uuid::Uuid,
+    },
     Quit,
 }
 
@@ -272,6 +278,7 @@ pub enum Loaded {
     Plan(ReconcilePlan),
     /// What a plan change being confirmed would do.
     PlanChange(PlanChangePreview),
+    Restore(RestorePreview),
     /// The API could not be reached, or refused the token.
     Failed {
         unauthorized: bool,
@@ -351,6 +358,8 @@ pub struct App {
     pub plan_preview: Option<ReconcilePlan>,
     /// What the plan change awaiting confirmation would do, once the control plane has said.
     pub change_preview: Option<PlanChangePreview>,
+    /// What the restore being confirmed would do, once the control plane has said.
+    pub restore_preview: Option<RestorePreview>,
     pub read_only: bool,
     pub status: String,
     pub api_url: String,
@@ -386,6 +395,7 @@ impl App {
             detail: Detail::default(),
             plan_preview: None,
             change_preview: None,
+            restore_preview: None,
             read_only,
             status: String::new(),
             api_url: api_url.to_owned(),
@@ -482,6 +492,13 @@ impl App {
                     && *plan == preview.to_plan
                 {
                     self.change_preview = Some(preview);
+                }
+            }
+            Loaded::Restore(preview) => {
+                if let Mode::Confirm { command: Command::Restore { backup, .. } } = &self.mode
+                    && *backup == preview.backup_id
+                {
+                    self.restore_preview = Some(preview);
                 }
             }
             Loaded::Plan(plan) => {
@@ -633,6 +650,7 @@ impl App {
                 self.input.clear();
                 self.mode = Mode::Normal;
                 self.change_preview = None;
+                self.restore_preview = None;
                 if confirmed {
                     self.status = format!("{}…", command.describe());
                     vec![Effect::Run(command)]
@@ -648,6 +666,7 @@ impl App {
         self.input.clear();
         self.mode = Mode::Normal;
         self.change_preview = None;
+        self.restore_preview = None;
         self.status = "cancelled".into();
     }
 

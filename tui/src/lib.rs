@@ -305,6 +305,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                                     let _ = out.send(loaded);
                                 });
                             }
+                            Effect::PreviewRestore { slug, backup } => {
+                                let (client, out) = (client.clone(), loaded_tx.clone());
+                                tokio::spawn(async move {
+                                    let loaded = match client.preview_restore(&slug, backup).await {
+                                        Ok(preview) => Loaded::Restore(preview),
+                                        Err(error) => Loaded::Done(Err(format!("preview: {error}"))),
+                                    };
+                                    let _ = out.send(loaded);
+                                });
+                            }
                             Effect::DryRun(slug) => {
                                 let (client, out) = (client.clone(), loaded_tx.clone());
                                 tokio::spawn(async move {

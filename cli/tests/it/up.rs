@@ -91,6 +91,13 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let manifest = indigo_controlplane::workflow::export::verify(std::path::Path::new(taken["path"].as_str().unwrap()))
         .expect("the bundle verifies");
     assert!(manifest.tables.iter().any(|t| t.table == "products" && t.rows >= 1), "{manifest:?}");
+    // Backed up on demand, and a restore from it previewed: nothing changes.
+    let output = cli(data_dir, &["tenant", "backup", "fjord-fashion", "--output", "json", "--api-url", &api_url]);
+    let backup: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let id = backup["id"].as_str().unwrap();
+    let output = cli(data_dir, &["tenant", "restore", "fjord-fashion", id, "--dry-run", "--api-url", &api_url]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("the backup is intact") && stdout.contains("It would go ahead"), "{stdout}");
 
     // The storefront serves a demo tenant with a token minted by the CLI.
     let jwt = storefront_token(data_dir, &api_url, "blue-bakery");

@@ -13,7 +13,7 @@ mod widgets;
 mod workflows;
 
 use crossterm::event::KeyEvent;
-use indigo_core::api::PlanChangePreview;
+use indigo_core::api::{PlanChangePreview, RestorePreview};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
@@ -110,8 +110,10 @@ fn draw_footer(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
 
 fn draw_confirm(frame: &mut Frame, app: &App, command: &Command, theme: Theme) {
     let mut lines = vec![Line::from(command.describe())];
-    if let Command::ChangePlan { .. } = command {
-        lines.extend(preview_lines(app.change_preview.as_ref(), theme));
+    match command {
+        Command::ChangePlan { .. } => lines.extend(preview_lines(app.change_preview.as_ref(), theme)),
+        Command::Restore { .. } => lines.extend(restore_lines(app.restore_preview.as_ref(), theme)),
+        _ => {}
     }
     let prompt = match command.dangerous() {
         true => format!("Type {} and Enter to confirm, Esc to cancel: {}", command.slug(), app.input),
@@ -166,6 +168,28 @@ fn preview_lines(preview: Option<&PlanChangePreview>, theme: Theme) -> Vec<Line<
         preview.currency,
         proration.unwrap_or_default()
     )));
+    for refusal in &preview.refusals {
+        lines.push(Line::styled(format!("Refused: {}.", refusal.message), theme.warn()));
+    }
+    lines
+}
+
+/// What a restore would do, from the control plane's preview.
+fn restore_lines(preview: Option<&RestorePreview>, theme: Theme) -> Vec<Line<'static>> {
+    let Some(preview) = preview else { return vec![Line::from("Working out what it would do…")] };
+    let changed: Vec<String> = preview
+        .tables
+        .iter()
+        .filter(|t| t.rows_now != t.rows_in_backup)
+        .map(|t| format!("{} {} → {}", t.table, t.rows_now, t.rows_in_backup))
+        .collect();
+    let mut lines = vec![Line::from(format!(
+        "Rows: {} now → {} after{}{}.",
+        preview.rows_now,
+        preview.rows_in_backup,
+        if changed.is_empty() { "" } else { " (" },
+        if changed.is_empty() { String::new() } else { changed.join(", ") + ")" },
+    ))];
     for refusal in &preview.refusals {
         lines.push(Line::styled(format!("Refused: {}.", refusal.message), theme.warn()));
     }

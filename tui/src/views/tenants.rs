@@ -70,7 +70,16 @@ pub(super) fn act(app: &mut App, key: char) -> Vec<Effect> {
             // The backups are those the tenant's detail loaded.
             let newest = app.detail.backups.as_ref().filter(|_| app.detail.slug.as_deref() == Some(slug.as_str()));
             match newest.and_then(|b| b.backups.first()) {
-                Some(backup) => Command::Restore { slug, backup: backup.id, taken_at: backup.taken_at },
+                Some(backup) => {
+                    let (id, taken_at) = (backup.id, backup.taken_at);
+                    app.restore_preview = None;
+                    let mut effects = app.ask_to_confirm(Command::Restore { slug: slug.clone(), backup: id, taken_at });
+                    // What it would do is asked for as the confirmation opens.
+                    if matches!(app.mode, Mode::Confirm { .. }) {
+                        effects.push(Effect::PreviewRestore { slug, backup: id });
+                    }
+                    return effects;
+                }
                 None => {
                     app.status = format!("{slug} has no backup to restore from (open its detail to see its backups)");
                     return vec![];

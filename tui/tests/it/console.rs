@@ -4,8 +4,8 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
-    PlanChangePreview, PlanChangeRefusal, Tenant, TenantBackup, TenantBackups, TenantBilling, UsageSeries,
-    WorkflowState,
+    PlanChangePreview, PlanChangeRefusal, RestorePreview, RestoreTable, Tenant, TenantBackup, TenantBackups,
+    TenantBilling, UsageSeries, WorkflowState,
 };
 use indigo_core::tenant::{Isolation, Phase};
 use indigo_tui::app::{App, Column, Command, Connection, Effect, Loaded, Mode, View};
@@ -547,13 +547,36 @@ fn a_tenant_is_backed_up_and_restored_from_its_newest_backup_in_its_detail() {
     let (newest, older) = (backup(2, 5), backup(1, 65));
     let tenant_id = app.tenants[0].id;
     app.apply(acme_detail(UsageSeries::default(), None, pro_backups(tenant_id, vec![newest.clone(), older])));
-    // Restoring replaces rows: the slug is typed back, and the newest backup is the one.
-    key(&mut app, KeyCode::Char('B'));
+    // Restoring replaces rows: the slug is typed back, the newest backup is the one, and what
+    // it would do is asked for as the confirmation opens.
+    assert_eq!(
+        key(&mut app, KeyCode::Char('B')),
+        [Effect::PreviewRestore { slug: "acme-shoes".into(), backup: newest.id }]
+    );
     let screen = render(&app, 120, 30);
     assert!(screen.contains("Restore acme-shoes from its backup of"), "{screen}");
+    assert!(screen.contains("Working out what it would do"), "{screen}");
     assert!(screen.contains("Type acme-shoes and Enter to confirm"), "{screen}");
+    let table = |table: &str, rows_now, rows_in_backup| RestoreTable { table: table.into(), rows_now, rows_in_backup };
+    let preview = |backup_id| RestorePreview {
+        tenant_id,
+        backup_id,
+        taken_at: newest.taken_at,
+        tables: vec![table("products", 40, 40), table("orders", 80, 64)],
+        rows_now: 120,
+        rows_in_backup: 104,
+        intact: true,
+        refusals: vec![],
+    };
+    // Another backup's preview (an earlier dialog's) is not shown here.
+    app.apply(Loaded::Restore(preview(uuid::Uuid::from_u128(1))));
+    assert!(render(&app, 120, 30).contains("Working out"));
+    app.apply(Loaded::Restore(preview(newest.id)));
+    let screen = render(&app, 120, 30);
+    assert!(screen.contains("Rows: 120 now → 104 after (orders 80 → 64)."), "{screen}");
     assert!(key(&mut app, KeyCode::Char('y')).is_empty(), "y is not enough");
     key(&mut app, KeyCode::Esc);
+    assert!(app.restore_preview.is_none(), "a cancelled dialog forgets its preview");
     key(&mut app, KeyCode::Char('B'));
     type_text(&mut app, "acme-shoes");
     assert_eq!(
