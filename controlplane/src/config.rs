@@ -78,6 +78,7 @@ struct ConfigFile {
     stripe_webhook_secret: Option<String>,
     payment_grace_hours: Option<u64>,
     move_grace_seconds: Option<u64>,
+    max_silos: Option<u32>,
     export_retention_hours: Option<u64>,
     api_query_timeout_ms: Option<u64>,
     api_read_timeout_ms: Option<u64>,
@@ -173,6 +174,9 @@ pub struct Overrides {
     /// Seconds a moved tenant's rows stay in the source database after the switch [env: INDIGO_MOVE_GRACE_SECONDS] [default: 300]
     #[arg(long, env = "INDIGO_MOVE_GRACE_SECONDS", hide_env = true)]
     pub move_grace_seconds: Option<u64>,
+    /// The most silos this installation may run (on AWS, what the account's RDS DB cluster quota leaves it); an upgrade past it is refused [env: INDIGO_MAX_SILOS] [default: no limit]
+    #[arg(long, env = "INDIGO_MAX_SILOS", hide_env = true)]
+    pub max_silos: Option<u32>,
     /// Hours an offboarded tenant's export bundle is kept for hand-over before it is removed [env: INDIGO_EXPORT_RETENTION_HOURS] [default: 168]
     #[arg(long, env = "INDIGO_EXPORT_RETENTION_HOURS", hide_env = true)]
     pub export_retention_hours: Option<u64>,
@@ -273,6 +277,8 @@ pub struct Config {
     pub stripe_webhook_secret: Option<Secret>,
     pub payment_grace_hours: u64,
     pub move_grace_seconds: u64,
+    /// `None`: no limit on the silos this installation runs.
+    pub max_silos: Option<u32>,
     pub export_retention_hours: u64,
     /// The admin API's statement timeout.
     pub api_query_timeout: std::time::Duration,
@@ -502,6 +508,7 @@ impl Config {
             stripe_webhook_secret,
             payment_grace_hours: overrides.payment_grace_hours.or(from_file.payment_grace_hours).unwrap_or(72),
             move_grace_seconds: overrides.move_grace_seconds.or(from_file.move_grace_seconds).unwrap_or(300),
+            max_silos: overrides.max_silos.or(from_file.max_silos),
             export_retention_hours: overrides
                 .export_retention_hours
                 .or(from_file.export_retention_hours)

@@ -195,6 +195,7 @@ impl ControlPlane {
         });
         let state = AppState {
             backups_dir: crate::backups::directory(&config.data_dir),
+            max_silos: config.max_silos,
             bootstrap_admin_hash: config.admin_token.as_ref().map(|t| crate::identity::hash_token(t.expose()).into()),
             metrics: indigo_core::http::prometheus(),
             tenant_dbs,

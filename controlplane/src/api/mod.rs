@@ -76,6 +76,8 @@ pub struct AppState {
     pub stripe: Option<Arc<crate::billing::Stripe>>,
     /// Where tenants' backups are written.
     pub backups_dir: std::path::PathBuf,
+    /// The most silos the installation may run (`max_silos`); `None`: no limit.
+    pub max_silos: Option<u32>,
 }
 
 #[derive(OpenApi)]

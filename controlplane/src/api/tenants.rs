@@ -176,6 +176,11 @@ async fn change_plan(
             if let Some(refusal) = workflow::preview::over_limits(&usage, plan).into_iter().next() {
                 return Err(ApiError::Conflict { code: "over_limit", message: refusal.message });
             }
+            let into_a_silo = plan.isolation == Isolation::Silo
+                && current.status.placement.as_ref().is_none_or(|p| p.isolation != Isolation::Silo);
+            if into_a_silo && let Some(refusal) = workflow::preview::silo_quota(&state.db, state.max_silos).await? {
+                return Err(ApiError::Conflict { code: "provider_quota", message: refusal.message });
+            }
         }
         Ok(workflow::change_plan(tx, &actor, request_id.as_deref(), &tenant, plan).await?)
     })
@@ -219,8 +224,9 @@ async fn plan_change_preview(
         code: "plan_retired",
         message: format!("the tenant's plan is no longer in the catalogue: {e}"),
     })?;
-    let mut preview =
-        workflow::preview::preview(&state.db, &state.tenant_dbs, &tenant, from, to).await.map_err(preview_failed)?;
+    let mut preview = workflow::preview::preview(&state.db, &state.tenant_dbs, &tenant, (from, to), state.max_silos)
+        .await
+        .map_err(preview_failed)?;
     if let Some(stripe) = &state.stripe
         && from.name != to.name
     {

@@ -5,6 +5,7 @@
 
 use indigo_core::api::{PlanChangePreview, PlanChangeRefusal, TableFootprint, Tenant};
 use indigo_core::plan::{Limit, Plan};
+use indigo_core::tenant::Isolation;
 use indigo_tenantdb::TenantDatabases;
 use sqlx::PgPool;
 
@@ -27,13 +28,14 @@ pub enum PreviewError {
     TenantDatabase(sqlx::Error),
 }
 
-/// What changing `tenant` from its plan (`from`) to `to` would do.
+/// What changing `tenant` from its plan (`from`) to `to` would do, on an
+/// installation that may run `max_silos` silos.
 pub async fn preview(
     db: &PgPool,
     dbs: &TenantDatabases,
     tenant: &Tenant,
-    from: &Plan,
-    to: &Plan,
+    (from, to): (&Plan, &Plan),
+    max_silos: Option<u32>,
 ) -> Result<PlanChangePreview, PreviewError> {
     let from_isolation = tenant.status.placement.as_ref().map_or(from.isolation, |p| p.isolation);
     let moves = from_isolation != to.isolation;
@@ -53,6 +55,9 @@ pub async fn preview(
         refusals.push(refusal("workflow_in_progress", format!("its {kind} workflow {id} is still running")));
     }
     refusals.extend(over_limits(&usage, to));
+    if moves && to.isolation == Isolation::Silo {
+        refusals.extend(silo_quota(db, max_silos).await?);
+    }
 
     Ok(PlanChangePreview {
         tenant_id: tenant.id,
@@ -173,6 +178,24 @@ async fn ai_credits_this_month(db: &PgPool, tenant: indigo_core::tenant::TenantI
         .bind(tenant.0)
         .fetch_one(db)
         .await
+}
+
+/// A refusal when the installation already runs `max_silos` silos: one more
+/// (a tenant moving into one) would be past what the provider allows it — on
+/// AWS, the account's RDS DB cluster quota. Silos being moved into count.
+pub async fn silo_quota(db: &PgPool, max_silos: Option<u32>) -> Result<Option<PlanChangeRefusal>, sqlx::Error> {
+    let Some(max) = max_silos else { return Ok(None) };
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tenants t
+         WHERE t.placement->>'isolation' = 'silo'
+            OR EXISTS (SELECT 1 FROM tenant_moves m WHERE m.tenant_id = t.id AND m.to_isolation = 'silo'
+                         AND m.phase NOT IN ('done', 'rolled_back'))",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((running >= i64::from(max)).then(|| {
+        refusal("provider_quota", format!("the installation runs {running} silos and may run {max} (max_silos)"))
+    }))
 }
 
 const BYTES_PER_GB: u64 = 1_000_000_000;

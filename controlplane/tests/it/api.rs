@@ -1136,3 +1136,25 @@ async fn a_tenants_catalogue_cache_hit_rate_is_its_last_days_counts_in_redis(poo
     assert_eq!(stats.hit_rate, Some(0.75));
     assert_eq!(app.get("/v1/tenants/no-such-shop/catalogue-cache", ADMIN).await.status, StatusCode::NOT_FOUND);
 }
+
+/// An installation that may run no more silos refuses an upgrade into one, in
+/// the preview and in the change, and lets a change that stays in the pool through.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn an_upgrade_past_the_installations_silo_quota_is_refused(pool: PgPool) {
+    let app = TestApp::with(pool, Overrides { max_silos: Some(0), ..Overrides::default() }).await;
+    app.create("quota-shop", "starter").await;
+    let preview = app.get("/v1/tenants/quota-shop/plan-change?to=enterprise", ADMIN).await;
+    assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
+    let codes: Vec<&str> =
+        preview.body["refusals"].as_array().unwrap().iter().filter_map(|r| r["code"].as_str()).collect();
+    assert_eq!(codes, ["provider_quota"], "{}", preview.body);
+    assert!(preview.body["refusals"][0]["message"].as_str().unwrap().contains("runs 0 silos and may run 0"));
+    let refused =
+        app.send(Method::PUT, "/v1/tenants/quota-shop/plan", ADMIN, "q1", json!({ "plan": "enterprise" })).await;
+    assert_eq!((refused.status, refused.code()), (StatusCode::CONFLICT, "provider_quota"), "{}", refused.body);
+    assert_eq!(app.get("/v1/tenants/quota-shop", ADMIN).await.body["spec"]["plan"], "starter", "nothing changed");
+    let within_the_pool = app.get("/v1/tenants/quota-shop/plan-change?to=growth", ADMIN).await;
+    assert_eq!(within_the_pool.body["refusals"], json!([]), "{}", within_the_pool.body);
+    let changed = app.send(Method::PUT, "/v1/tenants/quota-shop/plan", ADMIN, "q2", json!({ "plan": "growth" })).await;
+    assert_eq!(changed.status, StatusCode::ACCEPTED, "{}", changed.body);
+}
