@@ -799,6 +799,11 @@ fn preview_table(preview: &indigo_core::api::PlanChangePreview) -> String {
             Some(ms) => format!("write pause: up to {ms} ms, as past moves had; writes are held, not refused\n"),
             None => "write pause: not measured here yet; writes are held, not refused\n".to_owned(),
         };
+        if let Some(written) = preview.writes_last_5_minutes {
+            out += &format!(
+                "  it grows with the writes the switch applies: {written} rows written in the last 5 minutes\n"
+            );
+        }
     }
     out += &format!("price: {} → {} a month\n", money(preview.price_per_month_from), money(preview.price_per_month_to));
     if let Some(minor) = preview.proration {

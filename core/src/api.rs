@@ -613,6 +613,10 @@ pub struct PlanChangePreview {
     pub moves_measured: i64,
     /// The longest write pause of the past moves, the pause to expect; none until a move has been measured.
     pub expected_pause_ms: Option<i64>,
+    /// The tenant's rows written in the last 5 minutes (orders and customers created, products
+    /// changed), when it moves: the pause applies the changes made since the catch-up's last
+    /// batch, so it grows with the tenant's write rate.
+    pub writes_last_5_minutes: Option<i64>,
     /// What the tenant would run on: its own cluster's size and data-plane service for a silo plan, none for the pool.
     pub target_silo: Option<crate::plan::SiloSize>,
     /// List prices per month in `currency`'s minor units.

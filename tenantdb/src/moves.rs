@@ -368,6 +368,27 @@ pub async fn footprint_of(
     Ok(counted)
 }
 
+/// The rows `tenant` wrote in `database` over the last `minutes`, as its
+/// timestamps tell: orders and customers created, products changed (order
+/// items go with their orders). Read as the schema owner bound to the tenant.
+pub async fn recent_writes(database: &Database, tenant: TenantId, minutes: i32) -> Result<i64, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    let mut conn = database.server.owner_options(&database.name).connect().await?;
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    sqlx::query("SELECT set_config('app.current_tenant', $1, true)").bind(tenant.to_string()).execute(&mut *tx).await?;
+    let written: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM orders WHERE created_at > now() - make_interval(mins => $1))
+              + (SELECT count(*) FROM customers WHERE created_at > now() - make_interval(mins => $1))
+              + (SELECT count(*) FROM products WHERE updated_at > now() - make_interval(mins => $1))",
+    )
+    .bind(minutes)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let _ = conn.close().await;
+    Ok(written)
+}
+
 /// Moves one tenant's rows from `source` to `target`.
 pub struct Mover {
     tenant: TenantId,

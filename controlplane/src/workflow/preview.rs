@@ -44,6 +44,14 @@ pub async fn preview(
     let bytes_total = tables.iter().map(|t| t.bytes).sum();
 
     let measured = measured(db).await?;
+    let writes_last_5_minutes = match (&tenant.status.placement, moves) {
+        (Some(placement), true) => {
+            let database = dbs.locate(placement.cluster.as_deref(), &placement.database);
+            let written = indigo_tenantdb::moves::recent_writes(&database, tenant.id, 5).await;
+            Some(written.map_err(PreviewError::TenantDatabase)?)
+        }
+        _ => None,
+    };
     let usage = Usage::of_tables(&tables, ai_credits_this_month(db, tenant.id).await?);
 
     let mut refusals = Vec::new();
@@ -73,6 +81,7 @@ pub async fn preview(
         copy_rows_per_second: measured.rows_per_second,
         moves_measured: measured.moves,
         expected_pause_ms: if moves { measured.longest_pause_ms } else { None },
+        writes_last_5_minutes,
         target_silo: to.silo.clone(),
         price_per_month_from: from.price_per_month,
         price_per_month_to: to.price_per_month,

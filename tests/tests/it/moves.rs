@@ -798,6 +798,10 @@ async fn a_tier_change_is_previewed_before_it_runs() {
     let rows_total = upgrade["rows_total"].as_f64().unwrap();
     assert_eq!(upgrade["estimated_copy_seconds"].as_f64(), Some(rows_total / 5000.0));
     assert_eq!(upgrade["expected_pause_ms"], Value::Null, "no move measured yet");
+    // Why the pause will be what it is: what the tenant wrote lately (the seeding, just now).
+    let written = upgrade["writes_last_5_minutes"].as_i64().unwrap();
+    assert!(written >= 10_003 + products, "{upgrade}");
+    assert_eq!(preview("growth").await["writes_last_5_minutes"], Value::Null, "nothing moves, nothing to say");
     let plans = &stack.state.plans;
     assert_eq!(upgrade["price_per_month_to"].as_u64(), Some(plans.get("enterprise").unwrap().price_per_month));
     assert!(upgrade["target_silo"]["dataplane_replicas"].as_u64().is_some(), "{upgrade}");

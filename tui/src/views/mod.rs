@@ -146,10 +146,13 @@ fn preview_lines(preview: Option<&PlanChangePreview>, theme: Theme) -> Vec<Line<
             0 => "default rate".to_owned(),
             n => format!("rate of the last {n} moves"),
         };
-        let pause = match preview.expected_pause_ms {
+        let mut pause = match preview.expected_pause_ms {
             Some(ms) => format!("writes held up to {ms} ms"),
             None => "writes held, not refused".to_owned(),
         };
+        if let Some(written) = preview.writes_last_5_minutes {
+            pause += &format!(" ({written} rows written in the last 5 min)");
+        }
         lines.push(Line::from(format!(
             "Copies {} rows ({:.1} MB) in about {:.1} s ({basis}); {pause}.",
             preview.rows_total,

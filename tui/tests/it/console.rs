@@ -204,6 +204,7 @@ fn each_action_confirms_and_can_be_cancelled() {
         copy_rows_per_second: 5_000.0,
         moves_measured: 0,
         expected_pause_ms: None,
+        writes_last_5_minutes: Some(40),
         target_silo: None,
         price_per_month_from: 2_900,
         price_per_month_to: 99_900,

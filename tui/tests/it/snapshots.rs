@@ -175,6 +175,7 @@ fn upgrade_preview(app: &App) -> PlanChangePreview {
         copy_rows_per_second: 5_943.0,
         moves_measured: 3,
         expected_pause_ms: Some(24),
+        writes_last_5_minutes: Some(312),
         target_silo: None,
         price_per_month_from: 9_900,
         price_per_month_to: 99_900,
