@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use indigo_core::api::TenantBackup;
 use indigo_core::plan::PlanCatalog;
 use indigo_core::tenant::TenantId;
-use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::{Database, TenantDatabases};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
@@ -116,7 +116,7 @@ async fn run_locked(
         let due_at = chrono::Duration::minutes(i64::from(plan.recovery.rpo_minutes)) - RUN_EVERY;
         let mut newest = newest;
         if newest.is_none_or(|taken| Utc::now() - taken >= due_at) {
-            match take(db, dbs, dir, tenant, cluster.as_deref(), &database, failpoints).await {
+            match take(db, &dbs.locate(cluster.as_deref(), &database), dir, tenant, failpoints).await {
                 Ok(backup) => {
                     report.taken += 1;
                     newest = Some(backup.taken_at);
@@ -166,16 +166,14 @@ async fn remove_abandoned(db: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(removed)
 }
 
-/// Takes a backup of `tenant` now, whatever its age. The failpoint
-/// `backup.write=crash-after-run` ends the process once the bundle is written
-/// and before it is marked taken (the crash tests).
+/// Takes a backup of `tenant`, whose rows are in `located`, now, whatever its
+/// age. The failpoint `backup.write=crash-after-run` ends the process once the
+/// bundle is written and before it is marked taken (the crash tests).
 pub async fn take(
     db: &PgPool,
-    dbs: &TenantDatabases,
+    located: &Database,
     dir: &Path,
     tenant: Uuid,
-    cluster: Option<&str>,
-    database: &str,
     failpoints: &Failpoints,
 ) -> Result<TenantBackup, BackupError> {
     let failed = |message: String| BackupError::Tenant { tenant, message };
@@ -194,7 +192,6 @@ pub async fn take(
         .bind(path.to_string_lossy().as_ref())
         .execute(db)
         .await?;
-    let located = dbs.locate(cluster, database);
     // The tenant's database failing is the tenant's backup failing, not the control plane's.
     let in_tenant_db = |e: sqlx::Error| failed(format!("its database {}: {e}", located.name));
     let mut conn = located.server.owner_options(&located.name).connect().await.map_err(in_tenant_db)?;

@@ -33,7 +33,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// newest backup is older than the RPO.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/backups", tag = "backups",
     params(("tenant" = String, Path, description = "Slug or id")),
-    responses((status = 200, body = TenantBackups), (status = 404, description = "Unknown tenant", body = ErrorBody)))]
+    responses((status = 200, body = TenantBackups), (status = 404, description = "Unknown tenant", body = ErrorBody),
+              (status = 409, description = "The tenant's plan is no longer sold", body = ErrorBody)))]
 async fn tenant_backups(
     State(state): State<AppState>,
     _actor: Actor,
@@ -41,7 +42,10 @@ async fn tenant_backups(
 ) -> Result<Json<TenantBackups>, ApiError> {
     let reference = super::tenants::tenant_ref(&raw)?;
     let tenant = registry::get(&mut *state.db.acquire().await?, &reference).await?;
-    let plan = state.plans.get(&tenant.spec.plan.to_string()).map_err(|e| ApiError::Internal(e.into()))?;
+    let plan = state.plans.get(tenant.spec.plan.as_str()).map_err(|e| ApiError::Conflict {
+        code: "plan_retired",
+        message: format!("the tenant's plan is no longer in the catalogue: {e}"),
+    })?;
     let backups = backups::list(&state.db, tenant.id).await?;
     let now = chrono::Utc::now();
     let newest = backups.first().map(|b| b.taken_at);
@@ -82,17 +86,8 @@ async fn take_backup(
         // The daemon's failpoints, which its jobs carry (the crash tests arm them).
         let none = crate::failpoints::Failpoints::default();
         let failpoints = state.jobs.as_ref().map_or(&none, |jobs| &jobs.failpoints);
-        backups::take(
-            &state.db,
-            &state.tenant_dbs,
-            &state.backups_dir,
-            tenant.id.0,
-            placement.cluster.as_deref(),
-            &placement.database,
-            failpoints,
-        )
-        .await
-        .map_err(|e| match e {
+        let located = state.tenant_dbs.locate(placement.cluster.as_deref(), &placement.database);
+        backups::take(&state.db, &located, &state.backups_dir, tenant.id.0, failpoints).await.map_err(|e| match e {
             backups::BackupError::Database(e) => ApiError::Database(e),
             tenant @ backups::BackupError::Tenant { .. } => ApiError::Upstream(tenant.to_string()),
         })

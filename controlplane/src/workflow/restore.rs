@@ -199,20 +199,13 @@ pub async fn preview(
     })
 }
 
-async fn safeguard<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+async fn safeguard<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let Verified { database, cluster, .. } = verified(cx)?;
     let services = cx.services;
-    let backup = backups::take(
-        &services.db,
-        &services.tenant_dbs,
-        &services.backups_dir,
-        cx.tenant_id.0,
-        cluster.as_deref(),
-        &database,
-        &services.failpoints,
-    )
-    .await
-    .map_err(transient)?;
+    let located = services.provider.reach(cluster.as_deref(), &database).await?;
+    let backup = backups::take(&services.db, &located, &services.backups_dir, cx.tenant_id.0, &services.failpoints)
+        .await
+        .map_err(transient)?;
     Ok(json!({ "backup_id": backup.id, "rows": backup.rows }))
 }
 
