@@ -235,8 +235,9 @@ async fn swap<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, Ste
     let pause = moves::hold_writes(&options, cx.tenant_id).await.map_err(transient)?;
     cx.services.failpoints.hold(Kind::Restore, "swap").await;
     let swapped = replace_rows(&mut conn, cx.tenant_id, cx.workflow_id, backup_id, Path::new(&path), &manifest).await;
-    let held = pause.release().await;
+    // Taken before the release: no held write can have finished before it.
     let held_until = chrono::Utc::now();
+    let held = pause.release().await;
     let _ = conn.close().await;
     let rows = swapped?;
     let held = Held { from: held_until - held, until: held_until };
