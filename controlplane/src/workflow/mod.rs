@@ -312,6 +312,29 @@ pub(crate) async fn tenant<P>(cx: &StepContext<'_, P>) -> Result<indigo_core::ap
     Ok(crate::registry::get(&mut conn, &crate::registry::TenantRef::Id(cx.tenant_id)).await?)
 }
 
+/// Publishes `event` on the step's tenant, its data naming the workflow.
+pub(crate) async fn publish<P>(
+    cx: &StepContext<'_, P>,
+    event: &str,
+    message: &str,
+    mut data: Value,
+) -> Result<(), StepError> {
+    data["workflow_id"] = serde_json::json!(cx.workflow_id);
+    let mut conn = cx.services.db.acquire().await?;
+    crate::journal::publish(&mut conn, Some(cx.tenant_id), event, message, data).await?;
+    Ok(())
+}
+
+/// Gives the step's tenant a new routing version: data planes fetch its route
+/// again, and no catalogue read cached under the old version is served.
+pub(crate) async fn bump_routing_version<P>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
+    sqlx::query("UPDATE tenants SET routing_version = nextval('routing_version_seq') WHERE id = $1")
+        .bind(cx.tenant_id.0)
+        .execute(&cx.services.db)
+        .await?;
+    Ok(())
+}
+
 pub(crate) fn transient(error: impl std::fmt::Display) -> StepError {
     StepError::Transient(error.to_string())
 }

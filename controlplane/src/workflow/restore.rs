@@ -27,7 +27,6 @@ use uuid::Uuid;
 
 use super::{Definition, Kind, StepContext, StepError, export, transient, workflow_steps};
 use crate::backups;
-use crate::journal;
 use crate::providers::DatabaseProvider;
 
 pub struct Restore;
@@ -68,7 +67,7 @@ impl Definition for Restore {
     async fn on_failure<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
         let reason = cx.error.unwrap_or("the restore was cancelled");
         let message = format!("the restore did not happen; the tenant's rows are as they were: {reason}");
-        publish(cx, "RestoreFailed", &message, json!({ "reason": reason })).await
+        super::publish(cx, "RestoreFailed", &message, json!({ "reason": reason })).await
     }
 }
 
@@ -93,13 +92,6 @@ fn verified<P>(cx: &StepContext<'_, P>) -> Result<Verified, StepError> {
     serde_json::from_value(recorded).map_err(|e| StepError::Permanent(format!("recorded verification: {e}")))
 }
 
-async fn publish<P>(cx: &StepContext<'_, P>, event: &str, message: &str, mut data: Value) -> Result<(), StepError> {
-    data["workflow_id"] = json!(cx.workflow_id);
-    let mut conn = cx.services.db.acquire().await?;
-    journal::publish(&mut conn, Some(cx.tenant_id), event, message, data).await?;
-    Ok(())
-}
-
 async fn verify<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let Input { backup_id } = input(cx)?;
     let tenant = super::tenant(cx).await?;
@@ -116,7 +108,7 @@ async fn verify<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     }
     let rows = manifest.tables.iter().map(|t| t.rows).sum();
     let message = format!("restoring {} from backup {backup_id} taken {}: {rows} rows", tenant.slug, backup.taken_at);
-    publish(cx, "RestoreStarted", &message, json!({ "backup_id": backup_id, "rows": rows })).await?;
+    super::publish(cx, "RestoreStarted", &message, json!({ "backup_id": backup_id, "rows": rows })).await?;
     let verified = Verified {
         backup_id,
         path: backup.path,
@@ -304,17 +296,14 @@ async fn finish<P>(
     held: Option<Held>,
     swapped_before: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Value, StepError> {
-    sqlx::query("UPDATE tenants SET routing_version = nextval('routing_version_seq') WHERE id = $1")
-        .bind(cx.tenant_id.0)
-        .execute(&cx.services.db)
-        .await?;
+    super::bump_routing_version(cx).await?;
     let pause_ms = held.as_ref().map(|held| (held.until - held.from).num_milliseconds());
     let message = match pause_ms {
         Some(ms) => format!("{slug} restored from backup {backup_id}: {rows} rows; writes held {ms} ms"),
         None => format!("{slug} restored from backup {backup_id}: {rows} rows"),
     };
     let data = json!({ "backup_id": backup_id, "rows": rows, "pause_ms": pause_ms });
-    publish(cx, "TenantRestored", &message, data).await?;
+    super::publish(cx, "TenantRestored", &message, data).await?;
     Ok(json!({
         "backup_id": backup_id, "rows": rows, "pause_ms": pause_ms,
         "held_from": held.as_ref().map(|h| h.from), "held_until": held.as_ref().map(|h| h.until),

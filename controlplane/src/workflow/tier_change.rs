@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Definition, Kind, StepContext, StepError, workflow_steps};
-use crate::journal;
 use crate::journal::Actor;
 use crate::providers::{DatabaseProvider, SiloTenant};
 use crate::registry::{self, TenantRef};
@@ -109,7 +108,7 @@ impl Definition for TierChange {
             input.from_plan, input.to_plan
         );
         set_condition(cx, false, "Failed", &message).await?;
-        publish(cx, "TierChangeFailed", &message, json!({ "reason": reason })).await
+        super::publish(cx, "TierChangeFailed", &message, json!({ "reason": reason })).await
     }
 }
 
@@ -167,13 +166,6 @@ async fn set_condition<P>(cx: &StepContext<'_, P>, status: bool, reason: &str, m
         .condition(Condition::new(CONDITION, status, reason, message))
         .apply(&mut conn, cx.tenant_id)
         .await?;
-    Ok(())
-}
-
-async fn publish<P>(cx: &StepContext<'_, P>, event: &str, message: &str, mut data: Value) -> Result<(), StepError> {
-    data["workflow_id"] = json!(cx.workflow_id);
-    let mut conn = cx.services.db.acquire().await?;
-    journal::publish(&mut conn, Some(cx.tenant_id), event, message, data).await?;
     Ok(())
 }
 
@@ -283,7 +275,7 @@ async fn provision<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value
     .await?;
     planned.mover(cx).await?.prepare_target().await?;
     let target = planned.target_cluster.as_deref().unwrap_or(&planned.target);
-    publish(
+    super::publish(
         cx,
         "MoveStarted",
         &format!("moving {} from the {} to the {} ({target})", tenant.slug, planned.from, planned.to),
@@ -352,10 +344,7 @@ async fn copy<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, Ste
     let lag = mover.lag().await?;
     progress(cx, "catching_up", "rows_copied = $3, lag = $4", &[rows, lag]).await?;
     // The routing table now names the target as the tenant's next database.
-    sqlx::query("UPDATE tenants SET routing_version = nextval('routing_version_seq') WHERE id = $1")
-        .bind(cx.tenant_id.0)
-        .execute(&cx.services.db)
-        .await?;
+    super::bump_routing_version(cx).await?;
     Ok(json!({ "rows": rows, "checks": checks }))
 }
 
@@ -410,7 +399,7 @@ async fn cutover<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, 
     let pause_ms = i64::try_from(held.as_millis()).unwrap_or(i64::MAX);
     progress(cx, "switched", "pause_ms = $3, lag = 0, switched_at = now()", &[pause_ms]).await?;
     let rows: i64 = checks.iter().map(|c| c.rows).sum();
-    publish(
+    super::publish(
         cx,
         "MoveSwitched",
         &format!("{} now served from the {} ({}); writes held {pause_ms} ms", tenant.slug, planned.to, planned.target),
@@ -499,6 +488,7 @@ async fn cleanup<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, 
     };
     let message = format!("plan changed from {} to {}", input.from_plan, input.to_plan);
     set_condition(cx, true, "Changed", &message).await?;
-    publish(cx, "TierChanged", &message, json!({ "from_plan": input.from_plan, "to_plan": input.to_plan })).await?;
+    super::publish(cx, "TierChanged", &message, json!({ "from_plan": input.from_plan, "to_plan": input.to_plan }))
+        .await?;
     Ok(json!({ "released": released }))
 }
