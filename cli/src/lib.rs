@@ -242,11 +242,14 @@ pub enum TenantCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Restore a tenant's rows in place from one of its backups (admin role; what it wrote since is lost)
+    /// Restore a tenant's rows from one of its backups, in place unless told (admin role; what it wrote since is lost)
     Restore {
         tenant: String,
         /// The backup's id (`indigo tenant backups SLUG`)
         backup: uuid::Uuid,
+        /// A silo tenant only: delete its silo and make it again, then load the backup there (it answers 503 meanwhile)
+        #[arg(long)]
+        into_new_silo: bool,
         /// Show what the restore would do (rows per table now and in the backup, whether it is intact, refusals) and change nothing
         #[arg(long)]
         dry_run: bool,
@@ -547,12 +550,13 @@ async fn run_tenant(command: TenantCommand) -> anyhow::Result<()> {
                 format!("backup {} taken at {}: {} rows in {}", backup.id, backup.taken_at, backup.rows, backup.path)
             });
         }
-        TenantCommand::Restore { tenant, backup, dry_run: true, client, .. } => {
-            let preview = client.client()?.preview_restore(&tenant, backup).await?;
+        TenantCommand::Restore { tenant, backup, into_new_silo, dry_run: true, client, .. } => {
+            let preview = client.client()?.preview_restore(&tenant, backup, restore_into(into_new_silo)).await?;
             return print(client.output, &preview, || restore_preview_table(&preview));
         }
-        TenantCommand::Restore { tenant, backup, mutation, client, .. } => {
-            let started = client.client()?.restore(&tenant, backup, &mutation.key()).await?;
+        TenantCommand::Restore { tenant, backup, into_new_silo, mutation, client, .. } => {
+            let into = restore_into(into_new_silo);
+            let started = client.client()?.restore(&tenant, backup, into, &mutation.key()).await?;
             return print(client.output, &started, || {
                 format!(
                     "restoring {tenant} from backup {backup}: workflow {id}\nfollow it with `indigo workflow get {id}`",
@@ -721,6 +725,10 @@ async fn run_token(command: TokenCommand) -> anyhow::Result<()> {
 }
 
 /// A plan change's preview, for people.
+fn restore_into(new_silo: bool) -> indigo_core::api::RestoreInto {
+    if new_silo { indigo_core::api::RestoreInto::NewSilo } else { indigo_core::api::RestoreInto::InPlace }
+}
+
 fn restore_preview_table(preview: &indigo_core::api::RestorePreview) -> String {
     let mut rows = table(&["TABLE", "ROWS NOW", "ROWS AFTER"]);
     for t in &preview.tables {
@@ -732,8 +740,12 @@ fn restore_preview_table(preview: &indigo_core::api::RestorePreview) -> String {
         let reasons: Vec<&str> = preview.refusals.iter().map(|r| r.message.as_str()).collect();
         format!("Refused: {}.", reasons.join("; "))
     };
+    let whereto = match preview.into {
+        indigo_core::api::RestoreInto::InPlace => "in place",
+        indigo_core::api::RestoreInto::NewSilo => "into a new silo (503 until the rows are in)",
+    };
     format!(
-        "Restore from backup {} taken {}: {} rows now, {} after; the backup is {}.\n{rows}\n{verdict}",
+        "Restore {whereto} from backup {} taken {}: {} rows now, {} after; the backup is {}.\n{rows}\n{verdict}",
         preview.backup_id,
         preview.taken_at.format("%Y-%m-%d %H:%M:%S UTC"),
         preview.rows_now,

@@ -3,7 +3,7 @@
 use indigo_core::api::{
     ApiToken, AuditEntry, BillingParity, CatalogueCacheStats, ChangePlanRequest, CreateTenantRequest,
     CreateTokenRequest, CreatedToken, ErrorBody, Event, LifecycleRequest, Page, PlanChangePreview, RecommenderStatus,
-    ReconcilePlan, ReconcilerStatus, RestorePreview, RestoreRequest, RestoreStarted, Tenant, TenantBackup,
+    ReconcilePlan, ReconcilerStatus, RestoreInto, RestorePreview, RestoreRequest, RestoreStarted, Tenant, TenantBackup,
     TenantBackups, TenantBilling, TenantCost, TenantMove, TenantUsage, UsageSeries, WhoAmI, Workflow,
 };
 use indigo_core::plan::Plan;
@@ -207,15 +207,26 @@ impl AdminClient {
         self.call(Method::POST, &path, None::<&()>, None::<&()>, Some(key)).await
     }
 
-    /// What restoring `tenant` from its backup `backup` would do; changes nothing.
-    pub async fn preview_restore(&self, tenant: &str, backup: uuid::Uuid) -> Result<RestorePreview, ClientError> {
+    /// What restoring `tenant` from its backup `backup` (`into` where) would do; changes nothing.
+    pub async fn preview_restore(
+        &self,
+        tenant: &str,
+        backup: uuid::Uuid,
+        into: RestoreInto,
+    ) -> Result<RestorePreview, ClientError> {
         let path = format!("/v1/tenants/{}/restores/preview", path_segment(tenant));
-        self.get(&path, &[("backup_id", backup.to_string())]).await
+        self.get(&path, &(("backup_id", backup), ("into", into))).await
     }
 
-    /// Starts restoring `tenant` in place from its backup `backup`.
-    pub async fn restore(&self, tenant: &str, backup: uuid::Uuid, key: &str) -> Result<RestoreStarted, ClientError> {
-        let body = RestoreRequest { backup_id: backup };
+    /// Starts restoring `tenant` from its backup `backup`, `into` where.
+    pub async fn restore(
+        &self,
+        tenant: &str,
+        backup: uuid::Uuid,
+        into: RestoreInto,
+        key: &str,
+    ) -> Result<RestoreStarted, ClientError> {
+        let body = RestoreRequest { backup_id: backup, into };
         self.mutate(Method::POST, &format!("/v1/tenants/{}/restores", path_segment(tenant)), &body, key).await
     }
 

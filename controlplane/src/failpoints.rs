@@ -11,7 +11,7 @@
 //! | `crash-after-record` | the process exits once the step's result is recorded |
 //! | `fail` | the step fails permanently (without acting) |
 //! | `transient:N` | the step's first N attempts fail transiently |
-//! | `hold:MS` | the step waits MS milliseconds at its hold point (the tier change's cut-over: with writes paused) |
+//! | `hold:MS` | the step waits MS milliseconds at its hold point (the tier change's cut-over and the restore's swap: with writes paused; the restore's rebuild: with the new silo empty) |
 
 use std::collections::HashMap;
 

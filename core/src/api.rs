@@ -668,12 +668,28 @@ pub struct TenantBackup {
     pub drill_problem: Option<String>,
 }
 
-/// Restore a tenant's rows from one of its backups, in place.
+/// Restore a tenant's rows from one of its backups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     /// One of the tenant's backups (`GET /v1/tenants/{tenant}/backups`).
     pub backup_id: Uuid,
+    /// Where the backup's rows go; in place unless said.
+    #[serde(default)]
+    pub into: RestoreInto,
+}
+
+/// Where a restore puts the backup's rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreInto {
+    /// Into the database the tenant is served from, its writes held meanwhile.
+    #[default]
+    InPlace,
+    /// A silo tenant only: its silo deleted and made again, then loaded. For a
+    /// silo that is lost or not to be trusted; the tenant answers 503 from the
+    /// rebuild until the load commits.
+    NewSilo,
 }
 
 /// What restoring a tenant from one of its backups would do, changing nothing.
@@ -688,7 +704,9 @@ pub struct RestorePreview {
     pub rows_in_backup: u64,
     /// Every file of the backup matches its manifest, and the manifest is the one written when it was taken.
     pub intact: bool,
-    /// What would stop it (`not_intact`, `workflow_in_progress`); none: it would go ahead.
+    /// Where the rows would go.
+    pub into: RestoreInto,
+    /// What would stop it (`not_intact`, `workflow_in_progress`, `not_in_silo`); none: it would go ahead.
     pub refusals: Vec<PlanChangeRefusal>,
 }
 

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
     AuditEntry, BillingParity, CatalogueCacheStats, Event, PlanChangePreview, RecommenderStatus, ReconcilePlan,
-    ReconcilerStatus, RestorePreview, Tenant, TenantBackups, TenantBilling, TenantCost, TenantMove, TenantUsage,
-    UsageSeries, Workflow,
+    ReconcilerStatus, RestoreInto, RestorePreview, Tenant, TenantBackups, TenantBilling, TenantCost, TenantMove,
+    TenantUsage, UsageSeries, Workflow,
 };
 use indigo_core::plan::Plan;
 use indigo_core::tenant::{Isolation, TenantId};
@@ -148,6 +148,7 @@ pub enum Command {
         slug: String,
         backup: uuid::Uuid,
         taken_at: chrono::DateTime<chrono::Utc>,
+        into: RestoreInto,
     },
     RetryWorkflow {
         id: String,
@@ -194,8 +195,12 @@ impl Command {
             Command::SetReconcilePaused { slug, paused: false } => format!("Resume reconciliation of {slug}."),
             Command::Offboard { slug } => format!("Offboard {slug}: its data is deleted."),
             Command::TakeBackup { slug } => format!("Back {slug} up now."),
-            Command::Restore { slug, taken_at, .. } => format!(
+            Command::Restore { slug, taken_at, into: RestoreInto::InPlace, .. } => format!(
                 "Restore {slug} from its backup of {}: what it wrote since is lost (its rows as they are now are backed up first).",
+                taken_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            Command::Restore { slug, taken_at, into: RestoreInto::NewSilo, .. } => format!(
+                "Restore {slug} into a new silo from its backup of {}: its silo is deleted and made again, its storefront answers 503 until the rows are in, what it wrote since is lost (its rows as they are now are backed up first, if its silo answers).",
                 taken_at.format("%Y-%m-%d %H:%M:%S UTC")
             ),
             Command::RetryWorkflow { kind, slug, .. } => format!("Retry the {kind} of {slug} from where it stopped."),
@@ -234,6 +239,7 @@ pub enum Effect {
     PreviewRestore {
         slug: String,
         backup: uuid::Uuid,
+        into: RestoreInto,
     },
     Quit,
 }
@@ -495,8 +501,8 @@ impl App {
                 }
             }
             Loaded::Restore(preview) => {
-                if let Mode::Confirm { command: Command::Restore { backup, .. } } = &self.mode
-                    && *backup == preview.backup_id
+                if let Mode::Confirm { command: Command::Restore { backup, into, .. } } = &self.mode
+                    && (*backup, *into) == (preview.backup_id, preview.into)
                 {
                     self.restore_preview = Some(preview);
                 }

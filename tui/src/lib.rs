@@ -208,8 +208,8 @@ async fn execute(client: &AdminClient, command: &Command) -> Result<String, Clie
         Command::TakeBackup { slug } => {
             client.take_backup(slug, &key).await.map(|backup| format!("{slug} backed up: {} rows", backup.rows))
         }
-        Command::Restore { slug, backup, .. } => {
-            client.restore(slug, *backup, &key).await.map(|_| format!("{slug}: restore from its backup started"))
+        Command::Restore { slug, backup, into, .. } => {
+            client.restore(slug, *backup, *into, &key).await.map(|_| format!("{slug}: restore from its backup started"))
         }
         Command::RetryWorkflow { id, kind, slug } => {
             client.retry_workflow(id, &key).await.map(|w| format!("{kind} of {slug} retried (attempt {})", w.attempt))
@@ -305,10 +305,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                                     let _ = out.send(loaded);
                                 });
                             }
-                            Effect::PreviewRestore { slug, backup } => {
+                            Effect::PreviewRestore { slug, backup, into } => {
                                 let (client, out) = (client.clone(), loaded_tx.clone());
                                 tokio::spawn(async move {
-                                    let loaded = match client.preview_restore(&slug, backup).await {
+                                    let loaded = match client.preview_restore(&slug, backup, into).await {
                                         Ok(preview) => Loaded::Restore(preview),
                                         Err(error) => Loaded::Done(Err(format!("preview: {error}"))),
                                     };

@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use indigo_core::api::{
-    ErrorBody, Placement, RestorePreview, RestoreRequest, RestoreStarted, Tenant, TenantBackup, TenantBackups,
+    ErrorBody, Placement, RestoreInto, RestorePreview, RestoreRequest, RestoreStarted, Tenant, TenantBackup,
+    TenantBackups,
 };
 use indigo_core::http::{ApiJson, ApiPath, ApiQuery, RequestId};
 use indigo_core::tenant::Role;
@@ -21,6 +22,7 @@ use super::error::ApiError;
 use super::idempotency::{self, IdempotencyKey};
 use crate::backups;
 use crate::registry;
+use crate::workflow::restore as restoring;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -95,18 +97,19 @@ async fn take_backup(
     .await
 }
 
-/// Restore the tenant's rows, where they are, from one of its backups (admin
-/// role: the rows written since that backup are lost). A workflow of kind
-/// `restore` checks the backup, backs the tenant's present rows up first, then
-/// holds the tenant's writes (held, not refused; no other tenant waits) while
-/// one transaction replaces its rows with the backup's and checks them against
-/// its checksums.
+/// Restore the tenant's rows from one of its backups (admin role: the rows
+/// written since that backup are lost). A workflow of kind `restore` checks the
+/// backup, backs the tenant's present rows up first, then holds the tenant's
+/// writes (held, not refused; no other tenant waits) while one transaction
+/// replaces its rows with the backup's and checks them against its checksums.
+/// `into: new_silo` (a silo tenant only) first deletes the tenant's silo and
+/// makes it again: the tenant answers 503 until the rows are in.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/restores", tag = "backups", request_body = RestoreRequest,
     params(("tenant" = String, Path, description = "Slug or id"), ("Idempotency-Key" = String, Header)),
     responses((status = 202, description = "Restore started; follow its workflow", body = RestoreStarted),
               (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, description = "Unknown tenant, or no such backup of it", body = ErrorBody),
-              (status = 409, description = "Another workflow acts on the tenant, or it is not placed", body = ErrorBody),
+              (status = 409, description = "Another workflow acts on the tenant, it is not placed, or (into a new silo) it is not in a silo", body = ErrorBody),
               (status = 422, body = ErrorBody)))]
 async fn restore(
     State(state): State<AppState>,
@@ -121,11 +124,15 @@ async fn restore(
     idempotency::run_once(&state, &key, &actor, &request, StatusCode::ACCEPTED, async |tx| {
         let tenant = registry::get(tx, &reference).await?;
         placed(&tenant, "restore")?;
+        if request.into == RestoreInto::NewSilo && !restoring::in_silo(&tenant) {
+            return Err(ApiError::Conflict { code: "not_in_silo", message: restoring::NOT_IN_SILO.into() });
+        }
         if backups::find(&state.db, tenant.id, request.backup_id).await?.is_none() {
             return Err(ApiError::NotFound(format!("backup {} of tenant {}", request.backup_id, tenant.slug)));
         }
+        let input = restoring::Input { backup_id: request.backup_id, into: request.into };
         let (tenant, workflow_id) =
-            crate::workflow::restore(tx, &actor, request_id.as_deref(), &reference, request.backup_id).await?;
+            crate::workflow::restore(tx, &actor, request_id.as_deref(), &reference, input).await?;
         Ok(RestoreStarted { tenant_id: tenant.id, backup_id: request.backup_id, workflow_id })
     })
     .await
@@ -137,6 +144,10 @@ async fn restore(
 struct PreviewParams {
     /// One of the tenant's backups
     backup_id: uuid::Uuid,
+    /// Where the backup's rows would go: `in_place` (the default) or `new_silo`
+    #[serde(default)]
+    #[param(inline)]
+    into: Option<RestoreInto>,
 }
 
 /// What restoring the tenant from one of its backups would do, changing nothing: each table's
@@ -159,7 +170,7 @@ async fn restore_preview(
     let backup = backups::find(&state.db, tenant.id, params.backup_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("backup {} of tenant {}", params.backup_id, tenant.slug)))?;
-    let preview = crate::workflow::restore::preview(&state.db, &state.tenant_dbs, &tenant, &backup)
+    let preview = restoring::preview(&state.db, &state.tenant_dbs, &tenant, &backup, params.into.unwrap_or_default())
         .await
         .map_err(super::tenants::preview_failed)?;
     Ok(Json(preview))

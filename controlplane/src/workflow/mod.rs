@@ -502,12 +502,11 @@ pub async fn restore(
     actor: &crate::journal::Actor,
     request_id: Option<&str>,
     tenant: &crate::registry::TenantRef,
-    backup: Uuid,
+    input: restore::Input,
 ) -> Result<(indigo_core::api::Tenant, Uuid), StartError> {
     let current = crate::registry::get(conn, tenant).await?;
     // Serializes concurrent requests for this tenant until the caller commits.
     sqlx::query("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE").bind(current.id.0).execute(&mut *conn).await?;
-    let input = restore::Input { backup_id: backup };
     let workflow = store::start(conn, Kind::Restore, current.id, serde_json::json!(input)).await?;
     crate::journal::Audit {
         actor,
@@ -515,7 +514,7 @@ pub async fn restore(
         tenant_id: Some(current.id),
         request_id,
         before: None,
-        after: Some(serde_json::json!({ "workflow_id": workflow, "backup_id": backup })),
+        after: Some(serde_json::json!({ "workflow_id": workflow, "backup_id": input.backup_id, "into": input.into })),
     }
     .append(conn)
     .await?;

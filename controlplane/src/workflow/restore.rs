@@ -1,22 +1,25 @@
 //! A restore, started by `POST /v1/tenants/{tenant}/restores`: one tenant's
-//! rows replaced, where they are, by one of its backups.
+//! rows replaced by one of its backups, where they are or in a new silo.
 //!
-//! verify → safeguard → swap
+//! verify → safeguard → retire → rebuild → swap
 //!
 //! `verify` checks the backup is the tenant's, kept, and intact (every file
 //! against its manifest); `safeguard` backs the tenant's rows up as they are,
-//! so that the restore can itself be undone; `swap` holds the tenant's writes
+//! so that the restore can itself be undone. Into a new silo only, `retire`
+//! takes the tenant out of routing (its storefront answers 503) and deletes its
+//! silo, and `rebuild` makes the silo again, empty. `swap` holds the tenant's writes
 //! (the move's write pause: writes in flight end, new ones wait; no other
 //! tenant waits), and in one transaction deletes its rows, loads the backup's,
 //! reads them back against the manifest's checksums and leaves its mark. The
 //! held writes then go on, onto the restored rows. A daemon that dies before
 //! the commit leaves the rows as they were (its pause ends with its
 //! connection); one that dies after finds the mark and does not swap again.
+//! Into a new silo, the swap then routes the tenant to it.
 
 use std::path::Path;
 
-use indigo_core::api::{PlanChangeRefusal, RestorePreview, RestoreTable};
-use indigo_core::tenant::TenantId;
+use indigo_core::api::{Placement, PlanChangeRefusal, RestoreInto, RestorePreview, RestoreTable};
+use indigo_core::tenant::{Isolation, TenantId};
 use indigo_tenantdb::moves;
 use indigo_tenantdb::schema::TENANT_TABLES;
 use serde::{Deserialize, Serialize};
@@ -27,7 +30,8 @@ use uuid::Uuid;
 
 use super::{Definition, Kind, StepContext, StepError, export, transient, workflow_steps};
 use crate::backups;
-use crate::providers::DatabaseProvider;
+use crate::providers::{DatabaseProvider, SiloTenant};
+use crate::status::StatusWrite;
 
 pub struct Restore;
 
@@ -35,12 +39,16 @@ pub struct Restore;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Input {
     pub backup_id: Uuid,
+    #[serde(default)]
+    pub into: RestoreInto,
 }
 
 workflow_steps! {
     pub enum Step {
         Verify => "verify",
         Safeguard => "safeguard",
+        Retire => "retire",
+        Rebuild => "rebuild",
         Swap => "swap",
     }
 }
@@ -48,25 +56,36 @@ workflow_steps! {
 impl Definition for Restore {
     const KIND: Kind = Kind::Restore;
     type Step = Step;
-    const STAGES: &'static [&'static [Step]] = &[&[Step::Verify], &[Step::Safeguard], &[Step::Swap]];
+    const STAGES: &'static [&'static [Step]] =
+        &[&[Step::Verify], &[Step::Safeguard], &[Step::Retire], &[Step::Rebuild], &[Step::Swap]];
 
     async fn run<P: DatabaseProvider>(step: Step, cx: &StepContext<'_, P>) -> Result<Value, StepError> {
         match step {
             Step::Verify => verify(cx).await,
             Step::Safeguard => safeguard(cx).await,
+            Step::Retire => retire(cx).await,
+            Step::Rebuild => rebuild(cx).await,
             Step::Swap => swap(cx).await,
         }
     }
 
     /// Nothing to undo: the swap is one transaction, and a safeguard backup
-    /// is a backup like any other.
+    /// is a backup like any other. A silo retired is not brought back: the
+    /// reconciler makes it again (empty; the safeguard backup holds its rows).
     async fn compensate<P: DatabaseProvider>(_step: Step, _cx: &StepContext<'_, P>) -> Result<(), StepError> {
         Ok(())
     }
 
     async fn on_failure<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<(), StepError> {
         let reason = cx.error.unwrap_or("the restore was cancelled");
-        let message = format!("the restore did not happen; the tenant's rows are as they were: {reason}");
+        let retired = cx.outputs.get("retire").is_some_and(|o| o.get("skipped").is_none());
+        let message = if retired {
+            format!(
+                "the restore into a new silo did not finish; its old silo is gone, its rows are in the safeguard backup: {reason}"
+            )
+        } else {
+            format!("the restore did not happen; the tenant's rows are as they were: {reason}")
+        };
         super::publish(cx, "RestoreFailed", &message, json!({ "reason": reason })).await
     }
 }
@@ -78,6 +97,17 @@ struct Verified {
     path: String,
     manifest_sha256: String,
     rows: u64,
+    database: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
+    /// The dedicated data-plane service serving the tenant, kept through a new silo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
+}
+
+/// A silo `rebuild` made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Rebuilt {
     database: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cluster: Option<String>,
@@ -93,8 +123,11 @@ fn verified<P>(cx: &StepContext<'_, P>) -> Result<Verified, StepError> {
 }
 
 async fn verify<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
-    let Input { backup_id } = input(cx)?;
+    let Input { backup_id, into } = input(cx)?;
     let tenant = super::tenant(cx).await?;
+    if into == RestoreInto::NewSilo && !in_silo(&tenant) {
+        return Err(StepError::Permanent(NOT_IN_SILO.into()));
+    }
     let placement = tenant
         .status
         .placement
@@ -107,7 +140,9 @@ async fn verify<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
         return Err(StepError::Permanent(format!("backup {backup_id} holds another tenant's rows")));
     }
     let rows = manifest.tables.iter().map(|t| t.rows).sum();
-    let message = format!("restoring {} from backup {backup_id} taken {}: {rows} rows", tenant.slug, backup.taken_at);
+    let whereto = if into == RestoreInto::NewSilo { " into a new silo" } else { "" };
+    let message =
+        format!("restoring {}{whereto} from backup {backup_id} taken {}: {rows} rows", tenant.slug, backup.taken_at);
     super::publish(cx, "RestoreStarted", &message, json!({ "backup_id": backup_id, "rows": rows })).await?;
     let verified = Verified {
         backup_id,
@@ -116,8 +151,18 @@ async fn verify<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
         rows,
         database: placement.database,
         cluster: placement.cluster,
+        service: placement.service,
     };
     Ok(json!(verified))
+}
+
+pub const NOT_IN_SILO: &str = "only a tenant served from a silo, on a silo plan, is restored into a new silo";
+
+/// Whether the tenant is in a silo and its plan keeps it there: what a
+/// restore into a new silo needs.
+pub fn in_silo(tenant: &indigo_core::api::Tenant) -> bool {
+    let placed = tenant.status.placement.as_ref().is_some_and(|p| p.isolation == Isolation::Silo);
+    placed && tenant.spec.isolation == Isolation::Silo
 }
 
 /// The manifest of the bundle at `path`, once the manifest is found to be the
@@ -143,16 +188,24 @@ async fn check_intact(path: &str, manifest_sha256: &str) -> Result<export::Manif
     .map_err(|e| e.to_string())?
 }
 
-/// What restoring `tenant` from `backup` would do, changing nothing: each
-/// table's rows now and in the backup, whether the backup is intact, and what
-/// would stop the restore.
+/// What restoring `tenant` from `backup` (`into` where) would do, changing
+/// nothing: each table's rows now and in the backup, whether the backup is
+/// intact, and what would stop the restore. Into a new silo, a silo that does
+/// not answer counts as empty: nothing of it would be kept.
 pub async fn preview(
     db: &sqlx::PgPool,
     dbs: &indigo_tenantdb::TenantDatabases,
     tenant: &indigo_core::api::Tenant,
     backup: &indigo_core::api::TenantBackup,
+    into: RestoreInto,
 ) -> Result<RestorePreview, super::preview::PreviewError> {
-    let now = super::preview::footprint(dbs, tenant).await?;
+    let now = match super::preview::footprint(dbs, tenant).await {
+        Err(super::preview::PreviewError::TenantDatabase(_)) if into == RestoreInto::NewSilo => TENANT_TABLES
+            .iter()
+            .map(|table| indigo_core::api::TableFootprint { table: (*table).to_owned(), rows: 0, bytes: 0 })
+            .collect(),
+        counted => counted?,
+    };
     let checked = check_intact(&backup.path, &backup.manifest_sha256).await;
     let in_backup = |table: &str| match &checked {
         Ok(manifest) => manifest.tables.iter().find(|t| t.table == table).map_or(0, |t| t.rows),
@@ -167,6 +220,9 @@ pub async fn preview(
         })
         .collect();
     let mut refusals = Vec::new();
+    if into == RestoreInto::NewSilo && !in_silo(tenant) {
+        refusals.push(PlanChangeRefusal { code: "not_in_silo".into(), message: NOT_IN_SILO.into() });
+    }
     if let Err(problem) = &checked {
         refusals.push(PlanChangeRefusal {
             code: "not_intact".into(),
@@ -187,6 +243,7 @@ pub async fn preview(
         rows_in_backup: tables.iter().map(|t| t.rows_in_backup).sum(),
         tables,
         intact: checked.is_ok(),
+        into,
         refusals,
     })
 }
@@ -194,11 +251,58 @@ pub async fn preview(
 async fn safeguard<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let Verified { database, cluster, .. } = verified(cx)?;
     let services = cx.services;
+    if input(cx)?.into == RestoreInto::NewSilo {
+        let tenant = super::tenant(cx).await?;
+        if services.provider.observe_silo(&SiloTenant::of(&tenant, &services.plans)?).await?.is_none() {
+            return Ok(json!({ "skipped": "the tenant's silo is gone; nothing of it to keep" }));
+        }
+    }
     let located = services.provider.reach(cluster.as_deref(), &database).await?;
     let backup = backups::take(&services.db, &located, &services.backups_dir, cx.tenant_id.0, &services.failpoints)
         .await
         .map_err(transient)?;
     Ok(json!({ "backup_id": backup.id, "rows": backup.rows }))
+}
+
+/// Into a new silo: the tenant out of routing (its storefront answers 503
+/// rather than serve an empty silo), then its silo deleted. Both are
+/// idempotent, so a retried or resumed step does them again harmlessly.
+async fn retire<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+    if input(cx)?.into == RestoreInto::InPlace {
+        return Ok(json!({ "skipped": "restored in place" }));
+    }
+    let Verified { database, cluster, .. } = verified(cx)?;
+    let tenant = super::tenant(cx).await?;
+    StatusWrite::new().placement(None).apply(&mut *cx.services.db.acquire().await?, cx.tenant_id).await?;
+    cx.services.provider.delete_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
+    super::forget_database(cx, cluster.as_deref(), &database);
+    super::publish(cx, "SiloRetired", &format!("{}'s silo {database} deleted for the restore", tenant.slug), json!({}))
+        .await?;
+    Ok(json!({ "deleted": database, "cluster": cluster }))
+}
+
+/// Into a new silo: the silo made again, empty, waited for until it serves.
+async fn rebuild<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
+    if input(cx)?.into == RestoreInto::InPlace {
+        return Ok(json!({ "skipped": "restored in place" }));
+    }
+    let tenant = super::tenant(cx).await?;
+    let silo = cx.services.provider.ensure_silo(&SiloTenant::of(&tenant, &cx.services.plans)?).await?;
+    if let Some(why) = silo.unavailable {
+        return Err(StepError::Transient(format!("waiting for the tenant's new silo: {why}")));
+    }
+    // With the new silo empty: the tenant must answer 503 here, never an empty shop.
+    cx.services.failpoints.hold(Kind::Restore, "rebuild").await;
+    Ok(json!(Rebuilt { database: silo.database, cluster: silo.cluster }))
+}
+
+fn rebuilt<P>(cx: &StepContext<'_, P>) -> Result<Option<Rebuilt>, StepError> {
+    match cx.outputs.get("rebuild") {
+        Some(recorded) if recorded.get("skipped").is_none() => serde_json::from_value(recorded.clone())
+            .map(Some)
+            .map_err(|e| StepError::Permanent(format!("recorded silo: {e}"))),
+        _ => Ok(None),
+    }
 }
 
 /// What a swap did, kept in the tenant database with its mark.
@@ -209,17 +313,29 @@ struct Mark {
 }
 
 async fn swap<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
-    let Verified { backup_id, path, manifest_sha256, database, cluster, .. } = verified(cx)?;
+    let Verified { backup_id, path, manifest_sha256, database, cluster, service, .. } = verified(cx)?;
     let tenant = super::tenant(cx).await?;
-    let still_there = tenant.status.placement.as_ref().is_some_and(|p| p.database == database && p.cluster == cluster);
+    let rebuilt = rebuilt(cx)?;
+    let (database, cluster) = match &rebuilt {
+        Some(silo) => (silo.database.clone(), silo.cluster.clone()),
+        None => (database, cluster),
+    };
+    let placed_there = |p: &Placement| p.database == database && p.cluster == cluster;
+    // Out of routing since `retire` (or routed to the new silo by a swap before a crash).
+    let still_there = match (&tenant.status.placement, &rebuilt) {
+        (None, Some(_)) => true,
+        (placement, _) => placement.as_ref().is_some_and(placed_there),
+    };
     if !still_there {
         return Err(StepError::Permanent("the tenant's rows moved since the restore began; not restoring".into()));
     }
     let reached = cx.services.provider.reach(cluster.as_deref(), &database).await?;
     let options = reached.server.owner_options(&reached.name);
     let mut conn = options.connect().await.map_err(transient)?;
+    let new_silo = rebuilt.map(|_| Placement { isolation: Isolation::Silo, database, cluster, service });
     if let Some(mark) = mark(&mut conn, cx.workflow_id).await? {
         // Swapped before a crash: the tenant has written since; swapping again would lose that.
+        route_to(cx, new_silo).await?;
         return finish(cx, &tenant.slug, backup_id, mark.rows, None, Some(mark.applied_at)).await;
     }
     // Checked again: the files could have changed since `verify`.
@@ -233,7 +349,19 @@ async fn swap<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, Ste
     let _ = conn.close().await;
     let rows = swapped?;
     let held = Held { from: held_until - held, until: held_until };
+    route_to(cx, new_silo).await?;
     finish(cx, &tenant.slug, backup_id, rows, Some(held), None).await
+}
+
+/// The tenant served from its new silo, when the restore made one.
+async fn route_to<P>(cx: &StepContext<'_, P>, new_silo: Option<Placement>) -> Result<(), StepError> {
+    if let Some(placement) = new_silo {
+        StatusWrite::new()
+            .placement(Some(placement))
+            .apply(&mut *cx.services.db.acquire().await?, cx.tenant_id)
+            .await?;
+    }
+    Ok(())
 }
 
 /// When the tenant's writes were held.

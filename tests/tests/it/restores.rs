@@ -348,3 +348,112 @@ async fn a_control_plane_killed_in_a_backup_or_any_step_of_a_restore_leaves_no_p
     daemons.control.drop_now().await.unwrap();
     let _ = std::fs::remove_dir_all(&daemons.data_dir);
 }
+
+/// A silo tenant whose silo is lost (its database dropped) is restored into a
+/// new silo: out of routing while its silo is deleted and made again (its
+/// storefront answers 503, never an empty shop), the backup loaded and checked,
+/// then served from the new silo. A tenant of the pool is refused, in the
+/// preview and by the restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silo_tenant_whose_silo_is_lost_is_restored_into_a_new_silo() {
+    let mut stack = Stack::start().await.unwrap();
+    stack.start_engine(stack.services(&format!("restore.rebuild=hold:{HOLD_MS}")).unwrap());
+    let shop = stack.onboard("lost-silo", "enterprise").await.unwrap();
+    let pooled = stack.onboard("pooled-shop", "pro").await.unwrap();
+    let (products, customers) = shop.seed(&stack.http, &stack.storefront.url, 4, 3, STOCK).await.unwrap();
+    let kept = place_orders(&stack, &shop, products[0], customers[0], 3).await;
+    let (status, backup) = stack.admin.request(Method::POST, "/v1/tenants/lost-silo/backups", None).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{backup}");
+    let lost = place_orders(&stack, &shop, products[1], customers[1], 2).await;
+
+    // Only a silo is restored into a new one.
+    let (_, pooled_backup) = stack.admin.request(Method::POST, "/v1/tenants/pooled-shop/backups", None).await.unwrap();
+    let path = format!("/v1/tenants/pooled-shop/restores/preview?backup_id={}&into=new_silo", pooled_backup["id"]);
+    let (status, preview) = stack.admin.request(Method::GET, &path.replace('"', ""), None).await.unwrap();
+    assert_eq!((status, preview["refusals"][0]["code"].as_str()), (StatusCode::OK, Some("not_in_silo")), "{preview}");
+    let body = json!({ "backup_id": pooled_backup["id"], "into": "new_silo" });
+    let (status, refused) =
+        stack.admin.request(Method::POST, "/v1/tenants/pooled-shop/restores", Some(body)).await.unwrap();
+    assert_eq!((status, refused["code"].as_str()), (StatusCode::CONFLICT, Some("not_in_silo")), "{refused}");
+    assert_eq!(stack.ids_in(stack.pool_database(), "orders", pooled.id).await.unwrap().len(), 0, "nothing changed");
+
+    // The silo is lost.
+    let tenant = stack.admin.tenant("lost-silo").await.unwrap();
+    let silo = tenant["status"]["placement"]["database"].as_str().unwrap().to_owned();
+    stack.state.tenant_dbs.server.drop_database(&silo).await.unwrap();
+    let (status, _) = shop.call(&stack.http, &stack.storefront.url, Method::GET, "/v1/orders", None).await.unwrap();
+    assert!(status.is_server_error(), "a lost silo cannot serve: {status}");
+
+    // Previewed: nothing of the lost silo to count, the backup's rows to come.
+    let path = format!("/v1/tenants/lost-silo/restores/preview?backup_id={}&into=new_silo", backup["id"]);
+    let (status, preview) = stack.admin.request(Method::GET, &path.replace('"', ""), None).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{preview}");
+    assert_eq!(
+        (preview["rows_now"].as_u64(), preview["rows_in_backup"].as_u64()),
+        (Some(0), backup["rows"].as_u64()),
+        "{preview}"
+    );
+    assert_eq!((preview["into"].as_str(), preview["refusals"].as_array().map(Vec::len)), (Some("new_silo"), Some(0)));
+
+    let body = json!({ "backup_id": backup["id"], "into": "new_silo" });
+    let (status, started) =
+        stack.admin.request(Method::POST, "/v1/tenants/lost-silo/restores", Some(body)).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    // While the new silo is empty, the tenant is out of routing: 503, not an empty shop.
+    let answers = async || {
+        let (status, body) =
+            shop.call(&stack.http, &stack.storefront.url, Method::GET, "/v1/orders", None).await.unwrap();
+        (status, body)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut unavailable = None;
+    while std::time::Instant::now() < deadline {
+        let (_, workflows) =
+            stack.admin.request(Method::GET, "/v1/workflows?tenant=lost-silo&kind=restore", None).await.unwrap();
+        let steps = workflows[0]["steps"].as_array().cloned().unwrap_or_default();
+        let rebuilding = steps.iter().any(|s| s["name"] == "rebuild" && s["state"] == "running");
+        let (status, body) = answers().await;
+        if rebuilding {
+            unavailable = Some((status, body));
+            break;
+        }
+        assert!(status != StatusCode::OK || body["items"].as_array().is_some_and(|o| !o.is_empty()), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = unavailable.expect("the restore reached its rebuild");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "an empty new silo is not served: {body}");
+    let workflow = stack.admin.wait_workflow("lost-silo", "restore").await.unwrap();
+    assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    let steps = workflow["steps"].as_array().unwrap();
+    let output = |name: &str| steps.iter().find(|s| s["name"] == name).unwrap()["output"].clone();
+    assert!(output("safeguard")["skipped"].is_string(), "a lost silo has nothing to keep: {}", output("safeguard"));
+    assert_eq!(output("retire")["deleted"], json!(silo));
+    assert_eq!(output("rebuild")["database"], json!(silo), "the local provider names a tenant's silo alike");
+    assert_eq!(output("swap")["rows"], backup["rows"], "every row of the backup loaded");
+
+    // Served from the new silo again: what the backup held, and new orders kept.
+    let tenant = stack.admin.tenant("lost-silo").await.unwrap();
+    assert_eq!(tenant["status"]["placement"]["database"], json!(silo), "{tenant}");
+    assert_eq!(tenant["status"]["placement"]["isolation"], "silo", "{tenant}");
+    let after = loop {
+        let (status, body) = answers().await;
+        if status == StatusCode::OK {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "the restored tenant never served: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let listed: Vec<&str> = after["items"].as_array().unwrap().iter().filter_map(|o| o["id"].as_str()).collect();
+    assert_eq!(listed.len(), kept.len(), "{after}");
+    let orders = stack.ids_in(&silo, "orders", shop.id).await.unwrap();
+    let present = |id: &Uuid| orders.binary_search(id).is_ok();
+    assert!(kept.iter().all(present), "orders taken before the backup are back");
+    assert!(!lost.iter().any(present), "orders taken after the backup are gone");
+    let new = place_orders(&stack, &shop, products[2], customers[2], 1).await;
+    assert!(stack.ids_in(&silo, "orders", shop.id).await.unwrap().contains(&new[0]), "it takes orders again");
+    let (_, events) = stack.admin.request(Method::GET, "/v1/events?tenant=lost-silo&limit=1000", None).await.unwrap();
+    let kinds: Vec<&str> = events["items"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.contains(&"SiloRetired") && kinds.contains(&"TenantRestored"), "{kinds:?}");
+
+    stack.stop().await.unwrap();
+}

@@ -3,9 +3,9 @@
 //! selected one (and work the same in its detail view).
 
 use crossterm::event::{KeyCode, KeyEvent};
-use indigo_core::api::Tenant;
+use indigo_core::api::{RestoreInto, Tenant};
 use indigo_core::plan::Limit;
-use indigo_core::tenant::Lifecycle;
+use indigo_core::tenant::{Isolation, Lifecycle};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::style::Style;
@@ -66,17 +66,23 @@ pub(super) fn act(app: &mut App, key: char) -> Vec<Effect> {
         'P' => Command::SetReconcilePaused { slug, paused: !paused },
         'X' => Command::Offboard { slug },
         'b' => Command::TakeBackup { slug },
-        'B' => {
+        'B' | 'N' if key == 'N' && isolation != Isolation::Silo => {
+            app.status = format!("{slug} is not on a silo plan: only a silo is restored into a new one");
+            return vec![];
+        }
+        'B' | 'N' => {
+            let into = if key == 'N' { RestoreInto::NewSilo } else { RestoreInto::InPlace };
             // The backups are those the tenant's detail loaded.
             let newest = app.detail.backups.as_ref().filter(|_| app.detail.slug.as_deref() == Some(slug.as_str()));
             match newest.and_then(|b| b.backups.first()) {
                 Some(backup) => {
                     let (id, taken_at) = (backup.id, backup.taken_at);
                     app.restore_preview = None;
-                    let mut effects = app.ask_to_confirm(Command::Restore { slug: slug.clone(), backup: id, taken_at });
+                    let restore = Command::Restore { slug: slug.clone(), backup: id, taken_at, into };
+                    let mut effects = app.ask_to_confirm(restore);
                     // What it would do is asked for as the confirmation opens.
                     if matches!(app.mode, Mode::Confirm { .. }) {
-                        effects.push(Effect::PreviewRestore { slug, backup: id });
+                        effects.push(Effect::PreviewRestore { slug, backup: id, into });
                     }
                     return effects;
                 }

@@ -4,8 +4,8 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use indigo_core::api::{
-    PlanChangePreview, PlanChangeRefusal, RestorePreview, RestoreTable, Tenant, TenantBackup, TenantBackups,
-    TenantBilling, UsageSeries, WorkflowState,
+    PlanChangePreview, PlanChangeRefusal, RestoreInto, RestorePreview, RestoreTable, Tenant, TenantBackup,
+    TenantBackups, TenantBilling, UsageSeries, WorkflowState,
 };
 use indigo_core::tenant::{Isolation, Phase};
 use indigo_tui::app::{App, Column, Command, Connection, Effect, Loaded, Mode, View};
@@ -552,7 +552,7 @@ fn a_tenant_is_backed_up_and_restored_from_its_newest_backup_in_its_detail() {
     // it would do is asked for as the confirmation opens.
     assert_eq!(
         key(&mut app, KeyCode::Char('B')),
-        [Effect::PreviewRestore { slug: "acme-shoes".into(), backup: newest.id }]
+        [Effect::PreviewRestore { slug: "acme-shoes".into(), backup: newest.id, into: RestoreInto::InPlace }]
     );
     let screen = render(&app, 120, 30);
     assert!(screen.contains("Restore acme-shoes from its backup of"), "{screen}");
@@ -567,6 +567,7 @@ fn a_tenant_is_backed_up_and_restored_from_its_newest_backup_in_its_detail() {
         rows_now: 120,
         rows_in_backup: 104,
         intact: true,
+        into: RestoreInto::InPlace,
         refusals: vec![],
     };
     // Another backup's preview (an earlier dialog's) is not shown here.
@@ -582,8 +583,27 @@ fn a_tenant_is_backed_up_and_restored_from_its_newest_backup_in_its_detail() {
     type_text(&mut app, "acme-shoes");
     assert_eq!(
         key(&mut app, KeyCode::Enter),
-        [Effect::Run(Command::Restore { slug: "acme-shoes".into(), backup: newest.id, taken_at: newest.taken_at })]
+        [Effect::Run(Command::Restore {
+            slug: "acme-shoes".into(),
+            backup: newest.id,
+            taken_at: newest.taken_at,
+            into: RestoreInto::InPlace
+        })]
     );
+
+    // Into a new silo: only a tenant on a silo plan, and the dialog says what that costs.
+    assert!(key(&mut app, KeyCode::Char('N')).is_empty());
+    assert!(app.status.contains("acme-shoes is not on a silo plan"), "{}", app.status);
+    app.tenants[0].spec.isolation = Isolation::Silo;
+    assert_eq!(
+        key(&mut app, KeyCode::Char('N')),
+        [Effect::PreviewRestore { slug: "acme-shoes".into(), backup: newest.id, into: RestoreInto::NewSilo }]
+    );
+    let screen = render(&app, 160, 30);
+    assert!(screen.contains("Restore acme-shoes into a new silo"), "{screen}");
+    assert!(screen.contains("answers 503 until the rows are in"), "{screen}");
+    app.apply(Loaded::Restore(preview(newest.id)));
+    assert!(app.restore_preview.is_none(), "an in-place preview is not this dialog's");
 }
 
 /// acme-shoes' detail as the runtime loads it, with nothing but `usage`, `billing` and `backups`.
