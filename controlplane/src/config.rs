@@ -98,6 +98,7 @@ struct ConfigFile {
     aws_task_execution_role: Option<String>,
     aws_task_role: Option<String>,
     aws_pool_target_group: Option<String>,
+    aws_backup_bucket: Option<String>,
     aws_storefront_listener: Option<String>,
     aws_storefront_domain: Option<String>,
 }
@@ -240,6 +241,9 @@ pub struct Overrides {
     /// The domain under which silo tenants' storefronts answer on that listener [env: INDIGO_AWS_STOREFRONT_DOMAIN]
     #[arg(long, env = "INDIGO_AWS_STOREFRONT_DOMAIN", hide_env = true)]
     pub aws_storefront_domain: Option<String>,
+    /// S3 bucket of the tenants' own backups, made if missing [env: INDIGO_AWS_BACKUP_BUCKET] [default: <aws_ecs_cluster>-tenant-backups]
+    #[arg(long, env = "INDIGO_AWS_BACKUP_BUCKET", hide_env = true)]
+    pub aws_backup_bucket: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +295,8 @@ pub struct Config {
     pub aws_features_table: String,
     pub aws_metrics_namespace: String,
     pub aws_ecs_cluster: String,
+    /// Where tenants' backups are kept with provider `aws`.
+    pub aws_backup_bucket: String,
     pub aws_dataplane_image: String,
     /// `None`: the data-plane tasks write descriptions with their built-in writer, not Bedrock.
     pub aws_bedrock_model_id: Option<String>,
@@ -475,11 +481,17 @@ impl Config {
         };
         let subnets = list(overrides.aws_subnets.or(from_file.aws_subnets));
         let security_groups = list(overrides.aws_security_groups.or(from_file.aws_security_groups));
+        let aws_ecs_cluster =
+            overrides.aws_ecs_cluster.or(from_file.aws_ecs_cluster).unwrap_or_else(|| "indigo".into());
         let config = Self {
             stripe,
             costs_file,
             provider,
-            aws_ecs_cluster: overrides.aws_ecs_cluster.or(from_file.aws_ecs_cluster).unwrap_or_else(|| "indigo".into()),
+            aws_backup_bucket: overrides
+                .aws_backup_bucket
+                .or(from_file.aws_backup_bucket)
+                .unwrap_or_else(|| format!("{aws_ecs_cluster}-tenant-backups").to_lowercase()),
+            aws_ecs_cluster,
             aws_dataplane_image: overrides
                 .aws_dataplane_image
                 .or(from_file.aws_dataplane_image)

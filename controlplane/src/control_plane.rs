@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::webhooks::WebhookConfig;
 use crate::api::{self, AppState};
+use crate::backups::BackupStore;
 use crate::billing::Stripe;
 use crate::config::{Config, Provider, StripeConfig};
 use crate::jobs::Jobs;
@@ -130,6 +131,14 @@ impl ControlPlane {
         tenant_dbs.cluster_logins = Some(config.aws_ecs_cluster.clone());
         let tenant_dbs = Arc::new(tenant_dbs);
         let failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
+        let aws = match config.provider {
+            Provider::Aws => Some(aws_config::load_from_env().await),
+            Provider::Local => None,
+        };
+        let backups = match &aws {
+            Some(aws) => BackupStore::s3(aws, &config.aws_backup_bucket, &config.data_dir),
+            None => BackupStore::directory(&config.data_dir),
+        };
         let shared = Shared {
             db: db.clone(),
             tenant_dbs: tenant_dbs.clone(),
@@ -139,15 +148,15 @@ impl ControlPlane {
             move_grace: Duration::from_secs(config.move_grace_seconds),
             export_retention: Duration::from_secs(config.export_retention_hours * 3600),
             failpoints: failpoints.clone(),
+            backups: backups.clone(),
         };
-        let (loops, aws_usage) = match config.provider {
-            Provider::Local => {
+        let (loops, aws_usage) = match &aws {
+            None => {
                 let compute = dataplanes.map(|processes| processes as Arc<dyn ComputeProvider>);
                 (shared.loops(config, LocalDatabases::new(tenant_dbs.clone()), compute)?, None)
             }
-            Provider::Aws => {
-                let aws = aws_config::load_from_env().await;
-                let databases = Arc::new(AwsDatabases::new(&aws, tenant_dbs.clone()));
+            Some(aws) => {
+                let databases = Arc::new(AwsDatabases::new(aws, tenant_dbs.clone()));
                 let tasks = TaskSettings {
                     image: config.aws_dataplane_image.clone(),
                     control_plane_url: config.aws_control_plane_url.clone().context(
@@ -165,17 +174,17 @@ impl ControlPlane {
                     roles: config.aws_task_roles.clone(),
                 };
                 let services =
-                    EcsServices::new(&aws, &config.aws_ecs_cluster, tasks, config.aws_subnets.clone(), db.clone())
+                    EcsServices::new(aws, &config.aws_ecs_cluster, tasks, config.aws_subnets.clone(), db.clone())
                         .with_pool_target_group(config.aws_pool_target_group.clone())
                         .with_storefront_balancer(config.aws_storefront.as_ref().map(|(listener, domain)| {
-                            crate::providers::aws::balancer::StorefrontBalancer::new(&aws, listener, domain)
+                            crate::providers::aws::balancer::StorefrontBalancer::new(aws, listener, domain)
                         }));
                 let compute: Arc<dyn ComputeProvider> = match dataplanes {
                     Some(processes) => Arc::new(StandInTasks::new(services, processes)),
                     None => Arc::new(services),
                 };
                 let loops = shared.loops(config, databases, Some(compute))?;
-                let usage = AwsUsage::new(&aws, &config.aws_usage_table, &config.aws_metrics_namespace)
+                let usage = AwsUsage::new(aws, &config.aws_usage_table, &config.aws_metrics_namespace)
                     .with_features_table(&config.aws_features_table);
                 (loops, Some(Arc::new(usage)))
             }
@@ -191,10 +200,10 @@ impl ControlPlane {
             tenant_dbs: tenant_dbs.clone(),
             plans: plans.clone(),
             failpoints,
-            backups_dir: crate::backups::directory(&config.data_dir),
+            backups: backups.clone(),
         });
         let state = AppState {
-            backups_dir: crate::backups::directory(&config.data_dir),
+            backups,
             max_silos: config.max_silos,
             bootstrap_admin_hash: config.admin_token.as_ref().map(|t| crate::identity::hash_token(t.expose()).into()),
             metrics: indigo_core::http::prometheus(),
@@ -284,6 +293,8 @@ struct Shared {
     /// How long an export bundle is kept for hand-over.
     export_retention: Duration,
     failpoints: Failpoints,
+    /// Where tenants' backups are kept.
+    backups: BackupStore,
 }
 
 impl Shared {
@@ -301,6 +312,7 @@ impl Shared {
         )
         .with_provider(databases);
         services.failpoints = self.failpoints.clone();
+        services.backups = self.backups.clone();
         services.settings.move_grace = self.move_grace;
         services.settings.export_retention = self.export_retention;
         Ok(services)

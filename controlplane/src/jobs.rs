@@ -107,8 +107,8 @@ pub struct Jobs {
     /// The plans' limits, for the limits job.
     pub plans: Arc<PlanCatalog>,
     pub failpoints: Failpoints,
-    /// Where the backups job writes tenants' backups.
-    pub backups_dir: std::path::PathBuf,
+    /// Where the backups job keeps tenants' backups.
+    pub backups: backups::BackupStore,
 }
 
 fn spec(name: &str) -> Result<&'static JobSpec, JobError> {
@@ -159,11 +159,11 @@ impl Jobs {
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),
             },
-            backups::JOB => backups::run(&self.db, &self.tenant_dbs, &self.plans, &self.backups_dir, &self.failpoints)
+            backups::JOB => backups::run(&self.db, &self.tenant_dbs, &self.plans, &self.backups, &self.failpoints)
                 .await
                 .map(|r| r.map(|r| json!(r)))
                 .map_err(|e| e.to_string()),
-            backups::DRILL_JOB => backups::drill_all(&self.db, &self.tenant_dbs)
+            backups::DRILL_JOB => backups::drill_all(&self.db, &self.tenant_dbs, &self.backups)
                 .await
                 .map(|r| r.map(|r| json!(r)))
                 .map_err(|e| e.to_string()),

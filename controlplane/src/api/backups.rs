@@ -89,7 +89,7 @@ async fn take_backup(
         let none = crate::failpoints::Failpoints::default();
         let failpoints = state.jobs.as_ref().map_or(&none, |jobs| &jobs.failpoints);
         let located = state.tenant_dbs.locate(placement.cluster.as_deref(), &placement.database);
-        backups::take(&state.db, &located, &state.backups_dir, tenant.id.0, failpoints).await.map_err(|e| match e {
+        backups::take(&state.db, &located, &state.backups, tenant.id.0, failpoints).await.map_err(|e| match e {
             backups::BackupError::Database(e) => ApiError::Database(e),
             tenant @ backups::BackupError::Tenant { .. } => ApiError::Upstream(tenant.to_string()),
         })
@@ -170,7 +170,8 @@ async fn restore_preview(
     let backup = backups::find(&state.db, tenant.id, params.backup_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("backup {} of tenant {}", params.backup_id, tenant.slug)))?;
-    let preview = restoring::preview(&state.db, &state.tenant_dbs, &tenant, &backup, params.into.unwrap_or_default())
+    let into = params.into.unwrap_or_default();
+    let preview = restoring::preview(&state.db, &state.tenant_dbs, &state.backups, &tenant, &backup, into)
         .await
         .map_err(super::tenants::preview_failed)?;
     Ok(Json(preview))

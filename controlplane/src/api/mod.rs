@@ -74,8 +74,8 @@ pub struct AppState {
     pub data_plane_redis: Option<redis::Client>,
     /// Stripe, when billing is on: plan-change previews ask it for the proration.
     pub stripe: Option<Arc<crate::billing::Stripe>>,
-    /// Where tenants' backups are written.
-    pub backups_dir: std::path::PathBuf,
+    /// Where tenants' backups are kept.
+    pub backups: crate::backups::BackupStore,
     /// The most silos the installation may run (`max_silos`); `None`: no limit.
     pub max_silos: Option<u32>,
 }

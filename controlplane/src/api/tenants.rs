@@ -190,7 +190,9 @@ async fn change_plan(
 pub(super) fn preview_failed(error: workflow::preview::PreviewError) -> ApiError {
     match error {
         workflow::preview::PreviewError::Control(e) => ApiError::Database(e),
-        e @ workflow::preview::PreviewError::TenantDatabase(_) => ApiError::Upstream(e.to_string()),
+        e @ (workflow::preview::PreviewError::TenantDatabase(_) | workflow::preview::PreviewError::BackupStore(_)) => {
+            ApiError::Upstream(e.to_string())
+        }
     }
 }
 

@@ -151,8 +151,8 @@ pub struct Services<P> {
     pub stripe: Option<Stripe>,
     /// Where offboarding writes export bundles.
     pub export_dir: PathBuf,
-    /// Where tenants' backups are written (a restore's safeguard among them).
-    pub backups_dir: PathBuf,
+    /// Where tenants' backups are kept (a restore's safeguard among them).
+    pub backups: crate::backups::BackupStore,
     pub failpoints: Failpoints,
     pub settings: Settings,
     pub tenant_pools: TenantPools,
@@ -175,7 +175,7 @@ impl Services<crate::providers::local::LocalDatabases> {
             plans,
             stripe,
             export_dir: data_dir.join("exports"),
-            backups_dir: crate::backups::directory(data_dir),
+            backups: crate::backups::BackupStore::directory(data_dir),
             failpoints: Failpoints::default(),
             settings: Settings::default(),
             tenant_pools: TenantPools::default(),
@@ -193,7 +193,7 @@ impl<P> Services<P> {
             plans: self.plans,
             stripe: self.stripe,
             export_dir: self.export_dir,
-            backups_dir: self.backups_dir,
+            backups: self.backups,
             failpoints: self.failpoints,
             settings: self.settings,
             tenant_pools: self.tenant_pools,

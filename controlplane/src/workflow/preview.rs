@@ -26,6 +26,9 @@ pub enum PreviewError {
     /// The tenant's database could not be read.
     #[error("the tenant's database did not answer: {0}")]
     TenantDatabase(sqlx::Error),
+    /// Where the backups are kept could not be read.
+    #[error("the backup store did not answer: {0}")]
+    BackupStore(String),
 }
 
 /// What changing `tenant` from its plan (`from`) to `to` would do, on an

@@ -29,7 +29,7 @@ use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
 
 use super::{Definition, Kind, StepContext, StepError, export, transient, workflow_steps};
-use crate::backups;
+use crate::backups::{self, BackupStore, Fetched};
 use crate::providers::{DatabaseProvider, SiloTenant};
 use crate::status::StatusWrite;
 
@@ -135,7 +135,7 @@ async fn verify<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let backup = backups::find(&cx.services.db, tenant.id, backup_id)
         .await?
         .ok_or_else(|| StepError::Permanent(format!("backup {backup_id} is not one of the tenant's kept backups")))?;
-    let manifest = intact(&backup.path, &backup.manifest_sha256, backup_id).await?;
+    let (_, manifest) = intact(&cx.services.backups, &backup.path, &backup.manifest_sha256, backup_id).await?;
     if manifest.tenant_id != tenant.id.to_string() {
         return Err(StepError::Permanent(format!("backup {backup_id} holds another tenant's rows")));
     }
@@ -165,17 +165,26 @@ pub fn in_silo(tenant: &indigo_core::api::Tenant) -> bool {
     placed && tenant.spec.isolation == Isolation::Silo
 }
 
-/// The manifest of the bundle at `path`, once the manifest is found to be the
-/// one written when the backup was taken and every file to match it.
-async fn intact(path: &str, manifest_sha256: &str, backup: Uuid) -> Result<export::Manifest, StepError> {
-    check_intact(path, manifest_sha256)
+/// The bundle at `location`, fetched from where backups are kept (a store
+/// that does not answer may later), and its manifest, once the manifest is
+/// found to be the one written when the backup was taken and every file to
+/// match it (a backup that does not never will).
+async fn intact(
+    store: &BackupStore,
+    location: &str,
+    manifest_sha256: &str,
+    backup: Uuid,
+) -> Result<(Fetched, export::Manifest), StepError> {
+    let fetched = store.fetch(location).await.map_err(StepError::Transient)?;
+    let manifest = check_intact(&fetched, manifest_sha256)
         .await
-        .map_err(|problem| StepError::Permanent(format!("backup {backup} is not intact: {problem}")))
+        .map_err(|problem| StepError::Permanent(format!("backup {backup} is not intact: {problem}")))?;
+    Ok((fetched, manifest))
 }
 
-/// [`intact`], with what is wrong as text.
-async fn check_intact(path: &str, manifest_sha256: &str) -> Result<export::Manifest, String> {
-    let (path, expected) = (std::path::PathBuf::from(path), manifest_sha256.to_owned());
+/// The manifest of the bundle `fetched` if it is intact; what is wrong, as text, if not.
+async fn check_intact(fetched: &Fetched, manifest_sha256: &str) -> Result<export::Manifest, String> {
+    let (path, expected) = (fetched.path().to_owned(), manifest_sha256.to_owned());
     tokio::task::spawn_blocking(move || {
         let manifest = path.join(export::MANIFEST);
         let bytes = std::fs::read(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
@@ -195,6 +204,7 @@ async fn check_intact(path: &str, manifest_sha256: &str) -> Result<export::Manif
 pub async fn preview(
     db: &sqlx::PgPool,
     dbs: &indigo_tenantdb::TenantDatabases,
+    store: &BackupStore,
     tenant: &indigo_core::api::Tenant,
     backup: &indigo_core::api::TenantBackup,
     into: RestoreInto,
@@ -206,7 +216,8 @@ pub async fn preview(
             .collect(),
         counted => counted?,
     };
-    let checked = check_intact(&backup.path, &backup.manifest_sha256).await;
+    let fetched = store.fetch(&backup.path).await.map_err(super::preview::PreviewError::BackupStore)?;
+    let checked = check_intact(&fetched, &backup.manifest_sha256).await;
     let in_backup = |table: &str| match &checked {
         Ok(manifest) => manifest.tables.iter().find(|t| t.table == table).map_or(0, |t| t.rows),
         Err(_) => 0,
@@ -258,7 +269,7 @@ async fn safeguard<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value
         }
     }
     let located = services.provider.reach(cluster.as_deref(), &database).await?;
-    let backup = backups::take(&services.db, &located, &services.backups_dir, cx.tenant_id.0, &services.failpoints)
+    let backup = backups::take(&services.db, &located, &services.backups, cx.tenant_id.0, &services.failpoints)
         .await
         .map_err(transient)?;
     Ok(json!({ "backup_id": backup.id, "rows": backup.rows }))
@@ -339,10 +350,10 @@ async fn swap<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, Ste
         return finish(cx, &tenant.slug, backup_id, mark.rows, None, Some(mark.applied_at)).await;
     }
     // Checked again: the files could have changed since `verify`.
-    let manifest = intact(&path, &manifest_sha256, backup_id).await?;
+    let (fetched, manifest) = intact(&cx.services.backups, &path, &manifest_sha256, backup_id).await?;
     let pause = moves::hold_writes(&options, cx.tenant_id).await.map_err(transient)?;
     cx.services.failpoints.hold(Kind::Restore, "swap").await;
-    let swapped = replace_rows(&mut conn, cx.tenant_id, cx.workflow_id, backup_id, Path::new(&path), &manifest).await;
+    let swapped = replace_rows(&mut conn, cx.tenant_id, cx.workflow_id, backup_id, fetched.path(), &manifest).await;
     // Taken before the release: no held write can have finished before it.
     let held_until = chrono::Utc::now();
     let held = pause.release().await;

@@ -79,7 +79,9 @@ impl World {
             tenant_dbs: self.state.tenant_dbs.clone(),
             plans: self.state.plans.clone(),
             failpoints: Failpoints::default(),
-            backups_dir: std::env::temp_dir().join("indigo-usage-test").join("backups"),
+            backups: indigo_controlplane::backups::BackupStore::directory(
+                &std::env::temp_dir().join("indigo-usage-test"),
+            ),
         }
     }
 
@@ -533,7 +535,7 @@ async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_sam
         tenant_dbs: world.state.tenant_dbs.clone(),
         plans: world.state.plans.clone(),
         failpoints: Failpoints::default(),
-        backups_dir: world.jobs().backups_dir,
+        backups: world.jobs().backups,
     };
 
     let stream: Vec<Value> =

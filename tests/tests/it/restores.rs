@@ -457,3 +457,101 @@ async fn a_silo_tenant_whose_silo_is_lost_is_restored_into_a_new_silo() {
 
     stack.stop().await.unwrap();
 }
+
+/// On AWS, a tenant's backups are kept in S3 (moto, through the real SDK):
+/// each bundle uploaded object by object and its staged copy gone; a restore
+/// in place reads the backup back from the bucket; a bundle changed in the
+/// bucket is refused by the restore preview and found by the restore drill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_aws_backups_are_kept_in_s3_and_restored_from_it() {
+    let moto = indigo_e2e::moto().await;
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&moto).force_path_style(true).build());
+    let daemons = Daemons::new(Provider::Aws);
+    indigo_controlplane::db::ensure_database(&daemons.control.url).await.unwrap();
+    let mut running = daemons.start("").await;
+    let admin = AdminClient { url: daemons.url(), http: reqwest::Client::new() };
+    let storefront = Storefront::start_on_aws(&daemons.url()).await.unwrap();
+    let shop = admin.onboard(&storefront, "s3-shop", "enterprise").await.unwrap();
+    let (products, customers) = shop.seed(&admin.http, &storefront.url, 2, 2, STOCK).await.unwrap();
+    let order = async || {
+        let items = json!([{ "product_id": products[0], "quantity": 1 }]);
+        let body = json!({ "customer_id": customers[0], "items": items });
+        let (status, order) =
+            shop.call(&admin.http, &storefront.url, Method::POST, "/v1/orders", Some(body)).await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        order["id"].as_str().unwrap().to_owned()
+    };
+    let listed_orders = async || {
+        let (status, page) = shop.call(&admin.http, &storefront.url, Method::GET, "/v1/orders", None).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{page}");
+        page["items"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let kept = order().await;
+
+    let (status, backup) = admin.request(Method::POST, "/v1/tenants/s3-shop/backups", None).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{backup}");
+    let bucket = format!("{}-tenant-backups", daemons.ecs_cluster);
+    let objects = async |backup: &Value| {
+        let prefix = format!("{}/{}/", shop.id, backup.as_str().unwrap());
+        let listed = s3.list_objects_v2().bucket(&bucket).prefix(&prefix).send().await.unwrap();
+        let keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+        (prefix, keys)
+    };
+    let (prefix, keys) = objects(&backup["id"]).await;
+    assert_eq!(backup["path"], format!("s3://{bucket}/{}", prefix.trim_end_matches('/')), "{backup}");
+    assert!(
+        keys.contains(&format!("{prefix}manifest.json")) && keys.contains(&format!("{prefix}orders.jsonl")),
+        "{keys:?}"
+    );
+    let staged = daemons.data_dir.join("backups").join(shop.id.to_string()).join(backup["id"].as_str().unwrap());
+    assert!(!staged.exists(), "the staged copy is gone once uploaded");
+    let lost = order().await;
+
+    // Restored in place from the bucket.
+    let body = json!({ "backup_id": backup["id"] });
+    let (status, started) = admin.request(Method::POST, "/v1/tenants/s3-shop/restores", Some(body)).await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    let workflow = admin.wait_workflow("s3-shop", "restore").await.unwrap();
+    assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    let orders = listed_orders().await;
+    assert!(orders.contains(&kept) && !orders.contains(&lost), "kept {kept}, lost {lost}: {orders:?}");
+    // The safeguard went to the bucket too.
+    let safeguard = &workflow["steps"].as_array().unwrap().iter().find(|s| s["name"] == "safeguard").unwrap()["output"];
+    let (_, safeguarded) = objects(&safeguard["backup_id"]).await;
+    assert!(!safeguarded.is_empty(), "{safeguard}");
+
+    // A bundle changed in the bucket: the preview refuses it, the drill finds it.
+    let (_, changed) = admin.request(Method::POST, "/v1/tenants/s3-shop/backups", None).await.unwrap();
+    let (prefix, _) = objects(&changed["id"]).await;
+    let key = format!("{prefix}orders.jsonl");
+    let original =
+        s3.get_object().bucket(&bucket).key(&key).send().await.unwrap().body.collect().await.unwrap().to_vec();
+    let doubled = [original.clone(), original].concat();
+    s3.put_object().bucket(&bucket).key(&key).body(doubled.into()).send().await.unwrap();
+    let path = format!("/v1/tenants/s3-shop/restores/preview?backup_id={}", changed["id"].as_str().unwrap());
+    let (status, preview) = admin.request(Method::GET, &path, None).await.unwrap();
+    assert_eq!((status, preview["intact"].as_bool()), (StatusCode::OK, Some(false)), "{preview}");
+    assert_eq!(preview["refusals"][0]["code"], "not_intact", "{preview}");
+    loop {
+        let (status, run) = admin.request(Method::POST, "/v1/jobs/backup_drill/run", None).await.unwrap();
+        if status != StatusCode::CONFLICT {
+            assert_eq!(status, StatusCode::OK, "{run}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, listed) = admin.request(Method::GET, "/v1/tenants/s3-shop/backups", None).await.unwrap();
+    let drilled = listed["backups"].as_array().unwrap().iter().find(|b| b["id"] == changed["id"]).unwrap().clone();
+    assert!(drilled["drill_problem"].as_str().is_some_and(|p| p.contains("orders")), "{drilled}");
+
+    let tenant = admin.tenant("s3-shop").await.unwrap();
+    let endpoint = tenant["status"]["placement"]["cluster"].as_str().unwrap();
+    running.signal_and_wait("TERM", Duration::from_secs(20)).unwrap();
+    drop(storefront);
+    let server = indigo_tenantdb::schema::TenantServer::new(&indigo_e2e::server_url()).unwrap();
+    for database in [indigo_tenantdb::stand_in_database(endpoint), daemons.pool.name.clone()] {
+        server.drop_database(&database).await.unwrap();
+    }
+    daemons.control.drop_now().await.unwrap();
+    let _ = std::fs::remove_dir_all(&daemons.data_dir);
+}

@@ -3,7 +3,8 @@
 //! tenant is also backed up on its own: a consistent snapshot of its rows (one
 //! repeatable-read transaction under its row-level security), written as an
 //! export bundle — one file per table with its row count and SHA-256, and a
-//! manifest — under `<data_dir>/backups/<tenant>/<backup>`. The `backups` job
+//! manifest — kept in the [`BackupStore`]: under `<data_dir>/backups/<tenant>/<backup>`,
+//! or in an S3 bucket on the AWS provider. The `backups` job
 //! takes one for every serving tenant whose newest would be older than its
 //! plan's RPO by the next run, keeps the plan's `backups_kept` newest, and
 //! turns a tenant whose newest backup is older than its RPO into an event
@@ -14,7 +15,7 @@
 //! bundle is complete and in place; one cut short (a crash, a failure) is
 //! never listed or used, and the next run removes what it left.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use indigo_core::api::TenantBackup;
@@ -30,6 +31,9 @@ use crate::failpoints::{Failpoints, Point};
 use crate::journal;
 use crate::registry::{self, TenantRef};
 use crate::workflow::export;
+
+mod store;
+pub use store::{BackupStore, Fetched};
 
 pub const JOB: &str = "backups";
 
@@ -56,11 +60,6 @@ pub struct BackupReport {
     pub behind: u64,
 }
 
-/// Where tenant backups are written under the daemon's data directory.
-pub fn directory(data_dir: &Path) -> PathBuf {
-    data_dir.join("backups")
-}
-
 /// A serving tenant, where its rows are and when it was last backed up.
 #[derive(sqlx::FromRow)]
 struct Serving {
@@ -77,7 +76,7 @@ pub async fn run(
     db: &PgPool,
     dbs: &TenantDatabases,
     plans: &PlanCatalog,
-    dir: &Path,
+    store: &BackupStore,
     failpoints: &Failpoints,
 ) -> Result<Option<BackupReport>, BackupError> {
     // One run at a time across daemons. The lock is this connection's, out of
@@ -88,7 +87,7 @@ pub async fn run(
     if !locked {
         return Ok(None);
     }
-    let report = run_locked(db, dbs, plans, dir, failpoints).await?;
+    let report = run_locked(db, dbs, plans, store, failpoints).await?;
     let _ = lock.close().await;
     Ok(Some(report))
 }
@@ -97,10 +96,10 @@ async fn run_locked(
     db: &PgPool,
     dbs: &TenantDatabases,
     plans: &PlanCatalog,
-    dir: &Path,
+    store: &BackupStore,
     failpoints: &Failpoints,
 ) -> Result<BackupReport, BackupError> {
-    let mut report = BackupReport { abandoned: remove_abandoned(db).await?, ..BackupReport::default() };
+    let mut report = BackupReport { abandoned: remove_abandoned(db, store).await?, ..BackupReport::default() };
 
     let serving: Vec<Serving> = sqlx::query_as(
         "SELECT t.id, t.plan, t.placement->>'database' AS database, t.placement->>'cluster' AS cluster, t.created_at,
@@ -116,7 +115,7 @@ async fn run_locked(
         let due_at = chrono::Duration::minutes(i64::from(plan.recovery.rpo_minutes)) - RUN_EVERY;
         let mut newest = newest;
         if newest.is_none_or(|taken| Utc::now() - taken >= due_at) {
-            match take(db, &dbs.locate(cluster.as_deref(), &database), dir, tenant, failpoints).await {
+            match take(db, &dbs.locate(cluster.as_deref(), &database), store, tenant, failpoints).await {
                 Ok(backup) => {
                     report.taken += 1;
                     newest = Some(backup.taken_at);
@@ -127,7 +126,7 @@ async fn run_locked(
                 }
             }
         }
-        report.pruned += prune(db, tenant, plan.recovery.backups_kept).await?;
+        report.pruned += prune(db, store, tenant, plan.recovery.backups_kept).await?;
         let behind = behind(newest, created_at, plan.recovery.rpo_minutes, Utc::now());
         report.behind += u64::from(behind);
         record_standing(db, TenantId(tenant), behind, plan.recovery.rpo_minutes).await?;
@@ -143,7 +142,7 @@ fn writing_lock(backup: Uuid) -> i64 {
 /// Removes the backups whose writer is gone (a crash, a failure): recorded,
 /// never taken, and no session holds their writing lock. A backup being
 /// written by another daemon or request is left alone.
-async fn remove_abandoned(db: &PgPool) -> Result<u64, sqlx::Error> {
+async fn remove_abandoned(db: &PgPool, store: &BackupStore) -> Result<u64, sqlx::Error> {
     let unfinished: Vec<(Uuid, String)> =
         sqlx::query_as("SELECT id, path FROM tenant_backups WHERE taken_at IS NULL AND removed_at IS NULL")
             .fetch_all(db)
@@ -158,7 +157,7 @@ async fn remove_abandoned(db: &PgPool) -> Result<u64, sqlx::Error> {
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
-            remove_bundle(Path::new(&path)).await;
+            store.remove(&path).await;
             sqlx::query("SELECT pg_advisory_unlock($1)").bind(writing_lock(id)).execute(&mut *conn).await?;
             removed += 1;
         }
@@ -172,7 +171,7 @@ async fn remove_abandoned(db: &PgPool) -> Result<u64, sqlx::Error> {
 pub async fn take(
     db: &PgPool,
     located: &Database,
-    dir: &Path,
+    store: &BackupStore,
     tenant: Uuid,
     failpoints: &Failpoints,
 ) -> Result<TenantBackup, BackupError> {
@@ -181,7 +180,7 @@ pub async fn take(
         .await
         .map_err(|e| failed(e.to_string()))?;
     let id = Uuid::now_v7();
-    let path = dir.join(tenant.to_string()).join(id.to_string());
+    let (path, location) = store.place(tenant, id);
     // Held while the bundle is written, on a connection of its own that ends
     // with this function however it ends: the sweep leaves this backup alone.
     let mut writing = db.acquire().await?.detach();
@@ -189,7 +188,7 @@ pub async fn take(
     sqlx::query("INSERT INTO tenant_backups (id, tenant_id, path) VALUES ($1, $2, $3)")
         .bind(id)
         .bind(tenant)
-        .bind(path.to_string_lossy().as_ref())
+        .bind(&location)
         .execute(db)
         .await?;
     // The tenant's database failing is the tenant's backup failing, not the control plane's.
@@ -205,6 +204,7 @@ pub async fn take(
     let bundle =
         export::write(Some(&mut *tx), &path, &record, Some(&located.name)).await.map_err(|e| failed(e.to_string()))?;
     tx.commit().await.map_err(in_tenant_db)?;
+    store.keep(&path, &location).await.map_err(failed)?;
     failpoints.crash_at("backup", "write", Point::AfterRun);
     let rows: u64 = bundle.manifest.tables.iter().map(|t| t.rows).sum();
     let taken_at: DateTime<Utc> = sqlx::query_scalar(
@@ -221,14 +221,14 @@ pub async fn take(
         taken_at,
         rows,
         manifest_sha256: bundle.manifest_sha256,
-        path: path.to_string_lossy().into(),
+        path: location,
         drilled_at: None,
         drill_problem: None,
     })
 }
 
 /// Removes `tenant`'s taken backups beyond the `kept` newest.
-async fn prune(db: &PgPool, tenant: Uuid, kept: u32) -> Result<u64, sqlx::Error> {
+async fn prune(db: &PgPool, store: &BackupStore, tenant: Uuid, kept: u32) -> Result<u64, sqlx::Error> {
     let old: Vec<String> = sqlx::query_scalar(
         "UPDATE tenant_backups SET removed_at = now()
          WHERE id IN (SELECT id FROM tenant_backups WHERE tenant_id = $1 AND taken_at IS NOT NULL AND removed_at IS NULL
@@ -240,20 +240,9 @@ async fn prune(db: &PgPool, tenant: Uuid, kept: u32) -> Result<u64, sqlx::Error>
     .fetch_all(db)
     .await?;
     for path in &old {
-        remove_bundle(Path::new(path)).await;
+        store.remove(path).await;
     }
     Ok(old.len() as u64)
-}
-
-/// Removes a bundle and whatever half of one a crash left beside it.
-async fn remove_bundle(path: &Path) {
-    for dir in [path.to_owned(), path.with_extension("partial")] {
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => tracing::warn!(path = %dir.display(), %error, "cannot remove a tenant backup"),
-        }
-    }
 }
 
 /// Keeps whether `tenant`'s newest backup is older than its RPO; an event when that changes.
@@ -356,7 +345,11 @@ pub struct DrillReport {
 const RESTORE_BATCH: usize = 500;
 
 /// Drills the newest backup of every serving tenant; `None` when another daemon is at it.
-pub async fn drill_all(db: &PgPool, dbs: &TenantDatabases) -> Result<Option<DrillReport>, BackupError> {
+pub async fn drill_all(
+    db: &PgPool,
+    dbs: &TenantDatabases,
+    store: &BackupStore,
+) -> Result<Option<DrillReport>, BackupError> {
     let mut lock = db.acquire().await?.detach();
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('indigo:job:backup_drill'))")
         .fetch_one(&mut lock)
@@ -373,7 +366,15 @@ pub async fn drill_all(db: &PgPool, dbs: &TenantDatabases) -> Result<Option<Dril
     .await?;
     let mut report = DrillReport::default();
     for (backup, tenant, path) in newest {
-        let problem = drill(dbs, Path::new(&path)).await.err();
+        // A store that does not answer says nothing about the backup: it is drilled next time.
+        let fetched = match store.fetch(&path).await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                tracing::warn!(%backup, %error, "cannot fetch a backup to drill it");
+                continue;
+            }
+        };
+        let problem = drill(dbs, fetched.path()).await.err();
         report.drilled += 1;
         report.failed += u64::from(problem.is_some());
         let mut tx = db.begin().await?;
