@@ -27,7 +27,7 @@ use crate::providers::aws::ecs::{EcsServices, TaskSettings};
 use crate::providers::aws::stand_in::StandInTasks;
 use crate::providers::local::{LocalDatabases, PostgresMetrics};
 use crate::providers::processes::LocalProcesses;
-use crate::providers::{ComputeProvider, DatabaseProvider, MetricsProvider};
+use crate::providers::{ComputeProvider, DatabaseProvider, MetricsProvider, ReachDatabases};
 use crate::reconciler::{self, Controller, ReconcilerControl};
 use crate::workflow::{Engine, Failpoints, Services};
 use crate::{db, policy};
@@ -150,10 +150,12 @@ impl ControlPlane {
             failpoints: failpoints.clone(),
             backups: backups.clone(),
         };
-        let (loops, aws_usage) = match &aws {
+        let (loops, aws_usage, databases) = match &aws {
             None => {
                 let compute = dataplanes.map(|processes| processes as Arc<dyn ComputeProvider>);
-                (shared.loops(config, LocalDatabases::new(tenant_dbs.clone()), compute)?, None)
+                let databases = LocalDatabases::new(tenant_dbs.clone());
+                let reach: Arc<dyn ReachDatabases> = Arc::new(databases.clone());
+                (shared.loops(config, databases, compute)?, None, reach)
             }
             Some(aws) => {
                 let databases = Arc::new(AwsDatabases::new(aws, tenant_dbs.clone()));
@@ -183,10 +185,11 @@ impl ControlPlane {
                     Some(processes) => Arc::new(StandInTasks::new(services, processes)),
                     None => Arc::new(services),
                 };
+                let reach: Arc<dyn ReachDatabases> = databases.clone();
                 let loops = shared.loops(config, databases, Some(compute))?;
                 let usage = AwsUsage::new(aws, &config.aws_usage_table, &config.aws_metrics_namespace)
                     .with_features_table(&config.aws_features_table);
-                (loops, Some(Arc::new(usage)))
+                (loops, Some(Arc::new(usage)), reach)
             }
         };
         let tenant_metrics: Arc<dyn MetricsProvider> = match &aws_usage {
@@ -201,9 +204,11 @@ impl ControlPlane {
             plans: plans.clone(),
             failpoints,
             backups: backups.clone(),
+            databases: databases.clone(),
         });
         let state = AppState {
             backups,
+            databases,
             max_silos: config.max_silos,
             bootstrap_admin_hash: config.admin_token.as_ref().map(|t| crate::identity::hash_token(t.expose()).into()),
             metrics: indigo_core::http::prometheus(),

@@ -19,6 +19,7 @@ use crate::billing::Stripe;
 use crate::failpoints::Failpoints;
 use crate::metering::aws::{self, AwsUsage};
 use crate::metering::{billing_sync, limits, parity, recommender, rollup, storage};
+use crate::providers::ReachDatabases;
 
 pub struct JobSpec {
     pub name: &'static str,
@@ -102,8 +103,10 @@ pub struct Jobs {
     pub stripe: Option<Stripe>,
     /// `None`: the local provider, where PostgreSQL is the usage store.
     pub aws: Option<std::sync::Arc<AwsUsage>>,
-    /// Where tenants' data lives, for the storage and recommender jobs.
+    /// Where tenants' data lives: the restore drill's scratch databases.
     pub tenant_dbs: Arc<TenantDatabases>,
+    /// How the storage, recommender and backups jobs reach a tenant's database.
+    pub databases: Arc<dyn ReachDatabases>,
     /// The plans' limits, for the limits job.
     pub plans: Arc<PlanCatalog>,
     pub failpoints: Failpoints,
@@ -143,11 +146,11 @@ impl Jobs {
             limits::JOB => {
                 limits::check_all(&self.db, &self.plans).await.map(|r| Some(json!(r))).map_err(|e| e.to_string())
             }
-            storage::JOB => storage::measure_all(&self.db, &self.tenant_dbs)
+            storage::JOB => storage::measure_all(&self.db, self.databases.as_ref())
                 .await
                 .map(|r| Some(json!(r)))
                 .map_err(|e| e.to_string()),
-            recommender::JOB => recommender::refresh_all(&self.db, &self.tenant_dbs, &self.plans)
+            recommender::JOB => recommender::refresh_all(&self.db, self.databases.as_ref(), &self.plans)
                 .await
                 .map(|r| Some(json!(r)))
                 .map_err(|e| e.to_string()),
@@ -159,10 +162,12 @@ impl Jobs {
                     .map(|r| r.map(|r| json!(r)))
                     .map_err(|e| e.to_string()),
             },
-            backups::JOB => backups::run(&self.db, &self.tenant_dbs, &self.plans, &self.backups, &self.failpoints)
-                .await
-                .map(|r| r.map(|r| json!(r)))
-                .map_err(|e| e.to_string()),
+            backups::JOB => {
+                backups::run(&self.db, self.databases.as_ref(), &self.plans, &self.backups, &self.failpoints)
+                    .await
+                    .map(|r| r.map(|r| json!(r)))
+                    .map_err(|e| e.to_string())
+            }
             backups::DRILL_JOB => backups::drill_all(&self.db, &self.tenant_dbs, &self.backups)
                 .await
                 .map(|r| r.map(|r| json!(r)))

@@ -88,7 +88,11 @@ async fn take_backup(
         // The daemon's failpoints, which its jobs carry (the crash tests arm them).
         let none = crate::failpoints::Failpoints::default();
         let failpoints = state.jobs.as_ref().map_or(&none, |jobs| &jobs.failpoints);
-        let located = state.tenant_dbs.locate(placement.cluster.as_deref(), &placement.database);
+        let located = state
+            .databases
+            .reach(placement.cluster.as_deref(), &placement.database)
+            .await
+            .map_err(|e| ApiError::Upstream(format!("the tenant's database is out of reach: {e}")))?;
         backups::take(&state.db, &located, &state.backups, tenant.id.0, failpoints).await.map_err(|e| match e {
             backups::BackupError::Database(e) => ApiError::Database(e),
             tenant @ backups::BackupError::Tenant { .. } => ApiError::Upstream(tenant.to_string()),
@@ -171,7 +175,7 @@ async fn restore_preview(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("backup {} of tenant {}", params.backup_id, tenant.slug)))?;
     let into = params.into.unwrap_or_default();
-    let preview = restoring::preview(&state.db, &state.tenant_dbs, &state.backups, &tenant, &backup, into)
+    let preview = restoring::preview(&state.db, state.databases.as_ref(), &state.backups, &tenant, &backup, into)
         .await
         .map_err(super::tenants::preview_failed)?;
     Ok(Json(preview))

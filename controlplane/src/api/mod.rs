@@ -76,6 +76,8 @@ pub struct AppState {
     pub stripe: Option<Arc<crate::billing::Stripe>>,
     /// Where tenants' backups are kept.
     pub backups: crate::backups::BackupStore,
+    /// How a tenant's database is reached (previews, backups, the recommender's standing).
+    pub databases: Arc<dyn crate::providers::ReachDatabases>,
     /// The most silos the installation may run (`max_silos`); `None`: no limit.
     pub max_silos: Option<u32>,
 }

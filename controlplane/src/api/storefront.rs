@@ -75,10 +75,11 @@ async fn recommender_status(
     let enabled = state.plans.get(tenant.spec.plan.as_str()).is_ok_and(|plan| plan.has_feature("recommendations"));
     let mut status = RecommenderStatus { tenant_id: Some(tenant.id), enabled, ..Default::default() };
     let Some(placement) = &tenant.status.placement else { return Ok(Json(status)) };
-    let standing =
-        recommender::standing(&state.tenant_dbs, tenant.id.0, placement.cluster.as_deref(), &placement.database)
-            .await
-            .map_err(|e| ApiError::Upstream(format!("the tenant's database did not answer: {e}")))?;
+    let unanswered =
+        |e: &dyn std::fmt::Display| ApiError::Upstream(format!("the tenant's database did not answer: {e}"));
+    let database =
+        state.databases.reach(placement.cluster.as_deref(), &placement.database).await.map_err(|e| unanswered(&e))?;
+    let standing = recommender::standing(&database, tenant.id.0).await.map_err(|e| unanswered(&e))?;
     status.refreshed_at = standing.refreshed_at;
     status.orders_counted = standing.orders_counted;
     status.pairs = standing.pairs;

@@ -171,8 +171,9 @@ async fn change_plan(
         // A plan the tenant's rows already exceed is refused before anything changes.
         let current = registry::get(tx, &tenant).await?;
         if current.spec.plan.as_str() != plan.name.as_str() {
-            let usage =
-                workflow::preview::Usage::of(&state.db, &state.tenant_dbs, &current).await.map_err(preview_failed)?;
+            let usage = workflow::preview::Usage::of(&state.db, state.databases.as_ref(), &current)
+                .await
+                .map_err(preview_failed)?;
             if let Some(refusal) = workflow::preview::over_limits(&usage, plan).into_iter().next() {
                 return Err(ApiError::Conflict { code: "over_limit", message: refusal.message });
             }
@@ -190,9 +191,9 @@ async fn change_plan(
 pub(super) fn preview_failed(error: workflow::preview::PreviewError) -> ApiError {
     match error {
         workflow::preview::PreviewError::Control(e) => ApiError::Database(e),
-        e @ (workflow::preview::PreviewError::TenantDatabase(_) | workflow::preview::PreviewError::BackupStore(_)) => {
-            ApiError::Upstream(e.to_string())
-        }
+        e @ (workflow::preview::PreviewError::TenantDatabase(_)
+        | workflow::preview::PreviewError::Unreached(_)
+        | workflow::preview::PreviewError::BackupStore(_)) => ApiError::Upstream(e.to_string()),
     }
 }
 
@@ -226,9 +227,10 @@ async fn plan_change_preview(
         code: "plan_retired",
         message: format!("the tenant's plan is no longer in the catalogue: {e}"),
     })?;
-    let mut preview = workflow::preview::preview(&state.db, &state.tenant_dbs, &tenant, (from, to), state.max_silos)
-        .await
-        .map_err(preview_failed)?;
+    let mut preview =
+        workflow::preview::preview(&state.db, state.databases.as_ref(), &tenant, (from, to), state.max_silos)
+            .await
+            .map_err(preview_failed)?;
     if let Some(stripe) = &state.stripe
         && from.name != to.name
     {

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::failpoints::{Failpoints, Point};
 use crate::journal;
+use crate::providers::ReachDatabases;
 use crate::registry::{self, TenantRef};
 use crate::workflow::export;
 
@@ -74,7 +75,7 @@ struct Serving {
 /// One run of the job; `None` when another daemon is running it.
 pub async fn run(
     db: &PgPool,
-    dbs: &TenantDatabases,
+    databases: &dyn ReachDatabases,
     plans: &PlanCatalog,
     store: &BackupStore,
     failpoints: &Failpoints,
@@ -87,14 +88,14 @@ pub async fn run(
     if !locked {
         return Ok(None);
     }
-    let report = run_locked(db, dbs, plans, store, failpoints).await?;
+    let report = run_locked(db, databases, plans, store, failpoints).await?;
     let _ = lock.close().await;
     Ok(Some(report))
 }
 
 async fn run_locked(
     db: &PgPool,
-    dbs: &TenantDatabases,
+    databases: &dyn ReachDatabases,
     plans: &PlanCatalog,
     store: &BackupStore,
     failpoints: &Failpoints,
@@ -115,7 +116,11 @@ async fn run_locked(
         let due_at = chrono::Duration::minutes(i64::from(plan.recovery.rpo_minutes)) - RUN_EVERY;
         let mut newest = newest;
         if newest.is_none_or(|taken| Utc::now() - taken >= due_at) {
-            match take(db, &dbs.locate(cluster.as_deref(), &database), store, tenant, failpoints).await {
+            let taken = match databases.reach(cluster.as_deref(), &database).await {
+                Ok(reached) => take(db, &reached, store, tenant, failpoints).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match taken {
                 Ok(backup) => {
                     report.taken += 1;
                     newest = Some(backup.taken_at);

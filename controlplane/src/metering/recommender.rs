@@ -9,7 +9,9 @@ use serde::Serialize;
 use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
 
-use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::Database;
+
+use crate::providers::ReachDatabases;
 
 pub const JOB: &str = "recommender";
 const FEATURE: &str = "recommendations";
@@ -29,13 +31,7 @@ pub struct Standing {
     pub pairs: i64,
 }
 
-pub async fn standing(
-    dbs: &TenantDatabases,
-    tenant: Uuid,
-    cluster: Option<&str>,
-    database: &str,
-) -> Result<Standing, sqlx::Error> {
-    let database = dbs.locate(cluster, database);
+pub async fn standing(database: &Database, tenant: Uuid) -> Result<Standing, sqlx::Error> {
     let mut conn = database.server.owner_options(&database.name).connect().await?;
     let mut tx = sqlx::Connection::begin(&mut conn).await?;
     sqlx::query("SELECT set_config('app.current_tenant', $1, true)").bind(tenant.to_string()).execute(&mut *tx).await?;
@@ -48,7 +44,7 @@ pub async fn standing(
 
 pub async fn refresh_all(
     db: &PgPool,
-    dbs: &TenantDatabases,
+    databases: &dyn ReachDatabases,
     plans: &PlanCatalog,
 ) -> Result<RecommenderReport, sqlx::Error> {
     let tenants: Vec<(Uuid, String, String, Option<String>)> = sqlx::query_as(
@@ -62,8 +58,13 @@ pub async fn refresh_all(
         if !plans.get(&plan).is_ok_and(|plan| plan.has_feature(FEATURE)) {
             continue;
         }
-        let database = dbs.locate(cluster.as_deref(), &database);
-        match refresh(&database.server.owner_options(&database.name), tenant).await {
+        let refreshed = match databases.reach(cluster.as_deref(), &database).await {
+            Ok(database) => {
+                refresh(&database.server.owner_options(&database.name), tenant).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match refreshed {
             Ok(orders) => {
                 report.tenants_refreshed += 1;
                 report.orders_counted += orders;

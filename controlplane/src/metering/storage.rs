@@ -11,8 +11,10 @@ use sha2::{Digest, Sha256};
 use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
 
-use indigo_tenantdb::TenantDatabases;
+use indigo_tenantdb::Database;
 use indigo_tenantdb::schema::TENANT_TABLES;
+
+use crate::providers::ReachDatabases;
 
 pub const JOB: &str = "storage";
 
@@ -31,13 +33,8 @@ pub fn event_id(tenant: Uuid, day: NaiveDate) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-async fn measure(
-    dbs: &TenantDatabases,
-    database: &str,
-    tenant: Uuid,
-    isolation: Isolation,
-) -> Result<i64, sqlx::Error> {
-    let mut conn = dbs.server.owner_options(database).connect().await?;
+async fn measure(database: &Database, tenant: Uuid, isolation: Isolation) -> Result<i64, sqlx::Error> {
+    let mut conn = database.server.owner_options(&database.name).connect().await?;
     if isolation == Isolation::Silo {
         return sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&mut conn).await;
     }
@@ -56,18 +53,22 @@ async fn measure(
 }
 
 /// Measures every serving tenant and stores today's `storage_gb` event for each.
-pub async fn measure_all(db: &PgPool, dbs: &TenantDatabases) -> Result<StorageReport, sqlx::Error> {
-    let tenants: Vec<(Uuid, String, String)> = sqlx::query_as(
-        "SELECT id, placement->>'database', placement->>'isolation' FROM tenants
+pub async fn measure_all(db: &PgPool, databases: &dyn ReachDatabases) -> Result<StorageReport, sqlx::Error> {
+    let tenants: Vec<(Uuid, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT id, placement->>'database', placement->>'cluster', placement->>'isolation' FROM tenants
          WHERE lifecycle IN ('active', 'suspended') AND placement IS NOT NULL",
     )
     .fetch_all(db)
     .await?;
     let today = Utc::now().date_naive();
     let mut report = StorageReport::default();
-    for (tenant, database, isolation) in tenants {
+    for (tenant, database, cluster, isolation) in tenants {
         let isolation = if isolation == "silo" { Isolation::Silo } else { Isolation::Pool };
-        let bytes = match measure(dbs, &database, tenant, isolation).await {
+        let measured = match databases.reach(cluster.as_deref(), &database).await {
+            Ok(reached) => measure(&reached, tenant, isolation).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let bytes = match measured {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(%tenant, %database, %error, "cannot measure the tenant's storage");

@@ -147,6 +147,19 @@ impl<P: DatabaseProvider> DatabaseProvider for std::sync::Arc<P> {
     }
 }
 
+/// How the parts that are not generic over the provider (the admin API, the
+/// scheduled jobs) reach a tenant's database: as the provider does, so that a
+/// cluster on AWS is reached with its master login, not the pool's.
+pub trait ReachDatabases: Send + Sync {
+    fn reach<'a>(&'a self, cluster: Option<&'a str>, database: &'a str) -> ProviderFuture<'a, Database>;
+}
+
+impl<P: DatabaseProvider> ReachDatabases for P {
+    fn reach<'a>(&'a self, cluster: Option<&'a str>, database: &'a str) -> ProviderFuture<'a, Database> {
+        Box::pin(DatabaseProvider::reach(self, cluster, database))
+    }
+}
+
 /// The data-plane service every pool tenant is served by.
 pub const POOL_SERVICE: &str = "indigo-dp-pool";
 /// Every data-plane service's name starts so; others are not ours to touch.

@@ -6,11 +6,11 @@
 use indigo_core::api::{PlanChangePreview, PlanChangeRefusal, TableFootprint, Tenant};
 use indigo_core::plan::{Limit, Plan};
 use indigo_core::tenant::Isolation;
-use indigo_tenantdb::TenantDatabases;
 use sqlx::PgPool;
 
 use super::store::active_for;
 use crate::billing::Stripe;
+use crate::providers::ReachDatabases;
 
 /// The copy rate assumed until a move has been measured here: a cautious
 /// figure below what the moves benchmark reaches (benchmarks/moves.md).
@@ -26,6 +26,9 @@ pub enum PreviewError {
     /// The tenant's database could not be read.
     #[error("the tenant's database did not answer: {0}")]
     TenantDatabase(sqlx::Error),
+    /// The tenant's database could not be reached (its cluster gone, say).
+    #[error("the tenant's database is out of reach: {0}")]
+    Unreached(#[from] crate::providers::ProviderError),
     /// Where the backups are kept could not be read.
     #[error("the backup store did not answer: {0}")]
     BackupStore(String),
@@ -35,21 +38,21 @@ pub enum PreviewError {
 /// installation that may run `max_silos` silos.
 pub async fn preview(
     db: &PgPool,
-    dbs: &TenantDatabases,
+    databases: &dyn ReachDatabases,
     tenant: &Tenant,
     (from, to): (&Plan, &Plan),
     max_silos: Option<u32>,
 ) -> Result<PlanChangePreview, PreviewError> {
     let from_isolation = tenant.status.placement.as_ref().map_or(from.isolation, |p| p.isolation);
     let moves = from_isolation != to.isolation;
-    let tables = footprint(dbs, tenant).await?;
+    let tables = footprint(databases, tenant).await?;
     let rows_total = tables.iter().map(|t| t.rows).sum();
     let bytes_total = tables.iter().map(|t| t.bytes).sum();
 
     let measured = measured(db).await?;
     let writes_last_5_minutes = match (&tenant.status.placement, moves) {
         (Some(placement), true) => {
-            let database = dbs.locate(placement.cluster.as_deref(), &placement.database);
+            let database = databases.reach(placement.cluster.as_deref(), &placement.database).await?;
             let written = indigo_tenantdb::moves::recent_writes(&database, tenant.id, 5).await;
             Some(written.map_err(PreviewError::TenantDatabase)?)
         }
@@ -151,9 +154,9 @@ pub async fn measured(db: &PgPool) -> Result<Measured, sqlx::Error> {
 }
 
 /// The tenant's rows per table where they are now; none before it is placed.
-pub async fn footprint(dbs: &TenantDatabases, tenant: &Tenant) -> Result<Vec<TableFootprint>, PreviewError> {
+pub async fn footprint(databases: &dyn ReachDatabases, tenant: &Tenant) -> Result<Vec<TableFootprint>, PreviewError> {
     let Some(placement) = &tenant.status.placement else { return Ok(Vec::new()) };
-    let database = dbs.locate(placement.cluster.as_deref(), &placement.database);
+    let database = databases.reach(placement.cluster.as_deref(), &placement.database).await?;
     let tables = indigo_tenantdb::schema::TENANT_TABLES;
     indigo_tenantdb::moves::footprint_of(&database, tenant.id, tables).await.map_err(PreviewError::TenantDatabase)
 }
@@ -169,8 +172,8 @@ pub struct Usage {
 
 impl Usage {
     /// Measured now: its rows where they are, and its AI credits this month.
-    pub async fn of(db: &PgPool, dbs: &TenantDatabases, tenant: &Tenant) -> Result<Self, PreviewError> {
-        let tables = footprint(dbs, tenant).await?;
+    pub async fn of(db: &PgPool, databases: &dyn ReachDatabases, tenant: &Tenant) -> Result<Self, PreviewError> {
+        let tables = footprint(databases, tenant).await?;
         Ok(Self::of_tables(&tables, ai_credits_this_month(db, tenant.id).await?))
     }
 

@@ -203,17 +203,21 @@ async fn check_intact(fetched: &Fetched, manifest_sha256: &str) -> Result<export
 /// not answer counts as empty: nothing of it would be kept.
 pub async fn preview(
     db: &sqlx::PgPool,
-    dbs: &indigo_tenantdb::TenantDatabases,
+    databases: &dyn crate::providers::ReachDatabases,
     store: &BackupStore,
     tenant: &indigo_core::api::Tenant,
     backup: &indigo_core::api::TenantBackup,
     into: RestoreInto,
 ) -> Result<RestorePreview, super::preview::PreviewError> {
-    let now = match super::preview::footprint(dbs, tenant).await {
-        Err(super::preview::PreviewError::TenantDatabase(_)) if into == RestoreInto::NewSilo => TENANT_TABLES
-            .iter()
-            .map(|table| indigo_core::api::TableFootprint { table: (*table).to_owned(), rows: 0, bytes: 0 })
-            .collect(),
+    let now = match super::preview::footprint(databases, tenant).await {
+        Err(super::preview::PreviewError::TenantDatabase(_) | super::preview::PreviewError::Unreached(_))
+            if into == RestoreInto::NewSilo =>
+        {
+            TENANT_TABLES
+                .iter()
+                .map(|table| indigo_core::api::TableFootprint { table: (*table).to_owned(), rows: 0, bytes: 0 })
+                .collect()
+        }
         counted => counted?,
     };
     let fetched = store.fetch(&backup.path).await.map_err(super::preview::PreviewError::BackupStore)?;

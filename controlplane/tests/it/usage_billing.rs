@@ -77,6 +77,7 @@ impl World {
             stripe: Some(self.stripe()),
             aws: None,
             tenant_dbs: self.state.tenant_dbs.clone(),
+            databases: self.state.databases.clone(),
             plans: self.state.plans.clone(),
             failpoints: Failpoints::default(),
             backups: indigo_controlplane::backups::BackupStore::directory(
@@ -533,6 +534,7 @@ async fn on_the_aws_provider_usage_lands_in_dynamodb_and_cloudwatch_with_the_sam
         stripe: None,
         aws: Some(Arc::new(mirror)),
         tenant_dbs: world.state.tenant_dbs.clone(),
+        databases: world.state.databases.clone(),
         plans: world.state.plans.clone(),
         failpoints: Failpoints::default(),
         backups: world.jobs().backups,

@@ -505,6 +505,19 @@ async fn on_aws_backups_are_kept_in_s3_and_restored_from_it() {
     );
     let staged = daemons.data_dir.join("backups").join(shop.id.to_string()).join(backup["id"].as_str().unwrap());
     assert!(!staged.exists(), "the staged copy is gone once uploaded");
+    // The jobs reach the tenant's cluster as the provider does (with its master login).
+    let run_job = async |job: &str| loop {
+        let (status, run) = admin.request(Method::POST, &format!("/v1/jobs/{job}/run"), None).await.unwrap();
+        if status != StatusCode::CONFLICT {
+            assert_eq!(status, StatusCode::OK, "{run}");
+            break run["result"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let scheduled = run_job("backups").await;
+    assert_eq!((scheduled["taken"].as_u64(), scheduled["failed"].as_u64()), (Some(1), Some(0)), "{scheduled}");
+    let measured = run_job("storage").await;
+    assert_eq!(measured["tenants_measured"].as_u64(), Some(1), "{measured}");
     let lost = order().await;
 
     // Restored in place from the bucket.
@@ -532,14 +545,7 @@ async fn on_aws_backups_are_kept_in_s3_and_restored_from_it() {
     let (status, preview) = admin.request(Method::GET, &path, None).await.unwrap();
     assert_eq!((status, preview["intact"].as_bool()), (StatusCode::OK, Some(false)), "{preview}");
     assert_eq!(preview["refusals"][0]["code"], "not_intact", "{preview}");
-    loop {
-        let (status, run) = admin.request(Method::POST, "/v1/jobs/backup_drill/run", None).await.unwrap();
-        if status != StatusCode::CONFLICT {
-            assert_eq!(status, StatusCode::OK, "{run}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    run_job("backup_drill").await;
     let (_, listed) = admin.request(Method::GET, "/v1/tenants/s3-shop/backups", None).await.unwrap();
     let drilled = listed["backups"].as_array().unwrap().iter().find(|b| b["id"] == changed["id"]).unwrap().clone();
     assert!(drilled["drill_problem"].as_str().is_some_and(|p| p.contains("orders")), "{drilled}");
