@@ -1,6 +1,10 @@
 //! Billing at Stripe: a customer and a subscription per tenant, a product and a
 //! price per plan (created once, found again by id and lookup key), and the
-//! billing meter that metered usage is reported to.
+//! billing meters that metered usage is reported to. Each subscription also
+//! has a metered item per meter, priced at zero (the plans' prices include
+//! usage up to their limits): Stripe then puts what each meter counted in the
+//! period on every invoice, where the parity job compares it with Indigo's own
+//! totals.
 //!
 //! Every call that creates or changes something carries an idempotency key
 //! chosen by the caller (a workflow step passes its own), so a retried step
@@ -11,6 +15,7 @@ use std::collections::HashMap;
 use indigo_core::plan::Plan;
 use indigo_core::tenant::TenantId;
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_billing::InvoiceStatus;
 use stripe_billing::billing_meter::{
     CreateBillingMeter, CreateBillingMeterDefaultAggregation, CreateBillingMeterDefaultAggregationFormula,
     ListBillingMeter,
@@ -21,14 +26,16 @@ use stripe_billing::billing_meter_event_summary::{
 };
 use stripe_billing::invoice::{
     CreatePreviewInvoice, CreatePreviewInvoiceSubscriptionDetails, CreatePreviewInvoiceSubscriptionDetailsItems,
-    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior,
+    CreatePreviewInvoiceSubscriptionDetailsProrationBehavior, ListInvoice,
 };
 use stripe_billing::subscription::{
     CancelSubscription, CreateSubscription, CreateSubscriptionItems, RetrieveSubscription, UpdateSubscription,
     UpdateSubscriptionItems, UpdateSubscriptionProrationBehavior,
 };
 use stripe_core::customer::{CreateCustomer, DeleteCustomer, RetrieveCustomer, RetrieveCustomerReturned};
-use stripe_product::price::{CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, ListPrice};
+use stripe_product::price::{
+    CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, CreatePriceRecurringUsageType, ListPrice,
+};
 use stripe_product::product::{CreateProduct, RetrieveProduct};
 use tokio::sync::Mutex;
 
@@ -104,6 +111,17 @@ fn gone_is_done<T>(result: Result<T, StripeError>) -> Result<(), BillingError> {
     }
 }
 
+/// One metered line of a finalized invoice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvoicedUsage {
+    pub invoice: String,
+    /// The meter's event name.
+    pub meter: &'static str,
+    /// The line's period (Unix seconds, end excluded).
+    pub period: (i64, i64),
+    pub quantity: f64,
+}
+
 /// What a tenant is billed through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -112,12 +130,20 @@ pub struct Account {
     pub price_id: String,
 }
 
+/// The product the metered (usage) prices belong to.
+const USAGE_PRODUCT: &str = "indigo_usage";
+
 /// The Stripe side of the plan catalogue, looked up once per process.
 pub struct Stripe {
     client: Client,
+    /// Price ids by lookup key: the plans' and the meters' usage prices.
     prices: Mutex<HashMap<String, String>>,
     /// Meter ids by event name, once found or created.
     meters: Mutex<HashMap<&'static str, String>>,
+}
+
+fn currency(code: &str) -> Result<stripe_types::Currency, BillingError> {
+    code.parse().map_err(|_| BillingError::Unexpected(format!("currency `{code}`")))
 }
 
 fn idempotent(key: &str) -> Result<RequestStrategy, BillingError> {
@@ -165,15 +191,49 @@ impl Stripe {
     /// lookup key `indigo_<plan>_<amount>_<currency>`, each created only if absent.
     pub async fn ensure_price(&self, plan: &Plan) -> Result<String, BillingError> {
         let lookup_key = format!("indigo_{}_{}_{}", plan.name, plan.price_per_month, plan.currency);
+        let product = (format!("indigo_{}", plan.name), format!("Indigo {}", plan.display_name));
+        let amount = i64::try_from(plan.price_per_month)
+            .map_err(|_| BillingError::Unexpected(format!("price of plan {}", plan.name)))?;
+        let price = CreatePrice::new(currency(&plan.currency)?)
+            .unit_amount(amount)
+            .recurring(CreatePriceRecurring::new(CreatePriceRecurringInterval::Month));
+        self.ensure_priced(&lookup_key, product, price).await
+    }
+
+    /// The zero usage price of every meter in `currency`, by meter event name:
+    /// lookup key `indigo_usage_<meter>_<currency>`, created only if absent.
+    pub async fn ensure_usage_prices(&self, currency_code: &str) -> Result<Vec<(&'static str, String)>, BillingError> {
+        self.ensure_meters().await?;
+        let mut prices = Vec::with_capacity(METERS.len());
+        for meter in METERS {
+            let meter_id = self.meter_id(meter.event_name).await?;
+            let mut recurring = CreatePriceRecurring::new(CreatePriceRecurringInterval::Month);
+            recurring.usage_type = Some(CreatePriceRecurringUsageType::Metered);
+            recurring.meter = Some(meter_id);
+            let price = CreatePrice::new(currency(currency_code)?).unit_amount_decimal("0").recurring(recurring);
+            let lookup_key = format!("{USAGE_PRODUCT}_{}_{currency_code}", meter.event_name);
+            let product = (USAGE_PRODUCT.to_owned(), "Indigo usage".to_owned());
+            prices.push((meter.event_name, self.ensure_priced(&lookup_key, product, price).await?));
+        }
+        Ok(prices)
+    }
+
+    /// The price with `lookup_key`, of `product` (id and name), made as `price`
+    /// says when there is none; the product too.
+    async fn ensure_priced(
+        &self,
+        lookup_key: &str,
+        (product_id, product_name): (String, String),
+        price: CreatePrice,
+    ) -> Result<String, BillingError> {
         let mut prices = self.prices.lock().await;
-        if let Some(id) = prices.get(&lookup_key) {
+        if let Some(id) = prices.get(lookup_key) {
             return Ok(id.clone());
         }
-        let product_id = format!("indigo_{}", plan.name);
         match RetrieveProduct::new(product_id.as_str()).send(&self.client).await.map_err(BillingError::from) {
             Ok(_) => {}
             Err(e) if e.is_not_found() => {
-                CreateProduct::new(format!("Indigo {}", plan.display_name))
+                CreateProduct::new(product_name)
                     .id(product_id.as_str())
                     .customize()
                     .request_strategy(idempotent(&format!("indigo-product-{product_id}"))?)
@@ -182,31 +242,31 @@ impl Stripe {
             }
             Err(e) => return Err(e),
         }
-        let existing = ListPrice::new().lookup_keys(vec![lookup_key.clone()]).send(&self.client).await?;
+        let existing = ListPrice::new().lookup_keys(vec![lookup_key.to_owned()]).send(&self.client).await?;
         let id = match existing.data.into_iter().next() {
             Some(price) => price.id.to_string(),
-            None => {
-                let currency = plan
-                    .currency
-                    .parse::<stripe_types::Currency>()
-                    .map_err(|_| BillingError::Unexpected(format!("currency `{}`", plan.currency)))?;
-                let amount = i64::try_from(plan.price_per_month)
-                    .map_err(|_| BillingError::Unexpected(format!("price of plan {}", plan.name)))?;
-                CreatePrice::new(currency)
-                    .product(product_id.as_str())
-                    .unit_amount(amount)
-                    .recurring(CreatePriceRecurring::new(CreatePriceRecurringInterval::Month))
-                    .lookup_key(lookup_key.as_str())
-                    .customize()
-                    .request_strategy(idempotent(&format!("indigo-price-{lookup_key}"))?)
-                    .send(&self.client)
-                    .await?
-                    .id
-                    .to_string()
-            }
+            None => price
+                .product(product_id.as_str())
+                .lookup_key(lookup_key)
+                .customize()
+                .request_strategy(idempotent(&format!("indigo-price-{lookup_key}"))?)
+                .send(&self.client)
+                .await?
+                .id
+                .to_string(),
         };
-        prices.insert(lookup_key, id.clone());
+        prices.insert(lookup_key.to_owned(), id.clone());
         Ok(id)
+    }
+
+    /// The id of the meter `event_name` (made by [`Stripe::ensure_meters`]).
+    async fn meter_id(&self, event_name: &str) -> Result<String, BillingError> {
+        self.meters
+            .lock()
+            .await
+            .get(event_name)
+            .cloned()
+            .ok_or_else(|| BillingError::Unexpected(format!("no meter for {event_name}")))
     }
 
     /// The customer of a tenant; the same `key` always answers the same customer.
@@ -228,34 +288,49 @@ impl Stripe {
         Ok(customer.id.to_string())
     }
 
+    /// The subscription of a tenant: the plan's price, and the usage price of
+    /// every meter in the plan's `currency`. Returns its id and when it began
+    /// (Unix seconds).
     pub async fn create_subscription(
         &self,
         tenant: TenantId,
         customer_id: &str,
-        price_id: &str,
+        (price_id, currency): (&str, &str),
         key: &str,
-    ) -> Result<String, BillingError> {
-        let mut item = CreateSubscriptionItems::new();
-        item.price = Some(price_id.to_owned());
+    ) -> Result<(String, i64), BillingError> {
+        let usage = self.ensure_usage_prices(currency).await?;
+        let items: Vec<CreateSubscriptionItems> = std::iter::once(price_id.to_owned())
+            .chain(usage.into_iter().map(|(_, price)| price))
+            .map(|price| {
+                let mut item = CreateSubscriptionItems::new();
+                item.price = Some(price);
+                item
+            })
+            .collect();
         let subscription = CreateSubscription::new()
             .customer(customer_id)
-            .items(vec![item])
+            .items(items)
             .metadata(HashMap::from([("tenant_id".to_owned(), tenant.to_string())]))
             .customize()
             .request_strategy(idempotent(key)?)
             .send(&self.client)
             .await?;
-        Ok(subscription.id.to_string())
+        Ok((subscription.id.to_string(), subscription.created))
     }
 
-    /// The subscription's one item, unless it is on `price_id` already.
+    /// The subscription's plan item (its one licensed item; the metered ones
+    /// stay), unless it is on `price_id` already.
     async fn item_to_move(&self, subscription_id: &str, price_id: &str) -> Result<Option<String>, BillingError> {
         let subscription = RetrieveSubscription::new(subscription_id).send(&self.client).await?;
+        let metered = |recurring: Option<&stripe_product::Recurring>| {
+            recurring.is_some_and(|r| r.usage_type == stripe_product::RecurringUsageType::Metered)
+        };
         let item = subscription
             .items
             .data
-            .first()
-            .ok_or_else(|| BillingError::Unexpected(format!("subscription {subscription_id} has no item")))?;
+            .iter()
+            .find(|item| !metered(item.price.recurring.as_ref()))
+            .ok_or_else(|| BillingError::Unexpected(format!("subscription {subscription_id} has no plan item")))?;
         Ok((item.price.id.as_str() != price_id).then(|| item.id.to_string()))
     }
 
@@ -286,13 +361,7 @@ impl Stripe {
         end: i64,
     ) -> Result<Vec<(i64, f64)>, BillingError> {
         self.ensure_meters().await?;
-        let meter = self
-            .meters
-            .lock()
-            .await
-            .get(event_name)
-            .cloned()
-            .ok_or_else(|| BillingError::Unexpected(format!("no meter for {event_name}")))?;
+        let meter = self.meter_id(event_name).await?;
         let mut hours = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -336,6 +405,52 @@ impl Stripe {
             })
             .map(|line| line.amount)
             .sum())
+    }
+
+    /// The metered lines of `customer`'s finalized invoices created since
+    /// `since` (Unix seconds): what Stripe invoiced for each meter, and when.
+    pub async fn invoiced_usage(&self, customer: &str, since: i64) -> Result<Vec<InvoicedUsage>, BillingError> {
+        let mut usage = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut ask = ListInvoice::new().customer(customer).limit(100);
+            if let Some(after) = &after {
+                ask = ask.starting_after(after.as_str());
+            }
+            let page = ask.send(&self.client).await?;
+            for invoice in &page.data {
+                let finalized = matches!(
+                    invoice.status,
+                    Some(InvoiceStatus::Open | InvoiceStatus::Paid | InvoiceStatus::Uncollectible)
+                );
+                let Some(id) = invoice.id.as_ref().filter(|_| finalized && invoice.created >= since) else { continue };
+                let meters: HashMap<String, &'static str> = self
+                    .ensure_usage_prices(&invoice.currency.to_string())
+                    .await?
+                    .into_iter()
+                    .map(|(meter, price)| (price, meter))
+                    .collect();
+                for line in &invoice.lines.data {
+                    let price =
+                        line.pricing.as_ref().and_then(|p| p.price_details.as_ref()).map(|d| d.price.id().as_str());
+                    let Some(meter) = price.and_then(|price| meters.get(price)) else { continue };
+                    let quantity = match &line.quantity_decimal {
+                        Some(decimal) => decimal.parse().unwrap_or_default(),
+                        None => line.quantity.unwrap_or_default() as f64,
+                    };
+                    usage.push(InvoicedUsage {
+                        invoice: id.to_string(),
+                        meter,
+                        period: (line.period.start, line.period.end),
+                        quantity,
+                    });
+                }
+            }
+            match (page.has_more, page.data.last().and_then(|i| i.id.as_ref())) {
+                (true, Some(last)) => after = Some(last.to_string()),
+                _ => return Ok(usage),
+            }
+        }
     }
 
     /// The tenant a live customer belongs to (its `tenant_id` metadata);

@@ -737,14 +737,43 @@ pub struct BillingParity {
     pub mismatches: Vec<ParityMismatch>,
 }
 
-/// One meter's hour where what Indigo reported and what Stripe received differ.
+/// Where Indigo's usage and Stripe's differ: one meter's hour, what Indigo
+/// reported against what the meter received; or one metered line of a
+/// finalized invoice, Indigo's total for the line's period against the
+/// quantity invoiced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ParityMismatch {
     /// The Stripe meter's event name.
     pub meter: String,
     pub window_start: DateTime<Utc>,
+    /// The end of the window: an hour after its start, or the invoice line's period end.
+    pub window_end: DateTime<Utc>,
+    /// What Indigo counted (reported to the meter) in the window.
     pub reported: f64,
+    /// What Stripe has: the meter's total for the hour, or the quantity invoiced.
     pub received: f64,
+    /// The invoice whose line differs; `None` for a meter's hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice: Option<String>,
+}
+
+impl std::fmt::Display for ParityMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (meter, reported, received) = (&self.meter, self.reported, self.received);
+        match &self.invoice {
+            None => write!(
+                f,
+                "{meter} at {}: reported {reported}, Stripe received {received}",
+                self.window_start.format("%Y-%m-%d %H:00 UTC")
+            ),
+            Some(invoice) => write!(
+                f,
+                "{meter} on invoice {invoice} ({} to {}): Indigo counted {reported}, Stripe invoiced {received}",
+                self.window_start.format("%Y-%m-%d %H:%M UTC"),
+                self.window_end.format("%Y-%m-%d %H:%M UTC")
+            ),
+        }
+    }
 }
 
 /// One table's share of a tenant.

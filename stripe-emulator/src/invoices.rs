@@ -1,10 +1,10 @@
-//! Invoices and billing periods, as Stripe runs them for subscriptions with
-//! licensed prices: the first period is invoiced in advance when the
+//! Invoices and billing periods, as Stripe runs them: a subscription's
+//! licensed prices are invoiced in advance, the first period when the
 //! subscription is created; at each period's end the next one is, with the
-//! prorations a price change left pending and (on the invoice's metadata, for
-//! a look: Stripe bills metered usage only through a metered price on the
-//! subscription) what the meters counted for the customer in the period that
-//! ended. Periods here are 30 days (Stripe's are calendar months).
+//! prorations a price change left pending, and its metered prices are
+//! invoiced in arrears — a line per metered item with what its meter counted
+//! for the customer in the period that ended (also on the invoice's metadata,
+//! per meter). Periods here are 30 days (Stripe's are calendar months).
 //!
 //! A period ends when a test clock its customer is on is advanced past it
 //! (Stripe's `/v1/test_helpers/test_clocks`), or for every active subscription
@@ -80,12 +80,18 @@ pub(crate) fn is_proration(line: &Value) -> bool {
     line["parent"]["subscription_item_details"]["proration"] == true
 }
 
-/// Each item's price for its current period, as invoice lines.
+/// Whether a subscription item's price is metered (billed in arrears).
+fn metered(item: &Value) -> bool {
+    item["price"]["recurring"]["usage_type"] == "metered"
+}
+
+/// Each licensed item's price for its current period, as invoice lines.
 pub(crate) fn price_lines(objects: &mut Objects, template: &Value, subscription: &Value) -> Vec<Value> {
     subscription["items"]["data"]
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|item| !metered(item))
         .map(|item| {
             let period =
                 (item["current_period_start"].as_i64().unwrap_or(0), item["current_period_end"].as_i64().unwrap_or(0));
@@ -157,34 +163,54 @@ pub(crate) fn issue(
 
 /// Ends the current period of subscription `id` at `end`: invoices the next
 /// period in advance with the prorations pending, and the period that ended's
-/// metered usage on its metadata.
+/// metered usage in arrears (a line per metered item, and on the metadata):
+/// the meter events dated from the period's start (the subscription's, for
+/// the first) up to its end.
 fn renew(emulator: &Emulator, id: &str, end: i64, paid: bool) -> Option<Value> {
     let (subscription, usage_since, pending, meters, events) = {
         let mut objects = emulator.objects.lock().expect("emulator lock");
         let subscription = objects.subscriptions.get_mut(id)?;
+        let began = subscription["created"].as_i64().unwrap_or(end);
         start_period(subscription, end);
         let subscription = subscription.clone();
-        // The first period also takes usage dated before the subscription (the
-        // hour it was created in is reported from that hour's start).
-        let usage_since = objects.invoiced_through.insert(id.to_owned(), end);
+        let usage_since = objects.invoiced_through.insert(id.to_owned(), end).unwrap_or(began);
         let pending = take_pending(&mut objects, id);
         let meters: Vec<Value> = objects.meters.values().cloned().collect();
         (subscription, usage_since, pending, meters, objects.meter_events.clone())
     };
     let customer = subscription["customer"].as_str().unwrap_or_default();
+    let counted = |meter: &Value| -> f64 {
+        let name = meter["event_name"].as_str().unwrap_or_default();
+        events
+            .iter()
+            .filter(|e| e["event_name"] == name && e["payload"]["stripe_customer_id"] == customer)
+            .filter(|e| e["timestamp"].as_i64().is_some_and(|t| (usage_since..end).contains(&t)))
+            .filter_map(|e| e["payload"]["value"].as_str().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    };
     let mut usage = serde_json::Map::new();
     for meter in &meters {
         let name = meter["event_name"].as_str().unwrap_or_default();
-        let sum: f64 = events
-            .iter()
-            .filter(|e| e["event_name"] == name && e["payload"]["stripe_customer_id"] == customer)
-            .filter(|e| e["timestamp"].as_i64().is_some_and(|t| t < end && usage_since.is_none_or(|s| t >= s)))
-            .filter_map(|e| e["payload"]["value"].as_str().and_then(|v| v.parse::<f64>().ok()))
-            .sum();
-        usage.insert(format!("meter_{name}"), json!(sum.to_string()));
+        usage.insert(format!("meter_{name}"), json!(counted(meter).to_string()));
     }
     let template = emulator.fixture("invoice")["lines"]["data"][0].clone();
-    let mut lines = price_lines(&mut emulator.objects.lock().expect("emulator lock"), &template, &subscription);
+    let mut lines = {
+        let mut objects = emulator.objects.lock().expect("emulator lock");
+        let mut lines = price_lines(&mut objects, &template, &subscription);
+        for item in subscription["items"]["data"].as_array().into_iter().flatten().filter(|item| metered(item)) {
+            let meter = meters.iter().find(|m| m["id"] == item["price"]["recurring"]["meter"]).cloned();
+            let quantity = meter.as_ref().map_or(0.0, counted);
+            let unit: f64 = item["price"]["unit_amount_decimal"].as_str().and_then(|u| u.parse().ok()).unwrap_or(0.0);
+            let amount = (quantity * unit).round() as i64;
+            let mut line =
+                line(&template, objects.next_id("il"), amount, &item["price"], (usage_since, end), item, false);
+            line["quantity"] = json!(quantity.round() as u64);
+            line["quantity_decimal"] = json!(quantity.to_string());
+            line["pricing"]["unit_amount_decimal"] = item["price"]["unit_amount_decimal"].clone();
+            lines.push(line);
+        }
+        lines
+    };
     lines.extend(pending);
     let mut invoice = issue(emulator, &subscription, ("subscription_cycle", end), lines, paid);
     invoice["metadata"] = Value::Object(usage);
@@ -199,6 +225,12 @@ fn renew(emulator: &Emulator, id: &str, end: i64, paid: bool) -> Option<Value> {
 pub async fn close_period(State(emulator): State<Emulator>, body: Bytes) -> Response {
     let params = parse_params(&body);
     let failing: Vec<&str> = params.iter().filter(|(k, _)| k == "fail").map(|(_, v)| v.as_str()).collect();
+    list(CLOSE_PERIOD, close_all(&emulator, &failing))
+}
+
+/// Ends the period of every active subscription now (on its customer's test
+/// clock, if any); the payments of the customers in `failing` fail.
+pub(crate) fn close_all(emulator: &Emulator, failing: &[&str]) -> Vec<Value> {
     let active: Vec<(String, String, i64)> = {
         let objects = emulator.objects.lock().expect("emulator lock");
         objects
@@ -212,11 +244,10 @@ pub async fn close_period(State(emulator): State<Emulator>, body: Bytes) -> Resp
             })
             .collect()
     };
-    let issued = active
+    active
         .into_iter()
-        .filter_map(|(id, customer, end)| renew(&emulator, &id, end, !failing.contains(&customer.as_str())))
-        .collect();
-    list(CLOSE_PERIOD, issued)
+        .filter_map(|(id, customer, end)| renew(emulator, &id, end, !failing.contains(&customer.as_str())))
+        .collect()
 }
 
 /// `GET /v1/invoices?customer=`: a customer's invoices (or all), newest first.

@@ -44,6 +44,8 @@ struct Objects {
     prices: HashMap<String, Value>,
     meters: HashMap<String, Value>,
     meter_events: Vec<Value>,
+    /// Meter events held back (`delay_meter_event`), received later.
+    delayed_meter_events: Vec<Value>,
     subscriptions: HashMap<String, Value>,
     /// key → (fingerprint of the request, status, body)
     idempotency: HashMap<String, (String, u16, Value)>,
@@ -198,6 +200,54 @@ impl StripeEmulator {
         };
         copy["identifier"] = json!(format!("{identifier}-again"));
         objects.meter_events.push(copy);
+    }
+
+    /// Holds the meter event `identifier` back, as if it were still on its
+    /// way: not counted until [`StripeEmulator::deliver_delayed_meter_events`].
+    pub fn delay_meter_event(&self, identifier: &str) {
+        let mut objects = self.emulator.objects.lock().expect("emulator lock");
+        let (delayed, kept) =
+            std::mem::take(&mut objects.meter_events).into_iter().partition(|e| e["identifier"] == identifier);
+        objects.meter_events = kept;
+        objects.delayed_meter_events.extend::<Vec<Value>>(delayed);
+    }
+
+    /// The meter events held back arrive.
+    pub fn deliver_delayed_meter_events(&self) {
+        let mut objects = self.emulator.objects.lock().expect("emulator lock");
+        let delayed = std::mem::take(&mut objects.delayed_meter_events);
+        objects.meter_events.extend(delayed);
+    }
+
+    /// Ends every active subscription's period now, as `POST /_emulator/close_period` does.
+    pub fn close_periods(&self) -> Vec<Value> {
+        invoices::close_all(&self.emulator, &[])
+    }
+
+    /// Moves every subscription's start (and its items' current period)
+    /// `seconds` into the past, as if it had been made then.
+    pub fn backdate_subscriptions(&self, seconds: i64) {
+        let mut objects = self.emulator.objects.lock().expect("emulator lock");
+        for subscription in objects.subscriptions.values_mut() {
+            for field in ["created", "billing_cycle_anchor"] {
+                subscription[field] = json!(subscription[field].as_i64().unwrap_or_default() - seconds);
+            }
+            let start = subscription["created"].as_i64().unwrap_or_default();
+            invoices::start_period(subscription, start);
+        }
+    }
+
+    /// Sets the quantity of line `line` of invoice `invoice` by hand (its
+    /// amount follows the line's unit price), as an operator editing an
+    /// invoice in the dashboard before it was finalized would have.
+    pub fn edit_invoice_line(&self, invoice: &str, line: usize, quantity: f64) {
+        let mut objects = self.emulator.objects.lock().expect("emulator lock");
+        let Some(found) = objects.invoices.iter_mut().find(|i| i["id"] == invoice) else { return };
+        let edited = &mut found["lines"]["data"][line];
+        let unit: f64 = edited["pricing"]["unit_amount_decimal"].as_str().and_then(|u| u.parse().ok()).unwrap_or(0.0);
+        edited["quantity"] = json!(quantity.round() as u64);
+        edited["quantity_decimal"] = json!(quantity.to_string());
+        edited["amount"] = json!((quantity * unit).round() as i64);
     }
 
     /// Sends every event from now on to `url`, signed with `secret` as Stripe
@@ -420,7 +470,7 @@ async fn create_price(State(emulator): State<Emulator>, body: Bytes) -> Response
     price["product"] = json!(product);
     price["currency"] = json!(param(&params, "currency"));
     price["unit_amount"] = json!(param(&params, "unit_amount").and_then(|a| a.parse::<i64>().ok()));
-    price["unit_amount_decimal"] = json!(param(&params, "unit_amount"));
+    price["unit_amount_decimal"] = json!(param(&params, "unit_amount_decimal").or(param(&params, "unit_amount")));
     price["lookup_key"] = json!(param(&params, "lookup_key"));
     price["type"] = json!("recurring");
     price["recurring"] = json!({
@@ -546,18 +596,22 @@ async fn create_subscription(State(emulator): State<Emulator>, body: Bytes) -> R
     let Some(customer) = param(&params, "customer") else {
         return error(400, "invalid_request_error", "Missing required param: customer.");
     };
-    let price_id = param(&params, "items[0][price]").unwrap_or_default().to_owned();
-    let (customer_exists, price, at, clock) = {
+    let price_ids: Vec<&str> = (0..).map_while(|n| param(&params, &format!("items[{n}][price]"))).collect();
+    let (customer_exists, prices, at, clock) = {
         let objects = emulator.objects.lock().expect("emulator lock");
         let clock = objects.customers.get(customer).map(|c| c["test_clock"].clone()).unwrap_or_default();
         let at = invoices::customer_now(&objects, customer);
-        (objects.customers.contains_key(customer), objects.prices.get(&price_id).cloned(), at, clock)
+        let prices: Result<Vec<Value>, &str> =
+            price_ids.iter().map(|id| objects.prices.get(*id).cloned().ok_or(*id)).collect();
+        (objects.customers.contains_key(customer), prices, at, clock)
     };
     if !customer_exists {
         return error(400, "invalid_request_error", &format!("No such customer: '{customer}'"));
     }
-    let Some(price) = price else {
-        return error(400, "invalid_request_error", &format!("No such price: '{price_id}'"));
+    let prices = match prices {
+        Ok(prices) if !prices.is_empty() => prices,
+        Ok(_) => return error(400, "invalid_request_error", "Missing required param: items."),
+        Err(price_id) => return error(400, "invalid_request_error", &format!("No such price: '{price_id}'")),
     };
     let id = emulator.next_id("sub");
     let mut subscription = emulator.fixture("subscription");
@@ -569,11 +623,18 @@ async fn create_subscription(State(emulator): State<Emulator>, body: Bytes) -> R
     subscription["billing_cycle_anchor"] = json!(at);
     subscription["test_clock"] = clock;
     subscription["cancel_at_period_end"] = json!(false);
-    let mut item = subscription["items"]["data"][0].clone();
-    item["id"] = json!(emulator.next_id("si"));
-    item["price"] = price;
-    item["subscription"] = json!(id);
-    subscription["items"]["data"] = json!([item]);
+    let template = subscription["items"]["data"][0].clone();
+    let items: Vec<Value> = prices
+        .into_iter()
+        .map(|price| {
+            let mut item = template.clone();
+            item["id"] = json!(emulator.next_id("si"));
+            item["price"] = price;
+            item["subscription"] = json!(id);
+            item
+        })
+        .collect();
+    subscription["items"]["data"] = json!(items);
     subscription["items"]["url"] = json!(format!("/v1/subscription_items?subscription={id}"));
     invoices::start_period(&mut subscription, at);
     emulator.objects.lock().expect("emulator lock").subscriptions.insert(id, subscription.clone());

@@ -33,6 +33,19 @@ pub struct SyncReport {
     pub tenants: u64,
 }
 
+/// A closed window with usage not reported yet.
+#[derive(sqlx::FromRow)]
+struct Due {
+    tenant_id: Uuid,
+    customer_id: String,
+    window_start: DateTime<Utc>,
+    /// When Stripe is told it happened (`billed_at` in SQL).
+    billed_at: DateTime<Utc>,
+    quantity: f64,
+    /// What Stripe was told before.
+    reported: f64,
+}
+
 /// The identifier of the report that brings a window from `reported` to more.
 pub fn identifier(tenant: Uuid, meter: &str, window: DateTime<Utc>, reported: f64) -> String {
     format!("{}-{meter}-{}-{}", tenant.simple(), window.timestamp(), crate::billing::meter_value(reported))
@@ -50,8 +63,9 @@ pub async fn sync(db: &PgPool, stripe: &Stripe, failpoints: &Failpoints) -> Resu
     stripe.ensure_meters().await?;
     for meter in METERS {
         let (event_type, meter) = (meter.usage, meter.event_name);
-        let due: Vec<(Uuid, String, DateTime<Utc>, f64, f64)> = sqlx::query_as(
-            "SELECT h.tenant_id, b.customer_id, h.hour, h.quantity, COALESCE(r.reported_quantity, 0)
+        let due: Vec<Due> = sqlx::query_as(
+            "SELECT h.tenant_id, b.customer_id, h.hour AS window_start, billed_at(h.hour, b.subscribed_at),
+                    h.quantity, COALESCE(r.reported_quantity, 0) AS reported
              FROM usage_hourly h
              JOIN tenant_billing b ON b.tenant_id = h.tenant_id AND b.status = 'active'
              LEFT JOIN billing_reports r ON r.tenant_id = h.tenant_id AND r.meter = $2 AND r.window_start = h.hour
@@ -65,9 +79,10 @@ pub async fn sync(db: &PgPool, stripe: &Stripe, failpoints: &Failpoints) -> Resu
         .bind(meter)
         .fetch_all(db)
         .await?;
-        for (tenant, customer, window, quantity, reported) in due {
+        for Due { tenant_id: tenant, customer_id: customer, window_start: window, billed_at, quantity, reported } in due
+        {
             let id = identifier(tenant, meter, window, reported);
-            stripe.report_usage(meter, &customer, quantity - reported, window.timestamp(), &id).await?;
+            stripe.report_usage(meter, &customer, quantity - reported, billed_at.timestamp(), &id).await?;
             failpoints.crash_at("job", JOB, Point::AfterRun);
             sqlx::query(
                 "INSERT INTO billing_reports (tenant_id, meter, window_start, reported_quantity, last_identifier)

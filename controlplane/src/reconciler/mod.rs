@@ -231,14 +231,7 @@ async fn billing_parity(conn: &mut PgConnection, tenant: TenantId) -> Result<Opt
     Ok(checked.map(|(in_parity, mismatches)| {
         let message = match mismatches.0.first() {
             None => "the usage Stripe received matches what was reported".to_owned(),
-            Some(first) => format!(
-                "{} hour(s) differ; {} at {}: reported {}, Stripe received {}",
-                mismatches.0.len(),
-                first.meter,
-                first.window_start.format("%Y-%m-%d %H:00 UTC"),
-                first.reported,
-                first.received
-            ),
+            Some(first) => format!("{} window(s) differ; {first}", mismatches.0.len()),
         };
         plan::Parity { in_parity, message }
     }))

@@ -169,18 +169,20 @@ async fn billing<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     let price_id = stripe.ensure_price(plan).await?;
     stripe.ensure_meters().await?;
     let customer_id = stripe.create_customer(tenant.id, &tenant.name, &tenant.owner_email, &cx.key("customer")).await?;
-    let subscription_id =
-        stripe.create_subscription(tenant.id, &customer_id, &price_id, &cx.key("subscription")).await?;
+    let (subscription_id, subscribed_at) = stripe
+        .create_subscription(tenant.id, &customer_id, (&price_id, &plan.currency), &cx.key("subscription"))
+        .await?;
     sqlx::query(
-        "INSERT INTO tenant_billing (tenant_id, customer_id, subscription_id, price_id, status)
-         VALUES ($1, $2, $3, $4, 'active')
+        "INSERT INTO tenant_billing (tenant_id, customer_id, subscription_id, price_id, status, subscribed_at)
+         VALUES ($1, $2, $3, $4, 'active', to_timestamp($5))
          ON CONFLICT (tenant_id) DO UPDATE SET customer_id = $2, subscription_id = $3, price_id = $4,
-             status = 'active', updated_at = now()",
+             status = 'active', subscribed_at = to_timestamp($5), updated_at = now()",
     )
     .bind(cx.tenant_id.0)
     .bind(&customer_id)
     .bind(&subscription_id)
     .bind(&price_id)
+    .bind(subscribed_at as f64)
     .execute(&cx.services.db)
     .await?;
     Ok(json!({ "customer_id": customer_id, "subscription_id": subscription_id, "price_id": price_id }))

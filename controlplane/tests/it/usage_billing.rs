@@ -943,7 +943,10 @@ async fn usage_is_proven_against_stripe_and_each_discrepancy_is_found_once(pool:
         let of = |slug: &str| found.as_array().unwrap().iter().find(|t| t["slug"] == slug).unwrap().clone();
         let (a, b) = (of("parity-a"), of("parity-b"));
         assert_eq!(a["in_parity"], false);
-        let mismatch = |meter: &str, window: DateTime<Utc>, reported: f64, received: f64| json!([{ "meter": meter, "window_start": window, "reported": reported, "received": received }]);
+        let mismatch = |meter: &str, window: DateTime<Utc>, reported: f64, received: f64| {
+            json!([{ "meter": meter, "window_start": window, "window_end": window + chrono::Duration::hours(1),
+                     "reported": reported, "received": received }])
+        };
         assert_eq!(a["mismatches"], mismatch("indigo_api_calls", lost_window, lost_quantity, 0.0), "{a}");
         assert_eq!(b["mismatches"], mismatch("indigo_api_calls", twice_window, twice_quantity, 2.0 * twice_quantity));
     }
@@ -983,6 +986,66 @@ async fn usage_is_proven_against_stripe_and_each_discrepancy_is_found_once(pool:
     assert_eq!((b["in_parity"].as_bool(), &b["mismatches"]), (Some(true), &json!([])), "{b}");
     assert_eq!(announced("BillingParityRestored", tenants[1]).await, 1);
     assert_eq!(restored[0]["slug"], "parity-a", "tenants out of parity first: {restored}");
+
+    // A report still on its way: missing until it arrives, found once, then in parity again.
+    let b_of = |found: &Value| found.as_array().unwrap().iter().find(|t| t["slug"] == "parity-b").unwrap().clone();
+    world.stripe.delay_meter_event(&twice);
+    for _ in 0..2 {
+        let b = b_of(&parity().await);
+        let expected = json!([{ "meter": "indigo_api_calls", "window_start": twice_window,
+                                "window_end": twice_window + chrono::Duration::hours(1),
+                                "reported": twice_quantity, "received": 0.0 }]);
+        assert_eq!(b["mismatches"], expected, "{b}");
+    }
+    assert_eq!(announced("BillingParityLost", tenants[1]).await, 2, "the delay announced once");
+    world.stripe.deliver_delayed_meter_events();
+    assert_eq!(b_of(&parity().await)["in_parity"], true);
+    assert_eq!(announced("BillingParityRestored", tenants[1]).await, 2);
+
+    // The period ends (the subscriptions began six hours ago): each invoice has a line per meter
+    // with what it counted, equal to Indigo's totals for the period — but for parity-a's lost hour.
+    world.stripe.backdate_subscriptions(6 * 3600);
+    let invoices = world.stripe.close_periods();
+    assert_eq!(invoices.len(), 2);
+    let b = b_of(&parity().await);
+    assert_eq!((b["in_parity"].as_bool(), &b["mismatches"]), (Some(true), &json!([])), "{b}");
+    let a = parity().await.as_array().unwrap().iter().find(|t| t["slug"] == "parity-a").unwrap().clone();
+    let on_invoice: Vec<&Value> =
+        a["mismatches"].as_array().unwrap().iter().filter(|m| m["invoice"].is_string()).collect();
+    assert_eq!(on_invoice.len(), 1, "{a}");
+    let reported_a: f64 = sqlx::query_scalar(
+        "SELECT sum(reported_quantity)::float8 FROM billing_reports WHERE tenant_id = $1 AND meter = 'indigo_api_calls'",
+    )
+    .bind(tenants[0])
+    .fetch_one(&world.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (on_invoice[0]["reported"].as_f64(), on_invoice[0]["received"].as_f64()),
+        (Some(reported_a), Some(reported_a - lost_quantity))
+    );
+
+    // An invoice edited by hand: its line no longer says what was counted; found once, with the invoice.
+    let customer_b = world.stripe.live_customers(Some(&tenants[1].to_string()))[0]["id"].clone();
+    let invoice_b = invoices.iter().find(|i| i["customer"] == customer_b).unwrap();
+    let lines = invoice_b["lines"]["data"].as_array().unwrap();
+    let prices = world.stripe.prices();
+    let api_calls = &prices.iter().find(|p| p["lookup_key"] == "indigo_usage_indigo_api_calls_usd").unwrap()["id"];
+    let line = lines.iter().position(|l| l["pricing"]["price_details"]["price"] == *api_calls).unwrap();
+    let invoiced: f64 = lines[line]["quantity_decimal"].as_str().unwrap().parse().unwrap();
+    assert!(invoiced > 0.0, "the period's calls are on the invoice: {invoice_b}");
+    world.stripe.edit_invoice_line(invoice_b["id"].as_str().unwrap(), line, invoiced + 7.0);
+    for _ in 0..2 {
+        let b = b_of(&parity().await);
+        let mismatches = b["mismatches"].as_array().unwrap();
+        assert_eq!(mismatches.len(), 1, "{b}");
+        assert_eq!(mismatches[0]["invoice"], invoice_b["id"], "{b}");
+        assert_eq!(
+            (mismatches[0]["reported"].as_f64(), mismatches[0]["received"].as_f64()),
+            (Some(invoiced), Some(invoiced + 7.0))
+        );
+    }
+    assert_eq!(announced("BillingParityLost", tenants[1]).await, 3, "the edit announced once");
     world.cleanup().await;
 }
 
@@ -1141,4 +1204,25 @@ async fn each_tenant_is_backed_up_on_its_own_at_its_plans_rpo(pool: PgPool) {
         let _ = std::fs::remove_dir_all(path);
     }
     world.cleanup().await;
+}
+
+/// An hour's usage is dated at Stripe at the hour's start, but the hour its
+/// subscription began in at that instant: Stripe invoices metered usage from
+/// the subscription's start, and would leave that hour's usage out otherwise.
+#[sqlx::test(migrator = "db::MIGRATOR")]
+async fn the_hour_a_subscription_began_in_is_dated_at_its_start(pool: PgPool) {
+    let billed_at = async |window: &str, subscribed: Option<&str>| -> DateTime<Utc> {
+        sqlx::query_scalar("SELECT billed_at($1::timestamptz, $2::timestamptz)")
+            .bind(window)
+            .bind(subscribed)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap();
+    let began = "2026-12-01T10:20:00Z";
+    assert_eq!(billed_at("2026-12-01T10:00:00Z", Some(began)).await, at(began), "the hour it began in");
+    assert_eq!(billed_at("2026-12-01T11:00:00Z", Some(began)).await, at("2026-12-01T11:00:00Z"), "a later hour");
+    assert_eq!(billed_at("2026-12-01T09:00:00Z", Some(began)).await, at("2026-12-01T09:00:00Z"), "an earlier one");
+    assert_eq!(billed_at("2026-12-01T10:00:00Z", None).await, at("2026-12-01T10:00:00Z"), "a start not known");
 }

@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use indigo_controlplane::api::AppState;
+use indigo_controlplane::billing::METERS;
 use indigo_controlplane::config::Overrides;
 use indigo_controlplane::control_plane::ControlPlane;
 use indigo_controlplane::db;
@@ -230,10 +231,16 @@ async fn onboarding_sets_up_every_part_once(pool: PgPool) {
         1
     );
 
-    // A second tenant on the same plan reuses the product and price.
+    // A second tenant on the same plan reuses the product and the prices: the plan's, and a usage
+    // price per meter (metered, at zero), each subscription holding all of them.
     world.create("blue-bakery", "growth").await;
     engine::run_until_idle(&world.services("")).await.unwrap();
-    assert_eq!(world.stripe.prices().len(), 1);
+    assert_eq!(world.stripe.prices().len(), 1 + METERS.len());
+    for subscription in world.stripe.all_subscriptions() {
+        let items = subscription["items"]["data"].as_array().unwrap();
+        let metered = items.iter().filter(|i| i["price"]["recurring"]["usage_type"] == "metered").count();
+        assert_eq!((items.len(), metered), (1 + METERS.len(), METERS.len()), "{subscription}");
+    }
     assert_eq!(world.stripe.live_customers(None).len(), 2);
     world.cleanup().await;
 }

@@ -66,8 +66,10 @@ fn busy_console() -> App {
                 mismatches: vec![ParityMismatch {
                     meter: "indigo_api_calls".into(),
                     window_start: ago(7200),
+                    window_end: ago(3600),
                     reported: 412.0,
                     received: 824.0,
+                    invoice: None,
                 }],
             }],
             reconciler: Some(reconciler()),
