@@ -57,6 +57,8 @@ pub enum Command {
     Events(EventsArgs),
     /// Show the reconciler: queue, errors, drift repaired, the RLS audit and the data-plane services
     Reconciler(ClientArgs),
+    /// Show whether each billed tenant's usage at Stripe (its meters' hours and its invoices) is what Indigo counted
+    Parity(ClientArgs),
     /// Follow onboarding, offboarding and tier-change workflows and their moves; retry or cancel one (operator)
     #[command(subcommand)]
     Workflow(WorkflowCommand),
@@ -485,6 +487,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let status = client.client()?.reconciler().await?;
             print(client.output, &status, || reconciler_text(&status))
         }
+        Command::Parity(client) => {
+            let parity = client.client()?.billing_parity().await?;
+            print(client.output, &parity, || parity_table(&parity))
+        }
         Command::Workflow(command) => run_workflow(command).await,
         Command::Token(command) => run_token(command).await,
         Command::StorefrontToken(args) => {
@@ -846,6 +852,24 @@ fn table(header: &[&str]) -> Table {
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header.to_vec());
     table
+}
+
+/// Each billed tenant's last parity check, out of parity first, with every window that differs.
+fn parity_table(parity: &[indigo_core::api::BillingParity]) -> String {
+    if parity.is_empty() {
+        return "no billed tenant checked yet (job billing_parity, hourly)".into();
+    }
+    let mut rows = table(&["TENANT", "CHECKED", "PARITY", "WHERE IT DIFFERS"]);
+    for tenant in parity {
+        let differs: Vec<String> = tenant.mismatches.iter().map(ToString::to_string).collect();
+        rows.add_row(vec![
+            tenant.slug.clone(),
+            tenant.checked_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            if tenant.in_parity { "in parity".into() } else { "OUT".into() },
+            differs.join("\n"),
+        ]);
+    }
+    rows.to_string()
 }
 
 fn tenant_table(tenants: &[Tenant]) -> String {

@@ -733,7 +733,7 @@ pub struct BillingParity {
     pub slug: String,
     pub checked_at: DateTime<Utc>,
     pub in_parity: bool,
-    /// Each meter and hour where the two differ.
+    /// Each meter's hour, and each invoice line, where the two differ.
     pub mismatches: Vec<ParityMismatch>,
 }
 

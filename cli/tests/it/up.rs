@@ -167,6 +167,18 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     let billing = bakery_billing().await.unwrap();
     assert_eq!(billing["payment_state"], "past_due", "a failed payment starts the grace period: {billing}");
     control.close().await;
+    // The usage on those invoices (a line per meter) is what Indigo counted: every tenant in parity.
+    let ran = http
+        .post(format!("{api_url}/v1/jobs/billing_parity/run"))
+        .bearer_auth(&admin)
+        .header("idempotency-key", "parity-now")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ran.status(), 200, "{}", ran.text().await.unwrap());
+    let output = cli(data_dir, &["parity", "--api-url", &api_url]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.matches("in parity").count(), 6, "{stdout}");
 
     // The tenant's own signing key, for its backend to mint its shoppers'
     // tokens: it signs for that tenant, and for no other.
