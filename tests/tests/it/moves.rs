@@ -875,8 +875,8 @@ async fn a_tier_change_is_previewed_before_it_runs() {
     assert_eq!(rows(&back, "products"), products, "counted on the silo now");
 
     // A tenant like the first, moved the same way: its estimate, at the rate the first move reached,
-    // is within a factor of 3 of its own copy time (the tolerance the docs state; the two moves run
-    // on the same machine at the same time, so their ratio holds where their seconds would not).
+    // is within a factor of 4 of its own copy time (the tolerance the docs state; the two moves run
+    // one after the other on one machine, so their ratio holds where their seconds would not).
     let twin = stack.onboard("preview-twin", "pro").await.unwrap();
     shop_like(&stack, &twin).await;
     let estimate = preview_of("preview-twin", "enterprise").await;
@@ -888,7 +888,7 @@ async fn a_tier_change_is_previewed_before_it_runs() {
     let (estimated, took) =
         (estimate["estimated_copy_seconds"].as_f64().unwrap(), moves[0]["copy_seconds"].as_f64().unwrap());
     assert_eq!(moves[0]["rows_total"], estimate["rows_total"], "{estimate} {moves}");
-    assert!((1.0 / 3.0..=3.0).contains(&(estimated / took)), "estimated {estimated} s, took {took} s");
+    assert!((1.0 / 4.0..=4.0).contains(&(estimated / took)), "estimated {estimated} s, took {took} s");
 
     // What is wrong with the question is said so.
     for (path, status) in [

@@ -111,6 +111,27 @@ async fn place_orders(stack: &Stack, shop: &Shop, product: Uuid, customer: Uuid,
     ids
 }
 
+/// A shop's catalogue, the orders placed before its backup (a restore brings
+/// them back) and after it (a restore drops them), and the backup.
+struct AroundABackup {
+    products: Vec<Uuid>,
+    customers: Vec<Uuid>,
+    kept: Vec<Uuid>,
+    backup: Value,
+    lost: Vec<Uuid>,
+}
+
+/// Seeds `shop`, places 3 orders, backs it up through the admin API, places `after` more.
+async fn around_a_backup(stack: &Stack, shop: &Shop, after: usize) -> AroundABackup {
+    let (products, customers) = shop.seed(&stack.http, &stack.storefront.url, 4, 3, STOCK).await.unwrap();
+    let kept = place_orders(stack, shop, products[0], customers[0], 3).await;
+    let path = format!("/v1/tenants/{}/backups", shop.slug);
+    let (status, backup) = stack.admin.request(Method::POST, &path, None).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{backup}");
+    let lost = place_orders(stack, shop, products[1], customers[1], after).await;
+    AroundABackup { products, customers, kept, backup, lost }
+}
+
 fn at(value: &Value) -> DateTime<Utc> {
     value.as_str().unwrap_or_else(|| panic!("a time, not {value}")).parse().unwrap()
 }
@@ -121,13 +142,8 @@ async fn a_tenant_is_restored_in_place_under_load_and_its_neighbour_never_waits(
     stack.start_engine(stack.services(&format!("restore.swap=hold:{HOLD_MS}")).unwrap());
     let shop = stack.onboard("restored-shop", "pro").await.unwrap();
     let neighbour = stack.onboard("restore-neighbour", "pro").await.unwrap();
-    let (products, customers) = shop.seed(&stack.http, &stack.storefront.url, 4, 3, STOCK).await.unwrap();
-    let kept = place_orders(&stack, &shop, products[0], customers[0], 3).await;
-
-    let (status, backup) = stack.admin.request(Method::POST, "/v1/tenants/restored-shop/backups", None).await.unwrap();
-    assert_eq!(status, StatusCode::CREATED, "{backup}");
+    let AroundABackup { products, customers, kept, backup, lost } = around_a_backup(&stack, &shop, 3).await;
     let backup_id: Uuid = backup["id"].as_str().unwrap().parse().unwrap();
-    let lost = place_orders(&stack, &shop, products[1], customers[1], 3).await;
 
     // Previewed: the rows now against the backup's; nothing changes.
     let preview_path = format!("/v1/tenants/restored-shop/restores/preview?backup_id={backup_id}");
@@ -360,11 +376,7 @@ async fn a_silo_tenant_whose_silo_is_lost_is_restored_into_a_new_silo() {
     stack.start_engine(stack.services(&format!("restore.rebuild=hold:{HOLD_MS}")).unwrap());
     let shop = stack.onboard("lost-silo", "enterprise").await.unwrap();
     let pooled = stack.onboard("pooled-shop", "pro").await.unwrap();
-    let (products, customers) = shop.seed(&stack.http, &stack.storefront.url, 4, 3, STOCK).await.unwrap();
-    let kept = place_orders(&stack, &shop, products[0], customers[0], 3).await;
-    let (status, backup) = stack.admin.request(Method::POST, "/v1/tenants/lost-silo/backups", None).await.unwrap();
-    assert_eq!(status, StatusCode::CREATED, "{backup}");
-    let lost = place_orders(&stack, &shop, products[1], customers[1], 2).await;
+    let AroundABackup { products, customers, kept, backup, lost } = around_a_backup(&stack, &shop, 2).await;
 
     // Only a silo is restored into a new one.
     let (_, pooled_backup) = stack.admin.request(Method::POST, "/v1/tenants/pooled-shop/backups", None).await.unwrap();

@@ -19,7 +19,7 @@ const HELP: &[(&str, &str)] = &[
     ("P", "pause / resume reconciliation"),
     ("d", "dry run: what a reconcile would change"),
     ("X", "offboard (type the slug to confirm)"),
-    ("b / B / N", "back up now / restore the newest backup / into a new silo (detail; type the slug)"),
+    ("b / B / N", "back up / restore newest backup / into new silo (detail; type slug)"),
     ("r / c", "workflows view: retry a failed one / cancel a running one"),
     ("u", "cost view: sort by usage / by margin"),
     ("Ctrl-r", "refresh now"),

@@ -149,6 +149,11 @@ impl AuroraClusters {
                 })?
             }
         };
+        // One deleted a moment ago (a silo made again: a restore into a new
+        // silo) keeps its identifier until it is gone; then it is made anew.
+        if state.status == "deleting" {
+            return Err(ProviderError::Transient(format!("cluster {identifier} is still being deleted")));
+        }
         if state.writer.is_none() {
             let created = self
                 .rds
