@@ -1,10 +1,10 @@
 //! Billing at Stripe: a customer and a subscription per tenant, a product and a
 //! price per plan (created once, found again by id and lookup key), and the
 //! billing meters that metered usage is reported to. Each subscription also
-//! has a metered item per meter, priced at zero (the plans' prices include
-//! usage up to their limits): Stripe then puts what each meter counted in the
-//! period on every invoice, where the parity job compares it with Indigo's own
-//! totals.
+//! has a metered item per meter, at the price `[usage_prices]` of the plans
+//! file gives it (zero unless set: the plans' prices include usage up to their
+//! limits): Stripe then puts what each meter counted in the period on every
+//! invoice, where the parity job compares it with Indigo's own totals.
 //!
 //! Every call that creates or changes something carries an idempotency key
 //! chosen by the caller (a workflow step passes its own), so a retried step
@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use indigo_core::plan::Plan;
+use indigo_core::plan::{Plan, PlanCatalog};
 use indigo_core::tenant::TenantId;
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use stripe_billing::InvoiceStatus;
@@ -35,6 +35,7 @@ use stripe_billing::subscription::{
 use stripe_core::customer::{CreateCustomer, DeleteCustomer, RetrieveCustomer, RetrieveCustomerReturned};
 use stripe_product::price::{
     CreatePrice, CreatePriceRecurring, CreatePriceRecurringInterval, CreatePriceRecurringUsageType, ListPrice,
+    RetrievePrice,
 };
 use stripe_product::product::{CreateProduct, RetrieveProduct};
 use tokio::sync::Mutex;
@@ -140,6 +141,8 @@ pub struct Stripe {
     prices: Mutex<HashMap<String, String>>,
     /// Meter ids by event name, once found or created.
     meters: Mutex<HashMap<&'static str, String>>,
+    /// The meter each usage price bills (none: not a usage price), once looked up.
+    price_meters: Mutex<HashMap<String, Option<&'static str>>>,
 }
 
 fn currency(code: &str) -> Result<stripe_types::Currency, BillingError> {
@@ -158,7 +161,7 @@ impl Stripe {
             .url(config.api_base.clone())
             .build()
             .map_err(|e| BillingError::Unexpected(e.to_string()))?;
-        Ok(Self { client, prices: Mutex::default(), meters: Mutex::default() })
+        Ok(Self { client, prices: Mutex::default(), meters: Mutex::default(), price_meters: Mutex::default() })
     }
 
     /// Finds or creates every meter of [`METERS`] (once per process).
@@ -200,9 +203,14 @@ impl Stripe {
         self.ensure_priced(&lookup_key, product, price).await
     }
 
-    /// The zero usage price of every meter in `currency`, by meter event name:
-    /// lookup key `indigo_usage_<meter>_<currency>`, created only if absent.
-    pub async fn ensure_usage_prices(&self, currency_code: &str) -> Result<Vec<(&'static str, String)>, BillingError> {
+    /// The usage price of every meter in `currency`, as `plans` prices it, by
+    /// meter event name: lookup key `indigo_usage_<meter>_<price>_<currency>`,
+    /// created only if absent.
+    pub async fn ensure_usage_prices(
+        &self,
+        currency_code: &str,
+        plans: &PlanCatalog,
+    ) -> Result<Vec<(&'static str, String)>, BillingError> {
         self.ensure_meters().await?;
         let mut prices = Vec::with_capacity(METERS.len());
         for meter in METERS {
@@ -210,8 +218,9 @@ impl Stripe {
             let mut recurring = CreatePriceRecurring::new(CreatePriceRecurringInterval::Month);
             recurring.usage_type = Some(CreatePriceRecurringUsageType::Metered);
             recurring.meter = Some(meter_id);
-            let price = CreatePrice::new(currency(currency_code)?).unit_amount_decimal("0").recurring(recurring);
-            let lookup_key = format!("{USAGE_PRODUCT}_{}_{currency_code}", meter.event_name);
+            let unit_price = plans.usage_price(meter.event_name);
+            let price = CreatePrice::new(currency(currency_code)?).unit_amount_decimal(unit_price).recurring(recurring);
+            let lookup_key = format!("{USAGE_PRODUCT}_{}_{unit_price}_{currency_code}", meter.event_name);
             let product = (USAGE_PRODUCT.to_owned(), "Indigo usage".to_owned());
             prices.push((meter.event_name, self.ensure_priced(&lookup_key, product, price).await?));
         }
@@ -259,6 +268,23 @@ impl Stripe {
         Ok(id)
     }
 
+    /// The meter (its event name) a usage price bills, whatever its amount:
+    /// the price's own meter, looked up once per price.
+    async fn meter_of_price(&self, price_id: &str) -> Result<Option<&'static str>, BillingError> {
+        if let Some(known) = self.price_meters.lock().await.get(price_id) {
+            return Ok(*known);
+        }
+        self.ensure_meters().await?;
+        let price = RetrievePrice::new(price_id).send(&self.client).await?;
+        let meter_id = price.recurring.and_then(|r| r.meter);
+        let meter = {
+            let meters = self.meters.lock().await;
+            meter_id.and_then(|id| meters.iter().find(|(_, known)| **known == id).map(|(name, _)| *name))
+        };
+        self.price_meters.lock().await.insert(price_id.to_owned(), meter);
+        Ok(meter)
+    }
+
     /// The id of the meter `event_name` (made by [`Stripe::ensure_meters`]).
     async fn meter_id(&self, event_name: &str) -> Result<String, BillingError> {
         self.meters
@@ -289,16 +315,16 @@ impl Stripe {
     }
 
     /// The subscription of a tenant: the plan's price, and the usage price of
-    /// every meter in the plan's `currency`. Returns its id and when it began
-    /// (Unix seconds).
+    /// every meter in the plan's `currency` as `plans` sets it. Returns its id
+    /// and when it began (Unix seconds).
     pub async fn create_subscription(
         &self,
         tenant: TenantId,
         customer_id: &str,
-        (price_id, currency): (&str, &str),
+        (price_id, currency, plans): (&str, &str, &PlanCatalog),
         key: &str,
     ) -> Result<(String, i64), BillingError> {
-        let usage = self.ensure_usage_prices(currency).await?;
+        let usage = self.ensure_usage_prices(currency, plans).await?;
         let items: Vec<CreateSubscriptionItems> = std::iter::once(price_id.to_owned())
             .chain(usage.into_iter().map(|(_, price)| price))
             .map(|price| {
@@ -424,16 +450,10 @@ impl Stripe {
                     Some(InvoiceStatus::Open | InvoiceStatus::Paid | InvoiceStatus::Uncollectible)
                 );
                 let Some(id) = invoice.id.as_ref().filter(|_| finalized && invoice.created >= since) else { continue };
-                let meters: HashMap<String, &'static str> = self
-                    .ensure_usage_prices(&invoice.currency.to_string())
-                    .await?
-                    .into_iter()
-                    .map(|(meter, price)| (price, meter))
-                    .collect();
                 for line in &invoice.lines.data {
-                    let price =
-                        line.pricing.as_ref().and_then(|p| p.price_details.as_ref()).map(|d| d.price.id().as_str());
-                    let Some(meter) = price.and_then(|price| meters.get(price)) else { continue };
+                    let details = line.pricing.as_ref().and_then(|p| p.price_details.as_ref());
+                    let Some(details) = details.filter(|d| d.product == USAGE_PRODUCT) else { continue };
+                    let Some(meter) = self.meter_of_price(details.price.id().as_str()).await? else { continue };
                     let quantity = match &line.quantity_decimal {
                         Some(decimal) => decimal.parse().unwrap_or_default(),
                         None => line.quantity.unwrap_or_default() as f64,

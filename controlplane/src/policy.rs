@@ -13,14 +13,45 @@ pub enum PolicyError {
     Invalid(#[from] PlanError),
     #[error(transparent)]
     InvalidCosts(#[from] CostError),
+    #[error("{file}: key `usage_prices.{meter}`: no such meter; meters are: {known}")]
+    UnknownMeter { file: String, meter: String, known: String },
 }
 
 pub fn load_plans(path: &Path) -> Result<PlanCatalog, PolicyError> {
     let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.into(), source })?;
-    Ok(PlanCatalog::parse(&path.display().to_string(), &text)?)
+    let catalog = PlanCatalog::parse(&path.display().to_string(), &text)?;
+    let meters: Vec<&str> = crate::billing::METERS.iter().map(|m| m.event_name).collect();
+    if let Some(unknown) = catalog.priced_meters().find(|meter| !meters.contains(meter)) {
+        return Err(PolicyError::UnknownMeter {
+            file: path.display().to_string(),
+            meter: unknown.to_owned(),
+            known: meters.join(", "),
+        });
+    }
+    Ok(catalog)
 }
 
 pub fn load_costs(path: &Path) -> Result<CostModel, PolicyError> {
     let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.into(), source })?;
     Ok(CostModel::parse(&path.display().to_string(), &text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_price_for_a_meter_that_does_not_exist_is_refused() {
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml")).unwrap();
+        let path = std::env::temp_dir().join(format!("indigo-plans-{}.toml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, shipped.replace("indigo_ai_credits = \"0\"", "indigo_ai_tokens = \"0\"")).unwrap();
+        let error = load_plans(&path).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            error.ends_with(
+                "key `usage_prices.indigo_ai_tokens`: no such meter; meters are: indigo_api_calls, indigo_ai_credits"
+            ),
+            "{error}"
+        );
+    }
 }

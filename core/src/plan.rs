@@ -201,11 +201,15 @@ impl Plan {
     }
 }
 
-/// Every plan the product sells, by name, and the shared pool's own size.
+/// Every plan the product sells, by name, the shared pool's own size, and
+/// what each meter's usage costs on an invoice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanCatalog {
     plans: BTreeMap<PlanName, Plan>,
     pool: PoolSize,
+    /// `[usage_prices]`: per meter (its event name), the price of one unit in
+    /// the currency's minor units, as a decimal (Stripe's `unit_amount_decimal`).
+    usage_prices: BTreeMap<String, String>,
 }
 
 /// The resources every pool tenant shares (`[pool]` in the plans file).
@@ -264,7 +268,7 @@ impl PlanCatalog {
             problem: format!("not valid TOML: {}", e.to_string().trim()),
         })?;
         let top = Section { file, plan: None, prefix: String::new(), table: &root };
-        top.only_keys(&["plans", "pool"])?;
+        top.only_keys(&["plans", "pool", "usage_prices"])?;
         let pool = match root.get("pool") {
             Some(_) => {
                 let section = top.table("pool")?;
@@ -287,7 +291,11 @@ impl PlanCatalog {
         if plans.is_empty() {
             return Err(top.error(Some("plans"), "defines no plan; at least one is needed"));
         }
-        let catalog = Self { plans, pool };
+        let usage_prices = match root.get("usage_prices") {
+            Some(_) => parse_usage_prices(&top.table("usage_prices")?)?,
+            None => BTreeMap::new(),
+        };
+        let catalog = Self { plans, pool, usage_prices };
         catalog.check_tiers_unique(file)?;
         Ok(catalog)
     }
@@ -319,6 +327,17 @@ impl PlanCatalog {
         &self.pool
     }
 
+    /// The price of one unit of `meter`'s usage (minor units, a decimal); `"0"`
+    /// unless `[usage_prices]` names it: the plan's price includes its usage.
+    pub fn usage_price(&self, meter: &str) -> &str {
+        self.usage_prices.get(meter).map_or("0", String::as_str)
+    }
+
+    /// The meters `[usage_prices]` names.
+    pub fn priced_meters(&self) -> impl Iterator<Item = &str> {
+        self.usage_prices.keys().map(String::as_str)
+    }
+
     /// Plans from the lowest tier to the highest.
     pub fn plans(&self) -> Vec<&Plan> {
         let mut plans: Vec<&Plan> = self.plans.values().collect();
@@ -329,6 +348,26 @@ impl PlanCatalog {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.plans().into_iter().map(|p| p.name.as_str())
     }
+}
+
+/// Each meter's unit price: a decimal of at most 12 places, 0 or more.
+fn parse_usage_prices(s: &Section<'_>) -> Result<BTreeMap<String, String>, PlanError> {
+    let mut prices = BTreeMap::new();
+    for meter in s.table.keys() {
+        let price = s.string(meter)?;
+        let (whole, fraction) = price.split_once('.').unwrap_or((&price, ""));
+        let digits = |part: &str| part.chars().all(|c| c.is_ascii_digit());
+        if whole.is_empty() || !digits(whole) || !digits(fraction) || fraction.len() > 12 {
+            return Err(s.error(
+                Some(meter),
+                &format!(
+                    "must be a price in minor units like \"0\" or \"0.05\" (12 decimals at most), got \"{price}\""
+                ),
+            ));
+        }
+        prices.insert(meter.clone(), price);
+    }
+    Ok(prices)
 }
 
 fn parse_plan(name: PlanName, s: &Section<'_>) -> Result<Plan, PlanError> {
@@ -630,6 +669,21 @@ silo = { acu_min = 0.5, acu_max = 16, backup_retention_days = 14, dataplane_repl
         assert_eq!(catalog.names().collect::<Vec<_>>(), ["starter", "enterprise"]);
         assert!(enterprise.has_feature("sso"));
         assert_eq!(serde_json::to_value(&enterprise.limits).unwrap()["products"], -1);
+    }
+
+    #[test]
+    fn usage_prices_are_zero_unless_named_and_decimals_in_minor_units() {
+        let catalog = PlanCatalog::parse("plans.toml", VALID).unwrap();
+        assert_eq!(catalog.usage_price("indigo_api_calls"), "0");
+        let priced = format!("{VALID}\n[usage_prices]\nindigo_api_calls = \"0.05\"\n");
+        let catalog = PlanCatalog::parse("plans.toml", &priced).unwrap();
+        assert_eq!((catalog.usage_price("indigo_api_calls"), catalog.usage_price("indigo_ai_credits")), ("0.05", "0"));
+        assert_eq!(catalog.priced_meters().collect::<Vec<_>>(), ["indigo_api_calls"]);
+        for wrong in ["\"-1\"", "\"1e3\"", "\".5\"", "0.05"] {
+            let text = format!("{VALID}\n[usage_prices]\nindigo_api_calls = {wrong}\n");
+            let error = PlanCatalog::parse("plans.toml", &text).unwrap_err().to_string();
+            assert!(error.starts_with("plans.toml: key `usage_prices.indigo_api_calls`: must be"), "{wrong}: {error}");
+        }
     }
 
     #[test]

@@ -101,6 +101,7 @@ impl StripeEmulator {
             .route("/v1/products", post(create_product))
             .route("/v1/products/{id}", get(retrieve_product))
             .route("/v1/prices", post(create_price).get(list_prices))
+            .route("/v1/prices/{id}", get(retrieve_price))
             .route("/v1/billing/meters", post(create_meter).get(list_meters))
             .route("/v1/billing/meter_events", post(create_meter_event))
             .route("/v1/billing/meters/{id}/event_summaries", get(meter_event_summaries))
@@ -457,6 +458,13 @@ async fn retrieve_product(State(emulator): State<Emulator>, Path(id): Path<Strin
     match emulator.objects.lock().expect("emulator lock").products.get(&id) {
         Some(product) => axum::Json(product.clone()).into_response(),
         None => error(404, "invalid_request_error", &format!("No such product: '{id}'")),
+    }
+}
+
+async fn retrieve_price(State(emulator): State<Emulator>, Path(id): Path<String>) -> Response {
+    match emulator.objects.lock().expect("emulator lock").prices.get(&id) {
+        Some(price) => axum::Json(price.clone()).into_response(),
+        None => error(404, "invalid_request_error", &format!("No such price: '{id}'")),
     }
 }
 

@@ -170,7 +170,12 @@ async fn billing<P>(cx: &StepContext<'_, P>) -> Result<Value, StepError> {
     stripe.ensure_meters().await?;
     let customer_id = stripe.create_customer(tenant.id, &tenant.name, &tenant.owner_email, &cx.key("customer")).await?;
     let (subscription_id, subscribed_at) = stripe
-        .create_subscription(tenant.id, &customer_id, (&price_id, &plan.currency), &cx.key("subscription"))
+        .create_subscription(
+            tenant.id,
+            &customer_id,
+            (&price_id, &plan.currency, &cx.services.plans),
+            &cx.key("subscription"),
+        )
         .await?;
     sqlx::query(
         "INSERT INTO tenant_billing (tenant_id, customer_id, subscription_id, price_id, status, subscribed_at)

@@ -57,8 +57,22 @@ async fn idempotency_keys_make_retries_safe() {
 async fn errors_are_sorted_into_retry_or_stop() {
     let double = StripeEmulator::start().await.unwrap();
     let stripe = stripe_at(&double.url);
-    let missing =
-        stripe.create_subscription(TenantId::new(), "cus_nobody", ("price_none", "usd"), "k-sub").await.unwrap_err();
+    let missing = stripe
+        .create_subscription(
+            TenantId::new(),
+            "cus_nobody",
+            (
+                "price_none",
+                "usd",
+                &indigo_controlplane::policy::load_plans(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/plans.toml").as_ref(),
+                )
+                .unwrap(),
+            ),
+            "k-sub",
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(missing, BillingError::Rejected { status: 400, .. }), "{missing}");
     double.fail("/v1/customers", 503);
     let down = stripe.create_customer(TenantId::new(), "Acme", "o@acme.example", "k-down").await.unwrap_err();

@@ -1030,7 +1030,7 @@ async fn usage_is_proven_against_stripe_and_each_discrepancy_is_found_once(pool:
     let invoice_b = invoices.iter().find(|i| i["customer"] == customer_b).unwrap();
     let lines = invoice_b["lines"]["data"].as_array().unwrap();
     let prices = world.stripe.prices();
-    let api_calls = &prices.iter().find(|p| p["lookup_key"] == "indigo_usage_indigo_api_calls_usd").unwrap()["id"];
+    let api_calls = &prices.iter().find(|p| p["lookup_key"] == "indigo_usage_indigo_api_calls_0_usd").unwrap()["id"];
     let line = lines.iter().position(|l| l["pricing"]["price_details"]["price"] == *api_calls).unwrap();
     let invoiced: f64 = lines[line]["quantity_decimal"].as_str().unwrap().parse().unwrap();
     assert!(invoiced > 0.0, "the period's calls are on the invoice: {invoice_b}");

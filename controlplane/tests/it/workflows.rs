@@ -240,6 +240,12 @@ async fn onboarding_sets_up_every_part_once(pool: PgPool) {
         let items = subscription["items"]["data"].as_array().unwrap();
         let metered = items.iter().filter(|i| i["price"]["recurring"]["usage_type"] == "metered").count();
         assert_eq!((items.len(), metered), (1 + METERS.len(), METERS.len()), "{subscription}");
+        let unit_prices: Vec<&Value> = items
+            .iter()
+            .filter(|i| i["price"]["recurring"]["usage_type"] == "metered")
+            .map(|i| &i["price"]["unit_amount_decimal"])
+            .collect();
+        assert!(unit_prices.iter().all(|p| **p == "0"), "as plans.toml prices usage: {unit_prices:?}");
     }
     assert_eq!(world.stripe.live_customers(None).len(), 2);
     world.cleanup().await;
