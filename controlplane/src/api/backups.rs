@@ -149,7 +149,6 @@ struct PreviewParams {
     /// One of the tenant's backups
     backup_id: uuid::Uuid,
     /// Where the backup's rows would go: `in_place` (the default) or `new_silo`
-    #[serde(default)]
     #[param(inline)]
     into: Option<RestoreInto>,
 }

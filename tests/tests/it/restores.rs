@@ -28,36 +28,32 @@ struct Placed {
     sample: Sample,
 }
 
-/// Orders and catalogue reads on `shop` with the customers and products it
-/// had when it was backed up (rows made after the backup are gone after the
-/// restore, and an order naming them would rightly be refused).
-fn order_traffic(
+/// One request of some traffic: its method, path and body.
+type Request = (Method, &'static str, Option<Value>);
+
+/// What some traffic got: each answered request's sample and answer, and what failed.
+type Answered = (Vec<(Sample, Value)>, Vec<String>);
+
+/// Requests from `next` on `shop`, one after another, until `stop`: each
+/// answered one's sample and answer, and what failed.
+fn traffic(
     stack: &Stack,
     shop: &Shop,
-    products: Vec<Uuid>,
-    customers: Vec<Uuid>,
     mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<(Vec<Placed>, Vec<String>)> {
+    mut next: impl FnMut(usize) -> Request + Send + 'static,
+) -> tokio::task::JoinHandle<Answered> {
     let (http, url, shop) = (stack.http.clone(), stack.storefront.url.clone(), shop.clone());
     tokio::spawn(async move {
-        let (mut placed, mut failures) = (Vec::new(), Vec::new());
+        let (mut answered, mut failures) = (Vec::new(), Vec::new());
         let mut i = 0usize;
         while !*stop.borrow_and_update() {
             i += 1;
+            let (method, path, body) = next(i);
+            let write = method == Method::POST;
             let started = Utc::now();
-            let (path, outcome) = if i.is_multiple_of(3) {
-                ("/v1/products?limit=20", shop.call(&http, &url, Method::GET, "/v1/products?limit=20", None).await)
-            } else {
-                let items = json!([{ "product_id": products[i % products.len()], "quantity": 1 }]);
-                let body = json!({ "customer_id": customers[i % customers.len()], "items": items });
-                ("/v1/orders", shop.call(&http, &url, Method::POST, "/v1/orders", Some(body)).await)
-            };
-            let sample = Sample { started, finished: Utc::now(), write: path == "/v1/orders" };
-            match outcome {
+            match shop.call(&http, &url, method, path, body).await {
                 Ok((status, answer)) if status.is_success() => {
-                    if let Some(id) = answer["id"].as_str().and_then(|id| id.parse().ok()) {
-                        placed.push(Placed { id, sample });
-                    }
+                    answered.push((Sample { started, finished: Utc::now(), write }, answer));
                 }
                 Ok((status, answer)) => failures.push(format!("{path}: {status} {answer}")),
                 Err(error) => failures.push(format!("{path}: {error}")),
@@ -67,35 +63,34 @@ fn order_traffic(
                 () = tokio::time::sleep(Duration::from_millis(8)) => {}
             }
         }
-        (placed, failures)
+        (answered, failures)
     })
 }
 
-/// The tenant's orders listed again and again (a read in a transaction of its
-/// own), beside its writes: reads are never held.
-fn read_traffic(
+/// Orders and catalogue reads on `shop` with the customers and products it
+/// had when it was backed up (rows made after the backup are gone after the
+/// restore, and an order naming them would rightly be refused).
+fn order_traffic(
     stack: &Stack,
     shop: &Shop,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<(Vec<Sample>, Vec<String>)> {
-    let (http, url, shop) = (stack.http.clone(), stack.storefront.url.clone(), shop.clone());
-    tokio::spawn(async move {
-        let (mut samples, mut failures) = (Vec::new(), Vec::new());
-        while !*stop.borrow_and_update() {
-            let started = Utc::now();
-            match shop.call(&http, &url, Method::GET, "/v1/orders?limit=20", None).await {
-                Ok((status, _)) if status.is_success() => {
-                    samples.push(Sample { started, finished: Utc::now(), write: false })
-                }
-                Ok((status, answer)) => failures.push(format!("GET /v1/orders: {status} {answer}")),
-                Err(error) => failures.push(format!("GET /v1/orders: {error}")),
-            }
-            tokio::select! {
-                _ = stop.changed() => {}
-                () = tokio::time::sleep(Duration::from_millis(8)) => {}
-            }
+    (products, customers): (Vec<Uuid>, Vec<Uuid>),
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(Vec<Placed>, Vec<String>)> {
+    let requests = traffic(stack, shop, stop, move |i| {
+        if i.is_multiple_of(3) {
+            return (Method::GET, "/v1/products?limit=20", None);
         }
-        (samples, failures)
+        let items = json!([{ "product_id": products[i % products.len()], "quantity": 1 }]);
+        (Method::POST, "/v1/orders", Some(json!({ "customer_id": customers[i % customers.len()], "items": items })))
+    });
+    tokio::spawn(async move {
+        let (answered, failures) = requests.await.expect("the traffic ran");
+        let placed = answered
+            .into_iter()
+            .filter(|(sample, _)| sample.write)
+            .filter_map(|(sample, order)| Some(Placed { id: order["id"].as_str()?.parse().ok()?, sample }))
+            .collect();
+        (placed, failures)
     })
 }
 
@@ -185,8 +180,10 @@ async fn a_tenant_is_restored_in_place_under_load_and_its_neighbour_never_waits(
     assert_eq!((status, refused["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{refused}");
 
     let (stop, watching) = watch::channel(false);
-    let traffic = order_traffic(&stack, &shop, products.clone(), customers.clone(), watching.clone());
-    let reads = read_traffic(&stack, &shop, watching.clone());
+    let ordering = order_traffic(&stack, &shop, (products.clone(), customers.clone()), watching.clone());
+    // The tenant's orders listed again and again (a read in a transaction of its own), beside its
+    // writes: reads are never held.
+    let reads = traffic(&stack, &shop, watching.clone(), |_| (Method::GET, "/v1/orders?limit=20", None));
     let (neighbour_products, neighbour_customers) =
         neighbour.seed(&stack.http, &stack.storefront.url, 4, 3, STOCK).await.unwrap();
     let neighbour_load = start_load(
@@ -209,8 +206,9 @@ async fn a_tenant_is_restored_in_place_under_load_and_its_neighbour_never_waits(
     assert_eq!(workflow["id"], started["workflow_id"], "{workflow}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.send(true).unwrap();
-    let (placed, mut failures) = traffic.await.unwrap();
+    let (placed, mut failures) = ordering.await.unwrap();
     let (read, read_failures) = reads.await.unwrap();
+    let read: Vec<Sample> = read.into_iter().map(|(sample, _)| sample).collect();
     failures.extend(read_failures);
     let neighbour_report: LoadReport = neighbour_load.await.unwrap();
     assert!(failures.is_empty(), "the restored tenant's failed requests: {failures:#?}");
