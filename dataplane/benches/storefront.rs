@@ -3,7 +3,8 @@
 //! In one process and one run, against the same database and rows, it measures
 //! requests/s and p50/p99 latency of
 //!   (a) a bare axum + sqlx handler reading one product by primary key, with no
-//!       tenancy (a superuser connection; the tenant id is just a parameter);
+//!       tenancy (a superuser connection; the tenant id is just a parameter),
+//!       through sqlx's pool as it comes;
 //!   (b) the real data plane `GET /v1/products/{id}`: JWT verification, routing,
 //!       limits, the read with the tenant context under RLS, and metering;
 //!   (c) the same as (b) with metering off, to price metering alone;
@@ -11,6 +12,9 @@
 //!       fleet-wide limits (REDIS_URL, default redis://127.0.0.1:6379);
 //!   (e) the same as (b) with usage kept in memory only, to price the journal;
 //!   (f) the data plane `POST /v1/orders`: an order of one item, by the store's backend;
+//!   (g) the same as (b) with the catalogue cached in Redis;
+//!   (h) the bare handler of (a) on connections lent as the data plane lends
+//!       its catalogue sessions, without sqlx's pings: one round trip per read;
 //! then PostgreSQL alone (`pgbench -S`, same clients and time), and the ways of
 //! carrying the tenant context at the SQL level, without HTTP;
 //! and writes `benchmarks/dataplane.md`.
@@ -36,6 +40,7 @@ use indigo_dataplane::limits::fleet::FleetRates;
 use indigo_dataplane::metering::{Meter, UsageSink};
 use indigo_dataplane::redis_link::RedisLink;
 use indigo_dataplane::routing::Routes;
+use indigo_dataplane::tenant_sessions::TenantSessions;
 use indigo_tenantdb::schema::TenantServer;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions, Connection, PgPool};
@@ -61,16 +66,25 @@ struct Product {
     updated_at: chrono::DateTime<chrono::Utc>,
 }
 
+const BARE_READ: &str =
+    "SELECT id, name, description, price_minor, currency, category, tags, status, stock, created_at, updated_at
+     FROM products WHERE tenant_id = $1 AND id = $2";
+
+/// (a): the bare read through sqlx's pool as it comes, which pings a
+/// connection before lending it and again when it comes back.
 async fn bare_product(State((pool, tenant)): State<(PgPool, Uuid)>, Path(id): Path<Uuid>) -> Json<Option<Product>> {
-    let product = sqlx::query_as(
-        "SELECT id, name, description, price_minor, currency, category, tags, status, stock, created_at, updated_at
-         FROM products WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant)
-    .bind(id)
-    .fetch_optional(&pool)
-    .await
-    .unwrap();
+    let product = sqlx::query_as(BARE_READ).bind(tenant).bind(id).fetch_optional(&pool).await.unwrap();
+    Json(product)
+}
+
+/// (h): the same read, one round trip: connections lent as the data plane
+/// lends its catalogue sessions (no ping); still no tenancy.
+async fn bare_product_unpinged(
+    State((sessions, tenant)): State<(Arc<TenantSessions>, Uuid)>,
+    Path(id): Path<Uuid>,
+) -> Json<Option<Product>> {
+    let mut session = sessions.acquire(TenantId(tenant)).await.unwrap();
+    let product = sqlx::query_as(BARE_READ).bind(tenant).bind(id).fetch_optional(session.connection()).await.unwrap();
     Json(product)
 }
 
@@ -153,7 +167,17 @@ async fn load(
                                     latencies.push(started.elapsed());
                                 }
                             }
-                            _ => failures += 1,
+                            failed => {
+                                // A worker's first failure says why, so a failing case is not a mystery.
+                                if failures == 0 {
+                                    let why = match failed {
+                                        Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                                        Err(e) => e.to_string(),
+                                    };
+                                    eprintln!("{base}: a request failed: {why}");
+                                }
+                                failures += 1;
+                            }
                         }
                     }
                     (latencies, failures)
@@ -207,16 +231,22 @@ async fn serve(router: axum::Router) -> String {
 
 /// Why the data plane's hot reads carry the tenant context as they do.
 const CHOICE: &str = "
-Why one message. The tenant context must be set on the connection for the read and gone after it, since
-connections are shared between tenants; the transaction did that in three round trips. sqlx ends every
-statement with its own Sync and cannot pipeline, so several Bind/Execute under one Sync are out of reach
-without a second driver. A simple-query message of several statements is one implicit transaction in
-PostgreSQL: `SET LOCAL` covers the read and ends with it, whether the read succeeds or fails, so no context
-outlives its request. Writing the read itself into that message would make the server plan it every time;
-`EXECUTE` of a statement prepared once per connection keeps the cached plan. The values written into the
-message are literals of three shapes only (ids, integers, and text quoted as `quote_literal` does; a NUL is
-refused), and the tenant still comes only from the verified token. Writes keep the transaction: they are
-several statements with a decision between them (stock, limits), and a COMMIT they must wait for anyway.
+Why bound sessions. A read used to set the tenant context for itself: first in a transaction (three round
+trips), then in one simple-query message of `SET LOCAL`s and an `EXECUTE` (one round trip, but four
+statements for the server to parse and run, and text results). sqlx cannot put several Bind/Execute under
+one Sync, which would have made one implicit transaction of the context and the read. Instead the
+catalogue's reads run on connections whose session stays bound to the tenant they last served: a read on
+a connection already bound to its tenant is one prepared statement, binary, with nothing set first. A
+connection goes to a read of its own tenant first, else a new one is opened, else the longest-idle one is
+bound again (`set_config`, one more round trip). Binding never decides what a read sees: row-level
+security binds the session's tenant, and every catalogue read also keeps only the rows of the tenant its
+verified token names (`WHERE read.tenant_id = $1` around the read), so a session bound to another tenant
+would answer nothing, never that tenant's rows. Sessions are bound with no role and no subject, so the
+shoppers' tables show them nothing; shoppers' reads keep the one message, and writes their transactions.
+These connections are not pinged when lent (sqlx's pool pings each connection before lending it and when
+it comes back: (a) pays both, (h) does not); one found dead is closed and the read, which changes nothing,
+runs once more. A verified token is kept for 60 s by its exact text, so a shopper's next requests skip
+the signature.
 ";
 
 /// How a read carries the tenant context to the database (the cases of the
@@ -229,8 +259,13 @@ enum Context {
     /// `ROLLBACK`: three round trips (the data plane until 2026-12-04).
     Transaction,
     /// `SET LOCAL`s and `EXECUTE` of the read prepared on the connection, one
-    /// message: one round trip (the data plane's hot reads now).
+    /// message: one round trip (the data plane's catalogue reads until
+    /// 2026-12-05, its shoppers' reads now).
     OneMessage,
+    /// The session bound to the tenant once per connection; each read a
+    /// prepared statement keeping only the token's tenant's rows: one round
+    /// trip (the data plane's catalogue reads now).
+    BoundSession,
 }
 
 const COLUMNS: &str =
@@ -248,20 +283,33 @@ async fn sql_reads(
 ) -> anyhow::Result<(u64, f64)> {
     let by_tenant_and_id = format!("SELECT {COLUMNS} FROM products WHERE tenant_id = $1 AND id = $2");
     let by_id = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
+    let checked_by_id = format!(
+        "SELECT * FROM (SELECT tenant_id, {COLUMNS} FROM products WHERE id = $2) AS read WHERE read.tenant_id = $1"
+    );
     // The clock starts once every worker holds its connection (TLS handshake
     // and PREPARE done): a round is short, and opening connections is not
     // what is measured.
     let ready = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
     let mut workers = Vec::new();
     for worker in 0..concurrency {
-        let (pool, ids, by_tenant_and_id, by_id) = (pool.clone(), ids.clone(), by_tenant_and_id.clone(), by_id.clone());
+        let (pool, ids, by_tenant_and_id, by_id, checked_by_id) =
+            (pool.clone(), ids.clone(), by_tenant_and_id.clone(), by_id.clone(), checked_by_id.clone());
         let ready = ready.clone();
         workers.push(tokio::spawn(async move {
             let connected = async {
                 let mut conn = pool.acquire().await?;
-                if let Context::OneMessage = context {
-                    let prepare = format!("PREPARE bench_product_by_id(uuid) AS {by_id}");
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await?;
+                match context {
+                    Context::OneMessage => {
+                        let prepare = format!("PREPARE bench_product_by_id(uuid) AS {by_id}");
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await?;
+                    }
+                    Context::BoundSession => {
+                        sqlx::query("SELECT set_config('app.current_tenant', $1, false)")
+                            .bind(tenant.to_string())
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Context::Bare | Context::Transaction => {}
                 }
                 anyhow::Ok(conn)
             }
@@ -293,6 +341,10 @@ async fn sql_reads(
                              SET LOCAL app.current_subject = 'bench'; EXECUTE bench_product_by_id('{id}')"
                         );
                         sqlx::raw_sql(sqlx::AssertSqlSafe(message)).fetch_all(&mut *conn).await?
+                    }
+                    Context::BoundSession => {
+                        let statement = sqlx::AssertSqlSafe(checked_by_id.as_str());
+                        sqlx::query(statement).bind(tenant).bind(id).fetch_all(&mut *conn).await?
                     }
                 };
                 anyhow::ensure!(rows.len() == 1, "product {id} read {} rows", rows.len());
@@ -387,13 +439,17 @@ async fn main() -> anyhow::Result<()> {
         ("none (superuser, tenant id as a parameter)", Context::Bare),
         ("transaction: `BEGIN` + `set_config`s, the read, `ROLLBACK` — 3 round trips", Context::Transaction),
         ("one message: `SET LOCAL`s + `EXECUTE` of the prepared read — 1 round trip", Context::OneMessage),
+        (
+            "bound session: the read checks the session's tenant (`app_session_is`) — 1 round trip",
+            Context::BoundSession,
+        ),
     ];
-    let mut sql_rates = [(0u64, 0f64); 3];
+    let mut sql_rates = [(0u64, 0f64); 4];
     for _ in 0..ROUNDS {
         for ((_, context), (reads, took)) in sql_cases.iter().zip(&mut sql_rates) {
             let options = match context {
                 Context::Bare => server.admin_options(&database),
-                Context::Transaction | Context::OneMessage => server.app_options(&database),
+                Context::Transaction | Context::OneMessage | Context::BoundSession => server.app_options(&database),
             };
             let pool = PgPoolOptions::new().max_connections(concurrency as u32).connect_lazy_with(options);
             let share = seconds as f64 / ROUNDS as f64;
@@ -408,11 +464,13 @@ async fn main() -> anyhow::Result<()> {
     let pgbench =
         tokio::task::spawn_blocking(move || pgbench_select_only(&database_url, seconds, concurrency)).await??;
 
-    // (a) bare
-    let superuser =
-        PgPoolOptions::new().max_connections(POOL_SIZE).connect_with(server.admin_options(&database)).await?;
-    let bare = axum::Router::new().route("/products/{id}", get(bare_product)).with_state((superuser, tenant.0));
+    // (a) bare, and (h) bare in one round trip
+    let pooled = PgPoolOptions::new().max_connections(POOL_SIZE).connect_with(server.admin_options(&database)).await?;
+    let bare = axum::Router::new().route("/products/{id}", get(bare_product)).with_state((pooled, tenant.0));
     let bare_url = serve(bare).await;
+    let lent = Arc::new(TenantSessions::new(server.admin_options(&database), POOL_SIZE, Duration::from_secs(5)));
+    let unpinged = axum::Router::new().route("/products/{id}", get(bare_product_unpinged)).with_state((lent, tenant.0));
+    let unpinged_url = serve(unpinged).await;
 
     // (b) and (c): the data plane, its plan unlimited so that limits admit every request.
     let catalog = PlanCatalog::parse("plans.toml", include_str!("../../policies/plans.toml"))?;
@@ -509,7 +567,7 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let cases = [
-        ("(a) bare axum + sqlx, no tenancy", format!("{bare_url}/products/"), None, None),
+        ("(a) bare axum + sqlx, no tenancy (sqlx's pool as it comes)", format!("{bare_url}/products/"), None, None),
         ("(b) data plane GET /v1/products/{id}", format!("{metered_url}/v1/products/"), Some(token.clone()), None),
         ("(c) data plane, metering off", format!("{unmetered_url}/v1/products/"), Some(token.clone()), None),
         ("(d) data plane, rate shared through Redis", format!("{shared_url}/v1/products/"), Some(token.clone()), None),
@@ -526,6 +584,7 @@ async fn main() -> anyhow::Result<()> {
             Some(Arc::new(customers)),
         ),
         ("(g) data plane, catalogue cached in Redis", format!("{cached_url}/v1/products/"), Some(token.clone()), None),
+        ("(h) bare, one round trip (connections lent unpinged)", format!("{unpinged_url}/products/"), None, None),
     ];
     let mut outcomes: Vec<Outcome> =
         cases.iter().map(|(name, ..)| Outcome { name, latencies: Vec::new(), failures: 0, seconds: 0.0 }).collect();
@@ -567,11 +626,15 @@ async fn main() -> anyhow::Result<()> {
             o.failures,
         ));
     }
+    let h = outcomes[7].rps();
     report.push_str(&format!(
-        "\n(b)/(a) = **{:.2}**; metering costs {:.1}% of the data plane's throughput ((c) vs (b)); \
+        "\n(b)/(a) = **{:.2}**; against the bare read in one round trip, (b)/(h) = **{:.2}**: what tenancy \
+         itself costs a read (the token, the routing table, the limits, metering, RLS) beside a handler \
+         that lends its connections as the data plane does. Metering costs {:.1}% of the data plane's throughput ((c) vs (b)); \
          sharing the rate through Redis costs {:.1}% ((d) vs (b); the tenant's plan is unlimited, so \
          a replica leases 100 tokens per Redis round trip).\n",
         outcomes[1].rps() / a,
+        outcomes[1].rps() / h,
         (1.0 - outcomes[1].rps() / outcomes[2].rps()) * 100.0,
         (1.0 - outcomes[3].rps() / outcomes[1].rps()) * 100.0
     ));

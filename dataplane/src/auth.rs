@@ -3,7 +3,7 @@
 //! with keys from a JWKS URL as an option.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use indigo_core::tenant::TenantId;
@@ -106,7 +106,24 @@ pub enum KeyError {
 pub struct Verifier {
     keys: Arc<Keys>,
     validation: Arc<Validation>,
+    verified: Arc<Mutex<HashMap<Box<str>, Verified>>>,
 }
+
+/// A token whose signature and claims were checked, kept by its exact text:
+/// a shopper's requests carry the same token for its life, and checking it
+/// again (header, key, HMAC, claims) is most of what a request costs the data
+/// plane besides its read. Only the identical token finds it.
+struct Verified {
+    claims: Arc<Claims>,
+    at: Instant,
+}
+
+/// How long a verified token is taken without being checked again: the
+/// signing keys a JWKS withdraws are refused again within this time.
+pub const VERIFIED_TOKEN_TTL: Duration = Duration::from_secs(60);
+
+/// Most verified tokens kept; past it, all are forgotten and checked again.
+const MAX_VERIFIED_TOKENS: usize = 100_000;
 
 impl Verifier {
     pub fn hs256(secret: &[u8]) -> Result<Self, KeyError> {
@@ -136,10 +153,32 @@ impl Verifier {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_aud = false;
-        Self { keys: Arc::new(keys), validation: Arc::new(validation) }
+        Self { keys: Arc::new(keys), validation: Arc::new(validation), verified: Arc::default() }
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    /// The claims of `token`, once its signature and claims are checked; a
+    /// token verified in the last [`VERIFIED_TOKEN_TTL`] is taken as it was,
+    /// until it expires.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
+        let now = Instant::now();
+        if let Some(known) = self.verified.lock().expect("verified tokens lock").get(token)
+            && now.duration_since(known.at) < VERIFIED_TOKEN_TTL
+        {
+            if known.claims.exp + (self.validation.leeway as i64) < chrono::Utc::now().timestamp() {
+                return Err(AuthError::Expired);
+            }
+            return Ok(known.claims.clone());
+        }
+        let claims = Arc::new(self.verify_uncached(token).await?);
+        let mut verified = self.verified.lock().expect("verified tokens lock");
+        if verified.len() >= MAX_VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.into(), Verified { claims: claims.clone(), at: now });
+        Ok(claims)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.verify_signature(token).await?;
         let lifetime = claims.exp.saturating_sub(chrono::Utc::now().timestamp());
         if lifetime > MAX_TOKEN_LIFETIME.as_secs() as i64 + self.validation.leeway as i64 {
@@ -254,4 +293,45 @@ pub fn sign_with_tenant_key(key: &[u8], claims: &Claims) -> String {
     let header = jsonwebtoken::Header { kid: Some(claims.tenant_id.to_string()), ..Default::default() };
     jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(key))
         .expect("HS256 signing of serializable claims cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"a-test-secret-of-at-least-32-bytes!";
+
+    fn claims(exp: i64) -> Claims {
+        Claims { tenant_id: TenantId::new(), sub: "shopper".into(), role: CallerRole::Customer, exp }
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_taken_again_only_as_its_exact_text_and_until_it_expires() {
+        let verifier = Verifier::hs256(SECRET).unwrap();
+        let token = sign_hs256(SECRET, &claims(chrono::Utc::now().timestamp() + 3600));
+        let first = verifier.verify(&token).await.unwrap();
+        let again = verifier.verify(&token).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the second request takes the verified claims");
+
+        // Another signature on the same header and claims is checked, and refused.
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { "B" } else { "A" };
+        let forged = format!("{signed}.{flipped}{}", &signature[1..]);
+        assert!(verifier.verify(&forged).await.is_err());
+
+        // A kept token past its expiry (and the leeway) is refused, kept or not.
+        let expired = Arc::new(claims(chrono::Utc::now().timestamp() - 60));
+        verifier
+            .verified
+            .lock()
+            .unwrap()
+            .insert(token.as_str().into(), Verified { claims: expired, at: Instant::now() });
+        assert_eq!(verifier.verify(&token).await.unwrap_err(), AuthError::Expired);
+
+        // Kept longer than the TTL, it is checked again (and is valid again: its own claims are).
+        let stale = Instant::now().checked_sub(VERIFIED_TOKEN_TTL + Duration::from_secs(1)).unwrap();
+        verifier.verified.lock().unwrap().get_mut(token.as_str()).unwrap().at = stale;
+        let rechecked = verifier.verify(&token).await.unwrap();
+        assert_eq!(rechecked.exp, first.exp);
+    }
 }

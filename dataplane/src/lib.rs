@@ -11,6 +11,7 @@ pub mod metering;
 pub mod personalize;
 pub mod redis_link;
 pub mod routing;
+pub mod tenant_sessions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,7 +77,7 @@ pub struct Cli {
     /// Password of the app role (`indigo_app`) on the tenant databases; the routing table carries none
     #[arg(long, env = "INDIGO_DATABASE_PASSWORD", hide_env_values = true)]
     pub database_password: Option<String>,
-    /// Connections per tenant database
+    /// Connections per tenant database: half for the catalogue's reads (sessions bound to a tenant), half for transactions
     #[arg(long, env = "INDIGO_DB_CONNECTIONS", default_value_t = 16)]
     pub db_connections: u32,
     /// Redis through which all replicas share each tenant's plan rate (e.g. redis://127.0.0.1:6379);

@@ -16,11 +16,13 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::Notify;
 
-/// The current table, indexed by tenant, with a connection pool per database.
+use crate::tenant_sessions::TenantSessions;
+
+/// The current table, indexed by tenant, with connections per database.
 #[derive(Default)]
 pub struct Routes {
     table: RwLock<Arc<Indexed>>,
-    pools: RwLock<HashMap<String, PgPool>>,
+    pools: RwLock<HashMap<String, Database>>,
     max_connections: u32,
     /// Woken whenever a new table is in place.
     replaced: Notify,
@@ -184,12 +186,17 @@ impl Routes {
 
     /// The pool for a tenant database, created on first use (lazily connecting).
     pub fn pool(&self, database_url: &str) -> Result<PgPool, sqlx::Error> {
-        if let Some(pool) = self.pools.read().expect("pools lock").get(database_url) {
-            return Ok(pool.clone());
+        Ok(self.database(database_url)?.pool)
+    }
+
+    /// The connections to a tenant database, made on first use (lazily connecting).
+    pub fn database(&self, database_url: &str) -> Result<Database, sqlx::Error> {
+        if let Some(database) = self.pools.read().expect("pools lock").get(database_url) {
+            return Ok(database.clone());
         }
         let mut pools = self.pools.write().expect("pools lock");
-        if let Some(pool) = pools.get(database_url) {
-            return Ok(pool.clone());
+        if let Some(database) = pools.get(database_url) {
+            return Ok(database.clone());
         }
         let mut options = PgConnectOptions::from_str(database_url)?;
         let login_password = self.login_passwords.read().expect("logins lock").get(database_url).cloned();
@@ -208,13 +215,29 @@ impl Routes {
         if let Some(password) = &password {
             options = options.password(password);
         }
+        // Half the connections each, so that a replica holds no more than it was given.
+        let sessions_max = (self.max_connections / 2).max(1);
+        let sessions = TenantSessions::new(options.clone(), sessions_max, ACQUIRE_TIMEOUT);
         let pool = PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .max_connections(self.max_connections.saturating_sub(sessions_max).max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
-        pools.insert(database_url.to_owned(), pool.clone());
-        Ok(pool)
+        let database = Database { pool, sessions: Arc::new(sessions) };
+        pools.insert(database_url.to_owned(), database.clone());
+        Ok(database)
     }
+}
+
+/// How long a request waits for a connection to its tenant's database.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connections of one tenant database: a pool for transactions and
+/// shoppers' reads, and sessions bound to tenants for the catalogue's reads,
+/// sharing the data plane's connections per database half and half.
+#[derive(Clone)]
+pub struct Database {
+    pub pool: PgPool,
+    pub sessions: Arc<TenantSessions>,
 }
 
 /// The databases `route` reaches as a tenant's own login, with the secrets

@@ -2,6 +2,8 @@
 //! register any; a shopper (a `customer` token) registers its own record once
 //! and sees only that one.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::http::StatusCode;
 use indigo_core::api::Page;
@@ -17,7 +19,7 @@ use super::{AppState, Literal, OneTripRead, StoreError, TenantCtx, page_limit, p
 /// The unique index that gives each shopper one record per store.
 const SHOPPER_RECORD: &str = "customers_by_subject";
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(list_customers, create_customer)).routes(routes!(get_customer))
 }
 

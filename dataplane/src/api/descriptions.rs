@@ -1,6 +1,8 @@
 //! `POST /v1/products/{id}/description`: a description written by a model
 //! (Bedrock on AWS, the built-in writer locally), paid for in AI credits.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use indigo_core::api::AiUsage;
@@ -12,13 +14,13 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::products::{PRODUCT_BY_ID, Product};
-use super::{AppState, Literal, StoreError, TenantCtx, ai_call_allowed, ai_call_made, parse_id};
+use super::{AppState, StoreError, TenantCtx, ai_call_allowed, ai_call_made, parse_id};
 use crate::descriptions::{ProductFacts, WriterError};
 
 /// The plan feature that gives a tenant generated descriptions.
 const FEATURE: &str = "ai_descriptions";
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(describe_product))
 }
 
@@ -51,7 +53,7 @@ pub struct GeneratedDescription {
     responses((status = 200, body = GeneratedDescription), (status = 403), (status = 404), (status = 422),
               (status = 502, description = "The model failed")))]
 async fn describe_product(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     tenant: TenantCtx,
     ApiPath(id): ApiPath<String>,
     OptionalJson(request): OptionalJson<DescriptionRequest>,
@@ -61,8 +63,11 @@ async fn describe_product(
     tenant.require_feature(FEATURE)?;
     ai_call_allowed(&state, &tenant)?;
     let tenant_id = tenant.claims.tenant_id;
-    let product: Product =
-        tenant.read(&PRODUCT_BY_ID, &[Literal::Uuid(id)]).await?.pop().ok_or(StoreError::NotFound("product"))?;
+    let product: Product = tenant
+        .read_catalogue(&PRODUCT_BY_ID, |query| query.bind(id))
+        .await?
+        .pop()
+        .ok_or(StoreError::NotFound("product"))?;
     let facts = ProductFacts {
         name: product.name,
         category: product.category,

@@ -3,7 +3,8 @@
 //! lifecycle and limits are checked, and the request is metered. Handlers then
 //! reach the tenant's rows only through [`TenantCtx`]: a transaction, or a
 //! one-message read, whose first act is to set `app.current_tenant`, which
-//! row-level security binds.
+//! row-level security binds; or a catalogue read on a connection bound to the
+//! tenant, which checks that binding in the same statement.
 
 mod customers;
 mod descriptions;
@@ -46,7 +47,7 @@ use crate::personalize::Personalize;
 use crate::routing::Routes;
 pub use error::StoreError;
 pub use tenant::TenantCtx;
-use tenant::{JsonBody, Literal, OneTripRead};
+use tenant::{CatalogueRead, JsonBody, Literal, OneTripRead};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -97,6 +98,8 @@ impl AppState {
 struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
+    // Shared, not cloned: every request's extractors take the state.
+    let state = Arc::new(state);
     let (storefront, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(products::router())
         .merge(descriptions::router())
@@ -125,7 +128,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.routes.loaded() {
         Json(json!({ "status": "ready", "routing_version": state.routes.version() })).into_response()
     } else {
@@ -133,7 +136,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
@@ -145,7 +148,7 @@ const MOVE_REPLAYS: u32 = 2;
 /// party of a deadlock has usually finished by the first.
 const ABORT_REPLAYS: u32 = 2;
 
-async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, StoreError> {
+async fn tenant_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Result<Response, StoreError> {
     let started = Instant::now();
     let token = req
         .headers()
@@ -190,7 +193,6 @@ async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) ->
     })?;
     let tenant_id = claims.tenant_id;
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    let claims = Arc::new(claims);
     // Kept whole, so that a write held through a move can be replayed on the
     // tenant's new database: the client sees a slow answer, not a failure.
     let (parts, body) = req.into_parts();
@@ -198,12 +200,13 @@ async fn tenant_gate(State(state): State<AppState>, req: Request, next: Next) ->
     let mut route = route;
     let (mut moves, mut aborts) = (0, 0);
     let response = loop {
-        let pool = state.routes.pool(&database_url)?;
+        let database = state.routes.database(&database_url)?;
         let mut attempt = Request::from_parts(parts.clone(), Body::from(body.clone()));
         attempt.extensions_mut().insert(TenantCtx {
             claims: claims.clone(),
             route: route.clone(),
-            pool,
+            pool: database.pool,
+            sessions: database.sessions,
             cache: state.catalogue_cache.clone(),
         });
         let response = next.clone().run(attempt).await;

@@ -2,6 +2,8 @@
 //! Owner and staff tokens see and place any customer's orders; a shopper (a
 //! `customer` token) only its own.
 
+use std::sync::Arc;
+
 use std::collections::BTreeMap;
 
 use axum::Json;
@@ -16,7 +18,7 @@ use uuid::Uuid;
 
 use super::{AppState, StoreError, TenantCtx, page_limit, parse_id};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(list_orders, create_order)).routes(routes!(get_order))
 }
 

@@ -1,5 +1,7 @@
 //! `/v1/products`: the catalogue. Reads for every role; writes for owner and staff.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::http::StatusCode;
 use indigo_core::api::{Page, whole};
@@ -11,10 +13,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{AppState, JsonBody, Literal, OneTripRead, StoreError, TenantCtx, page_limit, parse_id};
+use super::{AppState, CatalogueRead, JsonBody, StoreError, TenantCtx, page_limit, parse_id};
 use crate::catalogue_cache::Entry;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(list_products, create_product)).routes(routes!(
         get_product,
         update_product,
@@ -199,16 +201,18 @@ async fn list_products(tenant: TenantCtx, ApiQuery(params): ApiQuery<ListParams>
     tenant
         .cached(Entry::query("page", &params), async {
             let status = params.status.map(ProductStatus::as_str);
-            let arguments = [
-                params.cursor.into(),
-                params.category.as_deref().into(),
-                status.into(),
-                params.tag.as_deref().into(),
-                params.min_price.into(),
-                params.max_price.into(),
-                Literal::Int(limit),
-            ];
-            let items: Vec<Product> = tenant.read(&PRODUCT_PAGE, &arguments).await?;
+            let items: Vec<Product> = tenant
+                .read_catalogue(&PRODUCT_PAGE, |query| {
+                    query
+                        .bind(params.cursor)
+                        .bind(params.category.clone())
+                        .bind(status)
+                        .bind(params.tag.clone())
+                        .bind(params.min_price)
+                        .bind(params.max_price)
+                        .bind(limit)
+                })
+                .await?;
             let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(|p| p.id.to_string())).flatten();
             Ok(Page { items, next_cursor })
         })
@@ -216,23 +220,19 @@ async fn list_products(tenant: TenantCtx, ApiQuery(params): ApiQuery<ListParams>
 }
 
 /// A page of the catalogue, a storefront's other hot read.
-const PRODUCT_PAGE: OneTripRead = OneTripRead {
-    name: "indigo_product_page",
-    parameters: "uuid, text, text, text, bigint, bigint, bigint",
-    sql: concat!(
-        "SELECT ",
-        product_columns!(),
-        " FROM products
-         WHERE ($1::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM products WHERE id = $1))
-           AND ($2::text IS NULL OR category = $2)
-           AND ($3::text IS NULL OR status = $3)
-           AND ($4::text IS NULL OR $4 = ANY (tags))
-           AND ($5::bigint IS NULL OR price_minor >= $5)
-           AND ($6::bigint IS NULL OR price_minor <= $6)
-         ORDER BY created_at DESC, id DESC
-         LIMIT $7"
-    ),
-};
+static PRODUCT_PAGE: CatalogueRead = CatalogueRead::new(concat!(
+    "SELECT tenant_id, ",
+    product_columns!(),
+    " FROM products
+     WHERE ($2::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM products WHERE id = $2))
+       AND ($3::text IS NULL OR category = $3)
+       AND ($4::text IS NULL OR status = $4)
+       AND ($5::text IS NULL OR $5 = ANY (tags))
+       AND ($6::bigint IS NULL OR price_minor >= $6)
+       AND ($7::bigint IS NULL OR price_minor <= $7)
+     ORDER BY created_at DESC, id DESC
+     LIMIT $8"
+));
 
 /// One product.
 #[utoipa::path(get, path = "/v1/products/{id}", tag = "products", params(("id" = Uuid, Path)),
@@ -241,18 +241,15 @@ async fn get_product(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<
     let id = parse_id(&id)?;
     tenant
         .cached(Entry::product(id), async {
-            let product: Option<Product> = tenant.read(&PRODUCT_BY_ID, &[Literal::Uuid(id)]).await?.pop();
+            let product: Option<Product> = tenant.read_catalogue(&PRODUCT_BY_ID, |query| query.bind(id)).await?.pop();
             product.ok_or(StoreError::NotFound("product"))
         })
         .await
 }
 
 /// The storefront's hottest read, in one round trip.
-pub(super) const PRODUCT_BY_ID: OneTripRead = OneTripRead {
-    name: "indigo_product_by_id",
-    parameters: "uuid",
-    sql: concat!("SELECT ", product_columns!(), " FROM products WHERE id = $1"),
-};
+pub(super) static PRODUCT_BY_ID: CatalogueRead =
+    CatalogueRead::new(concat!("SELECT tenant_id, ", product_columns!(), " FROM products WHERE id = $2"));
 
 /// Add a product (owner, staff). Past the plan's product limit: 403 `plan_limit`.
 #[utoipa::path(post, path = "/v1/products", tag = "products", request_body = NewProduct,

@@ -5,6 +5,8 @@
 //! (`migrations/tenant/*_recommendations.sql`), refreshed by the control
 //! plane's scheduled job and on demand here.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
@@ -24,7 +26,7 @@ use crate::personalize::Seeds;
 /// The plan feature that gives a tenant recommendations.
 const FEATURE: &str = "recommendations";
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(recommend)).routes(routes!(refresh))
 }
 
@@ -86,7 +88,7 @@ pub struct RecommenderRefresh {
 #[utoipa::path(get, path = "/v1/recommendations", tag = "recommendations", params(RecommendationParams),
     responses((status = 200, body = Recommendations), (status = 403)))]
 async fn recommend(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     tenant: TenantCtx,
     ApiQuery(params): ApiQuery<RecommendationParams>,
 ) -> Result<Json<Recommendations>, StoreError> {

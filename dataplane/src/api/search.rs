@@ -2,6 +2,8 @@
 //! products, ranked. Plans with the `ai_search` feature get the richer ranking
 //! (cover density, field weights, in-stock boost).
 
+use std::sync::Arc;
+
 use indigo_core::http::{ApiQuery, Rejection};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -12,7 +14,7 @@ use super::products::{Product, product_columns};
 use super::{AppState, JsonBody, StoreError, TenantCtx, page_limit};
 use crate::catalogue_cache::Entry;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(search))
 }
 

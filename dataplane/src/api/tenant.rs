@@ -1,9 +1,10 @@
-//! The tenant context of a request, and the only two ways a handler reaches
-//! its rows: a transaction ([`TenantCtx::begin`]) or, for a hot read, one
-//! message ([`TenantCtx::read`]). Both set `app.current_tenant` (which
-//! row-level security binds), the caller's role and its subject for that one
-//! transaction only, so a pooled connection never carries a context from one
-//! request into the next.
+//! The tenant context of a request, and the only ways a handler reaches its
+//! rows: a transaction ([`TenantCtx::begin`]) or, for a shopper's hot read,
+//! one message ([`TenantCtx::read`]), both of which set `app.current_tenant`
+//! (which row-level security binds), the caller's role and its subject for
+//! that one transaction only; or, for the catalogue, a read on a connection
+//! bound to the tenant ([`TenantCtx::read_catalogue`]), whose statement also
+//! keeps only the token's tenant's rows.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -15,14 +16,18 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use indigo_core::api::Route;
 use indigo_core::http::NUL_REFUSED;
+use std::sync::OnceLock;
+
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::QueryAs;
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::StoreError;
 use crate::auth::Claims;
 use crate::catalogue_cache::{CatalogueCache, Entry, Lookup};
+use crate::tenant_sessions::TenantSessions;
 
 /// The verified caller and where its tenant's rows live.
 #[derive(Clone)]
@@ -30,6 +35,7 @@ pub struct TenantCtx {
     pub claims: Arc<Claims>,
     pub route: Arc<Route>,
     pub(super) pool: PgPool,
+    pub(super) sessions: Arc<TenantSessions>,
     pub(super) cache: Option<Arc<CatalogueCache>>,
 }
 
@@ -56,14 +62,39 @@ pub struct OneTripRead {
     pub sql: &'static str,
 }
 
+/// A read of the catalogue: its answer is the same for every caller of the
+/// tenant, so it runs on a connection bound to the tenant (see
+/// [`crate::tenant_sessions`]). It selects `tenant_id` among its columns, and
+/// its parameters start at `$2`: `$1` is the token's tenant, which every row
+/// it answers must have (a filter around the read, so no read can leave it
+/// out). Row-level security binds the session's tenant as well, so a row
+/// comes back only if both are its tenant.
+pub struct CatalogueRead {
+    sql: &'static str,
+    checked: OnceLock<String>,
+}
+
+impl CatalogueRead {
+    pub const fn new(sql: &'static str) -> Self {
+        Self { sql, checked: OnceLock::new() }
+    }
+
+    /// The statement that runs: the read's rows of `$1`'s tenant.
+    fn checked(&'static self) -> &'static str {
+        self.checked.get_or_init(|| format!("SELECT * FROM ({}) AS read WHERE read.tenant_id = $1", self.sql))
+    }
+}
+
+/// A catalogue read's statement with its parameters bound.
+pub type CatalogueQuery<T> = QueryAs<'static, Postgres, T, PgArguments>;
+
 /// A parameter of a [`OneTripRead`], written into the message as a literal.
 /// Only these shapes can be written, each quoted so that no value can end its
-/// literal: ids and numbers print only digits, letters and dashes; text is
-/// quoted as PostgreSQL's `quote_literal` does.
+/// literal: ids print only hex digits and dashes; text is quoted as
+/// PostgreSQL's `quote_literal` does.
 #[derive(Debug, Clone, Copy)]
 pub enum Literal<'a> {
     Uuid(Uuid),
-    Int(i64),
     Text(&'a str),
     Null,
 }
@@ -74,23 +105,10 @@ impl<'a> From<Option<&'a str>> for Literal<'a> {
     }
 }
 
-impl From<Option<Uuid>> for Literal<'_> {
-    fn from(id: Option<Uuid>) -> Self {
-        id.map_or(Literal::Null, Literal::Uuid)
-    }
-}
-
-impl From<Option<i64>> for Literal<'_> {
-    fn from(n: Option<i64>) -> Self {
-        n.map_or(Literal::Null, Literal::Int)
-    }
-}
-
 impl Literal<'_> {
     fn write_to(self, sql: &mut String) -> Result<(), StoreError> {
         match self {
             Literal::Uuid(id) => write!(sql, "'{id}'").expect("writing to a String"),
-            Literal::Int(n) => write!(sql, "{n}").expect("writing to a String"),
             Literal::Null => sql.push_str("NULL"),
             Literal::Text(text) => {
                 // A NUL would end the message's text early (the protocol's strings are C strings).
@@ -187,6 +205,38 @@ impl TenantCtx {
             other => other?,
         };
         Ok(rows.iter().map(T::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The rows of the catalogue read `read` for this tenant, its parameters
+    /// from `$2` bound by `bind`: one round trip on a connection already
+    /// bound to the tenant. An idle connection is not pinged before it is
+    /// lent (a round trip per read); one that turns out to have lost its
+    /// server is closed and the read, which changes nothing, runs once more.
+    #[tracing::instrument(level = "debug", name = "db.read", skip_all,
+        fields(otel.kind = "client", db.system = "postgresql"))]
+    pub async fn read_catalogue<T>(
+        &self,
+        read: &'static CatalogueRead,
+        bind: impl Fn(CatalogueQuery<T>) -> CatalogueQuery<T>,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+    {
+        let mut retried = false;
+        loop {
+            let mut session = self.sessions.acquire(self.claims.tenant_id).await?;
+            let query = bind(sqlx::query_as(read.checked()).bind(self.claims.tenant_id.0));
+            match query.fetch_all(session.connection()).await {
+                Ok(rows) => return Ok(rows),
+                Err(error) => {
+                    session.discard_unless_usable(&error);
+                    let connection_lost = !matches!(error, sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut);
+                    if !connection_lost || std::mem::replace(&mut retried, true) {
+                        return Err(error.into());
+                    }
+                }
+            }
+        }
     }
 
     /// The catalogue read `entry` from the cache, or else from `read` (and

@@ -363,11 +363,12 @@ async fn shoppers_reach_only_their_own_customer_record_and_orders() {
     store.cleanup().await;
 }
 
-/// The hot reads travel as one message that sets the tenant context and runs
-/// the statement; the transactions set it too. Both share pooled connections
-/// between tenants: eight tenants through two connections, twenty-four callers
-/// at once, three thousand requests interleaved, and every answer belongs to
-/// its caller's tenant — a connection carries no context into the next request.
+/// The catalogue's reads run on sessions bound to a tenant, bound again when
+/// another tenant's read takes the connection; the transactions set the
+/// context themselves. Eight tenants through two connections (one of each),
+/// twenty-four callers at once, three thousand requests interleaved, and every
+/// answer belongs to its caller's tenant — a connection carries no tenant's
+/// context into another tenant's request.
 #[tokio::test]
 async fn tenants_interleaved_through_two_connections_each_see_only_their_own_rows() {
     let tenants: Vec<(String, _)> = (0..8).map(|i| (format!("pooled-{i}"), plan("pro"))).collect();
@@ -430,8 +431,12 @@ async fn tenants_interleaved_through_two_connections_each_see_only_their_own_row
     for caller in callers {
         caller.await.expect("a caller's checks failed");
     }
-    let pool = store.state.routes.pool(&store.app_url).unwrap();
-    assert_eq!(pool.size(), 2, "every request went through the same two connections");
+    let database = store.state.routes.database(&store.app_url).unwrap();
+    assert_eq!(
+        (database.pool.size(), database.sessions.counts().0),
+        (1, 1),
+        "every request went through the same two connections: one for transactions, one for the catalogue"
+    );
     Arc::into_inner(store).unwrap().cleanup().await;
 }
 
