@@ -440,7 +440,7 @@ async fn main() -> anyhow::Result<()> {
         ("transaction: `BEGIN` + `set_config`s, the read, `ROLLBACK` — 3 round trips", Context::Transaction),
         ("one message: `SET LOCAL`s + `EXECUTE` of the prepared read — 1 round trip", Context::OneMessage),
         (
-            "bound session: the read checks the session's tenant (`app_session_is`) — 1 round trip",
+            "bound session: bound once per connection, each read also filtering by the token's tenant — 1 round trip",
             Context::BoundSession,
         ),
     ];

@@ -221,6 +221,9 @@ impl Routes {
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections.saturating_sub(sessions_max).max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // No ping before each request: a connection that lost its server is found by its first statement, which
+            // is run again on another (TenantCtx); sqlx still pings a connection as it comes back.
+            .test_before_acquire(false)
             .connect_lazy_with(options);
         let database = Database { pool, sessions: Arc::new(sessions) };
         pools.insert(database_url.to_owned(), database.clone());

@@ -157,10 +157,10 @@ impl TenantSession {
         self.bound_to
     }
 
-    /// After `error`, closes the connection unless the server merely refused
-    /// a statement: one that lost its server is not lent again.
+    /// After `error`, closes the connection if it lost its server (it is not
+    /// lent again); a statement the server merely refused leaves it usable.
     pub fn discard_unless_usable(&mut self, error: &sqlx::Error) {
-        if !matches!(error, sqlx::Error::Database(_))
+        if indigo_tenantdb::retry::connection_lost(error)
             && let Some(conn) = self.conn.take()
         {
             drop(conn);

@@ -13,6 +13,21 @@ const CANCELLED: &str = "57014";
 /// or without the database.
 const SERVER_UNAVAILABLE: [&str; 4] = ["57P01", "57P03", "53300", "3D000"];
 
+/// SQLSTATEs with which the server ends a connection (an administrator, a
+/// crash): the connection is gone, whatever its statement was.
+const CONNECTION_ENDED: [&str; 2] = ["57P01", "57P02"];
+
+/// Whether `error` is the connection's rather than its statement's: the
+/// server is gone or ended it. Nothing of a statement that failed so before
+/// it began has run, and the same work may go to another connection.
+pub fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| CONNECTION_ENDED.contains(&code.as_ref())),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => false,
+        _ => true,
+    }
+}
+
 /// Database errors that are no fault of the request's and no bug of ours:
 /// each is a `503` the client may retry. A storefront response carries it as
 /// an extension, and the tenant gate replays the request whole first where

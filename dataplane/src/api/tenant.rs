@@ -16,6 +16,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use indigo_core::api::Route;
 use indigo_core::http::NUL_REFUSED;
+use indigo_tenantdb::retry::connection_lost;
 use std::sync::OnceLock;
 
 use sqlx::pool::PoolConnection;
@@ -159,7 +160,7 @@ impl TenantCtx {
     pub async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         let mut statement = String::from("BEGIN; ");
         self.write_context(&mut statement)?;
-        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
+        self.start(statement).await
     }
 
     /// A transaction bound to this tenant and caller that writes: it holds the
@@ -173,7 +174,15 @@ impl TenantCtx {
         self.write_context(&mut statement)?;
         statement.push_str("; ");
         statement.push_str(&indigo_tenantdb::moves::write_lock_statement(self.claims.tenant_id));
-        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
+        self.start(statement).await
+    }
+
+    /// A transaction begun with `statement`. The pool lends its connections
+    /// without pinging them first (a round trip per request); one that lost
+    /// its server fails here, before anything ran, and the transaction is
+    /// begun once more on another.
+    async fn start(&self, statement: String) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(on_a_live_connection(|| self.pool.begin_with(sqlx::AssertSqlSafe(statement.clone()))).await?)
     }
 
     /// The rows of `read` for this tenant and caller, in one round trip (see
@@ -195,16 +204,21 @@ impl TenantCtx {
         }
         message.push(')');
 
+        // Read again on another connection: the read changes nothing (see `start`).
+        let rows = on_a_live_connection(|| self.run_once(read, &message)).await?;
+        Ok(rows.iter().map(T::from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn run_once(&self, read: &OneTripRead, message: &str) -> Result<Vec<PgRow>, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        let rows = match run(&mut conn, &message).await {
+        match run(&mut conn, message).await {
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(NOT_PREPARED) => {
                 let prepare = format!("PREPARE {}({}) AS {}", read.name, read.parameters, read.sql);
                 sqlx::raw_sql(sqlx::AssertSqlSafe(prepare)).execute(&mut *conn).await?;
-                run(&mut conn, &message).await?
+                run(&mut conn, message).await
             }
-            other => other?,
-        };
-        Ok(rows.iter().map(T::from_row).collect::<Result<_, _>>()?)
+            other => other,
+        }
     }
 
     /// The rows of the catalogue read `read` for this tenant, its parameters
@@ -222,21 +236,13 @@ impl TenantCtx {
     where
         T: for<'r> FromRow<'r, PgRow> + Send + Unpin,
     {
-        let mut retried = false;
-        loop {
+        let bind = &bind;
+        let once = || async move {
             let mut session = self.sessions.acquire(self.claims.tenant_id).await?;
             let query = bind(sqlx::query_as(read.checked()).bind(self.claims.tenant_id.0));
-            match query.fetch_all(session.connection()).await {
-                Ok(rows) => return Ok(rows),
-                Err(error) => {
-                    session.discard_unless_usable(&error);
-                    let connection_lost = !matches!(error, sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut);
-                    if !connection_lost || std::mem::replace(&mut retried, true) {
-                        return Err(error.into());
-                    }
-                }
-            }
-        }
+            query.fetch_all(session.connection()).await.inspect_err(|error| session.discard_unless_usable(error))
+        };
+        Ok(on_a_live_connection(once).await?)
     }
 
     /// The catalogue read `entry` from the cache, or else from `read` (and
@@ -295,6 +301,26 @@ impl TenantCtx {
             Ok(())
         } else {
             Err(StoreError::Forbidden("this needs the owner or staff role"))
+        }
+    }
+}
+
+/// Most connections of one database that a request finds dead in a row
+/// before it gives up (503): each one found is closed, so a restarted server
+/// costs each connection one failed attempt.
+const MOST_LOST_CONNECTIONS: usize = 32;
+
+/// The outcome of `attempt`, run again while it fails because its connection
+/// had lost its server (before its statement ran).
+async fn on_a_live_connection<T, Attempt>(attempt: impl Fn() -> Attempt) -> Result<T, sqlx::Error>
+where
+    Attempt: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut lost = 0;
+    loop {
+        match attempt().await {
+            Err(error) if connection_lost(&error) && lost < MOST_LOST_CONNECTIONS => lost += 1,
+            outcome => return outcome,
         }
     }
 }

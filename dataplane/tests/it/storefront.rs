@@ -8,6 +8,7 @@ use indigo_core::plan::Limit;
 use indigo_core::tenant::{Lifecycle, TenantId};
 use indigo_dataplane::auth::{CallerRole, Claims, sign_with_tenant_key, tenant_key};
 use serde_json::json;
+use sqlx::Connection;
 
 #[tokio::test]
 async fn catalogue_crud_and_pagination() {
@@ -488,5 +489,44 @@ async fn every_documented_operation_is_routed() {
         assert_ne!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         assert_ne!(reply.body["message"], "no such route", "{method} {path} is documented but not routed");
     }
+    store.cleanup().await;
+}
+
+/// The data plane lends its connections without pinging them first. When the
+/// server ends them all (a restart, an administrator), the next request of
+/// every kind still answers: its first statement fails on the dead connection
+/// before anything ran, and runs again on a new one.
+#[tokio::test]
+async fn connections_the_server_ended_cost_no_request() {
+    let (store, ids) = Store::start(&[("lost", plan("pro"))]).await;
+    let owner = token(ids[0], CallerRole::Owner);
+    let product = store.product(&owner, "Lantern", 1200, 5).await;
+    let product = product["id"].as_str().unwrap().to_owned();
+    let customer = store.post(&owner, "/v1/customers", json!({ "email": "l@example.com", "name": "L" })).await;
+    assert_eq!(customer.status, StatusCode::CREATED, "{}", customer.body);
+    let customer = customer.body["id"].as_str().unwrap().to_owned();
+    let order = json!({ "customer_id": customer, "items": [{ "product_id": product, "quantity": 1 }] });
+    let requests = async || {
+        let catalogue = store.get(&owner, &format!("/v1/products/{product}")).await;
+        assert_eq!(catalogue.status, StatusCode::OK, "a catalogue read: {}", catalogue.body);
+        let shopper = store.get(&owner, &format!("/v1/customers/{customer}")).await;
+        assert_eq!(shopper.status, StatusCode::OK, "a one-message read: {}", shopper.body);
+        let search = store.get(&owner, "/v1/search?q=lantern").await;
+        assert_eq!(search.status, StatusCode::OK, "a read in a transaction: {}", search.body);
+        let placed = store.post(&owner, "/v1/orders", order.clone()).await;
+        assert_eq!(placed.status, StatusCode::CREATED, "a write: {}", placed.body);
+    };
+    requests().await;
+
+    let mut admin = sqlx::PgConnection::connect_with(&store.server.admin_options("postgres")).await.unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename = 'indigo_app'",
+    )
+    .bind(&store.database)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(ended.len() >= 2, "the catalogue's session and the pool's connection were open: {ended:?}");
+    requests().await;
     store.cleanup().await;
 }
