@@ -70,14 +70,12 @@ impl TenantSessions {
                 Taken::Bound(conn) => return Ok(self.lease(Some(tenant), conn)),
                 Taken::Other(conn) => return self.bind(conn, tenant).await,
                 Taken::Open => {
-                    let opened = self.options.connect().await;
-                    return match opened {
-                        Ok(conn) => self.bind(conn, tenant).await,
-                        Err(error) => {
-                            self.closed();
-                            Err(error)
-                        }
-                    };
+                    // The slot taken goes back if the connection is not made,
+                    // the request dropped meanwhile included.
+                    let mut opening = Opening(Some(self.as_ref()));
+                    let conn = self.options.connect().await?;
+                    opening.0 = None;
+                    return self.bind(conn, tenant).await;
                 }
                 Taken::Nothing => {
                     tokio::time::timeout_at(deadline, released).await.map_err(|_| sqlx::Error::PoolTimedOut)?
@@ -134,6 +132,17 @@ impl TenantSessions {
     }
 }
 
+/// A slot counted in `open` for a connection being made.
+struct Opening<'a>(Option<&'a TenantSessions>);
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Some(sessions) = self.0 {
+            sessions.closed();
+        }
+    }
+}
+
 enum Taken {
     Bound(PgConnection),
     Other(PgConnection),
@@ -176,5 +185,31 @@ impl Drop for TenantSession {
         state.idle.push_back(Idle { bound_to: self.bound_to, conn });
         drop(state);
         self.sessions.released.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request dropped while its connection was being made gives the slot
+    /// back: otherwise each such drop would leave one connection fewer.
+    #[tokio::test]
+    async fn a_connection_being_made_when_its_request_is_dropped_gives_its_slot_back() {
+        // Accepts and never answers: the connection is never made.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                accepted.push(socket);
+            }
+        });
+        let options = PgConnectOptions::new().host("127.0.0.1").port(port).username("nobody");
+        let sessions = Arc::new(TenantSessions::new(options, 1, Duration::from_secs(5)));
+        let dropped = tokio::time::timeout(Duration::from_millis(200), sessions.acquire(TenantId::new())).await;
+        assert!(dropped.is_err(), "the connection was never made");
+        assert_eq!(sessions.counts(), (0, 0), "the slot went back");
+        held.abort();
     }
 }

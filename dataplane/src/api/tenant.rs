@@ -225,7 +225,8 @@ impl TenantCtx {
     /// from `$2` bound by `bind`: one round trip on a connection already
     /// bound to the tenant. An idle connection is not pinged before it is
     /// lent (a round trip per read); one that turns out to have lost its
-    /// server is closed and the read, which changes nothing, runs once more.
+    /// server is closed and the read, which changes nothing, runs again on
+    /// another.
     #[tracing::instrument(level = "debug", name = "db.read", skip_all,
         fields(otel.kind = "client", db.system = "postgresql"))]
     pub async fn read_catalogue<T>(
