@@ -162,7 +162,11 @@ pub struct AuditEntry {
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     /// Who or what uses the token; recorded as the actor in the audit log. 1 to 100 characters.
-    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00]*[^\x00\t\n\x0b\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$"
+    )]
     pub name: String,
     pub role: Role,
 }

@@ -23,7 +23,11 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
 #[serde(deny_unknown_fields)]
 pub struct SearchParams {
     /// Words to find; supports "quoted phrases", `or` and `-excluded`. 1 to 200 characters.
-    #[param(min_length = 1, max_length = 200, pattern = r"^[^\x00]*[^\s\x00][^\x00]*$")]
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00]*[^\x00\t\n\x0b\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$"
+    )]
     q: String,
     /// At most this many hits, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
