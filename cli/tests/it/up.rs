@@ -74,13 +74,20 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
 
     // Backed up on its own at its plan's RPO (the job run now rather than at its minute).
     let admin = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_owned();
-    let ran = reqwest::Client::new()
-        .post(format!("{api_url}/v1/jobs/backups/run"))
-        .bearer_auth(&admin)
-        .header("idempotency-key", "backups-now")
-        .send()
-        .await
-        .unwrap();
+    // The scheduler may be running the job this minute (409 job_running): the run waits for it.
+    let ran = loop {
+        let ran = reqwest::Client::new()
+            .post(format!("{api_url}/v1/jobs/backups/run"))
+            .bearer_auth(&admin)
+            .header("idempotency-key", "backups-now")
+            .send()
+            .await
+            .unwrap();
+        if ran.status() != 409 {
+            break ran;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
     assert_eq!(ran.status(), 200, "{}", ran.text().await.unwrap());
     let output = cli(data_dir, &["tenant", "backups", "fjord-fashion", "--api-url", &api_url]);
     let stdout = String::from_utf8_lossy(&output.stdout);
