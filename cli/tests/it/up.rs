@@ -74,20 +74,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
 
     // Backed up on its own at its plan's RPO (the job run now rather than at its minute).
     let admin = std::fs::read_to_string(data_dir.join("admin.token")).unwrap().trim().to_owned();
-    // The scheduler may be running the job this minute (409 job_running): the run waits for it.
-    let ran = loop {
-        let ran = reqwest::Client::new()
-            .post(format!("{api_url}/v1/jobs/backups/run"))
-            .bearer_auth(&admin)
-            .header("idempotency-key", "backups-now")
-            .send()
-            .await
-            .unwrap();
-        if ran.status() != 409 {
-            break ran;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    };
+    let ran = run_job(&api_url, &admin, "backups", "backups-now").await;
     assert_eq!(ran.status(), 200, "{}", ran.text().await.unwrap());
     let output = cli(data_dir, &["tenant", "backups", "fjord-fashion", "--api-url", &api_url]);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -175,13 +162,7 @@ async fn up_demo_serves_the_cli_and_stops_on_sigterm() {
     assert_eq!(billing["payment_state"], "past_due", "a failed payment starts the grace period: {billing}");
     control.close().await;
     // The usage on those invoices (a line per meter) is what Indigo counted: every tenant in parity.
-    let ran = http
-        .post(format!("{api_url}/v1/jobs/billing_parity/run"))
-        .bearer_auth(&admin)
-        .header("idempotency-key", "parity-now")
-        .send()
-        .await
-        .unwrap();
+    let ran = run_job(&api_url, &admin, "billing_parity", "parity-now").await;
     assert_eq!(ran.status(), 200, "{}", ran.text().await.unwrap());
     let output = cli(data_dir, &["parity", "--api-url", &api_url]);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -790,4 +771,23 @@ async fn no_data_plane_outlives_a_killed_platform() {
     let status = daemon.signal_and_wait("TERM", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "indigo up exited with {status} after SIGTERM");
     platform.remove().await;
+}
+
+/// Runs the control plane's job `name` now. The scheduler may be running it
+/// this minute (409 job_running): the run waits for that one to end (a refused
+/// run leaves no idempotency record, so the same key is sent again).
+async fn run_job(api_url: &str, admin: &str, name: &str, key: &str) -> reqwest::Response {
+    loop {
+        let ran = reqwest::Client::new()
+            .post(format!("{api_url}/v1/jobs/{name}/run"))
+            .bearer_auth(admin)
+            .header("idempotency-key", key)
+            .send()
+            .await
+            .unwrap();
+        if ran.status() != 409 {
+            return ran;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
