@@ -21,7 +21,8 @@
 //!
 //! Run: `cargo bench -p indigo-dataplane --bench storefront` (PostgreSQL on
 //! DATABASE_URL's server, default 127.0.0.1:5432). Env: BENCH_SECONDS (default 10),
-//! BENCH_CONCURRENCY (default 32).
+//! BENCH_CONCURRENCY (default 32), BENCH_CASES (for profiling one path: only the
+//! cases of these letters, e.g. `bh`, their rates printed and no report written).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,6 +112,11 @@ impl Outcome {
     }
 }
 
+/// A case's letter: `b` of "(b) data plane …".
+fn letter(name: &str) -> char {
+    name.chars().nth(1).expect("a case named \"(x) …\"")
+}
+
 /// Rounds each case's time is split into, the cases taking turns, so that
 /// the machine's drift over the run (other work on the host) falls on every
 /// case alike instead of on whichever ran at the time.
@@ -130,6 +136,8 @@ async fn load(
     outcome: &mut Outcome,
 ) {
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    // Made once: the load generator shares the machine, so its own work per request would count against the case.
+    let token = token.map(|token| reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
     // Warm up the connection pools on both sides.
     let warm_until = Instant::now() + warm_up;
     let run = |until: Instant, record: bool| {
@@ -157,7 +165,7 @@ async fn load(
                             None => client.get(format!("{base}{}", ids[n])),
                         };
                         if let Some(token) = &token {
-                            request = request.bearer_auth(token);
+                            request = request.header(reqwest::header::AUTHORIZATION, token.clone());
                         }
                         let started = Instant::now();
                         match request.send().await {
@@ -445,7 +453,10 @@ async fn main() -> anyhow::Result<()> {
         ),
     ];
     let mut sql_rates = [(0u64, 0f64); 4];
-    for _ in 0..ROUNDS {
+    // For profiling one path: only the cases named by their letters (`BENCH_CASES=bh`), their rates printed, no
+    // SQL-level table, no pgbench, no report written.
+    let only: Option<String> = std::env::var("BENCH_CASES").ok();
+    for _ in 0..if only.is_some() { 0 } else { ROUNDS } {
         for ((_, context), (reads, took)) in sql_cases.iter().zip(&mut sql_rates) {
             let options = match context {
                 Context::Bare => server.admin_options(&database),
@@ -461,8 +472,10 @@ async fn main() -> anyhow::Result<()> {
     let sql_cases: Vec<(&str, f64)> =
         sql_cases.iter().zip(sql_rates).map(|((name, _), (reads, took))| (*name, reads as f64 / took)).collect();
     let database_url = format!("{}/{database}", server_url.rsplit_once('/').expect("a server URL").0);
-    let pgbench =
-        tokio::task::spawn_blocking(move || pgbench_select_only(&database_url, seconds, concurrency)).await??;
+    let pgbench = match only {
+        Some(_) => f64::NAN,
+        None => tokio::task::spawn_blocking(move || pgbench_select_only(&database_url, seconds, concurrency)).await??,
+    };
 
     // (a) bare, and (h) bare in one round trip
     let pooled = PgPoolOptions::new().max_connections(POOL_SIZE).connect_with(server.admin_options(&database)).await?;
@@ -591,11 +604,23 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..ROUNDS {
         // Each round opens its own client connections; the first also fills the servers' pools.
         let warm_up = Duration::from_millis(if round == 0 { 2000 } else { 500 });
-        for ((_, base, token, order_for), outcome) in cases.iter().zip(&mut outcomes) {
+        for ((name, base, token, order_for), outcome) in cases.iter().zip(&mut outcomes) {
+            if only.as_ref().is_some_and(|only| !only.contains(letter(name))) {
+                continue;
+            }
             let share = seconds as f64 / ROUNDS as f64;
             let order_for = order_for.clone();
             load(base.clone(), token.clone(), order_for, ids.clone(), warm_up, share, concurrency, outcome).await;
         }
+    }
+    if only.is_some() {
+        for outcome in outcomes.iter().filter(|o| o.seconds > 0.0) {
+            println!("{} {:.0} requests/s", outcome.name, outcome.rps());
+        }
+        drop(owner);
+        server.drop_database(&database).await?;
+        let _ = std::fs::remove_dir_all(&spool);
+        return Ok(());
     }
     anyhow::ensure!(
         shared_limiter.fleet().is_some_and(|f| f.is_shared()),

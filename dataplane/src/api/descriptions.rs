@@ -64,9 +64,8 @@ async fn describe_product(
     ai_call_allowed(&state, &tenant)?;
     let tenant_id = tenant.claims.tenant_id;
     let product: Product = tenant
-        .read_catalogue(&PRODUCT_BY_ID, |query| query.bind(id))
+        .read_catalogue_one(&PRODUCT_BY_ID, |query| query.bind(id))
         .await?
-        .pop()
         .ok_or(StoreError::NotFound("product"))?;
     let facts = ProductFacts {
         name: product.name,

@@ -44,7 +44,7 @@ use crate::descriptions::DescriptionWriter;
 use crate::limits::{Limiter, Refusal};
 use crate::metering::Meter;
 use crate::personalize::Personalize;
-use crate::routing::Routes;
+use crate::routing::{Database, Routes};
 pub use error::StoreError;
 pub use tenant::TenantCtx;
 use tenant::{CatalogueRead, JsonBody, Literal, OneTripRead};
@@ -193,34 +193,44 @@ async fn tenant_gate(State(state): State<Arc<AppState>>, req: Request, next: Nex
     })?;
     let tenant_id = claims.tenant_id;
     let path = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    // Kept whole, so that a write held through a move can be replayed on the
-    // tenant's new database: the client sees a slow answer, not a failure.
-    let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| Rejection::too_large())?;
-    let mut route = route;
-    let (mut moves, mut aborts) = (0, 0);
-    let response = loop {
+    let tenant_ctx = |route: Arc<indigo_core::api::Route>, database: Database| TenantCtx {
+        claims: claims.clone(),
+        route,
+        pool: database.pool,
+        sessions: database.sessions,
+        cache: state.catalogue_cache.clone(),
+    };
+    let response = if req.method().is_safe() {
+        // A read meets no move fence and no transaction worth running again
+        // (reads run at read committed and lock nothing): it runs once, uncopied.
         let database = state.routes.database(&database_url)?;
-        let mut attempt = Request::from_parts(parts.clone(), Body::from(body.clone()));
-        attempt.extensions_mut().insert(TenantCtx {
-            claims: claims.clone(),
-            route: route.clone(),
-            pool: database.pool,
-            sessions: database.sessions,
-            cache: state.catalogue_cache.clone(),
-        });
-        let response = next.clone().run(attempt).await;
-        match response.extensions().get::<RetryLater>() {
-            Some(RetryLater::Moved) if moves < MOVE_REPLAYS => {
-                moves += 1;
-                let Some(moved) = state.routes.await_new_database(tenant_id, &database_url, MOVE_WAIT).await else {
-                    break response;
-                };
-                database_url = moved.database_url.clone().ok_or(StoreError::Unavailable)?;
-                route = moved;
+        let mut req = req;
+        req.extensions_mut().insert(tenant_ctx(route, database));
+        next.run(req).await
+    } else {
+        // Kept whole, so that a write held through a move can be replayed on the
+        // tenant's new database: the client sees a slow answer, not a failure.
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| Rejection::too_large())?;
+        let mut route = route;
+        let (mut moves, mut aborts) = (0, 0);
+        loop {
+            let database = state.routes.database(&database_url)?;
+            let mut attempt = Request::from_parts(parts.clone(), Body::from(body.clone()));
+            attempt.extensions_mut().insert(tenant_ctx(route.clone(), database));
+            let response = next.clone().run(attempt).await;
+            match response.extensions().get::<RetryLater>() {
+                Some(RetryLater::Moved) if moves < MOVE_REPLAYS => {
+                    moves += 1;
+                    let Some(moved) = state.routes.await_new_database(tenant_id, &database_url, MOVE_WAIT).await else {
+                        break response;
+                    };
+                    database_url = moved.database_url.clone().ok_or(StoreError::Unavailable)?;
+                    route = moved;
+                }
+                Some(RetryLater::Aborted) if aborts < ABORT_REPLAYS => aborts += 1,
+                _ => break response,
             }
-            Some(RetryLater::Aborted) if aborts < ABORT_REPLAYS => aborts += 1,
-            _ => break response,
         }
     };
     if state.metering {

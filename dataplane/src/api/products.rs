@@ -251,7 +251,7 @@ async fn get_product(tenant: TenantCtx, ApiPath(id): ApiPath<String>) -> Result<
     let id = parse_id(&id)?;
     tenant
         .cached(Entry::product(id), async {
-            let product: Option<Product> = tenant.read_catalogue(&PRODUCT_BY_ID, |query| query.bind(id)).await?.pop();
+            let product: Option<Product> = tenant.read_catalogue_one(&PRODUCT_BY_ID, |query| query.bind(id)).await?;
             product.ok_or(StoreError::NotFound("product"))
         })
         .await

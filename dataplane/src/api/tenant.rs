@@ -7,6 +7,7 @@
 //! keeps only the token's tenant's rows.
 
 use std::fmt::Write as _;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -20,7 +21,7 @@ use indigo_tenantdb::retry::connection_lost;
 use std::sync::OnceLock;
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::postgres::{PgArguments, PgConnection, PgRow};
 use sqlx::query::QueryAs;
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use uuid::Uuid;
@@ -88,6 +89,9 @@ impl CatalogueRead {
 
 /// A catalogue read's statement with its parameters bound.
 pub type CatalogueQuery<T> = QueryAs<'static, Postgres, T, PgArguments>;
+
+/// A catalogue read's rows being fetched on a connection.
+type Fetched<'c, Rows> = Pin<Box<dyn Future<Output = Result<Rows, sqlx::Error>> + Send + 'c>>;
 
 /// A parameter of a [`OneTripRead`], written into the message as a literal.
 /// Only these shapes can be written, each quoted so that no value can end its
@@ -167,6 +171,8 @@ impl TenantCtx {
     /// tenant's write lock shared, so while a move's cut-over or a restore
     /// holds the tenant's writes it waits here, before it has read or locked
     /// a row (reads go on). The lock travels in the same message as BEGIN.
+    /// Only for handlers of unsafe methods (POST, PATCH, …): the gate replays
+    /// those on the tenant's new database when they meet a move's fence.
     #[tracing::instrument(level = "debug", name = "db.begin", skip_all,
         fields(otel.kind = "client", db.system = "postgresql"))]
     pub async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
@@ -223,10 +229,7 @@ impl TenantCtx {
 
     /// The rows of the catalogue read `read` for this tenant, its parameters
     /// from `$2` bound by `bind`: one round trip on a connection already
-    /// bound to the tenant. An idle connection is not pinged before it is
-    /// lent (a round trip per read); one that turns out to have lost its
-    /// server is closed and the read, which changes nothing, runs again on
-    /// another.
+    /// bound to the tenant (see [`Self::on_a_bound_session`]).
     #[tracing::instrument(level = "debug", name = "db.read", skip_all,
         fields(otel.kind = "client", db.system = "postgresql"))]
     pub async fn read_catalogue<T>(
@@ -235,13 +238,45 @@ impl TenantCtx {
         bind: impl Fn(CatalogueQuery<T>) -> CatalogueQuery<T>,
     ) -> Result<Vec<T>, StoreError>
     where
-        T: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+        T: for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static,
     {
-        let bind = &bind;
+        self.on_a_bound_session(read, bind, |query, conn| Box::pin(query.fetch_all(conn))).await
+    }
+
+    /// As [`Self::read_catalogue`], for a read of at most one row: the row
+    /// comes straight back, without a stream collected into a list.
+    #[tracing::instrument(level = "debug", name = "db.read", skip_all,
+        fields(otel.kind = "client", db.system = "postgresql"))]
+    pub async fn read_catalogue_one<T>(
+        &self,
+        read: &'static CatalogueRead,
+        bind: impl Fn(CatalogueQuery<T>) -> CatalogueQuery<T>,
+    ) -> Result<Option<T>, StoreError>
+    where
+        T: for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static,
+    {
+        self.on_a_bound_session(read, bind, |query, conn| Box::pin(query.fetch_optional(conn))).await
+    }
+
+    /// `fetch` of the catalogue read `read`, its parameters bound by `bind`,
+    /// on a connection bound to this tenant. An idle connection is not pinged
+    /// before it is lent (a round trip per read); one that turns out to have
+    /// lost its server is closed and the read, which changes nothing, runs
+    /// again on another.
+    async fn on_a_bound_session<T, Rows>(
+        &self,
+        read: &'static CatalogueRead,
+        bind: impl Fn(CatalogueQuery<T>) -> CatalogueQuery<T>,
+        fetch: impl for<'c> Fn(CatalogueQuery<T>, &'c mut PgConnection) -> Fetched<'c, Rows>,
+    ) -> Result<Rows, StoreError>
+    where
+        T: for<'r> FromRow<'r, PgRow>,
+    {
+        let (bind, fetch) = (&bind, &fetch);
         let once = || async move {
             let mut session = self.sessions.acquire(self.claims.tenant_id).await?;
             let query = bind(sqlx::query_as(read.checked()).bind(self.claims.tenant_id.0));
-            query.fetch_all(session.connection()).await.inspect_err(|error| session.discard_unless_usable(error))
+            fetch(query, session.connection()).await.inspect_err(|error| session.discard_unless_usable(error))
         };
         Ok(on_a_live_connection(once).await?)
     }
