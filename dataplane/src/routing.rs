@@ -163,18 +163,22 @@ impl Routes {
         self.table.read().expect("routing lock").ai_credit_rates.get(service).map(|rate| tokens as f64 * rate)
     }
 
-    /// Opens a connection to each database a tenant is about to move to, so
-    /// that its writes held through the switch find one ready.
+    /// Opens connections to each database a tenant is about to move to, so
+    /// that its writes held through the switch find one ready, and its
+    /// catalogue reads a session bound to it.
     pub fn warm_next_databases(&self) {
         let table = self.table.read().expect("routing lock").clone();
-        for url in table.by_tenant.values().filter_map(|route| route.next_database_url.as_deref()) {
+        for (tenant, url) in
+            table.by_tenant.iter().filter_map(|(tenant, route)| Some((*tenant, route.next_database_url.as_deref()?)))
+        {
             if self.pools.read().expect("pools lock").contains_key(url) {
                 continue;
             }
-            match self.pool(url) {
-                Ok(pool) => {
+            match self.database(url) {
+                Ok(database) => {
                     tokio::spawn(async move {
-                        if let Err(error) = pool.acquire().await {
+                        let (pool, session) = tokio::join!(database.pool.acquire(), database.sessions.acquire(tenant));
+                        if let Some(error) = pool.err().or(session.err()) {
                             tracing::warn!(%error, "cannot connect ahead to a moving tenant's next database");
                         }
                     });
