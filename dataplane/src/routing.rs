@@ -163,22 +163,19 @@ impl Routes {
         self.table.read().expect("routing lock").ai_credit_rates.get(service).map(|rate| tokens as f64 * rate)
     }
 
-    /// Opens connections to each database a tenant is about to move to, so
-    /// that its writes held through the switch find one ready, and its
-    /// catalogue reads a session bound to it.
+    /// Opens a connection to each database a tenant is about to move to, so
+    /// that its writes held through the switch find one ready (and its
+    /// catalogue's reads a session: see [`Self::database`]).
     pub fn warm_next_databases(&self) {
         let table = self.table.read().expect("routing lock").clone();
-        for (tenant, url) in
-            table.by_tenant.iter().filter_map(|(tenant, route)| Some((*tenant, route.next_database_url.as_deref()?)))
-        {
+        for url in table.by_tenant.values().filter_map(|route| route.next_database_url.as_deref()) {
             if self.pools.read().expect("pools lock").contains_key(url) {
                 continue;
             }
-            match self.database(url) {
-                Ok(database) => {
+            match self.pool(url) {
+                Ok(pool) => {
                     tokio::spawn(async move {
-                        let (pool, session) = tokio::join!(database.pool.acquire(), database.sessions.acquire(tenant));
-                        if let Some(error) = pool.err().or(session.err()) {
+                        if let Err(error) = pool.acquire().await {
                             tracing::warn!(%error, "cannot connect ahead to a moving tenant's next database");
                         }
                     });
@@ -193,7 +190,9 @@ impl Routes {
         Ok(self.database(database_url)?.pool)
     }
 
-    /// The connections to a tenant database, made on first use (lazily connecting).
+    /// The connections to a tenant database, made on first use (lazily
+    /// connecting, but for one catalogue session opened ahead, so that the
+    /// database's first read does not wait for a connection to be made).
     pub fn database(&self, database_url: &str) -> Result<Database, sqlx::Error> {
         if let Some(database) = self.pools.read().expect("pools lock").get(database_url) {
             return Ok(database.clone());
@@ -230,6 +229,7 @@ impl Routes {
             .test_before_acquire(false)
             .connect_lazy_with(options);
         let database = Database { pool, sessions: Arc::new(sessions) };
+        database.sessions.open_one_ahead();
         pools.insert(database_url.to_owned(), database.clone());
         Ok(database)
     }

@@ -86,6 +86,31 @@ impl TenantSessions {
         }
     }
 
+    /// Opens a connection in the background, unbound, when none is open yet:
+    /// the database's first catalogue read then binds it (one round trip)
+    /// instead of waiting for a connection to be made.
+    pub fn open_one_ahead(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        {
+            let mut state = self.state.lock().expect("sessions lock");
+            if state.open > 0 {
+                return;
+            }
+            state.open += 1;
+        }
+        let sessions = self.clone();
+        runtime.spawn(async move {
+            let mut opening = Opening(Some(sessions.as_ref()));
+            match sessions.options.connect().await {
+                Ok(conn) => {
+                    opening.0 = None;
+                    drop(sessions.lease(None, conn));
+                }
+                Err(error) => tracing::warn!(%error, "cannot connect ahead to a tenant database"),
+            }
+        });
+    }
+
     fn take(&self, tenant: TenantId) -> Taken {
         let mut state = self.state.lock().expect("sessions lock");
         if let Some(at) = state.idle.iter().rposition(|idle| idle.bound_to == Some(tenant)) {

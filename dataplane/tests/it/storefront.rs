@@ -9,6 +9,7 @@ use indigo_core::tenant::{Lifecycle, TenantId};
 use indigo_dataplane::auth::{CallerRole, Claims, sign_with_tenant_key, tenant_key};
 use serde_json::json;
 use sqlx::Connection;
+use std::time::Duration;
 
 #[tokio::test]
 async fn catalogue_crud_and_pagination() {
@@ -528,5 +529,28 @@ async fn connections_the_server_ended_cost_no_request() {
     .unwrap();
     assert!(ended.len() >= 2, "the catalogue's session and the pool's connection were open: {ended:?}");
     requests().await;
+    store.cleanup().await;
+}
+
+/// A tenant database's first catalogue read does not wait for a connection
+/// to be made: one is opened as the database is first named, and the read
+/// binds it (one round trip) rather than opening another.
+#[tokio::test]
+async fn a_databases_first_catalogue_read_binds_the_session_opened_ahead() {
+    let (store, ids) = Store::start(&[("ahead", plan("pro"))]).await;
+    let database = store.state.routes.database(&store.app_url).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while database.sessions.counts() != (1, 1) {
+        assert!(tokio::time::Instant::now() < deadline, "no session opened ahead: {:?}", database.sessions.counts());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let session = database.sessions.acquire(ids[0]).await.unwrap();
+    assert_eq!(session.bound_to(), Some(ids[0]));
+    assert_eq!(database.sessions.counts(), (1, 0), "the read took the session opened ahead, and opened none");
+    drop(session);
+    let owner = token(ids[0], CallerRole::Owner);
+    let listed = store.get(&owner, "/v1/products").await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert_eq!(database.sessions.counts(), (1, 1), "still the one session");
     store.cleanup().await;
 }
