@@ -245,8 +245,8 @@ statements for the server to parse and run, and text results). sqlx cannot put s
 one Sync, which would have made one implicit transaction of the context and the read. Instead the
 catalogue's reads run on connections whose session stays bound to the tenant they last served: a read on
 a connection already bound to its tenant is one prepared statement, binary, with nothing set first. A
-connection goes to a read of its own tenant first, else a new one is opened, else the longest-idle one is
-bound again (`set_config`, one more round trip). Binding never decides what a read sees: row-level
+connection goes to a read of its own tenant first, else the longest-idle one is bound again (`set_config`,
+one more round trip), else a new one is opened. Binding never decides what a read sees: row-level
 security binds the session's tenant, and every catalogue read also keeps only the rows of the tenant its
 verified token names (`WHERE read.tenant_id = $1` around the read), so a session bound to another tenant
 would answer nothing, never that tenant's rows. Sessions are bound with no role and no subject, so the
