@@ -148,7 +148,7 @@ const MOVE_REPLAYS: u32 = 2;
 /// party of a deadlock has usually finished by the first.
 const ABORT_REPLAYS: u32 = 2;
 
-async fn tenant_gate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Result<Response, StoreError> {
+async fn tenant_gate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Result<Response, StoreError> {
     let started = Instant::now();
     let token = req
         .headers()
@@ -204,7 +204,6 @@ async fn tenant_gate(State(state): State<Arc<AppState>>, req: Request, next: Nex
         // A read meets no move fence and no transaction worth running again
         // (reads run at read committed and lock nothing): it runs once, uncopied.
         let database = state.routes.database(&database_url)?;
-        let mut req = req;
         req.extensions_mut().insert(tenant_ctx(route, database));
         next.run(req).await
     } else {
