@@ -689,13 +689,16 @@ impl Mover {
         hold_writes(&self.source.options, self.tenant).await.map_err(&fail)
     }
 
-    /// Applies the whole log (writes must be paused for it to stay empty).
+    /// Applies the whole log (writes must be paused for it to stay empty). A
+    /// batch shorter than asked for took what was left: with writes paused
+    /// nothing is logged after it, so the log is not read again to find it empty.
     pub async fn drain(&self) -> Result<usize, MoveError> {
         let mut applied = 0;
         loop {
-            match self.apply_batch(BATCH).await? {
-                0 => return Ok(applied),
-                n => applied += n,
+            let batch = self.apply_batch(BATCH).await?;
+            applied += batch;
+            if (batch as i64) < BATCH {
+                return Ok(applied);
             }
         }
     }
@@ -766,8 +769,11 @@ impl Mover {
                 continue;
             }
             let keys = Value::Array(keys);
-            let on_source = table.checksum(&mut source, self.tenant, Some(&keys)).await.map_err(&source_fail)?;
-            let on_target = table.checksum(&mut target, self.tenant, Some(&keys)).await.map_err(&target_fail)?;
+            // Both sides at once: each round trip here is part of the write pause.
+            let (on_source, on_target) = tokio::try_join!(
+                async { table.checksum(&mut source, self.tenant, Some(&keys)).await.map_err(&source_fail) },
+                async { table.checksum(&mut target, self.tenant, Some(&keys)).await.map_err(&target_fail) },
+            )?;
             compare(table, on_source, on_target.clone())?;
             checks.push(TableCheck { table: table.name.into(), rows: on_target.0, checksum: on_target.1 });
         }
