@@ -7,8 +7,13 @@
 //!
 //! Writes `benchmarks/moves.md`.
 //!
+//! Each tenant then moves back and forth (to the pool and to its own database
+//! again) under the same traffic, so that each size gives several draws of the
+//! write pause, not one.
+//!
 //! Run: `cargo bench -p indigo-e2e --bench moves` (PostgreSQL on DATABASE_URL's
-//! server). Env: BENCH_SIZES (default `10000,100000,1000000`).
+//! server). Env: BENCH_SIZES (default `10000,100000,1000000`), BENCH_MOVES
+//! (moves per size; default 6 up to 100k rows, 2 above).
 
 use std::time::{Duration, Instant};
 
@@ -28,15 +33,47 @@ struct Outcome {
     provision: Duration,
     copy: Duration,
     plain_copy: Duration,
-    pause_ms: i64,
-    /// Parts of the pause: taking the lock (in-flight writes drain), applying the last changes, verifying.
-    pause_parts: (f64, f64, f64),
+    /// Every move's pause, the first move's first.
+    pauses: Vec<Pause>,
     held_max: Duration,
     held_p99: Duration,
     held: usize,
     requests: usize,
     failed: usize,
     neighbour_max: Duration,
+}
+
+/// One move's write pause, as its cut-over step recorded it.
+struct Pause {
+    ms: i64,
+    /// Its parts: taking the lock, applying the last changes, verifying.
+    lock: f64,
+    drain: f64,
+    verify: f64,
+    /// Before it: looking for a gap between the tenant's writes (writes not held).
+    gap_wait: f64,
+}
+
+impl Pause {
+    fn of(workflow: &Value) -> Self {
+        let cutover = workflow["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "cutover"));
+        let part = |name: &str| cutover.and_then(|s| s["output"][name].as_f64()).unwrap_or_default();
+        Pause {
+            ms: cutover.and_then(|s| s["output"]["pause_ms"].as_i64()).unwrap_or_default(),
+            lock: part("lock_ms"),
+            drain: part("drain_ms"),
+            verify: part("verify_ms"),
+            gap_wait: part("gap_wait_ms"),
+        }
+    }
+}
+
+/// Moves per size: several where a move takes seconds, two (there and back) where it takes minutes.
+fn moves_at(size: i64) -> anyhow::Result<usize> {
+    match std::env::var("BENCH_MOVES") {
+        Ok(moves) => Ok(moves.trim().parse::<usize>()?.max(1)),
+        Err(_) => Ok(if size <= 100_000 { 6 } else { 2 }),
+    }
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -134,6 +171,12 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
     let workflow = stack.admin.wait_workflow(&slug, "tier_change").await?;
     let total = started.elapsed();
     anyhow::ensure!(workflow["state"] == "succeeded", "move of {slug}: {workflow}");
+    // Back to the pool and out again: more draws of the pause under the same traffic.
+    for plan in ["pro", "enterprise"].into_iter().cycle().take(moves_at(size)? - 1) {
+        stack.admin.change_plan(&slug, plan).await?;
+        let again = stack.admin.wait_workflow(&slug, "tier_change").await?;
+        anyhow::ensure!(again["state"] == "succeeded", "move of {slug} to {plan}: {again}");
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.send(true)?;
     let mut reports = Vec::new();
@@ -141,11 +184,18 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
         reports.push(load.await?);
     }
     let (_, moves) = stack.admin.request(Method::GET, &format!("/v1/moves?tenant={slug}"), None).await?;
-    let record: &Value = &moves[0];
-    let pause_ms = record["pause_ms"].as_i64().unwrap_or_default();
-    let switched: DateTime<Utc> = record["switched_at"].as_str().unwrap_or_default().parse()?;
-    let started_at: DateTime<Utc> = record["started_at"].as_str().unwrap_or_default().parse()?;
-    let pause_from = switched - chrono::Duration::milliseconds(pause_ms);
+    let (_, workflows) =
+        stack.admin.request(Method::GET, &format!("/v1/workflows?tenant={slug}&kind=tier_change"), None).await?;
+    // Both newest first: the first move is the last of each.
+    let (moves, workflows) =
+        (moves.as_array().cloned().unwrap_or_default(), workflows.as_array().cloned().unwrap_or_default());
+    anyhow::ensure!(moves.len() == moves_at(size)? && workflows.len() == moves.len(), "moves {moves:?}");
+    let first = moves.last().expect("one move at least");
+    let switched_at = |record: &Value| -> anyhow::Result<DateTime<Utc>> {
+        Ok(record["switched_at"].as_str().unwrap_or_default().parse()?)
+    };
+    let switched = switched_at(first)?;
+    let started_at: DateTime<Utc> = first["started_at"].as_str().unwrap_or_default().parse()?;
     let step = |name: &str| -> Duration {
         workflow["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == name)).map_or(Duration::ZERO, |s| {
             let from: DateTime<Utc> = s["started_at"].as_str().unwrap_or_default().parse().unwrap_or_default();
@@ -153,26 +203,33 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
             (to - from).to_std().unwrap_or_default()
         })
     };
-    // Writes of the moving tenant that were in flight while its writes were held.
+    // Writes of the moving tenant that were in flight while its writes were held, in any move.
+    let mut windows = Vec::new();
+    for record in &moves {
+        let until = switched_at(record)?;
+        windows.push((until - chrono::Duration::milliseconds(record["pause_ms"].as_i64().unwrap_or_default()), until));
+    }
     let mut held: Vec<Duration> = reports[0]
         .samples
         .iter()
-        .filter(|s| s.write && s.started <= switched && s.finished >= pause_from)
+        .filter(|s| s.write && windows.iter().any(|(from, until)| s.started <= *until && s.finished >= *from))
         .map(|s| s.latency())
         .collect();
     held.sort();
     let neighbour_max = reports[1].samples.iter().map(|s| s.latency()).max().unwrap_or_default();
-    let output = |step: &str| {
-        workflow["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == step)).map(|s| s["output"].clone())
-    };
-    eprintln!(
-        "  catch-up {:?}; cut-over {:?}",
-        output("catch_up"),
-        output("cutover").map(|mut o| {
-            o["checks"].take();
-            o
-        })
-    );
+    for workflow in workflows.iter().rev() {
+        let output = |step: &str| {
+            workflow["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == step)).map(|s| s["output"].clone())
+        };
+        eprintln!(
+            "  catch-up {:?}; cut-over {:?}",
+            output("catch_up"),
+            output("cutover").map(|mut o| {
+                o["checks"].take();
+                o
+            })
+        );
+    }
     let outcome = Outcome {
         rows: size,
         total,
@@ -180,12 +237,7 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
         provision: step("provision"),
         copy: step("copy"),
         plain_copy: plain,
-        pause_ms,
-        pause_parts: {
-            let cutover = workflow["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "cutover"));
-            let part = |name: &str| cutover.and_then(|s| s["output"][name].as_f64()).unwrap_or_default();
-            (part("lock_ms"), part("drain_ms"), part("verify_ms"))
-        },
+        pauses: workflows.iter().rev().map(Pause::of).collect(),
         held_max: held.last().copied().unwrap_or_default(),
         held_p99: percentile(&held, 0.99),
         held: held.len(),
@@ -214,11 +266,11 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("moving a tenant of {size} rows ...");
         let outcome = run(size).await?;
         eprintln!(
-            "  total {} (copy {}; plain COPY {}), pause {} ms, held writes max {} p99 {}, failed {}",
+            "  total {} (copy {}; plain COPY {}), pauses {} ms, held writes max {} p99 {}, failed {}",
             ms(outcome.total),
             ms(outcome.copy),
             ms(outcome.plain_copy),
-            outcome.pause_ms,
+            outcome.pauses.iter().map(|p| p.ms.to_string()).collect::<Vec<_>>().join(", "),
             ms(outcome.held_max),
             ms(outcome.held_p99),
             outcome.failed
@@ -226,12 +278,15 @@ async fn main() -> anyhow::Result<()> {
         outcomes.push(outcome);
     }
     let mut table = String::from(
-        "| rows | total move | provision | to switch | copy step | plain COPY | total ÷ COPY | (total − provision) ÷ COPY | write pause (lock / drain / verify) | held writes (n) | held max | held p99 | neighbour max | requests | failed |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| rows | total move | provision | to switch | copy step | plain COPY | total ÷ COPY | (total − provision) ÷ COPY | moves | write pause, slowest (lock / drain / verify) | each move's pause | gap wait max | held writes (n) | held max | held p99 | neighbour max | requests | failed |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for o in &outcomes {
+        let slowest = o.pauses.iter().max_by_key(|p| p.ms).expect("one move at least");
+        let each = o.pauses.iter().map(|p| p.ms.to_string()).collect::<Vec<_>>().join(", ");
+        let gap_wait = o.pauses.iter().map(|p| p.gap_wait).fold(0.0, f64::max);
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} ms ({:.0} / {:.0} / {:.0}) | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} ms ({:.0} / {:.0} / {:.0}) | {each} ms | {gap_wait:.0} ms | {} | {} | {} | {} | {} | {} |\n",
             o.rows,
             ms(o.total),
             ms(o.provision),
@@ -240,10 +295,11 @@ async fn main() -> anyhow::Result<()> {
             ms(o.plain_copy),
             o.total.as_secs_f64() / o.plain_copy.as_secs_f64().max(1e-9),
             (o.total.saturating_sub(o.provision)).as_secs_f64() / o.plain_copy.as_secs_f64().max(1e-9),
-            o.pause_ms,
-            o.pause_parts.0,
-            o.pause_parts.1,
-            o.pause_parts.2,
+            o.pauses.len(),
+            slowest.ms,
+            slowest.lock,
+            slowest.drain,
+            slowest.verify,
             o.held,
             ms(o.held_max),
             ms(o.held_p99),
@@ -259,13 +315,17 @@ async fn main() -> anyhow::Result<()> {
          catalogue pages read; one request at a time, every ~8 ms) and on a neighbour in the pool. Rows are a fifth \
          products, three tenths customers and half orders. *Total move* runs from `PUT /v1/tenants/{{slug}}/plan` to \
          the workflow's end (source rows released, no grace period); *plain COPY* streams the same rows once into \
-         a scratch database with nothing else running. *Held writes* are the moving tenant's writes in flight while \
-         its writes were paused; *neighbour max* is the slowest request of the other tenant during the whole run.\n\n\
+         a scratch database with nothing else running; both are the first move's. The tenant then moves back to \
+         the pool and out again under the same traffic (*moves* in all): each move's write pause is listed, the \
+         slowest with its parts. *Gap wait* is the time a move looked for a gap between the tenant's writes before \
+         holding them (writes are not held meanwhile). *Held writes* are the moving tenant's writes in flight \
+         while its writes were paused, in any of the moves; *neighbour max* is the slowest request of the other \
+         tenant during the whole run.\n\n\
          Goals: write pause under 50 ms and held writes answered within 100 ms at every size (issue #15), no \
          failed request, total within 2× the plain COPY (issue #6).\n\n\
          {table}\n\
-         Reading it: the write pause is taking the tenant's move lock (in-flight writes finish), applying the \
-         last logged changes and comparing the rows they changed on both sides. The catch-up compares the rows \
+         Reading it: the write pause is taking the tenant's move lock (tried between writes, so none is in \
+         flight to wait for), applying the last logged changes and comparing the rows they changed on both sides. The catch-up compares the rows \
          it writes as it goes, so the pause compares only the last few, however long the move ran; the mover \
          keeps one connection per side, so no step of the pause opens one (a new connection, TLS included, cost \
          ~100 ms here). A held write waits out the pause, meets the closed fence and is replayed on the new \
@@ -278,7 +338,7 @@ async fn main() -> anyhow::Result<()> {
          that takes most of the time from the switch to the end (the tenant is served from its new database \
          meanwhile), which brings the whole move to about 2× the COPY.\n\n\
          Release build. Rerun: `cargo bench -p indigo-e2e --bench moves` \
-         (`BENCH_SIZES=10000,100000` for a shorter run).\n",
+         (`BENCH_SIZES=10000,100000` for a shorter run, `BENCH_MOVES=n` moves per size).\n",
         indigo_e2e::bench::provenance()
     );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../benchmarks/moves.md");

@@ -378,7 +378,7 @@ async fn cutover<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, 
     progress(cx, "cutting_over", "", &[]).await?;
     // Each part of the pause is timed: it is the one number the tenant feels.
     let pause = mover.pause_writes().await?;
-    let locked = pause.held();
+    let (waited, locked) = (pause.waited(), pause.held());
     let drained = mover.drain().await?;
     let drain = pause.held() - locked;
     cx.services.failpoints.hold(Kind::TierChange, "cutover").await;
@@ -410,6 +410,8 @@ async fn cutover<P: DatabaseProvider>(cx: &StepContext<'_, P>) -> Result<Value, 
     Ok(json!({
         "pause_ms": pause_ms, "drained": drained, "checks": checks,
         "lock_ms": ms(locked), "drain_ms": ms(drain), "verify_ms": ms(verify),
+        // Before the pause: looking for a gap between the tenant's writes.
+        "gap_wait_ms": ms(waited),
     }))
 }
 

@@ -17,7 +17,7 @@ use indigo_controlplane::workflow::tier_change::TierChange;
 use indigo_core::tenant::TenantId;
 use indigo_e2e::stack::{AdminClient, LoadReport, Shop, Stack, Storefront, ids_in, start_load};
 use indigo_tenantdb::Database;
-use indigo_tenantdb::moves::Mover;
+use indigo_tenantdb::moves::{Mover, QUIET_WAIT, hold_writes, write_lock_statement};
 use indigo_tenantdb::schema::TENANT_TABLES;
 use indigo_tenantdb::schema::TenantServer;
 use reqwest::{Method, StatusCode};
@@ -682,6 +682,65 @@ async fn rows_are_verified_as_the_catch_up_writes_them_and_again_when_they_chang
 
     drop((on_source, on_target, mover));
     drop_scratch([from, into]).await;
+}
+
+/// The write pause begins in a gap between the tenant's writes: while one is
+/// in flight the pause waits for it without holding the next ones, and once it
+/// holds the lock, a write waits for its release. A tenant with a write always
+/// in flight is held anyway once [`QUIET_WAIT`] has passed: the pause queues
+/// for the lock, new writes queue behind it, and it begins when the one in
+/// flight ends.
+#[tokio::test]
+async fn the_write_pause_begins_between_writes_and_holds_the_next() {
+    use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection};
+    let [source, target] = scratch_databases("pause").await;
+    let tenant = TenantId::new();
+    let options = source.server.admin_options(&source.name);
+    let lock = write_lock_statement(tenant);
+    let mut in_flight = options.connect().await.unwrap();
+    let mut next = options.connect().await.unwrap();
+    let write = |sql: String, mut conn: PgConnection| {
+        tokio::spawn(async move {
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+            conn
+        })
+    };
+    let pause =
+        |options: sqlx::postgres::PgConnectOptions| tokio::spawn(async move { hold_writes(&options, tenant).await });
+    let a_while = Duration::from_millis(200);
+
+    // A gap comes: the pause takes it, and held nothing before it.
+    sqlx::raw_sql(AssertSqlSafe(format!("BEGIN; {lock}"))).execute(&mut in_flight).await.unwrap();
+    let pausing = pause(options.clone());
+    tokio::time::sleep(a_while).await;
+    let passed = tokio::time::timeout(Duration::from_secs(5), write(format!("BEGIN; {lock}; COMMIT"), next)).await;
+    next = passed.expect("a write while the pause looks for a gap is not held").unwrap();
+    assert!(!pausing.is_finished(), "no pause while a write is in flight");
+    sqlx::raw_sql("COMMIT").execute(&mut in_flight).await.unwrap();
+    let paused = pausing.await.unwrap().unwrap();
+    assert!(!paused.waited().is_zero() && paused.waited() < QUIET_WAIT, "waited {:?}", paused.waited());
+    let held = write(format!("BEGIN; {lock}; COMMIT"), next);
+    tokio::time::sleep(a_while).await;
+    assert!(!held.is_finished(), "a write while paused is held");
+    paused.release().await;
+    next = held.await.unwrap();
+
+    // No gap comes: the pause queues for the lock, and new writes queue behind it.
+    sqlx::raw_sql(AssertSqlSafe(format!("BEGIN; {lock}"))).execute(&mut in_flight).await.unwrap();
+    let pausing = pause(options.clone());
+    tokio::time::sleep(QUIET_WAIT + a_while).await;
+    let held = write(format!("BEGIN; {lock}; COMMIT"), next);
+    tokio::time::sleep(a_while).await;
+    assert!(!held.is_finished(), "a write behind the queued pause is held");
+    sqlx::raw_sql("COMMIT").execute(&mut in_flight).await.unwrap();
+    let paused = pausing.await.unwrap().unwrap();
+    assert!(paused.waited() >= QUIET_WAIT, "waited {:?}", paused.waited());
+    assert!(!held.is_finished(), "held until the pause is released");
+    paused.release().await;
+    held.await.unwrap();
+
+    drop(in_flight);
+    drop_scratch([source, target]).await;
 }
 
 /// After a move the source's rows go past the closed fence and unlogged
