@@ -216,7 +216,15 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
         .map(|s| s.latency())
         .collect();
     held.sort();
-    let neighbour_max = reports[1].samples.iter().map(|s| s.latency()).max().unwrap_or_default();
+    let slowest = reports[1].samples.iter().max_by_key(|s| s.latency());
+    let neighbour_max = slowest.map(|s| s.latency()).unwrap_or_default();
+    // When, to lay beside the server's log (a checkpoint, a lock) and the workflow's steps.
+    if let Some(slowest) = slowest {
+        eprintln!("  neighbour's slowest request: {} ms from {}", slowest.latency().as_millis(), slowest.started);
+    }
+    for step in workflow["steps"].as_array().into_iter().flatten() {
+        eprintln!("  first move's {}: {} – {}", step["name"], step["started_at"], step["finished_at"]);
+    }
     for workflow in workflows.iter().rev() {
         let output = |step: &str| {
             workflow["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == step)).map(|s| s["output"].clone())
