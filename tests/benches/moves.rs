@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use indigo_core::plan::Limit;
 use indigo_core::tenant::TenantId;
 use indigo_e2e::stack::{Stack, start_load};
 use indigo_tenantdb::moves::Mover;
@@ -42,6 +43,9 @@ struct Outcome {
     failed: usize,
     neighbour_max: Duration,
 }
+
+/// The plan the tenants start on, in the pool.
+const POOL_PLAN: &str = "pro";
 
 /// One move's write pause, as its cut-over step recorded it.
 struct Pause {
@@ -84,12 +88,17 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Fills the tenant's catalogue straight in the pool: a fifth products, three
-/// tenths customers, half orders (each with one line).
-async fn fill(stack: &Stack, tenant: TenantId, rows: i64) -> anyhow::Result<Vec<Uuid>> {
+/// Fills the tenant's catalogue straight in the pool: a fifth products (at
+/// most 90% of what its plan allows: it moves back onto that plan), three tenths
+/// customers, the rest orders (each with one line).
+async fn fill(stack: &Stack, tenant: TenantId, plan: &str, rows: i64) -> anyhow::Result<Vec<Uuid>> {
     let options = stack.state.tenant_dbs.server.admin_options(stack.pool_database());
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(options).await?;
-    let (products, customers) = (rows / 5, rows * 3 / 10);
+    let allowed = match stack.state.plans.get(plan)?.limits.products {
+        Limit::Unlimited => i64::MAX,
+        Limit::AtMost(max) => i64::try_from(max)? * 9 / 10,
+    };
+    let (products, customers) = ((rows / 5).min(allowed), rows * 3 / 10);
     let orders = rows - products - customers;
     let id = |kind: &str| format!("md5($1::text || '{kind}' || i)::uuid");
     sqlx::raw_sql("SET synchronous_commit = off").execute(&pool).await?;
@@ -142,9 +151,9 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
     let mut stack = Stack::start().await?;
     stack.start_engine(stack.services("")?);
     let slug = format!("bench-move-{size}");
-    let shop = stack.onboard(&slug, "pro").await?;
-    let neighbour = stack.onboard(&format!("bench-neighbour-{size}"), "pro").await?;
-    let products = fill(&stack, shop.id, size).await?;
+    let shop = stack.onboard(&slug, POOL_PLAN).await?;
+    let neighbour = stack.onboard(&format!("bench-neighbour-{size}"), POOL_PLAN).await?;
+    let products = fill(&stack, shop.id, POOL_PLAN, size).await?;
     let plain = plain_copy(&stack, shop.id).await?;
 
     let (stop, watching) = watch::channel(false);
@@ -172,7 +181,7 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
     let total = started.elapsed();
     anyhow::ensure!(workflow["state"] == "succeeded", "move of {slug}: {workflow}");
     // Back to the pool and out again: more draws of the pause under the same traffic.
-    for plan in ["pro", "enterprise"].into_iter().cycle().take(moves_at(size)? - 1) {
+    for plan in [POOL_PLAN, "enterprise"].into_iter().cycle().take(moves_at(size)? - 1) {
         stack.admin.change_plan(&slug, plan).await?;
         let again = stack.admin.wait_workflow(&slug, "tier_change").await?;
         anyhow::ensure!(again["state"] == "succeeded", "move of {slug} to {plan}: {again}");
@@ -321,7 +330,8 @@ async fn main() -> anyhow::Result<()> {
          A tenant on the pool (`pro`) is upgraded to `enterprise` and moved to its own database on the same \
          PostgreSQL server while storefront traffic runs on it (customers created, orders placed that take stock, \
          catalogue pages read; one request at a time, every ~8 ms) and on a neighbour in the pool. Rows are a fifth \
-         products, three tenths customers and half orders. *Total move* runs from `PUT /v1/tenants/{{slug}}/plan` to \
+         products (at most 9,000: `pro` allows 10,000, and the tenant moves back onto it), three tenths customers, \
+         the rest orders. *Total move* runs from `PUT /v1/tenants/{{slug}}/plan` to \
          the workflow's end (source rows released, no grace period); *plain COPY* streams the same rows once into \
          a scratch database with nothing else running; both are the first move's. The tenant then moves back to \
          the pool and out again under the same traffic (*moves* in all): each move's write pause is listed, the \
