@@ -349,12 +349,11 @@ async fn main() -> anyhow::Result<()> {
          ~100 ms here). A held write waits out the pause, meets the closed fence and is replayed on the new \
          database: the routing table named that database ahead of the switch (the data plane holds a connection \
          there) and the control plane answers the data plane's waiting routing request as the switch commits. \
-         The neighbour never waits on the move. The fixed cost of a \
-         move, about 1.5 s (creating and migrating the database, the billing change, recording each step), is \
-         what keeps a 10k-row move above 2× its COPY. After the switch the source rows are released, deleted \
-         in batches, each row passing the capture trigger that keeps the fence up for everyone else: at 1M rows \
-         that takes most of the time from the switch to the end (the tenant is served from its new database \
-         meanwhile), which brings the whole move to about 2× the COPY.\n\n\
+         The neighbour never waits on the move's lock. A move's fixed cost (creating and migrating the \
+         database, the billing change, recording each step) is what keeps a 10k-row move above 2× its COPY. \
+         After the switch the source rows are released, deleted in batches, each row passing the capture \
+         trigger that keeps the fence up for everyone else: at 1M rows that is most of the time from the switch \
+         to the end (the tenant is served from its new database meanwhile).\n\n\
          Release build. Rerun: `cargo bench -p indigo-e2e --bench moves` \
          (`BENCH_SIZES=10000,100000` for a shorter run, `BENCH_MOVES=n` moves per size).\n",
         indigo_e2e::bench::provenance()
