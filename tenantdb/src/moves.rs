@@ -107,7 +107,20 @@ impl Side {
     fn fail(&self) -> impl Fn(sqlx::Error) -> MoveError + '_ {
         |source| MoveError::Database { database: self.database.clone(), source }
     }
+}
 
+impl Drop for Side {
+    /// A pool dropped cuts its connection off, which the server logs as a
+    /// reset at the end of every step; closed, the connection says goodbye.
+    fn drop(&mut self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = self.pool.clone();
+            runtime.spawn(async move { pool.close().await });
+        }
+    }
+}
+
+impl Side {
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, MoveError> {
         self.pool.begin().await.map_err(self.fail())
     }
