@@ -107,20 +107,7 @@ impl Side {
     fn fail(&self) -> impl Fn(sqlx::Error) -> MoveError + '_ {
         |source| MoveError::Database { database: self.database.clone(), source }
     }
-}
 
-impl Drop for Side {
-    /// A pool dropped cuts its connection off, which the server logs as a
-    /// reset at the end of every step; closed, the connection says goodbye.
-    fn drop(&mut self) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let pool = self.pool.clone();
-            runtime.spawn(async move { pool.close().await });
-        }
-    }
-}
-
-impl Side {
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, MoveError> {
         self.pool.begin().await.map_err(self.fail())
     }
@@ -159,6 +146,17 @@ impl Side {
                 }
                 Err(error) => return Err(fail(error)),
             }
+        }
+    }
+}
+
+impl Drop for Side {
+    /// A pool dropped cuts its connection off, which the server logs as a
+    /// reset at the end of every step; closed, the connection says goodbye.
+    fn drop(&mut self) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = self.pool.clone();
+            runtime.spawn(async move { pool.close().await });
         }
     }
 }
@@ -325,21 +323,19 @@ pub async fn hold_writes(options: &PgConnectOptions, tenant: TenantId) -> Result
     let mut conn = PgConnection::connect_with(options).await?;
     let key = move_lock_key(tenant);
     let asked = Instant::now();
-    loop {
+    let started = loop {
         let started = Instant::now();
-        let locked: bool = sqlx::query_scalar(AssertSqlSafe(format!("SELECT pg_try_advisory_lock({key})")))
-            .fetch_one(&mut conn)
-            .await?;
-        if locked {
-            return Ok(WritePause { conn, started, waited: started - asked });
+        let sql = format!("SELECT pg_try_advisory_lock({key})");
+        if sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut conn).await? {
+            break started;
         }
         if asked.elapsed() >= QUIET_WAIT {
-            break;
+            let started = Instant::now();
+            sqlx::query(AssertSqlSafe(format!("SELECT pg_advisory_lock({key})"))).execute(&mut conn).await?;
+            break started;
         }
         tokio::time::sleep(QUIET_TRY_EVERY).await;
-    }
-    let started = Instant::now();
-    sqlx::query(AssertSqlSafe(format!("SELECT pg_advisory_lock({key})"))).execute(&mut conn).await?;
+    };
     Ok(WritePause { conn, started, waited: started - asked })
 }
 

@@ -44,6 +44,13 @@ struct Outcome {
     neighbour_max: Duration,
 }
 
+impl Outcome {
+    /// Every move's pause in milliseconds, in the order the moves ran.
+    fn each_pause(&self) -> String {
+        self.pauses.iter().map(|p| p.ms.to_string()).collect::<Vec<_>>().join(", ")
+    }
+}
+
 /// The plan the tenants start on, in the pool.
 const POOL_PLAN: &str = "pro";
 
@@ -58,9 +65,14 @@ struct Pause {
     gap_wait: f64,
 }
 
+/// The step `name` of a workflow as the admin API lists it.
+fn step<'a>(workflow: &'a Value, name: &str) -> Option<&'a Value> {
+    workflow["steps"].as_array()?.iter().find(|s| s["name"] == name)
+}
+
 impl Pause {
     fn of(workflow: &Value) -> Self {
-        let cutover = workflow["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "cutover"));
+        let cutover = step(workflow, "cutover");
         let part = |name: &str| cutover.and_then(|s| s["output"][name].as_f64()).unwrap_or_default();
         Pause {
             ms: cutover.and_then(|s| s["output"]["pause_ms"].as_i64()).unwrap_or_default(),
@@ -181,7 +193,8 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
     let total = started.elapsed();
     anyhow::ensure!(workflow["state"] == "succeeded", "move of {slug}: {workflow}");
     // Back to the pool and out again: more draws of the pause under the same traffic.
-    for plan in [POOL_PLAN, "enterprise"].into_iter().cycle().take(moves_at(size)? - 1) {
+    let moves_made = moves_at(size)?;
+    for plan in [POOL_PLAN, "enterprise"].into_iter().cycle().take(moves_made - 1) {
         stack.admin.change_plan(&slug, plan).await?;
         let again = stack.admin.wait_workflow(&slug, "tier_change").await?;
         anyhow::ensure!(again["state"] == "succeeded", "move of {slug} to {plan}: {again}");
@@ -198,15 +211,15 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
     // Both newest first: the first move is the last of each.
     let (moves, workflows) =
         (moves.as_array().cloned().unwrap_or_default(), workflows.as_array().cloned().unwrap_or_default());
-    anyhow::ensure!(moves.len() == moves_at(size)? && workflows.len() == moves.len(), "moves {moves:?}");
+    anyhow::ensure!(moves.len() == moves_made && workflows.len() == moves.len(), "moves {moves:?}");
     let first = moves.last().expect("one move at least");
     let switched_at = |record: &Value| -> anyhow::Result<DateTime<Utc>> {
         Ok(record["switched_at"].as_str().unwrap_or_default().parse()?)
     };
     let switched = switched_at(first)?;
     let started_at: DateTime<Utc> = first["started_at"].as_str().unwrap_or_default().parse()?;
-    let step = |name: &str| -> Duration {
-        workflow["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == name)).map_or(Duration::ZERO, |s| {
+    let step_time = |name: &str| -> Duration {
+        step(&workflow, name).map_or(Duration::ZERO, |s| {
             let from: DateTime<Utc> = s["started_at"].as_str().unwrap_or_default().parse().unwrap_or_default();
             let to: DateTime<Utc> = s["finished_at"].as_str().unwrap_or_default().parse().unwrap_or_default();
             (to - from).to_std().unwrap_or_default()
@@ -235,9 +248,7 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
         eprintln!("  first move's {}: {} – {}", step["name"], step["started_at"], step["finished_at"]);
     }
     for workflow in workflows.iter().rev() {
-        let output = |step: &str| {
-            workflow["steps"].as_array().and_then(|s| s.iter().find(|s| s["name"] == step)).map(|s| s["output"].clone())
-        };
+        let output = |name: &str| step(workflow, name).map(|s| s["output"].clone());
         eprintln!(
             "  catch-up {:?}; cut-over {:?}",
             output("catch_up"),
@@ -251,8 +262,8 @@ async fn run(size: i64) -> anyhow::Result<Outcome> {
         rows: size,
         total,
         to_switch: (switched - started_at).to_std().unwrap_or_default(),
-        provision: step("provision"),
-        copy: step("copy"),
+        provision: step_time("provision"),
+        copy: step_time("copy"),
         plain_copy: plain,
         pauses: workflows.iter().rev().map(Pause::of).collect(),
         held_max: held.last().copied().unwrap_or_default(),
@@ -287,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
             ms(outcome.total),
             ms(outcome.copy),
             ms(outcome.plain_copy),
-            outcome.pauses.iter().map(|p| p.ms.to_string()).collect::<Vec<_>>().join(", "),
+            outcome.each_pause(),
             ms(outcome.held_max),
             ms(outcome.held_p99),
             outcome.failed
@@ -300,10 +311,9 @@ async fn main() -> anyhow::Result<()> {
     );
     for o in &outcomes {
         let slowest = o.pauses.iter().max_by_key(|p| p.ms).expect("one move at least");
-        let each = o.pauses.iter().map(|p| p.ms.to_string()).collect::<Vec<_>>().join(", ");
         let gap_wait = o.pauses.iter().map(|p| p.gap_wait).fold(0.0, f64::max);
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} ms ({:.0} / {:.0} / {:.0}) | {each} ms | {gap_wait:.0} ms | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} ms ({:.0} / {:.0} / {:.0}) | {} ms | {gap_wait:.0} ms | {} | {} | {} | {} | {} | {} |\n",
             o.rows,
             ms(o.total),
             ms(o.provision),
@@ -317,6 +327,7 @@ async fn main() -> anyhow::Result<()> {
             slowest.lock,
             slowest.drain,
             slowest.verify,
+            o.each_pause(),
             o.held,
             ms(o.held_max),
             ms(o.held_p99),
